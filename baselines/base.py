@@ -1,0 +1,126 @@
+"""The contract every training method fulfils, so that one loop can train them all.
+
+A method owns everything that differs between optimizers: which parameters train, how they are stored (master
+copies, adapters), how the backward pass and the update happen, and what memory it holds. The harness loop
+(experiments/loop.py) only calls the methods below, in this order for each optimizer step:
+
+    for each micro-batch: loss = forward(...); method.backward(loss, last_micro_batch)
+    norm = method.clip_and_norm(max_grad_norm); method.step(); method.zero_grad()
+
+`set_lr_scale` is called before each step with the schedule's multiplier.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """For methods without options of their own."""
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes held by distinct storages among `tensors` (a tensor seen twice, or two views of one storage, count once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        if t is None or not isinstance(t, torch.Tensor):
+            continue
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in seen or storage.nbytes() == 0:
+            continue
+        seen.add(key)
+        total += storage.nbytes()
+    return total
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer):
+    """Every tensor in an optimizer's per-parameter state (exp_avg, exp_avg_sq, momentum buffers, ...)."""
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                yield value
+
+
+class Method:
+    """Base class: a plain full-parameter method around a torch optimizer. Subclasses override what differs."""
+
+    name: ClassVar[str] = "base"
+    Options: ClassVar[type] = NoOptions
+    # True when the update happens inside backward (LOMO, AdaLomo): step() is then a no-op and update time is 0.
+    fused_backward: ClassVar[bool] = False
+    # False when gradients cannot be accumulated over micro-batches (fused updates consume them at once).
+    supports_grad_accumulation: ClassVar[bool] = True
+
+    def __init__(self, options: Any = None, lr: float = 1e-5, weight_decay: float = 0.0):
+        self.options = options if options is not None else self.Options()
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.optimizer: Any = None
+
+    # --- setup -----------------------------------------------------------------------------------------------
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Freeze, wrap or cast the model; return the module to train. Default: train every parameter as is."""
+        return model
+
+    def build_optimizer(self, model: nn.Module) -> None:
+        """Create self.optimizer over the trainable parameters."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        """The parameters whose gradients the current step uses (for BAdam: the active block)."""
+        return [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
+
+    # --- one step ----------------------------------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool = True) -> None:
+        loss.backward()
+
+    def clip_and_norm(self, max_norm: float | None) -> float | None:
+        """Total L2 norm of the gradients of trainable_parameters(), clipped to max_norm when given."""
+        params = [p for p in self.trainable_parameters() if p.grad is not None]
+        if not params:
+            return None
+        if max_norm is None or max_norm <= 0:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params]))
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return float(norm)
+
+    # Which parameters the gradient norm is taken over, for metrics.jsonl's grad_norm_over.
+    grad_norm_over: ClassVar[str] = "trainable"
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def set_lr_scale(self, scale: float) -> None:
+        for group in self.optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+            group["lr"] = group["base_lr"] * scale
+
+    # --- measurement and persistence ----------------------------------------------------------------------------
+    def memory_split(self, model: nn.Module) -> dict[str, int]:
+        """Bytes actually held now: model parameters, gradients, optimizer states (incl. fp32 master copies)."""
+        params = list(model.parameters())
+        return {
+            "parameters": tensor_bytes(params),
+            "gradients": tensor_bytes(p.grad for p in params),
+            "optimizer_states": tensor_bytes(optimizer_state_tensors(self.optimizer)) if self.optimizer else 0,
+        }
+
+    def describe(self) -> dict:
+        """Extras to log each step (e.g. BAdam's active block). Must be JSON-serialisable."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

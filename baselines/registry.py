@@ -1,0 +1,40 @@
+"""Name → method. Entries are "module:Class" strings, imported only when asked for, so that a method whose optional
+dependency is missing never stops the others from loading.
+
+Adding a method: write baselines/<name>.py with a Method subclass, then add one line below.
+"""
+from __future__ import annotations
+
+import importlib
+
+METHODS: dict[str, str] = {
+    "adam": "baselines.adam:Adam",
+    "adam_bf16": "baselines.adam:AdamPureBF16",
+    "sgd": "baselines.sgd:SGD",
+    "badam": "baselines.badam_method:BAdam",
+    "bsgd": "baselines.badam_method:BSGD",
+    "badam_official": "baselines.badam_official:BAdamOfficial",
+    "lora": "baselines.lora:LoRA",
+    "lomo": "baselines.lomo:LOMO",
+    "adalomo": "baselines.lomo:AdaLOMO",
+    "galore": "baselines.galore:GaLore",
+    "galore_8bit": "baselines.galore:GaLore8bit",
+    "galore_layerwise": "baselines.galore:GaLoreLayerwise",
+}
+
+
+class UnknownMethodError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; this one reads as a sentence
+        return self.args[0]
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method_class(name: str):
+    """The Method subclass registered under `name`; an unknown name raises one error listing the valid names."""
+    if name not in METHODS:
+        raise UnknownMethodError(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
+    module_name, class_name = METHODS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
