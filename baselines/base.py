@@ -23,14 +23,27 @@ class NoOptions:
     """For methods without options of their own."""
 
 
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """The tensor this process holds: a sharded DTensor (FSDP2) is a wrapper without storage of its own, so its
+    bytes, and its storage identity, are those of the local shard; any other tensor is returned as is."""
+    local = getattr(t, "_local_tensor", None)
+    return local if isinstance(local, torch.Tensor) else t
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """Identity of the storage behind `t` (of its local shard for a DTensor), to tell copies from shared tensors."""
+    return local_part(t).untyped_storage().data_ptr()
+
+
 def tensor_bytes(tensors) -> int:
-    """Bytes held by distinct storages among `tensors` (a tensor seen twice, or two views of one storage, count once)."""
+    """Bytes held by distinct storages among `tensors` (a tensor seen twice, or two views of one storage, count once).
+    A DTensor counts the bytes of its local shard: what this process holds."""
     seen: set[int] = set()
     total = 0
     for t in tensors:
         if t is None or not isinstance(t, torch.Tensor):
             continue
-        storage = t.untyped_storage()
+        storage = local_part(t).untyped_storage()
         key = storage.data_ptr()
         if key in seen or storage.nbytes() == 0:
             continue
@@ -99,6 +112,10 @@ class Method:
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def set_max_grad_norm(self, max_norm: float | None) -> None:
+        """Told once before training. Methods that update inside backward (LOMO, layer-wise GaLore) must know the
+        clipping threshold before the backward pass; the others clip in clip_and_norm and ignore this."""
 
     def set_lr_scale(self, scale: float) -> None:
         for group in self.optimizer.param_groups:

@@ -1,0 +1,18 @@
+"""BAdam: block coordinate descent with Adam (or any torch optimizer) as the inner solver.
+
+Public API:
+    BlockOptimizer            badam/block_optimizer.py (constructor compatible with the official badam 1.4)
+    FP32MasterWeights         badam/mixed_precision.py (fp32 masters + fp32 gradient accumulation)
+    infer_block_prefixes, layer_blocks, attention_mlp_blocks, matrix_blocks   badam/partition.py
+    load_official             badam/reference.py (the official 1.4, imported as `badam_official`)
+HF Trainer integration lives in badam.hf (imports transformers; not imported here).
+"""
+from .block_optimizer import SWITCH_MODES, BlockOptimizer
+from .mixed_precision import FP32MasterWeights
+from .partition import attention_mlp_blocks, infer_block_prefixes, layer_blocks, matrix_blocks, prefix_matches
+from .reference import load_official
+
+__all__ = [
+    "SWITCH_MODES", "BlockOptimizer", "FP32MasterWeights", "attention_mlp_blocks", "infer_block_prefixes",
+    "layer_blocks", "load_official", "matrix_blocks", "prefix_matches",
+]

@@ -1,0 +1,451 @@
+"""BAdam's BlockOptimizer: block coordinate descent with any torch optimizer as the inner solver.
+
+The model is split into D blocks (badam/partition.py). Only the active block is trainable; it alone gets an fp32
+master copy, an fp32 gradient and base-optimizer state (badam/mixed_precision.py), and it is updated for exactly
+K = ``switch_block_every`` steps before the next block takes over. AdamW as the base optimizer gives BAdam, SGD gives
+BSGD.
+
+The constructor is badam 1.4's, so switching from the official package means changing the import. Behaviour that
+deliberately differs from 1.4 (each is a defect there; tests/badam/test_official_agreement.py shows each):
+  * each param group's own ``weight_decay`` and ``lr`` are used (1.4 replaces decay with the base optimizer's default
+    and every group's lr with group 0's), so undecayed biases/norms stay undecayed when the user's groups say so;
+  * every block, the first included, gets exactly K steps (1.4 gives the first block K-1);
+  * a parameter without a gradient is skipped (1.4 asserts);
+  * gradients accumulate in fp32 across micro-batches (1.4 sums them in bf16);
+  * the random order is drawn from a seeded generator whose state, like the block order, the current block, the step
+    within it and the global step, is part of ``state_dict()`` — so a resumed run continues the same schedule;
+  * blocks are found for any ``<path>.<int>.`` layer stack (GPT-2, BERT, ...), not only ``layers.N.``;
+  * no ``torch.cuda.empty_cache()`` / ``gc.collect()`` per step or switch: the next block reuses the freed memory;
+  * ``switch_mode="fixed"`` keeps training one block with continuous state (1.4 resets it every K steps);
+  * the update runs tensor by tensor (smallest first), freeing each fp32 gradient once used, so no block-sized
+    temporaries exist (``per_tensor_update``; same numbers for every torch.optim optimizer);
+  * at a switch the old block's masters and state are freed before the new block's masters are made.
+
+Because the model's low-precision ``p.grad`` is folded into the fp32 master gradient during backward, ``p.grad`` is
+None after backward: clip with ``BlockOptimizer.clip_grad_norm_`` (badam/hf.py does this for HF Trainer).
+``step()`` consumes the fp32 gradients (sets them to None), as 1.4 does, because HF Trainer zeroes the model's
+gradients, never the optimizer's. Call ``release()`` when dropping an optimizer while its model lives on.
+Not implemented: 1.4's BlockOptimizerRatio (a fraction of every matrix trainable) and DeepSpeed ZeRO-3.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from .mixed_precision import FP32MasterWeights, local_nbytes
+from .partition import assign_to_blocks, infer_block_prefixes, prefix_matches
+
+SWITCH_MODES = ("random", "ascending", "descending", "fixed")
+STATE_FORMAT = "badam-bench/BlockOptimizer/1"
+
+
+def _validate(switch_mode: str, switch_block_every: int) -> None:
+    if switch_mode not in SWITCH_MODES:
+        raise ValueError(f"switch_mode {switch_mode!r} is not valid; choose one of {', '.join(SWITCH_MODES)}")
+    if isinstance(switch_block_every, bool) or not isinstance(switch_block_every, int) or switch_block_every < 1:
+        raise ValueError(f"switch_block_every must be an integer >= 1 (steps per block), got {switch_block_every!r}")
+
+
+class BlockOptimizer(torch.optim.Optimizer):
+    """Wrap `base_optimizer` (built by the user over all parameters) so that one block trains at a time.
+
+    Args (badam 1.4's meanings):
+        base_optimizer: any torch optimizer over the model's parameters, e.g. AdamW with decay / no-decay groups.
+        named_parameters_list: ``list(model.named_parameters())``.
+        block_prefix_list: list of blocks, each a list of name prefixes; None infers one block per layer.
+        switch_block_every: K, optimizer steps per block visit.
+        start_block: index of the first block (default: last for descending, first for ascending, random for random;
+            required for fixed).
+        switch_mode: "random" (a fresh permutation every block-epoch), "ascending", "descending", "fixed".
+        active_modules: name prefixes of parameters that train in every block (e.g. a classifier head).
+        include_embedding / include_lm_head: add the parameters before / after the layer stack as blocks
+            (used only when block_prefix_list is None).
+        verbose: 0 silent, 1 prints block switches and random orders, 2 also the names of the trainable parameters.
+        log_fn: called with a dict for every switch and every new random order.
+        seed: seed of the generator for random orders (default: drawn from torch's global RNG, so
+            ``torch.manual_seed`` makes runs repeatable).
+        per_tensor_update: run the base optimizer on one tensor at a time, smallest first, freeing each fp32
+            gradient right after its update. Same result for optimizers whose state is per tensor (every torch.optim
+            optimizer), with less peak memory: no block-sized temporaries (foreach AdamW allocates one) and gradients
+            leave as updates proceed. Default: True for torch.optim optimizers, False for others (their update may
+            couple tensors).
+    """
+
+    def __init__(self, base_optimizer: torch.optim.Optimizer, named_parameters_list: Iterable,
+                 block_prefix_list: Sequence | None = None, switch_block_every: int = 50,
+                 start_block: int | None = None, switch_mode: str = "descending", active_modules: Sequence[str] = (),
+                 include_embedding: bool = False, include_lm_head: bool = False, verbose: int = 1,
+                 log_fn: Callable[[dict], Any] | None = None, ds_zero3_enabled: bool | None = None,
+                 *, seed: int | None = None, per_tensor_update: bool | None = None):
+        if not isinstance(base_optimizer, torch.optim.Optimizer):
+            raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
+        if ds_zero3_enabled:
+            raise NotImplementedError("DeepSpeed ZeRO-3 is not supported by this BlockOptimizer; use badam 1.4")
+        _validate(switch_mode, switch_block_every)
+        self.base_optimizer = base_optimizer
+        self.switch_mode = switch_mode
+        self.switch_block_every = switch_block_every
+        self.verbose = verbose
+        self.log_fn = log_fn
+        if per_tensor_update is None:
+            per_tensor_update = type(base_optimizer).__module__.startswith("torch.optim")
+        self.per_tensor_update = bool(per_tensor_update)
+
+        named = self._unique_named(named_parameters_list)
+        names = [n for n, _ in named]
+        self.lora_mode = any("lora_" in n for n in names)  # as 1.4: with LoRA, only adapters train in a block
+        if block_prefix_list is None:
+            block_prefix_list = infer_block_prefixes(names, include_embedding, include_lm_head)
+        self.block_prefix_list = [[b] if isinstance(b, str) else list(b) for b in block_prefix_list]
+        blocks = assign_to_blocks(names, self.block_prefix_list)
+        active_modules = [active_modules] if isinstance(active_modules, str) else list(active_modules)
+        for prefix in active_modules:
+            if not any(prefix_matches(prefix, n) for n in names):
+                raise ValueError(f"active_modules prefix {prefix!r} matches no parameter name; "
+                                 f"names look like: {', '.join(names[:4])}, ...")
+        self.active_modules = active_modules
+        always = {i for i, n in enumerate(names) if any(prefix_matches(a, n) for a in active_modules)}
+        trains = (lambda i: "lora_" in names[i]) if self.lora_mode else (lambda i: True)
+        self._always_params = [named[i][1] for i in sorted(always) if trains(i)]
+        self._block_params = [[named[i][1] for i in members if i not in always and trains(i)] for members in blocks]
+        for b, params in enumerate(self._block_params):
+            if not params and not self._always_params:
+                raise ValueError(f"block {b} ({self.block_prefix_list[b]}) has no trainable parameter"
+                                 + (" (LoRA mode trains only lora_ parameters)" if self.lora_mode else ""))
+        self._param_names = {id(p): n for n, p in named}
+        self._group_of = self._map_groups(base_optimizer, named)
+        if not self.lora_mode:  # LoRA adapters are fp32 by design; the memory argument is about full weights
+            self._warn_full_precision(named)
+
+        super().__init__(base_optimizer.param_groups, base_optimizer.defaults)
+        # One list of group dicts shared with the base optimizer, kept for the whole run: LR schedulers and the
+        # user see the same dicts; at a switch only each dict's "params" is swapped to the new block's masters.
+        self.param_groups = base_optimizer.param_groups
+        self.state = base_optimizer.state
+
+        if start_block is not None and not (isinstance(start_block, int) and 0 <= start_block < self.num_blocks):
+            raise ValueError(f"start_block must be an integer in [0, {self.num_blocks - 1}], got {start_block!r}")
+        if switch_mode == "fixed" and start_block is None:
+            raise ValueError(f"switch_mode 'fixed' trains one block: pass start_block in [0, {self.num_blocks - 1}]")
+        if seed is None:
+            seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+        self._generator = torch.Generator().manual_seed(seed)
+        self.global_step = 0
+        self.step_in_block = 0
+        self.block_epoch = 0
+        self._order = self._first_order(start_block)
+        self._order_pos = 0
+        self._masters: FP32MasterWeights | None = None
+        self._active_params: list[torch.nn.Parameter] = []
+        self._update_order: list[tuple[int, int]] = []  # (group, master index), smallest tensor first
+        for _, p in named:  # everything starts frozen; _activate unfreezes the active block
+            p.requires_grad_(False)
+            p.grad = None
+        self._activate(self._order[0])
+
+    # --- construction helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _unique_named(named_parameters_list: Iterable) -> list[tuple[str, torch.nn.Parameter]]:
+        named, seen = [], set()
+        for name, p in named_parameters_list:
+            if id(p) not in seen:  # a tied weight listed under two names is one tensor in one block
+                seen.add(id(p))
+                named.append((name, p))
+        if not named:
+            raise ValueError("named_parameters_list is empty; pass list(model.named_parameters())")
+        return named
+
+    @staticmethod
+    def _map_groups(base_optimizer, named) -> dict[int, int]:
+        group_of = {id(p): g for g, group in enumerate(base_optimizer.param_groups) for p in group["params"]}
+        missing = [n for n, p in named if id(p) not in group_of]
+        if missing:
+            raise ValueError(f"{len(missing)} parameters are not in base_optimizer's param_groups (e.g. {missing[:3]});"
+                             " build base_optimizer over all parameters in named_parameters_list")
+        known = {id(p) for _, p in named}
+        if len(known) != len(group_of):
+            raise ValueError(f"base_optimizer holds {len(group_of) - len(known)} parameters that are not in "
+                             "named_parameters_list; pass list(model.named_parameters()) of the same model")
+        return group_of
+
+    def _warn_full_precision(self, named) -> None:
+        trainable = {id(p) for ps in self._block_params for p in ps} | {id(p) for p in self._always_params}
+        fp32 = [n for n, p in named if id(p) in trainable and p.dtype not in (torch.bfloat16, torch.float16)]
+        if fp32:
+            warnings.warn(
+                f"BlockOptimizer: {len(fp32)} trainable parameters are stored in full precision (e.g. {fp32[:3]}). "
+                "BAdam saves memory by storing weights in bf16/fp16 and giving only the active block an fp32 copy; "
+                "with fp32 weights those memory savings are lost (the results are still correct).", stacklevel=3)
+
+    # --- block schedule ---------------------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return len(self._block_params)
+
+    block_num = num_blocks  # badam 1.4's name
+
+    @property
+    def current_block(self) -> int:
+        """Index (into block_prefix_list) of the block being trained now."""
+        return self._order[self._order_pos]
+
+    @property
+    def active_block_prefixes(self) -> list[str]:
+        return list(self.block_prefix_list[self.current_block])
+
+    @property
+    def active_parameter_names(self) -> list[str]:
+        return [self._param_names[id(p)] for p in self._active_params]
+
+    def _first_order(self, start_block: int | None) -> list[int]:
+        n = self.num_blocks
+        if self.switch_mode == "random":
+            order = self._draw_random_order()
+            if start_block is not None:
+                order = [start_block] + [b for b in order if b != start_block]
+            self._report({"event": "order", "block_epoch": 0, "order": order})
+            return order
+        if self.switch_mode == "fixed":
+            return [start_block]
+        step = 1 if self.switch_mode == "ascending" else -1
+        first = start_block if start_block is not None else (0 if step == 1 else n - 1)
+        return [(first + step * k) % n for k in range(n)]
+
+    def _draw_random_order(self) -> list[int]:
+        return torch.randperm(self.num_blocks, generator=self._generator).tolist()
+
+    def _next_block(self) -> int:
+        """Advance the schedule by one block visit; a new block-epoch starts after every block was visited."""
+        if self.switch_mode == "fixed":
+            return self._order[0]
+        self._order_pos += 1
+        if self._order_pos == len(self._order):
+            self.block_epoch += 1
+            self._order_pos = 0
+            if self.switch_mode == "random":
+                self._order = self._draw_random_order()
+                self._report({"event": "order", "block_epoch": self.block_epoch, "order": self._order})
+            else:  # ascending / descending continue cyclically from where the last epoch ended
+                n = self.num_blocks
+                step = 1 if self.switch_mode == "ascending" else -1
+                last = self._order[-1]
+                self._order = [(last + step * (k + 1)) % n for k in range(n)]
+        return self._order[self._order_pos]
+
+    def _report(self, event: dict) -> None:
+        if self.log_fn is not None:
+            self.log_fn(dict(event))
+        if self.verbose >= 1:
+            if event["event"] == "order":
+                print(f"[BlockOptimizer] block-epoch {event['block_epoch']} order: {event['order']}")
+            else:
+                verb = "resumes" if event["event"] == "resume" else "trains"
+                print(f"[BlockOptimizer] step {event['global_step']}: block {event['block']} "
+                      f"{event['block_prefixes']} {verb} for {self.switch_block_every} steps")
+                if self.verbose >= 2:
+                    print("  trainable:", ", ".join(self.active_parameter_names))
+
+    # --- switching -------------------------------------------------------------------------------------------
+    def _activate(self, block: int, event: str = "switch") -> None:
+        """Make `block` (plus active_modules) the trainable set: release the previous block's fp32 masters,
+        gradients and optimizer state, then create them for the new block only."""
+        new_params = self._block_params[block] + self._always_params
+        new_ids = {id(p) for p in new_params}
+        for p in self._active_params:
+            if id(p) not in new_ids:
+                p.requires_grad_(False)
+                p.grad = None
+        if self._masters is not None:
+            self._masters.release()  # release before allocating: peak memory holds one block, not two
+            self._masters = None
+        self.base_optimizer.state.clear()  # cleared in place: self.state is the same dict
+        for p in new_params:
+            p.requires_grad_(True)
+        self._masters = FP32MasterWeights(new_params)
+        master_of = {id(p): m for p, m in zip(self._masters.params, self._masters.masters)}
+        for g, group in enumerate(self.param_groups):
+            group["params"] = [master_of[id(p)] for p in new_params if self._group_of[id(p)] == g]
+        # smallest first: the first updates free gradient memory before the large tensors need their temporaries
+        sizes = [m.numel() for m in self._masters.masters]
+        self._update_order = sorted(((self._group_of[id(p)], i) for i, p in enumerate(self._masters.params)),
+                                    key=lambda gi: (sizes[gi[1]], gi[1]))
+        self._active_params = new_params
+        self._report({"event": event, "global_step": self.global_step, "block": block,
+                      "block_prefixes": self.block_prefix_list[block], "block_epoch": self.block_epoch})
+
+    # --- optimisation ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        """One base-optimizer step on the active block; after the K-th step of a visit, switch to the next block."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.per_tensor_update:
+            self._update_tensor_by_tensor()
+        else:
+            self.base_optimizer.step()
+            self._masters.copy_to_model()
+        self._masters.zero_grad()
+        self.global_step += 1
+        self.step_in_block += 1
+        if self.step_in_block >= self.switch_block_every:
+            self.step_in_block = 0
+            previous = self.current_block
+            nxt = self._next_block()
+            if self.switch_mode != "fixed":
+                self._activate(nxt)
+            elif self.verbose >= 2:
+                print(f"[BlockOptimizer] step {self.global_step}: fixed block {previous} continues")
+        return loss
+
+    def release(self) -> None:
+        """Drop the active block's masters, gradients, hooks and optimizer state and freeze it; call when the
+        optimizer is discarded while the model lives on (the optimizer is unusable afterwards)."""
+        if self._masters is not None:
+            self._masters.release()
+            self._masters = None
+        self.base_optimizer.state.clear()
+        for group in self.param_groups:
+            group["params"] = []
+        for p in self._active_params:
+            p.requires_grad_(False)
+            p.grad = None
+        self._active_params = []
+
+    def _update_tensor_by_tensor(self) -> None:
+        """base_optimizer.step() with each group reduced to one master at a time (the group dicts, hence lr,
+        weight decay and scheduler state, stay the same objects)."""
+        groups = self.param_groups
+        full = [group["params"] for group in groups]
+        masters = self._masters.masters
+        try:
+            for group in groups:
+                group["params"] = []
+            for g, i in self._update_order:
+                master = masters[i]
+                if master.grad is None:  # no gradient (unused parameter): skipped, as torch optimizers do
+                    continue
+                groups[g]["params"] = [master]
+                self.base_optimizer.step()
+                groups[g]["params"] = []
+                self._masters.copy_one_to_model(i)
+                master.grad = None
+        finally:
+            for group, params in zip(groups, full):
+                group["params"] = params
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop the fp32 gradients of the active block (and any gradient left on its model parameters)."""
+        if self._masters is not None:
+            if set_to_none:
+                self._masters.zero_grad()
+            else:
+                for m in self._masters.masters:
+                    if m.grad is not None:
+                        m.grad.zero_()
+        for p in self._active_params:
+            p.grad = None
+
+    @property
+    def masters(self) -> list[torch.Tensor]:
+        """The tensors the base optimizer updates now: fp32 copies of the active block (the parameters themselves
+        when the model is fp32). Their ``.grad`` is the accumulated fp32 gradient."""
+        return list(self._masters.masters) if self._masters is not None else []
+
+    @property
+    def uses_master_copies(self) -> bool:
+        """True when the active block is low precision, so its gradients live on separate fp32 masters."""
+        return self._masters is not None and self._masters.has_copies
+
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0,
+                        error_if_nonfinite: bool = False) -> torch.Tensor:
+        """Clip the active block's fp32 gradients to total norm `max_norm`; returns the norm before clipping.
+        (The model's p.grad is None under fp32 accumulation, so clipping model.parameters() would see nothing.)"""
+        grads = [m for m in self.masters if m.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        return torch.nn.utils.clip_grad_norm_(grads, max_norm, norm_type=norm_type,
+                                              error_if_nonfinite=error_if_nonfinite)
+
+    # --- introspection -----------------------------------------------------------------------------------------
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes this optimizer holds now: fp32 master copies, fp32 gradients, base-optimizer state tensors."""
+        held = self._masters.nbytes() if self._masters is not None else {"masters": 0, "grads": 0}
+        seen, states = set(), 0
+        for per_param in self.base_optimizer.state.values():
+            for value in per_param.values():
+                local = getattr(value, "_local_tensor", value)  # a DTensor (FSDP2): the shard held here
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and local.data_ptr() not in seen:
+                    seen.add(local.data_ptr())
+                    states += local_nbytes(value)
+        return {"masters": held["masters"], "grads": held["grads"], "optimizer_states": states}
+
+    def describe(self) -> dict:
+        """JSON-serialisable summary for logging."""
+        return {
+            "active_block": self.current_block,
+            "active_block_prefixes": self.active_block_prefixes,
+            "num_blocks": self.num_blocks,
+            "switch_mode": self.switch_mode,
+            "switch_block_every": self.switch_block_every,
+            "step_in_block": self.step_in_block,
+            "global_step": self.global_step,
+            "block_epoch": self.block_epoch,
+            "active_parameters": sum(p.numel() for p in self._active_params),
+            "held_bytes": self.memory_bytes(),
+        }
+
+    # --- persistence -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue the same run: schedule, generator, base-optimizer state, fp32 masters.
+        Restore the model's weights first, then call load_state_dict on a BlockOptimizer built the same way."""
+        return {
+            "format": STATE_FORMAT,
+            "schedule": {
+                "num_blocks": self.num_blocks, "switch_mode": self.switch_mode,
+                "switch_block_every": self.switch_block_every, "block_prefix_list": self.block_prefix_list,
+                "order": list(self._order), "order_pos": self._order_pos, "block_epoch": self.block_epoch,
+                "step_in_block": self.step_in_block, "global_step": self.global_step,
+                "generator_state": self._generator.get_state(),
+            },
+            "masters": [m.detach() for m in self.masters],
+            "base_optimizer": self.base_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a BlockOptimizer state dict (expected format {STATE_FORMAT!r}); a plain torch "
+                             "optimizer or badam 1.4 state dict lacks the block schedule and cannot resume one")
+        schedule = state_dict["schedule"]
+        for key in ("num_blocks", "switch_mode", "block_prefix_list"):
+            mine = getattr(self, key)
+            if schedule[key] != mine:
+                raise ValueError(f"cannot resume: saved {key} {schedule[key]!r} differs from this optimizer's {mine!r}")
+        self.switch_block_every = schedule["switch_block_every"]
+        self._order = list(schedule["order"])
+        self._order_pos = schedule["order_pos"]
+        self.block_epoch = schedule["block_epoch"]
+        self.step_in_block = schedule["step_in_block"]
+        self.global_step = schedule["global_step"]
+        self._generator.set_state(schedule["generator_state"].cpu())  # accelerate may have moved it to the device
+        self._activate(self.current_block, event="resume")
+        saved = state_dict["masters"]
+        if len(saved) != len(self._masters.masters):
+            raise ValueError(f"cannot resume: {len(saved)} saved masters, active block has {len(self._masters)}")
+        with torch.no_grad():
+            for master, value in zip(self._masters.masters, saved):
+                master.copy_(value)
+        groups = self.param_groups
+        self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
+        # torch's load_state_dict builds new group dicts; copy their values into ours so the dicts stay the same
+        for mine, loaded in zip(groups, self.base_optimizer.param_groups):
+            params = mine["params"]
+            mine.clear()
+            mine.update(loaded)
+            mine["params"] = params
+        self.base_optimizer.param_groups = groups
+        self.state = self.base_optimizer.state

@@ -1,0 +1,140 @@
+"""Hugging Face Trainer integration for BlockOptimizer.
+
+Usage:
+    from badam.hf import BAdamCallback, create_badam_optimizer
+    optimizer = create_badam_optimizer(model, lr=1e-6, weight_decay=0.0, switch_block_every=100)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, optimizers=(optimizer, None),
+                      callbacks=[BAdamCallback()])
+
+What the callback fixes:
+  * Activation (gradient) checkpointing. With reentrant checkpointing, a checkpointed layer whose input does not
+    require grad returns an output that does not either, so ``loss.backward()`` fails with "element 0 of tensors does
+    not require grad" once the embeddings are frozen (Ledzy/BAdam#2). The usual cure, ``enable_input_require_grads``,
+    makes every layer's activations require grad, so backward then runs through all the frozen layers below the
+    active block for nothing. We instead switch to NON-reentrant checkpointing and remove the input-require-grads hook:
+    gradients reach the active block's parameters and backward stops there.
+  * Clipping and the logged gradient norm. Under fp32 accumulation the model's ``p.grad`` is None (the gradient lives
+    on the fp32 master copy), so Trainer's ``clip_grad_norm_(model.parameters())`` sees nothing and logs 0. Just before
+    the optimizer step the callback clips the fp32 gradients to ``args.max_grad_norm`` and writes their norm into the
+    logs. For fp32 models (parameters are their own masters) Trainer's own clipping already works and is left alone.
+
+This module imports transformers only when ``BAdamCallback`` is first used, so ``import badam`` stays torch-only.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .block_optimizer import BlockOptimizer
+
+
+def decay_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two param groups: matrices (>= 2-D: linear weights, embeddings) decayed, 1-D tensors (biases, norm gains)
+    not — the usual convention, and what Trainer's name-based rule gives for Llama/GPT-2/BERT."""
+    decay, no_decay = [], []
+    for p in dict.fromkeys(model.parameters()):  # tied weights once
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def create_badam_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
+                           base_optimizer_cls: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
+                           base_kwargs: dict | None = None, **block_kwargs) -> BlockOptimizer:
+    """AdamW (or `base_optimizer_cls`) over decay / no-decay groups, wrapped in a BlockOptimizer.
+    `block_kwargs` go to BlockOptimizer (switch_block_every, switch_mode, start_block, block_prefix_list, ...)."""
+    base = base_optimizer_cls(decay_parameter_groups(model, weight_decay), lr=lr, **(base_kwargs or {}))
+    return BlockOptimizer(base, list(model.named_parameters()), **block_kwargs)
+
+
+def find_block_optimizer(optimizer) -> BlockOptimizer | None:
+    """The BlockOptimizer inside wrappers such as accelerate's AcceleratedOptimizer (which keep it as `.optimizer`)."""
+    seen = 0
+    while optimizer is not None and seen < 8:
+        if isinstance(optimizer, BlockOptimizer):
+            return optimizer
+        optimizer = getattr(optimizer, "optimizer", None)
+        seen += 1
+    return None
+
+
+def uses_checkpointing(model: torch.nn.Module) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+def enable_block_checkpointing(model: torch.nn.Module) -> None:
+    """Non-reentrant activation checkpointing without the input-require-grads hook (see the module docstring)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise TypeError(f"{type(model).__name__} has no activation/gradient checkpointing switch")
+    # enabling checkpointing re-registers the hook on input_ids models, so it is removed afterwards
+    if getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"):
+        model.disable_input_require_grads()
+
+
+class _BAdamCallbackLogic:
+    """The callback's behaviour; combined with transformers.TrainerCallback lazily (see BAdamCallback)."""
+
+    def __init__(self, log_block: bool = True):
+        self.log_block = log_block
+        self.last_grad_norm: float | None = None
+        self.last_step_block: int | None = None  # the block the latest optimizer step trained
+        self.block_optimizer: BlockOptimizer | None = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if model is not None and uses_checkpointing(model):
+            enable_block_checkpointing(model)
+        self.block_optimizer = find_block_optimizer(optimizer)
+        if self.block_optimizer is None:
+            raise TypeError("BAdamCallback needs the Trainer's optimizer to be a badam BlockOptimizer; pass "
+                            "optimizers=(create_badam_optimizer(model, ...), None) to Trainer")
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        block_opt = self.block_optimizer
+        if block_opt is not None:
+            self.last_step_block = block_opt.current_block  # read before step() may switch to the next block
+        if block_opt is None or not block_opt.uses_master_copies:
+            return  # fp32 model: Trainer clipped the real gradients already
+        max_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else math.inf
+        self.last_grad_norm = float(block_opt.clip_grad_norm_(max_norm))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None:
+            return
+        extras = {}
+        if self.last_grad_norm is not None and "grad_norm" in logs:
+            extras["grad_norm"] = self.last_grad_norm
+        if self.log_block and self.last_step_block is not None and "loss" in logs:
+            extras["active_block"] = self.last_step_block
+        logs.update(extras)
+        # Trainer appended its copy of the logs to log_history before calling us
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extras)
+
+
+def _make_callback_class():
+    from transformers import TrainerCallback
+
+    class BAdamCallback(_BAdamCallbackLogic, TrainerCallback):
+        """TrainerCallback for BlockOptimizer: non-reentrant checkpointing without input-grad hooks; clipping of
+        the fp32 gradients to args.max_grad_norm; the true gradient norm and the active block in the logs."""
+
+    return BAdamCallback
+
+
+def __getattr__(name: str):
+    if name == "BAdamCallback":
+        cls = _make_callback_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__: Sequence[str] = ["BAdamCallback", "create_badam_optimizer", "decay_parameter_groups",
+                          "enable_block_checkpointing", "find_block_optimizer", "uses_checkpointing"]

@@ -1,0 +1,146 @@
+"""BAdam and BSGD: block coordinate descent through badam.BlockOptimizer, with AdamW or SGD as the inner solver.
+
+Only the active block trains; it alone holds an fp32 master copy, an fp32 gradient and optimizer state, and it gets
+K = switch_block_every steps before the next block takes over (the BlockOptimizer owns the schedule, the masters and
+the switch). Defaults follow the BAdam repository's Llama instruction-tuning command (K = 100, random order).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import torch
+from torch import nn
+
+from badam import SWITCH_MODES, BlockOptimizer, attention_mlp_blocks, infer_block_prefixes, matrix_blocks
+from baselines.adam import AdamOptions
+from baselines.base import Method, optimizer_state_tensors, storage_key, tensor_bytes
+from baselines.model_parts import task_head_names
+from baselines.sgd import SGDOptions
+
+PARTITIONS = ("layers", "attn_mlp", "matrix")
+
+
+@dataclasses.dataclass
+class BlockOptions:
+    switch_block_every: int = 100  # K
+    switch_mode: str = "random"
+    start_block: int | None = None
+    include_embedding: bool = False
+    include_lm_head: bool = False
+    active_modules: list[str] | None = None  # None: the task head (classifier/score) when the model has one
+    partition: str = "layers"
+    seed: int | None = None  # seed of the random block order (None: drawn from torch's global RNG)
+
+    def __post_init__(self):
+        super().__post_init__()  # the inner solver's options (next in the MRO)
+        if isinstance(self.switch_block_every, bool) or int(self.switch_block_every) != self.switch_block_every \
+                or self.switch_block_every < 1:
+            raise ValueError(f"switch_block_every must be an integer >= 1; got {self.switch_block_every}")
+        self.switch_block_every = int(self.switch_block_every)
+        if self.switch_mode not in SWITCH_MODES:
+            raise ValueError(f"switch_mode {self.switch_mode!r} is not valid; choose one of {', '.join(SWITCH_MODES)}")
+        if self.partition not in PARTITIONS:
+            raise ValueError(f"partition {self.partition!r} is not valid; choose one of {', '.join(PARTITIONS)}")
+
+
+@dataclasses.dataclass
+class BAdamOptions(BlockOptions, AdamOptions):
+    pass
+
+
+@dataclasses.dataclass
+class BSGDOptions(BlockOptions, SGDOptions):
+    pass
+
+
+def block_prefix_list(model: nn.Module, options: BlockOptions) -> list[list[str]] | None:
+    """The partition as BlockOptimizer's block_prefix_list; None lets it infer one block per layer itself."""
+    if options.partition == "layers":
+        return None
+    named = list(model.named_parameters())
+    blocks = attention_mlp_blocks(named) if options.partition == "attn_mlp" else matrix_blocks(named)
+    if options.include_embedding or options.include_lm_head:
+        # infer_block_prefixes puts the embedding block first and the head block last, around the layer blocks
+        around = infer_block_prefixes(named, options.include_embedding, options.include_lm_head)
+        if options.include_embedding:
+            blocks = [around[0]] + blocks
+        if options.include_lm_head:
+            blocks = blocks + [around[-1]]
+    return blocks
+
+
+class BAdam(Method):
+    """BlockOptimizer around AdamW.
+
+    memory_split: parameters = every model weight as stored (bf16); gradients = gradients held on model parameters
+    plus the active block's fp32 gradients; optimizer_states = the active block's fp32 masters and AdamW moments.
+    With bf16 weights that is 2 bytes per model parameter plus 16 bytes per active-block parameter.
+    """
+
+    name = "badam"
+    Options = BAdamOptions
+    grad_norm_over = "active_block"
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model  # BlockOptimizer freezes everything but the active block
+
+    def base_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.lr, betas=self.options.betas, eps=self.options.eps,
+                                 weight_decay=self.weight_decay)
+
+    def build_optimizer(self, model: nn.Module) -> None:
+        o = self.options
+        active = list(o.active_modules) if o.active_modules is not None else task_head_names(model)
+        for p in model.parameters():
+            p.requires_grad_(True)  # BlockOptimizer decides what trains; it needs every parameter to consider
+        self.events: list[dict] = []
+        self.optimizer = BlockOptimizer(
+            self.base_optimizer(list(model.parameters())), list(model.named_parameters()),
+            block_prefix_list=block_prefix_list(model, o), switch_block_every=o.switch_block_every,
+            start_block=o.start_block, switch_mode=o.switch_mode, active_modules=active,
+            include_embedding=o.include_embedding, include_lm_head=o.include_lm_head, verbose=0,
+            log_fn=self.events.append, seed=o.seed)
+
+    # --- one step ----------------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        return self.optimizer.masters  # the active block's fp32 copies; their .grad is the fp32 gradient
+
+    def clip_and_norm(self, max_norm: float | None) -> float | None:
+        if max_norm is not None and max_norm > 0:
+            return float(self.optimizer.clip_grad_norm_(max_norm))
+        return super().clip_and_norm(None)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # --- measurement and persistence ----------------------------------------------------------------------------
+    def memory_split(self, model: nn.Module) -> dict[str, int]:
+        params = list(model.parameters())
+        param_ptrs = {storage_key(p) for p in params}
+        masters = self.optimizer.masters
+        copies = [m for m in masters if storage_key(m) not in param_ptrs]
+        return {
+            "parameters": tensor_bytes(params),
+            "gradients": tensor_bytes(itertools.chain((p.grad for p in params), (m.grad for m in masters))),
+            "optimizer_states": tensor_bytes(itertools.chain(optimizer_state_tensors(self.optimizer.base_optimizer),
+                                                             copies)),
+        }
+
+    def describe(self) -> dict:
+        info = self.optimizer.describe()
+        return {"active_block": info["active_block"], "active_block_name": " ".join(info["active_block_prefixes"]),
+                "block_epoch": info["block_epoch"], "num_blocks": info["num_blocks"]}
+
+
+class BSGD(BAdam):
+    """BlockOptimizer around SGD (the paper's BCD-with-SGD ablation). memory_split as BAdam; with momentum 0 the
+    active block costs 8 bytes per parameter (fp32 master and gradient; 4 more for a momentum buffer)."""
+
+    name = "bsgd"
+    Options = BSGDOptions
+
+    def base_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        o = self.options
+        return torch.optim.SGD(params, lr=self.lr, momentum=o.momentum, dampening=o.dampening,
+                               nesterov=o.nesterov, weight_decay=self.weight_decay)

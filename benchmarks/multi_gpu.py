@@ -1,0 +1,260 @@
+"""BAdam (or another method) on 1..N GPUs with FSDP2: per-GPU peak memory, tokens/s and scaling efficiency.
+
+Launch one run per GPU count (each run < 5 minutes at the defaults):
+    torchrun --nproc_per_node 1 benchmarks/multi_gpu.py --out results/bench/multi_gpu
+    torchrun --nproc_per_node 2 benchmarks/multi_gpu.py --out results/bench/multi_gpu
+    torchrun --nproc_per_node 4 benchmarks/multi_gpu.py --out results/bench/multi_gpu
+    torchrun --nproc_per_node 4 benchmarks/multi_gpu.py --out results/bench/multi_gpu --model llama3-70b --steps 8
+    # CPU check of the script itself (2 gloo processes, tiny Llama):
+    torchrun --nproc_per_node 2 benchmarks/multi_gpu.py --out /tmp/bench_multi --tiny
+
+Setting (the paper's): random-init Llama (experiments/model_configs.py) in bf16, built on the meta device, sharded
+with fully_shard per layer + root, then each rank allocates and initialises only its shards (so 70B never sits on one
+GPU); bf16 autocast, batch 2 per GPU of length 728 (random token ids, labels = inputs), non-reentrant gradient
+checkpointing, AdamW lr 1e-6, clipping at 1.0, BAdam with one block per layer, ascending order, K = --switch-every (a
+short K makes the run cross block switches, so the peak includes a switch). Steps after --warmup are timed (CUDA
+synchronised), median reported.
+
+Each run writes <out>/<model>_<method>_n<N>.json (per-rank figures, command, device, versions, date) and rewrites
+<out>/summary.md from every JSON in <out>: scaling efficiency = (tokens/s on N GPUs) / (N x tokens/s on 1 GPU) of the
+same model and method. Predicted per-GPU bytes (BAdam) = (2 P + 16 P_block) / N: bf16 weights of all P parameters plus,
+for the largest block, an fp32 master, fp32 gradient and two fp32 Adam moments, all sharded over N GPUs; the measured
+peak adds activations, the all-gathered layer(s) and the logits.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from experiments import distributed as dist_mod  # noqa: E402  (needs the repo on sys.path)
+
+GIB = 1024 ** 3
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for the JSON results and summary.md")
+    p.add_argument("--model", default="llama3-8b", help="random architecture (experiments/model_configs.py)")
+    p.add_argument("--method", default="badam", help="registered method (baselines/registry.py)")
+    p.add_argument("--batch-size", type=int, default=2, help="sequences per GPU per step")
+    p.add_argument("--seq-len", type=int, default=728)
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps in total, warm-up included")
+    p.add_argument("--warmup", type=int, default=3, help="first steps left out of the timing")
+    p.add_argument("--switch-every", type=int, default=5, help="BAdam's K (steps per block)")
+    p.add_argument("--lr", type=float, default=1e-6)
+    p.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
+    p.add_argument("--tiny", action="store_true", help="CPU/gloo check: tiny-llama, length 32, 4 steps")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.model = "tiny-llama"
+        args.seq_len = min(args.seq_len, 32)
+        args.steps, args.warmup, args.switch_every = min(args.steps, 4), 1, 2
+    if args.steps <= args.warmup:
+        p.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup}) so that some steps are timed")
+    return args
+
+
+def build_method(args):
+    from baselines.registry import get_method_class
+
+    cls = get_method_class(args.method)
+    if args.method in ("badam", "bsgd"):
+        options = cls.Options(switch_block_every=args.switch_every, switch_mode="ascending", start_block=0, seed=0)
+    else:
+        options = cls.Options()
+    return cls(options, lr=args.lr, weight_decay=0.0)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def allocated(device) -> int | None:
+    return int(torch.cuda.memory_allocated(device)) if device.type == "cuda" else None
+
+
+def block_sizes(method, model) -> dict:
+    """Total parameters P, and the largest block's parameters for BAdam (global counts, not per rank)."""
+    from badam.partition import assign_to_blocks
+
+    named = list(model.named_parameters())  # tied weights appear once
+    total = sum(p.numel() for _, p in named)
+    prefixes = getattr(method.optimizer, "block_prefix_list", None)
+    if not prefixes:
+        return {"total_params": total, "largest_block_params": None, "num_blocks": None}
+    blocks = assign_to_blocks([n for n, _ in named], prefixes)
+    largest = max(sum(named[i][1].numel() for i in block) for block in blocks)
+    return {"total_params": total, "largest_block_params": largest, "num_blocks": len(blocks)}
+
+
+def predicted_bytes(method_name: str, sizes: dict, world: int) -> int | None:
+    if method_name == "badam":
+        return (2 * sizes["total_params"] + 16 * sizes["largest_block_params"]) // world
+    if method_name == "adam":  # bf16 weights + fp32 master, gradient and two moments for every parameter
+        return 18 * sizes["total_params"] // world
+    return None
+
+
+def run(args, ctx) -> dict:
+    method = build_method(args)
+    dist_mod.check_method_supported(method.name)
+    sync(ctx.device)
+    t0 = time.perf_counter()
+    model, _ = dist_mod.load_sharded_random_model(
+        f"random:{args.model}", ctx, dtype="bf16", gradient_checkpointing=not args.no_checkpointing,
+        tokenizer=False, seed=0, prepare=method.prepare_model)
+    method.build_optimizer(model)
+    model.train()
+    model.config.use_cache = False
+    sync(ctx.device)
+    init_s = time.perf_counter() - t0
+    weights_bytes = allocated(ctx.device)
+    sizes = block_sizes(method, model)
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(1000 + ctx.rank)  # each rank its own batch (data parallel)
+    autocast = torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    steps = []
+    for step in range(args.steps):
+        ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=gen).to(ctx.device)
+        sync(ctx.device)
+        start = time.perf_counter()
+        with autocast:
+            loss = model(input_ids=ids, labels=ids).loss
+        method.backward(loss)
+        norm = method.clip_and_norm(1.0)
+        method.step()
+        method.zero_grad()
+        sync(ctx.device)
+        steps.append({"step": step + 1, "ms": (time.perf_counter() - start) * 1000.0, "loss": float(loss.detach()),
+                      "grad_norm": norm, **{k: v for k, v in method.describe().items() if k == "active_block"}})
+        if ctx.is_main:
+            print(f"step {step + 1}/{args.steps}: {steps[-1]['ms']:.0f} ms, loss {steps[-1]['loss']:.4f}", flush=True)
+    peak = int(torch.cuda.max_memory_allocated(ctx.device)) if ctx.device.type == "cuda" else None
+    reserved = int(torch.cuda.max_memory_reserved(ctx.device)) if ctx.device.type == "cuda" else None
+    split = method.memory_split(model)
+    return {"rank": ctx.rank, "init_s": init_s, "weights_bytes": weights_bytes, "peak_allocated_bytes": peak,
+            "peak_reserved_bytes": reserved, "memory_split_end": split, "steps": steps, "sizes": sizes}
+
+
+def nccl_version() -> str:
+    version = torch.cuda.nccl.version()  # a tuple in recent torch, an int in older ones
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
+def environment(ctx) -> dict:
+    def git_commit():
+        try:
+            return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                  timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    import transformers
+
+    cuda = ctx.device.type == "cuda"
+    return {"command": "torchrun --nproc_per_node {} {}".format(ctx.world_size, " ".join(sys.argv)),
+            "device": torch.cuda.get_device_name(ctx.device) if cuda else platform.processor() or "cpu",
+            "world_size": ctx.world_size, "backend": ctx.backend, "torch": torch.__version__,
+            "cuda": torch.version.cuda, "nccl": nccl_version() if cuda else None,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "hostname": socket.gethostname(), "git_commit": git_commit(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def combine(args, ctx, per_rank: list[dict]) -> dict:
+    timed = [max(r["steps"][i]["ms"] for r in per_rank) for i in range(args.warmup, args.steps)]  # slowest rank
+    step_ms = statistics.median(timed)
+    tokens_per_step = args.batch_size * args.seq_len * ctx.world_size
+    sizes = per_rank[0]["sizes"]
+    peaks = [r["peak_allocated_bytes"] for r in per_rank]
+    return {
+        "model": args.model, "method": args.method, "gpus": ctx.world_size, "batch_per_gpu": args.batch_size,
+        "seq_len": args.seq_len, "gradient_checkpointing": not args.no_checkpointing, "steps": args.steps,
+        "warmup": args.warmup, "switch_every": args.switch_every, "median_step_ms": step_ms,
+        "tokens_per_s": tokens_per_step / (step_ms / 1000.0),
+        "tokens_per_s_per_gpu": tokens_per_step / (step_ms / 1000.0) / ctx.world_size,
+        "peak_allocated_bytes_max": max(peaks) if all(p is not None for p in peaks) else None,
+        "peak_allocated_bytes_per_rank": peaks,
+        "peak_reserved_bytes_per_rank": [r["peak_reserved_bytes"] for r in per_rank],
+        "weights_bytes_per_rank": [r["weights_bytes"] for r in per_rank],
+        "predicted_bytes_per_gpu": predicted_bytes(args.method, sizes, ctx.world_size),
+        "predicted_formula": {"badam": "(2 P + 16 P_block) / N", "adam": "18 P / N"}.get(args.method),
+        **sizes, "init_s_max": max(r["init_s"] for r in per_rank),
+        "losses_rank0": [s["loss"] for s in per_rank[0]["steps"]],
+        "per_rank": per_rank, "environment": environment(ctx),
+    }
+
+
+def _gib(n) -> str:
+    return "n/a" if n is None else f"{n / GIB:.2f}"
+
+
+def summary_markdown(out: Path) -> str:
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*_n*.json"))]
+    results.sort(key=lambda r: (r["model"], r["method"], r["gpus"]))
+    lines = ["# Multi-GPU (FSDP2) benchmark", "",
+             "| model | method | GPUs | batch/GPU x len | step ms (median) | tokens/s | tokens/s/GPU | scaling eff. | "
+             "peak GiB/GPU (max) | predicted GiB/GPU | weights GiB/GPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        base = next((b for b in results if b["model"] == r["model"] and b["method"] == r["method"] and b["gpus"] == 1
+                     and b["seq_len"] == r["seq_len"] and b["batch_per_gpu"] == r["batch_per_gpu"]), None)
+        eff = f"{r['tokens_per_s'] / (r['gpus'] * base['tokens_per_s']):.2f}" if base else "n/a (no 1-GPU run)"
+        weights = max((w for w in r["weights_bytes_per_rank"] if w is not None), default=None)
+        lines.append(f"| {r['model']} | {r['method']} | {r['gpus']} | {r['batch_per_gpu']} x {r['seq_len']} | "
+                     f"{r['median_step_ms']:.0f} | {r['tokens_per_s']:.0f} | {r['tokens_per_s_per_gpu']:.0f} | {eff} | "
+                     f"{_gib(r['peak_allocated_bytes_max'])} | {_gib(r['predicted_bytes_per_gpu'])} | {_gib(weights)} |")
+    lines += ["", "Runs:", ""]
+    for r in results:
+        env = r["environment"]
+        lines.append(f"- `{env['command']}` on {env['world_size']} x {env['device']}; torch {env['torch']} (CUDA "
+                     f"{env['cuda']}, NCCL {env['nccl']}), transformers {env['transformers']}, {env['date']}")
+    lines += ["", "Predicted = (2 P + 16 P_block) / N for BAdam (18 P / N for Adam); the measured peak also holds "
+                  "activations, the all-gathered layers and the logits. Scaling efficiency = tokens/s on N GPUs / "
+                  "(N x tokens/s on 1 GPU)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    ctx = dist_mod.init_distributed("cpu" if args.tiny else "cuda")
+    try:
+        per_rank = dist_mod.gather_objects(run(args, ctx), ctx)
+        if ctx.is_main:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            result = combine(args, ctx, per_rank)
+            path = out / f"{args.model}_{args.method}_n{ctx.world_size}.json"
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            os.replace(tmp, path)
+            (out / "summary.md").write_text(summary_markdown(out))
+            print(f"wrote {path} and {out / 'summary.md'}: {result['tokens_per_s']:.0f} tokens/s, peak "
+                  f"{_gib(result['peak_allocated_bytes_max'])} GiB/GPU (predicted "
+                  f"{_gib(result['predicted_bytes_per_gpu'])})", flush=True)
+        ctx.barrier()
+    finally:
+        dist_mod.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""CLI: python -m eval.mtbench {answer,judge,show}. Results go to <run_dir>/eval/mtbench (or --out-dir), holding
+
+    model_answer/<model_id>.jsonl          FastChat answer records (+ <model_id>.info.json: settings and timing)
+    model_judgment/<judge>_single.jsonl    FastChat single-grading judgment records
+    scores_<judge>.json                    per-model turn-1 / turn-2 / overall / per-category means
+
+Examples:
+    python -m eval.mtbench answer --model runs/my_badam_run      # -> runs/my_badam_run/eval/mtbench
+    python -m eval.mtbench answer --model smollm2-135m-instruct --out-dir results/mtbench_smollm2
+    OPENAI_API_KEY=... python -m eval.mtbench judge --out-dir results/mtbench_smollm2 --judge-model gpt-4
+    python -m eval.mtbench show --judgment results/mtbench_smollm2/model_judgment/gpt-4_single.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import sys
+from pathlib import Path
+
+from eval.mtbench.data import (MTBenchError, answer_file_path, answer_output_dir, judgment_file_path, load_answers,
+                               load_judge_prompts, load_questions, model_name_of_answer_file, output_dir,
+                               scores_file_path, write_json_atomic)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def _add_questions(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--question-file", help="default: <shared>/data/mt_bench/question.jsonl")
+    parser.add_argument("--begin", type=int, help="first question index (FastChat's --question-begin)")
+    parser.add_argument("--end", type=int, help="question index to stop before (FastChat's --question-end)")
+    parser.add_argument("--question-ids", type=int, nargs="+", help="only these question ids (e.g. 81 91 101)")
+
+
+def _questions(args) -> list[dict]:
+    questions = load_questions(args.question_file, begin=args.begin, end=args.end)
+    if args.question_ids:
+        known = {q["question_id"] for q in questions}
+        unknown = sorted(set(args.question_ids) - known)
+        if unknown:
+            raise MTBenchError(f"question ids {unknown} are not among the selected questions "
+                               f"(ids {min(known)}..{max(known)})" if known else "no questions selected")
+        questions = [q for q in questions if q["question_id"] in set(args.question_ids)]
+    return questions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.mtbench", description="MT-bench: answer, judge, show.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    answer = commands.add_parser("answer", help="generate a model's answers to the two-turn questions")
+    answer.add_argument("--model", required=True, help="a training run directory (its saved model) or any "
+                                                       "experiments.models.load_model source or alias")
+    answer.add_argument("--out-dir", help="default: <run dir>/eval/mtbench, or runs/eval/<model>/mtbench")
+    _add_questions(answer)
+    answer.add_argument("--model-id", help="name in the answer records and file (default: from --model)")
+    answer.add_argument("--max-new-tokens", type=int, default=1024, help="per turn (FastChat default 1024)")
+    answer.add_argument("--temperature", choices=["fastchat", "greedy"], default="fastchat",
+                        help="fastchat: per-category table (writing/roleplay 0.7, stem/humanities 0.1, else 0)")
+    answer.add_argument("--batch-size", type=int, default=8)
+    answer.add_argument("--num-choices", type=int, default=1)
+    answer.add_argument("--seed", type=int, default=0)
+    answer.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: fp32 on CPU, bf16 otherwise")
+    answer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+    judge = commands.add_parser("judge", help="grade answers with a judge model (single-answer grading)")
+    where = judge.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run-dir", help="a training run directory; works in <run-dir>/eval/mtbench")
+    where.add_argument("--out-dir", help="the folder holding model_answer/ (as written by `answer`)")
+    _add_questions(judge)
+    judge.add_argument("--answers", nargs="+", help="answer files model_answer/<model>.jsonl "
+                                                     "(default: every *.jsonl in <out>/model_answer)")
+    judge.add_argument("--judge-model", help="model name at the endpoint, recorded in the judgments (default "
+                                             "gpt-4); with --local-judge only the recorded name")
+    judge.add_argument("--base-url", default=DEFAULT_BASE_URL, help="OpenAI-compatible endpoint root")
+    judge.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                       help="environment variable holding the API key ('' sends none)")
+    judge.add_argument("--local-judge", help="judge with this local HF model (load_model source) instead of HTTP")
+    judge.add_argument("--parallel", type=int, default=1, help="concurrent HTTP requests")
+    judge.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
+    judge.add_argument("--max-retries", type=int, default=6)
+    judge.add_argument("--max-tokens", type=int, default=2048, help="judge reply length (FastChat: 2048)")
+    judge.add_argument("--batch-size", type=int, default=4, help="local judge batch size")
+    judge.add_argument("--device", default="cpu", help="device of a local judge")
+    judge.add_argument("--turns", type=int, nargs="+", choices=[1, 2], default=[1, 2])
+    judge.add_argument("--judge-prompts", help="default: <shared>/data/mt_bench/judge_prompts.jsonl")
+    judge.add_argument("--reference-file", help="default: <shared>/data/mt_bench/reference_answer/gpt-4.jsonl")
+
+    show = commands.add_parser("show", help="per-model averages of a judgment file (FastChat's show_result)")
+    show.add_argument("--judgment", required=True, help="a model_judgment/<judge>_single.jsonl file")
+    show.add_argument("--question-file", help="for per-category means (default: the shared question file)")
+    show.add_argument("--judge-model", help="only this judge's judgments")
+    show.add_argument("--model-list", nargs="+", help="only these models")
+    show.add_argument("--output", help="also write the averages to this JSON file")
+    return parser
+
+
+def _default_model_id(source: str) -> str:
+    # A path (run directory, model folder, .gguf) names the model after its last component; an alias or a hub id
+    # is kept as written ('org/name' becomes the file name 'org_name').
+    path = Path(source.split(":", 1)[-1])
+    if path.suffix in {".gguf", ".bin"}:
+        return path.stem
+    return path.resolve().name if path.exists() else source
+
+
+def run_answer(args) -> dict:
+    from eval.mtbench.answer import generate_answers, load_model_for_answers
+
+    out = answer_output_dir(args.model, args.out_dir)
+    questions = _questions(args)
+    model_id = args.model_id or _default_model_id(args.model)
+    model, tokenizer = load_model_for_answers(args.model, dtype=args.dtype, device=args.device)
+    info = generate_answers(model, tokenizer, questions, answer_file_path(out, model_id), model_id=model_id,
+                            max_new_tokens=args.max_new_tokens, temperature_mode=args.temperature,
+                            batch_size=args.batch_size, num_choices=args.num_choices, seed=args.seed)
+    print(f"answers: {info['answer_file']} ({info['questions_generated']} generated, "
+          f"{info['questions_skipped_done']} already done, {info['wall_s']:.1f} s)")
+    return info
+
+
+def _judge_backend(args):
+    from eval.mtbench.judge import HTTPJudge, LocalHFJudge
+
+    if args.local_judge:
+        from eval.mtbench.answer import load_model_for_answers
+
+        model, tokenizer = load_model_for_answers(args.local_judge, device=args.device)
+        return LocalHFJudge(model, tokenizer, name=args.judge_model or args.local_judge,
+                            max_new_tokens=args.max_tokens, batch_size=args.batch_size)
+    from eval.mtbench.chat_api import OpenAIChatClient
+
+    client = OpenAIChatClient(args.base_url, args.judge_model or "gpt-4", api_key_env=args.api_key_env or None,
+                              max_tokens=args.max_tokens, timeout_s=args.timeout, max_retries=args.max_retries)
+    return HTTPJudge(client, parallel=args.parallel)
+
+
+def run_judge(args) -> dict:
+    from eval.mtbench.aggregate import format_summary, summarize_single
+    from eval.mtbench.data import default_reference_file
+    from eval.mtbench.judge import judge_answers
+
+    out = output_dir(args.run_dir, args.out_dir)
+    questions = _questions(args)
+    answer_files = args.answers or sorted(glob.glob(str(out / "model_answer" / "*.jsonl")))
+    if not answer_files:
+        raise MTBenchError(f"no answer files in {out / 'model_answer'}; run `python -m eval.mtbench answer` "
+                           "first or pass --answers")
+    model_answers = {model_name_of_answer_file(f): load_answers(f) for f in answer_files}
+    prompts = load_judge_prompts(args.judge_prompts)
+    references = load_answers(args.reference_file or default_reference_file(), "reference answer file")
+    backend = _judge_backend(args)
+    judgment_file = judgment_file_path(out, backend.name)
+    stats = judge_answers(model_answers, questions, backend, judgment_file, judge_prompts=prompts,
+                          reference_answers=references, turns=tuple(args.turns))
+    summary = summarize_single(judgment_file, load_questions(args.question_file), judge_model=backend.name)
+    result = {**summary, "judgment_file": str(judgment_file), "run": stats}
+    write_json_atomic(scores_file_path(out, backend.name), result)
+    print(format_summary(summary))
+    print(f"\nscores: {scores_file_path(out, backend.name)}")
+    return result
+
+
+def run_show(args) -> dict:
+    from eval.mtbench.aggregate import format_summary, summarize_single
+
+    summary = summarize_single(args.judgment, load_questions(args.question_file), judge_model=args.judge_model,
+                               models=args.model_list)
+    print(f"Input file: {args.judgment}")
+    print(format_summary(summary))
+    if args.output:
+        write_json_atomic(Path(args.output), {**summary, "judgment_file": str(args.judgment)})
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        {"answer": run_answer, "judge": run_judge, "show": run_show}[args.command](args)
+    except MTBenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

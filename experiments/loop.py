@@ -1,0 +1,380 @@
+"""The one training loop every method runs through (contract in docs/DESIGN.md and baselines/base.py).
+
+Per optimizer step: set the schedule's LR multiplier; for each of grad_accum micro-batches a timed forward (under
+autocast when asked) and a timed `method.backward(loss / grad_accum)`; then a timed update = `clip_and_norm` +
+`step`; then `zero_grad`. Methods whose update is fused into backward (LOMO) report an update time of 0. A method that
+cannot accumulate gradients is refused when grad_accum > 1: the run ends with status "error" and says so, rather than
+silently training with another effective batch size.
+
+Checkpoints (train.save_every) hold the model weights, the method's state, the step, the data position (epoch and
+micro-batches consumed in it) and every RNG state, so a resumed run continues exactly as an uninterrupted one would.
+Out of memory ends the run with status "oom" and the bytes held; any other exception with status "error".
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import traceback
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from baselines.errors import MethodUnsupportedError
+from experiments.config import TrainConfig
+from experiments.measure import MemoryProbe, StepTimer, is_oom
+from experiments.results import (CHECKPOINT_FILE, ERROR_FILE, METRICS_FILE, MetricsWriter, atomic_write_text,
+                                 environment_info, read_metrics, summarize_metrics, truncate_metrics, write_summary)
+from experiments.schedule import lr_multiplier, warmup_steps_for
+
+BatchesFn = Callable[[int], Iterable[dict]]
+
+
+class UnsupportedSetupError(RuntimeError):
+    """The method cannot run the requested setup (e.g. gradient accumulation with a fused update)."""
+
+
+# --- seeding and RNG state ----------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             # numpy's state holds an ndarray, which torch.load(weights_only=True) refuses: store it as a tensor
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- data stream --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Position:
+    step: int = 0          # optimizer steps completed
+    epoch: int = 0
+    micro: int = 0         # micro-batches of this epoch consumed by completed steps
+
+
+class BatchStream:
+    """Groups micro-batches into optimizer steps across epochs. A remainder of fewer than grad_accum micro-batches
+    at the end of an epoch is dropped (as drop_last would), so every step sees exactly grad_accum micro-batches."""
+
+    def __init__(self, batches_fn: BatchesFn, grad_accum: int, position: Position):
+        self.batches_fn = batches_fn
+        self.grad_accum = grad_accum
+        self.epoch = position.epoch
+        self.micro = position.micro
+        self._iter: Iterator | None = None
+
+    def _open_epoch(self, skip: int) -> None:
+        self._iter = iter(self.batches_fn(self.epoch))
+        for _ in range(skip):
+            if next(self._iter, None) is None:
+                raise RuntimeError(f"cannot resume: epoch {self.epoch} has fewer than {skip} micro-batches")
+
+    def next_step(self) -> list[dict]:
+        empty_epochs = 0
+        while True:
+            if self._iter is None:
+                self._open_epoch(self.micro)
+            group = []
+            for batch in self._iter:
+                group.append(batch)
+                if len(group) == self.grad_accum:
+                    self.micro += self.grad_accum
+                    return group
+            # epoch exhausted: drop the remainder and start the next epoch
+            empty_epochs += 1
+            if empty_epochs > 1 or (self.micro == 0 and not group):
+                raise RuntimeError(f"the data gives {self.micro + len(group)} micro-batch(es) per epoch, fewer than "
+                                   f"train.grad_accum={self.grad_accum}; add data or lower grad_accum")
+            self.epoch, self.micro, self._iter = self.epoch + 1, 0, None
+
+
+def count_micro_batches(batches_fn: BatchesFn) -> int:
+    batches = batches_fn(0)
+    if hasattr(batches, "__len__"):
+        return len(batches)
+    return sum(1 for _ in batches)
+
+
+def plan_steps(cfg: TrainConfig, batches_fn: BatchesFn) -> int:
+    """Total optimizer steps: max_steps when given, else epochs × (micro-batches per epoch // grad_accum)."""
+    if cfg.max_steps:
+        return int(cfg.max_steps)
+    n_micro = count_micro_batches(batches_fn)
+    per_epoch = n_micro // cfg.grad_accum
+    if per_epoch == 0:
+        raise RuntimeError(f"the data gives {n_micro} micro-batch(es) per epoch, fewer than train.grad_accum="
+                           f"{cfg.grad_accum}; add data or lower grad_accum")
+    return max(1, int(round(cfg.epochs * per_epoch)))
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, model: nn.Module, method, position: Position, total_steps: int) -> None:
+    payload = {"step": position.step, "epoch": position.epoch, "micro": position.micro, "total_steps": total_steps,
+               "model": model.state_dict(), "method": method.state_dict(), "rng": rng_state()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _checkpoint_path(resume_from: str) -> Path:
+    path = Path(resume_from)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"train.resume_from={resume_from!r}: no checkpoint at {path}")
+    return path
+
+
+def load_checkpoint(resume_from: str, model: nn.Module, method, run_dir: Path, device: torch.device) -> Position:
+    path = _checkpoint_path(resume_from)
+    payload = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(payload["model"])
+    method.load_state_dict(payload["method"])
+    position = Position(step=int(payload["step"]), epoch=int(payload["epoch"]), micro=int(payload["micro"]))
+    source_dir = path.parent.resolve()
+    if source_dir == run_dir.resolve():
+        truncate_metrics(run_dir, position.step)
+    elif (source_dir / METRICS_FILE).exists():
+        # resuming into a new directory: its metrics start as the history up to the checkpoint (replacing anything
+        # there), so the summary covers the whole run
+        history = [r for r in read_metrics(source_dir) if int(r["step"]) <= position.step]
+        atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
+    set_rng_state(payload["rng"])  # last, so nothing after it consumes random numbers before training resumes
+    return position
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def count_tokens(batch: dict) -> int:
+    """Non-padding input tokens (attention_mask when present, else every input id)."""
+    if isinstance(batch.get("attention_mask"), torch.Tensor):
+        return int(batch["attention_mask"].sum())
+    if isinstance(batch.get("input_ids"), torch.Tensor):
+        return int(batch["input_ids"].numel())
+    return 0
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, batches: Iterable[dict], device: torch.device,
+                  autocast_dtype: torch.dtype | None = None, progress: bool = True) -> float | None:
+    """Mean loss over the evaluation batches (model put back in train mode afterwards)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in tqdm(list(batches), desc="eval", unit="batch", leave=False, disable=not progress):
+            with _autocast(device, autocast_dtype):
+                loss = model(**_to_device(batch, device)).loss
+            total += float(loss)
+            count += 1
+    finally:
+        model.train(was_training)
+    return total / count if count else None
+
+
+def save_final_model(model: nn.Module, path: Path) -> None:
+    """Write the trained model as a transformers folder; LoRA adapters are merged first so evaluators load one model."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+
+
+def _check_supported(method, cfg: TrainConfig) -> None:
+    if cfg.grad_accum > 1 and not method.supports_grad_accumulation:
+        raise UnsupportedSetupError(
+            f"method {method.name!r} cannot accumulate gradients over micro-batches (its update is fused into "
+            f"backward), but train.grad_accum={cfg.grad_accum}; set train.grad_accum=1 and multiply "
+            f"train.batch_size by {cfg.grad_accum} to keep the same effective batch")
+
+
+def error_kind_of(exc: BaseException) -> str:
+    """unsupported: the method cannot run here (e.g. needs CUDA); setup: the requested setup does not fit the method
+    (e.g. grad_accum with a fused update); exception: anything else."""
+    if isinstance(exc, MethodUnsupportedError):
+        return "unsupported"
+    if isinstance(exc, UnsupportedSetupError):
+        return "setup"
+    return "exception"
+
+
+def _method_info(method) -> dict:
+    options = method.options
+    return {"name": method.name, "lr": method.lr, "weight_decay": method.weight_decay,
+            "options": dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {},
+            "fused_backward": bool(method.fused_backward),
+            "supports_grad_accumulation": bool(method.supports_grad_accumulation),
+            "grad_norm_over": getattr(method, "grad_norm_over", "trainable")}
+
+
+# --- the loop ----------------------------------------------------------------------------------------------------
+def _train_step(model, method, micro_batches, cfg, position, total_steps, warmup, device, autocast_dtype,
+                timer: StepTimer, probe: MemoryProbe) -> dict:
+    probe.begin_step()
+    timer.start_step()
+    scale = lr_multiplier(position.step, total_steps, cfg.lr_schedule, warmup)
+    method.set_lr_scale(scale)
+    grad_accum = len(micro_batches)
+    losses, tokens = [], 0
+    for index, batch in enumerate(micro_batches):
+        tokens += count_tokens(batch)
+        batch = _to_device(batch, device)
+        with timer.phase("forward"), probe.forward_context(), _autocast(device, autocast_dtype):
+            loss = model(**batch).loss
+        probe.sample("after_forward", model, method, batch)
+        losses.append(loss.detach().float())
+        with timer.phase("backward"):
+            method.backward(loss / grad_accum, last_micro_batch=index == grad_accum - 1)
+        del loss
+        probe.sample("after_backward", model, method, batch)
+    update_phase = contextlib.nullcontext() if method.fused_backward else timer.phase("update")
+    with update_phase:
+        norm = method.clip_and_norm(cfg.max_grad_norm)
+        method.step()
+    probe.sample("after_update", model, method)
+    method.zero_grad()
+    times = timer.end_step()
+    loss_value = float(torch.stack(losses).mean())
+    record = {
+        "step": position.step + 1, "epoch": position.epoch, "loss": loss_value, "lr": method.lr * scale,
+        "grad_norm": None if norm is None else float(norm),
+        "grad_norm_over": "none" if norm is None else getattr(method, "grad_norm_over", "trainable"),
+        "tokens": tokens, "tokens_per_s": tokens / (times["step"] / 1000.0) if times["step"] > 0 else None,
+        "t_forward_ms": times["forward"], "t_backward_ms": times["backward"],
+        "t_update_ms": 0.0 if method.fused_backward else times["update"], "t_step_ms": times["step"],
+    }
+    if method.fused_backward:
+        record["update_fused"] = True
+    record.update(probe.end_step(position.step + 1))
+    return record
+
+
+def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run_dir, *,
+          eval_batches_fn: Callable[[], Iterable[dict]] | None = None, autocast_dtype: torch.dtype | None = None,
+          device: str | torch.device = "cpu", seed: int | None = None, meta: dict | None = None,
+          save_model_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Train `model` with `method` (prepare_model and build_optimizer are called here) and return the summary that
+    is also written to <run_dir>/summary.json. batches_fn(epoch) gives that epoch's micro-batches, identical for
+    every method; eval_batches_fn() the held-out batches. `meta` carries run_name, model and config for the summary."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    meta = dict(meta or {})
+    probe = MemoryProbe(device, enabled=cfg.track_memory)
+    timer = StepTimer(device)
+    status, error, error_kind, writer, total_steps, stopped_early = "ok", None, None, None, None, False
+    held_at_oom = None
+    try:
+        _check_supported(method, cfg)
+        if seed is not None:
+            seed_everything(seed)
+        if hasattr(method, "set_max_grad_norm"):
+            # methods that clip inside a fused backward (LOMO) need the threshold before the first backward
+            method.set_max_grad_norm(cfg.max_grad_norm)
+        model = method.prepare_model(model)
+        method.build_optimizer(model)
+        model.train()
+        if getattr(getattr(model, "config", None), "use_cache", False):
+            model.config.use_cache = False  # a KV cache is useless in training and costs memory
+        position = Position()
+        if cfg.resume_from:
+            position = load_checkpoint(cfg.resume_from, model, method, run_dir, device)
+        writer = MetricsWriter(run_dir)
+        total_steps = plan_steps(cfg, batches_fn)
+        warmup = warmup_steps_for(total_steps, cfg.warmup_steps, cfg.warmup_ratio)
+        last_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
+        stream = BatchStream(batches_fn, cfg.grad_accum, position)
+        bar = tqdm(total=last_step, initial=position.step, desc=f"train {method.name}", unit="step",
+                   disable=not progress, dynamic_ncols=True)
+        with bar:
+            while position.step < last_step:
+                micro_batches = stream.next_step()
+                position.epoch = stream.epoch
+                record = _train_step(model, method, micro_batches, cfg, position, total_steps, warmup, device,
+                                     autocast_dtype, timer, probe)
+                position.step, position.micro = record["step"], stream.micro
+                is_last = position.step == last_step
+                if eval_batches_fn is not None and ((cfg.eval_every and position.step % cfg.eval_every == 0)
+                                                    or is_last):
+                    record["eval_loss"] = evaluate_loss(model, eval_batches_fn(), device, autocast_dtype, progress)
+                extras = method.describe()
+                record.update({k: v for k, v in extras.items() if k not in record})
+                writer.write(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if cfg.save_every and (position.step % cfg.save_every == 0 or is_last):
+                    save_checkpoint(run_dir / CHECKPOINT_FILE, model, method, position, total_steps)
+        stopped_early = last_step < total_steps
+        if save_model_dir is not None:
+            save_final_model(model, Path(save_model_dir))
+    except Exception as exc:  # the suite goes on with the next method; KeyboardInterrupt is not caught
+        if is_oom(exc):
+            status, error_kind = "oom", "oom"
+            held_at_oom = probe.held_now()
+            error = f"out of memory ({held_at_oom} bytes held when it happened): {exc}"
+        else:
+            status, error_kind = "error", error_kind_of(exc)
+            error = f"{type(exc).__name__}: {exc}"
+        atomic_write_text(run_dir / ERROR_FILE, "".join(traceback.format_exception(exc)))
+    finally:
+        if writer is not None:
+            writer.close()
+    records = read_metrics(run_dir)
+    summary = {"status": status, "error": error, "error_kind": error_kind,
+               "run_name": meta.get("run_name", run_dir.name), "method": method.name, "model": meta.get("model")}
+    summary.update(summarize_metrics(records, cfg.timing_warmup_steps))
+    summary["planned_steps"] = total_steps
+    summary["stopped_early"] = stopped_early
+    memory = probe.summary(method.name)
+    if held_at_oom is not None:
+        memory["held_at_oom_bytes"] = held_at_oom
+    summary["memory"] = memory
+    info = _method_info(method)
+    if method.fused_backward:
+        info["update_note"] = "fused into backward: t_update_ms is reported as 0, the update time is in backward"
+    try:
+        info["last_describe"] = method.describe() if status == "ok" else {}
+    except Exception:  # describe() of a method that failed half-way may itself fail; the summary must still be written
+        info["last_describe"] = {}
+    summary["method_info"] = info
+    summary["config"] = meta.get("config")
+    if meta.get("data_stats"):
+        summary["data_stats"] = meta["data_stats"]
+    summary["environment"] = environment_info(str(device))
+    if summary["final_loss"] is not None and not math.isfinite(summary["final_loss"]):
+        summary["loss_diverged"] = True
+    write_summary(run_dir, summary)
+    return summary

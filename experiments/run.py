@@ -1,0 +1,207 @@
+"""One training run from a config: `python -m experiments.run --config small/smollm2_alpaca.yaml method.name=lora`.
+
+Loads the model (experiments.models.load_model) and the data (experiments.data), builds the method from the registry,
+trains it with experiments.loop.train and writes the run directory. Out of memory or any other failure, also while
+loading, ends in a summary.json with status "oom" or "error" rather than a traceback, so a suite can go on.
+"""
+from __future__ import annotations
+
+import os
+
+# Before torch loads OpenMP: idle OpenMP threads that spin (the default) stall every parallel op when another process
+# holds a core; on a busy 2-core machine a 576x576 SVD took 13 s instead of 0.16 s with passive waiting.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import gc
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+from baselines.registry import METHODS, method_names
+from experiments.config import (CONFIG_DIR, PROFILE_DIR, ConfigError, RunConfig, build_method_options,
+                                config_to_dict, list_configs, load_config)
+from experiments.loop import error_kind_of, seed_everything, train
+from experiments.measure import is_oom
+from experiments.results import (RunDirExistsError, atomic_write_text, atomic_write_yaml, failure_summary,
+                                 prepare_run_dir, write_summary)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA device is available; valid here: auto, cpu")
+    return name
+
+
+def autocast_dtype(cfg: RunConfig) -> torch.dtype | None:
+    """auto: bf16 compute when the weights are stored in bf16, so fp32 master weights or fp32 adapters never meet
+    bf16 activations in one matmul; none with fp32 weights."""
+    mode = cfg.train.autocast
+    if mode == "none":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if cfg.model.dtype == "bf16" else None
+
+
+def build_data(cfg: RunConfig, tokenizer, stats: dict | None = None):
+    """(batches_fn(epoch), eval_batches_fn or None): the same tokenized examples and order for every method.
+    `stats` (if given) receives the tokenization statistics (examples, tokens, truncated, ...)."""
+    stats = {} if stats is None else stats
+    from experiments import data as data_mod
+
+    if cfg.data.format == "superglue":
+        raise ConfigError("data.format=superglue is trained by the SuperGLUE evaluator (python -m eval.superglue "
+                          "--config ...), which builds classification batches; experiments.run trains causal LMs")
+    if tokenizer is None:
+        raise ConfigError(f"model.source={cfg.model.source!r} comes without a tokenizer; text data needs one")
+    wanted = None if cfg.data.max_samples is None else cfg.data.max_samples + cfg.data.eval_samples
+    records = data_mod.load_records(cfg.data.source, split=cfg.data.split, max_samples=wanted)
+    n_eval = cfg.data.eval_samples
+    if n_eval and len(records) <= n_eval:
+        raise ConfigError(f"data.eval_samples={n_eval} leaves no training examples out of {len(records)}")
+    # a seeded split: the held-out records are the same for every method
+    train_records, eval_records = (data_mod.split_train_eval(records, n_eval, cfg.seed) if n_eval
+                                   else (records, []))
+    pad_to = cfg.data.max_length if cfg.data.pad_to_max_length else None
+
+    def tokenize(recs):
+        return data_mod.tokenize_records(recs, tokenizer, fmt=cfg.data.format, max_length=cfg.data.max_length,
+                                         packing=cfg.data.packing)
+
+    train_examples = tokenize(train_records)
+    stats.update(getattr(train_examples, "stats", {}) or {})
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    def batches_fn(epoch: int):
+        return data_mod.make_batches(train_examples, batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
+                                     shuffle=cfg.data.shuffle, group_by_length=cfg.data.group_by_length,
+                                     pad_token_id=pad, pad_to_length=pad_to)
+
+    eval_fn = None
+    if eval_records:
+        eval_examples = tokenize(eval_records)
+        stats["eval_examples"] = len(eval_examples)
+
+        def eval_fn():
+            return data_mod.make_batches(eval_examples, batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
+                                         seed=cfg.seed, epoch=0, shuffle=False, pad_token_id=pad,
+                                         pad_to_length=pad_to)
+
+    return batches_fn, eval_fn
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "suffix") -> tuple[dict, Path]:
+    """Train one config; returns (summary, run_dir). Failures become a summary with status oom/error."""
+    resume = bool(cfg.train.resume_from)
+    run_dir = prepare_run_dir(cfg.output.dir, cfg.run_name, overwrite=cfg.output.overwrite, resume=resume,
+                              on_exists=on_exists)
+    config_dict = config_to_dict(cfg)
+    atomic_write_yaml(run_dir / "config.yaml", config_dict)
+    device = resolve_device(cfg.train.device)
+    model = tokenizer = None
+    data_stats: dict = {}
+    meta = {"run_name": cfg.run_name, "model": cfg.model.source, "config": config_dict, "data_stats": data_stats}
+    try:
+        seed_everything(cfg.seed)  # random-init models and LoRA adapters start from the same numbers every time
+        from baselines.registry import get_method_class
+        from experiments.models import load_model
+
+        method = get_method_class(cfg.method.name)(build_method_options(cfg.method), lr=cfg.method.lr,
+                                                   weight_decay=cfg.method.weight_decay)
+        model, tokenizer = load_model(cfg.model.source, dtype=cfg.model.dtype, device=device, task=cfg.model.task,
+                                      num_labels=cfg.model.num_labels,
+                                      attn_implementation=cfg.model.attn_implementation,
+                                      gradient_checkpointing=cfg.model.gradient_checkpointing, seed=cfg.seed)
+        batches_fn, eval_fn = build_data(cfg, tokenizer, data_stats)
+    except Exception as exc:
+        status = "oom" if is_oom(exc) else "error"
+        summary = failure_summary(status, f"{type(exc).__name__}: {exc}", kind=error_kind_of(exc),
+                                  run_name=cfg.run_name, method=cfg.method.name, model=cfg.model.source,
+                                  config=config_dict, device=device)
+        write_summary(run_dir, summary)
+        atomic_write_text(run_dir / "error.txt", "".join(traceback.format_exception(exc)))
+        del model
+        _free_memory()
+        return summary, run_dir
+    save_dir = run_dir / "model" if cfg.output.save_model else None
+    summary = train(model, method, batches_fn, cfg.train, run_dir, eval_batches_fn=eval_fn,
+                    autocast_dtype=autocast_dtype(cfg), device=device, seed=cfg.seed, meta=meta,
+                    save_model_dir=save_dir, progress=progress)
+    if save_dir is not None and summary["status"] == "ok" and tokenizer is not None:
+        tokenizer.save_pretrained(save_dir)
+    del model, method
+    _free_memory()
+    return summary, run_dir
+
+
+def list_everything() -> str:
+    lines = ["methods:"]
+    lines += [f"  {name:<18} {METHODS[name]}" for name in method_names()]
+    lines.append(f"configs (under {CONFIG_DIR}):")
+    lines += [f"  {name}" for name in list_configs()]
+    lines.append(f"profiles (python -m experiments.run_all --profile NAME; under {PROFILE_DIR}):")
+    lines += [f"  {p.stem}" for p in sorted(PROFILE_DIR.glob("*.yaml"))]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.run",
+        description="Train one method on one config and write a run directory (config.yaml, metrics.jsonl, "
+                    "summary.json).",
+        epilog="example: python -m experiments.run --config small/smollm2_alpaca.yaml method.name=lora "
+               "method.rank=8 train.max_steps=5")
+    parser.add_argument("--config", help="YAML config: a path, or a name under experiments/configs/")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides")
+    parser.add_argument("--list", action="store_true", help="print every method, config and profile, then exit")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
+    parser.add_argument("--refuse-existing", action="store_true",
+                        help="fail instead of adding a -2 suffix when the run directory exists")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        print(list_everything())
+        return 0
+    if not args.config:
+        parser.error("--config is required (or --list to see the configs)")
+    try:
+        overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else [])
+        cfg = load_config(args.config, overrides)
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            return 0
+        summary, run_dir = run_experiment(cfg, progress=not args.no_progress,
+                                          on_exists="refuse" if args.refuse_existing else "suffix")
+    except (ConfigError, RunDirExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    loss = summary.get("final_loss")
+    print(f"{summary['status']}: {run_dir} (steps {summary['steps']}, final loss "
+          f"{'n/a' if loss is None else f'{loss:.4f}'})")
+    if summary["status"] != "ok":
+        print(f"  {summary['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

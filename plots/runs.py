@@ -1,0 +1,229 @@
+"""Reading run directories: summary.json, metrics.jsonl and the evaluators' JSON files (no torch here).
+
+Layout (docs/DESIGN.md): results/<group>/<run>/summary.json, metrics.jsonl, config.yaml, eval/*.json. Every field
+used by the tables is read through this module, so a schema change is fixed in one place.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+
+class ResultsError(ValueError):
+    """A results directory or file that cannot be read (the message names the file and the problem)."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"cannot read {path}: {exc}") from exc
+
+
+@dataclass
+class Run:
+    path: Path
+    group: str
+    summary: dict = field(repr=False)
+
+    # --- summary fields ------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.summary.get("run_name") or self.path.name
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "error")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def config(self) -> dict:
+        return self.summary.get("config") or {}
+
+    @property
+    def method(self) -> str:
+        return str(self.summary.get("method") or self.config.get("method", {}).get("name", "?"))
+
+    @property
+    def method_options(self) -> dict:
+        """Options of the run's method: from method_info (what ran), else the resolved config's method section."""
+        info = (self.summary.get("method_info") or {}).get("options")
+        if info:
+            return info
+        return {k: v for k, v in self.config.get("method", {}).items() if k not in ("name", "lr", "weight_decay")}
+
+    @property
+    def model(self) -> str:
+        return str(self.summary.get("model") or self.config.get("model", {}).get("source", "?"))
+
+    @property
+    def lr(self) -> float | None:
+        value = (self.summary.get("method_info") or {}).get("lr", self.config.get("method", {}).get("lr"))
+        return None if value is None else float(value)
+
+    @property
+    def train(self) -> dict:
+        return self.config.get("train") or {}
+
+    @property
+    def device_name(self) -> str:
+        return str((self.summary.get("environment") or {}).get("device_name", "unknown device"))
+
+    @property
+    def date(self) -> str:
+        return str((self.summary.get("environment") or {}).get("date", ""))
+
+    @property
+    def tags(self) -> dict:
+        """summary["tags"] as a dict; a list of "key=value" strings (or bare words, read as key=True) is accepted."""
+        tags = self.summary.get("tags") or {}
+        if isinstance(tags, dict):
+            return tags
+        out = {}
+        for item in tags:
+            key, _, value = str(item).partition("=")
+            out[key.strip()] = value.strip() if value else True
+        return out
+
+    def timing_ms(self, phase: str) -> float | None:
+        value = (self.summary.get("timing_ms") or {}).get(phase)
+        return None if value is None else float(value)
+
+    def memory_bytes(self, part: str) -> int | None:
+        """'peak_allocated' / 'peak_reserved', or a split part (parameters, gradients, optimizer_states, ...)."""
+        memory = self.summary.get("memory") or {}
+        if part in ("peak_allocated", "peak_reserved"):
+            value = memory.get(f"{part}_bytes")
+        else:
+            value = (memory.get("split_bytes") or {}).get(part)
+        return None if value is None else int(value)
+
+    @property
+    def epoch(self) -> int | None:
+        """Which epoch's checkpoint this run is: steps taken x planned epochs / planned steps, rounded.
+
+        A per-epoch checkpoint of a 3-epoch schedule is a run with train.epochs = 3 that stopped after k epochs'
+        worth of steps (train.stop_after_steps), so its learning-rate schedule is the full run's."""
+        if "epoch" in self.tags:
+            return int(self.tags["epoch"])
+        steps, planned = self.summary.get("steps"), self.summary.get("planned_steps")
+        epochs = self.train.get("epochs")
+        if not steps or not planned or not epochs or self.train.get("max_steps"):
+            return None
+        return max(1, round(steps * float(epochs) / planned))
+
+    # --- files -----------------------------------------------------------------------------------------------
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """metrics.jsonl as a frame (empty if absent); a torn last line is skipped."""
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return pd.DataFrame()
+        rows = []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if i == len(lines) - 1:
+                    break
+                raise ResultsError(f"{path}: line {i + 1} is not valid JSON ({exc})") from exc
+        return pd.DataFrame(rows)
+
+    def eval_json(self, relative: str) -> dict | None:
+        path = self.path / "eval" / relative
+        return _read_json(path) if path.is_file() else None
+
+    # --- evaluator outputs -----------------------------------------------------------------------------------
+    def math_scores(self) -> dict[str, float] | None:
+        """eval/math.json → {gsm8k, aqua, mmlu_math, sat_math, math, numglue, average} in percent."""
+        doc = self.eval_json("math.json")
+        if doc is None:
+            return None
+        rename = {"sat": "sat_math"}
+        out = {rename.get(name, name): float(entry["accuracy_pct"])
+               for name, entry in (doc.get("datasets") or {}).items() if entry.get("accuracy_pct") is not None}
+        if doc.get("average_accuracy_pct") is not None and len(out) == 6:
+            out["average"] = float(doc["average_accuracy_pct"])  # only an average over all six is the paper's
+        return out
+
+    def mtbench_score(self) -> tuple[float, str] | None:
+        """(overall MT-bench score, judge) from eval/mtbench/scores_<judge>.json; a GPT-4 judge is preferred."""
+        folder = self.path / "eval" / "mtbench"
+        files = sorted(folder.glob("scores_*.json")) if folder.is_dir() else []
+        if not files:
+            return None
+        files.sort(key=lambda p: (not p.stem.startswith("scores_gpt-4"), p.name))
+        doc = _read_json(files[0])
+        models = doc.get("models") or {}
+        if len(models) != 1:
+            raise ResultsError(f"{files[0]}: expected the scores of this run's one model, found {len(models)}")
+        overall = next(iter(models.values())).get("overall")
+        return None if overall is None else (float(overall), str(doc.get("judge", files[0].stem[7:])))
+
+    def superglue_scores(self) -> dict[str, float | str] | None:
+        """eval/superglue.json (eval.superglue's file) → {task: test score in percent, or the task's status when
+        it did not finish ("oom", "error")}. A task's number is metrics.score: accuracy, or the mean of the two
+        metrics for CB / MultiRC."""
+        doc = self.eval_json("superglue.json")
+        if doc is None:
+            return None
+        if not isinstance(doc.get("tasks"), dict):
+            raise ResultsError(f"{self.path}/eval/superglue.json: expected a 'tasks' mapping at the top level")
+        out: dict[str, float | str] = {}
+        for task, entry in doc["tasks"].items():
+            status = entry.get("status", "ok")
+            score = (entry.get("metrics") or {}).get("score")
+            if status != "ok":
+                out[str(task).lower()] = str(status)
+            elif score is not None and math.isfinite(float(score)):
+                out[str(task).lower()] = float(score)
+        return out
+
+    def rank_result(self) -> dict | None:
+        return self.eval_json("rank.json")
+
+
+def discover_runs(results: Path, *, exclude: Path | None = None) -> list[Run]:
+    """Every run (a directory with summary.json) under `results`; group = summary["group"] or the first
+    directory level below `results` ("ungrouped" for runs directly inside it)."""
+    results = Path(results)
+    if not results.is_dir():
+        raise ResultsError(f"results directory {results} does not exist")
+    runs = []
+    for summary_path in sorted(results.rglob("summary.json")):
+        run_dir = summary_path.parent
+        if exclude is not None and exclude.resolve() in run_dir.resolve().parents:
+            continue
+        if {"eval", "model"} & set(run_dir.relative_to(results).parts):
+            continue  # a file inside a run's evaluator outputs or saved model, not a run of its own
+        runs.append(_make_run(results, run_dir, _read_json(summary_path)))
+    # eval.superglue writes <out>/eval/superglue.json beside per-task harness runs (<out>/tasks/<task>/); the
+    # <out> folder has no summary.json of its own, so it becomes a run described by the JSON's model and method.
+    for scores_path in sorted(results.rglob("eval/superglue.json")):
+        out_dir = scores_path.parent.parent
+        if (out_dir / "summary.json").is_file() or (exclude is not None and
+                                                    exclude.resolve() in out_dir.resolve().parents):
+            continue
+        doc = _read_json(scores_path)
+        summary = {"status": "ok", "run_name": out_dir.name, "model": doc.get("model", "?"),
+                   "method": doc.get("method", "?"), "environment": {"date": doc.get("date", "")},
+                   "described_by": "eval/superglue.json"}
+        runs.append(_make_run(results, out_dir, summary))
+    return runs
+
+
+def _make_run(results: Path, run_dir: Path, summary: dict) -> Run:
+    relative = run_dir.relative_to(results).parts
+    group = summary.get("group") or (relative[0] if len(relative) > 1 else "ungrouped")
+    return Run(run_dir, str(group), summary)

@@ -1,0 +1,96 @@
+"""experiments/distributed.py and distributed_checkpoint.py pieces that need no process group."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from baselines.errors import MethodUnsupportedError
+from baselines.registry import method_names
+from experiments import distributed as D
+from experiments import distributed_checkpoint as C
+
+
+def test_round_robin_deals_whole_rounds_only():
+    items = list(range(7))
+    shares = [list(D.deal_round_robin(items, r, 3)) for r in range(3)]
+    assert shares == [[0, 3], [1, 4], [2, 5]]  # 6 is an incomplete round: dropped on every rank
+    assert sorted(sum(shares, [])) == list(range(6))
+
+
+def test_sharded_batches_fn_keeps_length_and_epochs():
+    ctx = D.DistContext(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"), backend="gloo", mesh=None)
+    fn = D.shard_batches_fn(lambda epoch: [f"e{epoch}b{i}" for i in range(5)], ctx)
+    assert len(fn(0)) == 2 and list(fn(0)) == ["e0b1", "e0b3"]
+    assert list(fn(1)) == ["e1b1", "e1b3"]
+    gen_fn = D.shard_batches_fn(lambda epoch: (i for i in range(4)), ctx)  # no length: a plain iterator
+    assert list(gen_fn(0)) == [1, 3]
+
+
+def test_merge_step_records():
+    records = [
+        {"step": 3, "loss": 2.0, "tokens": 100, "t_step_ms": 50.0, "t_forward_ms": 10.0, "grad_norm": 0.5,
+         "mem_peak_allocated_bytes": 1000, "mem_peak_reserved_bytes": None, "active_block": 1},
+        {"step": 3, "loss": 4.0, "tokens": 60, "t_step_ms": 80.0, "t_forward_ms": 30.0, "grad_norm": 0.5,
+         "mem_peak_allocated_bytes": 3000, "mem_peak_reserved_bytes": None, "active_block": 1},
+    ]
+    merged = D.merge_step_records(records)
+    assert merged["loss"] == pytest.approx(3.0)
+    assert merged["tokens"] == 160
+    assert merged["t_step_ms"] == 80.0 and merged["t_forward_ms"] == 30.0
+    assert merged["tokens_per_s"] == pytest.approx(160 / 0.08)
+    assert merged["mem_peak_allocated_bytes"] == 3000
+    assert merged["mem_peak_allocated_bytes_per_rank"] == [1000, 3000]
+    assert merged["world_size"] == 2 and merged["active_block"] == 1 and merged["step"] == 3
+
+
+def test_merge_memory_summaries_keeps_per_rank_and_the_top_split():
+    a = {"device": "cuda", "peak_allocated_bytes": 10, "peak_reserved_bytes": 12, "split_bytes": {"parameters": 1},
+         "process_peak_rss_bytes": 5}
+    b = {"device": "cuda", "peak_allocated_bytes": 30, "peak_reserved_bytes": 31, "split_bytes": {"parameters": 2},
+         "process_peak_rss_bytes": 6}
+    merged = D.merge_memory_summaries([a, b])
+    assert merged["peak_allocated_bytes"] == 30 and merged["peak_allocated_bytes_per_rank"] == [10, 30]
+    assert merged["peak_reserved_bytes_per_rank"] == [12, 31] and merged["split_bytes"] == {"parameters": 2}
+    assert merged["split_rank"] == 1 and merged["process_peak_rss_bytes_per_rank"] == [5, 6]
+
+
+def test_unsupported_methods_are_refused_with_reason():
+    with pytest.raises(MethodUnsupportedError, match="adalomo is unsupported under train.distributed=fsdp2"):
+        D.check_method_supported("adalomo")
+    for name in method_names():
+        if name not in D.FSDP2_UNSUPPORTED:
+            D.check_method_supported(name)  # no error
+    assert set(D.FSDP2_UNSUPPORTED) | set(D.FSDP2_NOTES) <= set(method_names())
+
+
+def test_init_without_torchrun_says_how_to_launch(monkeypatch):
+    for name in D.TORCHRUN_VARS:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="torchrun --nproc_per_node N"):
+        D.init_distributed("cpu")
+    with pytest.raises(ValueError, match="choose one of none, fsdp2"):
+        D.validate_mode("ddp")
+
+
+def test_transformer_layers_found_by_name():
+    from experiments.models import load_model
+
+    model, _ = load_model("random:tiny-llama", device="meta", tokenizer=False)
+    layers = D.transformer_layers(model)
+    assert layers == list(model.model.layers)
+
+
+def test_flatten_roundtrip_keeps_types():
+    state = {"format": "x", "schedule": {"order": [2, 0, 1], "pos": 1, "gen": torch.arange(3, dtype=torch.uint8)},
+             "masters": [torch.ones(2, 3)], "base": {"state": {0: {"step": torch.tensor(4.0)}},
+                                                     "param_groups": [{"betas": (0.9, 0.99), "lr": 1e-3, "x": None}]}}
+    layout, flat = C.flatten_state(state, "method")
+    assert set(flat) == {"method.schedule.gen", "method.masters.0", "method.base.state.0.step"}
+    import json
+
+    back = C.unflatten_state(json.loads(json.dumps(layout)), flat)  # the layout survives JSON
+    assert back["base"]["state"].keys() == {0}  # int keys stay int (torch optimizers index state by int)
+    assert back["base"]["param_groups"][0]["betas"] == (0.9, 0.99)
+    assert back["schedule"]["order"] == [2, 0, 1] and back["schedule"]["gen"] is flat["method.schedule.gen"]
+    with pytest.raises(TypeError, match="value of type object"):
+        C.flatten_state({"bad": object()})

@@ -1,0 +1,176 @@
+"""eval.math end to end with a tiny random Llama and the real SmolLM2 tokenizer: all six datasets, saved samples,
+resume after an interruption, settings checks, left-padded batching, and the CLI's one-line errors."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+import eval.math.runner as runner
+from eval.math import DATASETS, build_prompt, evaluate_math, load_items, select_subset
+from eval.math.__main__ import main
+from eval.math.generation import generate_greedy, prepare_tokenizer
+from experiments.models import load_model
+
+MODEL_NAME = "random:tiny-llama"
+FAST = {"limit": 5, "batch_size": 5, "max_new_tokens": 4}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = load_model(MODEL_NAME, dtype="fp32", device="cpu")
+    return model, tokenizer
+
+
+def _scores(results):
+    return {name: (d["accuracy_pct"], d["correct"], d["total"]) for name, d in results["datasets"].items()}
+
+
+def _samples(out_dir, name):
+    return [json.loads(line) for line in (out_dir / "math" / f"{name}.jsonl").read_text().splitlines()]
+
+
+def test_all_datasets_end_to_end_then_resume(tiny, tmp_path):
+    model, tokenizer = tiny
+    results = evaluate_math(model, tokenizer, out_dir=tmp_path, model_name=MODEL_NAME, **FAST)
+    saved = json.loads((tmp_path / "math.json").read_text())
+    assert saved["datasets"] == results["datasets"] and list(saved["datasets"]) == list(DATASETS)
+    assert saved["generated_now"] == 30
+    for name in DATASETS:
+        entry = saved["datasets"][name]
+        records = _samples(tmp_path, name)
+        expected_items = select_subset(load_items(name), 5)
+        assert [r["index"] for r in records] == [item.index for item in expected_items]
+        for record, item in zip(records, expected_items):
+            assert {"question", "prompt", "generation", "extracted", "gold", "correct"} <= set(record)
+            assert record["gold"] == item.gold and record["prompt"] == build_prompt(item, "alpaca")
+            assert record["correct"] == runner.is_correct(item, runner.extract_answer(item, record["generation"]))
+        assert entry["total"] == 5 and entry["correct"] == sum(r["correct"] for r in records)
+        assert entry["accuracy_pct"] == pytest.approx(100 * entry["correct"] / 5)
+    assert saved["average_accuracy_pct"] == pytest.approx(
+        statistics.fmean(d["accuracy_pct"] for d in saved["datasets"].values()))
+
+    # A second run with the same settings generates nothing and leaves the samples as they were.
+    before = {name: _samples(tmp_path, name) for name in DATASETS}
+    again = evaluate_math(model, tokenizer, out_dir=tmp_path, model_name=MODEL_NAME, **FAST)
+    assert again["generated_now"] == 0 and _scores(again) == _scores(results)
+    assert all(entry["generated_now"] == 0 for entry in again["datasets"].values())
+    assert {name: _samples(tmp_path, name) for name in DATASETS} == before
+
+    # Interrupted run: two records lost, and the last line cut mid-record by a kill.
+    path = tmp_path / "math" / "gsm8k.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])
+    with pytest.warns(UserWarning, match="truncated last line"):
+        resumed = evaluate_math(model, tokenizer, out_dir=tmp_path, model_name=MODEL_NAME, datasets=["gsm8k"],
+                                **FAST)
+    assert resumed["generated_now"] == 3
+    assert _samples(tmp_path, "gsm8k") == before["gsm8k"]     # greedy: the regenerated items come out the same
+    assert list(resumed["datasets"]) == list(DATASETS)        # the other datasets' results are kept in math.json
+
+
+def test_resume_refuses_other_settings(tiny, tmp_path):
+    model, tokenizer = tiny
+    evaluate_math(model, tokenizer, out_dir=tmp_path, model_name=MODEL_NAME, datasets=["sat"], limit=2,
+                  max_new_tokens=3)
+    with pytest.raises(ValueError, match="--overwrite"):
+        evaluate_math(model, tokenizer, out_dir=tmp_path, model_name=MODEL_NAME, datasets=["sat"], limit=2,
+                      max_new_tokens=4)
+    redone = evaluate_math(model, tokenizer, out_dir=tmp_path, model_name=MODEL_NAME, datasets=["sat"], limit=2,
+                           max_new_tokens=4, overwrite=True)
+    assert redone["generated_now"] == 2 and redone["settings"]["max_new_tokens"] == 4
+
+
+def test_generations_are_routed_to_their_items(monkeypatch, tmp_path):
+    """With an oracle in place of the model every item scores: prompts sorted by length for batching still get
+    their own answers back, for every dataset's gold format."""
+    gold_by_prompt = {build_prompt(item, "alpaca"): item.gold
+                      for name in DATASETS for item in select_subset(load_items(name), 7)}
+
+    def oracle(model, tokenizer, prompts, **kwargs):
+        return [f"Some reasoning with 3 numbers 4.\nThe answer is {gold_by_prompt[p]}." for p in prompts]
+
+    monkeypatch.setattr(runner, "generate_greedy", oracle)
+    results = evaluate_math(_NoModel(), _tokenizer_stub(), out_dir=tmp_path, model_name="oracle", limit=7,
+                            batch_size=3)
+    assert {name: entry["accuracy_pct"] for name, entry in results["datasets"].items()} == {n: 100.0 for n in DATASETS}
+
+
+def test_left_padded_batch_matches_single_prompts(tiny):
+    model, tokenizer = tiny
+    tok = prepare_tokenizer(tokenizer)
+    prompts = ["### Instruction:\nWhat is 2 + 3?\n\n### Response:",
+               "### Instruction:\nA farmer has 12 cows and buys 7 more. How many cows?\n\n### Response:",
+               "Q: 1 + 1?\nA:"]
+    assert len({len(tok(p)["input_ids"]) for p in prompts}) == 3       # really different lengths: padding happens
+    batched = generate_greedy(model, tok, prompts, max_new_tokens=5)
+    single = [generate_greedy(model, tok, [p], max_new_tokens=5)[0] for p in prompts]
+    assert batched == single and all(text for text in batched)
+
+
+def test_chat_prompt_style(tiny, tmp_path):
+    model, tokenizer = tiny
+    item = load_items("aqua")[0]
+    prompt = build_prompt(item, "chat", tokenizer)
+    assert "<|im_start|>user\n" + item.question in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert "The answer is (X)" in prompt
+    results = evaluate_math(model, tokenizer, out_dir=tmp_path, model_name=MODEL_NAME, datasets=["aqua"], limit=2,
+                            max_new_tokens=3, prompt_style="chat")
+    assert results["settings"]["prompt_style"] == "chat" and results["datasets"]["aqua"]["total"] == 2
+
+
+def test_cli_on_a_run_directory(tiny, tmp_path, capsys):
+    """A run directory: the model saved under <run>/model is loaded for real, results land in <run>/eval."""
+    model, tokenizer = tiny
+    run = tmp_path / "run"
+    model.save_pretrained(run / "model")
+    tokenizer.save_pretrained(run / "model")
+    (run / "summary.json").write_text("{}")
+    assert main(["--model", str(run), "--datasets", "sat,numglue", "--limit", "2", "--batch-size", "2",
+                 "--max-new-tokens", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "sat" in printed and "numglue" in printed and "average" in printed
+    saved = json.loads((run / "eval" / "math.json").read_text())
+    assert list(saved["datasets"]) == ["numglue", "sat"] and saved["environment"]["device"] == "cpu"
+    assert saved["settings"]["model"] == str(run) and (run / "eval" / "math" / "sat.jsonl").is_file()
+
+
+def test_cli_errors_are_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.undo()
+    assert main(["--model", str(tmp_path / "no_such_model"), "--datasets", "sat", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: cannot load model") and "\n" not in error
+    (tmp_path / "config.yaml").write_text("{}")                      # a run directory without a saved model
+    assert main(["--model", str(tmp_path), "--datasets", "sat"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "has no saved model" in error and "\n" not in error
+    assert main(["--model", MODEL_NAME, "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert main(["--model", MODEL_NAME, "--datasets", "sat,svamp"]) == 2
+    assert "valid choices: gsm8k, math, aqua, numglue, sat, mmlu_math" in capsys.readouterr().err
+    monkeypatch.setenv("BADAM_SHARED", str(tmp_path))
+    assert main(["--model", MODEL_NAME, "--datasets", "gsm8k", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "data file not found" in error and "\n" not in error
+
+
+class _NoModel:
+    """Stands in for a model where generation is replaced (only train/eval mode is touched)."""
+    training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+
+def _tokenizer_stub():
+    class Stub:
+        pad_token, eos_token, padding_side = "<pad>", "<pad>", "right"
+
+        def __call__(self, texts, **kwargs):
+            return {"input_ids": [t.split() for t in texts]}
+
+    return Stub()

@@ -1,0 +1,118 @@
+"""SuperGLUE fine-tuning through the harness: a random tiny BERT trains a few steps on RTE with badam and lora, the
+results JSON is written and reused, the head stays trainable, steps are observed where the loop completes them."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from eval.superglue.cli import main, task_config
+from eval.superglue.features import encode_examples, predict
+from eval.superglue.finetune import CheckpointSelector, ObservedEpoch, build_method
+from eval.superglue.splits import paper_splits
+from eval.superglue.tasks import superglue_dir
+from experiments.loop import train
+from experiments.models import load_model
+
+pytestmark = pytest.mark.skipif(not (superglue_dir() / "RTE" / "val.jsonl").exists(),
+                                reason="shared SuperGLUE data not present")
+
+SHORT = ["--model", "random:tiny-bert", "--tasks", "rte", "--max-steps", "3", "--eval-every", "2",
+         "--batch-size", "4", "--max-train", "12", "--max-eval", "8", "--max-length", "32", "--device", "cpu",
+         "--no-progress"]
+
+
+def _results(out):
+    return json.loads((out / "eval" / "superglue.json").read_text())
+
+
+@pytest.mark.parametrize("method,head_option", [("badam", "active_modules"), ("lora", "modules_to_save")])
+def test_finetune_rte_through_the_harness_writes_results(tmp_path, capsys, method, head_option):
+    out = tmp_path / method
+    extra = ["method.switch_block_every=1"] if method == "badam" else ["method.rank=4"]
+    assert main(SHORT + ["--method", method, "--out", str(out)] + extra) == 0
+    results = _results(out)
+    entry = results["tasks"]["rte"]
+    assert results["method"] == method and entry["status"] == "ok"
+    assert [h["step"] for h in entry["history"]] == [2, 3]  # every 2 steps; the last step is scored after training
+    best = max(entry["history"], key=lambda h: h["validation"]["score"])
+    assert entry["metrics"] == best["test"] and entry["metrics"]["n"] == 8
+    assert 0.0 <= entry["metrics"]["accuracy"] <= 100.0
+    assert entry["sizes"] == {"train": 12, "validation": 8, "test": 8}
+    assert entry["trainable_head"][head_option] == ["classifier", "bert.pooler"]
+    assert entry["train"]["steps"] == 3 and math.isfinite(entry["train"]["final_loss"])
+    run_dir = out / "tasks" / "rte"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["method"] == method
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+    assert results["overall"]["scores"] == {"rte": entry["metrics"]["score"]}
+    assert "rte: test accuracy" in capsys.readouterr().out
+
+    if method == "badam":  # a rerun with the same settings skips the task; other settings are refused
+        assert main(SHORT + ["--method", method, "--out", str(out)] + extra) == 0
+        assert "already done" in capsys.readouterr().out
+        assert _results(out)["tasks"]["rte"] == entry
+        assert main(SHORT + ["--method", method, "--out", str(out), "--lr", "3e-5"] + extra) == 2
+        assert "other settings" in capsys.readouterr().err
+
+
+def test_bad_input_gives_one_clear_error_line(tmp_path, capsys, monkeypatch):
+    assert main(["--method", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown method 'nope'") and "badam" in err and len(err.splitlines()) == 1
+    assert main(SHORT + ["--tasks", "rte,record", "--out", str(tmp_path)]) == 2
+    assert "valid tasks" in capsys.readouterr().err
+    assert main(SHORT + ["--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model") and "not found" in err and len(err.splitlines()) == 1
+    monkeypatch.setenv("BADAM_SHARED", str(tmp_path / "empty"))
+    assert main(SHORT + ["--out", str(tmp_path / "d")]) == 2
+    assert "RTE/val.jsonl(.gz) not found" in capsys.readouterr().err
+
+
+def test_head_trains_throughout_and_steps_are_observed_after_completion(tmp_path):
+    cfg = task_config({"model": {"source": "random:tiny-bert", "dtype": "fp32"},
+                       "method": {"name": "badam", "lr": 1e-2, "switch_block_every": 1, "switch_mode": "ascending"},
+                       "train": {"batch_size": 4, "grad_accum": 2, "max_steps": 3, "device": "cpu",
+                                 "lr_schedule": "constant"}}, "rte", set())
+    model, tokenizer = load_model("random:tiny-bert", dtype="fp32", task="sequence_classification", num_labels=2)
+    method = build_method(cfg, model)
+    assert method.options.active_modules == ["classifier", "bert.pooler"]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    features = encode_examples(paper_splits("rte", max_train=10).train, tokenizer, max_length=32,
+                               kind="classification")
+    calls = []
+
+    def on_step(*call):  # also note how many steps the loop had logged: the step must be complete when called
+        logged = tmp_path / "metrics.jsonl"
+        calls.append((*call, len(logged.read_text().splitlines()) if logged.exists() else 0))
+
+    def batches_fn(epoch):  # 3 micro-batches per epoch, grad_accum 2: one step per epoch, the remainder dropped
+        return ObservedEpoch(features, tokenizer, batch_size=4, seed=0, epoch=epoch, grad_accum=2, on_step=on_step)
+
+    summary = train(model, method, batches_fn, cfg.train, tmp_path, progress=False)
+    assert summary["status"] == "ok" and summary["steps"] == 3
+    assert calls == [(0, 1, True, 1), (1, 1, True, 2)]  # the loop never asks for data after its last step
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert {"classifier.weight", "bert.pooler.dense.weight"} <= changed  # trained in all 3 steps, whatever block
+    assert not any(n.startswith("bert.embeddings.") for n in changed)  # BAdam leaves embeddings out by default
+    assert any(n.startswith("bert.encoder.layer.0.") for n in changed)
+
+
+def test_selector_reports_test_of_best_validation_earliest_on_ties():
+    selector = CheckpointSelector.__new__(CheckpointSelector)
+    selector.history = [{"step": s, "validation": {"score": v}, "test": {"score": t}}
+                        for s, v, t in ((2, 50.0, 70.0), (4, 60.0, 55.0), (6, 60.0, 80.0), (8, 40.0, 90.0))]
+    assert selector.best()["step"] == 4 and selector.best()["test"]["score"] == 55.0
+
+
+def test_copa_multiple_choice_predicts_one_of_its_choices():
+    model, tokenizer = load_model("random:tiny-bert", dtype="fp32", task="multiple_choice")
+    examples = paper_splits("copa").validation[:5]
+    features = encode_examples(examples, tokenizer, max_length=40, kind="multiple_choice")
+    predictions, loss = predict(model, features, tokenizer, batch_size=2, progress=False)
+    assert len(predictions) == 5 and set(predictions) <= {0, 1}
+    assert math.isfinite(loss) and loss == pytest.approx(math.log(2), abs=0.2)  # an untrained head is near chance
+    assert not model.training

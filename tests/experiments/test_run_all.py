@@ -1,0 +1,120 @@
+"""The main job: profiles resolve and validate, a failing method does not stop the suite, and the default profile's
+pieces run end to end in a reduced form (2 methods, 2 steps, a tiny random Llama instead of SmolLM2)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import baselines.registry as registry
+import experiments.config as config_mod
+from baselines.adam import Adam
+from experiments import run_all
+from experiments.config import ConfigError, load_config
+from experiments.results import read_summary
+
+TINY = ["model.source=random:tiny-llama", "data.max_length=48", "data.max_samples=8", "data.eval_samples=2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", run_all.profile_names())
+def test_every_profile_resolves(name, tmp_path):
+    profile = run_all.load_profile(name)
+    planned = run_all.plan_runs(profile, output_root=tmp_path)
+    assert planned and profile["description"]
+    for item in planned:
+        if item.cfg is None:
+            assert item.skip_reason
+            continue
+        assert item.cfg.method.name == item.method
+        assert str(item.cfg.output.dir).startswith(str(tmp_path / item.group))
+    names = [(p.group, p.cfg.run_name) for p in planned if p.cfg]
+    assert len(names) == len(set(names)), "two runs of a profile would share a run directory"
+
+
+def test_default_profile_covers_every_method_and_says_why_some_are_skipped(tmp_path):
+    planned = run_all.plan_runs(run_all.load_profile("cpu"), output_root=tmp_path)
+    assert {p.method for p in planned} == set(registry.method_names())
+    skipped = {p.method: p.skip_reason for p in planned if p.cfg is None}
+    assert set(skipped) == {"adalomo", "galore_8bit"} and all("CUDA" in r for r in skipped.values())
+    steps = {p.cfg.train.max_steps for p in planned if p.cfg}
+    assert steps == {3}, "every method gets the same budget"
+
+
+def test_bad_profile_requests_fail_with_the_valid_choices(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="valid profiles: cpu"):
+        run_all.load_profile("laptop")
+    assert run_all.main(["--profile", "cpu", "--methods", "adamw", "--output-dir", str(tmp_path)]) == 2
+    assert "valid methods: adalomo" in capsys.readouterr().err
+    assert run_all.main(["--profile", "cpu", "--set", "train.nope=1", "--output-dir", str(tmp_path)]) == 2
+    assert "valid keys in train" in capsys.readouterr().err
+    assert run_all.main(["--profile", "paper", "--groups", "paper_memory", "--output-dir", str(tmp_path)]) == 2
+    assert "groups of profile paper: ablation_bsgd" in capsys.readouterr().err
+
+
+class OOMOnStep(Adam):
+    """adam that runs out of memory in its first update, as a too-large model would on a GPU."""
+
+    name = "oom_test"
+
+    def step(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 57.00 GiB")
+
+
+def test_a_method_that_runs_out_of_memory_does_not_stop_the_suite(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.METHODS, "oom_test", "unused:OOMOnStep")
+    real = registry.get_method_class
+    fake = lambda name: OOMOnStep if name == "oom_test" else real(name)  # noqa: E731
+    monkeypatch.setattr(registry, "get_method_class", fake)
+    monkeypatch.setattr(config_mod, "get_method_class", fake)
+    planned = []
+    for method in ("oom_test", "adam"):
+        cfg = load_config("small/smollm2_alpaca.yaml", [*TINY, f"method.name={method}", "train.max_steps=2",
+                                                         "train.grad_accum=1", f"output.dir={tmp_path}"])
+        planned.append(run_all.PlannedRun("g", method, cfg))
+    planned.append(run_all.PlannedRun("g", "galore_8bit", None, skip_reason="CUDA only"))
+    outcomes = run_all.run_planned(planned, progress=False)
+    assert [o.status for o in outcomes] == ["oom", "ok", "skipped"]
+    assert "57.00 GiB" in outcomes[0].note and read_summary(outcomes[0].run_dir)["status"] == "oom"
+    table = run_all.format_table(outcomes)
+    assert "oom_test" in table and "oom" in table and "CUDA only" in table
+
+
+def test_unsupported_method_at_run_time_is_reported_as_skipped(tmp_path):
+    cfg = load_config("small/smollm2_alpaca.yaml", [*TINY, "method.name=adalomo", "train.max_steps=1",
+                                                     "train.grad_accum=1", f"output.dir={tmp_path}"])
+    if torch.cuda.is_available():
+        pytest.skip("AdaLomo runs on this machine")
+    (outcome,) = run_all.run_planned([run_all.PlannedRun("g", "adalomo", cfg)], progress=False)
+    assert outcome.status == "skipped" and "needs CUDA" in outcome.note
+
+
+def test_reduced_default_profile_end_to_end(tmp_path, capsys):
+    code = run_all.main(["--profile", "cpu", "--methods", "adam,badam", "--output-dir", str(tmp_path),
+                         "--no-progress", "--set", "train.max_steps=2", *(x for s in TINY for x in ("--set", s))])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for method in ("adam", "badam"):
+        summary = read_summary(tmp_path / "cpu_alpaca" / f"smollm2_alpaca-{method}")
+        assert summary["status"] == "ok" and summary["steps"] == 2
+        assert summary["model"] == "random:tiny-llama"
+        line = next(line for line in out.splitlines() if line.startswith("cpu_alpaca") and f" {method} " in line)
+        assert " ok " in line and "iB (cpu)" in line and " ms" in line
+    # the profile saves adam's and badam's trained weights for the rank analysis
+    assert (tmp_path / "cpu_alpaca" / "smollm2_alpaca-adam" / "model" / "config.json").is_file()
+    assert "group" in out and "final loss" in out and "peak memory" in out and "median step" in out
+    assert "note: evaluator rank" in out and "note: plots" in out
+    assert "total wall time:" in out
+
+
+def test_planned_run_is_a_plain_record():
+    fields = {f.name for f in dataclasses.fields(run_all.PlannedRun)}
+    assert fields == {"group", "method", "cfg", "skip_reason"}
