@@ -54,6 +54,9 @@ class ModelConfig:
     attn_implementation: str | None = None
     task: str = "causal_lm"
     num_labels: int | None = None
+    # None: the source's own tokenizer (random configs: their stand-in). Else a tokenizer folder, a stand-in name or
+    # a hub id, e.g. a carried tokenizer folder on a GPU machine that lacks the packages the stand-ins come from.
+    tokenizer: str | None = None
 
 
 @dataclass

@@ -176,6 +176,15 @@ def shard_model(model: nn.Module, ctx: DistContext, *, reshard_after_forward: bo
     return model
 
 
+def shard_for_training(model: nn.Module, ctx: DistContext, seed: int) -> nn.Module:
+    """What the loop does after method.prepare_model: shard, and give a meta-device model (random sources under
+    fsdp2) its shards and random init."""
+    shard_model(model, ctx)
+    if is_meta(model):
+        materialize(model, ctx, seed)
+    return model
+
+
 def is_sharded(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
@@ -348,6 +357,15 @@ def gather_objects(obj, ctx: DistContext) -> list:
     out = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj, ctx: DistContext):
+    """Rank 0's `obj` on every rank (e.g. the run directory rank 0 chose)."""
+    import torch.distributed as dist
+
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def reduce_step_record(record: dict, ctx: DistContext) -> dict:

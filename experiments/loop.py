@@ -206,9 +206,10 @@ def evaluate_loss(model: nn.Module, batches: Iterable[dict], device: torch.devic
 
 
 def save_final_model(model: nn.Module, path: Path) -> None:
-    """Write the trained model as a transformers folder; LoRA adapters are merged first so evaluators load one model."""
+    """Write the trained model as a transformers folder. LoRA adapters are merged first so evaluators load one model;
+    the merge is done (and saved) in fp32, because rounding W + BA to bf16 would add full-rank noise to the update."""
     if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+        model = model.float().merge_and_unload()
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
 

@@ -122,7 +122,8 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
         model, tokenizer = load_model(cfg.model.source, dtype=cfg.model.dtype, device=device, task=cfg.model.task,
                                       num_labels=cfg.model.num_labels,
                                       attn_implementation=cfg.model.attn_implementation,
-                                      gradient_checkpointing=cfg.model.gradient_checkpointing, seed=cfg.seed)
+                                      gradient_checkpointing=cfg.model.gradient_checkpointing, seed=cfg.seed,
+                                      tokenizer=cfg.model.tokenizer)
         batches_fn, eval_fn = build_data(cfg, tokenizer, data_stats)
     except Exception as exc:
         status = "oom" if is_oom(exc) else "error"

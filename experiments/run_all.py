@@ -173,7 +173,9 @@ def _rank_runs(module, run_dirs: list[Path], **options) -> str:
             # the evaluator would rebuild the random base with its own seed, not the run's: ΔW would be meaningless
             skipped.append(run_dir.name)
             continue
-        module.run(base, str(run_dir / "model"), run_dir / "eval" / "rank.json", **options)
+        # the base must be built in the dtype the run loaded it in, or bf16 rounding of the base shows up as ΔW
+        dtype = ((read_summary(run_dir) or {}).get("config") or {}).get("model", {}).get("dtype", "fp32")
+        module.run(base, str(run_dir / "model"), run_dir / "eval" / "rank.json", **{"load_dtype": dtype, **options})
     return f"; random-init base, skipped: {', '.join(skipped)}" if skipped else ""
 
 

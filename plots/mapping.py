@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from plots.runs import Run
 
 GROUP_PREFIXES = {
-    "memory": "paper_memory",      # T1 (measured column), T2 / T12
-    "time": "paper_time",          # T3 / T13
+    # paper_memtime_* groups hold runs measured once for both memory and time (profiles/paper-gpu-1.yaml)
+    "memory": ("paper_memory", "paper_memtime"),  # T1 (measured column), T2 / T12
+    "time": ("paper_time", "paper_memtime"),      # T3 / T13
     "backward": "paper_backward",  # T4 / T14
     "mtbench": "paper_mtbench",    # T5, F2 (loss curves)
     "math": "paper_math",          # T6
@@ -71,7 +72,7 @@ def scale_of(run: Run, *, needs_trained_weights: bool) -> Scale:
 def runs_for(runs: list[Run], purpose: str) -> list[Run]:
     if purpose not in GROUP_PREFIXES:
         raise KeyError(f"unknown purpose {purpose!r}; valid: {', '.join(GROUP_PREFIXES)}")
-    prefix = GROUP_PREFIXES[purpose]
+    prefix = GROUP_PREFIXES[purpose]  # a str or a tuple of str: str.startswith takes both
     return [r for r in runs if r.group.startswith(prefix)]
 
 

@@ -88,12 +88,11 @@ def evaluate_math(model, tokenizer, *, out_dir: str | os.PathLike, model_name: s
         for name in names:
             records = saved[name]
             todo = [item for item in selected[name] if item.index not in records]
-            dataset_start = time.perf_counter()
             for record in _generate_records(model, tok, todo, settings, batch_size, name, paths[name]):
                 records[record["index"]] = record
                 generated_now += 1
             per_dataset[name] = _score_dataset(selected[name], records, paths[name], out_dir)
-            per_dataset[name].update(generated_now=len(todo), wall_time_s=time.perf_counter() - dataset_start)
+            per_dataset[name]["generated_now"] = len(todo)
     finally:
         model.train(was_training)
     wall_time = time.perf_counter() - started
@@ -130,12 +129,16 @@ def _generate_records(model, tok, todo: list[MathItem], settings: dict, batch_si
     with tqdm(total=len(order), desc=f"math/{name}", unit="item") as bar:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
+            batch_start = time.perf_counter()
             texts = generate_greedy(model, tok, [prompts[item.index] for item in batch],
                                     max_new_tokens=settings["max_new_tokens"], add_special_tokens=special)
+            # Each record keeps its share of the batch's time, so a dataset's generation time survives resumes.
+            seconds_each = (time.perf_counter() - batch_start) / len(batch)
             records = []
             for item, text in zip(batch, texts):
                 record = {"dataset": name, "index": item.index, "question": item.question,
-                          "prompt": prompts[item.index], "generation": text, "settings": settings, **item.meta}
+                          "prompt": prompts[item.index], "generation": text, "generation_s": seconds_each,
+                          "settings": settings, **item.meta}
                 records.append(score_record(item, record))
             append_jsonl(samples_path, records)
             bar.update(len(batch))
@@ -150,8 +153,9 @@ def _score_dataset(items: list[MathItem], records: dict[int, dict], samples_path
     write_jsonl_atomic(samples_path, [rescored[idx] for idx in sorted(rescored)])
     correct = sum(bool(rescored[item.index]["correct"]) for item in items)
     total = len(items)
+    generation_s = sum(rescored[item.index].get("generation_s", 0.0) for item in items)
     return {"accuracy_pct": 100.0 * correct / total if total else 0.0, "correct": correct, "total": total,
-            "samples_file": str(samples_path.relative_to(out_dir))}
+            "generation_s": round(generation_s, 2), "samples_file": str(samples_path.relative_to(out_dir))}
 
 
 def _write_results(out_dir: Path, per_dataset: dict, settings: dict, **info) -> dict:
@@ -172,6 +176,8 @@ def _write_results(out_dir: Path, per_dataset: dict, settings: dict, **info) -> 
         "datasets": ordered,
         "average_accuracy_pct": statistics.fmean(d["accuracy_pct"] for d in ordered.values()) if ordered else None,
         "averaged_over": list(ordered),
+        # generation time of all scored samples, whichever call produced them (wall_time_s: this call only)
+        "generation_s": round(sum(d.get("generation_s", 0.0) for d in ordered.values()), 2),
         **info,
         "environment": {"python": platform.python_version(), "hostname": platform.node(), **extra},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
