@@ -22,14 +22,6 @@ def make_llama(seed: int = 0, dtype=torch.bfloat16, task: str = "causal_lm", **o
     return cls(tiny_llama_config(**overrides)).to(dtype)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run fastest on one thread, and far more predictably while other test runs share the 2 cores
-    (measured here: a forward+backward step took 1.5 s with 2 threads under load, 0.04 s with one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -31,17 +31,6 @@ def stories_dir() -> Path:
 
 
 @pytest.fixture
-def one_thread():
-    """Tiny models decode token by token: extra threads only add contention (10x slower on a busy 2-core box)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def tmp_cache(tmp_path, monkeypatch) -> Path:
     """A fresh, empty conversion cache for one test."""
     cache = tmp_path / "cache"

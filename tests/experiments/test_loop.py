@@ -19,13 +19,6 @@ from experiments.schedule import lr_multiplier, warmup_steps_for
 VOCAB = 256
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: several intra-op threads under load make timings erratic and tests slow
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_model(dtype=torch.bfloat16, seed=0) -> LlamaForCausalLM:

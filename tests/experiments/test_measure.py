@@ -18,12 +18,6 @@ from experiments.results import read_metrics, read_summary
 VOCAB = 256
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_model(dtype=torch.bfloat16, seed=0) -> LlamaForCausalLM:

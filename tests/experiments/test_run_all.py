@@ -17,12 +17,6 @@ from experiments.results import read_summary
 TINY = ["model.source=random:tiny-llama", "data.max_length=48", "data.max_samples=8", "data.eval_samples=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", run_all.profile_names())
