@@ -37,6 +37,7 @@ DTYPES = ("bf16", "fp32")
 TASKS = ("causal_lm", "sequence_classification", "multiple_choice")
 DATA_FORMATS = ("alpaca", "math", "text", "superglue")
 AUTOCAST = ("auto", "bf16", "none")
+DISTRIBUTED = ("none", "fsdp2")  # fsdp2: launch with torchrun, see experiments/distributed.py
 COMMON_METHOD_KEYS = ("name", "lr", "weight_decay")
 FP16_UNSUPPORTED = ("fp16 is not supported: it needs a dynamic loss scaler that every method (including fused LOMO "
                     "updates and BAdam's block optimizer) would have to honour; use bf16 (or fp32)")
@@ -98,6 +99,7 @@ class TrainConfig:
     resume_from: str | None = None           # checkpoint.pt or a run directory holding one
     autocast: str = "auto"                   # auto: bf16 autocast when the weights are bf16
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
+    distributed: str = "none"                # none | fsdp2 (torchrun --nproc_per_node N -m experiments.run ...)
     stop_after_steps: int | None = None      # end early (time budget); the schedule still spans the full run
     timing_warmup_steps: int = 2             # left out of the median timings
     track_memory: bool = True
@@ -344,6 +346,10 @@ def validate(cfg: RunConfig) -> None:
     device = cfg.train.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"train.device={device!r} is not valid; valid values: auto, cpu, cuda, cuda:N")
+    _choice(cfg.train.distributed, DISTRIBUTED, "train.distributed")
+    if cfg.train.distributed != "none" and device.startswith("cuda:"):
+        raise ConfigError(f"train.device={device!r} with train.distributed={cfg.train.distributed}: each process "
+                          "takes the GPU torchrun gives it (cuda:LOCAL_RANK); valid values: auto, cpu, cuda")
     for key in ("batch_size", "grad_accum"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")

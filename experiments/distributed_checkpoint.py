@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from experiments.distributed import DistContext
+from experiments.results import SHARDED_CHECKPOINT_DIR
 
 LAYOUT_FILE = "layout.json"
 FORMAT = "badam-bench/fsdp2-checkpoint/1"
-CHECKPOINT_DIR = "checkpoint.dcp"
+CHECKPOINT_DIR = SHARDED_CHECKPOINT_DIR  # inside a run directory
 
 
 # --- nested state <-> flat tensors + JSON layout ------------------------------------------------------------------

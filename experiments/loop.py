@@ -9,6 +9,10 @@ silently training with another effective batch size.
 Checkpoints (train.save_every) hold the model weights, the method's state, the step, the data position (epoch and
 micro-batches consumed in it) and every RNG state, so a resumed run continues exactly as an uninterrupted one would.
 Out of memory ends the run with status "oom" and the bytes held; any other exception with status "error".
+
+With a DistContext (train.distributed=fsdp2, experiments/distributed.py) the prepared model is sharded with FSDP2,
+each rank trains on its round-robin share of the micro-batches, every step's record is merged over the ranks and only
+rank 0 writes files; checkpoints are sharded (experiments/distributed_checkpoint.py).
 """
 from __future__ import annotations
 
@@ -29,10 +33,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from baselines.errors import MethodUnsupportedError
+from experiments import distributed as dist_mod
+from experiments import distributed_checkpoint as dist_ckpt
 from experiments.config import TrainConfig
 from experiments.measure import MemoryProbe, StepTimer, is_oom
-from experiments.results import (CHECKPOINT_FILE, ERROR_FILE, METRICS_FILE, MetricsWriter, atomic_write_text,
-                                 environment_info, read_metrics, summarize_metrics, truncate_metrics, write_summary)
+from experiments.results import (CHECKPOINT_FILE, ERROR_FILE, METRICS_FILE, SHARDED_CHECKPOINT_DIR, MetricsWriter,
+                                 atomic_write_text, environment_info, read_metrics, summarize_metrics,
+                                 truncate_metrics, write_summary)
 from experiments.schedule import lr_multiplier, warmup_steps_for
 
 BatchesFn = Callable[[int], Iterable[dict]]
@@ -156,15 +163,39 @@ def load_checkpoint(resume_from: str, model: nn.Module, method, run_dir: Path, d
     model.load_state_dict(payload["model"])
     method.load_state_dict(payload["method"])
     position = Position(step=int(payload["step"]), epoch=int(payload["epoch"]), micro=int(payload["micro"]))
-    source_dir = path.parent.resolve()
+    _carry_metrics(path.parent.resolve(), run_dir, position.step)
+    set_rng_state(payload["rng"])  # last, so nothing after it consumes random numbers before training resumes
+    return position
+
+
+def _carry_metrics(source_dir: Path, run_dir: Path, step: int) -> None:
     if source_dir == run_dir.resolve():
-        truncate_metrics(run_dir, position.step)
+        truncate_metrics(run_dir, step)
     elif (source_dir / METRICS_FILE).exists():
         # resuming into a new directory: its metrics start as the history up to the checkpoint (replacing anything
         # there), so the summary covers the whole run
-        history = [r for r in read_metrics(source_dir) if int(r["step"]) <= position.step]
+        history = [r for r in read_metrics(source_dir) if int(r["step"]) <= step]
         atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
-    set_rng_state(payload["rng"])  # last, so nothing after it consumes random numbers before training resumes
+
+
+def save_sharded_checkpoint(run_dir: Path, model: nn.Module, method, position: Position, total_steps: int,
+                            ctx) -> None:
+    """train.distributed=fsdp2: every rank writes its shards into <run_dir>/checkpoint.dcp (and its RNG states)."""
+    dist_ckpt.save_checkpoint(run_dir / SHARDED_CHECKPOINT_DIR, model, method, ctx,
+                              position={"step": position.step, "epoch": position.epoch, "micro": position.micro,
+                                        "total_steps": total_steps}, rank_state={"rng": rng_state()})
+
+
+def load_sharded_checkpoint(resume_from: str, model: nn.Module, method, run_dir: Path, ctx) -> Position:
+    """resume_from: a checkpoint.dcp directory or the run directory holding one."""
+    directory = Path(resume_from)
+    if not dist_ckpt.is_checkpoint(directory) and dist_ckpt.is_checkpoint(directory / SHARDED_CHECKPOINT_DIR):
+        directory = directory / SHARDED_CHECKPOINT_DIR
+    saved, rank_state = dist_ckpt.load_checkpoint(directory, model, method, ctx)
+    position = Position(step=int(saved["step"]), epoch=int(saved["epoch"]), micro=int(saved["micro"]))
+    if ctx.is_main:
+        _carry_metrics(directory.parent.resolve(), run_dir, position.step)
+    set_rng_state(rank_state["rng"])
     return position
 
 
@@ -287,10 +318,12 @@ def _train_step(model, method, micro_batches, cfg, position, total_steps, warmup
 def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run_dir, *,
           eval_batches_fn: Callable[[], Iterable[dict]] | None = None, autocast_dtype: torch.dtype | None = None,
           device: str | torch.device = "cpu", seed: int | None = None, meta: dict | None = None,
-          save_model_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
+          save_model_dir: str | os.PathLike | None = None, progress: bool = True, dist_ctx=None) -> dict:
     """Train `model` with `method` (prepare_model and build_optimizer are called here) and return the summary that
     is also written to <run_dir>/summary.json. batches_fn(epoch) gives that epoch's micro-batches, identical for
-    every method; eval_batches_fn() the held-out batches. `meta` carries run_name, model and config for the summary."""
+    every method; eval_batches_fn() the held-out batches. `meta` carries run_name, model and config for the summary.
+    dist_ctx: an experiments.distributed.DistContext to train sharded with FSDP2 (the model may then be on the meta
+    device: it is materialised after sharding), None for one device."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
@@ -299,22 +332,30 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     timer = StepTimer(device)
     status, error, error_kind, writer, total_steps, stopped_early = "ok", None, None, None, None, False
     held_at_oom = None
+    main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes files
     try:
         _check_supported(method, cfg)
+        if dist_ctx is not None:
+            dist_mod.check_method_supported(method.name)
         if seed is not None:
             seed_everything(seed)
         if hasattr(method, "set_max_grad_norm"):
             # methods that clip inside a fused backward (LOMO) need the threshold before the first backward
             method.set_max_grad_norm(cfg.max_grad_norm)
         model = method.prepare_model(model)
+        if dist_ctx is not None:
+            model = dist_mod.shard_for_training(model, dist_ctx, seed or 0)
+            batches_fn = dist_mod.shard_batches_fn(batches_fn, dist_ctx)
         method.build_optimizer(model)
         model.train()
         if getattr(getattr(model, "config", None), "use_cache", False):
             model.config.use_cache = False  # a KV cache is useless in training and costs memory
         position = Position()
-        if cfg.resume_from:
+        if cfg.resume_from and dist_ctx is not None:
+            position = load_sharded_checkpoint(cfg.resume_from, model, method, run_dir, dist_ctx)
+        elif cfg.resume_from:
             position = load_checkpoint(cfg.resume_from, model, method, run_dir, device)
-        writer = MetricsWriter(run_dir)
+        writer = MetricsWriter(run_dir) if main else None
         # Everything built so far (model, tokenized data, library modules) lives for the whole run: move it out of
         # the cyclic garbage collector's view, so that an automatic collection during a timed forward or backward
         # does not traverse it (same treatment for every method; undone in the finally clause below).
@@ -339,13 +380,21 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
                     record["eval_loss"] = evaluate_loss(model, eval_batches_fn(), device, autocast_dtype, progress)
                 extras = method.describe()
                 record.update({k: v for k, v in extras.items() if k not in record})
-                writer.write(record)
+                if dist_ctx is not None:
+                    record = dist_mod.reduce_step_record(record, dist_ctx)
+                if writer is not None:
+                    writer.write(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if cfg.save_every and (position.step % cfg.save_every == 0 or is_last):
-                    save_checkpoint(run_dir / CHECKPOINT_FILE, model, method, position, total_steps)
+                    if dist_ctx is not None:
+                        save_sharded_checkpoint(run_dir, model, method, position, total_steps, dist_ctx)
+                    else:
+                        save_checkpoint(run_dir / CHECKPOINT_FILE, model, method, position, total_steps)
         stopped_early = last_step < total_steps
-        if save_model_dir is not None:
+        if save_model_dir is not None and dist_ctx is not None:
+            dist_mod.save_full_model(model, Path(save_model_dir), dist_ctx)
+        elif save_model_dir is not None:
             save_final_model(model, Path(save_model_dir))
     except Exception as exc:  # the suite goes on with the next method; KeyboardInterrupt is not caught
         if is_oom(exc):
@@ -355,18 +404,22 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         else:
             status, error_kind = "error", error_kind_of(exc)
             error = f"{type(exc).__name__}: {exc}"
-        atomic_write_text(run_dir / ERROR_FILE, "".join(traceback.format_exception(exc)))
+        error_file = ERROR_FILE if main else f"error_rank{dist_ctx.rank}.txt"
+        atomic_write_text(run_dir / error_file, "".join(traceback.format_exception(exc)))
     finally:
         gc.unfreeze()  # the next run in this process (run_all) may free this run's model
         if writer is not None:
             writer.close()
+    memory = probe.summary(method.name)
+    if dist_ctx is not None and status == "ok":  # a failed rank must not wait for the others (they may be stuck)
+        # collective: also guarantees that rank 0 has written and closed metrics.jsonl before any rank reads it
+        memory = dist_mod.reduce_memory_summary(memory, dist_ctx)
     records = read_metrics(run_dir)
     summary = {"status": status, "error": error, "error_kind": error_kind,
                "run_name": meta.get("run_name", run_dir.name), "method": method.name, "model": meta.get("model")}
     summary.update(summarize_metrics(records, cfg.timing_warmup_steps))
     summary["planned_steps"] = total_steps
     summary["stopped_early"] = stopped_early
-    memory = probe.summary(method.name)
     if held_at_oom is not None:
         memory["held_at_oom_bytes"] = held_at_oom
     summary["memory"] = memory
@@ -382,7 +435,10 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     if meta.get("data_stats"):
         summary["data_stats"] = meta["data_stats"]
     summary["environment"] = environment_info(str(device))
+    if dist_ctx is not None:
+        summary["distributed"] = {**dist_ctx.describe(), "note": dist_mod.method_note(method.name)}
     if summary["final_loss"] is not None and not math.isfinite(summary["final_loss"]):
         summary["loss_diverged"] = True
-    write_summary(run_dir, summary)
+    if main or status != "ok":  # a failing rank other than 0 reports too: rank 0 may be stuck waiting for it
+        write_summary(run_dir, summary)
     return summary

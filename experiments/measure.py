@@ -80,6 +80,7 @@ def _storages(tensors) -> dict[int, int]:
     out: dict[int, int] = {}
     for t in tensors:
         if isinstance(t, torch.Tensor):
+            t = getattr(t, "_local_tensor", t)  # a sharded DTensor (fsdp2) holds the storage of its local shard
             st = t.untyped_storage()
             if st.nbytes():
                 out[st.data_ptr()] = st.nbytes()

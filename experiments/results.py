@@ -29,6 +29,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+SHARDED_CHECKPOINT_DIR = "checkpoint.dcp"  # train.distributed=fsdp2: experiments/distributed_checkpoint.py
 ERROR_FILE = "error.txt"
 STATUSES = ("ok", "oom", "error")
 
@@ -95,7 +96,7 @@ def prepare_run_dir(base_dir: str | os.PathLike, run_name: str, *, overwrite: bo
         if overwrite:
             for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ERROR_FILE):
                 (path / name).unlink(missing_ok=True)
-            for sub in ("eval", "model"):
+            for sub in ("eval", "model", SHARDED_CHECKPOINT_DIR):
                 if (path / sub).is_dir():
                     shutil.rmtree(path / sub)
         elif on_exists == "refuse":

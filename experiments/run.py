@@ -3,6 +3,10 @@
 Loads the model (experiments.models.load_model) and the data (experiments.data), builds the method from the registry,
 trains it with experiments.loop.train and writes the run directory. Out of memory or any other failure, also while
 loading, ends in a summary.json with status "oom" or "error" rather than a traceback, so a suite can go on.
+
+Several GPUs: `torchrun --nproc_per_node N -m experiments.run --config ... train.distributed=fsdp2` (FSDP2, see
+experiments/distributed.py); rank 0 chooses the run directory and writes every file. A random-init model is then built
+on the meta device and each rank allocates only its shards.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import torch
 from baselines.registry import METHODS, method_names
 from experiments.config import (CONFIG_DIR, PROFILE_DIR, ConfigError, RunConfig, build_method_options,
                                 config_to_dict, list_configs, load_config)
+from experiments.distributed import LaunchError, broadcast_object, init_distributed, shutdown
 from experiments.loop import error_kind_of, seed_everything, train
 from experiments.measure import is_oom
 from experiments.results import (RunDirExistsError, atomic_write_text, atomic_write_yaml, failure_summary,
@@ -101,14 +106,38 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "suffix") -> tuple[dict, Path]:
-    """Train one config; returns (summary, run_dir). Failures become a summary with status oom/error."""
-    resume = bool(cfg.train.resume_from)
-    run_dir = prepare_run_dir(cfg.output.dir, cfg.run_name, overwrite=cfg.output.overwrite, resume=resume,
-                              on_exists=on_exists)
+def _prepare_run_dir(cfg: RunConfig, on_exists: str, dist_ctx) -> Path:
+    """Rank 0 picks the directory (maybe with a -2 suffix) and every rank uses that one; a refusal reaches all."""
+    outcome = None
+    if dist_ctx is None or dist_ctx.is_main:
+        try:
+            outcome = prepare_run_dir(cfg.output.dir, cfg.run_name, overwrite=cfg.output.overwrite,
+                                      resume=bool(cfg.train.resume_from), on_exists=on_exists)
+        except RunDirExistsError as exc:
+            outcome = exc
+    if dist_ctx is not None:
+        outcome = broadcast_object(outcome, dist_ctx)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "suffix",
+                   dist_ctx=None) -> tuple[dict, Path]:
+    """Train one config; returns (summary, run_dir). Failures become a summary with status oom/error.
+    dist_ctx: from experiments.distributed.init_distributed; with cfg.train.distributed=fsdp2 and none given, the
+    process group torchrun prepared is joined here (LaunchError when the process was not started by torchrun)."""
+    if cfg.train.distributed == "fsdp2" and dist_ctx is None:
+        dist_ctx = init_distributed(cfg.train.device)
+    main = dist_ctx is None or dist_ctx.is_main
+    run_dir = _prepare_run_dir(cfg, on_exists, dist_ctx)
     config_dict = config_to_dict(cfg)
-    atomic_write_yaml(run_dir / "config.yaml", config_dict)
-    device = resolve_device(cfg.train.device)
+    if main:
+        atomic_write_yaml(run_dir / "config.yaml", config_dict)
+    device = str(dist_ctx.device) if dist_ctx is not None else resolve_device(cfg.train.device)
+    # sharded runs: random models are built on the meta device (each rank materialises only its shards after
+    # sharding), others load on the CPU and move to the GPU shard by shard
+    load_device = device if dist_ctx is None else ("meta" if cfg.model.source.startswith("random:") else "cpu")
     model = tokenizer = None
     data_stats: dict = {}
     meta = {"run_name": cfg.run_name, "model": cfg.model.source, "config": config_dict, "data_stats": data_stats}
@@ -119,7 +148,8 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
 
         method = get_method_class(cfg.method.name)(build_method_options(cfg.method), lr=cfg.method.lr,
                                                    weight_decay=cfg.method.weight_decay)
-        model, tokenizer = load_model(cfg.model.source, dtype=cfg.model.dtype, device=device, task=cfg.model.task,
+        model, tokenizer = load_model(cfg.model.source, dtype=cfg.model.dtype, device=load_device,
+                                      task=cfg.model.task,
                                       num_labels=cfg.model.num_labels,
                                       attn_implementation=cfg.model.attn_implementation,
                                       gradient_checkpointing=cfg.model.gradient_checkpointing, seed=cfg.seed,
@@ -130,16 +160,17 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
         summary = failure_summary(status, f"{type(exc).__name__}: {exc}", kind=error_kind_of(exc),
                                   run_name=cfg.run_name, method=cfg.method.name, model=cfg.model.source,
                                   config=config_dict, device=device)
-        write_summary(run_dir, summary)
-        atomic_write_text(run_dir / "error.txt", "".join(traceback.format_exception(exc)))
+        if main:
+            write_summary(run_dir, summary)
+            atomic_write_text(run_dir / "error.txt", "".join(traceback.format_exception(exc)))
         del model
         _free_memory()
         return summary, run_dir
     save_dir = run_dir / "model" if cfg.output.save_model else None
     summary = train(model, method, batches_fn, cfg.train, run_dir, eval_batches_fn=eval_fn,
                     autocast_dtype=autocast_dtype(cfg), device=device, seed=cfg.seed, meta=meta,
-                    save_model_dir=save_dir, progress=progress)
-    if save_dir is not None and summary["status"] == "ok" and tokenizer is not None:
+                    save_model_dir=save_dir, progress=progress and main, dist_ctx=dist_ctx)
+    if save_dir is not None and summary["status"] == "ok" and tokenizer is not None and main:
         tokenizer.save_pretrained(save_dir)
     del model, method
     _free_memory()
@@ -190,11 +221,21 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             return 0
-        summary, run_dir = run_experiment(cfg, progress=not args.no_progress,
-                                          on_exists="refuse" if args.refuse_existing else "suffix")
-    except (ConfigError, RunDirExistsError) as exc:
+        dist_ctx = None
+        if cfg.train.distributed == "fsdp2":
+            dist_ctx = init_distributed(cfg.train.device)
+        try:
+            summary, run_dir = run_experiment(cfg, progress=not args.no_progress,
+                                              on_exists="refuse" if args.refuse_existing else "suffix",
+                                              dist_ctx=dist_ctx)
+        finally:
+            if dist_ctx is not None:
+                shutdown()
+    except (ConfigError, RunDirExistsError, LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if dist_ctx is not None and not dist_ctx.is_main:
+        return 0 if summary["status"] == "ok" else 1  # rank 0 reports
     loss = summary.get("final_loss")
     print(f"{summary['status']}: {run_dir} (steps {summary['steps']}, final loss "
           f"{'n/a' if loss is None else f'{loss:.4f}'})")

@@ -11,6 +11,10 @@ import torch
 
 VOCAB = 256
 SEQ = 16
+WORLD = 2
+STEPS = 4  # with K = 2: BAdam trains two blocks, crossing a switch
+CASES = [("badam", "float32"), ("adam", "float32"), ("badam", "bfloat16"), ("lora", "float32")]
+RESUME = ("badam", 5, 3)  # 5 steps straight vs 3, save, fresh model and method, load, 2 more
 
 
 def tiny_llama(dtype: torch.dtype):

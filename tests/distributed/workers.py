@@ -61,11 +61,56 @@ def resume(ctx, out_dir: Path, method_name: str, total: int, save_after: int) ->
             "rank_states": D.gather_objects(int(rank_state["rank"]), ctx)}
 
 
-def all_cases(out_dir: Path, cases: list[tuple[str, str]], steps: int, resume_args: tuple) -> dict:
+def meta_init(ctx) -> dict:
+    """A random model built on the meta device, sharded, then materialised shard by shard."""
+    model, _ = D.load_sharded_random_model("random:tiny-llama", ctx, dtype="fp32", tokenizer=False, seed=5)
+    weights = full_weights(model)
+    lora_model, _ = D.load_sharded_random_model("random:tiny-llama", ctx, dtype="fp32", tokenizer=False, seed=5,
+                                                prepare=make_method("lora").prepare_model)
+    lora = full_weights(lora_model)
+    return {"inv_freq": model.model.rotary_emb.inv_freq.clone(), "q_std": float(weights[
+        "model.layers.0.self_attn.q_proj.weight"].std()), "norm": weights["model.layers.0.input_layernorm.weight"],
+        "lora_B_max": max(float(v.abs().max()) for k, v in lora.items() if "lora_B" in k),
+        "lora_A_std": float(next(v for k, v in lora.items() if "lora_A" in k).std())}
+
+
+def harness_args(model_dir: Path, out_dir: Path, *extra: str) -> list[str]:
+    """experiments.run arguments: the tiny fp32 Llama in `model_dir`, 12 Alpaca records, batch 1, BAdam K = 2."""
+    return ["--config", "small/smollm2_alpaca.yaml", f"model.source={model_dir}", "model.tokenizer=smollm2",
+            "model.dtype=fp32", "method.name=badam", "method.switch_block_every=2", "train.max_steps=4",
+            "train.batch_size=1", "data.max_samples=12", "data.eval_samples=2", "data.max_length=48",
+            f"output.dir={out_dir}", *extra, "--no-progress"]
+
+
+def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
+    """The real entry point, as `torchrun -m experiments.run ... train.distributed=fsdp2` runs it: an uninterrupted
+    run, a run stopped after 2 steps with a sharded checkpoint, and a run resumed from it (through main())."""
+    from experiments import run as run_cli
+    from experiments.config import load_config
+
+    def args(name: str, *extra: str) -> list[str]:
+        return harness_args(model_dir, out_dir / name, "train.distributed=fsdp2", "train.device=cpu",
+                            "train.grad_accum=1", *extra)
+
+    def run(name: str, *extra: str):
+        a = args(name, *extra)
+        return run_cli.run_experiment(load_config(a[1], [x for x in a[2:] if "=" in x]), progress=False,
+                                      dist_ctx=ctx)
+
+    straight, _ = run("straight", "output.save_model=true")
+    half, half_dir = run("half", "train.stop_after_steps=2", "train.save_every=2")
+    code = run_cli.main(args("resumed", f"train.resume_from={half_dir}", "output.save_model=true"))
+    return {"statuses": [straight["status"], half["status"]], "main_exit": code}
+
+
+def all_cases(out_dir: Path, cases: list[tuple[str, str]], steps: int, resume_args: tuple,
+              model_dir: Path) -> dict:
     """Everything the tests need from one process group (starting processes costs more than the cases)."""
     ctx = D.init_distributed("cpu")
     try:
-        result = {"equivalence": equivalence(ctx, cases, steps), "resume": resume(ctx, out_dir, *resume_args)}
+        result = {"equivalence": equivalence(ctx, cases, steps), "resume": resume(ctx, out_dir, *resume_args),
+                  "meta_init": meta_init(ctx)}
+        result["harness"] = harness(ctx, out_dir / "harness", model_dir)  # last: main() ends the process group
     finally:
         D.shutdown()
     return result if ctx.is_main else {}
