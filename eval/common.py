@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 from experiments.paths import REPO_ROOT
+from experiments.results import atomic_write_text
 
 # Files the training harness writes into every run directory (experiments/results.py); either one marks a run.
 RUN_DIR_MARKERS = ("config.yaml", "summary.json")
@@ -44,17 +44,7 @@ def resolve_output_dir(model_source: str, out: str | os.PathLike | None = None) 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON through a temp file in the same folder and `os.replace`, so readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     return path
 
 
@@ -107,15 +97,5 @@ def _drop_partial_last_line(path: Path) -> None:
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path:
     """Replace a JSONL file as a whole (temp file + `os.replace`), e.g. to rewrite re-scored samples in order."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     return path

@@ -6,7 +6,6 @@ import time
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from baselines.base import Method
 from baselines.registry import get_method_class
@@ -15,16 +14,7 @@ from experiments.loop import train
 from experiments.measure import SPLIT_KEYS, MemoryProbe, StepTimer, is_oom
 from experiments.results import read_metrics, read_summary
 
-VOCAB = 256
-
-
-
-
-def tiny_model(dtype=torch.bfloat16, seed=0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    return LlamaForCausalLM(config).to(dtype)
+from test_loop import VOCAB, tiny_model  # noqa: E402  (one tiny-model recipe for the loop and measurement tests)
 
 
 def batch_of(batch=2, length=32, seed=1) -> dict:
