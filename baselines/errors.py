@@ -28,3 +28,10 @@ def require_cuda(method_name: str, model: nn.Module, why: str) -> None:
         raise MethodUnsupportedError(
             f"{method_name} needs CUDA ({why}); the model is on {device}. Run it on a GPU machine, "
             f"or pick a method that runs on CPU.")
+
+
+def accumulation_refused(method_name: str) -> UnsupportedSetupError:
+    """The error a fused-update method (LOMO, layer-wise GaLore) raises when asked to accumulate gradients."""
+    return UnsupportedSetupError(
+        f"{method_name} updates the weights inside backward and cannot accumulate gradients over micro-batches; "
+        "set train.grad_accum to 1 (use a larger micro-batch instead)")

@@ -22,7 +22,7 @@ from torch import nn
 
 from baselines.adam import AdamOptions
 from baselines.base import optimizer_state_tensors
-from baselines.errors import UnsupportedSetupError, require_cuda
+from baselines.errors import UnsupportedSetupError, accumulation_refused, require_cuda
 from baselines.model_parts import linear_module_names_in_layers
 from baselines.precision import MasterWeightMethod
 
@@ -224,9 +224,7 @@ class GaLoreLayerwise(GaLore):
 
     def backward(self, loss: torch.Tensor, last_micro_batch: bool = True) -> None:
         if not last_micro_batch:
-            raise UnsupportedSetupError(
-                f"{self.name} updates the weights inside backward and cannot accumulate gradients over micro-batches; "
-                "set train.grad_accum to 1 (use a larger micro-batch instead)")
+            raise accumulation_refused(self.name)
         self._sq_norm = None
         loss.backward()
 

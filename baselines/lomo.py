@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from baselines.base import Method, tensor_bytes
-from baselines.errors import UnsupportedSetupError, require_cuda
+from baselines.errors import accumulation_refused, require_cuda
 
 
 @dataclasses.dataclass
@@ -83,9 +83,7 @@ class LOMO(Method):
     # --- one step ----------------------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor, last_micro_batch: bool = True) -> None:
         if not last_micro_batch:
-            raise UnsupportedSetupError(
-                f"{self.name} updates the weights inside backward and cannot accumulate gradients over micro-batches; "
-                "set train.grad_accum to 1 (use a larger micro-batch instead)")
+            raise accumulation_refused(self.name)
         self._last_norm = None
         if self.max_grad_norm:
             self.optimizer.grad_norm(loss)  # first backward: measure the global norm, set the clip coefficient

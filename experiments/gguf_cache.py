@@ -92,17 +92,22 @@ def _build_gguf_tokenizer(gguf_path: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def gguf_tokenizer_folder(gguf_path: str | os.PathLike) -> Path:
-    """Cached folder holding only the tokenizer of a GGUF file (small: can be carried to machines without gguf)."""
+def _cached_from_gguf(kind: str, gguf_path: str | os.PathLike, build) -> Path:
+    """The cache folder of `kind` built from a GGUF file by `build(gguf_path, out)`, building it the first time
+    (the gguf package is needed only then)."""
     gguf_path = Path(gguf_path).resolve()
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
     identity = files_identity([gguf_path])
-    if not (cache_dir() / "gguf-tokenizer" / f"{gguf_path.stem}-{identity}" / _COMPLETE_MARKER).is_file():
+    if not (cache_dir() / kind / f"{gguf_path.stem}-{identity}" / _COMPLETE_MARKER).is_file():
         _require_gguf_package()
-    return cached_folder("gguf-tokenizer", gguf_path.stem, identity,
-                         lambda out: _build_gguf_tokenizer(gguf_path, out),
+    return cached_folder(kind, gguf_path.stem, identity, lambda out: build(gguf_path, out),
                          provenance={"source": str(gguf_path), "sha256": file_sha256(gguf_path)})
+
+
+def gguf_tokenizer_folder(gguf_path: str | os.PathLike) -> Path:
+    """Cached folder holding only the tokenizer of a GGUF file (small: can be carried to machines without gguf)."""
+    return _cached_from_gguf("gguf-tokenizer", gguf_path, _build_gguf_tokenizer)
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:
@@ -130,14 +135,7 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
 
 def gguf_model_folder(gguf_path: str | os.PathLike) -> Path:
     """Cached Hugging Face folder for a GGUF model file, converting it the first time."""
-    gguf_path = Path(gguf_path).resolve()
-    if not gguf_path.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
-    identity = files_identity([gguf_path])
-    if not (cache_dir() / "gguf" / f"{gguf_path.stem}-{identity}" / _COMPLETE_MARKER).is_file():
-        _require_gguf_package()
-    return cached_folder("gguf", gguf_path.stem, identity, lambda out: _convert_gguf(gguf_path, out),
-                         provenance={"source": str(gguf_path), "sha256": file_sha256(gguf_path)})
+    return _cached_from_gguf("gguf", gguf_path, _convert_gguf)
 
 
 # --- split zip archives shipped as several pip packages ---------------------------------------------------------

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.results import read_metrics  # plain file reading; imports no torch
+
 
 class ResultsError(ValueError):
     """A results directory or file that cannot be read (the message names the file and the problem)."""
@@ -123,22 +125,11 @@ class Run:
     # --- files -----------------------------------------------------------------------------------------------
     @cached_property
     def metrics(self) -> pd.DataFrame:
-        """metrics.jsonl as a frame (empty if absent); a torn last line is skipped."""
-        path = self.path / "metrics.jsonl"
-        if not path.is_file():
-            return pd.DataFrame()
-        rows = []
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                if i == len(lines) - 1:
-                    break
-                raise ResultsError(f"{path}: line {i + 1} is not valid JSON ({exc})") from exc
-        return pd.DataFrame(rows)
+        """metrics.jsonl as a frame (empty if absent); a torn last line is skipped (the harness's own reader)."""
+        try:
+            return pd.DataFrame(read_metrics(self.path))
+        except ValueError as exc:  # a torn line before the last one: the file is corrupt, not merely interrupted
+            raise ResultsError(str(exc)) from exc
 
     def eval_json(self, relative: str) -> dict | None:
         path = self.path / "eval" / relative
