@@ -58,6 +58,11 @@ def parse_args(argv=None):
     p.add_argument("--switch-every", type=int, default=5, help="BAdam's K (steps per block)")
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
+    p.add_argument("--ends-in-root", action="store_true",
+                   help="shard the embeddings and head inside the root group, resharded after forward (the earlier "
+                        "layout; default: groups of their own, see experiments.distributed.shard_model)")
+    p.add_argument("--profile-dir", default=None,
+                   help="also write rank 0's torch.profiler table (CUDA kernels incl. NCCL) of the last 3 steps here")
     p.add_argument("--tiny", action="store_true", help="CPU/gloo check: tiny-llama, length 32, 4 steps")
     args = p.parse_args(argv)
     if args.tiny:
@@ -118,7 +123,7 @@ def run(args, ctx) -> dict:
     t0 = time.perf_counter()
     model, _ = dist_mod.load_sharded_random_model(
         f"random:{args.model}", ctx, dtype="bf16", gradient_checkpointing=not args.no_checkpointing,
-        tokenizer=False, seed=0, prepare=method.prepare_model)
+        tokenizer=False, seed=0, prepare=method.prepare_model, separate_ends=not args.ends_in_root)
     method.build_optimizer(model)
     model.train()
     model.config.use_cache = False
@@ -132,26 +137,81 @@ def run(args, ctx) -> dict:
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     steps = []
+    profiler = None
     for step in range(args.steps):
         ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=gen).to(ctx.device)
+        if args.profile_dir and ctx.is_main and step == args.steps - 3:
+            profiler = start_profiler(ctx.device)
         sync(ctx.device)
         start = time.perf_counter()
+        marks = PhaseMarks(ctx.device)  # CUDA events: phases without synchronising between them
         with autocast:
             loss = model(input_ids=ids, labels=ids).loss
+        marks.mark()
         method.backward(loss)
+        marks.mark()
         norm = method.clip_and_norm(1.0)
         method.step()
         method.zero_grad()
+        marks.mark()
         sync(ctx.device)
-        steps.append({"step": step + 1, "ms": (time.perf_counter() - start) * 1000.0, "loss": float(loss.detach()),
-                      "grad_norm": norm, **{k: v for k, v in method.describe().items() if k == "active_block"}})
+        ms = (time.perf_counter() - start) * 1000.0
+        forward_ms, backward_ms, update_ms = marks.elapsed_ms(ms)
+        steps.append({"step": step + 1, "ms": ms, "forward_ms": forward_ms, "backward_ms": backward_ms,
+                      "update_ms": update_ms, "loss": float(loss.detach()), "grad_norm": norm,
+                      **{k: v for k, v in method.describe().items() if k == "active_block"}})
         if ctx.is_main:
             print(f"step {step + 1}/{args.steps}: {steps[-1]['ms']:.0f} ms, loss {steps[-1]['loss']:.4f}", flush=True)
+    if profiler is not None:
+        write_profile(profiler, Path(args.profile_dir), result_stem(args, ctx.world_size), ctx.device)
     peak = int(torch.cuda.max_memory_allocated(ctx.device)) if ctx.device.type == "cuda" else None
     reserved = int(torch.cuda.max_memory_reserved(ctx.device)) if ctx.device.type == "cuda" else None
     split = method.memory_split(model)
     return {"rank": ctx.rank, "init_s": init_s, "weights_bytes": weights_bytes, "peak_allocated_bytes": peak,
             "peak_reserved_bytes": reserved, "memory_split_end": split, "steps": steps, "sizes": sizes}
+
+
+class PhaseMarks:
+    """CUDA events at phase boundaries (forward | backward | update) read after the step's final synchronise; on CPU
+    the wall clock at each mark (the CPU runs synchronously)."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.marks = [self._now()]
+
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def mark(self):
+        self.marks.append(self._now())
+
+    def elapsed_ms(self, total_ms: float) -> list[float]:
+        pairs = zip(self.marks, self.marks[1:])
+        if self.cuda:
+            return [a.elapsed_time(b) for a, b in pairs]
+        return [(b - a) * 1000.0 for a, b in pairs]
+
+
+def start_profiler(device):
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    profiler = torch.profiler.profile(activities=activities)
+    profiler.__enter__()
+    return profiler
+
+
+def write_profile(profiler, folder: Path, stem: str, device) -> None:
+    profiler.__exit__(None, None, None)
+    folder.mkdir(parents=True, exist_ok=True)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort, row_limit=30)
+    (folder / f"{stem}_profile.txt").write_text(f"torch.profiler, rank 0, the last 3 steps, sorted by {sort}\n\n"
+                                                f"{table}\n")
 
 
 def nccl_version() -> str:
@@ -182,13 +242,18 @@ def environment(ctx) -> dict:
 def combine(args, ctx, per_rank: list[dict]) -> dict:
     timed = [max(r["steps"][i]["ms"] for r in per_rank) for i in range(args.warmup, args.steps)]  # slowest rank
     step_ms = statistics.median(timed)
+    phases = {f"median_{phase}_ms": statistics.median(
+        max(r["steps"][i][f"{phase}_ms"] for r in per_rank) for i in range(args.warmup, args.steps))
+        for phase in ("forward", "backward", "update")}
     tokens_per_step = args.batch_size * args.seq_len * ctx.world_size
     sizes = per_rank[0]["sizes"]
     peaks = [r["peak_allocated_bytes"] for r in per_rank]
     return {
         "model": args.model, "method": args.method, "gpus": ctx.world_size, "batch_per_gpu": args.batch_size,
         "seq_len": args.seq_len, "gradient_checkpointing": not args.no_checkpointing, "steps": args.steps,
-        "warmup": args.warmup, "switch_every": args.switch_every, "median_step_ms": step_ms,
+        "warmup": args.warmup, "switch_every": args.switch_every, "median_step_ms": step_ms, **phases,
+        "fsdp_groups": "layers + root (embeddings and head in the root)" if args.ends_in_root
+        else "layers + embeddings + head + root",
         "tokens_per_s": tokens_per_step / (step_ms / 1000.0),
         "tokens_per_s_per_gpu": tokens_per_step / (step_ms / 1000.0) / ctx.world_size,
         "peak_allocated_bytes_max": max(peaks) if all(p is not None for p in peaks) else None,
@@ -203,24 +268,34 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
     }
 
 
+def result_stem(args, world_size: int) -> str:
+    return f"{args.model}_{args.method}_n{world_size}" + ("_ends-in-root" if args.ends_in_root else "")
+
+
 def _gib(n) -> str:
     return "n/a" if n is None else f"{n / GIB:.2f}"
 
 
 def summary_markdown(out: Path) -> str:
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*_n*.json"))]
-    results.sort(key=lambda r: (r["model"], r["method"], r["gpus"]))
+    results.sort(key=lambda r: (r["model"], r["method"], r.get("fsdp_groups", ""), r["gpus"]))
     lines = ["# Multi-GPU (FSDP2) benchmark", "",
-             "| model | method | GPUs | batch/GPU x len | step ms (median) | tokens/s | tokens/s/GPU | scaling eff. | "
-             "peak GiB/GPU (max) | predicted GiB/GPU | weights GiB/GPU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | method | FSDP groups | GPUs | batch/GPU x len | step ms (median) | forward / backward / update ms | "
+             "tokens/s | tokens/s/GPU | scaling eff. | peak GiB/GPU (max) | predicted GiB/GPU | weights GiB/GPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def same_setting(a, b):
+        return all(a.get(k) == b.get(k) for k in ("model", "method", "seq_len", "batch_per_gpu", "fsdp_groups"))
+
     for r in results:
-        base = next((b for b in results if b["model"] == r["model"] and b["method"] == r["method"] and b["gpus"] == 1
-                     and b["seq_len"] == r["seq_len"] and b["batch_per_gpu"] == r["batch_per_gpu"]), None)
+        base = next((b for b in results if b["gpus"] == 1 and same_setting(b, r)), None)
         eff = f"{r['tokens_per_s'] / (r['gpus'] * base['tokens_per_s']):.2f}" if base else "n/a (no 1-GPU run)"
         weights = max((w for w in r["weights_bytes_per_rank"] if w is not None), default=None)
-        lines.append(f"| {r['model']} | {r['method']} | {r['gpus']} | {r['batch_per_gpu']} x {r['seq_len']} | "
-                     f"{r['median_step_ms']:.0f} | {r['tokens_per_s']:.0f} | {r['tokens_per_s_per_gpu']:.0f} | {eff} | "
+        phases = " / ".join(f"{r[f'median_{p}_ms']:.0f}" if r.get(f"median_{p}_ms") is not None else "-"
+                            for p in ("forward", "backward", "update"))
+        lines.append(f"| {r['model']} | {r['method']} | {r.get('fsdp_groups', 'layers + root')} | {r['gpus']} | "
+                     f"{r['batch_per_gpu']} x {r['seq_len']} | {r['median_step_ms']:.0f} | {phases} | "
+                     f"{r['tokens_per_s']:.0f} | {r['tokens_per_s_per_gpu']:.0f} | {eff} | "
                      f"{_gib(r['peak_allocated_bytes_max'])} | {_gib(r['predicted_bytes_per_gpu'])} | {_gib(weights)} |")
     lines += ["", "Runs:", ""]
     for r in results:
@@ -242,7 +317,7 @@ def main(argv=None) -> int:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             result = combine(args, ctx, per_rank)
-            path = out / f"{args.model}_{args.method}_n{ctx.world_size}.json"
+            path = out / f"{result_stem(args, ctx.world_size)}.json"
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(result, indent=2) + "\n")
             os.replace(tmp, path)

@@ -168,15 +168,46 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
     return [container.get_submodule(str(i)) for i in stack.indices]
 
 
-def shard_model(model: nn.Module, ctx: DistContext, *, reshard_after_forward: bool = True) -> nn.Module:
-    """Apply fully_shard to each transformer layer, then to the root; parameters move to ctx.device (a model built on
-    the meta device stays there until `materialize`). Returns the same module object, now an FSDPModule."""
+def shard_model(model: nn.Module, ctx: DistContext, *, reshard_after_forward: bool = True,
+                separate_ends: bool = True) -> nn.Module:
+    """Apply fully_shard to each transformer layer, to the input embeddings and the output head (when untied), then to
+    the root; parameters move to ctx.device (a model built on the meta device stays there until `materialize`).
+    Returns the same module object, now an FSDPModule.
+
+    Why these groups: the embeddings and the head hold ~1/8 of Llama 3-8B (a 128K vocabulary). In the root group they
+    would be all-gathered together before the first layer can start; as their own groups the embeddings are gathered
+    first (and freed after use) and the head's gather overlaps the layers' compute. The head and the root keep their
+    gathered weights after forward (reshard_after_forward=False, FSDP2's own default for the root) because backward
+    needs them at once; the layers reshard, so at most a layer or two is ever gathered. separate_ends=False puts the
+    embeddings and head in the root group, resharded after forward (the layout before; kept to measure the change)."""
     from torch.distributed.fsdp import fully_shard
 
     for layer in transformer_layers(model):
         fully_shard(layer, mesh=ctx.mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=ctx.mesh, reshard_after_forward=reshard_after_forward)
+    if not separate_ends:
+        fully_shard(model, mesh=ctx.mesh, reshard_after_forward=reshard_after_forward)
+        return model
+    embeddings, head = _embeddings_and_head(model)
+    if embeddings is not None:
+        fully_shard(embeddings, mesh=ctx.mesh, reshard_after_forward=reshard_after_forward)
+    if head is not None:
+        fully_shard(head, mesh=ctx.mesh, reshard_after_forward=False)
+    fully_shard(model, mesh=ctx.mesh, reshard_after_forward=False)
     return model
+
+
+def _embeddings_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
+    """The input-embedding and output-head modules to shard as groups of their own; (None, None) when they share a
+    weight (tied embeddings: one parameter cannot sit in two groups) or the model does not expose them."""
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    embeddings = get_in() if callable(get_in) else None
+    head = get_out() if callable(get_out) else None
+    embeddings = embeddings if isinstance(embeddings, nn.Module) else None
+    head = head if isinstance(head, nn.Module) else None
+    if embeddings is not None and head is not None:
+        if any(p is q for p in embeddings.parameters() for q in head.parameters()):
+            return None, None
+    return embeddings, head
 
 
 def shard_for_training(model: nn.Module, ctx: DistContext, seed: int) -> nn.Module:
@@ -239,7 +270,7 @@ def is_meta(model: nn.Module) -> bool:
 def load_sharded_random_model(source: str, ctx: DistContext, *, dtype: str = "bf16", task: str = "causal_lm",
                               num_labels: int | None = None, attn_implementation: str | None = None,
                               gradient_checkpointing: bool = False, seed: int = 0, tokenizer=None,
-                              prepare: Callable[[nn.Module], nn.Module] | None = None):
+                              prepare: Callable[[nn.Module], nn.Module] | None = None, separate_ends: bool = True):
     """(model, tokenizer) for "random:<name>", built on the meta device, passed through `prepare` (a method's
     prepare_model, while still on meta) when given, sharded, then materialised: no rank ever holds more than its shards
     plus one layer, so Llama 3-70B fits 4 GPUs. Pretrained sources load normally and are sharded with shard_model."""
@@ -252,7 +283,7 @@ def load_sharded_random_model(source: str, ctx: DistContext, *, dtype: str = "bf
                             tokenizer=tokenizer, seed=seed)
     if prepare is not None:
         model = prepare(model)
-    shard_model(model, ctx)
+    shard_model(model, ctx, separate_ends=separate_ends)
     materialize(model, ctx, seed)
     return model, tok
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from badam.hf import enable_block_checkpointing
 from experiments import gguf_cache, llama2c
 from experiments.model_configs import build_random_config, get_random_spec, random_model_names
 from experiments.paths import shared_dir
@@ -246,12 +247,13 @@ def load_model(source: str, *, dtype: str = "bf16", device: str = "cpu", task: s
     if gradient_checkpointing:
         if not model.supports_gradient_checkpointing:
             raise ValueError(f"{source} ({model.config.model_type}) does not support gradient checkpointing")
-        # Non-reentrant checkpointing also yields gradients when a block's inputs do not require grad (frozen
-        # embeddings, BAdam's inactive blocks). transformers >= 5.2x renamed the method; older 5.x only has the old one.
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Non-reentrant checkpointing yields gradients even when a block's inputs do not require grad (frozen
+        # embeddings, BAdam's inactive blocks). transformers' switch also hooks the embeddings so their output
+        # requires grad, which makes every backward run through ALL layers, frozen ones included: BAdam's backward
+        # would no longer stop at the active block. The shared routine enables checkpointing and removes that hook;
+        # no method needs it under non-reentrant checkpointing (peft re-adds it for LoRA, whose adapters sit in
+        # every layer anyway).
+        enable_block_checkpointing(model)
         model.config.use_cache = False
     return model, tok
 

@@ -217,6 +217,9 @@ def environment_info(device: str = "cpu") -> dict:
         device_name = f"CPU: {_cpu_name()} ({os.cpu_count()} logical cores)"
     commit = _git("rev-parse", "HEAD")
     dirty = _git("status", "--porcelain")
+    if commit is None and os.environ.get("BADAM_SOURCE_COMMIT"):
+        # a copy of the tree without .git (e.g. a GPU machine): the launcher names the commit it was copied from
+        commit, dirty = os.environ["BADAM_SOURCE_COMMIT"], None
     return {
         "device_name": device_name,
         "torch": torch.__version__,
@@ -227,6 +230,8 @@ def environment_info(device: str = "cpu") -> dict:
         "git_commit": commit,
         "git_dirty": bool(dirty) if dirty is not None else None,
         "command": shlex.join([sys.executable, *sys.argv]),
+        # the caching allocator's settings change peak *reserved* memory (e.g. expandable_segments)
+        "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "hostname": socket.gethostname(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

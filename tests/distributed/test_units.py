@@ -92,3 +92,13 @@ def test_flatten_roundtrip_keeps_types():
     assert back["schedule"]["order"] == [2, 0, 1] and back["schedule"]["gen"] is flat["method.schedule.gen"]
     with pytest.raises(TypeError, match="value of type object"):
         C.flatten_state({"bad": object()})
+
+
+def test_embeddings_and_head_are_their_own_groups_unless_tied():
+    from experiments.models import load_model
+
+    untied, _ = load_model("random:tiny-llama", dtype="fp32", tokenizer=False, device="meta")
+    embeddings, head = D._embeddings_and_head(untied)
+    assert embeddings is untied.model.embed_tokens and head is untied.lm_head
+    tied, _ = load_model("random:tiny-gpt2", dtype="fp32", tokenizer=False, device="meta")  # GPT-2 ties wte/lm_head
+    assert D._embeddings_and_head(tied) == (None, None)

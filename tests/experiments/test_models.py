@@ -78,6 +78,35 @@ def test_gradient_checkpointing_is_non_reentrant_and_exact():
     assert grads[1] is not None and torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
+def test_checkpointed_badam_backward_stops_at_the_active_block():
+    """The harness's loader + the registered badam method: layers below the active block get no backward.
+    (transformers' checkpointing switch hooks the embeddings' output to require grad, which would send every
+    backward through all layers; the loader removes that hook.)"""
+    from baselines.registry import get_method_class
+
+    model, _ = load_model("random:tiny-llama", dtype="bf16", tokenizer=False, gradient_checkpointing=True)
+    assert not getattr(model, "_require_grads_hooks", None)
+    cls = get_method_class("badam")
+    method = cls(cls.Options(switch_mode="fixed", start_block=1), lr=1e-3)
+    model = method.prepare_model(model)
+    method.build_optimizer(model)
+    reached = set()
+
+    def record(index):
+        def hook(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            if hidden.requires_grad:
+                hidden.register_hook(lambda grad: reached.add(index))
+        return hook
+
+    for i, layer in enumerate(model.model.layers):
+        layer.register_forward_hook(record(i))
+    model.train()
+    method.backward(model(**_lm_batch(49152)).loss, last_micro_batch=True)
+    assert reached == {1}  # layer 0 lies below the active block 1
+    assert all(m.grad is not None for m in method.trainable_parameters())  # the active block's fp32 gradients
+
+
 def test_local_folder_round_trip(tmp_path):
     model, tokenizer = load_model("random:tiny-llama", dtype="fp32")
     model.save_pretrained(tmp_path)

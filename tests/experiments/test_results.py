@@ -125,3 +125,12 @@ def test_environment_info_names_versions_and_commit():
     for key in ("torch", "transformers", "peft", "python", "git_commit", "command", "hostname", "date"):
         assert key in env
     assert env["torch"] and env["transformers"]
+
+
+def test_environment_info_without_git_takes_the_launchers_commit(monkeypatch):
+    monkeypatch.setattr(results, "_git", lambda *args: None)  # a tree copied without .git
+    monkeypatch.setenv("BADAM_SOURCE_COMMIT", "abc123")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    env = results.environment_info("cpu")
+    assert env["git_commit"] == "abc123" and env["git_dirty"] is None
+    assert env["cuda_alloc_conf"] == "expandable_segments:True"
