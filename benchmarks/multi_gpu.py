@@ -35,12 +35,16 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments import distributed as dist_mod  # noqa: E402  (needs the repo on sys.path)
+from experiments.process_env import apply_defaults  # noqa: E402  (needs the repo on sys.path)
+
+apply_defaults()  # the harness's allocator setting, before torch is imported, so both measure alike
+
+import torch  # noqa: E402
+
+from experiments import distributed as dist_mod  # noqa: E402
 
 GIB = 1024 ** 3
 
@@ -234,6 +238,7 @@ def environment(ctx) -> dict:
             "device": torch.cuda.get_device_name(ctx.device) if cuda else platform.processor() or "cpu",
             "world_size": ctx.world_size, "backend": ctx.backend, "torch": torch.__version__,
             "cuda": torch.version.cuda, "nccl": nccl_version() if cuda else None,
+            "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
             "transformers": transformers.__version__, "python": platform.python_version(),
             "hostname": socket.gethostname(), "git_commit": git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

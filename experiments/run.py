@@ -10,11 +10,9 @@ on the meta device and each rank allocates only its shards.
 """
 from __future__ import annotations
 
-import os
+from experiments.process_env import apply_defaults
 
-# Before torch loads OpenMP: idle OpenMP threads that spin (the default) stall every parallel op when another process
-# holds a core; on a busy 2-core machine a 576x576 SVD took 13 s instead of 0.16 s with passive waiting.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+apply_defaults()  # before torch is imported: OpenMP waiting policy, CUDA allocator (see experiments/process_env.py)
 
 import argparse
 import gc
