@@ -227,9 +227,9 @@ def environment(ctx) -> dict:
     def git_commit():
         try:
             return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                  timeout=10).stdout.strip() or None
+                                  timeout=10).stdout.strip() or os.environ.get("BADAM_SOURCE_COMMIT")
         except (OSError, subprocess.SubprocessError):
-            return None
+            return os.environ.get("BADAM_SOURCE_COMMIT")  # a tree copied without .git names its commit so
 
     import transformers
 
