@@ -274,7 +274,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
 
 
 def result_stem(args, world_size: int) -> str:
-    return f"{args.model}_{args.method}_n{world_size}" + ("_ends-in-root" if args.ends_in_root else "")
+    batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
+    return f"{args.model}_{args.method}_n{world_size}{batch}" + ("_ends-in-root" if args.ends_in_root else "")
 
 
 def _gib(n) -> str:
