@@ -15,6 +15,9 @@ class AdamOptions:
     # torch.optim.AdamW / transformers TrainingArguments defaults, which the paper's Adam runs use.
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    # torch's fused AdamW kernel (one launch per step instead of a few per tensor group). None: fused when every
+    # parameter sits on a CUDA device, torch's foreach implementation otherwise (CPU runs keep their exact numbers).
+    fused: bool | None = None
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)  # YAML gives a list (and may give "1e-8" as a string)
@@ -23,6 +26,18 @@ class AdamOptions:
             raise ValueError(f"betas must be two numbers in [0, 1); got {self.betas}")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0; got {self.eps}")
+        if self.fused is not None and not isinstance(self.fused, bool):
+            raise ValueError(f"fused must be true, false or null (automatic); got {self.fused!r}")
+
+
+def make_adamw(params, lr: float, options: AdamOptions, weight_decay: float) -> torch.optim.AdamW:
+    """The AdamW every method of this suite uses (Adam, BAdam, badam 1.4 as reference, LoRA), so that they differ
+    only in what they train, not in the update kernel."""
+    params = list(params)
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    fused = options.fused if options.fused is not None else bool(tensors) and all(t.is_cuda for t in tensors)
+    return torch.optim.AdamW(params, lr=lr, betas=options.betas, eps=options.eps, weight_decay=weight_decay,
+                             fused=fused or None)
 
 
 class Adam(MasterWeightMethod):
@@ -33,8 +48,7 @@ class Adam(MasterWeightMethod):
     Options = AdamOptions
 
     def make_optimizer(self, param_groups):
-        return torch.optim.AdamW(param_groups, lr=self.lr, betas=self.options.betas, eps=self.options.eps,
-                                 weight_decay=self.weight_decay)
+        return make_adamw(param_groups, self.lr, self.options, self.weight_decay)
 
 
 class AdamPureBF16(Method):
@@ -57,6 +71,5 @@ class AdamPureBF16(Method):
         return model
 
     def build_optimizer(self, model: nn.Module) -> None:
-        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.lr,
-                                           betas=self.options.betas, eps=self.options.eps,
-                                           weight_decay=self.weight_decay)
+        self.optimizer = make_adamw([p for p in model.parameters() if p.requires_grad], self.lr, self.options,
+                                    self.weight_decay)

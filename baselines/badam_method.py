@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from badam import SWITCH_MODES, BlockOptimizer, attention_mlp_blocks, infer_block_prefixes, matrix_blocks
-from baselines.adam import AdamOptions
+from baselines.adam import AdamOptions, make_adamw
 from baselines.base import Method, optimizer_state_tensors, storage_key, tensor_bytes
 from baselines.model_parts import task_head_names
 from baselines.sgd import SGDOptions
@@ -86,8 +86,7 @@ class BAdam(Method):
         return model  # BlockOptimizer freezes everything but the active block
 
     def base_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=self.lr, betas=self.options.betas, eps=self.options.eps,
-                                 weight_decay=self.weight_decay)
+        return make_adamw(params, self.lr, self.options, self.weight_decay)
 
     def build_optimizer(self, model: nn.Module) -> None:
         o = self.options

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from badam import load_official
-from baselines.adam import AdamOptions
+from baselines.adam import AdamOptions, make_adamw
 from baselines.base import Method, optimizer_state_tensors, tensor_bytes
 from baselines.errors import MethodUnsupportedError
 from baselines.model_parts import task_head_names
@@ -67,8 +67,7 @@ class BAdamOfficial(Method):
         o = self.options
         active = list(o.active_modules) if o.active_modules is not None else task_head_names(model)
         self.named_parameters = list(model.named_parameters())
-        base = torch.optim.AdamW([p for _, p in self.named_parameters], lr=self.lr, betas=o.betas, eps=o.eps,
-                                 weight_decay=self.weight_decay)
+        base = make_adamw([p for _, p in self.named_parameters], self.lr, o, self.weight_decay)
         self.optimizer = official.BlockOptimizer(
             base_optimizer=base, named_parameters_list=self.named_parameters, switch_block_every=o.switch_block_every,
             start_block=o.start_block, switch_mode=o.switch_mode, active_modules=active,

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from baselines.adam import AdamOptions
+from baselines.adam import AdamOptions, make_adamw
 from baselines.model_parts import linear_module_names_in_layers, task_head_names
 from baselines.precision import MasterWeightMethod
 
@@ -74,8 +74,7 @@ class LoRA(MasterWeightMethod):
         return get_peft_model(model, config, autocast_adapter_dtype=o.adapter_dtype == "fp32")
 
     def make_optimizer(self, param_groups):
-        return torch.optim.AdamW(param_groups, lr=self.lr, betas=self.options.betas, eps=self.options.eps,
-                                 weight_decay=self.weight_decay)
+        return make_adamw(param_groups, self.lr, self.options, self.weight_decay)
 
     def describe(self) -> dict:
         return {"lora_rank": int(self.options.rank), "lora_alpha": self.options.lora_alpha}

@@ -117,3 +117,14 @@ def test_bad_options_raise_one_clear_error(name, options, fragment):
 def test_adam_bf16_refuses_fp32_weights():
     with pytest.raises(ValueError, match="dtype=bf16"):
         build("adam_bf16", make_llama(dtype=torch.float32))
+
+
+def test_every_adamw_method_shares_one_update_kernel_choice():
+    """make_adamw: foreach on CPU (exact CPU numbers kept), fused when all parameters are on CUDA, or as asked."""
+    from baselines.adam import AdamOptions, make_adamw
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    assert not make_adamw([p], 1e-3, AdamOptions(), 0.0).defaults["fused"]
+    assert make_adamw([{"params": [p]}], 1e-3, AdamOptions(fused=True), 0.0).defaults["fused"]
+    with pytest.raises(ValueError, match="fused"):
+        AdamOptions(fused="yes")
