@@ -62,9 +62,12 @@ def parse_args(argv=None):
     p.add_argument("--switch-every", type=int, default=5, help="BAdam's K (steps per block)")
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
-    p.add_argument("--ends-in-root", action="store_true",
-                   help="shard the embeddings and head inside the root group, resharded after forward (the earlier "
-                        "layout; default: groups of their own, see experiments.distributed.shard_model)")
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("--separate-ends", action="store_true",
+                        help="give the embeddings and the output head FSDP groups of their own (less memory per GPU, "
+                             "slower in our runs; see experiments.distributed.shard_model)")
+    layout.add_argument("--ends-in-root", action="store_true",
+                        help="embeddings and head in the root group (the default; the flag names it explicitly)")
     p.add_argument("--profile-dir", default=None,
                    help="also write rank 0's torch.profiler table (CUDA kernels incl. NCCL) of the last 3 steps here")
     p.add_argument("--tiny", action="store_true", help="CPU/gloo check: tiny-llama, length 32, 4 steps")
@@ -127,7 +130,7 @@ def run(args, ctx) -> dict:
     t0 = time.perf_counter()
     model, _ = dist_mod.load_sharded_random_model(
         f"random:{args.model}", ctx, dtype="bf16", gradient_checkpointing=not args.no_checkpointing,
-        tokenizer=False, seed=0, prepare=method.prepare_model, separate_ends=not args.ends_in_root)
+        tokenizer=False, seed=0, prepare=method.prepare_model, separate_ends=args.separate_ends)
     method.build_optimizer(model)
     model.train()
     model.config.use_cache = False
@@ -225,11 +228,13 @@ def nccl_version() -> str:
 
 def environment(ctx) -> dict:
     def git_commit():
+        if os.environ.get("BADAM_SOURCE_COMMIT"):
+            return os.environ["BADAM_SOURCE_COMMIT"]  # a copied tree: the launcher knows its commit (see results.py)
         try:
             return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                  timeout=10).stdout.strip() or os.environ.get("BADAM_SOURCE_COMMIT")
+                                  timeout=10).stdout.strip() or None
         except (OSError, subprocess.SubprocessError):
-            return os.environ.get("BADAM_SOURCE_COMMIT")  # a tree copied without .git names its commit so
+            return None
 
     import transformers
 
@@ -257,8 +262,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
         "model": args.model, "method": args.method, "gpus": ctx.world_size, "batch_per_gpu": args.batch_size,
         "seq_len": args.seq_len, "gradient_checkpointing": not args.no_checkpointing, "steps": args.steps,
         "warmup": args.warmup, "switch_every": args.switch_every, "median_step_ms": step_ms, **phases,
-        "fsdp_groups": "layers + root (embeddings and head in the root)" if args.ends_in_root
-        else "layers + embeddings + head + root",
+        "fsdp_groups": "layers + embeddings + head + root" if args.separate_ends
+        else "layers + root (embeddings and head in the root)",
         "tokens_per_s": tokens_per_step / (step_ms / 1000.0),
         "tokens_per_s_per_gpu": tokens_per_step / (step_ms / 1000.0) / ctx.world_size,
         "peak_allocated_bytes_max": max(peaks) if all(p is not None for p in peaks) else None,
@@ -275,7 +280,7 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
 
 def result_stem(args, world_size: int) -> str:
     batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
-    return f"{args.model}_{args.method}_n{world_size}{batch}" + ("_ends-in-root" if args.ends_in_root else "")
+    return f"{args.model}_{args.method}_n{world_size}{batch}" + ("_separate-ends" if args.separate_ends else "")
 
 
 def _gib(n) -> str:

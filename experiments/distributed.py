@@ -169,17 +169,16 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(model: nn.Module, ctx: DistContext, *, reshard_after_forward: bool = True,
-                separate_ends: bool = True) -> nn.Module:
-    """Apply fully_shard to each transformer layer, to the input embeddings and the output head (when untied), then to
-    the root; parameters move to ctx.device (a model built on the meta device stays there until `materialize`).
-    Returns the same module object, now an FSDPModule.
+                separate_ends: bool = False) -> nn.Module:
+    """Apply fully_shard to each transformer layer, then to the root (which keeps the embeddings, the final norm and
+    the output head); parameters move to ctx.device (a model built on the meta device stays there until
+    `materialize`). Returns the same module object, now an FSDPModule.
 
-    Why these groups: the embeddings and the head hold ~1/8 of Llama 3-8B (a 128K vocabulary). In the root group they
-    would be all-gathered together before the first layer can start; as their own groups the embeddings are gathered
-    first (and freed after use) and the head's gather overlaps the layers' compute. The head and the root keep their
-    gathered weights after forward (reshard_after_forward=False, FSDP2's own default for the root) because backward
-    needs them at once; the layers reshard, so at most a layer or two is ever gathered. separate_ends=False puts the
-    embeddings and head in the root group, resharded after forward (the layout before; kept to measure the change)."""
+    separate_ends=True gives the input embeddings and the output head (when untied) groups of their own, the head and
+    root keeping their gathered weights after forward (FSDP2's advice for the root). It holds less per GPU but was
+    slower in our measurements, so it is not the default: 2 x H200, Llama 3-8B BAdam, batch 2 x 728 per GPU, four
+    alternating runs: 12.85 vs 13.75 GiB per GPU, 9,272-9,592 vs 9,689-10,163 tokens/s
+    (results/bench/multi_gpu_h200x2_*)."""
     from torch.distributed.fsdp import fully_shard
 
     for layer in transformer_layers(model):
@@ -270,7 +269,7 @@ def is_meta(model: nn.Module) -> bool:
 def load_sharded_random_model(source: str, ctx: DistContext, *, dtype: str = "bf16", task: str = "causal_lm",
                               num_labels: int | None = None, attn_implementation: str | None = None,
                               gradient_checkpointing: bool = False, seed: int = 0, tokenizer=None,
-                              prepare: Callable[[nn.Module], nn.Module] | None = None, separate_ends: bool = True):
+                              prepare: Callable[[nn.Module], nn.Module] | None = None, separate_ends: bool = False):
     """(model, tokenizer) for "random:<name>", built on the meta device, passed through `prepare` (a method's
     prepare_model, while still on meta) when given, sharded, then materialised: no rank ever holds more than its shards
     plus one layer, so Llama 3-70B fits 4 GPUs. Pretrained sources load normally and are sharded with shard_model."""

@@ -217,8 +217,11 @@ def environment_info(device: str = "cpu") -> dict:
         device_name = f"CPU: {_cpu_name()} ({os.cpu_count()} logical cores)"
     commit = _git("rev-parse", "HEAD")
     dirty = _git("status", "--porcelain")
-    if commit is None and os.environ.get("BADAM_SOURCE_COMMIT"):
-        # a copy of the tree without .git (e.g. a GPU machine): the launcher names the commit it was copied from
+    local = {}
+    if os.environ.get("BADAM_SOURCE_COMMIT"):
+        # A copy of the tree made elsewhere (a GPU machine) may lack .git or carry an older .git under newer files:
+        # the launcher names the commit the files come from; what git says here is kept beside it.
+        local = {"git_commit_local": commit, "git_dirty_local": bool(dirty) if dirty is not None else None}
         commit, dirty = os.environ["BADAM_SOURCE_COMMIT"], None
     return {
         "device_name": device_name,
@@ -234,6 +237,7 @@ def environment_info(device: str = "cpu") -> dict:
         "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "hostname": socket.gethostname(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **local,
     }
 
 

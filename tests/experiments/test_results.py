@@ -127,10 +127,13 @@ def test_environment_info_names_versions_and_commit():
     assert env["torch"] and env["transformers"]
 
 
-def test_environment_info_without_git_takes_the_launchers_commit(monkeypatch):
+def test_environment_info_takes_the_launchers_commit(monkeypatch):
     monkeypatch.setattr(results, "_git", lambda *args: None)  # a tree copied without .git
     monkeypatch.setenv("BADAM_SOURCE_COMMIT", "abc123")
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     env = results.environment_info("cpu")
-    assert env["git_commit"] == "abc123" and env["git_dirty"] is None
+    assert env["git_commit"] == "abc123" and env["git_dirty"] is None and env["git_commit_local"] is None
+    monkeypatch.setattr(results, "_git", lambda *args: "0ld" if args[0] == "rev-parse" else " M file")  # stale .git
+    env = results.environment_info("cpu")
+    assert env["git_commit"] == "abc123" and env["git_commit_local"] == "0ld" and env["git_dirty_local"] is True
     assert env["cuda_alloc_conf"] == "expandable_segments:True"
