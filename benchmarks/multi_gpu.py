@@ -68,6 +68,9 @@ def parse_args(argv=None):
                              "slower in our runs; see experiments.distributed.shard_model)")
     layout.add_argument("--ends-in-root", action="store_true",
                         help="embeddings and head in the root group (the default; the flag names it explicitly)")
+    p.add_argument("--keep-gathered", action="store_true",
+                   help="layers keep their all-gathered weights from forward to backward (reshard_after_forward="
+                        "False): no second all-gather in backward, but every GPU then holds the whole bf16 model")
     p.add_argument("--profile-dir", default=None,
                    help="also write rank 0's torch.profiler table (CUDA kernels incl. NCCL) of the last 3 steps here")
     p.add_argument("--tiny", action="store_true", help="CPU/gloo check: tiny-llama, length 32, 4 steps")
@@ -130,7 +133,8 @@ def run(args, ctx) -> dict:
     t0 = time.perf_counter()
     model, _ = dist_mod.load_sharded_random_model(
         f"random:{args.model}", ctx, dtype="bf16", gradient_checkpointing=not args.no_checkpointing,
-        tokenizer=False, seed=0, prepare=method.prepare_model, separate_ends=args.separate_ends)
+        tokenizer=False, seed=0, prepare=method.prepare_model, separate_ends=args.separate_ends,
+        reshard_after_forward=not args.keep_gathered)
     method.build_optimizer(model)
     model.train()
     model.config.use_cache = False
@@ -262,8 +266,9 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
         "model": args.model, "method": args.method, "gpus": ctx.world_size, "batch_per_gpu": args.batch_size,
         "seq_len": args.seq_len, "gradient_checkpointing": not args.no_checkpointing, "steps": args.steps,
         "warmup": args.warmup, "switch_every": args.switch_every, "median_step_ms": step_ms, **phases,
-        "fsdp_groups": "layers + embeddings + head + root" if args.separate_ends
-        else "layers + root (embeddings and head in the root)",
+        "fsdp_groups": ("layers + embeddings + head + root" if args.separate_ends
+                        else "layers + root (embeddings and head in the root)")
+        + (", layers kept gathered after forward" if args.keep_gathered else ""),
         "tokens_per_s": tokens_per_step / (step_ms / 1000.0),
         "tokens_per_s_per_gpu": tokens_per_step / (step_ms / 1000.0) / ctx.world_size,
         "peak_allocated_bytes_max": max(peaks) if all(p is not None for p in peaks) else None,
@@ -280,7 +285,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
 
 def result_stem(args, world_size: int) -> str:
     batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
-    return f"{args.model}_{args.method}_n{world_size}{batch}" + ("_separate-ends" if args.separate_ends else "")
+    layout = ("_separate-ends" if args.separate_ends else "") + ("_keep-gathered" if args.keep_gathered else "")
+    return f"{args.model}_{args.method}_n{world_size}{batch}{layout}"
 
 
 def _gib(n) -> str:

@@ -269,7 +269,8 @@ def is_meta(model: nn.Module) -> bool:
 def load_sharded_random_model(source: str, ctx: DistContext, *, dtype: str = "bf16", task: str = "causal_lm",
                               num_labels: int | None = None, attn_implementation: str | None = None,
                               gradient_checkpointing: bool = False, seed: int = 0, tokenizer=None,
-                              prepare: Callable[[nn.Module], nn.Module] | None = None, separate_ends: bool = False):
+                              prepare: Callable[[nn.Module], nn.Module] | None = None, separate_ends: bool = False,
+                              reshard_after_forward: bool = True):
     """(model, tokenizer) for "random:<name>", built on the meta device, passed through `prepare` (a method's
     prepare_model, while still on meta) when given, sharded, then materialised: no rank ever holds more than its shards
     plus one layer, so Llama 3-70B fits 4 GPUs. Pretrained sources load normally and are sharded with shard_model."""
@@ -282,7 +283,7 @@ def load_sharded_random_model(source: str, ctx: DistContext, *, dtype: str = "bf
                             tokenizer=tokenizer, seed=seed)
     if prepare is not None:
         model = prepare(model)
-    shard_model(model, ctx, separate_ends=separate_ends)
+    shard_model(model, ctx, separate_ends=separate_ends, reshard_after_forward=reshard_after_forward)
     materialize(model, ctx, seed)
     return model, tok
 
