@@ -47,3 +47,9 @@ def test_scaling_efficiency_compares_runs_of_the_same_layout(tmp_path):
     table = multi_gpu.summary_markdown(tmp_path)
     assert "| m | badam | A | 2 | 2 x 8 | 10 | 3 / 6 / 1 | 180 | 90 | 0.90 |" in table
     assert "| m | badam | B | 2 |" in table and "n/a (no 1-GPU run)" in table  # B has no 1-GPU run of its own
+
+
+def test_result_names_carry_batch_and_layout():
+    args = multi_gpu.parse_args(["--out", "x", "--batch-size", "8", "--separate-ends", "--keep-gathered"])
+    assert multi_gpu.result_stem(args, 2) == "llama3-8b_badam_n2_b8_separate-ends_keep-gathered"
+    assert multi_gpu.result_stem(multi_gpu.parse_args(["--out", "x"]), 1) == "llama3-8b_badam_n1"
