@@ -71,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--keep-gathered", action="store_true",
                    help="layers keep their all-gathered weights from forward to backward (reshard_after_forward="
                         "False): no second all-gather in backward, but every GPU then holds the whole bf16 model")
+    p.add_argument("--forward-prefetch", type=int, default=0, metavar="N",
+                   help="issue the all-gathers of the next N layers ahead in forward (0: FSDP2's default; see "
+                        "experiments.distributed.shard_model)")
     p.add_argument("--profile-dir", default=None,
                    help="also write rank 0's torch.profiler table (CUDA kernels incl. NCCL) of the last 3 steps here")
     p.add_argument("--tiny", action="store_true", help="CPU/gloo check: tiny-llama, length 32, 4 steps")
@@ -79,6 +82,8 @@ def parse_args(argv=None):
         args.model = "tiny-llama"
         args.seq_len = min(args.seq_len, 32)
         args.steps, args.warmup, args.switch_every = min(args.steps, 4), 1, 2
+    if args.forward_prefetch < 0:
+        p.error(f"--forward-prefetch must be >= 0; got {args.forward_prefetch}")
     if args.steps <= args.warmup:
         p.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup}) so that some steps are timed")
     return args
@@ -134,7 +139,7 @@ def run(args, ctx) -> dict:
     model, _ = dist_mod.load_sharded_random_model(
         f"random:{args.model}", ctx, dtype="bf16", gradient_checkpointing=not args.no_checkpointing,
         tokenizer=False, seed=0, prepare=method.prepare_model, separate_ends=args.separate_ends,
-        reshard_after_forward=not args.keep_gathered)
+        reshard_after_forward=not args.keep_gathered, forward_prefetch=args.forward_prefetch)
     method.build_optimizer(model)
     model.train()
     model.config.use_cache = False
@@ -268,7 +273,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
         "warmup": args.warmup, "switch_every": args.switch_every, "median_step_ms": step_ms, **phases,
         "fsdp_groups": ("layers + embeddings + head + root" if args.separate_ends
                         else "layers + root (embeddings and head in the root)")
-        + (", layers kept gathered after forward" if args.keep_gathered else ""),
+        + (", layers kept gathered after forward" if args.keep_gathered else "")
+        + (f", forward prefetch {args.forward_prefetch}" if args.forward_prefetch else ""),
         "tokens_per_s": tokens_per_step / (step_ms / 1000.0),
         "tokens_per_s_per_gpu": tokens_per_step / (step_ms / 1000.0) / ctx.world_size,
         "peak_allocated_bytes_max": max(peaks) if all(p is not None for p in peaks) else None,
@@ -285,7 +291,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
 
 def result_stem(args, world_size: int) -> str:
     batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
-    layout = ("_separate-ends" if args.separate_ends else "") + ("_keep-gathered" if args.keep_gathered else "")
+    layout = ("_separate-ends" if args.separate_ends else "") + ("_keep-gathered" if args.keep_gathered else "") \
+        + (f"_prefetch{args.forward_prefetch}" if args.forward_prefetch else "")
     return f"{args.model}_{args.method}_n{world_size}{batch}{layout}"
 
 

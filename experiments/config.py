@@ -100,6 +100,7 @@ class TrainConfig:
     autocast: str = "auto"                   # auto: bf16 autocast when the weights are bf16
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
     distributed: str = "none"                # none | fsdp2 (torchrun --nproc_per_node N -m experiments.run ...)
+    fsdp_forward_prefetch: int = 0           # fsdp2: layers whose all-gather is issued ahead (experiments.distributed)
     stop_after_steps: int | None = None      # end early (time budget); the schedule still spans the full run
     timing_warmup_steps: int = 2             # left out of the median timings
     track_memory: bool = True
@@ -350,6 +351,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.train.distributed != "none" and device.startswith("cuda:"):
         raise ConfigError(f"train.device={device!r} with train.distributed={cfg.train.distributed}: each process "
                           "takes the GPU torchrun gives it (cuda:LOCAL_RANK); valid values: auto, cpu, cuda")
+    if cfg.train.fsdp_forward_prefetch < 0:
+        raise ConfigError(f"train.fsdp_forward_prefetch must be >= 0 (layers gathered ahead; 0: FSDP2's default), "
+                          f"got {cfg.train.fsdp_forward_prefetch}")
     for key in ("batch_size", "grad_accum"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")

@@ -169,7 +169,7 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(model: nn.Module, ctx: DistContext, *, reshard_after_forward: bool = True,
-                separate_ends: bool = False) -> nn.Module:
+                separate_ends: bool = False, forward_prefetch: int = 0) -> nn.Module:
     """Apply fully_shard to each transformer layer, then to the root (which keeps the embeddings, the final norm and
     the output head); parameters move to ctx.device (a model built on the meta device stays there until
     `materialize`). Returns the same module object, now an FSDPModule.
@@ -178,21 +178,40 @@ def shard_model(model: nn.Module, ctx: DistContext, *, reshard_after_forward: bo
     root keeping their gathered weights after forward (FSDP2's advice for the root). It holds less per GPU but was
     slower in our measurements, so it is not the default: 2 x H200, Llama 3-8B BAdam, batch 2 x 728 per GPU, four
     alternating runs: 12.85 vs 13.75 GiB per GPU, 9,272-9,592 vs 9,689-10,163 tokens/s
-    (results/bench/multi_gpu_h200x2_*)."""
+    (results/bench/multi_gpu_h200x2_*).
+
+    forward_prefetch=N > 0 has each layer (and the root) issue the all-gathers of the next N layers as soon as its own
+    weights are gathered. FSDP2 otherwise issues a layer's all-gather when the CPU reaches that layer; when the CPU is
+    the bottleneck (small per-GPU batches: measured 2 x H200, batch 2 x 728, ~200 ms of GPU work in a ~300 ms step),
+    the gather then cannot overlap the previous layer's compute. Recomputation during backward does not prefetch
+    (FSDP2 skips forward prefetch there), and backward keeps FSDP2's own one-layer prefetch."""
     from torch.distributed.fsdp import fully_shard
 
-    for layer in transformer_layers(model):
+    if forward_prefetch < 0:
+        raise ValueError(f"forward_prefetch must be >= 0 (layers gathered ahead); got {forward_prefetch}")
+    layers = transformer_layers(model)
+    for layer in layers:
         fully_shard(layer, mesh=ctx.mesh, reshard_after_forward=reshard_after_forward)
     if not separate_ends:
         fully_shard(model, mesh=ctx.mesh, reshard_after_forward=reshard_after_forward)
-        return model
+    else:
+        _shard_ends_separately(model, ctx, reshard_after_forward)
+    if forward_prefetch:
+        model.set_modules_to_forward_prefetch(layers[:forward_prefetch])
+        for i, layer in enumerate(layers):
+            layer.set_modules_to_forward_prefetch(layers[i + 1:i + 1 + forward_prefetch])
+    return model
+
+
+def _shard_ends_separately(model: nn.Module, ctx: DistContext, reshard_after_forward: bool) -> None:
+    from torch.distributed.fsdp import fully_shard
+
     embeddings, head = _embeddings_and_head(model)
     if embeddings is not None:
         fully_shard(embeddings, mesh=ctx.mesh, reshard_after_forward=reshard_after_forward)
     if head is not None:
         fully_shard(head, mesh=ctx.mesh, reshard_after_forward=False)
     fully_shard(model, mesh=ctx.mesh, reshard_after_forward=False)
-    return model
 
 
 def _embeddings_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
@@ -209,10 +228,10 @@ def _embeddings_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module 
     return embeddings, head
 
 
-def shard_for_training(model: nn.Module, ctx: DistContext, seed: int) -> nn.Module:
+def shard_for_training(model: nn.Module, ctx: DistContext, seed: int, forward_prefetch: int = 0) -> nn.Module:
     """What the loop does after method.prepare_model: shard, and give a meta-device model (random sources under
     fsdp2) its shards and random init."""
-    shard_model(model, ctx)
+    shard_model(model, ctx, forward_prefetch=forward_prefetch)
     if is_meta(model):
         materialize(model, ctx, seed)
     return model
@@ -270,7 +289,7 @@ def load_sharded_random_model(source: str, ctx: DistContext, *, dtype: str = "bf
                               num_labels: int | None = None, attn_implementation: str | None = None,
                               gradient_checkpointing: bool = False, seed: int = 0, tokenizer=None,
                               prepare: Callable[[nn.Module], nn.Module] | None = None, separate_ends: bool = False,
-                              reshard_after_forward: bool = True):
+                              reshard_after_forward: bool = True, forward_prefetch: int = 0):
     """(model, tokenizer) for "random:<name>", built on the meta device, passed through `prepare` (a method's
     prepare_model, while still on meta) when given, sharded, then materialised: no rank ever holds more than its shards
     plus one layer, so Llama 3-70B fits 4 GPUs. Pretrained sources load normally and are sharded with shard_model."""
@@ -283,7 +302,8 @@ def load_sharded_random_model(source: str, ctx: DistContext, *, dtype: str = "bf
                             tokenizer=tokenizer, seed=seed)
     if prepare is not None:
         model = prepare(model)
-    shard_model(model, ctx, separate_ends=separate_ends, reshard_after_forward=reshard_after_forward)
+    shard_model(model, ctx, separate_ends=separate_ends, reshard_after_forward=reshard_after_forward,
+                forward_prefetch=forward_prefetch)
     materialize(model, ctx, seed)
     return model, tok
 

@@ -344,7 +344,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
             method.set_max_grad_norm(cfg.max_grad_norm)
         model = method.prepare_model(model)
         if dist_ctx is not None:
-            model = dist_mod.shard_for_training(model, dist_ctx, seed or 0)
+            model = dist_mod.shard_for_training(model, dist_ctx, seed or 0, cfg.fsdp_forward_prefetch)
             batches_fn = dist_mod.shard_batches_fn(batches_fn, dist_ctx)
         method.build_optimizer(model)
         model.train()

@@ -13,14 +13,18 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import multi_gpu  # noqa: E402
 
 
-def test_tiny_run_writes_phases_profile_and_summary(tmp_path):
-    out = tmp_path / "bench"
+def run_benchmark(out: Path, processes: int, *options: str) -> None:
     script = str(REPO / "benchmarks" / "multi_gpu.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", script,
-           "--out", str(out), "--tiny", "--profile-dir", str(out / "profile")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), script,
+           "--out", str(out), "--tiny", *options]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_tiny_run_writes_phases_profile_and_summary(tmp_path):
+    out = tmp_path / "bench"
+    run_benchmark(out, 1, "--profile-dir", str(out / "profile"))
     result = json.loads((out / "tiny-llama_badam_n1.json").read_text())
     assert result["fsdp_groups"] == "layers + root (embeddings and head in the root)"
     for step in result["per_rank"][0]["steps"]:
@@ -53,3 +57,13 @@ def test_result_names_carry_batch_and_layout():
     args = multi_gpu.parse_args(["--out", "x", "--batch-size", "8", "--separate-ends", "--keep-gathered"])
     assert multi_gpu.result_stem(args, 2) == "llama3-8b_badam_n2_b8_separate-ends_keep-gathered"
     assert multi_gpu.result_stem(multi_gpu.parse_args(["--out", "x"]), 1) == "llama3-8b_badam_n1"
+
+
+def test_forward_prefetch_changes_timing_not_numbers(tmp_path):
+    """2 gloo processes: layers gathered ahead (and kept gathered) give exactly the losses of the default layout."""
+    run_benchmark(tmp_path, 2)
+    run_benchmark(tmp_path, 2, "--forward-prefetch", "2", "--keep-gathered")
+    plain = json.loads((tmp_path / "tiny-llama_badam_n2.json").read_text())
+    ahead = json.loads((tmp_path / "tiny-llama_badam_n2_keep-gathered_prefetch2.json").read_text())
+    assert ahead["fsdp_groups"].endswith("layers kept gathered after forward, forward prefetch 2")
+    assert ahead["losses_rank0"] == plain["losses_rank0"] and len(plain["losses_rank0"]) == 4

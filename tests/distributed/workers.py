@@ -97,7 +97,7 @@ def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
         return run_cli.run_experiment(load_config(a[1], [x for x in a[2:] if "=" in x]), progress=False,
                                       dist_ctx=ctx)
 
-    straight, _ = run("straight", "output.save_model=true")
+    straight, _ = run("straight", "output.save_model=true", "train.fsdp_forward_prefetch=1")  # prefetch: same numbers
     half, half_dir = run("half", "train.stop_after_steps=2", "train.save_every=2")
     code = run_cli.main(args("resumed", f"train.resume_from={half_dir}", "output.save_model=true"))
     return {"statuses": [straight["status"], half["status"]], "main_exit": code}

@@ -147,3 +147,10 @@ def test_process_defaults_apply_before_torch_and_never_override_the_user():
     env["PYTORCH_CUDA_ALLOC_CONF"] = "max_split_size_mb:128"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split()[0] == "max_split_size_mb:128"
+
+
+def test_fsdp_forward_prefetch_must_not_be_negative():
+    from experiments.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="fsdp_forward_prefetch"):
+        load_config("small/smollm2_alpaca.yaml", ["train.fsdp_forward_prefetch=-1"])
