@@ -173,7 +173,7 @@ def _time_row(run: Run | None, examples: int) -> dict:
 def build_time(doc: dict, runs: list[Run], model: str, examples: int = ALPACA_GPT4_EXAMPLES) -> Table:
     table_id = TIME_TABLES[model]
     return _paper_and_other(
-        doc, table_id, model, mapping.runs_for(runs, "time"), key=mapping.row_label,
+        doc, table_id, model, mapping.runs_for(runs, "time"), key=lambda r: mapping.row_label(r, with_lora_rank=True),
         paper_rows=[rec["method"] for rec in doc["tables"][table_id]["records"]],
         measure=lambda r: _time_row(r, examples),
         compared=(("forward (h)", "forward"), ("backward (h)", "backward"), ("update (s)", "update")),
@@ -185,7 +185,8 @@ def build_time(doc: dict, runs: list[Run], model: str, examples: int = ALPACA_GP
                  f"ceil(N / (batch_size x grad_accum)) and N = {examples} examples (Alpaca-GPT4). Backward includes "
                  f"the gradient-checkpointing re-forward, as in the paper. BAdam's per-step backward depends on the "
                  f"active block's depth; its median over a run that visits every block estimates the mean. The "
-                 f"paper averaged 3 real epochs on one RTX3090."),
+                 f"paper averaged 3 real epochs on one RTX3090. LoRA rows carry their rank; the paper's Table 3 LoRA "
+                 f"row prints none and is filed as rank 8 (rank 100 does not fit its GPU; plots/paper_values.json)."),
         include_other=model == "llama3-8b")
 
 
@@ -231,6 +232,9 @@ def _paper_and_other(doc, table_id, model, group_runs, *, key, paper_rows, measu
     for label in list(paper_rows) + sorted(set(paper_runs) - set(paper_rows)):
         run = paper_runs.get(label)
         ours = measure(run)
+        variants = sorted(k for k in paper_runs if k.startswith(f"{label}-"))
+        if run is None and variants:  # e.g. the paper's unranked "lora" beside our lora-rank8 / lora-rank100 rows
+            ours = {name: f"see {' / '.join(variants)}" for name in ours}
         row = {row_name: label}
         for ours_label, paper_field in compared:
             add_compared(row, ours_label, ours.get(ours_label, NO_RUN),

@@ -99,6 +99,7 @@ def results_dir(real_runs, tmp_path_factory) -> Path:
     _copy(lora, res / "paper_memory_llama3_8b" / "lora8", fake="status set to oom", model=big, status="oom",
           method_info__options__rank=8)
     _copy(badam, res / "paper_time_llama3_8b" / "badam", fake="tiny run relabelled", model=big)
+    _copy(lora, res / "paper_time_llama2_7b" / "lora", fake="tiny run relabelled as Llama 2-7B", model="random:llama2-7b")
     _copy(adam, res / "paper_backward_llama3_8b" / "adam", fake="tiny run relabelled", model=big)
     hub = "meta-llama/Meta-Llama-3-8B"
     for name, run, score in (("badam", badam, 6.5), ("lora", lora, 6.0)):

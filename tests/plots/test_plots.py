@@ -163,6 +163,11 @@ def test_paper_rows_compare_and_missing_runs_say_no_run(built):
     assert float(t11["badam"]["BoolQ"]) == pytest.approx(0.80) and t11["badam"]["COPA"] == "no run"
     assert t11["badam"]["WiC"] == "OOM" and float(t11["badam"]["RTE ratio"]) == pytest.approx(0.70 / 0.76)
     assert t11["adam"]["BoolQ"] == "no run" and float(t11["adam"]["BoolQ (paper)"]) == 0.86
+    t3 = {r["method"]: r for r in _csv(built, "T3") if r["section"].startswith("Paper")}
+    assert t3["lora-rank8"]["forward (h)"] == "no run" and float(t3["lora-rank8"]["forward (h) (paper)"]) == 0.83
+    t13 = {r["method"]: r for r in _csv(built, "T13") if r["section"].startswith("Paper")}
+    assert t13["lora"]["forward (h)"] == "see lora-rank2"  # the paper's unranked row points at ours by rank
+    assert float(t13["lora"]["forward (h) (paper)"]) == 2.48 and float(t13["lora-rank2"]["forward (h)"]) > 0
     t4 = {r["scheme"]: r for r in _csv(built, "T4") if r["section"].startswith("Paper")}
     assert float(t4["all"]["backward (s)"]) > 0 and t4["input"]["backward (s)"] == "no run"
 
@@ -176,6 +181,7 @@ def test_other_scale_runs_have_their_own_section(built):
     assert all(r.get("total (paper)", "—") == "—" for r in rows.values())  # never compared with the paper
     t3 = {r["method"]: r for r in _csv(built, "T3") if r["section"] == other[0]}
     assert int(t3["adam"]["steps/epoch"]) == 26001  # ceil(52002 / (2 x 1))
+    assert set(t3) == {"adam", "lora-rank2", "badam"}  # time rows carry the LoRA rank too
     markdown = next((built / "tables").glob("T2_*.md")).read_text()
     assert "### Other scale: random:tiny-llama" in markdown and "| badam |" in markdown
 
