@@ -30,7 +30,6 @@ import os
 import platform
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,8 @@ apply_defaults()  # the harness's allocator setting, before torch is imported, s
 import torch  # noqa: E402
 
 from experiments import distributed as dist_mod  # noqa: E402
+from experiments.measure import StepTimer, synchronize  # noqa: E402
+from experiments.results import source_commit  # noqa: E402
 
 GIB = 1024 ** 3
 
@@ -100,11 +101,6 @@ def build_method(args):
     return cls(options, lr=args.lr, weight_decay=0.0)
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def allocated(device) -> int | None:
     return int(torch.cuda.memory_allocated(device)) if device.type == "cuda" else None
 
@@ -134,7 +130,7 @@ def predicted_bytes(method_name: str, sizes: dict, world: int) -> int | None:
 def run(args, ctx) -> dict:
     method = build_method(args)
     dist_mod.check_method_supported(method.name)
-    sync(ctx.device)
+    synchronize(ctx.device)
     t0 = time.perf_counter()
     model, _ = dist_mod.load_sharded_random_model(
         f"random:{args.model}", ctx, dtype="bf16", gradient_checkpointing=not args.no_checkpointing,
@@ -143,7 +139,7 @@ def run(args, ctx) -> dict:
     method.build_optimizer(model)
     model.train()
     model.config.use_cache = False
-    sync(ctx.device)
+    synchronize(ctx.device)
     init_s = time.perf_counter() - t0
     weights_bytes = allocated(ctx.device)
     sizes = block_sizes(method, model)
@@ -154,28 +150,24 @@ def run(args, ctx) -> dict:
         torch.cuda.reset_peak_memory_stats(ctx.device)
     steps = []
     profiler = None
+    timer = StepTimer(ctx.device)
     for step in range(args.steps):
         ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=gen).to(ctx.device)
         if args.profile_dir and ctx.is_main and step == args.steps - 3:
             profiler = start_profiler(ctx.device)
-        sync(ctx.device)
-        start = time.perf_counter()
-        marks = PhaseMarks(ctx.device)  # CUDA events: phases without synchronising between them
-        with autocast:
+        timer.start_step()  # the harness's timer: CUDA events per phase, no synchronisation between phases
+        with timer.phase("forward"), autocast:
             loss = model(input_ids=ids, labels=ids).loss
-        marks.mark()
-        method.backward(loss)
-        marks.mark()
-        norm = method.clip_and_norm(1.0)
-        method.step()
-        method.zero_grad()
-        marks.mark()
-        sync(ctx.device)
-        ms = (time.perf_counter() - start) * 1000.0
-        forward_ms, backward_ms, update_ms = marks.elapsed_ms(ms)
-        steps.append({"step": step + 1, "ms": ms, "forward_ms": forward_ms, "backward_ms": backward_ms,
-                      "update_ms": update_ms, "loss": float(loss.detach()), "grad_norm": norm,
-                      **{k: v for k, v in method.describe().items() if k == "active_block"}})
+        with timer.phase("backward"):
+            method.backward(loss)
+        with timer.phase("update"):
+            norm = method.clip_and_norm(1.0)
+            method.step()
+            method.zero_grad()
+        times = timer.end_step()
+        steps.append({"step": step + 1, "ms": times["step"], "forward_ms": times["forward"],
+                      "backward_ms": times["backward"], "update_ms": times["update"], "loss": float(loss.detach()),
+                      "grad_norm": norm, **{k: v for k, v in method.describe().items() if k == "active_block"}})
         if ctx.is_main:
             print(f"step {step + 1}/{args.steps}: {steps[-1]['ms']:.0f} ms, loss {steps[-1]['loss']:.4f}", flush=True)
     if profiler is not None:
@@ -185,31 +177,6 @@ def run(args, ctx) -> dict:
     split = method.memory_split(model)
     return {"rank": ctx.rank, "init_s": init_s, "weights_bytes": weights_bytes, "peak_allocated_bytes": peak,
             "peak_reserved_bytes": reserved, "memory_split_end": split, "steps": steps, "sizes": sizes}
-
-
-class PhaseMarks:
-    """CUDA events at phase boundaries (forward | backward | update) read after the step's final synchronise; on CPU
-    the wall clock at each mark (the CPU runs synchronously)."""
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-        self.marks = [self._now()]
-
-    def _now(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def mark(self):
-        self.marks.append(self._now())
-
-    def elapsed_ms(self, total_ms: float) -> list[float]:
-        pairs = zip(self.marks, self.marks[1:])
-        if self.cuda:
-            return [a.elapsed_time(b) for a, b in pairs]
-        return [(b - a) * 1000.0 for a, b in pairs]
 
 
 def start_profiler(device):
@@ -236,15 +203,6 @@ def nccl_version() -> str:
 
 
 def environment(ctx) -> dict:
-    def git_commit():
-        if os.environ.get("BADAM_SOURCE_COMMIT"):
-            return os.environ["BADAM_SOURCE_COMMIT"]  # a copied tree: the launcher knows its commit (see results.py)
-        try:
-            return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                  timeout=10).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
     import transformers
 
     cuda = ctx.device.type == "cuda"
@@ -254,7 +212,7 @@ def environment(ctx) -> dict:
             "cuda": torch.version.cuda, "nccl": nccl_version() if cuda else None,
             "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "hostname": socket.gethostname(), "git_commit": git_commit(),
+            "hostname": socket.gethostname(), "git_commit": source_commit()["git_commit"],
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -207,6 +207,20 @@ def _version(module: str) -> str | None:
         return None
 
 
+def source_commit() -> dict:
+    """git_commit and git_dirty of the code that runs. A copy of the tree made elsewhere (a GPU machine) may lack .git
+    or carry an older .git under newer files: then the launcher names the commit in BADAM_SOURCE_COMMIT and what git
+    says here is kept beside it (git_commit_local, git_dirty_local)."""
+    commit = _git("rev-parse", "HEAD")
+    dirty = _git("status", "--porcelain")
+    here = {"git_commit": commit, "git_dirty": bool(dirty) if dirty is not None else None}
+    launcher = os.environ.get("BADAM_SOURCE_COMMIT")
+    if not launcher:
+        return here
+    return {"git_commit": launcher, "git_dirty": None,
+            "git_commit_local": here["git_commit"], "git_dirty_local": here["git_dirty"]}
+
+
 def environment_info(device: str = "cpu") -> dict:
     """Where and with what a run was made; recorded in summary.json."""
     import torch
@@ -215,14 +229,6 @@ def environment_info(device: str = "cpu") -> dict:
         device_name = torch.cuda.get_device_name(torch.device(device))
     else:
         device_name = f"CPU: {_cpu_name()} ({os.cpu_count()} logical cores)"
-    commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain")
-    local = {}
-    if os.environ.get("BADAM_SOURCE_COMMIT"):
-        # A copy of the tree made elsewhere (a GPU machine) may lack .git or carry an older .git under newer files:
-        # the launcher names the commit the files come from; what git says here is kept beside it.
-        local = {"git_commit_local": commit, "git_dirty_local": bool(dirty) if dirty is not None else None}
-        commit, dirty = os.environ["BADAM_SOURCE_COMMIT"], None
     return {
         "device_name": device_name,
         "torch": torch.__version__,
@@ -230,14 +236,12 @@ def environment_info(device: str = "cpu") -> dict:
         "transformers": _version("transformers"),
         "peft": _version("peft"),
         "python": platform.python_version(),
-        "git_commit": commit,
-        "git_dirty": bool(dirty) if dirty is not None else None,
+        **source_commit(),
         "command": shlex.join([sys.executable, *sys.argv]),
         # the caching allocator's settings change peak *reserved* memory (e.g. expandable_segments)
         "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "hostname": socket.gethostname(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **local,
     }
 
 

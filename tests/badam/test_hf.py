@@ -11,7 +11,7 @@ from badam import BlockOptimizer
 from badam.hf import (BAdamCallback, create_badam_optimizer, decay_parameter_groups, enable_block_checkpointing,
                       find_block_optimizer)
 
-from .tiny import VOCAB, clone_model, lm_batch, tiny_llama
+from .tiny import VOCAB, clone_model, lm_batch, record_backward_reach, tiny_llama
 
 
 def training_args(tmp_path, **kwargs):
@@ -55,16 +55,7 @@ def test_tiny_trainer_run_with_checkpointing_clipping_and_accumulation(tmp_path)
 
 def backward_reached_layers(model, use_reentrant=None, input_grads=False):
     """Indices of decoder layers whose output received a gradient in one backward pass."""
-    reached = set()
-
-    def record(index):
-        def forward_hook(module, inputs, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            if hidden.requires_grad:
-                hidden.register_hook(lambda grad: reached.add(index))
-        return forward_hook
-
-    handles = [layer.register_forward_hook(record(i)) for i, layer in enumerate(model.model.layers)]
+    reached, handles = record_backward_reach(model.model.layers)
     if use_reentrant is None:
         enable_block_checkpointing(model)
     else:

@@ -63,3 +63,18 @@ def params_equal(a, b):
     return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
+
+
+def record_backward_reach(layers) -> tuple[set, list]:
+    """Forward hooks on `layers` that add a layer's index to the returned set when its output receives a gradient in
+    backward; also returns the hook handles (remove them when done)."""
+    reached: set[int] = set()
+
+    def record(index):
+        def forward_hook(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            if hidden.requires_grad:
+                hidden.register_hook(lambda grad: reached.add(index))
+        return forward_hook
+
+    return reached, [layer.register_forward_hook(record(i)) for i, layer in enumerate(layers)]

@@ -137,11 +137,12 @@ def test_cli_trains_and_writes_a_run_directory(tmp_path, capsys):
 
 
 def test_process_defaults_apply_before_torch_and_never_override_the_user():
+    import os
     import subprocess
     import sys
 
     code = "import experiments.run, os; print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("PYTORCH_CUDA_ALLOC_CONF", "OMP_WAIT_POLICY")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_CUDA_ALLOC_CONF", "OMP_WAIT_POLICY")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["expandable_segments:True", "PASSIVE"]
     env["PYTORCH_CUDA_ALLOC_CONF"] = "max_split_size_mb:128"

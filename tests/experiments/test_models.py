@@ -9,6 +9,7 @@ import torch
 
 from experiments import gguf_cache
 from experiments.models import count_parameters, load_model
+from tests.badam.tiny import record_backward_reach
 
 
 def _lm_batch(vocab: int, batch: int = 2, length: int = 12) -> dict:
@@ -90,17 +91,7 @@ def test_checkpointed_badam_backward_stops_at_the_active_block():
     method = cls(cls.Options(switch_mode="fixed", start_block=1), lr=1e-3)
     model = method.prepare_model(model)
     method.build_optimizer(model)
-    reached = set()
-
-    def record(index):
-        def hook(module, inputs, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            if hidden.requires_grad:
-                hidden.register_hook(lambda grad: reached.add(index))
-        return hook
-
-    for i, layer in enumerate(model.model.layers):
-        layer.register_forward_hook(record(i))
+    reached, _ = record_backward_reach(model.model.layers)
     model.train()
     method.backward(model(**_lm_batch(49152)).loss, last_micro_batch=True)
     assert reached == {1}  # layer 0 lies below the active block 1
