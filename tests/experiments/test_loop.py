@@ -140,8 +140,10 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     (full, rec_full), (accum, rec_accum) = results
     assert rec_accum["loss"] == pytest.approx(rec_full["loss"], rel=1e-5)
     assert rec_accum["grad_norm"] == pytest.approx(rec_full["grad_norm"], rel=1e-4)
+    # Adam's first step is lr * g / (|g| + eps): where |g| is near eps (1e-8) the summation order of the two
+    # micro-batches moves the update by up to a few percent of lr, so the absolute tolerance is 1% of lr (1e-3).
     for a, b in zip(full.parameters(), accum.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_schedule_is_passed_to_the_method_and_logged(tmp_path):
