@@ -287,12 +287,19 @@ def rank_analysis(base: str, tuned: str, *, threshold: float = DEFAULT_THRESHOLD
 
 
 def _summarise(rows: list[dict]) -> dict:
+    """Per matrix type: means over the matrices the method changed (a block method leaves most of them untouched,
+    and averaging their zero ranks in would make its updates look low-rank), with how many it changed of how many;
+    the means over every matrix are kept under *_all."""
     out: dict[str, dict] = {}
     for kind in sorted({r["matrix"] for r in rows}):
         sel = [r for r in rows if r["matrix"] == kind]
-        out[kind] = {"count": len(sel),
-                     "mean_effective_rank": sum(r["effective_rank"] for r in sel) / len(sel),
-                     "mean_rank_ratio": sum(r["rank_ratio"] for r in sel) / len(sel)}
+        changed = [r for r in sel if r["delta_fro_norm"] > 0]
+        over = changed or sel
+        out[kind] = {"count": len(sel), "changed": len(changed),
+                     "mean_effective_rank": sum(r["effective_rank"] for r in over) / len(over) if changed else 0.0,
+                     "mean_rank_ratio": sum(r["rank_ratio"] for r in over) / len(over) if changed else 0.0,
+                     "mean_effective_rank_all": sum(r["effective_rank"] for r in sel) / len(sel),
+                     "mean_rank_ratio_all": sum(r["rank_ratio"] for r in sel) / len(sel)}
     return out
 
 
@@ -379,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     except RankError as exc:
         parser.exit(2, f"error: {exc}\n")
     for kind, stats in result["by_type"].items():
-        print(f"{kind:>6}: {stats['count']:3d} matrices, mean effective rank {stats['mean_effective_rank']:.1f}, "
-              f"mean rank ratio {stats['mean_rank_ratio']:.3f}")
+        print(f"{kind:>6}: {stats['changed']:3d} of {stats['count']:3d} matrices changed; over those: mean effective "
+              f"rank {stats['mean_effective_rank']:.1f}, mean rank ratio {stats['mean_rank_ratio']:.3f}")
     print(f"wrote {out} and {out.with_suffix('.csv')}")
     return 0
 

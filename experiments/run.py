@@ -68,7 +68,8 @@ def build_data(cfg: RunConfig, tokenizer, stats: dict | None = None):
     if n_eval and len(records) <= n_eval:
         raise ConfigError(f"data.eval_samples={n_eval} leaves no training examples out of {len(records)}")
     # a seeded split: the held-out records are the same for every method
-    train_records, eval_records = (data_mod.split_train_eval(records, n_eval, cfg.seed) if n_eval
+    split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
+    train_records, eval_records = (data_mod.split_train_eval(records, n_eval, split_seed) if n_eval
                                    else (records, []))
     pad_to = cfg.data.max_length if cfg.data.pad_to_max_length else None
 
@@ -204,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    from experiments.loop import request_stop
+
+    # SIGTERM (run_all's deadline, a batch scheduler's preemption): finish the step, checkpoint, exit "interrupted"
+    signal.signal(signal.SIGTERM, request_stop)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:

@@ -8,6 +8,17 @@ profile cannot run (e.g. CUDA-only ones on the CPU profile) are listed under `sk
 turns out unsupported at run time (MethodUnsupportedError) is reported the same way. An out-of-memory or failed run is
 recorded and the suite goes on.
 
+A run group may also list `seeds` (one run per seed, named <stem>-<method>-s<seed>; `first_seed_overrides` apply to
+the first seed only, e.g. saving the model for the evaluators), `lrs` ({method: [lr, ...]}: one run per lr, named
+<stem>-<method>-lr<lr>, a learning-rate sweep) and `lr_from` (an earlier group: each method's lr is the one of its
+sweep run with the lowest final eval loss, recorded in <group>/lr_selection.json; see experiments/suite.py).
+
+A rerun with the same output directory skips runs that already ended with a final status, resumes runs that left a
+checkpoint and redoes failed ones (`--fresh` redoes everything). `--jobs N` trains N runs at once as child processes,
+spread over the GPUs (`--gpus`); `--launch-deadline` / `--kill-after` fit a suite into a time slot, and what did not
+finish continues on the next invocation. Exit code: 0 when every run ended with a result (ok, oom, diverged,
+unsupported), 1 when a run ended in error, 3 when runs were left unfinished by a deadline, 2 for a bad request.
+
     python -m experiments.run_all                      # the "cpu" profile: <= 10 minutes on 2 CPU cores
     python -m experiments.run_all --profile gpu-small  # SmolLM2 on one GPU, longer, every method
     python -m experiments.run_all --profile paper      # the paper's experiments (GPU, hours to days)
@@ -19,8 +30,8 @@ from experiments.process_env import apply_defaults
 apply_defaults()  # before torch is imported: OpenMP waiting policy, CUDA allocator (see experiments/process_env.py)
 
 import argparse
-import dataclasses
 import importlib
+import json
 import importlib.util
 import sys
 import time
@@ -32,29 +43,16 @@ from tqdm.auto import tqdm
 from baselines.registry import method_names
 from experiments.config import PROFILE_DIR, ConfigError, RunConfig, load_config
 from experiments.paths import REPO_ROOT
-from experiments.results import read_summary
+from experiments.results import atomic_write_text, read_summary
+from experiments.suite import Outcome, ParallelOptions, PlannedRun, run_parallel, run_sequential
 
 DEFAULT_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "output_dir", "time_budget_s", "runs", "skip", "evaluators", "plots")
-RUN_KEYS = ("config", "group", "name", "methods", "overrides", "method_overrides")
+RUN_KEYS = ("config", "group", "name", "methods", "overrides", "method_overrides", "seeds", "first_seed_overrides",
+            "lrs", "lr_from")
 EVALUATOR_KEYS = ("name", "groups", "methods", "options")
 
 
-@dataclasses.dataclass
-class PlannedRun:
-    group: str
-    method: str
-    cfg: RunConfig | None            # None when skipped
-    skip_reason: str | None = None
-
-
-@dataclasses.dataclass
-class Outcome:
-    planned: PlannedRun
-    status: str                      # ok | oom | error | skipped
-    summary: dict | None = None
-    run_dir: Path | None = None
-    note: str = ""
 
 
 # --- profiles ---------------------------------------------------------------------------------------------------
@@ -63,10 +61,17 @@ def profile_names() -> list[str]:
 
 
 def load_profile(name: str) -> dict:
+    """A profile by name (experiments/configs/profiles/<name>.yaml) or by the path of a YAML file of your own."""
     path = PROFILE_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(profile_names())}")
-    profile = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        path = Path(name)
+    elif not path.is_file():
+        raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(profile_names())} "
+                          "(or the path of a profile .yaml file)")
+    try:
+        profile = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"profile {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     _check_keys(profile, PROFILE_KEYS, f"profile {name}")
     if not profile.get("runs"):
         raise ConfigError(f"profile {name} lists no runs")
@@ -84,10 +89,46 @@ def load_profile(name: str) -> dict:
         if unknown:
             raise ConfigError(f"profile {name}, group {entry['group']}: unknown method(s) {', '.join(unknown)}; "
                               f"valid methods: {', '.join(sorted(valid))}")
+    seen_groups: list[str] = []
+    for entry in profile["runs"]:
+        _check_group_extras(entry, valid, seen_groups, f"profile {name}, group {entry['group']}")
+        seen_groups.append(entry["group"])
     for evaluator in profile.get("evaluators") or []:
         _check_keys(evaluator, EVALUATOR_KEYS, f"profile {name}, evaluator")
-    profile["name"] = name
+    profile["name"] = path.stem if path.parent != PROFILE_DIR else name
     return profile
+
+
+def _check_group_extras(entry: dict, valid_methods: set, earlier_groups: list[str], where: str) -> None:
+    seeds = entry.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds
+                              or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+                              or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"{where}: seeds must be a list of distinct integers, got {seeds!r}")
+    lrs = entry.get("lrs")
+    if lrs is not None:
+        if not isinstance(lrs, dict):
+            raise ConfigError(f"{where}: lrs must map method names to lists of learning rates, got {lrs!r}")
+        for method, values in lrs.items():
+            if method not in valid_methods:
+                raise ConfigError(f"{where}: lrs names unknown method {method!r}; valid methods: "
+                                  f"{', '.join(sorted(valid_methods))}")
+            try:
+                ok = isinstance(values, list) and values and all(float(v) > 0 for v in values)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"{where}: lrs.{method} must be a list of positive numbers, got {values!r}")
+    source = entry.get("lr_from")
+    if source is not None and source not in earlier_groups:
+        raise ConfigError(f"{where}: lr_from names {source!r}, which is not an earlier run group of the profile "
+                          f"(earlier groups: {', '.join(earlier_groups) or 'none'})")
+    if source is not None and lrs:
+        raise ConfigError(f"{where}: a group takes its lr either from lrs or from lr_from, not both")
+
+
+def _lr_tag(lr) -> str:
+    return f"lr{float(lr):g}"
 
 
 def _check_keys(mapping, valid, where: str) -> None:
@@ -118,54 +159,67 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
         if only_groups and entry["group"] not in only_groups:
             continue
         stem = entry.get("name") or Path(entry["config"]).stem
-        for method in entry["methods"]:
-            if only_methods and method not in only_methods:
-                continue
-            if method in skip:
-                planned.append(PlannedRun(entry["group"], method, None, skip_reason=str(skip[method])))
-                continue
-            overrides = [*(entry.get("overrides") or []), *((entry.get("method_overrides") or {}).get(method) or []),
-                         f"method.name={method}", f"run_name={stem}-{method}",
-                         f"output.dir={output_root / entry['group']}", *extra_overrides]
-            try:
-                cfg = load_config(entry["config"], overrides)
-            except ConfigError as exc:
-                raise ConfigError(f"profile {profile['name']}, group {entry['group']}, method {method}: {exc}") \
-                    from exc
-            planned.append(PlannedRun(entry["group"], method, cfg))
+        seeds = entry.get("seeds") or [None]
+        methods = list(entry["methods"])
+        # --methods runs a method the profile does not list, with the group's common overrides (said in the plan)
+        methods += [m for m in (only_methods or []) if m not in methods]
+        # seed-major: a suite cut short by a deadline has every method at seed 0 before any at seed 1
+        for seed in seeds:
+            for method in methods:
+                if only_methods and method not in only_methods:
+                    continue
+                if method in skip:
+                    if seed == seeds[0]:
+                        planned.append(PlannedRun(entry["group"], method, None, skip_reason=str(skip[method])))
+                    continue
+                for lr in (entry.get("lrs") or {}).get(method) or [None]:
+                    name = stem + f"-{method}" + (f"-{_lr_tag(lr)}" if lr is not None else "") + \
+                        (f"-s{seed}" if seed is not None else "")
+                    overrides = [*(entry.get("overrides") or []),
+                                 *((entry.get("method_overrides") or {}).get(method) or []),
+                                 *((entry.get("first_seed_overrides") or []) if seed == seeds[0] else []),
+                                 f"method.name={method}", f"run_name={name}",
+                                 f"output.dir={output_root / entry['group']}",
+                                 *([f"seed={seed}"] if seed is not None else []),
+                                 *([f"method.lr={float(lr)!r}"] if lr is not None else []), *extra_overrides]
+                    try:
+                        cfg = load_config(entry["config"], overrides)
+                    except ConfigError as exc:
+                        raise ConfigError(f"profile {profile['name']}, group {entry['group']}, method {method}: "
+                                          f"{exc}") from exc
+                    planned.append(PlannedRun(entry["group"], method, cfg, config=entry["config"],
+                                              overrides=tuple(overrides), lr_from=entry.get("lr_from")))
     if not planned:
         raise ConfigError(f"profile {profile['name']}: nothing to run (check --methods and --groups)")
     return planned
 
 
 # --- running ------------------------------------------------------------------------------------------------------
-def run_planned(planned: list[PlannedRun], *, progress: bool = True) -> list[Outcome]:
-    from experiments.run import run_experiment
+def run_planned(planned: list[PlannedRun], *, progress: bool = True, output_root: Path | None = None,
+                fresh: bool = False, parallel: ParallelOptions | None = None) -> list[Outcome]:
+    """Run the plan (skipping finished runs, resuming checkpointed ones); in this process one at a time, or as
+    child processes when `parallel` asks for several jobs or a deadline."""
+    root = output_root or _common_root(planned)
+    if parallel is not None and (parallel.jobs > 1 or parallel.launch_deadline_s is not None
+                                 or parallel.kill_after_s is not None):
+        report = (lambda o: tqdm.write(f"  {o.planned.group}/{o.run_dir.name if o.run_dir else o.planned.method}: "
+                                       f"{o.status}")) if progress else None
+        return run_parallel(planned, output_root=root, options=parallel, fresh=fresh, on_outcome=report)
+    return run_sequential(planned, output_root=root, fresh=fresh, progress=progress)
 
-    outcomes = []
-    bar = tqdm(planned, desc="methods", unit="run", disable=not progress)
-    for item in bar:
-        bar.set_postfix_str(f"{item.group}/{item.method}")
-        if item.cfg is None:
-            outcomes.append(Outcome(item, "skipped", note=item.skip_reason or ""))
-            continue
-        try:
-            summary, run_dir = run_experiment(item.cfg, progress=progress)
-        except Exception as exc:  # a broken run directory or config write: record it, go on with the next method
-            outcomes.append(Outcome(item, "error", note=f"{type(exc).__name__}: {exc}"))
-            continue
-        status = summary["status"]
-        note = summary.get("error") or ""
-        if summary.get("error_kind") == "unsupported":
-            status = "skipped"
-        outcomes.append(Outcome(item, status, summary, run_dir, note))
-    return outcomes
+
+def _common_root(planned: list[PlannedRun]) -> Path:
+    dirs = [Path(p.cfg.output.dir).parent for p in planned if p.cfg is not None]
+    return dirs[0] if dirs else Path(".")
 
 
 def _rank_runs(module, run_dirs: list[Path], **options) -> str:
     """eval.rank's current API: run(base, tuned, out); base = the run's starting model (summary["model"])."""
-    skipped = []
+    skipped, unsaved = [], []
     for run_dir in run_dirs:
+        if not (run_dir / "model" / "config.json").is_file():
+            unsaved.append(run_dir.name)  # e.g. the seeds after the first, which do not keep their weights
+            continue
         base = (read_summary(run_dir) or {}).get("model") or ""
         if base.startswith("random:"):
             # the evaluator would rebuild the random base with its own seed, not the run's: ΔW would be meaningless
@@ -174,7 +228,43 @@ def _rank_runs(module, run_dirs: list[Path], **options) -> str:
         # the base must be built in the dtype the run loaded it in, or bf16 rounding of the base shows up as ΔW
         dtype = ((read_summary(run_dir) or {}).get("config") or {}).get("model", {}).get("dtype", "fp32")
         module.run(base, str(run_dir / "model"), run_dir / "eval" / "rank.json", **{"load_dtype": dtype, **options})
-    return f"; random-init base, skipped: {', '.join(skipped)}" if skipped else ""
+    notes = [f"random-init base, skipped: {', '.join(skipped)}"] * bool(skipped) + \
+        [f"no saved model, skipped: {', '.join(unsaved)}"] * bool(unsaved)
+    return "".join(f"; {n}" for n in notes)
+
+
+def _mtbench_runs(module, run_dirs: list[Path], *, base: bool = False, **options) -> str:
+    """MT-bench answers (eval.mtbench answer) of every run that saved its model; with base=True also of the model the
+    runs started from, in a run directory <group>/<stem>-base whose summary says method "base" (the tables' untuned
+    row). Judging needs a judge (an API or a local model): python -m eval.mtbench judge --run-dir <run dir> ..."""
+    from eval.mtbench.__main__ import main as mtbench_main
+
+    if options.get("device") == "auto":
+        import torch
+
+        options = {**options, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
+    answered, bases = [], {}
+    for run_dir in run_dirs:
+        if not (run_dir / "model" / "config.json").is_file():
+            continue
+        if mtbench_main(["answer", "--model", str(run_dir), *flags]) != 0:
+            raise RuntimeError(f"MT-bench answers of {run_dir} failed")
+        answered.append(run_dir)
+        summary = read_summary(run_dir) or {}
+        stem = str(summary.get("run_name") or run_dir.name).split(f"-{summary.get('method')}")[0]
+        bases.setdefault((run_dir.parent, stem, summary.get("model")), summary)
+    for (group_dir, stem, model), summary in bases.items() if base else ():
+        base_dir = group_dir / f"{stem}-base"
+        base_dir.mkdir(parents=True, exist_ok=True)
+        if mtbench_main(["answer", "--model", str(model), "--out-dir", str(base_dir / "eval" / "mtbench"),
+                         "--model-id", f"{stem}-base", *flags]) != 0:
+            raise RuntimeError(f"MT-bench answers of the base model {model} failed")
+        record = {"status": "ok", "method": "base", "model": model, "run_name": f"{stem}-base", "steps": 0,
+                  "config": {"model": (summary.get("config") or {}).get("model"), "method": {"name": "base"}},
+                  "environment": summary.get("environment"), "note": "untuned base model: MT-bench answers only"}
+        atomic_write_text(base_dir / "summary.json", json.dumps(record, indent=1) + "\n")
+    return f"; answered {len(answered)} run(s)" + (f" and {len(bases)} base model(s)" if base else "")
 
 
 def _math_runs(module, run_dirs: list[Path], **options) -> str:
@@ -185,7 +275,8 @@ def _math_runs(module, run_dirs: list[Path], **options) -> str:
 
 
 # Used when an evaluator module has no evaluate_runs(run_dirs, **options) hook yet: its present public API.
-ADAPTERS = {"rank": ("run", _rank_runs), "math": ("evaluate_source", _math_runs)}
+ADAPTERS = {"rank": ("run", _rank_runs), "math": ("evaluate_source", _math_runs),
+            "mtbench": ("generate_answers", _mtbench_runs)}
 
 
 def run_evaluators(profile: dict, outcomes: list[Outcome]) -> list[str]:
@@ -244,18 +335,28 @@ def _fmt_bytes(value) -> str:
     return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
 
 
+def _fmt_loss(value) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value:.4f}"
+
+
 def format_table(outcomes: list[Outcome]) -> str:
-    header = ("group", "method", "status", "final loss", "peak memory", "median step", "note")
+    """One row per run. Losses are the held-out eval loss and the mean training loss over the last 10 steps: one
+    batch's loss is too noisy to rank methods by."""
+    header = ("group", "run", "status", "eval loss", "train loss (last 10)", "peak memory", "median step", "note")
     rows = []
     for o in outcomes:
         s = o.summary or {}
-        loss = s.get("final_loss")
+        eval_loss = s.get("final_eval_loss")
+        train_loss = s.get("mean_loss_last_10")
         step = (s.get("timing_ms") or {}).get("step")
         memory = s.get("memory") or {}
         device = memory.get("device")
         peak = _fmt_bytes(memory.get("peak_allocated_bytes")) + (f" ({device})" if device and s.get("steps") else "")
         note = o.note.splitlines()[0][:90] if o.note else ""
-        rows.append((o.planned.group, o.planned.method, o.status, "-" if loss is None else f"{loss:.4f}",
+        if o.reused:
+            note = ("finished earlier; " + note).rstrip("; ")
+        name = o.run_dir.name if o.run_dir is not None else o.planned.method
+        rows.append((o.planned.group, name, o.status, _fmt_loss(eval_loss), _fmt_loss(train_loss),
                      peak if s.get("steps") else "-", "-" if step is None else f"{step:.0f} ms", note))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
@@ -266,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.run_all", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=DEFAULT_PROFILE,
                         help=f"profile under experiments/configs/profiles/ (default {DEFAULT_PROFILE})")
-    parser.add_argument("--methods", help="comma-separated subset of the profile's methods")
+    parser.add_argument("--methods", help="comma-separated methods: a subset of the profile's, or any registered "
+                                          "method, which then runs in every group with the group's settings")
     parser.add_argument("--groups", help="comma-separated subset of the profile's run groups")
     parser.add_argument("--set", action="append", default=[], metavar="section.key=value",
                         help="override applied to every run (repeatable), e.g. --set train.max_steps=2")
@@ -276,7 +378,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="resolve and print the plan, train nothing")
     parser.add_argument("--list-profiles", action="store_true", help="print the profiles and exit")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--fresh", action="store_true",
+                        help="redo every run (default: skip runs that finished, resume checkpointed ones)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once, as child processes (default 1: in this process)")
+    parser.add_argument("--gpus", help="comma-separated CUDA device ids the jobs are spread over (default: all)")
+    parser.add_argument("--launch-deadline", type=float, metavar="SECONDS",
+                        help="start no run after this many seconds (the rest continues on the next invocation)")
+    parser.add_argument("--kill-after", type=float, metavar="SECONDS",
+                        help="stop runs still going after this many seconds (resumable if they checkpointed)")
     return parser
+
+
+def _parallel_options(args, output_root: Path) -> ParallelOptions:
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    for flag, value in (("--launch-deadline", args.launch_deadline), ("--kill-after", args.kill_after)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be a positive number of seconds, got {value}")
+    if args.gpus:
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        if not all(g.isdigit() for g in gpus):
+            raise ConfigError(f"--gpus takes CUDA device ids such as 0,1; got {args.gpus!r}")
+    else:
+        import torch
+
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    return ParallelOptions(jobs=args.jobs, gpus=gpus, launch_deadline_s=args.launch_deadline,
+                           kill_after_s=args.kill_after, log_dir=output_root / "logs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,19 +422,26 @@ def main(argv: list[str] | None = None) -> int:
         groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
         planned = plan_runs(profile, output_root=output_root, only_methods=only, extra_overrides=tuple(args.set),
                             only_groups=groups)
+        parallel = _parallel_options(args, output_root)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"profile {args.profile}: {len(planned)} run(s) -> {output_root}")
+    listed = {m for entry in profile["runs"] for m in entry["methods"]}
+    added = sorted({m for m in only or [] if m not in listed})
+    if added:
+        print(f"  not in the profile, run in every group with the group's settings: {', '.join(added)}")
     if args.dry_run:
         for item in planned:
             where = item.skip_reason and f"skipped: {item.skip_reason}" or \
                 f"{item.cfg.model.source}, {item.cfg.train.max_steps or item.cfg.train.epochs} " \
-                f"{'steps' if item.cfg.train.max_steps else 'epochs'}"
+                f"{'steps' if item.cfg.train.max_steps else 'epochs'}" + \
+                (f", lr from {item.lr_from}" if item.lr_from else f", lr {item.cfg.method.lr:g}")
             name = item.cfg.run_name if item.cfg else item.method
             print(f"  {item.group}/{name}: {where}")
         return 0
-    outcomes = run_planned(planned, progress=not args.no_progress)
+    outcomes = run_planned(planned, progress=not args.no_progress, output_root=output_root, fresh=args.fresh,
+                           parallel=parallel)
     notes = [] if args.no_eval else run_evaluators(profile, outcomes)
     if not args.no_plots:
         notes.append(run_plots(output_root))
@@ -317,8 +453,16 @@ def main(argv: list[str] | None = None) -> int:
     budget = profile.get("time_budget_s")
     over = f" (over the profile's budget of {budget} s)" if budget and elapsed > budget else ""
     print(f"total wall time: {elapsed:.1f} s{over}")
-    failed = [o for o in outcomes if o.status in ("error", "oom")]
-    return 1 if failed and len(failed) == len(outcomes) else 0
+    failed = [o for o in outcomes if o.status == "error"]
+    unfinished = [o for o in outcomes if o.status in ("interrupted", "not started")]
+    if failed:
+        print(f"failed ({len(failed)}): " + ", ".join(f"{o.planned.group}/{o.run_dir.name if o.run_dir else o.planned.method}"
+                                                     for o in failed), file=sys.stderr)
+        return 1
+    if unfinished:
+        print(f"unfinished ({len(unfinished)}): rerun the same command to continue", file=sys.stderr)
+        return 3
+    return 0
 
 
 __all__ = ["load_profile", "plan_runs", "run_planned", "run_evaluators", "format_table", "main"]

@@ -40,6 +40,25 @@ def render_chat(tokenizer, messages: list[dict]) -> str:
         raise
 
 
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of the prompt for `messages`: the tokenizer's chat template when it has one; otherwise the plain
+    instruction template the harness trains with (experiments.templates), so a base model fine-tuned by the suite is
+    asked in the format it learned (earlier answers end with EOS there, as in training)."""
+    if getattr(tokenizer, "chat_template", None):
+        # the template already wrote any BOS / special tokens, so tokenizing must not add them a second time
+        return tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    from experiments.templates import build_prompt
+
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    chat = [m for m in messages if m["role"] != "system"]
+    if not chat or chat[-1]["role"] != "user" or any(
+            m["role"] != ("user" if i % 2 == 0 else "assistant") for i, m in enumerate(chat)):
+        raise MTBenchError("a conversation must alternate user and assistant turns and end with a user turn, got "
+                           f"roles {[m['role'] for m in messages]}")
+    history = [(chat[i]["content"], chat[i + 1]["content"]) for i in range(0, len(chat) - 1, 2)]
+    return build_prompt(tokenizer, chat[-1]["content"], history=history, system=system, template="plain")
+
+
 def stop_token_ids(model, tokenizer) -> list[int]:
     """End-of-turn ids: the tokenizer's eos plus every eos the model's generation config lists (e.g. <|eot_id|>)."""
     ids: set[int] = set()
@@ -76,9 +95,7 @@ def generate_chat_batch(model, tokenizer, conversations: list[list[dict]], *, ma
         raise MTBenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not conversations:
         return BatchOutput([], [])
-    prompts = [render_chat(tokenizer, conv) for conv in conversations]
-    # The template already wrote any BOS / special tokens, so tokenizing must not add them a second time.
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [prompt_ids(tokenizer, conv) for conv in conversations]
     stops = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
     input_ids, attention_mask = _left_pad(encoded, pad_id)

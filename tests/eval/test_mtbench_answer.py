@@ -222,3 +222,24 @@ def test_local_hf_judge_writes_judgments(model, tokenizer, questions, monkeypatc
     assert all(conv[0]["role"] == "system" and conv[1]["content"] == r["user_prompt"]
                for conv, r in zip(seen, records))
     assert all(isinstance(r["score"], (int, float)) for r in records)
+
+
+def test_a_tokenizer_without_chat_template_is_prompted_in_the_training_format(tokenizer):
+    """A base model fine-tuned by the suite learned the plain template: MT-bench asks it in that format, earlier
+    turns included exactly as tokenize_records renders a conversation with history."""
+    from eval.mtbench.generation import prompt_ids
+    from experiments.templates import conversation_segments
+
+    template, tokenizer.chat_template = tokenizer.chat_template, None
+    try:
+        messages = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+                    {"role": "user", "content": "Q2"}]
+        ids = prompt_ids(tokenizer, messages)
+        segments = conversation_segments(tokenizer, (None, [("Q1", "A1"), ("Q2", "A2")]), template="plain")
+        expected = [t for seg, _ in segments[:-1] for t in seg]
+        assert ids == expected
+        assert "### Instruction:\nQ2\n\n### Response:\n" in tokenizer.decode(ids)
+        with pytest.raises(MTBenchError, match="alternate user and assistant"):
+            prompt_ids(tokenizer, [{"role": "assistant", "content": "A"}])
+    finally:
+        tokenizer.chat_template = template

