@@ -140,7 +140,8 @@ def _check_keys(mapping, valid, where: str) -> None:
 
 
 def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | None = None,
-              extra_overrides: tuple[str, ...] = (), only_groups: list[str] | None = None) -> list[PlannedRun]:
+              extra_overrides: tuple[str, ...] = (), only_groups: list[str] | None = None,
+              only_seeds: list[int] | None = None) -> list[PlannedRun]:
     """Resolve and validate every run of the profile before anything trains (a bad config fails in seconds)."""
     skip = profile.get("skip") or {}
     if only_methods:
@@ -165,6 +166,8 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
         methods += [m for m in (only_methods or []) if m not in methods]
         # seed-major: a suite cut short by a deadline has every method at seed 0 before any at seed 1
         for seed in seeds:
+            if only_seeds is not None and seed is not None and seed not in only_seeds:
+                continue
             for method in methods:
                 if only_methods and method not in only_methods:
                     continue
@@ -370,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", help="comma-separated methods: a subset of the profile's, or any registered "
                                           "method, which then runs in every group with the group's settings")
     parser.add_argument("--groups", help="comma-separated subset of the profile's run groups")
+    parser.add_argument("--seeds", help="comma-separated seeds: of groups that list seeds, run only these")
     parser.add_argument("--set", action="append", default=[], metavar="section.key=value",
                         help="override applied to every run (repeatable), e.g. --set train.max_steps=2")
     parser.add_argument("--output-dir", type=Path, help="results root (default: the profile's output_dir)")
@@ -420,8 +424,12 @@ def main(argv: list[str] | None = None) -> int:
         output_root = (args.output_dir or REPO_ROOT / profile.get("output_dir", f"runs/{args.profile}")).resolve()
         only = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
         groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
+        except ValueError:
+            raise ConfigError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
         planned = plan_runs(profile, output_root=output_root, only_methods=only, extra_overrides=tuple(args.set),
-                            only_groups=groups)
+                            only_groups=groups, only_seeds=seeds)
         parallel = _parallel_options(args, output_root)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

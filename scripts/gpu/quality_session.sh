@@ -50,7 +50,7 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     extra=(--no-eval)
     [ "$phase" = finish ] && extra=()
     set +e
-    python3 -m experiments.run_all --profile quality-gpu --output-dir "$out_root" --jobs "$jobs" \
+    python3 -m experiments.run_all --profile quality-gpu --output-dir "$out_root" --jobs "$jobs" ${RUN_ALL_ARGS:-} \
         --launch-deadline "$launch" --kill-after "$kill_after" --no-plots --no-progress "${extra[@]}"
     code=$?
     set -e
