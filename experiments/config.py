@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from baselines.registry import get_method_class, method_names
+from experiments.results import check_run_name
 from experiments.schedule import SCHEDULES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -232,12 +233,31 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _parse_yaml_file(path: Path):
+    """The YAML document in `path`; a syntax error or an unreadable file becomes one ConfigError line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); a config is YAML text") \
+            from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}" + (f" ({context})" if context else "")) from None
+
+
 def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     """The raw mapping of a config file, with `inherit:` resolved (child keys win)."""
     path = resolve_config_path(path)
     if path in _seen:
         raise ConfigError(f"config inheritance loops through {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = _parse_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections")
     parent = data.pop("inherit", None)
@@ -372,6 +392,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"method.lr must be > 0, got {cfg.method.lr}")
     if cfg.data.max_length < 8:
         raise ConfigError(f"data.max_length must be >= 8, got {cfg.data.max_length}")
+    try:
+        check_run_name(cfg.run_name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.train.resume_from and cfg.output.overwrite:
+        raise ConfigError("train.resume_from and output.overwrite (--overwrite) exclude each other: resuming continues "
+                          "the run in its own directory; drop one of them")
     if cfg.data.eval_samples < 0:
         raise ConfigError(f"data.eval_samples must be >= 0, got {cfg.data.eval_samples}")
     build_method_options(cfg.method)  # the method's own checks of its options (ranges, choices)

@@ -6,9 +6,11 @@ autocast when asked) and a timed `method.backward(loss / grad_accum)`; then a ti
 cannot accumulate gradients is refused when grad_accum > 1: the run ends with status "error" and says so, rather than
 silently training with another effective batch size.
 
-Checkpoints (train.save_every) hold the model weights, the method's state, the step, the data position (epoch and
-micro-batches consumed in it) and every RNG state, so a resumed run continues exactly as an uninterrupted one would.
-Out of memory ends the run with status "oom" and the bytes held; any other exception with status "error".
+Checkpoints (train.save_every, experiments/checkpoint.py) hold the model weights, the method's state, the step, the
+data position and every RNG state, so a resumed run continues exactly as an uninterrupted one would.
+Out of memory (any allocation failure) ends the run with status "oom" and the bytes held; a non-finite loss or gradient
+norm with status "diverged" at that step (its record is kept, no checkpoint or model of that state is saved); any other
+exception with status "error".
 
 With a DistContext (train.distributed=fsdp2, experiments/distributed.py) the prepared model is sharded with FSDP2,
 each rank trains on its round-robin share of the micro-batches, every step's record is merged over the ranks and only
@@ -19,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import json
 import math
 import os
 import random
@@ -34,13 +35,13 @@ from tqdm.auto import tqdm
 
 from baselines.errors import MethodUnsupportedError
 from experiments import distributed as dist_mod
-from experiments import distributed_checkpoint as dist_ckpt
+from experiments.checkpoint import (Position, carry_metrics, load_checkpoint, load_sharded_checkpoint, locate,
+                                    save_checkpoint, save_sharded_checkpoint)
 from experiments.config import TrainConfig
 from experiments.lm_loss import model_loss
 from experiments.measure import MemoryProbe, StepTimer, is_oom
-from experiments.results import (CHECKPOINT_FILE, ERROR_FILE, METRICS_FILE, SHARDED_CHECKPOINT_DIR, MetricsWriter,
-                                 atomic_write_text, environment_info, read_metrics, summarize_metrics,
-                                 truncate_metrics, write_summary)
+from experiments.results import (CHECKPOINT_FILE, ERROR_FILE, MetricsWriter, atomic_write_text, environment_info,
+                                 json_safe, read_metrics, summarize_metrics, write_summary)
 from experiments.schedule import lr_multiplier, warmup_steps_for
 
 BatchesFn = Callable[[int], Iterable[dict]]
@@ -50,6 +51,25 @@ class UnsupportedSetupError(RuntimeError):
     """The method cannot run the requested setup (e.g. gradient accumulation with a fused update)."""
 
 
+class DivergedError(RuntimeError):
+    """A step's loss or gradient norm is not finite: the run ends there with status "diverged"."""
+
+    def __init__(self, step: int, values: dict[str, str]):
+        self.step, self.values = step, values
+        what = ", ".join(f"{key} {value}" for key, value in values.items())
+        super().__init__(f"diverged at step {step}: non-finite {what}; the run was stopped there (no checkpoint or "
+                         "model of the diverged state is saved)")
+
+
+class RunNotStartedError(RuntimeError):
+    """A run given an on_start hook failed before it started: nothing was written. `cause` is the original exception
+    (None when the run was refused, e.g. a resume with nothing left to train)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message)
+        self.cause = cause
+
+
 # --- seeding and RNG state ----------------------------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -57,34 +77,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             # numpy's state holds an ndarray, which torch.load(weights_only=True) refuses: store it as a tensor
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # --- data stream --------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Position:
-    step: int = 0          # optimizer steps completed
-    epoch: int = 0
-    micro: int = 0         # micro-batches of this epoch consumed by completed steps
-
-
 class BatchStream:
     """Groups micro-batches into optimizer steps across epochs. A remainder of fewer than grad_accum micro-batches
     at the end of an epoch is dropped (as drop_last would), so every step sees exactly grad_accum micro-batches."""
@@ -138,66 +131,6 @@ def plan_steps(cfg: TrainConfig, batches_fn: BatchesFn) -> int:
         raise RuntimeError(f"the data gives {n_micro} micro-batch(es) per epoch, fewer than train.grad_accum="
                            f"{cfg.grad_accum}; add data or lower grad_accum")
     return max(1, int(round(cfg.epochs * per_epoch)))
-
-
-# --- checkpoints ----------------------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, model: nn.Module, method, position: Position, total_steps: int) -> None:
-    payload = {"step": position.step, "epoch": position.epoch, "micro": position.micro, "total_steps": total_steps,
-               "model": model.state_dict(), "method": method.state_dict(), "rng": rng_state()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def _checkpoint_path(resume_from: str) -> Path:
-    path = Path(resume_from)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"train.resume_from={resume_from!r}: no checkpoint at {path}")
-    return path
-
-
-def load_checkpoint(resume_from: str, model: nn.Module, method, run_dir: Path, device: torch.device) -> Position:
-    path = _checkpoint_path(resume_from)
-    payload = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(payload["model"])
-    method.load_state_dict(payload["method"])
-    position = Position(step=int(payload["step"]), epoch=int(payload["epoch"]), micro=int(payload["micro"]))
-    _carry_metrics(path.parent.resolve(), run_dir, position.step)
-    set_rng_state(payload["rng"])  # last, so nothing after it consumes random numbers before training resumes
-    return position
-
-
-def _carry_metrics(source_dir: Path, run_dir: Path, step: int) -> None:
-    if source_dir == run_dir.resolve():
-        truncate_metrics(run_dir, step)
-    elif (source_dir / METRICS_FILE).exists():
-        # resuming into a new directory: its metrics start as the history up to the checkpoint (replacing anything
-        # there), so the summary covers the whole run
-        history = [r for r in read_metrics(source_dir) if int(r["step"]) <= step]
-        atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
-
-
-def save_sharded_checkpoint(run_dir: Path, model: nn.Module, method, position: Position, total_steps: int,
-                            ctx) -> None:
-    """train.distributed=fsdp2: every rank writes its shards into <run_dir>/checkpoint.dcp (and its RNG states)."""
-    dist_ckpt.save_checkpoint(run_dir / SHARDED_CHECKPOINT_DIR, model, method, ctx,
-                              position={"step": position.step, "epoch": position.epoch, "micro": position.micro,
-                                        "total_steps": total_steps}, rank_state={"rng": rng_state()})
-
-
-def load_sharded_checkpoint(resume_from: str, model: nn.Module, method, run_dir: Path, ctx) -> Position:
-    """resume_from: a checkpoint.dcp directory or the run directory holding one."""
-    directory = Path(resume_from)
-    if not dist_ckpt.is_checkpoint(directory) and dist_ckpt.is_checkpoint(directory / SHARDED_CHECKPOINT_DIR):
-        directory = directory / SHARDED_CHECKPOINT_DIR
-    saved, rank_state = dist_ckpt.load_checkpoint(directory, model, method, ctx)
-    position = Position(step=int(saved["step"]), epoch=int(saved["epoch"]), micro=int(saved["micro"]))
-    if ctx.is_main:
-        _carry_metrics(directory.parent.resolve(), run_dir, position.step)
-    set_rng_state(rank_state["rng"])
-    return position
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -329,24 +262,42 @@ def _train_step(model, method, micro_batches, cfg, position, total_steps, warmup
     return record
 
 
+def nonfinite_in(record: dict) -> dict[str, str]:
+    """{"loss": "nan", "grad_norm": "inf", ...} for the step's loss or gradient norm when not finite (empty if fine)."""
+    out = {}
+    for key in ("loss", "grad_norm"):
+        value = record.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return out
+
+
 def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run_dir, *,
           eval_batches_fn: Callable[[], Iterable[dict]] | None = None, autocast_dtype: torch.dtype | None = None,
           device: str | torch.device = "cpu", seed: int | None = None, meta: dict | None = None,
-          save_model_dir: str | os.PathLike | None = None, progress: bool = True, dist_ctx=None) -> dict:
+          save_model_dir: str | os.PathLike | None = None, progress: bool = True, dist_ctx=None,
+          on_start: Callable[[], None] | None = None) -> dict:
     """Train `model` with `method` (prepare_model and build_optimizer are called here) and return the summary that
     is also written to <run_dir>/summary.json. batches_fn(epoch) gives that epoch's micro-batches, identical for
     every method; eval_batches_fn() the held-out batches. `meta` carries run_name, model and config for the summary.
     dist_ctx: an experiments.distributed.DistContext to train sharded with FSDP2 (the model may then be on the meta
-    device: it is materialised after sharding), None for one device."""
+    device: it is materialised after sharding), None for one device.
+
+    on_start: called once everything is set up (method prepared, optimizer built, checkpoint restored), right before
+    the first file is written and the first step runs. With it, run_dir is not touched before that moment, and a
+    failure before it raises RunNotStartedError instead of writing a summary: experiments.run replaces an old run
+    (--overwrite) or updates a resumed run's config.yaml there, so a run that cannot start changes nothing on disk."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     meta = dict(meta or {})
     probe = MemoryProbe(device, enabled=cfg.track_memory)
     timer = StepTimer(device)
     status, error, error_kind, writer, total_steps, stopped_early = "ok", None, None, None, None, False
-    held_at_oom = None
+    held_at_oom, diverged = None, None
     main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes files
+    started = on_start is None
+    if started:
+        run_dir.mkdir(parents=True, exist_ok=True)
     try:
         _check_supported(method, cfg)
         if dist_ctx is not None:
@@ -366,18 +317,28 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
             model.config.use_cache = False  # a KV cache is useless in training and costs memory
         position = Position()
         if cfg.resume_from and dist_ctx is not None:
-            position = load_sharded_checkpoint(cfg.resume_from, model, method, run_dir, dist_ctx)
+            position = load_sharded_checkpoint(cfg.resume_from, model, method, dist_ctx)
         elif cfg.resume_from:
-            position = load_checkpoint(cfg.resume_from, model, method, run_dir, device)
+            position = load_checkpoint(cfg.resume_from, model, method, device)
+        total_steps = plan_steps(cfg, batches_fn)
+        warmup = warmup_steps_for(total_steps, cfg.warmup_steps, cfg.warmup_ratio)
+        last_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
+        if cfg.resume_from and position.step >= last_step:
+            # training zero steps would only rewrite the finished run's summary with an empty measurement
+            raise RunNotStartedError(f"the checkpoint is at step {position.step} and this run ends at step {last_step}: "
+                                     "nothing to train; raise train.max_steps (or train.stop_after_steps) to go on")
+        if on_start is not None:
+            on_start()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            started = True
+        if cfg.resume_from and main:
+            carry_metrics(locate(cfg.resume_from)[0], run_dir, position.step)
         writer = MetricsWriter(run_dir) if main else None
         # Everything built so far (model, tokenized data, library modules) lives for the whole run: move it out of
         # the cyclic garbage collector's view, so that an automatic collection during a timed forward or backward
         # does not traverse it (same treatment for every method; undone in the finally clause below).
         gc.collect()
         gc.freeze()
-        total_steps = plan_steps(cfg, batches_fn)
-        warmup = warmup_steps_for(total_steps, cfg.warmup_steps, cfg.warmup_ratio)
-        last_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
         stream = BatchStream(batches_fn, cfg.grad_accum, position)
         bar = tqdm(total=last_step, initial=position.step, desc=f"train {method.name}", unit="step",
                    disable=not progress, dynamic_ncols=True)
@@ -389,18 +350,24 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
                                      autocast_dtype, timer, probe)
                 position.step, position.micro = record["step"], stream.micro
                 is_last = position.step == last_step
-                if eval_batches_fn is not None and ((cfg.eval_every and position.step % cfg.eval_every == 0)
-                                                    or is_last):
+                # one device: no evaluation of a diverged model; sharded, every rank must take part in the same
+                # collectives, so the decision waits for the merged record
+                diverged = nonfinite_in(record) if dist_ctx is None else {}
+                if eval_batches_fn is not None and not diverged and (
+                        (cfg.eval_every and position.step % cfg.eval_every == 0) or is_last):
                     record["eval_loss"] = evaluate_loss(model, eval_batches_fn(), device, autocast_dtype, progress,
                                                         cfg.loss_chunk_tokens)
                 extras = method.describe()
                 record.update({k: v for k, v in extras.items() if k not in record})
                 if dist_ctx is not None:
                     record = dist_mod.reduce_step_record(record, dist_ctx)
+                    diverged = nonfinite_in(record)  # the merged record: every rank takes the same decision
                 if writer is not None:
                     writer.write(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if diverged:  # no checkpoint of a diverged state (it would replace the last good one), no model
+                    raise DivergedError(position.step, diverged)
                 stop_now = _stop_requested and not is_last
                 if stop_now or (cfg.save_every and (position.step % cfg.save_every == 0 or is_last)):
                     if dist_ctx is not None:
@@ -420,21 +387,28 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         elif save_model_dir is not None:
             save_final_model(model, Path(save_model_dir))
     except Exception as exc:  # the suite goes on with the next method; KeyboardInterrupt is not caught
-        if is_oom(exc):
+        if isinstance(exc, RunNotStartedError):
+            raise
+        if not started:
+            raise RunNotStartedError(f"{type(exc).__name__}: {exc}", cause=exc) from exc
+        if isinstance(exc, DivergedError):
+            status, error_kind, error = "diverged", "diverged", str(exc)
+        elif is_oom(exc):
             status, error_kind = "oom", "oom"
             held_at_oom = probe.held_now()
             error = f"out of memory ({held_at_oom} bytes held when it happened): {exc}"
         else:
             status, error_kind = "error", error_kind_of(exc)
             error = f"{type(exc).__name__}: {exc}"
-        error_file = ERROR_FILE if main else f"error_rank{dist_ctx.rank}.txt"
-        atomic_write_text(run_dir / error_file, "".join(traceback.format_exception(exc)))
+        if status != "diverged":
+            error_file = ERROR_FILE if main else f"error_rank{dist_ctx.rank}.txt"
+            atomic_write_text(run_dir / error_file, "".join(traceback.format_exception(exc)))
     finally:
         gc.unfreeze()  # the next run in this process (run_all) may free this run's model
         if writer is not None:
             writer.close()
     memory = probe.summary(method.name)
-    if dist_ctx is not None and status == "ok":  # a failed rank must not wait for the others (they may be stuck)
+    if dist_ctx is not None and status in ("ok", "diverged", "interrupted"):  # a failed rank must not wait
         # collective: also guarantees that rank 0 has written and closed metrics.jsonl before any rank reads it
         memory = dist_mod.reduce_memory_summary(memory, dist_ctx)
     records = read_metrics(run_dir)
@@ -443,8 +417,17 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     summary.update(summarize_metrics(records, cfg.timing_warmup_steps))
     summary["planned_steps"] = total_steps
     summary["stopped_early"] = stopped_early
+    if status == "diverged":
+        # the diverged step's loss is null in metrics.jsonl (strict JSON); the summary must not fall back on the
+        # last finite loss, so both figures stay non-finite (written as null + the "nonfinite" flag)
+        summary["diverged_at_step"] = position.step
+        summary["diverged_values"] = diverged
+        if "loss" in diverged:
+            summary["final_loss"] = summary["mean_loss_last_10"] = float(diverged["loss"])
     if held_at_oom is not None:
         memory["held_at_oom_bytes"] = held_at_oom
+        memory["held_at_oom_note"] = ("cuda: torch.cuda.memory_allocated when the allocation failed; cpu: the "
+                                      "process's resident memory then")
     summary["memory"] = memory
     info = _method_info(method)
     if method.fused_backward:
@@ -460,8 +443,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     summary["environment"] = environment_info(str(device))
     if dist_ctx is not None:
         summary["distributed"] = {**dist_ctx.describe(), "note": dist_mod.method_note(method.name)}
-    if summary["final_loss"] is not None and not math.isfinite(summary["final_loss"]):
-        summary["loss_diverged"] = True
+    summary = json_safe(summary)  # what is returned is what the file holds: strict JSON, no NaN
     if main or status != "ok":  # a failing rank other than 0 reports too: rank 0 may be stuck waiting for it
         write_summary(run_dir, summary)
     return summary

@@ -171,10 +171,10 @@ class MemoryProbe:
                 "mem_peak_reserved_bytes": step_reserved}
 
     def held_now(self) -> int:
-        """Bytes held at this moment (for the OOM report)."""
-        if self.cuda:
-            return int(torch.cuda.memory_allocated(self.device))
-        return int(self.last_tracked_total)
+        """Bytes held at this moment (for the OOM report): the CUDA allocator's figure on a GPU; on a CPU the process's
+        resident memory (what the failed allocation competed with), or the tracked tensors where that is unknown."""
+        held = held_bytes(self.device)
+        return int(held) if held is not None else int(self.last_tracked_total)
 
     def summary(self, method_name: str) -> dict:
         if self.cuda:
@@ -210,11 +210,51 @@ def process_peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def is_oom(exc: BaseException) -> bool:
-    """torch.OutOfMemoryError, or a RuntimeError carrying CUDA's out-of-memory message (older code paths)."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+def process_rss_bytes() -> int | None:
+    """The process's resident set size now (Linux /proc; None elsewhere)."""
+    try:
+        resident_pages = int(open("/proc/self/statm").read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * resource.getpagesize()
 
 
-__all__ = ["StepTimer", "MemoryProbe", "SPLIT_KEYS", "is_oom", "process_peak_rss_bytes", "synchronize"]
+def held_bytes(device: torch.device | str) -> int | None:
+    """Memory held now, for an out-of-memory report: what the CUDA allocator has handed out on a GPU, the process's
+    resident memory on a CPU (torch keeps no allocator statistics for CPU tensors)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.memory_allocated(device))
+    return process_rss_bytes()
+
+
+# Messages of allocation failures that do not arrive as torch.OutOfMemoryError or MemoryError: CPU tensors
+# ("DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes"), cuBLAS / cuDNN workspaces, older
+# CUDA code paths, the OS (ENOMEM: "Cannot allocate memory").
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "cublas_status_alloc_failed",
+                 "cudnn_status_alloc_failed", "failed to allocate")
+
+
+def is_oom(exc: BaseException | None) -> bool:
+    """Any allocation failure: torch.OutOfMemoryError (CUDA), MemoryError (Python / CPU), an OSError with ENOMEM, or an
+    exception carrying one of the allocators' messages; also when it is the cause or context of `exc` (a library
+    that re-raises it wrapped)."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+            return True
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            return True
+        if isinstance(exc, (RuntimeError, OSError, ValueError)):
+            text = str(exc).lower()
+            if any(message in text for message in _OOM_MESSAGES):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+__all__ = ["StepTimer", "MemoryProbe", "SPLIT_KEYS", "is_oom", "held_bytes", "process_peak_rss_bytes",
+           "process_rss_bytes", "synchronize"]

@@ -1,8 +1,13 @@
 """Run directories on disk: atomic writes, the metrics log, the summary and the environment record.
 
 Layout of one run (docs/DESIGN.md): config.yaml, metrics.jsonl, summary.json, eval/*.json, optionally checkpoint.pt,
-error.txt. Every whole-file write goes through a temporary file in the same directory and `os.replace`, so a reader
-never sees half a file; metrics.jsonl is appended line by line with a flush, and readers skip a torn last line.
+error.txt. Every whole-file write goes through a temporary file in the same directory, an fsync of that file,
+`os.replace` and an fsync of the directory, so a reader never sees half a file and a power cut after the write
+returned loses nothing; metrics.jsonl is appended line by line with a flush, and readers skip a torn last line.
+
+JSON is strict: a non-finite float (NaN, +-Infinity, which Python's json module would write as bare `NaN` and strict
+parsers reject) is written as null, and the object gets a "nonfinite" map from the value's dotted path to "nan",
+"inf" or "-inf" (json_safe), so nothing is lost and every parser reads the file.
 """
 from __future__ import annotations
 
@@ -31,10 +36,83 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 SHARDED_CHECKPOINT_DIR = "checkpoint.dcp"  # train.distributed=fsdp2: experiments/distributed_checkpoint.py
 ERROR_FILE = "error.txt"
-STATUSES = ("ok", "oom", "error", "interrupted")  # interrupted: stopped on request with a checkpoint to resume
+# ok: trained to the end (or to train.stop_after_steps); oom: an allocation failed; diverged: a non-finite loss or
+# gradient norm ended the run (summary.diverged_at_step); error: anything else (summary.error_kind says what);
+# interrupted: stopped on request (SIGTERM) with a checkpoint to resume from
+STATUSES = ("ok", "oom", "diverged", "error", "interrupted")
+NONFINITE_KEY = "nonfinite"
+
+
+def _json_default(value: Any):
+    # Path objects, numpy scalars and the like: write their plain form instead of failing mid-run.
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+# --- strict JSON --------------------------------------------------------------------------------------------------
+def _nonfinite_name(value: float) -> str:
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _clean(value: Any, path: str, found: dict) -> Any:
+    if isinstance(value, dict):
+        return {key: _clean(item, f"{path}.{key}" if path else str(key), found) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(item, f"{path}.{index}" if path else str(index), found) for index, item in enumerate(value)]
+    if not isinstance(value, (str, bytes, int, float)) and hasattr(value, "item"):
+        value = value.item()  # numpy / torch scalars
+    if isinstance(value, float) and not math.isfinite(value):
+        found[path] = _nonfinite_name(value)
+        return None
+    return value
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every NaN / Infinity replaced by None. A dict gets (or extends) "nonfinite": {dotted path: "nan" |
+    "inf" | "-inf"} naming each replaced value; a list is cleaned element by element (each dict element flagged)."""
+    if isinstance(obj, list):
+        return [json_safe(item) for item in obj]
+    found: dict[str, str] = {}
+    clean = _clean(obj, "", found)
+    if found and isinstance(clean, dict):
+        clean[NONFINITE_KEY] = {**(clean.get(NONFINITE_KEY) or {}), **found}
+    return clean
+
+
+def dumps_strict(obj: Any, **kwargs) -> str:
+    """json.dumps of json_safe(obj); allow_nan=False makes a non-finite value that slipped through an error."""
+    return json.dumps(json_safe(obj), allow_nan=False, default=_json_default, **kwargs)
 
 
 # --- atomic writes ------------------------------------------------------------------------------------------------
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new entry in directory `path` durable (POSIX needs the directory itself synced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a platform that cannot open directories (Windows): nothing more can be done
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the data itself was synced
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file another library wrote (torch.save, save_pretrained) to the disk."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def replace_durably(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """fsync `tmp`, rename it over `path`, fsync the directory: the new file is complete and stays after a crash."""
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
     path = Path(path)
@@ -50,21 +128,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _json_default(value: Any):
-    # Path objects, numpy scalars and the like: write their plain form instead of failing mid-run.
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, dumps_strict(obj, indent=2, sort_keys=False) + "\n")
 
 
 def atomic_write_yaml(path: str | os.PathLike, obj: Any) -> None:
@@ -76,37 +148,93 @@ class RunDirExistsError(FileExistsError):
     pass
 
 
+# What a run directory may hold (besides hidden temporary files): --overwrite replaces only directories made of these,
+# so a run_name that happens to name a folder of other files can never delete them.
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ERROR_FILE)
+RUN_SUBDIRS = ("eval", "model", SHARDED_CHECKPOINT_DIR)
+
+
 def _has_results(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def prepare_run_dir(base_dir: str | os.PathLike, run_name: str, *, overwrite: bool = False, resume: bool = False,
-                    on_exists: str = "suffix") -> Path:
-    """The directory for a new run. An existing, non-empty one is never reused silently:
-    resume → reuse it as is; overwrite → empty it; otherwise on_exists="suffix" picks `<name>-2`, `-3`, ...
-    and on_exists="refuse" raises RunDirExistsError."""
+def check_run_name(run_name: str) -> None:
+    """A run name is one plain directory name, so the run stays inside output.dir."""
+    if (not run_name or run_name in (".", "..") or "/" in run_name or "\\" in run_name or "\0" in run_name
+            or Path(run_name).is_absolute() or run_name != run_name.strip()):
+        raise ValueError(f"run_name={run_name!r} must be a single directory name inside output.dir (no '/', '\\', "
+                         "'..', surrounding spaces or absolute path); put the folder in output.dir instead")
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """Entries of `path` that a run directory does not hold (see RUN_FILES / RUN_SUBDIRS)."""
+    out = []
+    for entry in sorted(path.iterdir()):
+        name = entry.name
+        if name.startswith(".") or name in RUN_FILES or (name.startswith("error_rank") and name.endswith(".txt")):
+            continue
+        if name in RUN_SUBDIRS and entry.is_dir():
+            continue
+        out.append(name)
+    return out
+
+
+def choose_run_dir(base_dir: str | os.PathLike, run_name: str, *, overwrite: bool = False,
+                   on_exists: str = "suffix") -> tuple[Path, bool]:
+    """(directory for a new run, whether it holds an old run that the new one is to replace). Nothing is deleted here:
+    with overwrite the caller replaces the old run (replace_run_dir) once the new one has started. Without overwrite an
+    existing, non-empty directory is never reused: on_exists="suffix" picks `<name>-2`, `-3`, ...; "refuse" raises
+    RunDirExistsError."""
     if on_exists not in ("suffix", "refuse"):
         raise ValueError(f"on_exists must be 'suffix' or 'refuse', got {on_exists!r}")
+    check_run_name(run_name)
     base = Path(base_dir)
     path = base / run_name
+    if not _has_results(path):
+        return path, False
+    if overwrite:
+        foreign = foreign_entries(path)
+        if foreign:
+            raise RunDirExistsError(f"--overwrite refused: {path} holds {', '.join(foreign[:5])}, which no run "
+                                    "writes; it replaces run directories only; choose another run_name or output.dir")
+        return path, True
+    if on_exists == "refuse":
+        raise RunDirExistsError(f"run directory {path} already holds results; pass --overwrite, resume from it, "
+                                f"or choose another run_name")
+    n = 2
+    while _has_results(base / f"{run_name}-{n}"):
+        n += 1
+    return base / f"{run_name}-{n}", False
+
+
+def replace_run_dir(path: Path) -> None:
+    """Swap the old run at `path` for an empty directory: renamed aside first (one atomic step, so a crash never
+    leaves half an old run mixed with a new one), then deleted."""
+    path = Path(path)
+    if path.exists():
+        aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(path, aside)
+        path.mkdir(parents=True)
+        fsync_dir(path.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        path.mkdir(parents=True)
+
+
+def prepare_run_dir(base_dir: str | os.PathLike, run_name: str, *, overwrite: bool = False, resume: bool = False,
+                    on_exists: str = "suffix") -> Path:
+    """The directory for a new run, created now. resume → `<base>/<run_name>` as it is; overwrite → an old run there
+    is replaced at once (experiments.run instead replaces it only when the new run starts); otherwise see
+    choose_run_dir."""
     if resume:
+        check_run_name(run_name)
+        path = Path(base_dir) / run_name
         path.mkdir(parents=True, exist_ok=True)
         return path
-    if _has_results(path):
-        if overwrite:
-            for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ERROR_FILE):
-                (path / name).unlink(missing_ok=True)
-            for sub in ("eval", "model", SHARDED_CHECKPOINT_DIR):
-                if (path / sub).is_dir():
-                    shutil.rmtree(path / sub)
-        elif on_exists == "refuse":
-            raise RunDirExistsError(f"run directory {path} already holds results; pass --overwrite, resume from it, "
-                                    f"or choose another run_name")
-        else:
-            n = 2
-            while _has_results(base / f"{run_name}-{n}"):
-                n += 1
-            path = base / f"{run_name}-{n}"
+    path, holds_old_run = choose_run_dir(base_dir, run_name, overwrite=overwrite, on_exists=on_exists)
+    if holds_old_run:
+        replace_run_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -120,11 +248,13 @@ class MetricsWriter:
         self._handle = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, default=_json_default) + "\n")
+        self._handle.write(dumps_strict(record) + "\n")
         self._handle.flush()
 
     def close(self) -> None:
         if not self._handle.closed:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
             self._handle.close()
 
     def __enter__(self):
@@ -161,7 +291,12 @@ def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
     if not path.exists():
         return
     kept = [r for r in read_metrics(run_dir) if int(r.get("step", 0)) <= last_step]
-    atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
+    write_metrics(run_dir, kept)
+
+
+def write_metrics(run_dir: str | os.PathLike, records: list[dict]) -> None:
+    """Replace metrics.jsonl as a whole (atomically) with `records`."""
+    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(dumps_strict(r) + "\n" for r in records))
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict | None:
@@ -283,16 +418,20 @@ def write_summary(run_dir: str | os.PathLike, summary: dict) -> None:
 
 
 def failure_summary(status: str, error: str, *, kind: str = "exception", run_name: str, method: str, model: str,
-                    config: dict, device: str = "cpu", memory: dict | None = None) -> dict:
-    """A summary for a run that ended before or outside the training loop (e.g. OOM while loading the model)."""
-    return {
+                    config: dict, device: str = "cpu", memory: dict | None = None,
+                    held_at_oom: int | None = None) -> dict:
+    """A summary for a run that ended before or outside the training loop (e.g. OOM while loading the model);
+    held_at_oom: the bytes held when an allocation failed (experiments.measure.held_bytes)."""
+    memory = memory or {"device": "cuda" if str(device).startswith("cuda") else "cpu",
+                        "peak_allocated_bytes": None, "peak_reserved_bytes": None,
+                        "split_bytes": None, "split_note": "the run ended before memory was measured"}
+    if held_at_oom is not None:
+        memory = {**memory, "held_at_oom_bytes": held_at_oom}
+    return json_safe({
         "status": status, "error": error, "error_kind": "oom" if status == "oom" else kind,
         "run_name": run_name, "method": method, "model": model,
         "steps": 0, "final_loss": None, "mean_loss_last_10": None, "final_eval_loss": None,
         "timing_ms": {"forward": None, "backward": None, "update": None, "step": None, "warmup_steps_excluded": 0},
         "tokens_per_s": None,
-        "memory": memory or {"device": "cuda" if str(device).startswith("cuda") else "cpu",
-                             "peak_allocated_bytes": None, "peak_reserved_bytes": None,
-                             "split_bytes": None, "split_note": "the run ended before memory was measured"},
-        "method_info": {}, "config": config, "environment": environment_info(device),
-    }
+        "memory": memory, "method_info": {}, "config": config, "environment": environment_info(device),
+    })

@@ -1,8 +1,14 @@
 """One training run from a config: `python -m experiments.run --config small/smollm2_alpaca.yaml method.name=lora`.
 
 Loads the model (experiments.models.load_model) and the data (experiments.data), builds the method from the registry,
-trains it with experiments.loop.train and writes the run directory. Out of memory or any other failure, also while
-loading, ends in a summary.json with status "oom" or "error" rather than a traceback, so a suite can go on.
+trains it with experiments.loop.train and writes the run directory. Out of memory, divergence or any other failure, also
+while loading, ends in a summary.json with status "oom", "diverged" or "error" rather than a traceback, so a suite can
+go on.
+
+Existing runs are safe: a name already taken gets a -2 suffix; `--overwrite` replaces the old run only once the new one
+has loaded its model and data (a typo in a path leaves it intact); `train.resume_from=<run dir>` continues that run in
+its own directory, and is refused, before anything is written, when the config differs from the run's config.yaml in
+anything but train.max_steps / train.stop_after_steps / output settings (experiments/checkpoint.py).
 
 Several GPUs: `torchrun --nproc_per_node N -m experiments.run --config ... train.distributed=fsdp2` (FSDP2, see
 experiments/distributed.py); rank 0 chooses the run directory and writes every file. A random-init model is then built
@@ -15,6 +21,7 @@ from experiments.process_env import apply_defaults
 apply_defaults()  # before torch is imported: OpenMP waiting policy, CUDA allocator (see experiments/process_env.py)
 
 import argparse
+import dataclasses
 import gc
 import sys
 import traceback
@@ -23,13 +30,15 @@ from pathlib import Path
 import torch
 
 from baselines.registry import METHODS, method_names
+from experiments import checkpoint
+from experiments.checkpoint import ResumeError
 from experiments.config import (CONFIG_DIR, PROFILE_DIR, ConfigError, RunConfig, build_method_options,
-                                config_to_dict, list_configs, load_config)
+                                config_from_dict, config_to_dict, list_configs, load_config)
 from experiments.distributed import LaunchError, broadcast_object, init_distributed, shutdown
-from experiments.loop import error_kind_of, seed_everything, train
-from experiments.measure import is_oom
-from experiments.results import (RunDirExistsError, atomic_write_text, atomic_write_yaml, failure_summary,
-                                 prepare_run_dir, write_summary)
+from experiments.loop import RunNotStartedError, error_kind_of, seed_everything, train
+from experiments.measure import held_bytes, is_oom
+from experiments.results import (CONFIG_FILE, ERROR_FILE, RunDirExistsError, atomic_write_text, atomic_write_yaml,
+                                 choose_run_dir, failure_summary, replace_run_dir, write_summary)
 
 
 def resolve_device(name: str) -> str:
@@ -105,14 +114,46 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _prepare_run_dir(cfg: RunConfig, on_exists: str, dist_ctx) -> Path:
-    """Rank 0 picks the directory (maybe with a -2 suffix) and every rank uses that one; a refusal reaches all."""
+@dataclasses.dataclass
+class RunDirPlan:
+    """Where a run goes. new: a fresh directory (written at once); overwrite: holds an old run, replaced only when the
+    new run starts; resume: the directory of the checkpoint, whose config.yaml is checked against this run's."""
+    path: Path
+    mode: str
+    saved_config: dict | None = None
+
+
+def _check_resume(cfg: RunConfig) -> RunDirPlan:
+    run_dir, _ = checkpoint.locate(cfg.train.resume_from)
+    saved = checkpoint.check_resume(run_dir, config_to_dict(cfg),
+                                    load_saved=lambda raw: config_to_dict(config_from_dict(raw)))
+    if cfg.train.max_steps:  # epochs mode: the loop knows the last step once the data is loaded (it refuses then)
+        step = checkpoint.saved_step(cfg.train.resume_from)
+        last = min(cfg.train.max_steps, cfg.train.stop_after_steps or cfg.train.max_steps)
+        if step >= last:
+            raise ResumeError(f"resume refused: the checkpoint in {run_dir} is at step {step} and train.max_steps="
+                              f"{cfg.train.max_steps}" + (f", train.stop_after_steps={cfg.train.stop_after_steps}"
+                                                          if cfg.train.stop_after_steps else "")
+                              + " leave nothing to train; raise them to continue the run")
+    return RunDirPlan(run_dir, "resume", saved)
+
+
+def plan_run_dir(cfg: RunConfig, on_exists: str = "suffix") -> RunDirPlan:
+    """Choose the directory without changing anything on disk; refusals raise ResumeError / RunDirExistsError."""
+    if cfg.train.resume_from:
+        return _check_resume(cfg)
+    path, holds_old_run = choose_run_dir(cfg.output.dir, cfg.run_name, overwrite=cfg.output.overwrite,
+                                         on_exists=on_exists)
+    return RunDirPlan(path, "overwrite" if holds_old_run else "new")
+
+
+def _plan_on_rank0(cfg: RunConfig, on_exists: str, dist_ctx) -> RunDirPlan:
+    """Rank 0 plans (maybe a -2 suffix) and every rank uses that plan; a refusal reaches all."""
     outcome = None
     if dist_ctx is None or dist_ctx.is_main:
         try:
-            outcome = prepare_run_dir(cfg.output.dir, cfg.run_name, overwrite=cfg.output.overwrite,
-                                      resume=bool(cfg.train.resume_from), on_exists=on_exists)
-        except RunDirExistsError as exc:
+            outcome = plan_run_dir(cfg, on_exists)
+        except (RunDirExistsError, ResumeError) as exc:
             outcome = exc
     if dist_ctx is not None:
         outcome = broadcast_object(outcome, dist_ctx)
@@ -121,58 +162,100 @@ def _prepare_run_dir(cfg: RunConfig, on_exists: str, dist_ctx) -> Path:
     return outcome
 
 
+def _recorded_config(cfg: RunConfig, plan: RunDirPlan) -> dict:
+    """config.yaml of the run: the resolved config; a resumed run keeps the name and place it was started with."""
+    data = config_to_dict(cfg)
+    if plan.mode == "resume":
+        data["run_name"] = plan.saved_config["run_name"]
+        data["output"] = {**data["output"], "dir": plan.saved_config["output"]["dir"]}
+    return data
+
+
+def _load_everything(cfg: RunConfig, load_device: str, data_stats: dict):
+    seed_everything(cfg.seed)  # random-init models and LoRA adapters start from the same numbers every time
+    from baselines.registry import get_method_class
+    from experiments.models import load_model
+
+    method = get_method_class(cfg.method.name)(build_method_options(cfg.method), lr=cfg.method.lr,
+                                               weight_decay=cfg.method.weight_decay)
+    model, tokenizer = load_model(cfg.model.source, dtype=cfg.model.dtype, device=load_device, task=cfg.model.task,
+                                  num_labels=cfg.model.num_labels, attn_implementation=cfg.model.attn_implementation,
+                                  gradient_checkpointing=cfg.model.gradient_checkpointing, seed=cfg.seed,
+                                  tokenizer=cfg.model.tokenizer)
+    batches_fn, eval_fn = build_data(cfg, tokenizer, data_stats)
+    return method, model, tokenizer, batches_fn, eval_fn
+
+
 def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "suffix",
                    dist_ctx=None) -> tuple[dict, Path]:
     """Train one config; returns (summary, run_dir). Failures become a summary with status oom/error.
     dist_ctx: from experiments.distributed.init_distributed; with cfg.train.distributed=fsdp2 and none given, the
-    process group torchrun prepared is joined here (LaunchError when the process was not started by torchrun)."""
+    process group torchrun prepared is joined here (LaunchError when the process was not started by torchrun).
+
+    An existing run is never harmed by a new run that fails to start: with cfg.train.resume_from the run continues in
+    the checkpoint's directory (ResumeError, before anything is loaded, when the config differs from that run's in a
+    key a resume may not change); with cfg.output.overwrite the old run is replaced only once the new one has loaded
+    its model and data and built its method. Until then nothing is written, and a failure raises RunNotStartedError."""
     if cfg.train.distributed == "fsdp2" and dist_ctx is None:
         dist_ctx = init_distributed(cfg.train.device)
     main = dist_ctx is None or dist_ctx.is_main
-    run_dir = _prepare_run_dir(cfg, on_exists, dist_ctx)
-    config_dict = config_to_dict(cfg)
-    if main:
-        atomic_write_yaml(run_dir / "config.yaml", config_dict)
+    plan = _plan_on_rank0(cfg, on_exists, dist_ctx)
+    run_dir = plan.path
+    config_dict = _recorded_config(cfg, plan)
+    deferred = plan.mode != "new"
+    if main and not deferred:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_yaml(run_dir / CONFIG_FILE, config_dict)
     device = str(dist_ctx.device) if dist_ctx is not None else resolve_device(cfg.train.device)
     # sharded runs: random models are built on the meta device (each rank materialises only its shards after
     # sharding), others load on the CPU and move to the GPU shard by shard
     load_device = device if dist_ctx is None else ("meta" if cfg.model.source.startswith("random:") else "cpu")
-    model = tokenizer = None
     data_stats: dict = {}
-    meta = {"run_name": cfg.run_name, "model": cfg.model.source, "config": config_dict, "data_stats": data_stats}
+    meta = {"run_name": config_dict["run_name"], "model": cfg.model.source, "config": config_dict,
+            "data_stats": data_stats}
+    what = {"resume": "the resumed run", "overwrite": "the new run (--overwrite)"}.get(plan.mode, "the run")
     try:
-        seed_everything(cfg.seed)  # random-init models and LoRA adapters start from the same numbers every time
-        from baselines.registry import get_method_class
-        from experiments.models import load_model
-
-        method = get_method_class(cfg.method.name)(build_method_options(cfg.method), lr=cfg.method.lr,
-                                                   weight_decay=cfg.method.weight_decay)
-        model, tokenizer = load_model(cfg.model.source, dtype=cfg.model.dtype, device=load_device,
-                                      task=cfg.model.task,
-                                      num_labels=cfg.model.num_labels,
-                                      attn_implementation=cfg.model.attn_implementation,
-                                      gradient_checkpointing=cfg.model.gradient_checkpointing, seed=cfg.seed,
-                                      tokenizer=cfg.model.tokenizer)
-        batches_fn, eval_fn = build_data(cfg, tokenizer, data_stats)
+        method, model, tokenizer, batches_fn, eval_fn = _load_everything(cfg, load_device, data_stats)
     except Exception as exc:
+        _free_memory()
+        if deferred:
+            raise RunNotStartedError(f"{what} did not start and {run_dir} was left as it was: "
+                                     f"{type(exc).__name__}: {exc}", cause=exc) from exc
         status = "oom" if is_oom(exc) else "error"
-        summary = failure_summary(status, f"{type(exc).__name__}: {exc}", kind=error_kind_of(exc),
-                                  run_name=cfg.run_name, method=cfg.method.name, model=cfg.model.source,
-                                  config=config_dict, device=device)
+        held = held_bytes(device) if status == "oom" else None
+        error = f"{type(exc).__name__}: {exc}"
+        if held is not None:
+            error = f"out of memory ({held} bytes held when it happened): {error}"
+        summary = failure_summary(status, error, kind=error_kind_of(exc), run_name=cfg.run_name,
+                                  method=cfg.method.name, model=cfg.model.source, config=config_dict, device=device,
+                                  held_at_oom=held)
         if main:
             write_summary(run_dir, summary)
-            atomic_write_text(run_dir / "error.txt", "".join(traceback.format_exception(exc)))
-        del model
-        _free_memory()
+            atomic_write_text(run_dir / ERROR_FILE, "".join(traceback.format_exception(exc)))
         return summary, run_dir
+
+    def on_start() -> None:  # the new run is set up: now the old one may go / the resumed one's record is updated
+        if main:
+            if plan.mode == "overwrite":
+                replace_run_dir(run_dir)
+            atomic_write_yaml(run_dir / CONFIG_FILE, config_dict)
+        if dist_ctx is not None:
+            dist_ctx.barrier()  # no rank writes into the directory before rank 0 has swapped it
+
     save_dir = run_dir / "model" if cfg.output.save_model else None
-    summary = train(model, method, batches_fn, cfg.train, run_dir, eval_batches_fn=eval_fn,
-                    autocast_dtype=autocast_dtype(cfg), device=device, seed=cfg.seed, meta=meta,
-                    save_model_dir=save_dir, progress=progress and main, dist_ctx=dist_ctx)
+    try:
+        summary = train(model, method, batches_fn, cfg.train, run_dir, eval_batches_fn=eval_fn,
+                        autocast_dtype=autocast_dtype(cfg), device=device, seed=cfg.seed, meta=meta,
+                        save_model_dir=save_dir, progress=progress and main, dist_ctx=dist_ctx,
+                        on_start=on_start if deferred else None)
+    except RunNotStartedError as exc:
+        raise RunNotStartedError(f"{what} did not start and {run_dir} was left as it was: {exc}",
+                                 cause=exc.cause) from exc
+    finally:
+        del model, method
+        _free_memory()
     if save_dir is not None and summary["status"] == "ok" and tokenizer is not None and main:
         tokenizer.save_pretrained(save_dir)
-    del model, method
-    _free_memory()
     return summary, run_dir
 
 
@@ -196,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML config: a path, or a name under experiments/configs/")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides")
     parser.add_argument("--list", action="store_true", help="print every method, config and profile, then exit")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing run of the same name, once the new run has loaded its model and data")
     parser.add_argument("--refuse-existing", action="store_true",
                         help="fail instead of adding a -2 suffix when the run directory exists")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -204,7 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return lines[0] + (" (...)" if len(lines) > 1 else "") if lines else ""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 the run ended ok; 1 it ended otherwise (oom, diverged, error, interrupted) or could not start;
+    2 usage errors (bad config or flags, refused resume or overwrite); every failure is one line on stderr."""
     import signal
 
     from experiments.loop import request_stop
@@ -212,12 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (run_all's deadline, a batch scheduler's preemption): finish the step, checkpoint, exit "interrupted"
     signal.signal(signal.SIGTERM, request_stop)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # intermixed: flags may come after the overrides (`... run_name=x --overwrite train.max_steps=5`)
+    args = parser.parse_intermixed_args(argv)
     if args.list:
         print(list_everything())
         return 0
     if not args.config:
         parser.error("--config is required (or --list to see the configs)")
+    dist_ctx = None
     try:
         overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else [])
         cfg = load_config(args.config, overrides)
@@ -226,7 +319,6 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             return 0
-        dist_ctx = None
         if cfg.train.distributed == "fsdp2":
             dist_ctx = init_distributed(cfg.train.device)
         try:
@@ -236,16 +328,20 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if dist_ctx is not None:
                 shutdown()
-    except (ConfigError, RunDirExistsError, LaunchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, RunDirExistsError, LaunchError, ResumeError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except (RunNotStartedError, OSError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     if dist_ctx is not None and not dist_ctx.is_main:
         return 0 if summary["status"] == "ok" else 1  # rank 0 reports
     loss = summary.get("final_loss")
     print(f"{summary['status']}: {run_dir} (steps {summary['steps']}, final loss "
           f"{'n/a' if loss is None else f'{loss:.4f}'})")
     if summary["status"] != "ok":
-        print(f"  {summary['error']}", file=sys.stderr)
+        where = f" (traceback in {run_dir / ERROR_FILE})" if (run_dir / ERROR_FILE).is_file() else ""
+        print(f"  {summary['status']}: {_one_line(summary['error'])}{where}", file=sys.stderr)
         return 1
     return 0
 
