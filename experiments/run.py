@@ -134,7 +134,7 @@ def _check_resume(cfg: RunConfig) -> RunDirPlan:
             raise ResumeError(f"resume refused: the checkpoint in {run_dir} is at step {step} and train.max_steps="
                               f"{cfg.train.max_steps}" + (f", train.stop_after_steps={cfg.train.stop_after_steps}"
                                                           if cfg.train.stop_after_steps else "")
-                              + " leave nothing to train; raise them to continue the run")
+                              + ": nothing is left to train; raise train.max_steps to continue the run")
     return RunDirPlan(run_dir, "resume", saved)
 
 

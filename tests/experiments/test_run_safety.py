@@ -1,0 +1,138 @@
+"""experiments.run never harms a finished run: resume continues in the checkpoint's own directory and is refused on a
+changed config; a refused or failed resume and a failed --overwrite change no byte on disk; run_name stays inside
+output.dir; config and flag mistakes are one line with exit code 2. Real CLI runs of a tiny random Llama (CPU)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments import run as run_cli
+from experiments.results import read_metrics, read_summary
+
+TINY = ["--config", "small/smollm2_alpaca.yaml", "model.source=random:tiny-llama", "method.name=adam",
+        "train.grad_accum=1", "train.batch_size=2", "data.max_samples=4", "data.eval_samples=0",
+        "data.max_length=32", "--no-progress"]
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under root with its bytes and modification time: 'nothing changed' is checked against this."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def cli(tmp_path, *extra) -> int:
+    return run_cli.main([*TINY, f"output.dir={tmp_path}", *extra])
+
+
+def error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "tokeniz" not in line]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_resume_of_a_suffixed_run_writes_into_its_own_directory_and_refuses_changes(tmp_path, capsys, monkeypatch):
+    # a finished run, then a second run of the same name (-> "-2") cut at step 2 with a checkpoint
+    assert cli(tmp_path, "train.max_steps=2") == 0
+    finished = tmp_path / "smollm2_alpaca-adam"
+    assert cli(tmp_path, "train.max_steps=4", "train.save_every=2", "train.stop_after_steps=2") == 0
+    cut = tmp_path / "smollm2_alpaca-adam-2"
+    assert (cut / "checkpoint.pt").is_file() and read_summary(cut)["steps"] == 2
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+
+    # refused: another method, seed, batch size or learning rate (one line naming every differing key, exit 2)
+    for change, named in [("method.name=sgd", "method.name: 'adam' -> 'sgd'"), ("seed=7", "seed: 42 -> 7"),
+                          ("train.batch_size=3", "train.batch_size: 2 -> 3"), ("method.lr=0.5", "method.lr")]:
+        assert cli(tmp_path, "train.max_steps=4", "train.save_every=2", f"train.resume_from={cut}", change) == 2
+        line = error_line(capsys)
+        assert line.startswith("error: resume refused") and named in line, line
+    # refused: the checkpoint already reached the end
+    assert cli(tmp_path, "train.max_steps=2", "train.save_every=2", f"train.resume_from={cut}") == 2
+    assert "nothing is left to train" in error_line(capsys)
+    assert cli(tmp_path, "train.max_steps=4", f"train.resume_from={cut}") == 2  # save_every differs: refused too
+    assert "train.save_every: 2 -> 0" in error_line(capsys)
+    # refused: no checkpoint there / not a checkpoint file
+    assert cli(tmp_path, "train.max_steps=4", "train.save_every=2", f"train.resume_from={finished}") == 2
+    assert "holds no checkpoint.pt" in error_line(capsys)
+    (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    assert cli(tmp_path, "train.max_steps=4", "train.save_every=2", f"train.resume_from={tmp_path / 'torn.pt'}") == 2
+    assert "has no config.yaml" in error_line(capsys)
+    (tmp_path / "torn.pt").unlink()
+    # failed: the checkpoint cannot be restored into the model (after the config check passed)
+    import experiments.loop as loop_mod
+
+    def broken_load(*args, **kwargs):
+        raise RuntimeError("Error(s) in loading state_dict: size mismatch")
+
+    monkeypatch.setattr(loop_mod, "load_checkpoint", broken_load)
+    assert cli(tmp_path, "train.max_steps=4", "train.save_every=2", f"train.resume_from={cut}") == 1
+    line = error_line(capsys)
+    assert "the resumed run did not start" in line and "size mismatch" in line and "left as it was" in line
+    monkeypatch.undo()
+    assert snapshot(tmp_path) == before, "a refused or failed resume changed files"
+
+    # accepted: a longer run (max_steps) continues in the -2 directory, the finished run is untouched
+    assert cli(tmp_path, "train.max_steps=4", f"train.resume_from={cut}", "train.save_every=2") == 0
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k.startswith(finished.name + "/")} == \
+        {k: v for k, v in before.items() if k.startswith(finished.name + "/")}
+    assert [r["step"] for r in read_metrics(cut)] == [1, 2, 3, 4] and read_summary(cut)["steps"] == 4
+    saved = yaml.safe_load((cut / "config.yaml").read_text())
+    assert saved["run_name"] == "smollm2_alpaca-adam" and saved["train"]["stop_after_steps"] is None
+    assert read_summary(cut)["status"] == "ok"
+
+
+def test_overwrite_validates_the_new_run_before_touching_the_old_one(tmp_path, capsys):
+    assert cli(tmp_path, "train.max_steps=1") == 0
+    run_dir = tmp_path / "smollm2_alpaca-adam"
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    # a typo in the data path or the model source: the new run does not start, the old one stays byte for byte
+    for bad in ("data.source=/no/such/alpaca.json", "model.source=random:no-such-config"):
+        assert cli(tmp_path, "train.max_steps=2", bad, "--overwrite") == 1
+        line = error_line(capsys)
+        assert "the new run (--overwrite) did not start" in line and str(run_dir) in line
+        assert snapshot(tmp_path) == before
+    # a flag after an override is a flag, not a bad override
+    assert cli(tmp_path, "train.max_steps=2", "--overwrite", "seed=3") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2_alpaca-adam"]
+    summary = read_summary(run_dir)
+    assert summary["steps"] == 2 and summary["config"]["seed"] == 3
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
+
+    # --overwrite replaces run directories only, never a folder holding other files
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    assert cli(tmp_path, "train.max_steps=1", "run_name=notes", "--overwrite") == 2
+    assert "thesis.tex" in error_line(capsys) and (folder / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize("name", ["{tmp}/elsewhere", "../escaped", "a/b", "..", "sub\\dir"])
+def test_run_name_may_not_escape_output_dir(tmp_path, capsys, name):
+    out = tmp_path / "out"
+    name = name.format(tmp=tmp_path)
+    assert run_cli.main([*TINY, f"output.dir={out}", f"run_name={name}", "train.max_steps=1"]) == 2
+    assert "must be a single directory name inside output.dir" in error_line(capsys)
+    assert list(tmp_path.iterdir()) == [], "nothing may be written, inside output.dir or outside"
+
+
+def test_config_mistakes_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  source: x\n  dtype: [bf16\ntrain: {}\n")
+    assert run_cli.main(["--config", str(bad)]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: {bad}: invalid YAML at line") and "column" in line
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00model")
+    assert run_cli.main(["--config", str(binary)]) == 2
+    assert "not a UTF-8 text file" in error_line(capsys)
+    tabs = tmp_path / "tabs.yaml"
+    tabs.write_text("model:\n\tsource: x\n")
+    assert run_cli.main(["--config", str(tabs)]) == 2
+    assert "invalid YAML at line 2" in error_line(capsys)
+    assert run_cli.main([*TINY, "train.resume_from=/x", "--overwrite"]) == 2
+    assert "exclude each other" in error_line(capsys)
