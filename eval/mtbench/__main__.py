@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--parallel", type=int, default=1, help="concurrent HTTP requests")
     judge.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
     judge.add_argument("--max-retries", type=int, default=6)
+    judge.add_argument("--retry-backoff", type=float, default=2.0,
+                       help="seconds before the first retry, doubled each time (a Retry-After header wins)")
     judge.add_argument("--max-tokens", type=int, default=2048, help="judge reply length (FastChat: 2048)")
     judge.add_argument("--batch-size", type=int, default=4, help="local judge batch size")
     judge.add_argument("--device", default="cpu", help="device of a local judge")
@@ -131,7 +133,8 @@ def _judge_backend(args):
     from eval.mtbench.chat_api import OpenAIChatClient
 
     client = OpenAIChatClient(args.base_url, args.judge_model or "gpt-4", api_key_env=args.api_key_env or None,
-                              max_tokens=args.max_tokens, timeout_s=args.timeout, max_retries=args.max_retries)
+                              max_tokens=args.max_tokens, timeout_s=args.timeout, max_retries=args.max_retries,
+                              backoff_s=args.retry_backoff)
     return HTTPJudge(client, parallel=args.parallel)
 
 
@@ -174,14 +177,30 @@ def run_show(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 2 a usage or input problem (missing file, bad option, bad key variable); 1 the work failed
+    (the judge endpoint failed for good, or anything unexpected). Every failure is one line on stderr, passed through
+    chat_api.redact so that no API key or Authorization value reaches the terminal or a log."""
+    from eval.mtbench.chat_api import JudgeEndpointError, redact
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         {"answer": run_answer, "judge": run_judge, "show": run_show}[args.command](args)
+    except JudgeEndpointError as err:
+        print(f"error: {_one_line(redact(err))}", file=sys.stderr)
+        return 1
     except MTBenchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(redact(err))}", file=sys.stderr)
         return 2
+    except Exception as err:  # never a traceback: it could quote a request header
+        print(f"error: {type(err).__name__}: {_one_line(redact(err))}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(text: str) -> str:
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return (lines[0] + (" (...)" if len(lines) > 1 else "")) if lines else ""
 
 
 if __name__ == "__main__":

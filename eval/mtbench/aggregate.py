@@ -7,8 +7,10 @@ Per-category means (both turns, as in MT-bench's category radar plots) are added
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
+import numpy as np
 import pandas as pd
 
 from eval.mtbench.data import MTBenchError, read_jsonl
@@ -25,8 +27,34 @@ def _judgment_frame(judgments) -> pd.DataFrame:
     if missing:
         raise MTBenchError(f"judgments lack columns {sorted(missing)}; expected FastChat's single-grading format "
                            "(question_id, model, judge, user_prompt, judgment, score, turn, tstamp)")
+    _check_values(frame, judgments)
     frame["judge_model"] = frame["judge"].map(lambda judge: judge[0])
     return frame
+
+
+def _is_number(value) -> bool:
+    # numbers.Real covers numpy's scalars, which pandas hands out for a numeric column; a bool is not a score
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_values(frame: pd.DataFrame, source) -> None:
+    """One clear error for the first record whose score, turn or judge FastChat could not have written."""
+    checks = (("score", _is_number, "a number (-1 when unparseable)"),
+              ("turn", lambda v: _is_number(v) and v in (1, 2), "1 or 2"),
+              ("judge", lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, str) for x in v),
+               "[judge model, prompt name]"))
+    for column, valid, expected in checks:
+        bad = frame[~frame[column].map(valid)]
+        if not bad.empty:
+            row = bad.iloc[0]
+            where = "" if isinstance(source, pd.DataFrame) else f"{source}: "
+            raise MTBenchError(f"{where}{len(bad)} judgment(s) have an invalid {column}, e.g. question "
+                               f"{_plain(row['question_id'])} (model {_plain(row['model'])!r}, turn "
+                               f"{_plain(row['turn'])!r}): {_plain(row[column])!r}; expected {expected}")
 
 
 def _mean(series: pd.Series) -> float | None:

@@ -122,3 +122,36 @@ def test_cli_missing_file_is_one_line(tmp_path, capsys):
     assert main(["show", "--judgment", str(tmp_path / "nope.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "judgment file not found" in err[0]
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("score", "eight", "invalid score, e.g. question 81 (model 'alpha', turn 1): 'eight'"),
+    ("score", None, "invalid score"),
+    ("score", True, "invalid score"),
+    ("turn", 3, "invalid turn"),
+    ("judge", "gpt-4", "invalid judge"),
+])
+def test_cli_show_with_a_bad_record_is_one_line(tmp_path, capsys, field, value, expected):
+    path = _write_judgments(tmp_path / "judgments.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[0][field] = value
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["show", "--judgment", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and str(path) in err[0], err
+
+
+def test_cli_show_with_a_torn_middle_line_is_one_line(tmp_path, capsys):
+    path = _write_judgments(tmp_path / "judgments.jsonl")
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2][:20]
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["show", "--judgment", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is corrupt" in err[0] and "line 3" in err[0]
+
+
+def test_integer_only_scores_are_numbers(tmp_path):
+    scores = {k: int(v) for k, v in SCORES.items() if float(v).is_integer()}
+    summary = summarize_single(_write_judgments(tmp_path / "ints.jsonl", scores=scores))
+    assert summary["models"]["alpha"]["turn1"] == pytest.approx(6.0)

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(action[1], json.dumps({"error": {"message": "server exploded"}}))
             elif kind == "echo_auth_401":
                 self._send(401, json.dumps({"error": f"bad key {self.headers.get('Authorization')}"}))
+            elif kind == "echo_auth_500":  # a broken proxy dumping the request headers into its error page
+                self._send(502, f"upstream failed; request headers: {dict(self.headers)}", "text/plain")
+            elif kind == "echo_auth_reply":  # a reply that quotes the request headers back (saved in the judgments)
+                self._send(200, _completion(f"Rating: [[7]] seen: Authorization: {self.headers.get('Authorization')}"
+                                            f" and {{'Authorization': '{self.headers.get('Authorization')}'}}"))
             elif kind == "raw":
                 self._send(200, action[1], "text/html")
             elif kind == "json":
@@ -231,4 +237,87 @@ def test_cli_reports_unreachable_endpoint_in_one_line(key_env, tmp_path, capsys)
     code = main(["judge", "--out-dir", str(tmp_path), "--end", "1", "--base-url", "http://127.0.0.1:9/v1",
                  "--api-key-env", KEY_ENV, "--max-retries", "0", "--timeout", "1"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[-1].startswith("error: judge endpoint") and "connection error" in err[-1]
+    assert code == 1 and err[-1].startswith("error: judge endpoint") and "connection error" in err[-1]
+
+
+# --- secrets: no failure mode of the endpoint gets the key into any output ------------------------------------------
+def _judge_setup(tmp_path):
+    question_file = tmp_path / "questions.jsonl"
+    question_file.write_text(json.dumps(next(q for q in _questions() if q["question_id"] == 81)) + "\n")
+    answer_dir = tmp_path / "run" / "eval" / "mtbench" / "model_answer"
+    answer_dir.mkdir(parents=True)
+    (answer_dir / "toy.jsonl").write_text(json.dumps(_toy_answers()[81]) + "\n")
+    return ["judge", "--run-dir", str(tmp_path / "run"), "--question-file", str(question_file), "--turns", "1",
+            "--judge-model", "judge-x", "--api-key-env", KEY_ENV, "--max-retries", "1", "--retry-backoff", "0.01",
+            "--timeout", "0.5"]
+
+
+def _assert_no_secret_anywhere(tmp_path, *texts):
+    leaks = [t for t in texts if SECRET in t or f"Bearer {SECRET[:8]}" in t]
+    assert not leaks, f"the key leaked into output: {leaks[0][:300]!r}"
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert SECRET not in text and "Bearer sk-" not in text, f"the key leaked into {path}"
+
+
+@pytest.mark.parametrize("action, code, message", [
+    (("status", 500), 1, "failed 2 times in a row; last problem: HTTP 500"),
+    (("sleep", 2.0), 1, "timed out after 0.5 s"),
+    (("echo_auth_401",), 1, "refused the request with HTTP 401"),
+    (("echo_auth_500",), 1, "HTTP 502"),
+    (("raw", "<html>gateway</html>"), 1, "reply is not JSON"),
+    (("json", {"object": "chat.completion"}), 1, "no choices"),
+    (("json", {"choices": [{"message": {"content": None}}]}), 1, "not text"),
+    (("echo_auth_reply",), 0, None),
+    (("reply", "fine [[5]]"), 0, None),
+])
+def test_no_failure_mode_of_the_judge_leaks_the_key(server, tmp_path, monkeypatch, capfd, caplog, action, code,
+                                                    message):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv(KEY_ENV, SECRET + "\n")  # as read from a file: the newline is stripped, not sent
+    server.default = action
+    assert main([*_judge_setup(tmp_path), "--base-url", server.base_url]) == code
+    out, err = capfd.readouterr()
+    assert all(r["auth"] == f"Bearer {SECRET}" for r in server.requests)
+    if message is not None:
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0], err
+    else:
+        judgment = (tmp_path / "run" / "eval" / "mtbench" / "model_judgment" / "judge-x_single.jsonl").read_text()
+        assert "judgment" in judgment and ("***" in judgment or action[0] == "reply")
+    _assert_no_secret_anywhere(tmp_path, out, err, caplog.text)
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("", "is empty"), ("  \n", "is empty"), (f"{SECRET}\nX-Evil: 1", "a control character at position 22"),
+    (f"sk test {SECRET}", "a space at position 3"), (f"{SECRET}é", "a non-ASCII character"),
+])
+def test_a_malformed_key_is_refused_before_any_request(server, tmp_path, monkeypatch, capfd, caplog, value, problem):
+    monkeypatch.setenv(KEY_ENV, value)
+    assert main([*_judge_setup(tmp_path), "--base-url", server.base_url]) == 2
+    out, err = capfd.readouterr()
+    assert server.requests == [] and err.count("error:") == 1 and problem in err and KEY_ENV in err
+    _assert_no_secret_anywhere(tmp_path, out, err, caplog.text)
+
+
+def test_the_real_process_prints_no_traceback_and_no_key(server, tmp_path):
+    """The CLI as a subprocess, so that anything the interpreter itself would print (a traceback) is seen too."""
+    import os
+    import subprocess
+    import sys
+
+    server.default = ("echo_auth_401",)
+    env = {**os.environ, KEY_ENV: SECRET + "\r\n"}
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "eval.mtbench", *_judge_setup(tmp_path), "--base-url",
+                           server.base_url], env=env, capture_output=True, text=True, timeout=120, cwd=repo)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "HTTP 401" in done.stderr and "Bearer ***" in done.stderr
+    _assert_no_secret_anywhere(tmp_path, done.stdout, done.stderr)
+    env[KEY_ENV] = SECRET + "\x01"
+    (tmp_path / "b").mkdir()
+    done = subprocess.run([sys.executable, "-m", "eval.mtbench", *_judge_setup(tmp_path / "b"), "--base-url",
+                           server.base_url], env=env, capture_output=True, text=True, timeout=120, cwd=repo)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "a control character" in done.stderr
+    _assert_no_secret_anywhere(tmp_path, done.stdout, done.stderr)
