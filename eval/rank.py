@@ -22,9 +22,8 @@ import argparse
 import datetime as _dt
 import json
 import logging
-import os
 import re
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
@@ -308,14 +307,6 @@ def _summarise(rows: list[dict]) -> dict:
 TABLE_COLUMNS = ("layer", "matrix", "name", "shape", "effective_rank", "rank_ratio", "delta_fro_norm")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def table_csv(result: dict) -> str:
     lines = [",".join(TABLE_COLUMNS)]
     for row in result["matrices"]:
@@ -326,8 +317,12 @@ def table_csv(result: dict) -> str:
 
 
 def write_result(result: dict, out: Path) -> None:
-    _atomic_write(out, json.dumps(result, indent=1) + "\n")
-    _atomic_write(out.with_suffix(".csv"), table_csv(result))
+    """rank.json (strict JSON: a non-finite figure is null + a "nonfinite" flag) and rank.csv, each written
+    atomically with an fsync of the file and the directory (experiments.results)."""
+    from experiments.results import atomic_write_text, dumps_strict
+
+    atomic_write_text(out, dumps_strict(result, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".csv"), table_csv(result))
 
 
 def run(base: str, tuned: str, out: Path, *, force: bool = False, **kwargs) -> dict:
@@ -345,8 +340,39 @@ def run(base: str, tuned: str, out: Path, *, force: bool = False, **kwargs) -> d
 
 
 def _run_summary(run_dir: Path | None) -> dict:
-    path = run_dir / "summary.json" if run_dir is not None else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    if run_dir is None:
+        return {}
+    if not run_dir.is_dir():
+        raise RankError(f"--run-dir {run_dir} is not a directory")
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RankError(f"{path} cannot be read ({exc}); give --base explicitly") from None
+    if not isinstance(summary, dict):
+        raise RankError(f"{path} is not a JSON object; give --base explicitly")
+    return summary
+
+
+def _tuned_source(tuned: str) -> str:
+    """A training run directory stands for its saved model (<run>/model); anything else is used as given."""
+    path = Path(tuned)
+    if path.is_dir() and (path / "summary.json").is_file() and not (path / "config.json").is_file():
+        if not (path / "model").is_dir():
+            raise RankError(f"--tuned {tuned} is a run directory without a saved model ({path / 'model'} is "
+                            "missing); train with output.save_model=true, or give the checkpoint folder")
+        return str(path / "model")
+    return tuned
+
+
+def _check_source(source: str, flag: str) -> None:
+    """A source that names a local path must exist (a hub id or random:/llama2c: source is checked when loaded)."""
+    looks_like_path = source.startswith((".", "/", "~")) or Path(source).suffix in (".safetensors", ".bin", ".gguf")
+    if looks_like_path and not Path(source).expanduser().exists():
+        raise RankError(f"{flag} {source} does not exist; give a model folder, a .safetensors / .bin file, a peft "
+                        "adapter folder, a run directory with model/, or a load_model source such as random:<name>")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,26 +396,39 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.out is None and args.run_dir is None:
         parser.error("give --run-dir (writes <run-dir>/eval/rank.json) or --out")
-    out = args.out or args.run_dir / "eval" / "rank.json"
-    summary = _run_summary(args.run_dir)
-    base = args.base or summary.get("model")
-    if base is None:
-        parser.error("give --base, or a --run-dir whose summary.json names the model")
-    model_cfg = (summary.get("config") or {}).get("model") or {}
-    load_dtype = args.load_dtype or model_cfg.get("dtype") or "fp32"
-    build_device = args.build_device or (summary.get("memory") or {}).get("device") or "cpu"
-    matrices = [m.strip() for m in args.matrices.split(",")] if args.matrices else None
     try:
-        result = run(base, args.tuned, out, force=args.force, threshold=args.threshold, device=args.device,
+        out = args.out or args.run_dir / "eval" / "rank.json"
+        summary = _run_summary(args.run_dir)
+        base = args.base or summary.get("model")
+        if base is None:
+            where = f"{args.run_dir}/summary.json names no model" if args.run_dir else "no --run-dir was given"
+            raise RankError(f"the base checkpoint is unknown ({where}); give --base")
+        tuned = _tuned_source(args.tuned)
+        _check_source(tuned, "--tuned")
+        _check_source(base, "--base")
+        model_cfg = (summary.get("config") or {}).get("model") or {}
+        load_dtype = args.load_dtype or model_cfg.get("dtype") or "fp32"
+        build_device = args.build_device or (summary.get("memory") or {}).get("device") or "cpu"
+        matrices = [m.strip() for m in args.matrices.split(",")] if args.matrices else None
+        result = run(base, tuned, out, force=args.force, threshold=args.threshold, device=args.device,
                      precision=args.precision, curve_points=args.curve_points, load_dtype=load_dtype,
                      build_device=build_device, task=model_cfg.get("task", "causal_lm"), matrices=matrices)
-    except RankError as exc:
-        parser.exit(2, f"error: {exc}\n")
+    except (RankError, FileNotFoundError, ValueError, ImportError) as exc:  # bad input: what to give instead
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the analysis itself failed (out of memory, a broken file): one line, not a traceback
+        print(f"error: rank analysis failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
     for kind, stats in result["by_type"].items():
         print(f"{kind:>6}: {stats['changed']:3d} of {stats['count']:3d} matrices changed; over those: mean effective "
               f"rank {stats['mean_effective_rank']:.1f}, mean rank ratio {stats['mean_rank_ratio']:.3f}")
     print(f"wrote {out} and {out.with_suffix('.csv')}")
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] + (" (...)" if len(lines) > 1 else "")) if lines else type(exc).__name__
 
 
 if __name__ == "__main__":

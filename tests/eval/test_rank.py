@@ -191,3 +191,26 @@ def test_summary_averages_over_the_matrices_a_method_changed():
     assert summary["q"]["mean_effective_rank_all"] == 30
     assert summary["v"] == {"count": 1, "changed": 0, "mean_effective_rank": 0.0, "mean_rank_ratio": 0.0,
                             "mean_effective_rank_all": 0.0, "mean_rank_ratio_all": 0.0}
+
+
+def test_cli_input_mistakes_are_one_line_with_exit_code_2(tiny_base, tmp_path, capsys):
+    folder, _ = tiny_base
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"status": "ok", "model": str(folder)}))
+    cases = [
+        (["--tuned", str(tmp_path / "missing"), "--run-dir", str(run_dir)], "--tuned"),            # missing model
+        (["--tuned", str(run_dir), "--run-dir", str(run_dir)], "without a saved model"),            # run without model/
+        (["--tuned", str(folder), "--out", str(tmp_path / "o.json")], "give --base"),               # no --base at all
+        (["--tuned", str(folder), "--base", str(tmp_path / "nope"), "--out", str(tmp_path / "o.json")], "--base"),
+        (["--tuned", str(folder), "--run-dir", str(tmp_path / "no-dir")], "is not a directory"),
+        (["--tuned", "random:no-such", "--base", str(folder), "--out", str(tmp_path / "o.json")], "valid names"),
+    ]
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "summary.json").write_text('{"status": "ok", "mod')
+    cases.append((["--tuned", str(folder), "--run-dir", str(tmp_path / "torn")], "cannot be read"))
+    for argv, expected in cases:
+        assert rank.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], (argv, err)
+    assert not (tmp_path / "o.json").exists()
