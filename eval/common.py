@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from experiments.paths import REPO_ROOT
-from experiments.results import atomic_write_text
+from experiments.results import atomic_write_text, dumps_strict
 
 # Files the training harness writes into every run directory (experiments/results.py); either one marks a run.
 RUN_DIR_MARKERS = ("config.yaml", "summary.json")
@@ -42,9 +42,10 @@ def resolve_output_dir(model_source: str, out: str | os.PathLike | None = None) 
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON through a temp file in the same folder and `os.replace`, so readers never see half a file."""
+    """Write JSON through a temp file in the same folder and `os.replace` (fsynced), so readers never see half a file;
+    strict JSON: a NaN / Infinity is written as null with a "nonfinite" flag (experiments.results.json_safe)."""
     path = Path(path)
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(path, dumps_strict(obj, indent=2, ensure_ascii=False) + "\n")
     return path
 
 
@@ -76,7 +77,7 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     _drop_partial_last_line(path)
     with path.open("a", encoding="utf-8") as fh:
         for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            fh.write(dumps_strict(record, ensure_ascii=False) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -97,5 +98,5 @@ def _drop_partial_last_line(path: Path) -> None:
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path:
     """Replace a JSONL file as a whole (temp file + `os.replace`), e.g. to rewrite re-scored samples in order."""
     path = Path(path)
-    atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    atomic_write_text(path, "".join(dumps_strict(record, ensure_ascii=False) + "\n" for record in records))
     return path

@@ -174,9 +174,11 @@ def run(args: argparse.Namespace) -> int:
     for task in tasks:  # missing data is reported before any model is loaded
         paper_splits(task, max_train=1, max_eval=1)
     out = Path(args.out) if args.out else default_out(base, first)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; it must be a directory (created if missing)")
     results_path = out / RESULTS_FILE
     settings = settings_of(first, args.max_eval)
-    results = _load_results(results_path)
+    results = _load_results(results_path, force=args.force)
     if results is not None and results.get("settings") != settings:
         if not args.force:
             raise ConfigError(f"{results_path} holds results made with other settings; pass --force to replace them "
@@ -206,21 +208,36 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _load_results(path: Path) -> dict | None:
+def _load_results(path: Path, *, force: bool = False) -> dict | None:
+    """The results of earlier tasks; an unreadable file is refused (its tasks would be lost), unless --force."""
     import json
 
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(results, dict) or not isinstance(results.get("tasks"), dict):
+            raise ValueError("expected an object with a 'tasks' mapping")
+    except (OSError, ValueError) as exc:
+        if force:
+            return None
+        raise ConfigError(f"{path} cannot be read ({exc}); move it away, or pass --force to start the results "
+                          "over") from None
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit codes: 0 every task ok; 1 a task failed (oom, error) or the work could not be written; 2 usage or input
+    errors (bad flags, config, task names, missing data or model). Failures are one line on stderr."""
+    args = build_parser().parse_intermixed_args(argv)  # flags may follow the overrides
     try:
         return run(args)
     except (ConfigError, ValueError, SuperGlueDataError, ModelUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. the output cannot be written (read-only, disk full)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -67,6 +67,18 @@ def test_bad_input_gives_one_clear_error_line(tmp_path, capsys, monkeypatch):
     assert main(SHORT + ["--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: model") and "not found" in err and len(err.splitlines()) == 1
+    # a results file that cannot be read is refused rather than replaced (its tasks would be lost)
+    (tmp_path / "torn" / "eval").mkdir(parents=True)
+    (tmp_path / "torn" / "eval" / "superglue.json").write_text('{"tasks": {"rte": {"sta')
+    assert main(SHORT + ["--out", str(tmp_path / "torn")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "superglue.json cannot be read" in err and "--force" in err and len(err.splitlines()) == 1
+    (tmp_path / "a-file").write_text("x")
+    assert main(SHORT + ["--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    # a flag after an override is a flag (here it names a bad method, which must be what is reported)
+    assert main(["--tasks", "rte", "train.max_steps=1", "--method", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
     monkeypatch.setenv("BADAM_SHARED", str(tmp_path / "empty"))
     assert main(SHORT + ["--out", str(tmp_path / "d")]) == 2
     assert "RTE/val.jsonl(.gz) not found" in capsys.readouterr().err
