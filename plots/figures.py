@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only; no display is needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from experiments.results import replace_durably  # noqa: E402  (plain file handling; imports no torch)
 from plots import mapping  # noqa: E402
 from plots.paper import paper_cell  # noqa: E402
 from plots.runs import Run  # noqa: E402
@@ -213,7 +214,9 @@ def figure_f4(runs: list[Run]) -> plt.Figure:
 def write_figure(fig: plt.Figure, out_dir: Path, stem: str, dpi: int = 130) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    fig.savefig(paths[0], dpi=dpi)
-    fig.savefig(paths[1])
+    for path, options in ((paths[0], {"dpi": dpi}), (paths[1], {})):
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # the suffix tells matplotlib the format
+        fig.savefig(tmp, **options)
+        replace_durably(tmp, path)  # readers see the old figure or the new one, never half a file
     plt.close(fig)
     return paths

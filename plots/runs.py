@@ -2,6 +2,11 @@
 
 Layout (docs/DESIGN.md): results/<group>/<run>/summary.json, metrics.jsonl, config.yaml, eval/*.json. Every field
 used by the tables is read through this module, so a schema change is fixed in one place.
+
+Bad files never stop the tables: a summary.json that is not valid JSON, lacks status / method / model or has an unknown
+status skips its run; an evaluator file (eval/*.json) of the wrong shape, or a torn line inside metrics.jsonl, leaves
+that part of the run out. Each is named with the reason (discover_runs' `skipped`, Run.problems); `python -m plots`
+prints them and lists them in index.md.
 """
 from __future__ import annotations
 
@@ -13,18 +18,55 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.results import read_metrics  # plain file reading; imports no torch
+from experiments.results import STATUSES, read_metrics  # plain file reading; imports no torch
 
 
 class ResultsError(ValueError):
     """A results directory or file that cannot be read (the message names the file and the problem)."""
 
 
-def _read_json(path: Path) -> dict:
+def _load_object(path: Path) -> tuple[dict | None, str | None]:
+    """(the JSON object in `path`, None) or (None, what is wrong with the file)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"cannot read {path}: {exc}") from exc
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"cannot be read ({exc})"
+    except json.JSONDecodeError as exc:
+        return None, f"is not valid JSON ({exc}; a half-written file?)"
+    if not isinstance(data, dict):
+        return None, f"holds a JSON {type(data).__name__}, not an object"
+    return data, None
+
+
+def _is_mapping_of(value, item_type) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, item_type) for v in value.values())
+
+
+# Shape checks of the evaluator files the tables read (relative path under <run>/eval/ -> (check, what is expected)).
+EVAL_SHAPES = {
+    "math.json": (lambda d: _is_mapping_of(d.get("datasets"), dict), "a 'datasets' mapping of per-dataset objects"),
+    "superglue.json": (lambda d: _is_mapping_of(d.get("tasks"), dict), "a 'tasks' mapping of per-task objects"),
+    "rank.json": (lambda d: isinstance(d.get("matrices"), list) and isinstance(d.get("by_type"), dict),
+                  "'matrices' (a list) and 'by_type' (a mapping)"),
+}
+MTBENCH_SHAPE = (lambda d: _is_mapping_of(d.get("models"), dict) and len(d["models"]) == 1,
+                 "a 'models' mapping with this run's one model")
+
+
+def summary_problem(summary: dict) -> str | None:
+    """Why a summary.json cannot stand for a run (None when it can)."""
+    status = summary.get("status")
+    if status is None:
+        return "has no 'status'"
+    if status not in STATUSES:
+        return f"has an unknown status {status!r} (valid: {', '.join(STATUSES)})"
+    config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+    sections = {k: (config.get(k) if isinstance(config.get(k), dict) else {}) for k in ("method", "model")}
+    if not (summary.get("method") or sections["method"].get("name")):
+        return "names no method ('method' or config.method.name)"
+    if not (summary.get("model") or sections["model"].get("source")):
+        return "names no model ('model' or config.model.source)"
+    return None
 
 
 @dataclass
@@ -32,6 +74,12 @@ class Run:
     path: Path
     group: str
     summary: dict = field(repr=False)
+    problems: list[str] = field(default_factory=list, repr=False)  # parts of the run left out, with the reason
+
+    def _left_out(self, what: str, why: str) -> None:
+        message = f"{self.path}: {what} left out: {why}"
+        if message not in self.problems:
+            self.problems.append(message)
 
     # --- summary fields ------------------------------------------------------------------------------------
     @property
@@ -125,15 +173,29 @@ class Run:
     # --- files -----------------------------------------------------------------------------------------------
     @cached_property
     def metrics(self) -> pd.DataFrame:
-        """metrics.jsonl as a frame (empty if absent); a torn last line is skipped (the harness's own reader)."""
+        """metrics.jsonl as a frame (empty if absent); a torn last line is skipped (the harness's own reader); a torn
+        line before the last means the file is corrupt: the run's curves are left out (Run.problems says so)."""
         try:
             return pd.DataFrame(read_metrics(self.path))
-        except ValueError as exc:  # a torn line before the last one: the file is corrupt, not merely interrupted
-            raise ResultsError(str(exc)) from exc
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            self._left_out("metrics.jsonl (its curves)", str(exc).replace(f"{self.path / 'metrics.jsonl'}: ", ""))
+            return pd.DataFrame()
 
     def eval_json(self, relative: str) -> dict | None:
+        """<run>/eval/<relative> as a dict; None when absent, unreadable or of the wrong shape (then the problem is
+        recorded in Run.problems and this evaluator's numbers are left out of the tables)."""
         path = self.path / "eval" / relative
-        return _read_json(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        doc, problem = _load_object(path)
+        if problem is not None:
+            self._left_out(f"eval/{relative}", f"the file {problem}")
+            return None
+        check = EVAL_SHAPES.get(relative)
+        if check is not None and not check[0](doc):
+            self._left_out(f"eval/{relative}", f"expected {check[1]}")
+            return None
+        return doc
 
     # --- evaluator outputs -----------------------------------------------------------------------------------
     def math_scores(self) -> dict[str, float] | None:
@@ -155,22 +217,25 @@ class Run:
         if not files:
             return None
         files.sort(key=lambda p: (not p.stem.startswith("scores_gpt-4"), p.name))
-        doc = _read_json(files[0])
-        models = doc.get("models") or {}
-        if len(models) != 1:
-            raise ResultsError(f"{files[0]}: expected the scores of this run's one model, found {len(models)}")
-        overall = next(iter(models.values())).get("overall")
+        doc = self.eval_json(str(files[0].relative_to(self.path / "eval")))
+        if doc is None:
+            return None
+        if not MTBENCH_SHAPE[0](doc):
+            self._left_out(f"eval/mtbench/{files[0].name}", f"expected {MTBENCH_SHAPE[1]}")
+            return None
+        overall = next(iter(doc["models"].values())).get("overall")
+        if overall is not None and not isinstance(overall, (int, float)):
+            self._left_out(f"eval/mtbench/{files[0].name}", f"overall score {overall!r} is not a number")
+            return None
         return None if overall is None else (float(overall), str(doc.get("judge", files[0].stem[7:])))
 
     def superglue_scores(self) -> dict[str, float | str] | None:
         """eval/superglue.json (eval.superglue's file) → {task: test score in percent, or the task's status when
         it did not finish ("oom", "error")}. A task's number is metrics.score: accuracy, or the mean of the two
         metrics for CB / MultiRC."""
-        doc = self.eval_json("superglue.json")
+        doc = self.eval_json("superglue.json")  # shape checked there (EVAL_SHAPES)
         if doc is None:
             return None
-        if not isinstance(doc.get("tasks"), dict):
-            raise ResultsError(f"{self.path}/eval/superglue.json: expected a 'tasks' mapping at the top level")
         out: dict[str, float | str] = {}
         for task, entry in doc["tasks"].items():
             status = entry.get("status", "ok")
@@ -185,12 +250,22 @@ class Run:
         return self.eval_json("rank.json")
 
 
-def discover_runs(results: Path, *, exclude: Path | None = None) -> list[Run]:
+def discover_runs(results: Path, *, exclude: Path | None = None,
+                  skipped: list[str] | None = None) -> list[Run]:
     """Every run (a directory with summary.json) under `results`; group = summary["group"] or the first
-    directory level below `results` ("ungrouped" for runs directly inside it)."""
+    directory level below `results` ("ungrouped" for runs directly inside it).
+
+    A summary.json that cannot stand for a run (not JSON, missing status / method / model, unknown status) raises
+    ResultsError, or, when a `skipped` list is given, is skipped and named there with the reason."""
     results = Path(results)
     if not results.is_dir():
         raise ResultsError(f"results directory {results} does not exist")
+
+    def bad(path: Path, reason: str) -> None:
+        if skipped is None:
+            raise ResultsError(f"{path}: {reason}")
+        skipped.append(f"{path.parent} skipped: {path.name} {reason}")
+
     runs = []
     for summary_path in sorted(results.rglob("summary.json")):
         run_dir = summary_path.parent
@@ -198,7 +273,12 @@ def discover_runs(results: Path, *, exclude: Path | None = None) -> list[Run]:
             continue
         if {"eval", "model"} & set(run_dir.relative_to(results).parts):
             continue  # a file inside a run's evaluator outputs or saved model, not a run of its own
-        runs.append(_make_run(results, run_dir, _read_json(summary_path)))
+        summary, problem = _load_object(summary_path)
+        problem = problem or summary_problem(summary)
+        if problem is not None:
+            bad(summary_path, problem)
+            continue
+        runs.append(_make_run(results, run_dir, summary))
     # eval.superglue writes <out>/eval/superglue.json beside per-task harness runs (<out>/tasks/<task>/); the
     # <out> folder has no summary.json of its own, so it becomes a run described by the JSON's model and method.
     for scores_path in sorted(results.rglob("eval/superglue.json")):
@@ -206,7 +286,12 @@ def discover_runs(results: Path, *, exclude: Path | None = None) -> list[Run]:
         if (out_dir / "summary.json").is_file() or (exclude is not None and
                                                     exclude.resolve() in out_dir.resolve().parents):
             continue
-        doc = _read_json(scores_path)
+        doc, problem = _load_object(scores_path)
+        if problem is None and not EVAL_SHAPES["superglue.json"][0](doc):
+            problem = f"is not eval.superglue's file (expected {EVAL_SHAPES['superglue.json'][1]})"
+        if problem is not None:
+            bad(scores_path, problem)
+            continue
         summary = {"status": "ok", "run_name": out_dir.name, "model": doc.get("model", "?"),
                    "method": doc.get("method", "?"), "environment": {"date": doc.get("date", "")},
                    "described_by": "eval/superglue.json"}

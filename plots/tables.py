@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.results import atomic_write_text  # plain file writing; imports no torch
 from plots.paper import PaperCell
 
 NO_RUN = "no run"            # no run was made for this cell
@@ -40,7 +41,7 @@ class Table:
 
 def status_marker(status: str) -> str:
     """What a failed run shows instead of a number (never zero, never blank)."""
-    return {"oom": "OOM", "error": "run failed"}.get(status, status)
+    return {"oom": "OOM", "diverged": "diverged", "error": "run failed"}.get(status, status)
 
 
 def paper_display(paper: PaperCell | None):
@@ -148,8 +149,6 @@ def write_table(table: Table, out_dir: Path) -> list[Path]:
     paths = []
     for suffix, render in ((".csv", to_csv), (".md", to_markdown), (".tex", to_latex)):
         path = out_dir / f"{table.stem}{suffix}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(render(table), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, render(table))
         paths.append(path)
     return paths

@@ -211,8 +211,9 @@ def test_bad_input_gives_one_clear_error(tmp_path, capsys):
     assert "NAME=path/to/config.json" in capsys.readouterr().err
     (tmp_path / "g" / "r").mkdir(parents=True)
     (tmp_path / "g" / "r" / "summary.json").write_text("{not json")
-    assert main(["--results", str(tmp_path)]) == 2
-    assert "summary.json" in capsys.readouterr().err
+    # a bad result is skipped and named (tests/plots/test_bad_results.py); --strict makes that a failure
+    assert main(["--results", str(tmp_path), "--out", str(tmp_path / "o"), "--dpi", "20", "--strict"]) == 1
+    assert "summary.json is not valid JSON" in capsys.readouterr().err
 
 
 def test_empty_results_render_and_plots_never_imports_torch(tmp_path):
