@@ -199,6 +199,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
     if cfg.train.distributed == "fsdp2" and dist_ctx is None:
         dist_ctx = init_distributed(cfg.train.device)
     main = dist_ctx is None or dist_ctx.is_main
+    device = str(dist_ctx.device) if dist_ctx is not None else resolve_device(cfg.train.device)  # before any write
     plan = _plan_on_rank0(cfg, on_exists, dist_ctx)
     run_dir = plan.path
     config_dict = _recorded_config(cfg, plan)
@@ -206,7 +207,6 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
     if main and not deferred:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(run_dir / CONFIG_FILE, config_dict)
-    device = str(dist_ctx.device) if dist_ctx is not None else resolve_device(cfg.train.device)
     # sharded runs: random models are built on the meta device (each rank materialises only its shards after
     # sharding), others load on the CPU and move to the GPU shard by shard
     load_device = device if dist_ctx is None else ("meta" if cfg.model.source.startswith("random:") else "cpu")
@@ -271,7 +271,7 @@ def list_everything() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.run",
+        prog="python -m experiments.run", allow_abbrev=False,  # a typo must not silently become --overwrite
         description="Train one method on one config and write a run directory (config.yaml, metrics.jsonl, "
                     "summary.json).",
         epilog="example: python -m experiments.run --config small/smollm2_alpaca.yaml method.name=lora "
@@ -331,8 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunDirExistsError, LaunchError, ResumeError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (RunNotStartedError, OSError) as exc:
+    except RunNotStartedError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the run directory cannot be created or written
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot write the run{where}: {exc.strerror or _one_line(exc)}", file=sys.stderr)
         return 1
     if dist_ctx is not None and not dist_ctx.is_main:
         return 0 if summary["status"] == "ok" else 1  # rank 0 reports

@@ -52,6 +52,7 @@ PER_TASK_KEYS = {("run_name",), ("data", "subset"), ("model", "task"), ("model",
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.superglue", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False,  # "--forc" must not silently mean --force
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model", help="model source for experiments.models.load_model (minilm, mpnet, "

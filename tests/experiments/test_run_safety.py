@@ -136,3 +136,9 @@ def test_config_mistakes_are_one_line(tmp_path, capsys):
     assert "invalid YAML at line 2" in error_line(capsys)
     assert run_cli.main([*TINY, "train.resume_from=/x", "--overwrite"]) == 2
     assert "exclude each other" in error_line(capsys)
+    with pytest.raises(SystemExit) as usage:  # an abbreviated flag is not taken for --overwrite
+        run_cli.main([*TINY, "--overwrit"])
+    assert usage.value.code == 2 and "unrecognized arguments: --overwrit" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")  # output.dir below a file: the run directory cannot be created
+    assert run_cli.main([*TINY, f"output.dir={tmp_path / 'a-file' / 'x'}"]) == 1
+    assert "cannot write the run" in error_line(capsys)
