@@ -20,6 +20,8 @@ Tolerances, and why:
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -133,10 +135,11 @@ def test_experiments_run_fsdp2_equals_one_process_and_resumes(fsdp2_run, tmp_pat
                        for k, a in _weights(sharded / "model").items()])
     assert diffs.max() <= 1e-2 * method_lr(single) and (diffs > 1e-7).float().mean() <= 1e-3
 
-    resumed = base / "resumed" / "smollm2_alpaca-badam"
-    assert (base / "half" / "smollm2_alpaca-badam" / "checkpoint.dcp" / "layout.json").is_file()
+    resumed = base / "half" / "smollm2_alpaca-badam"  # a resume continues in the checkpoint's directory
+    layout = json.loads((resumed / "checkpoint.dcp" / "layout.json").read_text())
+    assert layout["position"]["step"] == 4 and read_summary(resumed)["steps"] == 4
     again = read_metrics(resumed)
-    assert [r["step"] for r in again] == [1, 2, 3, 4]  # history up to the checkpoint carried over
+    assert [r["step"] for r in again] == [1, 2, 3, 4]  # history up to the checkpoint kept, then continued
     for a, b in zip(many, again):
         assert (a["loss"], a["grad_norm"], a["active_block"]) == (b["loss"], b["grad_norm"], b["active_block"])
     for key, value in _weights(sharded / "model").items():

@@ -84,7 +84,7 @@ def harness_args(model_dir: Path, out_dir: Path, *extra: str) -> list[str]:
 
 def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
     """The real entry point, as `torchrun -m experiments.run ... train.distributed=fsdp2` runs it: an uninterrupted
-    run, a run stopped after 2 steps with a sharded checkpoint, and a run resumed from it (through main())."""
+    run, a run stopped after 2 steps with a sharded checkpoint, and that run resumed to the end (through main())."""
     from experiments import run as run_cli
     from experiments.config import load_config
 
@@ -99,7 +99,8 @@ def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
 
     straight, _ = run("straight", "output.save_model=true", "train.fsdp_forward_prefetch=1")  # prefetch: same numbers
     half, half_dir = run("half", "train.stop_after_steps=2", "train.save_every=2")
-    code = run_cli.main(args("resumed", f"train.resume_from={half_dir}", "output.save_model=true"))
+    # the resume continues in the checkpoint's own directory, with the run's settings (save_every included)
+    code = run_cli.main(args("half", f"train.resume_from={half_dir}", "train.save_every=2", "output.save_model=true"))
     return {"statuses": [straight["status"], half["status"]], "main_exit": code}
 
 
