@@ -315,9 +315,3 @@ def test_the_real_process_prints_no_traceback_and_no_key(server, tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "HTTP 401" in done.stderr and "Bearer ***" in done.stderr
     _assert_no_secret_anywhere(tmp_path, done.stdout, done.stderr)
-    env[KEY_ENV] = SECRET + "\x01"
-    (tmp_path / "b").mkdir()
-    done = subprocess.run([sys.executable, "-m", "eval.mtbench", *_judge_setup(tmp_path / "b"), "--base-url",
-                           server.base_url], env=env, capture_output=True, text=True, timeout=120, cwd=repo)
-    assert done.returncode == 2 and "Traceback" not in done.stderr and "a control character" in done.stderr
-    _assert_no_secret_anywhere(tmp_path, done.stdout, done.stderr)
