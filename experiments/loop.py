@@ -220,6 +220,18 @@ def request_stop(*_args) -> None:
     _stop_requested = True
 
 
+def _memory_from_records(memory: dict, records: list[dict]) -> dict:
+    """The memory block of a run finished by a resume that trained no step: the peaks its metrics.jsonl recorded."""
+    def peak(key):
+        values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+        return max(values) if values else None
+
+    return {**memory, "peak_allocated_bytes": peak("mem_peak_allocated_bytes"),
+            "peak_reserved_bytes": peak("mem_peak_reserved_bytes"), "split_bytes": None, "split_step": None,
+            "split_point": None, "split_note": "finished by a resume that trained no further step: peaks are the "
+                                               "largest per-step peaks in metrics.jsonl; the split was not kept"}
+
+
 # --- the loop ----------------------------------------------------------------------------------------------------
 def _train_step(model, method, micro_batches, cfg, position, total_steps, warmup, device, autocast_dtype,
                 timer: StepTimer, probe: MemoryProbe) -> dict:
@@ -276,7 +288,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
           eval_batches_fn: Callable[[], Iterable[dict]] | None = None, autocast_dtype: torch.dtype | None = None,
           device: str | torch.device = "cpu", seed: int | None = None, meta: dict | None = None,
           save_model_dir: str | os.PathLike | None = None, progress: bool = True, dist_ctx=None,
-          on_start: Callable[[], None] | None = None) -> dict:
+          on_start: Callable[[], None] | None = None, resume_may_finish: bool = False) -> dict:
     """Train `model` with `method` (prepare_model and build_optimizer are called here) and return the summary that
     is also written to <run_dir>/summary.json. batches_fn(epoch) gives that epoch's micro-batches, identical for
     every method; eval_batches_fn() the held-out batches. `meta` carries run_name, model and config for the summary.
@@ -286,13 +298,18 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     on_start: called once everything is set up (method prepared, optimizer built, checkpoint restored), right before
     the first file is written and the first step runs. With it, run_dir is not touched before that moment, and a
     failure before it raises RunNotStartedError instead of writing a summary: experiments.run replaces an old run
-    (--overwrite) or updates a resumed run's config.yaml there, so a run that cannot start changes nothing on disk."""
+    (--overwrite) or updates a resumed run's config.yaml there, so a run that cannot start changes nothing on disk.
+
+    A resume whose checkpoint is already at the last step is refused (RunNotStartedError) unless resume_may_finish:
+    then (a run killed after its last checkpoint, before its summary) no step is trained, the model is saved if asked
+    and the summary is written from metrics.jsonl, with the memory peaks of its records (no split)."""
     run_dir = Path(run_dir)
     device = torch.device(device)
     meta = dict(meta or {})
     probe = MemoryProbe(device, enabled=cfg.track_memory)
     timer = StepTimer(device)
     status, error, error_kind, writer, total_steps, stopped_early = "ok", None, None, None, None, False
+    resumed_at = last_step = None
     held_at_oom, diverged = None, None
     main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes files
     started = on_start is None
@@ -323,7 +340,8 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         total_steps = plan_steps(cfg, batches_fn)
         warmup = warmup_steps_for(total_steps, cfg.warmup_steps, cfg.warmup_ratio)
         last_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
-        if cfg.resume_from and position.step >= last_step:
+        resumed_at = position.step if cfg.resume_from else None
+        if resumed_at is not None and resumed_at >= last_step and not resume_may_finish:
             # training zero steps would only rewrite the finished run's summary with an empty measurement
             raise RunNotStartedError(f"the checkpoint is at step {position.step} and this run ends at step {last_step}: "
                                      "nothing to train; raise train.max_steps (or train.stop_after_steps) to go on")
@@ -412,6 +430,8 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         # collective: also guarantees that rank 0 has written and closed metrics.jsonl before any rank reads it
         memory = dist_mod.reduce_memory_summary(memory, dist_ctx)
     records = read_metrics(run_dir)
+    if resumed_at is not None and total_steps is not None and resumed_at >= last_step:
+        memory = _memory_from_records(memory, records)
     summary = {"status": status, "error": error, "error_kind": error_kind,
                "run_name": meta.get("run_name", run_dir.name), "method": method.name, "model": meta.get("model")}
     summary.update(summarize_metrics(records, cfg.timing_warmup_steps))

@@ -38,7 +38,7 @@ from experiments.distributed import LaunchError, broadcast_object, init_distribu
 from experiments.loop import RunNotStartedError, error_kind_of, seed_everything, train
 from experiments.measure import held_bytes, is_oom
 from experiments.results import (CONFIG_FILE, ERROR_FILE, RunDirExistsError, atomic_write_text, atomic_write_yaml,
-                                 choose_run_dir, failure_summary, replace_run_dir, write_summary)
+                                 choose_run_dir, failure_summary, read_summary, replace_run_dir, write_summary)
 
 
 def resolve_device(name: str) -> str:
@@ -121,13 +121,23 @@ class RunDirPlan:
     path: Path
     mode: str
     saved_config: dict | None = None
+    finished: bool = False    # resume: the run already has a summary with a final status
+
+
+# A run whose summary has one of these is complete: resuming it with nothing left to train is refused. Without one
+# (killed after its last checkpoint, interrupted, failed), such a resume only writes the missing summary.
+FINISHED_STATUSES = ("ok", "oom", "diverged")
 
 
 def _check_resume(cfg: RunConfig) -> RunDirPlan:
     run_dir, _ = checkpoint.locate(cfg.train.resume_from)
     saved = checkpoint.check_resume(run_dir, config_to_dict(cfg),
                                     load_saved=lambda raw: config_to_dict(config_from_dict(raw)))
-    if cfg.train.max_steps:  # epochs mode: the loop knows the last step once the data is loaded (it refuses then)
+    try:
+        finished = (read_summary(run_dir) or {}).get("status") in FINISHED_STATUSES
+    except ValueError:  # a torn summary.json: the run did not finish writing it
+        finished = False
+    if finished and cfg.train.max_steps:  # epochs mode: the loop knows the last step once the data is loaded
         step = checkpoint.saved_step(cfg.train.resume_from)
         last = min(cfg.train.max_steps, cfg.train.stop_after_steps or cfg.train.max_steps)
         if step >= last:
@@ -135,7 +145,7 @@ def _check_resume(cfg: RunConfig) -> RunDirPlan:
                               f"{cfg.train.max_steps}" + (f", train.stop_after_steps={cfg.train.stop_after_steps}"
                                                           if cfg.train.stop_after_steps else "")
                               + ": nothing is left to train; raise train.max_steps to continue the run")
-    return RunDirPlan(run_dir, "resume", saved)
+    return RunDirPlan(run_dir, "resume", saved, finished)
 
 
 def plan_run_dir(cfg: RunConfig, on_exists: str = "suffix") -> RunDirPlan:
@@ -247,7 +257,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
         summary = train(model, method, batches_fn, cfg.train, run_dir, eval_batches_fn=eval_fn,
                         autocast_dtype=autocast_dtype(cfg), device=device, seed=cfg.seed, meta=meta,
                         save_model_dir=save_dir, progress=progress and main, dist_ctx=dist_ctx,
-                        on_start=on_start if deferred else None)
+                        on_start=on_start if deferred else None, resume_may_finish=not plan.finished)
     except RunNotStartedError as exc:
         raise RunNotStartedError(f"{what} did not start and {run_dir} was left as it was: {exc}",
                                  cause=exc.cause) from exc
