@@ -153,7 +153,7 @@ def check_resume(run_dir: Path, wanted: dict, *, load_saved) -> dict:
     return saved
 
 
-# --- single-device checkpoints -----------------------------------------------------------------------------------------
+# --- single-device checkpoints ---------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, model: nn.Module, method, position: Position, total_steps: int) -> None:
     payload = {"step": position.step, "epoch": position.epoch, "micro": position.micro, "total_steps": total_steps,
                "model": model.state_dict(), "method": method.state_dict(), "rng": rng_state()}

@@ -343,8 +343,9 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         resumed_at = position.step if cfg.resume_from else None
         if resumed_at is not None and resumed_at >= last_step and not resume_may_finish:
             # training zero steps would only rewrite the finished run's summary with an empty measurement
-            raise RunNotStartedError(f"the checkpoint is at step {position.step} and this run ends at step {last_step}: "
-                                     "nothing to train; raise train.max_steps (or train.stop_after_steps) to go on")
+            raise RunNotStartedError(f"the checkpoint is at step {position.step} and this run ends at step "
+                                     f"{last_step}: nothing to train; raise train.max_steps (or "
+                                     "train.stop_after_steps) to go on")
         if on_start is not None:
             on_start()
             run_dir.mkdir(parents=True, exist_ok=True)

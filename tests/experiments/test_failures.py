@@ -1,5 +1,5 @@
 """How runs end when something goes wrong: divergence is status "diverged" at its step, every allocation failure is
-"oom" with the bytes held, JSON on disk is strict (no bare NaN / Infinity), and atomic writes fsync file and directory."""
+"oom" with the bytes held, JSON on disk is strict (no bare NaN / Infinity), atomic writes fsync file and directory."""
 from __future__ import annotations
 
 import json
