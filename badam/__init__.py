@@ -2,6 +2,7 @@
 
 Public API:
     BlockOptimizer            badam/block_optimizer.py (constructor compatible with the official badam 1.4)
+    BlockOptimizerRatio       badam/ratio.py (1.4's ratio mode: a fraction of every matrix trains)
     FP32MasterWeights         badam/mixed_precision.py (fp32 masters + fp32 gradient accumulation)
     infer_block_prefixes, layer_blocks, attention_mlp_blocks, matrix_blocks   badam/partition.py
     load_official             badam/reference.py (the official 1.4, imported as `badam_official`)
@@ -10,9 +11,10 @@ HF Trainer integration lives in badam.hf (imports transformers; not imported her
 from .block_optimizer import SWITCH_MODES, BlockOptimizer
 from .mixed_precision import FP32MasterWeights
 from .partition import attention_mlp_blocks, infer_block_prefixes, layer_blocks, matrix_blocks, prefix_matches
+from .ratio import MASK_MODES, BlockOptimizerRatio
 from .reference import load_official
 
 __all__ = [
-    "SWITCH_MODES", "BlockOptimizer", "FP32MasterWeights", "attention_mlp_blocks", "infer_block_prefixes",
-    "layer_blocks", "load_official", "matrix_blocks", "prefix_matches",
+    "MASK_MODES", "SWITCH_MODES", "BlockOptimizer", "BlockOptimizerRatio", "FP32MasterWeights",
+    "attention_mlp_blocks", "infer_block_prefixes", "layer_blocks", "load_official", "matrix_blocks", "prefix_matches",
 ]

@@ -1,9 +1,25 @@
 """BAdam's BlockOptimizer: block coordinate descent with any torch optimizer as the inner solver.
 
 The model is split into D blocks (badam/partition.py). Only the active block is trainable; it alone gets an fp32
-master copy, an fp32 gradient and base-optimizer state (badam/mixed_precision.py), and it is updated for exactly
-K = ``switch_block_every`` steps before the next block takes over. AdamW as the base optimizer gives BAdam, SGD gives
-BSGD.
+master copy and base-optimizer state (badam/mixed_precision.py), and it is updated for exactly K =
+``switch_block_every`` steps before the next block takes over. AdamW as the base optimizer gives BAdam, SGD gives BSGD.
+
+Gradients: torch.optim's contract (``gradients="param"``, the default). After ``backward()`` the active block's
+``p.grad`` holds its gradient, in the weights' dtype, as with any torch optimizer and as with badam 1.4; ``step()``
+uses whatever ``p.grad`` holds then, so clipping it (torch, accelerate, HF Trainer with or without BAdamCallback,
+Lightning), editing it or assigning it by hand changes the update, and ``zero_grad()`` behaves as torch's. The design
+keeps the bf16 ``p.grad`` visible and folds it into fp32 at the moment precision would be lost:
+  * one backward per step: nothing is folded during backward (2 bytes per active parameter, half of an fp32
+    gradient); ``step()`` converts ``p.grad`` to fp32 one tensor at a time, right before that tensor's update;
+  * gradient accumulation: a tensor hook sees each micro-batch's gradient before autograd would add it to ``p.grad`` in
+    bf16, adds it to an fp32 sum instead and shows that sum's rounding in ``p.grad``. The update uses the fp32 sum while
+    ``p.grad`` is still exactly that rounding; if ``p.grad`` was replaced or edited (clipping, surgery), the edited
+    ``p.grad`` is used (so an external clip after accumulation acts at bf16 precision; ``clip_grad_norm_`` below
+    scales the fp32 sum and ``p.grad`` together).
+Why this design: keeping only an fp32 gradient (the former default, still ``gradients="master"``) leaves ``p.grad``
+None, so every standard idiom silently sees nothing; a version counter alone misses edits made through ``.data``, so
+the sum is trusted only while ``p.grad`` equals its rounding. Cost: with accumulation the active block holds 6 bytes
+of gradient per parameter (fp32 sum + bf16 view) instead of 4; without accumulation 2 instead of 4.
 
 The constructor is badam 1.4's, so switching from the official package means changing the import. Behaviour that
 deliberately differs from 1.4 (each is a defect there; tests/badam/test_official_agreement.py shows each):
@@ -17,26 +33,27 @@ deliberately differs from 1.4 (each is a defect there; tests/badam/test_official
   * blocks are found for any ``<path>.<int>.`` layer stack (GPT-2, BERT, ...), not only ``layers.N.``;
   * no ``torch.cuda.empty_cache()`` / ``gc.collect()`` per step or switch: the next block reuses the freed memory;
   * ``switch_mode="fixed"`` keeps training one block with continuous state (1.4 resets it every K steps);
-  * the update runs tensor by tensor (smallest first), freeing each fp32 gradient once used, so no block-sized
-    temporaries exist (``per_tensor_update``; same numbers for every torch.optim optimizer);
-  * at a switch the old block's masters and state are freed before the new block's masters are made.
-
-Because the model's low-precision ``p.grad`` is folded into the fp32 master gradient during backward, ``p.grad`` is
-None after backward: clip with ``BlockOptimizer.clip_grad_norm_`` (badam/hf.py does this for HF Trainer).
-``step()`` consumes the fp32 gradients (sets them to None), as 1.4 does, because HF Trainer zeroes the model's
-gradients, never the optimizer's. Call ``release()`` when dropping an optimizer while its model lives on.
-Not implemented: 1.4's BlockOptimizerRatio (a fraction of every matrix trainable) and DeepSpeed ZeRO-3.
+  * the update runs tensor by tensor (smallest first), so no block-sized temporaries exist (``per_tensor_update``;
+    same numbers for every torch.optim optimizer);
+  * at a switch the old block's masters, state and gradients are freed before the new block's masters are made;
+  * ``step()`` leaves ``p.grad`` in place until ``zero_grad()`` (torch's contract; 1.4 consumes it), except that the
+    leaving block's gradients are dropped at a switch, since its parameters freeze;
+  * gradients on parameters outside the active block cannot be used (they are frozen): a warning names them.
+Call ``release()`` when dropping an optimizer while its model lives on. 1.4's BlockOptimizerRatio is
+badam/ratio.py. Not implemented: DeepSpeed ZeRO-3.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 
-from .mixed_precision import FP32MasterWeights, local_nbytes
-from .partition import assign_to_blocks, infer_block_prefixes, prefix_matches
+from .mixed_precision import GRADIENT_MODES, FP32MasterWeights, local_nbytes
+from .partition import assign_to_blocks, infer_block_prefixes, prefix_matches, unique_named_parameters
+from .update import step_tensor_by_tensor
 
 SWITCH_MODES = ("random", "ascending", "descending", "fixed")
 STATE_FORMAT = "badam-bench/BlockOptimizer/1"
@@ -72,6 +89,10 @@ class BlockOptimizer(torch.optim.Optimizer):
             optimizer), with less peak memory: no block-sized temporaries (foreach AdamW allocates one) and gradients
             leave as updates proceed. Default: True for torch.optim optimizers, False for others (their update may
             couple tensors).
+        gradients: "param" (default): gradients live in ``p.grad`` as with any torch optimizer (module docstring).
+            "master": each gradient is folded into the fp32 master during backward and ``p.grad`` is None
+            afterwards: 4 bytes per active parameter with accumulation (6 in "param" mode) and fp32 accumulation
+            under FSDP2; clip and read gradients only through ``clip_grad_norm_`` and ``masters`` then.
     """
 
     def __init__(self, base_optimizer: torch.optim.Optimizer, named_parameters_list: Iterable,
@@ -79,12 +100,15 @@ class BlockOptimizer(torch.optim.Optimizer):
                  start_block: int | None = None, switch_mode: str = "descending", active_modules: Sequence[str] = (),
                  include_embedding: bool = False, include_lm_head: bool = False, verbose: int = 1,
                  log_fn: Callable[[dict], Any] | None = None, ds_zero3_enabled: bool | None = None,
-                 *, seed: int | None = None, per_tensor_update: bool | None = None):
+                 *, seed: int | None = None, per_tensor_update: bool | None = None, gradients: str = "param"):
         if not isinstance(base_optimizer, torch.optim.Optimizer):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
         if ds_zero3_enabled:
             raise NotImplementedError("DeepSpeed ZeRO-3 is not supported by this BlockOptimizer; use badam 1.4")
         _validate(switch_mode, switch_block_every)
+        if gradients not in GRADIENT_MODES:
+            raise ValueError(f"gradients={gradients!r} is not valid; choose one of {', '.join(GRADIENT_MODES)}")
+        self.gradients = gradients
         self.base_optimizer = base_optimizer
         self.switch_mode = switch_mode
         self.switch_block_every = switch_block_every
@@ -94,7 +118,7 @@ class BlockOptimizer(torch.optim.Optimizer):
             per_tensor_update = type(base_optimizer).__module__.startswith("torch.optim")
         self.per_tensor_update = bool(per_tensor_update)
 
-        named = self._unique_named(named_parameters_list)
+        named = unique_named_parameters(named_parameters_list)
         names = [n for n, _ in named]
         self.lora_mode = any("lora_" in n for n in names)  # as 1.4: with LoRA, only adapters train in a block
         if block_prefix_list is None:
@@ -116,13 +140,14 @@ class BlockOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"block {b} ({self.block_prefix_list[b]}) has no trainable parameter"
                                  + (" (LoRA mode trains only lora_ parameters)" if self.lora_mode else ""))
         self._param_names = {id(p): n for n, p in named}
+        self._all_params = [p for _, p in named]
+        self._warned_foreign_grads = False
         self._group_of = self._map_groups(base_optimizer, named)
         if not self.lora_mode:  # LoRA adapters are fp32 by design; the memory argument is about full weights
             self._warn_full_precision(named)
 
         super().__init__(base_optimizer.param_groups, base_optimizer.defaults)
-        # One list of group dicts shared with the base optimizer, kept for the whole run: LR schedulers and the
-        # user see the same dicts; at a switch only each dict's "params" is swapped to the new block's masters.
+        # One list of group dicts shared with the base optimizer for the whole run (LR schedulers see the same dicts)
         self.param_groups = base_optimizer.param_groups
         self.state = base_optimizer.state
 
@@ -133,12 +158,12 @@ class BlockOptimizer(torch.optim.Optimizer):
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, (1,)).item())
         self._generator = torch.Generator().manual_seed(seed)
-        self.global_step = 0
-        self.step_in_block = 0
-        self.block_epoch = 0
+        self.global_step = self.step_in_block = self.block_epoch = 0
         self._order = self._first_order(start_block)
         self._order_pos = 0
         self._masters: FP32MasterWeights | None = None
+        self._rest_params: list[list] = []    # per group: the tensors listed there between steps
+        self._group_masters: list[list] = []  # per group: the masters the base optimizer steps
         self._active_params: list[torch.nn.Parameter] = []
         self._update_order: list[tuple[int, int]] = []  # (group, master index), smallest tensor first
         for _, p in named:  # everything starts frozen; _activate unfreezes the active block
@@ -147,17 +172,6 @@ class BlockOptimizer(torch.optim.Optimizer):
         self._activate(self._order[0])
 
     # --- construction helpers -----------------------------------------------------------------------------------
-    @staticmethod
-    def _unique_named(named_parameters_list: Iterable) -> list[tuple[str, torch.nn.Parameter]]:
-        named, seen = [], set()
-        for name, p in named_parameters_list:
-            if id(p) not in seen:  # a tied weight listed under two names is one tensor in one block
-                seen.add(id(p))
-                named.append((name, p))
-        if not named:
-            raise ValueError("named_parameters_list is empty; pass list(model.named_parameters())")
-        return named
-
     @staticmethod
     def _map_groups(base_optimizer, named) -> dict[int, int]:
         group_of = {id(p): g for g, group in enumerate(base_optimizer.param_groups) for p in group["params"]}
@@ -257,17 +271,27 @@ class BlockOptimizer(torch.optim.Optimizer):
         for p in self._active_params:
             if id(p) not in new_ids:
                 p.requires_grad_(False)
-                p.grad = None
+                p.grad = None  # the leaving block freezes: its gradient can never be used
         if self._masters is not None:
             self._masters.release()  # release before allocating: peak memory holds one block, not two
             self._masters = None
         self.base_optimizer.state.clear()  # cleared in place: self.state is the same dict
+        old_ids = {id(p) for p in self._active_params}
         for p in new_params:
+            if id(p) not in old_ids:
+                p.grad = None  # whatever was put there while it was frozen is not a gradient of this block's steps
             p.requires_grad_(True)
-        self._masters = FP32MasterWeights(new_params)
+        self._masters = FP32MasterWeights(new_params, gradients=self.gradients)
         master_of = {id(p): m for p, m in zip(self._masters.params, self._masters.masters)}
-        for g, group in enumerate(self.param_groups):
-            group["params"] = [master_of[id(p)] for p in new_params if self._group_of[id(p)] == g]
+        # At rest the groups list the tensors whose .grad holds the gradient, as torch optimizers do (frameworks such
+        # as Lightning clip over optimizer.param_groups): the model's parameters in "param" mode, the masters in
+        # "master" mode. Inside step() and (de)serialisation they hold the masters the base optimizer works on.
+        self._rest_params = [[p for p in new_params if self._group_of[id(p)] == g]
+                             for g in range(len(self.param_groups))]
+        self._group_masters = [[master_of[id(p)] for p in ps] for ps in self._rest_params]
+        at_rest = self._rest_params if self.gradients == "param" else self._group_masters
+        for group, params in zip(self.param_groups, at_rest):
+            group["params"] = list(params)
         # smallest first: the first updates free gradient memory before the large tensors need their temporaries
         sizes = [m.numel() for m in self._masters.masters]
         self._update_order = sorted(((self._group_of[id(p)], i) for i, p in enumerate(self._masters.params)),
@@ -284,12 +308,25 @@ class BlockOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._warn_about_foreign_grads()
+        masters = self._masters
         if self.per_tensor_update:
-            self._update_tensor_by_tensor()
+            order = self._update_order
+
+            def finish(k: int) -> None:
+                masters.copy_one_to_model(order[k][1])
+                masters.unstage_grad(order[k][1])
+
+            step_tensor_by_tensor(self.base_optimizer, [(g, masters.masters[i]) for g, i in order],
+                                  lambda k: masters.stage_grad(order[k][1]), finish)
         else:
-            self.base_optimizer.step()
-            self._masters.copy_to_model()
-        self._masters.zero_grad()
+            for i in range(len(masters)):
+                masters.stage_grad(i)
+            with self._groups_hold_masters():
+                self.base_optimizer.step()
+            masters.copy_to_model()
+            for i in range(len(masters)):
+                masters.unstage_grad(i)
         self.global_step += 1
         self.step_in_block += 1
         if self.step_in_block >= self.switch_block_every:
@@ -316,64 +353,68 @@ class BlockOptimizer(torch.optim.Optimizer):
             p.grad = None
         self._active_params = []
 
-    def _update_tensor_by_tensor(self) -> None:
-        """base_optimizer.step() with each group reduced to one master at a time (the group dicts, hence lr,
-        weight decay and scheduler state, stay the same objects)."""
-        groups = self.param_groups
-        full = [group["params"] for group in groups]
-        masters = self._masters.masters
+    @contextlib.contextmanager
+    def _groups_hold_masters(self):
+        rest = [group["params"] for group in self.param_groups]
         try:
-            for group in groups:
-                group["params"] = []
-            for g, i in self._update_order:
-                master = masters[i]
-                if master.grad is None:  # no gradient (unused parameter): skipped, as torch optimizers do
-                    continue
-                groups[g]["params"] = [master]
-                self.base_optimizer.step()
-                groups[g]["params"] = []
-                self._masters.copy_one_to_model(i)
-                master.grad = None
+            for group, masters in zip(self.param_groups, self._group_masters):
+                group["params"] = list(masters)
+            yield
         finally:
-            for group, params in zip(groups, full):
+            for group, params in zip(self.param_groups, rest):
                 group["params"] = params
 
+    def _warn_about_foreign_grads(self) -> None:
+        if self._warned_foreign_grads:
+            return
+        active = {id(p) for p in self._active_params}
+        foreign = [self._param_names[id(p)] for p in self._all_params if p.grad is not None and id(p) not in active]
+        if foreign:
+            self._warned_foreign_grads = True
+            warnings.warn(f"BlockOptimizer: {len(foreign)} parameters outside the active block carry a gradient (e.g. "
+                          f"{foreign[:3]}); BAdam updates only the active block {self.active_block_prefixes}, so "
+                          "these gradients are not used. Assign gradients to the active block's parameters "
+                          "(active_parameter_names) only. (Warned once.)", stacklevel=3)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Drop the fp32 gradients of the active block (and any gradient left on its model parameters)."""
+        """As torch's: the active block's gradients become None (or zero), with any fp32 sums behind them."""
         if self._masters is not None:
-            if set_to_none:
-                self._masters.zero_grad()
-            else:
-                for m in self._masters.masters:
-                    if m.grad is not None:
-                        m.grad.zero_()
-        for p in self._active_params:
-            p.grad = None
+            self._masters.zero_grad(set_to_none)
 
     @property
     def masters(self) -> list[torch.Tensor]:
         """The tensors the base optimizer updates now: fp32 copies of the active block (the parameters themselves
-        when the model is fp32). Their ``.grad`` is the accumulated fp32 gradient."""
+        when the model is fp32). In "master" mode their ``.grad`` is the accumulated fp32 gradient; in "param" mode
+        gradients live on the model's ``p.grad`` and reach the masters only inside ``step()``."""
         return list(self._masters.masters) if self._masters is not None else []
+
+    def gradient_tensors(self) -> list[torch.Tensor]:
+        """Every tensor held now as a gradient of the active block (p.grad, fp32 sums, gradients on masters)."""
+        return self._masters.grad_tensors() if self._masters is not None else []
 
     @property
     def uses_master_copies(self) -> bool:
-        """True when the active block is low precision, so its gradients live on separate fp32 masters."""
+        """True when the active block is low precision, so it has separate fp32 masters."""
         return self._masters is not None and self._masters.has_copies
+
+    @property
+    def grads_on_params(self) -> bool:
+        """True when the model's p.grad holds the gradient step() uses (so a clip over model.parameters() acts)."""
+        return self.gradients == "param" or not self.uses_master_copies
 
     def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0,
                         error_if_nonfinite: bool = False) -> torch.Tensor:
-        """Clip the active block's fp32 gradients to total norm `max_norm`; returns the norm before clipping.
-        (The model's p.grad is None under fp32 accumulation, so clipping model.parameters() would see nothing.)"""
-        grads = [m for m in self.masters if m.grad is not None]
-        if not grads:
+        """Clip the active block's gradients to total norm `max_norm`; returns the norm before clipping, computed in
+        fp32 from the gradients step() will use (an fp32 accumulation sum is scaled in fp32). ``max_norm=inf``
+        only measures."""
+        if self._masters is None:
             return torch.zeros(())
-        return torch.nn.utils.clip_grad_norm_(grads, max_norm, norm_type=norm_type,
-                                              error_if_nonfinite=error_if_nonfinite)
+        return self._masters.clip_grad_norm_(max_norm, norm_type, error_if_nonfinite)
 
     # --- introspection -----------------------------------------------------------------------------------------
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes this optimizer holds now: fp32 master copies, fp32 gradients, base-optimizer state tensors."""
+        """Bytes this optimizer holds now: fp32 master copies, the active block's gradients (p.grad, fp32 sums and
+        gradients staged on masters), base-optimizer state tensors."""
         held = self._masters.nbytes() if self._masters is not None else {"masters": 0, "grads": 0}
         seen, states = set(), 0
         for per_param in self.base_optimizer.state.values():
@@ -413,8 +454,13 @@ class BlockOptimizer(torch.optim.Optimizer):
                 "generator_state": self._generator.get_state(),
             },
             "masters": [m.detach() for m in self.masters],
-            "base_optimizer": self.base_optimizer.state_dict(),
+            "base_optimizer": self._base_state_dict(),
         }
+
+    def _base_state_dict(self) -> dict:
+        with self._groups_hold_masters():  # torch keys the state by the tensors listed in the groups
+            state = self.base_optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:
@@ -440,10 +486,11 @@ class BlockOptimizer(torch.optim.Optimizer):
             for master, value in zip(self._masters.masters, saved):
                 master.copy_(value)
         groups = self.param_groups
-        self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
+        rest = [group["params"] for group in groups]
+        with self._groups_hold_masters():
+            self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
         # torch's load_state_dict builds new group dicts; copy their values into ours so the dicts stay the same
-        for mine, loaded in zip(groups, self.base_optimizer.param_groups):
-            params = mine["params"]
+        for mine, loaded, params in zip(groups, self.base_optimizer.param_groups, rest):
             mine.clear()
             mine.update(loaded)
             mine["params"] = params

@@ -1,8 +1,9 @@
-"""Hugging Face Trainer integration for BlockOptimizer.
+"""Hugging Face Trainer integration for BlockOptimizer and BlockOptimizerRatio.
 
 Usage:
     from badam.hf import BAdamCallback, create_badam_optimizer
     optimizer = create_badam_optimizer(model, lr=1e-6, weight_decay=0.0, switch_block_every=100)
+    # ratio mode: create_badam_ratio_optimizer(model, lr=1e-5, update_ratio=0.1, switch_every=100)
     trainer = Trainer(model=model, args=args, train_dataset=ds, optimizers=(optimizer, None),
                       callbacks=[BAdamCallback()])
 
@@ -13,10 +14,11 @@ What the callback fixes:
     makes every layer's activations require grad, so backward then runs through all the frozen layers below the
     active block for nothing. We instead switch to NON-reentrant checkpointing and remove the input-require-grads hook:
     gradients reach the active block's parameters and backward stops there.
-  * Clipping and the logged gradient norm. Under fp32 accumulation the model's ``p.grad`` is None (the gradient lives
-    on the fp32 master copy), so Trainer's ``clip_grad_norm_(model.parameters())`` sees nothing and logs 0. Just before
-    the optimizer step the callback clips the fp32 gradients to ``args.max_grad_norm`` and writes their norm into the
-    logs. For fp32 models (parameters are their own masters) Trainer's own clipping already works and is left alone.
+  * Clipping and the logged gradient norm, where the gradient is not on ``p.grad``. BlockOptimizer's default keeps it
+    there, so Trainer's own ``clip_grad_norm_(model.parameters())`` clips and logs it and the callback leaves it alone.
+    BlockOptimizerRatio (and BlockOptimizer with ``gradients="master"``) keep it in fp32 off the model, where Trainer
+    sees nothing and logs 0: just before the optimizer step the callback clips those gradients to
+    ``args.max_grad_norm`` and writes their true norm into the logs.
 
 This module imports transformers only when ``BAdamCallback`` is first used, so ``import badam`` stays torch-only.
 """
@@ -28,6 +30,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .block_optimizer import BlockOptimizer
+from .ratio import BlockOptimizerRatio
+
+BLOCK_OPTIMIZERS = (BlockOptimizer, BlockOptimizerRatio)
 
 
 def decay_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -49,11 +54,18 @@ def create_badam_optimizer(model: torch.nn.Module, lr: float, weight_decay: floa
     return BlockOptimizer(base, list(model.named_parameters()), **block_kwargs)
 
 
-def find_block_optimizer(optimizer) -> BlockOptimizer | None:
-    """The BlockOptimizer inside wrappers such as accelerate's AcceleratedOptimizer (which keep it as `.optimizer`)."""
+def create_badam_ratio_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
+                                 update_ratio: float = 0.1, **ratio_kwargs) -> BlockOptimizerRatio:
+    """BlockOptimizerRatio over decay / no-decay groups; `ratio_kwargs` go to it (switch_every, mask_mode, ...)."""
+    return BlockOptimizerRatio(decay_parameter_groups(model, weight_decay), list(model.named_parameters()),
+                               update_ratio=update_ratio, lr=lr, **ratio_kwargs)
+
+
+def find_block_optimizer(optimizer) -> BlockOptimizer | BlockOptimizerRatio | None:
+    """The BlockOptimizer(Ratio) inside wrappers such as accelerate's AcceleratedOptimizer (kept as `.optimizer`)."""
     seen = 0
     while optimizer is not None and seen < 8:
-        if isinstance(optimizer, BlockOptimizer):
+        if isinstance(optimizer, BLOCK_OPTIMIZERS):
             return optimizer
         optimizer = getattr(optimizer, "optimizer", None)
         seen += 1
@@ -85,22 +97,23 @@ class _BAdamCallbackLogic:
         self.log_block = log_block
         self.last_grad_norm: float | None = None
         self.last_step_block: int | None = None  # the block the latest optimizer step trained
-        self.block_optimizer: BlockOptimizer | None = None
+        self.block_optimizer: BlockOptimizer | BlockOptimizerRatio | None = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if model is not None and uses_checkpointing(model):
             enable_block_checkpointing(model)
         self.block_optimizer = find_block_optimizer(optimizer)
         if self.block_optimizer is None:
-            raise TypeError("BAdamCallback needs the Trainer's optimizer to be a badam BlockOptimizer; pass "
-                            "optimizers=(create_badam_optimizer(model, ...), None) to Trainer")
+            raise TypeError("BAdamCallback needs the Trainer's optimizer to be a badam BlockOptimizer or "
+                            "BlockOptimizerRatio; pass optimizers=(create_badam_optimizer(model, ...), None) "
+                            "to Trainer")
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         block_opt = self.block_optimizer
-        if block_opt is not None:
+        if isinstance(block_opt, BlockOptimizer):
             self.last_step_block = block_opt.current_block  # read before step() may switch to the next block
-        if block_opt is None or not block_opt.uses_master_copies:
-            return  # fp32 model: Trainer clipped the real gradients already
+        if block_opt is None or block_opt.grads_on_params:
+            return  # the gradients are on p.grad: Trainer clipped them and logged their norm already
         max_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else math.inf
         self.last_grad_norm = float(block_opt.clip_grad_norm_(max_norm))
 
@@ -122,8 +135,8 @@ def _make_callback_class():
     from transformers import TrainerCallback
 
     class BAdamCallback(_BAdamCallbackLogic, TrainerCallback):
-        """TrainerCallback for BlockOptimizer: non-reentrant checkpointing without input-grad hooks; clipping of
-        the fp32 gradients to args.max_grad_norm; the true gradient norm and the active block in the logs."""
+        """TrainerCallback for BlockOptimizer(Ratio): non-reentrant checkpointing without input-grad hooks; clipping
+        of gradients kept off p.grad to args.max_grad_norm; the true gradient norm and the active block in the logs."""
 
     return BAdamCallback
 
@@ -136,5 +149,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__: Sequence[str] = ["BAdamCallback", "create_badam_optimizer", "decay_parameter_groups",
-                          "enable_block_checkpointing", "find_block_optimizer", "uses_checkpointing"]
+__all__: Sequence[str] = ["BAdamCallback", "create_badam_optimizer", "create_badam_ratio_optimizer",
+                          "decay_parameter_groups", "enable_block_checkpointing", "find_block_optimizer",
+                          "uses_checkpointing"]

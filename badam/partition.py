@@ -36,6 +36,19 @@ def prefix_matches(prefix: str, name: str) -> bool:
     return bool(core) and f".{core}." in f".{name}."
 
 
+def unique_named_parameters(named_parameters_list) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) pairs with each tensor once, under its first name (a tied weight listed under two names is
+    one parameter); an empty list is refused with the usual fix."""
+    named, seen = [], set()
+    for name, p in named_parameters_list:
+        if id(p) not in seen:
+            seen.add(id(p))
+            named.append((name, p))
+    if not named:
+        raise ValueError("named_parameters_list is empty; pass list(model.named_parameters())")
+    return named
+
+
 def _named(source) -> list[tuple[str, torch.Tensor | None]]:
     """Accept a module, an iterable of (name, tensor) pairs, or an iterable of names."""
     if isinstance(source, torch.nn.Module):

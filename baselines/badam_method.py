@@ -3,16 +3,22 @@
 Only the active block trains; it alone holds an fp32 master copy, an fp32 gradient and optimizer state, and it gets
 K = switch_block_every steps before the next block takes over (the BlockOptimizer owns the schedule, the masters and
 the switch). Defaults follow the BAdam repository's Llama instruction-tuning command (K = 100, random order).
+
+Gradients stay on the model's p.grad (BlockOptimizer's default, what users of the library get); under FSDP2 they are
+folded into the fp32 masters during backward instead (``gradients="master"``), because FSDP2 adds micro-batch gradients
+into p.grad itself, in bf16. ``method.gradients`` chooses explicitly.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import torch
 from torch import nn
 
 from badam import SWITCH_MODES, BlockOptimizer, attention_mlp_blocks, infer_block_prefixes, matrix_blocks
+from badam.mixed_precision import GRADIENT_MODES
 from baselines.adam import AdamOptions, make_adamw
 from baselines.base import Method, optimizer_state_tensors, storage_key, tensor_bytes
 from baselines.model_parts import task_head_names
@@ -31,6 +37,7 @@ class BlockOptions:
     active_modules: list[str] | None = None  # None: the task head (classifier/score) when the model has one
     partition: str = "layers"
     seed: int | None = None  # seed of the random block order (None: drawn from torch's global RNG)
+    gradients: str | None = None  # "param" | "master" (BlockOptimizer's gradients=); None: param, master under FSDP2
 
     def __post_init__(self):
         super().__post_init__()  # the inner solver's options (next in the MRO)
@@ -42,6 +49,9 @@ class BlockOptions:
             raise ValueError(f"switch_mode {self.switch_mode!r} is not valid; choose one of {', '.join(SWITCH_MODES)}")
         if self.partition not in PARTITIONS:
             raise ValueError(f"partition {self.partition!r} is not valid; choose one of {', '.join(PARTITIONS)}")
+        if self.gradients is not None and self.gradients not in GRADIENT_MODES:
+            raise ValueError(f"gradients {self.gradients!r} is not valid; choose one of {', '.join(GRADIENT_MODES)} "
+                             "or null (automatic)")
 
 
 @dataclasses.dataclass
@@ -70,12 +80,18 @@ def block_prefix_list(model: nn.Module, options: BlockOptions) -> list[list[str]
     return blocks
 
 
+def is_sharded(model: nn.Module) -> bool:
+    """True when the parameters are FSDP2 shards (DTensors)."""
+    return any(hasattr(p, "_local_tensor") for p in model.parameters())
+
+
 class BAdam(Method):
     """BlockOptimizer around AdamW.
 
-    memory_split: parameters = every model weight as stored (bf16); gradients = gradients held on model parameters
-    plus the active block's fp32 gradients; optimizer_states = the active block's fp32 masters and AdamW moments.
-    With bf16 weights that is 2 bytes per model parameter plus 16 bytes per active-block parameter.
+    memory_split: parameters = every model weight as stored (bf16); gradients = the active block's p.grad (bf16), fp32
+    accumulation sums and gradients on the masters; optimizer_states = the active block's fp32 masters and AdamW
+    moments. With bf16 weights and one micro-batch per step that is 2 bytes per model parameter plus 14 per
+    active-block parameter (16 with "master" gradients or with accumulation: 18).
     """
 
     name = "badam"
@@ -94,21 +110,23 @@ class BAdam(Method):
         for p in model.parameters():
             p.requires_grad_(True)  # BlockOptimizer decides what trains; it needs every parameter to consider
         self.events: list[dict] = []
+        gradients = o.gradients or ("master" if is_sharded(model) else "param")
         self.optimizer = BlockOptimizer(
             self.base_optimizer(list(model.parameters())), list(model.named_parameters()),
             block_prefix_list=block_prefix_list(model, o), switch_block_every=o.switch_block_every,
             start_block=o.start_block, switch_mode=o.switch_mode, active_modules=active,
             include_embedding=o.include_embedding, include_lm_head=o.include_lm_head, verbose=0,
-            log_fn=self.events.append, seed=o.seed)
+            log_fn=self.events.append, seed=o.seed, gradients=gradients)
 
     # --- one step ----------------------------------------------------------------------------------------------
-    def trainable_parameters(self) -> list[torch.Tensor]:
-        return self.optimizer.masters  # the active block's fp32 copies; their .grad is the fp32 gradient
+    # trainable_parameters(): the base class's, the optimizer's param groups, which list the tensors holding the
+    # gradient between steps (the active block's parameters; its fp32 masters in "master" mode)
 
     def clip_and_norm(self, max_norm: float | None) -> float | None:
-        if max_norm is not None and max_norm > 0:
-            return float(self.optimizer.clip_grad_norm_(max_norm))
-        return super().clip_and_norm(None)
+        """The norm (fp32) of the gradients step() will use, clipped to max_norm when given."""
+        if not self.optimizer.gradient_tensors():
+            return None
+        return float(self.optimizer.clip_grad_norm_(max_norm if max_norm is not None and max_norm > 0 else math.inf))
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -117,11 +135,10 @@ class BAdam(Method):
     def memory_split(self, model: nn.Module) -> dict[str, int]:
         params = list(model.parameters())
         param_ptrs = {storage_key(p) for p in params}
-        masters = self.optimizer.masters
-        copies = [m for m in masters if storage_key(m) not in param_ptrs]
+        copies = [m for m in self.optimizer.masters if storage_key(m) not in param_ptrs]
         return {
             "parameters": tensor_bytes(params),
-            "gradients": tensor_bytes(itertools.chain((p.grad for p in params), (m.grad for m in masters))),
+            "gradients": tensor_bytes(itertools.chain((p.grad for p in params), self.optimizer.gradient_tensors())),
             "optimizer_states": tensor_bytes(itertools.chain(optimizer_state_tensors(self.optimizer.base_optimizer),
                                                              copies)),
         }

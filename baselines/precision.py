@@ -4,7 +4,10 @@ The paper's Adam baseline keeps the weights in bf16 for compute and gives every 
 an fp32 gradient and fp32 optimizer states: 2 + 4 + 4 + 8 = 18 bytes per parameter for AdamW. The machinery
 (`badam.mixed_precision.FP32MasterWeights`) lives in the badam package so BAdam's active block uses the very same code;
 this module adapts it to the Method contract: the optimizer updates the masters, `step` writes them back into the
-model, and gradients are read (norm, clipping) on the masters.
+model, and gradients are read (norm, clipping) on the masters. The masters run in FP32MasterWeights' "master" gradient
+mode: each gradient is folded into the fp32 master gradient during backward and p.grad is None afterwards, so every
+parameter holds 4 bytes of gradient (the "param" mode BlockOptimizer uses would add a bf16 copy of every gradient
+during the update). The harness clips and measures through `clip_and_norm`, which reads the masters.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ class MasterWeightMethod(Method):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError(f"{self.name}: the model has no trainable parameters")
-        self.master_weights = FP32MasterWeights([p for _, p in named])
+        self.master_weights = FP32MasterWeights([p for _, p in named], gradients="master")
         # FP32MasterWeights drops repeated (tied) parameters; keep the first name of each.
         names: dict[int, str] = {}
         for n, p in named:

@@ -13,6 +13,7 @@ METHODS: dict[str, str] = {
     "sgd": "baselines.sgd:SGD",
     "badam": "baselines.badam_method:BAdam",
     "bsgd": "baselines.badam_method:BSGD",
+    "badam_ratio": "baselines.badam_ratio:BAdamRatio",
     "badam_official": "baselines.badam_official:BAdamOfficial",
     "lora": "baselines.lora:LoRA",
     "lomo": "baselines.lomo:LOMO",

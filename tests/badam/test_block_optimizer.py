@@ -42,14 +42,17 @@ def test_only_the_active_block_changes_each_step():
         assert frozen.isdisjoint(set(opt.active_parameter_names))
 
 
-def test_bytes_held_are_16_per_active_parameter_and_released_at_a_switch():
+@pytest.mark.parametrize("gradients,grad_bytes", [("param", 2), ("master", 4)])
+def test_bytes_held_per_active_parameter_and_released_at_a_switch(gradients, grad_bytes):
+    """bf16 model: 4 bytes of fp32 master and 8 of AdamW moments per active parameter; the gradient is the bf16 p.grad
+    (2 bytes, "param" mode) or the fp32 master gradient (4 bytes, "master" mode)."""
     model = tiny_llama()
-    opt = make(model, K=2, switch_mode="descending")
+    opt = make(model, K=2, switch_mode="descending", gradients=gradients)
     for s in range(5):
         n_active = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
         model(**lm_batch(s)).loss.backward()
         before_step = opt.memory_bytes()
-        assert before_step["masters"] == 4 * n_active and before_step["grads"] == 4 * n_active
+        assert before_step["masters"] == 4 * n_active and before_step["grads"] == grad_bytes * n_active
         # the base optimizer's state refers to the active block's masters only
         state_keys = {id(t) for t in opt.base_optimizer.state}
         assert state_keys <= {id(m) for m in opt.masters}
@@ -57,11 +60,12 @@ def test_bytes_held_are_16_per_active_parameter_and_released_at_a_switch():
         opt.step()
         held = opt.memory_bytes()
         if opt.current_block == was_block:  # after a step inside a visit: masters + exp_avg + exp_avg_sq
-            assert held["masters"] + held["optimizer_states"] == 12 * n_active and held["grads"] == 0
-            assert before_step["masters"] + before_step["grads"] + held["optimizer_states"] == 16 * n_active
+            assert held["masters"] + held["optimizer_states"] == 12 * n_active
+            assert held["grads"] == (2 * n_active if gradients == "param" else 0)  # p.grad stays until zero_grad
         else:  # right after a switch: fresh masters of the new block, no state, no gradients
             n_new = sum(p.numel() for p in model.parameters() if p.requires_grad)
             assert held == {"masters": 4 * n_new, "grads": 0, "optimizer_states": 0}
+        opt.zero_grad()
     counted = sum(t.numel() * t.element_size() for t in opt.masters)
     assert counted == opt.memory_bytes()["masters"]
 
@@ -142,18 +146,70 @@ def test_gradient_accumulation_equals_the_large_batch_step_in_fp32():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_bf16_micro_batches_accumulate_in_fp32_on_the_masters():
+def micro_batch_gradients(model, weight, micro_batches):
+    """Each micro-batch's bf16 gradient of `weight` (autograd.grad leaves p.grad alone)."""
+    grads = []
+    for s in range(micro_batches):
+        grads.append(torch.autograd.grad(model(**lm_batch(s)).loss, weight)[0])
+    return grads
+
+
+@pytest.mark.parametrize("gradients", ["param", "master"])
+def test_bf16_micro_batches_accumulate_in_fp32(gradients):
+    """Three micro-batches: the update uses their fp32 sum (SGD with lr 1 shows it exactly on the master), which a
+    bf16 running sum would not equal; in "param" mode p.grad shows the rounding of that sum."""
     model = tiny_llama()
-    opt = make(model, K=3, start_block=0, switch_mode="ascending")
+    opt = make(model, K=3, start_block=0, switch_mode="ascending", gradients=gradients,
+               base=torch.optim.SGD(model.parameters(), lr=1.0))
     weight = model.model.layers[0].mlp.up_proj.weight
-    expected = torch.zeros_like(weight, dtype=torch.float32)
+    grads = micro_batch_gradients(model, weight, 3)
+    fp32_sum = sum(g.float() for g in grads)
+    bf16_sum = grads[0] + grads[1] + grads[2]
+    assert not torch.equal(bf16_sum.float(), fp32_sum)
     for s in range(3):
-        loss = model(**lm_batch(s)).loss
-        expected += torch.autograd.grad(loss, weight, retain_graph=True)[0].float()
-        loss.backward()
+        model(**lm_batch(s)).loss.backward()
+    if gradients == "param":
+        assert torch.equal(weight.grad, fp32_sum.to(torch.bfloat16))
+    else:
         assert weight.grad is None  # folded into the fp32 master at once
     master = opt.masters[opt.active_parameter_names.index("model.layers.0.mlp.up_proj.weight")]
-    assert torch.equal(master.grad, expected)
+    before = master.detach().clone()
+    opt.step()
+    assert torch.equal(master, before - fp32_sum)
+
+
+def test_an_edit_after_accumulation_is_used_and_an_untouched_sum_keeps_fp32():
+    """After two micro-batches p.grad is the bf16 rounding of the fp32 sum. Scaling it in place (as any clip does, even
+    through .data) is seen and the edited p.grad is used; BlockOptimizer.clip_grad_norm_ scales the fp32 sum itself."""
+    results = {}
+    for how in ("torch", "data", "ours"):
+        model = tiny_llama()
+        opt = make(model, K=3, start_block=0, switch_mode="ascending",
+                   base=torch.optim.SGD(model.parameters(), lr=1.0))
+        weight = model.model.layers[0].mlp.up_proj.weight
+        fp32_sum = sum(g.float() for g in micro_batch_gradients(model, weight, 2))
+        for s in range(2):
+            model(**lm_batch(s)).loss.backward()
+        if how == "torch":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+        elif how == "data":
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.data.mul_(0.5)
+        else:
+            opt.clip_grad_norm_(1e-3)
+        shown = weight.grad.clone()
+        master = opt.masters[opt.active_parameter_names.index("model.layers.0.mlp.up_proj.weight")]
+        before = master.detach().clone()
+        opt.step()
+        results[how] = (before, master.detach().clone(), shown, fp32_sum)
+    before, after, shown, fp32_sum = results["data"]
+    assert torch.equal(shown, fp32_sum.to(torch.bfloat16) * 0.5) and torch.equal(after, before - shown.float())
+    before, after, shown, _ = results["torch"]
+    assert torch.equal(after, before - shown.float())  # the clipped p.grad, whatever precision the clip had
+    before, after, shown, _ = results["ours"]
+    torch.testing.assert_close(before - after, shown.float(), rtol=1e-2, atol=1e-8)  # fp32 ulp of w: 4e-9
+    assert not torch.equal(after, before - shown.float())  # the fp32 sum, scaled in fp32, not its bf16 rounding
 
 
 def test_lr_scheduler_and_clipping_across_switches():
@@ -168,14 +224,20 @@ def test_lr_scheduler_and_clipping_across_switches():
         model(**lm_batch(s)).loss.backward()
         norm = opt.clip_grad_norm_(max_norm)
         assert norm > max_norm  # the tiny max_norm really clips
-        clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(m.grad) for m in opt.masters]))
-        assert math.isclose(clipped.item(), max_norm, rel_tol=1e-4)
-        expected = [(m.detach().clone() - g["lr"] * m.grad) for g in opt.param_groups for m in g["params"]]
+        # between steps the groups list the active block's parameters, whose p.grad holds the (clipped) gradient
+        active = [p for g in opt.param_groups for p in g["params"]]
+        assert {id(p) for p in active} == {id(p) for p in model.parameters() if p.requires_grad}
+        clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in active]))
+        assert math.isclose(clipped.item(), max_norm, rel_tol=1e-2)  # bf16 gradients: 3 significant digits
+        masters = dict(zip((id(p) for p in active), opt.masters))
+        expected = [(masters[id(p)].detach().clone() - g["lr"] * p.grad.float())
+                    for g in opt.param_groups for p in g["params"]]
+        got = [masters[id(p)] for g in opt.param_groups for p in g["params"]]
         opt.step()
-        got = [m for g in opt.param_groups for m in g["params"]] if s % 2 == 0 else None
-        if got is not None:  # within a visit the masters are the updated tensors (SGD: m - lr * clipped grad)
+        if s % 2 == 0:  # within a visit the masters are the updated tensors (SGD: m - lr * clipped grad)
             for e, m in zip(expected, got):
                 torch.testing.assert_close(m, e, rtol=0, atol=1e-7)
+        opt.zero_grad()
         sched.step()
         assert [id(g) for g in opt.param_groups] == dicts  # same dicts across switches
         assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1 / (s + 2), 0.4 / (s + 2)])
@@ -261,6 +323,8 @@ def test_bad_arguments_raise_one_clear_error():
     partial = torch.optim.AdamW(list(model.parameters())[:3])
     with pytest.raises(ValueError, match="not in base_optimizer's param_groups"):
         make(model, base=partial)
+    with pytest.raises(ValueError, match="gradients='fp32' is not valid; choose one of param, master"):
+        make(model, gradients="fp32")
 
 
 def test_fp32_model_warns_about_lost_memory_savings():
@@ -281,16 +345,18 @@ def test_verbose_prints_switches(capsys):
     assert "step 0: block 0 ['model.layers.0.']" in out and "step 1: block 1 ['model.layers.1.']" in out
 
 
-def test_per_tensor_update_equals_whole_block_update_and_frees_gradients_as_it_goes():
+@pytest.mark.parametrize("gradients", ["param", "master"])
+def test_per_tensor_update_equals_whole_block_update_with_one_fp32_gradient_at_a_time(gradients):
     def run(per_tensor, probe=None):
         model = tiny_llama()
         groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
                   {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0, "lr": 3e-2}]
         base = torch.optim.AdamW(groups, lr=1e-2, foreach=True)  # foreach: the block-wide temporaries case
-        opt = make(model, K=2, base=base, switch_mode="ascending", per_tensor_update=per_tensor)
+        opt = make(model, K=2, base=base, switch_mode="ascending", per_tensor_update=per_tensor, gradients=gradients)
         if probe is not None:
             base.register_step_pre_hook(lambda *_: probe.append(
-                (opt.memory_bytes()["grads"], [m.numel() for g in base.param_groups for m in g["params"]])))
+                (sum(m.grad is not None for m in opt.masters), [m.numel() for g in base.param_groups
+                                                                for m in g["params"]])))
         train_steps(model, opt, 4)
         return model
 
@@ -300,16 +366,20 @@ def test_per_tensor_update_equals_whole_block_update_and_frees_gradients_as_it_g
     assert [len(sizes) for _, sizes in first_step] == [1] * 9
     sizes = [s[0] for _, s in first_step]
     assert sizes == sorted(sizes)
-    grads = [g for g, _ in first_step]
-    assert grads == sorted(grads, reverse=True) and grads[-1] == 4 * sizes[-1]
+    with_grad = [n for n, _ in first_step]
+    if gradients == "param":  # each fp32 gradient is made right before its update and dropped after it
+        assert with_grad == [1] * 9
+    else:  # the fp32 gradients of backward are dropped one by one as the update proceeds
+        assert with_grad == list(range(9, 0, -1))
 
 
 def test_a_replacement_optimizer_receives_the_gradients():
     model = tiny_llama()
-    make(model, K=5, start_block=1, switch_mode="ascending")  # dropped without release()
+    make(model, K=5, start_block=1, switch_mode="ascending", gradients="master")  # dropped without release()
     with pytest.warns(UserWarning, match="takes it over"):
         opt = BlockOptimizer(torch.optim.AdamW(model.parameters()), list(model.named_parameters()),
-                             switch_block_every=5, start_block=1, switch_mode="ascending", verbose=0)
+                             switch_block_every=5, start_block=1, switch_mode="ascending", verbose=0,
+                             gradients="master")
     model(**lm_batch(0)).loss.backward()
     assert all(m.grad is not None for m in opt.masters)
     opt.release()

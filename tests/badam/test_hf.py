@@ -78,7 +78,7 @@ def test_block_checkpointing_stops_backward_at_the_active_block():
     model = tiny_llama()
     opt = fixed_block_2(model)
     assert backward_reached_layers(model) == {2, 3}  # layers 0 and 1 are below the active block: no backward
-    assert all(m.grad is not None for m in opt.masters)
+    assert all(p.grad is not None for g in opt.param_groups for p in g["params"])
     assert not getattr(model, "_require_grads_hooks", None)
 
 
@@ -111,3 +111,33 @@ def test_callback_requires_a_block_optimizer():
     model = tiny_llama(layers=1)
     with pytest.raises(TypeError, match="needs the Trainer's optimizer to be a badam BlockOptimizer"):
         BAdamCallback().on_train_begin(None, None, None, model=model, optimizer=torch.optim.SGD(model.parameters()))
+
+
+@pytest.mark.parametrize("with_callback", [True, False])
+def test_trainer_with_ratio_mode_clips_through_the_callback_or_warns(tmp_path, with_callback):
+    from transformers import Trainer
+
+    from badam.hf import create_badam_ratio_optimizer
+
+    model = tiny_llama()
+    start = clone_model(model)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, VOCAB, (16, 12), generator=g).tolist()]
+    optimizer = create_badam_ratio_optimizer(model, lr=1e-2, weight_decay=0.1, update_ratio=0.1, switch_every=2,
+                                             verbose=0)
+    args = training_args(tmp_path, max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                         max_grad_norm=0.05)
+    trainer = Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None),
+                      callbacks=[BAdamCallback()] if with_callback else [])
+    if with_callback:
+        trainer.train()
+    else:  # Trainer's clip over model.parameters() sees no p.grad: said loudly, not trained unclipped in silence
+        with pytest.warns(UserWarning, match="clip with optimizer.clip_grad_norm_"):
+            trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(steps) == 4 and optimizer.global_step == 4 and optimizer.period == 2
+    if with_callback:
+        assert all(h["grad_norm"] > 0.05 for h in steps)  # the true norm of the selected entries' gradient
+    up = model.model.layers[0].mlp.up_proj.weight
+    fraction = float((up != start.model.layers[0].mlp.up_proj.weight).float().mean())
+    assert 0.1 < fraction <= 0.2  # two mask periods of 10 % each

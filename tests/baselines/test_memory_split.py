@@ -1,6 +1,7 @@
 """memory_split reports the bytes each method really holds, checked against hand-computed per-parameter costs."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.baselines.conftest import build, make_llama
@@ -52,16 +53,39 @@ def test_sgd_counts_masters_and_momentum(batch):
     assert split["optimizer_states"] == 8 * n  # masters + momentum buffers
 
 
-def test_badam_is_16_bytes_per_active_parameter(batch):
+@pytest.mark.parametrize("gradients,grad_bytes", [("param", 2), ("master", 4)])
+def test_badam_holds_masters_moments_and_gradients_of_the_active_block_only(batch, gradients, grad_bytes):
+    """bf16 p.grad (2 bytes, "param" mode) or fp32 master gradient (4 bytes) + fp32 master and two moments (12)."""
     model = make_llama()
     n = numel(model.parameters())
     layer0 = numel(p for name, p in model.named_parameters() if name.startswith("model.layers.0."))
-    method, model = build("badam", model, switch_mode="ascending")
+    method, model = build("badam", model, switch_mode="ascending", gradients=gradients)
     grads, states = after_backward_and_step(method, model, batch)
     assert grads["parameters"] == 2 * n
-    assert grads["gradients"] == 4 * layer0
+    assert grads["gradients"] == grad_bytes * layer0
     assert states["optimizer_states"] == 12 * layer0  # fp32 master + two fp32 moments of the active block
-    assert grads["gradients"] + states["optimizer_states"] == 16 * layer0
+    method.zero_grad()
+    assert method.memory_split(model)["gradients"] == 0
+
+
+def test_badam_accumulation_holds_an_fp32_sum_beside_the_bf16_gradient(batch):
+    model = make_llama()
+    layer0 = numel(p for name, p in model.named_parameters() if name.startswith("model.layers.0."))
+    method, model = build("badam", model, switch_mode="ascending")
+    for last in (False, True):
+        method.backward(model(**batch).loss / 2, last_micro_batch=last)
+    assert method.memory_split(model)["gradients"] == 6 * layer0
+
+
+def test_badam_ratio_holds_16_bytes_per_selected_entry(batch):
+    model = make_llama()
+    n = numel(model.parameters())
+    method, model = build("badam_ratio", model, update_ratio=0.25, preserve_threshold=0)
+    entries = method.optimizer.trainable_entries
+    grads, states = after_backward_and_step(method, model, batch)
+    assert grads["parameters"] == 2 * n and grads["gradients"] == 4 * entries  # fp32, selected entries only
+    assert states["optimizer_states"] == 12 * entries  # fp32 master values + two moments
+    assert 0.2 * n < entries < 0.25 * n  # embeddings and lm_head are frozen
 
 
 def test_badam_official_holds_the_same_active_block_bytes(batch):

@@ -15,6 +15,7 @@ RESUMABLE = [
     # checks that the schedule and its generator are restored too
     ("badam", {"switch_block_every": 2, "switch_mode": "random", "seed": 7}),
     ("badam_official", {"switch_block_every": 3, "switch_mode": "ascending"}),
+    ("badam_ratio", {"switch_every": 3, "update_ratio": 0.2, "mask_mode": "scatter", "seed": 3}),
     ("galore", {"rank": 4, "update_proj_gap": 2}),
     ("galore_layerwise", {"rank": 4, "update_proj_gap": 2}),
     ("lora", {"rank": 4, "dropout": 0.0}),
