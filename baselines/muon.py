@@ -19,11 +19,13 @@ moments) instead of 4 for the rest.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import torch
 from torch import nn
 
 from baselines.adam import AdamOptions, make_adamw
+from baselines.errors import MethodUnsupportedError
 from baselines.model_parts import in_modules, linear_module_names_in_layers
 from baselines.precision import MasterWeightMethod
 
@@ -90,6 +92,13 @@ class Muon(MasterWeightMethod):
 
     name = "muon"
     Options = MuonOptions
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        muon = getattr(torch.optim, "Muon", None)
+        if muon is None or "adjust_lr_fn" not in inspect.signature(muon).parameters:
+            raise MethodUnsupportedError(f"muon needs torch.optim.Muon with adjust_lr_fn (torch >= 2.9); this is "
+                                         f"torch {torch.__version__}")
+        return super().prepare_model(model)
 
     def build_optimizer(self, model: nn.Module) -> None:
         targets = self.options.target_modules

@@ -69,3 +69,11 @@ def test_bad_options_raise_one_clear_error(options, fragment):
 def test_no_matrix_in_the_targets_is_refused():
     with pytest.raises(ValueError, match="target_modules"):
         build("muon", make_llama(), target_modules=["no_such_proj"])
+
+
+def test_a_torch_without_muon_is_recorded_as_unsupported(monkeypatch):
+    from baselines.errors import MethodUnsupportedError
+
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.raises(MethodUnsupportedError, match="torch >= 2.9"):
+        build("muon", make_llama())
