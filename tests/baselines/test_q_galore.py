@@ -35,7 +35,8 @@ def test_cpu_is_recorded_as_unsupported():
 def test_quantized_projector_roundtrips_through_a_weights_only_checkpoint():
     """The package's projector on CPU (its SVD and 4-bit quantization are plain torch): saved as plain attributes,
     rebuilt from the group's settings, it projects exactly as the original, refresh interval and history included."""
-    from baselines.projector_state import load_state_dict_with_projectors, state_dict_with_plain_projectors
+    from baselines.projector_state import (load_state_dict_with_projectors, projector_tensors,
+                                           state_dict_with_plain_projectors)
     from baselines.q_galore import QGaLore
 
     method = QGaLore(QGaLore.Options(rank=8, update_proj_gap=1, queue_size=2, cos_threshold=-1.0), lr=1e-3)
@@ -48,6 +49,9 @@ def test_quantized_projector_roundtrips_through_a_weights_only_checkpoint():
         projector.project(torch.randn(64, 512, generator=g), step)
     assert projector.update_proj_gap > 1 and projector.ortho_matrix.dtype == torch.uint8
     optimizer.state[param]["projector"] = projector
+    held = {id(t) for t in projector_tensors(optimizer)}  # memory_split counts all of them as optimizer state
+    assert held == {id(projector.ortho_matrix), id(projector.ortho_matrix_scales), id(projector.ortho_matrix_zeros),
+                    id(projector.past_ortho_vector)}
     buffer = io.BytesIO()
     torch.save(state_dict_with_plain_projectors(optimizer), buffer)
     buffer.seek(0)
