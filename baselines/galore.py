@@ -23,7 +23,7 @@ from torch import nn
 from baselines.adam import AdamOptions
 from baselines.base import optimizer_state_tensors
 from baselines.errors import UnsupportedSetupError, accumulation_refused, require_cuda
-from baselines.model_parts import linear_module_names_in_layers
+from baselines.model_parts import in_modules, linear_module_names_in_layers
 from baselines.precision import MasterWeightMethod
 
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
@@ -114,8 +114,7 @@ class GaLore(MasterWeightMethod):
         super().build_optimizer(model)
 
     def _is_galore(self, name: str, tensor: torch.Tensor) -> bool:
-        module = name.rsplit(".", 1)[0]
-        return tensor.dim() == 2 and (module in self._targets or any(module.endswith("." + t) for t in self._targets))
+        return tensor.dim() == 2 and in_modules(name, self._targets)
 
     def _groups(self, named_masters) -> list[dict]:
         galore = [m for n, m in named_masters if self._is_galore(n, m)]
@@ -144,8 +143,16 @@ class GaLore(MasterWeightMethod):
     def describe(self) -> dict:
         return {"galore_rank": int(self.options.rank)}
 
+    # How an optimizer of this method is checkpointed (weights_only=True needs plain tensors instead of projector
+    # objects); variants with other projectors (APOLLO, Q-GaLore) override these two.
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        return galore_state_dict(optimizer)
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, sd: dict) -> None:
+        load_galore_state_dict(optimizer, sd)
+
     def state_dict(self) -> dict:
-        return {"optimizer": galore_state_dict(self.optimizer),
+        return {"optimizer": self.optimizer_state(self.optimizer),
                 "masters": [m.detach() for m in self.master_weights.masters]}
 
     @torch.no_grad()
@@ -153,7 +160,7 @@ class GaLore(MasterWeightMethod):
         optimizer_sd = state["optimizer"]
         super().load_state_dict({"optimizer": {"state": {}, "param_groups": optimizer_sd["param_groups"]},
                                  "masters": state["masters"]})
-        load_galore_state_dict(self.optimizer, optimizer_sd)
+        self.load_optimizer_state(self.optimizer, optimizer_sd)
 
 
 class GaLore8bit(GaLore):
@@ -247,7 +254,7 @@ class GaLoreLayerwise(GaLore):
             yield from _projector_tensors(opt)
 
     def state_dict(self) -> dict:
-        return {"optimizers": [galore_state_dict(opt) for opt in self.optimizers],
+        return {"optimizers": [self.optimizer_state(opt) for opt in self.optimizers],
                 "masters": [m.detach() for m in self.master_weights.masters]}
 
     @torch.no_grad()
@@ -259,4 +266,4 @@ class GaLoreLayerwise(GaLore):
             mine.copy_(saved)
         self.master_weights.copy_to_model()
         for opt, sd in zip(self.optimizers, state["optimizers"]):
-            load_galore_state_dict(opt, sd)
+            self.load_optimizer_state(opt, sd)

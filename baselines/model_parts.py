@@ -44,6 +44,13 @@ def linear_module_names_in_layers(model: nn.Module) -> list[str]:
     return names
 
 
+def in_modules(param_name: str, modules) -> bool:
+    """True when the parameter belongs to one of `modules` (qualified module names, or their trailing parts such as
+    "q_proj" or "self_attn.q_proj")."""
+    module = param_name.rsplit(".", 1)[0]
+    return module in modules or any(module.endswith("." + m) for m in modules)
+
+
 def task_head_names(model: nn.Module) -> list[str]:
     """Top-level children that are a freshly initialised task head (empty for causal LMs)."""
     return [name for name, _ in model.named_children() if name in TASK_HEAD_NAMES]

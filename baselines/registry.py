@@ -21,6 +21,13 @@ METHODS: dict[str, str] = {
     "galore": "baselines.galore:GaLore",
     "galore_8bit": "baselines.galore:GaLore8bit",
     "galore_layerwise": "baselines.galore:GaLoreLayerwise",
+    "lisa": "baselines.lisa:LISA",
+    "blockllm": "baselines.blockllm:BlockLLM",
+    "adam_mini": "baselines.adam_mini:AdamMini",
+    "muon": "baselines.muon:Muon",
+    "adamw_8bit": "baselines.adamw_8bit:AdamW8bit",
+    "apollo": "baselines.apollo:APOLLO",
+    "q_galore": "baselines.q_galore:QGaLore",
 }
 
 

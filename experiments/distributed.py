@@ -40,12 +40,22 @@ LAUNCH_HINT = "torchrun --nproc_per_node N -m experiments.run --config ... train
 # registered method runs sharded and matches one process on the same global batch: badam, adam and lora are compared in
 # tests/distributed; sgd, bsgd, lomo, badam_official (fp32, within 1e-8) and adam_bf16 (bf16 rounding) were compared
 # the same way by hand; galore and galore_layerwise differ as much as GaLore does in one process when the same gradient
-# is only summed in another order (its SVD projector amplifies rounding on a tiny random model).
+# is only summed in another order (its SVD projector amplifies rounding on a tiny random model). lisa and blockllm
+# (same subsets on every rank, fp32 weights within 2e-5 at lr 1e-3) and muon (within 9e-5: its bf16 Newton-Schulz
+# iteration on DTensors sums in another order) were compared the same way by hand (issue 16).
 FSDP2_UNSUPPORTED: dict[str, str] = {
     "adalomo": "lomo_optim.AdaLomo allocates its factored second moments in __init__ as plain full-shape tensors and "
                "adds the sharded (DTensor) gradients into them ('got mixed torch.Tensor and DTensor')",
     "galore_8bit": "bitsandbytes' 8-bit optimizer kernel (optimizer_update_8bit_blockwise) has no DTensor support: it "
                    "receives FSDP2's sharded parameters and plain state tensors ('got mixed torch.Tensor and DTensor')",
+    "adamw_8bit": "bitsandbytes' 8-bit optimizer kernel has no DTensor support ('got mixed torch.Tensor and DTensor'), "
+                  "as for galore_8bit",
+    "q_galore": "its 8-bit moments use bitsandbytes' kernel, which has no DTensor support (as galore_8bit)",
+    "apollo": "apollo_torch draws its random projection as a plain tensor and multiplies it with the sharded (DTensor) "
+              "gradient ('got mixed torch.Tensor and DTensor')",
+    "adam_mini": "adam-mini 1.1.1 all-reduces the second moment of single-value blocks (norm weights) by moving it to "
+                 "CUDA, which fails under gloo ('Torch not compiled with CUDA enabled'); on GPUs its sharded path "
+                 "was not verified against one process",
 }
 # Methods that run and give the single-process result, with a cost worth knowing.
 FSDP2_NOTES: dict[str, str] = {
@@ -56,6 +66,10 @@ FSDP2_NOTES: dict[str, str] = {
               "DTensor gathers onto every rank for that moment",
     "galore_layerwise": "as galore: projector refreshes gather each full gradient matrix; the per-parameter update "
                         "runs after FSDP2's reduce-scatter",
+    "muon": "Newton-Schulz runs on the sharded momentum as DTensor matmuls, which gather what each product needs; "
+            "results agree with one process to bf16 rounding of that iteration",
+    "blockllm": "the scoring step's gradient norms are summed over the ranks' shards and the step loss averaged "
+                "over ranks, so every rank selects the same tensors",
     "badam_official": "the official badam 1.4 runs here because it only toggles requires_grad and keeps fp32 copies "
                       "with .float(); its DeepSpeed ZeRO-3 path is not used",
 }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import statistics
 
@@ -60,9 +61,11 @@ LRS = {"sgd": 1.0, "bsgd": 1.0, "lomo": 1.0, "adalomo": 1e-2}
 OPTIONS = {"badam": {"switch_block_every": 1}, "bsgd": {"switch_block_every": 1},
            "badam_official": {"switch_block_every": 1}, "lora": {"rank": 4},
            "galore": {"rank": 8, "update_proj_gap": 2}, "galore_8bit": {"rank": 8, "update_proj_gap": 2},
-           "galore_layerwise": {"rank": 8, "update_proj_gap": 2}}
+           "galore_layerwise": {"rank": 8, "update_proj_gap": 2}, "apollo": {"rank": 8, "update_proj_gap": 2},
+           "q_galore": {"rank": 8}, "blockllm": {"sparsity": 0.5}, "lisa": {"n_layers": 1}}
 NO_CLIPPING = {"galore_layerwise"}  # updates inside backward: a global-norm clip cannot exist
-CUDA_ONLY = {"adalomo", "galore_8bit"}
+CUDA_ONLY = {"adalomo", "galore_8bit", "q_galore"}
+OPTIONAL_PACKAGES = {"apollo": "apollo_torch", "q_galore": "q_galore_torch"}  # extras, not default dependencies
 
 
 def make_method(name: str, **extra):
@@ -77,6 +80,9 @@ def test_every_method_lowers_the_loss_in_three_steps(name, tmp_path):
     cfg = TrainConfig(max_steps=3, lr_schedule="constant", max_grad_norm=None if name in NO_CLIPPING else 1.0)
     summary = train(tiny_model(), make_method(name), lambda epoch: [batch], cfg, tmp_path, seed=0, progress=False,
                     eval_batches_fn=lambda: [batch], autocast_dtype=torch.bfloat16)
+    if name in OPTIONAL_PACKAGES and importlib.util.find_spec(OPTIONAL_PACKAGES[name]) is None:
+        assert summary["error_kind"] == "unsupported" and "pip install" in summary["error"]
+        return
     if name in CUDA_ONLY:  # the test model lives on the CPU
         # recorded as unsupported with the reason, not a crash and not a fake result
         assert summary["status"] == "error" and summary["error_kind"] == "unsupported"
