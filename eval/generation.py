@@ -14,7 +14,8 @@ Greedy by default. `temperature` > 0 samples; `sampling="pure"` is pure temperat
 results do not depend on a checkpoint's shipped defaults), `sampling="model"` keeps the model's own generation
 config (top_k, top_p, repetition_penalty ... , transformers' defaults where it sets none) and only sets the
 temperature, which is what FastChat's gen_model_answer does when it calls `model.generate(do_sample=...,
-temperature=...)`.
+temperature=...)`. Greedy decoding ignores a checkpoint's shipped repetition penalty and sampling defaults (MAmmoTH
+decodes with temperature 0 and nothing else).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class StopOnStrings(StoppingCriteria):
         self.stop_strings = tuple(stop_strings)
         self.every = max(1, int(every))
         self.done: torch.Tensor | None = None
+        self.stopped_at: dict[int, int] = {}   # row -> tokens generated when its stop string was seen
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         if self.done is None:
@@ -56,6 +58,7 @@ class StopOnStrings(StoppingCriteria):
                 for row, text in zip(rows, texts):
                     if any(stop in text for stop in self.stop_strings):
                         self.done[row] = True
+                        self.stopped_at[row] = steps
         return self.done.to(input_ids.device)
 
 
@@ -106,15 +109,18 @@ def end_token_ids(model, tokenizer) -> list[int]:
 
 def _config(model, *, max_new_tokens: int, temperature: float, sampling: str, pad_id: int, eos: list[int],
             cache: str, compile: bool) -> GenerationConfig:
+    """The generation config of one call. transformers fills every field left unset (None) from the model's own
+    generation config, so greedy and pure sampling set every knob a checkpoint may ship (a Qwen checkpoint ships
+    repetition_penalty 1.05, top_k 20 ...) to its neutral value: greedy means greedy, as MAmmoTH's evaluation."""
     sample = temperature > GREEDY_BELOW_TEMPERATURE
-    if sampling == "model":
+    if sampling == "model" and sample:
         config = copy.deepcopy(model.generation_config)
-        config.do_sample, config.temperature = sample, float(temperature) if sample else None
-    else:
-        config = GenerationConfig(do_sample=sample, **({"temperature": float(temperature), "top_k": 0,
-                                                         "top_p": 1.0} if sample else {}))
-    if not sample:  # greedy: clear sampling knobs a checkpoint may ship (they only trigger warnings)
-        config.temperature, config.top_p, config.top_k = None, None, None
+        config.do_sample, config.temperature = True, float(temperature)
+    elif sample:
+        config = GenerationConfig(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0,
+                                  repetition_penalty=1.0)
+    else:  # neutral values (not None) for the sampling knobs, so nothing is filled in and nothing warns
+        config = GenerationConfig(do_sample=False, temperature=1.0, top_k=50, top_p=1.0, repetition_penalty=1.0)
     config.num_beams, config.max_new_tokens, config.max_length = 1, max_new_tokens, None
     config.pad_token_id, config.eos_token_id = pad_id, (eos or None)
     if cache == "static":
@@ -142,26 +148,26 @@ def generate_batch(model, tokenizer, encoded: list[list[int]], *, max_new_tokens
     config = _config(model, max_new_tokens=max_new_tokens, temperature=temperature, sampling=sampling, pad_id=pad_id,
                      eos=eos, cache=cache, compile=compile)
     prompt_length = input_ids.shape[1]
-    criteria = StoppingCriteriaList(
-        [StopOnStrings(tokenizer, prompt_length, stop_strings, stop_check_every)] if stop_strings else [])
+    stopper = StopOnStrings(tokenizer, prompt_length, stop_strings, stop_check_every) if stop_strings else None
+    criteria = StoppingCriteriaList([stopper] if stopper else [])
     _synchronize(device)
     started = time.perf_counter()
     output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                             generation_config=config, stopping_criteria=criteria)
     _synchronize(device)
     seconds = time.perf_counter() - started
-    stop_set = set(eos)
+    # A row ends at its first end-of-sequence token, or where its stop string was seen; what follows is padding.
+    stop_set, stopped_at = set(eos), (stopper.stopped_at if stopper else {})
     token_ids, counts = [], []
-    for row in output[:, prompt_length:].tolist():
+    for index, row in enumerate(output[:, prompt_length:].tolist()):
         end = next((i for i, tok in enumerate(row) if tok in stop_set), None)
-        if end is None:  # ended by a stop string or the length limit: drop the padding of rows finished early
-            while row and row[-1] == pad_id:
-                row = row[:-1]
-            token_ids.append(row)
-            counts.append(len(row))
-        else:
+        if end is not None and end < stopped_at.get(index, len(row)):
             token_ids.append(row[:end])
             counts.append(end + 1)
+        else:
+            kept = row[:stopped_at.get(index, len(row))]
+            token_ids.append(kept)
+            counts.append(len(kept))
     return BatchOutput(token_ids, counts, seconds)
 
 

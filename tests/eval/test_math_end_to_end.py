@@ -14,6 +14,7 @@ from eval.math.__main__ import main
 from eval.generation import BatchOutput
 from eval.math.generation import generate_greedy, prepare_tokenizer
 from eval.math.scoring import score_output
+from tests.eval.math_stubs import NoModel, tokenizer_stub
 from experiments.models import load_model
 
 MODEL_NAME = "random:tiny-llama"
@@ -98,7 +99,7 @@ def test_generations_are_routed_to_their_items(monkeypatch, tmp_path):
     still get their own answers back, for every dataset's gold format."""
     gold_by_prompt = {build_prompt(item, "alpaca"): item.gold
                       for name in DATASETS for item in select_subset(load_items(name), 7)}
-    tokenizer = _tokenizer_stub()
+    tokenizer = tokenizer_stub()
 
     def oracle(model, tok, encoded, options):
         texts = [f"Some reasoning with 3 numbers 4.\nThe answer is {gold_by_prompt[tok.texts[ids[0]]]}."
@@ -107,7 +108,7 @@ def test_generations_are_routed_to_their_items(monkeypatch, tmp_path):
 
     monkeypatch.setattr(runner, "generate_encoded", oracle)
     for scoring in ("mammoth", "strict"):
-        results = evaluate_math(_NoModel(), tokenizer, out_dir=tmp_path, model_name="oracle", limit=7, batch_size=3,
+        results = evaluate_math(NoModel(), tokenizer, out_dir=tmp_path, model_name="oracle", limit=7, batch_size=3,
                                 scoring=scoring)
         assert {name: entry["accuracy_pct"] for name, entry in results["datasets"].items()} == \
             {n: 100.0 for n in DATASETS}
@@ -178,32 +179,3 @@ def test_cli_errors_are_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("BADAM_SHARED", str(tmp_path))
     assert main(["--model", MODEL_NAME, "--datasets", "gsm8k", "--out", str(tmp_path)]) == 1
     assert "data file not found" in error_line()
-
-
-class _NoModel:
-    """Stands in for a model where generation is replaced (only train/eval mode is touched)."""
-    training = False
-
-    def eval(self):
-        return self
-
-    def train(self, mode=True):
-        return self
-
-
-def _tokenizer_stub():
-    class Stub:
-        """Encodes a text as [its number] * its word count (prompt lengths differ, texts are recoverable)."""
-        pad_token, eos_token, padding_side = "<pad>", "<pad>", "right"
-
-        def __init__(self):
-            self.texts: list[str] = []
-
-        def __call__(self, texts, **kwargs):
-            ids = []
-            for text in texts:
-                self.texts.append(text)
-                ids.append([len(self.texts) - 1] * len(text.split()))
-            return {"input_ids": ids}
-
-    return Stub()
