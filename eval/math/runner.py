@@ -58,12 +58,13 @@ def evaluate_math(model, tokenizer, *, out_dir: str | os.PathLike, model_name: s
                   tasks: list[TaskSpec] | None = None, limit: int | None = None, batch_size: int = 8,
                   max_new_tokens: int = 512, prompt_style: str = DEFAULT_PROMPT_STYLE,
                   scoring: str = DEFAULT_SCORING, cache: str = "dynamic", compile: bool = False,
-                  overwrite: bool = False, extra_info: dict | None = None) -> dict:
+                  overwrite: bool = False, extra_info: dict | None = None, on_batch=None) -> dict:
     """Evaluate a loaded causal LM on math tasks; returns (and writes to `out_dir`) the results.
 
     Tasks: built-in `datasets` by name and/or `task_files` (YAML), or ready `tasks`; none given: the paper's six.
     `limit` takes that many items per dataset, spread evenly over the file. `model_name` identifies the model in the
     saved records (resuming with a different one is refused). `overwrite` discards earlier samples.
+    `on_batch(dataset_name, batch_output)` is called after every generated batch (benchmarks time batches with it).
     """
     tasks = tasks if tasks is not None else resolve_tasks(datasets, task_files)
     check_prompt_style(prompt_style)
@@ -90,7 +91,7 @@ def evaluate_math(model, tokenizer, *, out_dir: str | os.PathLike, model_name: s
             records = saved[name]
             todo = [item for item in items if item.index not in records]
             for record in _generate_records(model, tok, todo, settings, options, batch_size, name, paths[name],
-                                            scoring):
+                                            scoring, on_batch):
                 records[record["index"]] = record
                 generated_now += 1
             per_dataset[name] = _score_dataset(items, records, paths[name], out_dir, scoring)
@@ -118,7 +119,7 @@ def _previous_records(samples_path: Path, settings: dict, overwrite: bool) -> di
 
 
 def _generate_records(model, tok, todo: list[MathItem], settings: dict, options: GenerationOptions, batch_size: int,
-                      name: str, samples_path: Path, scoring: str):
+                      name: str, samples_path: Path, scoring: str, on_batch=None):
     """Yield one record per item; each batch is appended to the samples file as soon as it is generated, so a crash
     or kill loses at most the batch in flight."""
     if not todo:
@@ -132,6 +133,8 @@ def _generate_records(model, tok, todo: list[MathItem], settings: dict, options:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             texts, out = generate_encoded(model, tok, [encoded[item.index] for item in batch], options)
+            if on_batch is not None:
+                on_batch(name, out)
             # Each record keeps its share of the batch's time, so a dataset's generation time survives resumes.
             seconds_each = out.seconds / len(batch)
             records = []
