@@ -98,7 +98,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     model, tokenizer = load_for_math(args.model, device=args.device, dtype=dtype)
     load_s = time.perf_counter() - started
-    options = GenerationOptions(max_new_tokens=args.max_new_tokens, cache=args.cache, compile=args.compile)
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens, cache=args.cache, compile=args.compile,
+                                batch_rows=args.batch_size)
 
     # Warm-up: one batch of the longest prompts of the first dataset (the shape the run starts with).
     tok = prepare_tokenizer(tokenizer)

@@ -6,9 +6,11 @@ prompts by length first, so a batch wastes little on padding. What makes it fast
 - stop strings checked by decoding only the last few tokens of the rows still running, every few steps
   (transformers' own `stop_strings` builds tables over the whole vocabulary on every call);
 - optionally (`cache="static"`) a static KV cache, which on CUDA lets transformers compile the decode step with
-  torch.compile (CUDA graphs); prompts are then padded to a multiple of `pad_to_multiple_of` tokens so that few
-  distinct shapes are compiled. It pays off for long runs on small models, where the step is launch-bound; the
-  first batches of each shape pay the compilation (benchmarks/math_generation.py measures both).
+  torch.compile (`compile=True`, CUDA graphs). Every distinct batch shape is compiled anew, so prompts are then
+  padded to a multiple of `pad_to_multiple_of` tokens (256) and a short last batch is filled up to `pad_rows_to`
+  rows with copies of its last prompt (their outputs are dropped): a run compiles a handful of shapes. It pays off
+  for long runs on small models, whose decode step is bound by kernel launches; benchmarks/math_generation.py
+  measures both ways.
 
 Greedy by default. `temperature` > 0 samples; `sampling="pure"` is pure temperature sampling (no top-k / top-p, so
 results do not depend on a checkpoint's shipped defaults), `sampling="model"` keeps the model's own generation
@@ -30,6 +32,8 @@ CACHE_MODES = ("dynamic", "static")
 SAMPLING_MODES = ("pure", "model")
 # gen_model_answer.py samples only when the temperature is above this; below it decodes greedily.
 GREEDY_BELOW_TEMPERATURE = 1e-4
+# Static cache: prompt widths are rounded up to this many tokens, so that few shapes are compiled.
+STATIC_PAD_MULTIPLE = 256
 # How many trailing tokens the stop check decodes: enough to hold the longest stop string whatever the tokenizer.
 _STOP_WINDOW_TOKENS = 16
 
@@ -132,7 +136,8 @@ def _config(model, *, max_new_tokens: int, temperature: float, sampling: str, pa
 @torch.inference_mode()
 def generate_batch(model, tokenizer, encoded: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
                    sampling: str = "pure", stop_strings=(), cache: str = "dynamic", compile: bool = False,
-                   pad_to_multiple_of: int | None = None, stop_check_every: int = 4) -> BatchOutput:
+                   pad_to_multiple_of: int | None = None, pad_rows_to: int | None = None,
+                   stop_check_every: int = 4) -> BatchOutput:
     """Continue every token sequence of `encoded` in one left-padded batch (see the module docstring)."""
     check_generation_options(cache, compile, sampling)
     if max_new_tokens < 1:
@@ -141,8 +146,11 @@ def generate_batch(model, tokenizer, encoded: list[list[int]], *, max_new_tokens
         return BatchOutput([], [], 0.0)
     eos = end_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    if cache == "static" and pad_to_multiple_of is None:
-        pad_to_multiple_of = 64
+    rows = len(encoded)
+    if cache == "static":
+        pad_to_multiple_of = pad_to_multiple_of or STATIC_PAD_MULTIPLE
+        if pad_rows_to and rows < pad_rows_to:   # the same batch shape as the full batches: no new compilation
+            encoded = list(encoded) + [encoded[-1]] * (pad_rows_to - rows)
     input_ids, attention_mask = left_pad(encoded, pad_id, pad_to_multiple_of)
     device = next(model.parameters()).device
     config = _config(model, max_new_tokens=max_new_tokens, temperature=temperature, sampling=sampling, pad_id=pad_id,
@@ -159,7 +167,7 @@ def generate_batch(model, tokenizer, encoded: list[list[int]], *, max_new_tokens
     # A row ends at its first end-of-sequence token, or where its stop string was seen; what follows is padding.
     stop_set, stopped_at = set(eos), (stopper.stopped_at if stopper else {})
     token_ids, counts = [], []
-    for index, row in enumerate(output[:, prompt_length:].tolist()):
+    for index, row in enumerate(output[:rows, prompt_length:].tolist()):
         end = next((i for i, tok in enumerate(row) if tok in stop_set), None)
         if end is not None and end < stopped_at.get(index, len(row)):
             token_ids.append(row[:end])

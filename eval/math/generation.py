@@ -16,6 +16,7 @@ class GenerationOptions:
     max_new_tokens: int = 512
     cache: str = "dynamic"          # dynamic | static (static + compile: CUDA graphs, see eval/generation.py)
     compile: bool = False
+    batch_rows: int | None = None   # static cache: short batches are filled up to this many rows (one shape)
 
 
 def prepare_tokenizer(tokenizer):
@@ -46,7 +47,7 @@ def generate_encoded(model, tokenizer, encoded: list[list[int]], options: Genera
         raise ValueError("math generation needs a left-padding tokenizer (use prepare_tokenizer)")
     out = generate_batch(model, tokenizer, encoded, max_new_tokens=options.max_new_tokens,
                          stop_strings=STOP_STRINGS if use_stop_strings else (), cache=options.cache,
-                         compile=options.compile)
+                         compile=options.compile, pad_rows_to=options.batch_rows)
     texts = tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
     return [cut_at_stop_strings(text) for text in texts], out
 

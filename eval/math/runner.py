@@ -72,7 +72,8 @@ def evaluate_math(model, tokenizer, *, out_dir: str | os.PathLike, model_name: s
     check_generation_options(cache, compile)
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
-    options = GenerationOptions(max_new_tokens=int(max_new_tokens), cache=cache, compile=compile)
+    options = GenerationOptions(max_new_tokens=int(max_new_tokens), cache=cache, compile=compile,
+                                batch_rows=batch_size)
     out_dir = Path(out_dir)
     settings = {"model": str(model_name), "prompt_style": prompt_style, "max_new_tokens": int(max_new_tokens)}
     # Load every dataset first, so a missing file fails before any generation time is spent.

@@ -29,8 +29,11 @@ def test_static_cache_gives_the_dynamic_cache_result(tiny):
     model, tokenizer = tiny
     tok = prepare_tokenizer(tokenizer)
     dynamic = generate_greedy(model, tok, PROMPTS, max_new_tokens=6)
-    static = generate_greedy(model, tok, PROMPTS, max_new_tokens=6, cache="static")   # prompts padded to 64
+    static = generate_greedy(model, tok, PROMPTS, max_new_tokens=6, cache="static")   # prompts padded to 256
     assert static == dynamic and all(dynamic)
+    encoded = [tok(p)["input_ids"] for p in PROMPTS]
+    filled = generate_batch(model, tok, encoded[:2], max_new_tokens=6, cache="static", pad_rows_to=5)
+    assert len(filled.token_ids) == 2 and tok.batch_decode(filled.token_ids, skip_special_tokens=True) == dynamic[:2]
 
 
 def test_options_are_checked():

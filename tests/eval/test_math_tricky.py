@@ -52,6 +52,7 @@ TRICKY = [
     (choice(), "Let me see.\n\nThe answer is (C).\nThe answer is (C).", False, True),  # MAmmoTH's few-shot guard
     (choice(), "Hence 12 cm.\nC", True, True),                              # a bare letter as the last line
     (choice(), "C is the correct answer", True, True),
+    (choice("B"), "Answer: B. Option C is wrong.", False, True),            # MAmmoTH's choice triggers: no "Answer:"
     # --- open numbers (GSM8K) ---------------------------------------------------------------------------------------
     (gsm8k(), "She makes 9 * 2 = $18 every day.\nThe answer is 18", True, True),
     (gsm8k("1234.5"), "The answer is: $1,234.50.", True, True),
@@ -65,6 +66,7 @@ TRICKY = [
     (gsm8k("96"), "Therefore the final answer is $\\boxed{96}$.", True, True),
     (gsm8k(), "The answer is 5. Wait, 5 + 13 = 18.", False, False),         # the first number after the trigger
     (gsm8k("12"), "The answer is 12. Check: 12*2 = 24", True, True),        # bug fix: not the check's 24
+    (gsm8k("5"), "Final Answer: 5\nCheck: 5 + 1 = 6", False, True),          # MAmmoTH: no trigger, last number 6
     # --- NumGLUE: numbers, two options, words -----------------------------------------------------------------------
     (numglue("5"), "The answer is a total of 5 apples.", False, True),      # MAmmoTH: "a" is option A
     (numglue("August"), "He came back 6 months later.\nThe answer is August.", False, True),  # MAmmoTH: numbers only
@@ -90,6 +92,7 @@ TRICKY = [
     (math("2\\sqrt{2}"), "The answer is \\sqrt{8}", True, True),
     (math("\\text{(C)}"), "The answer is \\text{(C)}.", True, True),
     (math("(1,2)"), "The answer is (2,1)", False, False),
+    (math("(1,2)"), "The answer is (1, 2.0)", False, True),                 # strict: element by element
     (math("\\frac{1}{2}"), "cut off \\boxed{\\frac{1}{", False, False),    # a box left open is no answer
 ]
 
