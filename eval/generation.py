@@ -48,22 +48,26 @@ class StopOnStrings(StoppingCriteria):
         self.stop_strings = tuple(stop_strings)
         self.every = max(1, int(every))
         self.done: torch.Tensor | None = None
+        self.on_device: torch.Tensor | None = None   # `done` where the ids are, copied only when it changes
         self.stopped_at: dict[int, int] = {}   # row -> tokens generated when its stop string was seen
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         if self.done is None:
             self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+            self.on_device = self.done.to(input_ids.device)
         steps = input_ids.shape[1] - self.prompt_length
         if steps % self.every == 0:
             rows = (~self.done).nonzero().flatten().tolist()
             if rows:
                 window = input_ids[rows, -min(_STOP_WINDOW_TOKENS, steps):].tolist()
                 texts = self.tokenizer.batch_decode(window, skip_special_tokens=True)
-                for row, text in zip(rows, texts):
-                    if any(stop in text for stop in self.stop_strings):
-                        self.done[row] = True
-                        self.stopped_at[row] = steps
-        return self.done.to(input_ids.device)
+                stopped = [row for row, text in zip(rows, texts) if any(s in text for s in self.stop_strings)]
+                for row in stopped:
+                    self.done[row] = True
+                    self.stopped_at[row] = steps
+                if stopped:
+                    self.on_device = self.done.to(input_ids.device)
+        return self.on_device
 
 
 @dataclasses.dataclass

@@ -3,8 +3,8 @@
 Turn 2 is asked in the same conversation, after the model's own turn-1 answer (as FastChat's gen_model_answer does).
 Questions are batched per sampling temperature, so each `generate` call has one temperature; generation runs on the
 evaluators' shared fast path (eval/generation.py). `sampling="fastchat"` samples with the model's own top_k / top_p
-as FastChat's gen_model_answer does (eval/mtbench/generation.py); the default "pure" uses the temperature alone. Answers are appended
-as each batch finishes; a re-run skips questions already in the file, then the file is rewritten sorted by question
+as FastChat's gen_model_answer does (eval/mtbench/generation.py); the default "pure" uses the temperature alone.
+Answers are appended as each batch finishes; a re-run skips questions already in the file, then the file is rewritten sorted by question
 id with one record per question (FastChat's reorg_answer_file).
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 import eval.math.runner as runner
-from eval.math import DATASETS, build_prompt, evaluate_math, load_items, select_subset
+from eval.math import DATASETS, build_prompt, evaluate_math, evaluate_runs, load_items, select_subset
 from eval.math.__main__ import main
 from eval.generation import BatchOutput
 from eval.math.generation import generate_greedy, prepare_tokenizer
@@ -153,6 +153,10 @@ def test_cli_on_a_run_directory(tiny, tmp_path, capsys):
     saved = json.loads((run / "eval" / "math.json").read_text())
     assert list(saved["datasets"]) == ["numglue", "sat"] and saved["environment"]["device"] == "cpu"
     assert saved["settings"]["model"] == str(run) and (run / "eval" / "math" / "sat.jsonl").is_file()
+    # experiments/run_all.py's hook: the profile's options (datasets, limit, ...) go through to evaluate_source
+    note = evaluate_runs([run], datasets="gsm8k", limit=2, batch_size=2, max_new_tokens=3)
+    assert note.startswith("; math run: ") and "over gsm8k" in note
+    assert list(json.loads((run / "eval" / "math.json").read_text())["datasets"]) == ["gsm8k", "numglue", "sat"]
 
 
 def test_cli_errors_are_one_line(monkeypatch, tmp_path, capsys):
