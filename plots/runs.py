@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +20,11 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.results import STATUSES, read_metrics  # plain file reading; imports no torch
+
+
+# The paper's six math datasets (Table 6) as math_scores() names them: eval.math.PAPER_DATASETS with "sat" shown as
+# "sat_math" (not imported: importing eval.math loads torch, and plots/ never does).
+PAPER_MATH_DATASETS = ("gsm8k", "math", "aqua", "numglue", "sat_math", "mmlu_math")
 
 
 class ResultsError(ValueError):
@@ -199,15 +205,18 @@ class Run:
 
     # --- evaluator outputs -----------------------------------------------------------------------------------
     def math_scores(self) -> dict[str, float] | None:
-        """eval/math.json → {gsm8k, aqua, mmlu_math, sat_math, math, numglue, average} in percent."""
+        """eval/math.json → {gsm8k, aqua, mmlu_math, sat_math, math, numglue, average} in percent. `average` is the
+        paper's: the mean over its six datasets by name, present only when all six were evaluated; other datasets in
+        the file (task files of one's own) are listed under their names and never enter it."""
         doc = self.eval_json("math.json")
         if doc is None:
             return None
         rename = {"sat": "sat_math"}
         out = {rename.get(name, name): float(entry["accuracy_pct"])
                for name, entry in (doc.get("datasets") or {}).items() if entry.get("accuracy_pct") is not None}
-        if doc.get("average_accuracy_pct") is not None and len(out) == 6:
-            out["average"] = float(doc["average_accuracy_pct"])  # only an average over all six is the paper's
+        six = [out.get(name) for name in PAPER_MATH_DATASETS]
+        if all(value is not None for value in six):
+            out["average"] = statistics.fmean(six)
         return out
 
     def mtbench_score(self) -> tuple[float, str] | None:

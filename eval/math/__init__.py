@@ -1,18 +1,19 @@
-"""Math benchmark evaluator: GSM8K, MATH, AQuA, NumGLUE, SAT-Math and MMLU-Math, zero-shot, as in MAmmoTH's math_eval
-(the evaluation the BAdam paper reports for its MathInstruct fine-tunes).
+"""Math benchmark evaluator: GSM8K, MATH, AQuA, NumGLUE, SAT-Math and MMLU-Math (and any dataset described by a task
+file), zero-shot, scored as MAmmoTH's math_eval scores them (the evaluation behind the BAdam paper's Table 6).
 
 Why our own loop and not lm-eval with local task files: lm-eval has no tasks for NumGLUE, SAT-Math, AQuA or
-MMLU-Math in MAmmoTH's chain-of-thought form, and reproducing MAmmoTH's answer extraction (triggers, option letters,
-\\boxed{}, MATH equivalence) would mean custom Python filters for each task anyway; lm-eval is also absent on the
-GPU machines. The loop here is small: transformers `generate` (batched, greedy, left padding), the extraction and
-equivalence rules in `answers.py`, and per-sample JSONL files that make re-runs resume.
+MMLU-Math in MAmmoTH's chain-of-thought form, and reproducing MAmmoTH's answer cleaning (triggers, option letters,
+\\boxed{}, MATH normalisation) would mean custom Python filters for each task anyway; lm-eval is also absent on the
+GPU machines. The loop here is small: batched greedy generation (eval/generation.py), two scorers (`mammoth`, the
+default, and `strict`; README.md lists their differences), and per-sample JSONL files that make re-runs resume.
 
 Python API:
-    from eval.math import evaluate_math, evaluate_source
+    from eval.math import evaluate_source, evaluate_runs, evaluate_math, score_predictions
     evaluate_source("smollm2-135m-instruct", datasets="gsm8k,math", limit=20)     # loads the model, writes results
+    evaluate_source("runs/x", task_files=["svamp.yaml"])                             # a dataset of your own
     evaluate_math(model, tokenizer, out_dir=..., model_name=..., datasets=[...])   # an already loaded model
-CLI: python -m eval.math --model <source or run dir> [--datasets gsm8k,math,...] [--limit N] [--batch-size B]
-     [--max-new-tokens T] [--prompt-style alpaca|chat] [--out DIR]
+    score_predictions(builtin_task("gsm8k"), "preds.jsonl", out="r.json")            # outputs made elsewhere
+CLI: python -m eval.math --help; python -m eval.math score --help
 """
 from __future__ import annotations
 
@@ -23,15 +24,30 @@ from eval.common import is_run_dir, resolve_output_dir
 
 from .answers import extract_choice, extract_latex, extract_number, latex_equal, normalize_latex
 from .prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES, build_prompt
-from .readers import DATASETS, MathDataError, MathItem, check_dataset_names, load_items, select_subset
-from .runner import RESULTS_FILE, evaluate_math, extract_answer, is_correct
+from .readers import DATASETS, MathDataError, MathItem, load_items, read_records, select_subset
+from .runner import RESULTS_FILE, evaluate_math, paper_average, results_file_name
+from .score import PredictionsError, score_predictions
+from .scoring import DEFAULT_SCORING, SCORING_MODES, extract_answer, is_correct, score_output
+from .tasks import (PAPER_DATASETS, MathTaskError, TaskSpec, builtin_names, builtin_task, check_dataset_names,
+                    load_task_file, resolve_tasks)
 
 __all__ = [
-    "DATASETS", "DEFAULT_PROMPT_STYLE", "PROMPT_STYLES", "RESULTS_FILE", "MathDataError", "MathItem",
-    "build_prompt", "check_dataset_names", "evaluate_math", "evaluate_source", "extract_answer", "extract_choice",
-    "extract_latex", "extract_number", "is_correct", "latex_equal", "load_items", "model_location",
-    "normalize_latex", "select_subset",
+    "DATASETS", "DEFAULT_PROMPT_STYLE", "DEFAULT_SCORING", "PAPER_DATASETS", "PROMPT_STYLES", "RESULTS_FILE",
+    "SCORING_MODES", "MathDataError", "MathItem", "MathTaskError", "ModelLoadError", "PredictionsError", "TaskSpec",
+    "build_prompt", "builtin_names", "builtin_task", "check_dataset_names", "evaluate_math", "evaluate_runs",
+    "evaluate_source", "extract_answer", "extract_choice", "extract_latex", "extract_number", "is_correct",
+    "latex_equal", "load_items", "load_task_file", "model_location", "normalize_latex", "paper_average",
+    "read_records", "resolve_tasks", "results_file_name", "score_output", "score_predictions", "select_subset",
 ]
+
+# experiments/run.py saves a run's trained model (LoRA merged) and tokenizer here when output.save_model is on.
+RUN_MODEL_SUBDIR = "model"
+# Rows per generate call when none is given: a GPU decodes 128 rows in about the time of 8.
+DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 128}
+
+
+class ModelLoadError(RuntimeError):
+    """The model source could not be loaded (one line naming the source and the reason)."""
 
 
 def default_device() -> str:
@@ -42,10 +58,6 @@ def default_device() -> str:
 def default_dtype(device: str) -> str:
     """bf16 on GPUs (as the paper); fp32 on CPU, where bf16 matmuls are slower and the models we run are small."""
     return "fp32" if device == "cpu" else "bf16"
-
-
-# experiments/run.py saves a run's trained model (LoRA merged) and tokenizer here when output.save_model is on.
-RUN_MODEL_SUBDIR = "model"
 
 
 def model_location(source: str) -> str:
@@ -59,24 +71,51 @@ def model_location(source: str) -> str:
     return str(folder)
 
 
+def load_for_math(source: str, *, device: str, dtype: str):
+    """(model, tokenizer) of `source` through experiments.models.load_model; failures become ModelLoadError."""
+    from experiments.models import load_model
+
+    try:
+        model, tokenizer = load_model(str(model_location(source)), dtype=dtype, device=device, task="causal_lm")
+    except (OSError, ImportError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"cannot load model {source!r}: {err}") from err
+    if tokenizer is None:
+        raise ModelLoadError(f"model source {source!r} comes without a tokenizer; the math evaluator needs one")
+    return model, tokenizer
+
+
 def evaluate_source(source: str, *, out: str | os.PathLike | None = None, device: str | None = None,
-                    dtype: str | None = None, datasets=DATASETS, **kwargs) -> dict:
-    """Load `source` with experiments.models.load_model (hub id, alias, local folder, run directory, ...) and
+                    dtype: str | None = None, datasets=None, task_files=None, batch_size: int | None = None,
+                    **kwargs) -> dict:
+    """Load `source` with experiments.models.load_model (hub id, alias, local folder, .gguf, run directory, ...) and
     evaluate it; results go to `out`, else `<run_dir>/eval/math.json` for a run directory (eval/common.py).
-    Data files are checked before the model is loaded. Other keyword arguments go to `evaluate_math`."""
+    Tasks and data files are checked before the model is loaded. Other keyword arguments go to `evaluate_math`."""
     import torch
     import transformers
 
-    from experiments.models import load_model
-
-    names = check_dataset_names(datasets)
-    for name in names:  # fail on a missing data file before spending time on the model
-        load_items(name)
+    tasks = resolve_tasks(datasets, task_files)
+    for task in tasks:  # fail on a missing or malformed data file before spending time on the model
+        load_items(task)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    model, tokenizer = load_model(str(model_location(source)), dtype=dtype, device=device, task="causal_lm")
-    if tokenizer is None:
-        raise ValueError(f"model source {source!r} comes without a tokenizer; the math evaluator needs one")
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE.get(device.split(":")[0], 8)
+    model, tokenizer = load_for_math(source, device=device, dtype=dtype)
     info = {"device": device, "dtype": dtype, "torch": torch.__version__, "transformers": transformers.__version__}
-    return evaluate_math(model, tokenizer, out_dir=resolve_output_dir(source, out), model_name=source,
-                         datasets=names, extra_info=info, **kwargs)
+    if device.startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    return evaluate_math(model, tokenizer, out_dir=resolve_output_dir(source, out), model_name=source, tasks=tasks,
+                         batch_size=batch_size, extra_info=info, **kwargs)
+
+
+def evaluate_runs(run_dirs, **options) -> str:
+    """experiments/run_all.py's evaluator hook: evaluate each run directory's saved model into <run_dir>/eval.
+    Options are evaluate_source's (datasets, task_files, limit, batch_size, scoring, ...). Returns a short note."""
+    notes = []
+    for run_dir in run_dirs:
+        results = evaluate_source(str(run_dir), **options)
+        average = results.get("paper_average_pct")
+        shown = f"{average:.1f}% (paper's six)" if average is not None else \
+            f"{results['average_accuracy_pct']:.1f}% over {', '.join(results['averaged_over'])}"
+        notes.append(f"{Path(run_dir).name}: {shown}")
+    return "; math " + "; ".join(notes) if notes else ""

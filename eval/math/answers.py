@@ -1,14 +1,18 @@
-"""Answer extraction from a model's generation, and answer equivalence.
+"""Answer extraction and equivalence of the strict scoring mode (`--scoring strict`), and the number / LaTeX helpers
+both modes use.
 
 Conventions follow MAmmoTH's math_eval (TIGER-AI-Lab/MAmmoTH, `utils.answer_clean` / `data_loader.extract_math_answer`)
-and the MATH paper's `is_equiv` (hendrycks/math): the answer is what follows the LAST "The answer is" trigger (or
-"####"), else the last `\\boxed{}`, else the last number; MATH answers are compared after a LaTeX normalisation
-(\\dfrac -> \\frac, \\left/\\right, degrees, dollars, percent, trailing units, "x = 5" -> "5", \\frac12 -> \\frac{1}{2},
-a/b -> \\frac{a}{b}, spaces). Differences from MAmmoTH, all towards fewer false negatives/positives:
+and the MATH paper's `is_equiv` (hendrycks/math): the answer is what follows the LAST answer trigger ("The answer
+is", "The final answer is", "####", or "Answer:" opening a line), else the last `\\boxed{}`, else the last number;
+MATH answers are compared after a LaTeX normalisation (\\dfrac -> \\frac, \\left/\\right, degrees, dollars, percent,
+trailing units, "x = 5" -> "5", \\frac12 -> \\frac{1}{2}, a/b -> \\frac{a}{b}, spaces). After a trigger the answer ends
+with its sentence ("12. Check: 12*2 = 24" gives 12); a \\boxed{} anywhere after the trigger wins over the trigger's own
+line; a trigger followed by prose is ignored when the output boxes an answer elsewhere. Stricter than MAmmoTH
+(eval/math/mammoth.py; README.md lists every difference with an example):
 - numbers: thousands separators, `$`, unicode minus and trailing units are handled; "0.5" equals "\\frac{1}{2}" (both
   sides are evaluated numerically when they are plain arithmetic: whole numbers must match exactly, others within
   a relative 1e-6);
-- option letters: MAmmoTH upper-cases the text and takes any lone A-E, so the article "a" counts as option A; here a
+- option letters: MAmmoTH upper-cases the text and takes any lone A-J, so the article "a" counts as option A; here a
   letter must stand as an option (in parentheses, after "answer/option/choice", or alone after the trigger) and
   belong to the item's options; if no letter is given, an answer equal to one option's text selects that option;
 - tuples and intervals are compared element by element.
@@ -20,8 +24,15 @@ import math
 import operator
 import re
 
-# "The answer is: 5", "the final answer is 5", "#### 5" (GSM8K's own marker), "Answer: 5".
-_TRIGGER = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*:?|####|\banswer\s*:", re.IGNORECASE)
+# "The answer is: 5", "the final answer is 5", "#### 5" (GSM8K's own marker), "Answer: 5" / "**Final Answer:** 5" at
+# the start of a line. "answer is" alone is prose ("so our answer is correct", "the desired answer is"), and so is
+# "the answer IS a multiple of 3": the verb must be lower-case.
+_TRIGGER = re.compile(r"\b(?:[Tt]he\s+(?:[Ff]inal\s+)?|[Ff]inal\s+)[Aa]nswer\s+is\b\s*:?|####"
+                      r"|^[ \t*#>_-]*(?i:final\s+)?(?i:answer)\s*:", re.MULTILINE)
+# The end of the sentence that states the answer: a period before whitespace (not a decimal point).
+_SENTENCE_END = re.compile(r"\.(?=\s|$)")
+# A trigger followed by this many words is prose ("The final answer is positive, because ..."), not an answer.
+_PROSE_WORDS = 6
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)(?:\s*/\s*-?\d+(?:\.\d+)?)?")
 _REL_TOL = 1e-6
 
@@ -47,12 +58,17 @@ def last_boxed(text: str) -> str | None:
     return None  # unbalanced: the generation was cut off inside the box
 
 
-def answer_segment(generation: str) -> str | None:
-    """The line after the last answer trigger ("The answer is ..."), or None if the generation has no trigger."""
+def _last_trigger(generation: str) -> re.Match | None:
     matches = list(_TRIGGER.finditer(generation))
-    if not matches:
+    return matches[-1] if matches else None
+
+
+def answer_segment(generation: str) -> str | None:
+    """The answer sentence after the last trigger ("The answer is ..."), or None if the generation has no trigger."""
+    trigger = _last_trigger(generation)
+    if trigger is None:
         return None
-    tail = generation[matches[-1].end():]
+    tail = generation[trigger.end():]
     # The answer sits on the trigger's line, or on the next non-empty one ("The answer is:\n18"); a line that
     # opens a brace it does not close continues on the next ("90\text{ square\nunits}").
     segment = ""
@@ -60,7 +76,20 @@ def answer_segment(generation: str) -> str | None:
         segment = f"{segment} {line.strip()}".strip()
         if segment and segment.count("{") <= segment.count("}"):
             break
-    return segment
+    # It ends with its sentence: "12. Check: 12*2 = 24" states 12, the rest is a check.
+    return _SENTENCE_END.split(segment, maxsplit=1)[0].strip()
+
+
+def boxed_after_trigger(generation: str) -> str | None:
+    """The last \\boxed{} after the last trigger, wherever it is ("The answer is:\n\\[ x = \\boxed{5} \\]")."""
+    trigger = _last_trigger(generation)
+    return None if trigger is None else last_boxed(generation[trigger.end():])
+
+
+def _is_prose(segment: str) -> bool:
+    """A sentence of words, not an answer: LaTeX commands and math in $...$ do not count as words."""
+    plain = re.sub(r"\$[^$]*\$|\\[A-Za-z]+", " ", segment)
+    return len(re.findall(r"[A-Za-z]{2,}", plain)) >= _PROSE_WORDS
 
 
 def normalize_number(value: str | float | int) -> str:
@@ -105,11 +134,12 @@ def _clean_numeric_text(text: str) -> str:
 
 
 def extract_number(generation: str) -> str:
-    """The numeric answer of a generation, canonical ("" if none): the first number after the last trigger, else the
-    number in the last \\boxed{}, else the last number of the text (MAmmoTH's order)."""
+    """The numeric answer of a generation, canonical ("" if none): the first number of the answer sentence after the
+    last trigger (or of a \\boxed{} after it), else the number in the last \\boxed{}, else the last number of the
+    text (MAmmoTH's order)."""
     segment = answer_segment(generation)
     if segment is not None:
-        boxed = last_boxed(segment)
+        boxed = boxed_after_trigger(generation)
         candidates = _NUMBER.findall(_after_equals(_clean_numeric_text(boxed if boxed is not None else segment)))
         if candidates:
             return normalize_number(candidates[0].replace(" ", ""))
@@ -157,8 +187,10 @@ def extract_choice(generation: str, choices: dict[str, str]) -> str:
     explicit = [
         rf"\\boxed\{{\s*\(?({cls})\)?\s*\}}",                                  # \boxed{C}, \boxed{(C)}
         rf"\(({cls})\)",                                                        # (C)
-        # option C, answer: C -- the keyword in any case, the letter upper-case only (else "answer is a ..." = A)
-        rf"\b(?i:option|choice|answer)\s*(?i:is\s*)?:?\s*\(?([{letters}])\b(?![-'])",
+        # option C, answer: C, Ans = C -- the keyword in any case, the letter upper-case only (else "answer is a
+        # ..." would be A)
+        rf"\b(?i:option|choice|answer|ans)\s*(?i:is\s*)?[:=.>-]*\s*\(?([{letters}])\b(?![-'])",
+        rf"\b([{letters}])\s+is\s+the\s+(?:(?i:correct|right|best)\s+)?(?i:answer|choice|option)\b",  # D is the answer
     ]
     # Only right after a trigger: "C) 12" and a bare letter. Elsewhere they mostly come from the model listing the
     # options ("A) 8 ... E) 20"), which picks none of them.
@@ -169,6 +201,10 @@ def extract_choice(generation: str, choices: dict[str, str]) -> str:
         found = _first_match(segment, explicit + after_trigger)
         if found:
             return found
+    lines = [line.strip() for line in generation.replace("**", "").split("\n") if line.strip()]
+    bare = re.fullmatch(rf"\(?([{letters}])\)?[.):]?", lines[-1]) if lines else None
+    if bare:                                   # the output ends with the letter alone on its line ("...\nD")
+        return bare.group(1)
     found = _last_match(generation.replace("**", ""), explicit)
     if found:
         return found
@@ -199,22 +235,33 @@ def _match_option_text(text: str, choices: dict[str, str]) -> str:
 
 # --- MATH: LaTeX answers -----------------------------------------------------------------------------------------------
 def extract_latex(generation: str) -> str:
-    """MATH answer as written (not normalised): after the last trigger, else the last \\boxed{}, else the last number."""
+    """MATH answer as written (not normalised): a \\boxed{} after the last trigger, else the trigger's answer
+    sentence (unless it is prose and the output boxes an answer elsewhere), else the last \\boxed{}, else the last
+    number."""
     segment = answer_segment(generation)
     if segment is not None:
-        boxed = last_boxed(segment)
+        boxed = boxed_after_trigger(generation)
         if boxed is not None:
             return boxed
-        segment = segment.strip().rstrip(".").strip()
-        # "The answer is $\frac{1}{2}$." -> "\frac{1}{2}"
-        if segment.startswith("$") and segment.count("$") >= 2:
-            segment = segment.split("$")[1]
-        return segment.strip()
+        if not (_is_prose(segment) and last_boxed(generation) is not None):
+            return strip_math_delimiters(segment.strip().rstrip(".").strip())
     boxed = last_boxed(generation)
     if boxed is not None:
         return boxed
     numbers = _NUMBER.findall(_clean_numeric_text(generation))
     return numbers[-1].replace(" ", "") if numbers else ""
+
+
+# $x$, $$x$$, \(x\), \[x\] at the start of an answer; "\$" inside is an escaped dollar, not a delimiter.
+_MATH_DELIMITED = re.compile(r"^(?:\$\$?((?:\\.|[^$\\])*)\$|\\\((.*?)\\\)|\\\[(.*?)\\\])", re.DOTALL)
+
+
+def strip_math_delimiters(text: str) -> str:
+    """ "$\\frac{1}{2}$" -> "\\frac{1}{2}", "$\\$40$" -> "\\$40" (the escaped dollar is kept for the normalisation)."""
+    found = _MATH_DELIMITED.match(text.strip())
+    if not found:
+        return text.strip()
+    return next(group for group in found.groups() if group is not None).strip()
 
 
 def _fix_fracs(text: str) -> str:

@@ -1,11 +1,13 @@
-"""The evaluation loop: per dataset, generate for the items not done yet, save every sample, score, write math.json.
+"""The evaluation loop: per task, generate for the items not done yet, save every sample, score, write the results.
 
 Files (under the output folder, `<run_dir>/eval` by default, see eval/common.py):
-- `math/<dataset>.jsonl`: one record per item (question, prompt, generation, extracted, gold, correct, ...). A re-run
-  generates only the items missing there, so an interrupted evaluation resumes; records made with other settings
-  (model, prompt style, max_new_tokens) are refused instead of being mixed in.
-- `math.json`: per-dataset accuracy (percent) and their average. Every run re-scores the saved generations with the
-  current extraction code, so the numbers never depend on which version of it first saw a sample.
+- `math/<dataset>.jsonl`: one record per item (question, prompt, generation, new_tokens, extracted, gold, correct,
+  ...). A re-run generates only the items missing there, so an interrupted evaluation resumes; records made with
+  other settings (model, prompt style, max_new_tokens) are refused instead of being mixed in.
+- `math.json` (MAmmoTH scoring, the paper's) or `math_strict.json` (`scoring="strict"`): per-dataset accuracy
+  (percent), generated tokens per second, the paper's six-dataset average and the average over what was evaluated.
+  Every run re-scores the saved generations with the current code, so the numbers never depend on which version of
+  it first saw a sample.
 """
 from __future__ import annotations
 
@@ -21,63 +23,64 @@ from tqdm.auto import tqdm
 
 from eval.common import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 
-from . import answers
-from .generation import generate_greedy, prepare_tokenizer, prompt_lengths
+from eval.generation import check_generation_options
+
+from .generation import GenerationOptions, encode_prompts, generate_encoded, prepare_tokenizer
 from .prompts import DEFAULT_PROMPT_STYLE, adds_special_tokens, build_prompt, check_prompt_style
-from .readers import DATASETS, MathItem, check_dataset_names, load_items, select_subset
+from .readers import MathItem, load_items, select_subset
+from .scoring import DEFAULT_SCORING, check_scoring, score_output
+from .tasks import PAPER_DATASETS, TaskSpec, resolve_tasks
 
 RESULTS_FILE = "math.json"
 SAMPLES_DIR = "math"
 
 
-def extract_answer(item: MathItem, generation: str) -> str:
-    """The answer a generation gives for `item`, in the form its gold answer has."""
-    if item.kind == "choice":
-        return answers.extract_choice(generation, item.choices)
-    if item.kind == "latex":
-        return answers.extract_latex(generation)
-    if item.kind == "text":
-        return answers.extract_text(generation)
-    return answers.extract_number(generation)
+def results_file_name(scoring: str) -> str:
+    """math.json holds the default (MAmmoTH) scoring that the paper's tables read; other modes get their own file."""
+    return RESULTS_FILE if check_scoring(scoring) == DEFAULT_SCORING else f"math_{scoring}.json"
 
 
-def is_correct(item: MathItem, extracted: str) -> bool:
-    if item.kind == "choice":
-        return extracted == item.gold
-    if item.kind == "latex":
-        return answers.latex_equal(extracted, item.gold)
-    if item.kind == "text":
-        return answers.text_correct(extracted, item.gold)
-    return answers.number_correct(extracted, item.gold)
-
-
-def score_record(item: MathItem, record: dict) -> dict:
+def score_record(item: MathItem, record: dict, scoring: str = DEFAULT_SCORING) -> dict:
     """The record with `extracted` and `correct` recomputed from its saved generation."""
-    extracted = extract_answer(item, record["generation"])
-    return {**record, "extracted": extracted, "gold": item.gold, "correct": is_correct(item, extracted)}
+    verdict = score_output(item, record["generation"], scoring)
+    record = {key: value for key, value in record.items() if key != "fallback"}
+    return {**record, **verdict, "gold": item.gold, "scoring": scoring}
 
 
-def evaluate_math(model, tokenizer, *, out_dir: str | os.PathLike, model_name: str,
-                  datasets=DATASETS, limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512,
-                  prompt_style: str = DEFAULT_PROMPT_STYLE, overwrite: bool = False,
-                  extra_info: dict | None = None) -> dict:
-    """Evaluate a loaded causal LM on the math benchmarks; returns (and writes to `out_dir/math.json`) the results.
+def paper_average(accuracies: dict[str, float]) -> float | None:
+    """The paper's average: over its six datasets by name, None unless all six are there (others are ignored)."""
+    if not all(name in accuracies for name in PAPER_DATASETS):
+        return None
+    return statistics.fmean(accuracies[name] for name in PAPER_DATASETS)
 
+
+def evaluate_math(model, tokenizer, *, out_dir: str | os.PathLike, model_name: str, datasets=None, task_files=None,
+                  tasks: list[TaskSpec] | None = None, limit: int | None = None, batch_size: int = 8,
+                  max_new_tokens: int = 512, prompt_style: str = DEFAULT_PROMPT_STYLE,
+                  scoring: str = DEFAULT_SCORING, cache: str = "dynamic", compile: bool = False,
+                  overwrite: bool = False, extra_info: dict | None = None, on_batch=None) -> dict:
+    """Evaluate a loaded causal LM on math tasks; returns (and writes to `out_dir`) the results.
+
+    Tasks: built-in `datasets` by name and/or `task_files` (YAML), or ready `tasks`; none given: the paper's six.
     `limit` takes that many items per dataset, spread evenly over the file. `model_name` identifies the model in the
     saved records (resuming with a different one is refused). `overwrite` discards earlier samples.
+    `on_batch(dataset_name, batch_output)` is called after every generated batch (benchmarks time batches with it).
     """
-    names = check_dataset_names(datasets)
+    tasks = tasks if tasks is not None else resolve_tasks(datasets, task_files)
     check_prompt_style(prompt_style)
+    check_scoring(scoring)
+    check_generation_options(cache, compile)
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
+    options = GenerationOptions(max_new_tokens=int(max_new_tokens), cache=cache, compile=compile,
+                                batch_rows=batch_size)
     out_dir = Path(out_dir)
     settings = {"model": str(model_name), "prompt_style": prompt_style, "max_new_tokens": int(max_new_tokens)}
     # Load every dataset first, so a missing file fails before any generation time is spent.
-    selected = {name: select_subset(load_items(name), limit) for name in names}
-
-    paths = {name: out_dir / SAMPLES_DIR / f"{name}.jsonl" for name in names}
+    selected = {task.name: select_subset(load_items(task), limit) for task in tasks}
+    paths = {task.name: out_dir / SAMPLES_DIR / f"{task.name}.jsonl" for task in tasks}
     # Check every saved file before generating, so a mismatch in the last dataset does not surface after hours.
-    saved = {name: _previous_records(paths[name], settings, overwrite) for name in names}
+    saved = {name: _previous_records(paths[name], settings, overwrite) for name in selected}
 
     tok = prepare_tokenizer(tokenizer)
     was_training = model.training
@@ -85,18 +88,20 @@ def evaluate_math(model, tokenizer, *, out_dir: str | os.PathLike, model_name: s
     started = time.perf_counter()
     per_dataset, generated_now = {}, 0
     try:
-        for name in names:
+        for name, items in selected.items():
             records = saved[name]
-            todo = [item for item in selected[name] if item.index not in records]
-            for record in _generate_records(model, tok, todo, settings, batch_size, name, paths[name]):
+            todo = [item for item in items if item.index not in records]
+            for record in _generate_records(model, tok, todo, settings, options, batch_size, name, paths[name],
+                                            scoring, on_batch):
                 records[record["index"]] = record
                 generated_now += 1
-            per_dataset[name] = _score_dataset(selected[name], records, paths[name], out_dir)
+            per_dataset[name] = _score_dataset(items, records, paths[name], out_dir, scoring)
             per_dataset[name]["generated_now"] = len(todo)
     finally:
         model.train(was_training)
     wall_time = time.perf_counter() - started
-    return _write_results(out_dir, per_dataset, settings, limit=limit, batch_size=batch_size,
+    generation = {"batch_size": batch_size, "cache": cache, "compile": compile}
+    return _write_results(out_dir, per_dataset, settings, scoring=scoring, limit=limit, generation=generation,
                           generated_now=generated_now, wall_time_s=wall_time, extra_info=extra_info)
 
 
@@ -114,70 +119,88 @@ def _previous_records(samples_path: Path, settings: dict, overwrite: bool) -> di
     return records
 
 
-def _generate_records(model, tok, todo: list[MathItem], settings: dict, batch_size: int, name: str,
-                      samples_path: Path):
+def _generate_records(model, tok, todo: list[MathItem], settings: dict, options: GenerationOptions, batch_size: int,
+                      name: str, samples_path: Path, scoring: str, on_batch=None):
     """Yield one record per item; each batch is appended to the samples file as soon as it is generated, so a crash
     or kill loses at most the batch in flight."""
     if not todo:
         return
     style = settings["prompt_style"]
-    special = adds_special_tokens(style)
     prompts = {item.index: build_prompt(item, style, tok) for item in todo}
+    encoded = dict(zip(prompts, encode_prompts(tok, list(prompts.values()), adds_special_tokens(style))))
     # Longest prompts first: batches of similar length waste less padding, and an out-of-memory shows up at once.
-    lengths = prompt_lengths(tok, [prompts[item.index] for item in todo], special)
-    order = [item for _, item in sorted(zip(lengths, todo), key=lambda pair: -pair[0])]
+    order = sorted(todo, key=lambda item: -len(encoded[item.index]))
     with tqdm(total=len(order), desc=f"math/{name}", unit="item") as bar:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            batch_start = time.perf_counter()
-            texts = generate_greedy(model, tok, [prompts[item.index] for item in batch],
-                                    max_new_tokens=settings["max_new_tokens"], add_special_tokens=special)
+            texts, out = generate_encoded(model, tok, [encoded[item.index] for item in batch], options)
+            if on_batch is not None:
+                on_batch(name, out)
             # Each record keeps its share of the batch's time, so a dataset's generation time survives resumes.
-            seconds_each = (time.perf_counter() - batch_start) / len(batch)
+            seconds_each = out.seconds / len(batch)
             records = []
-            for item, text in zip(batch, texts):
+            for item, text, new_tokens in zip(batch, texts, out.new_tokens):
                 record = {"dataset": name, "index": item.index, "question": item.question,
-                          "prompt": prompts[item.index], "generation": text, "generation_s": seconds_each,
-                          "settings": settings, **item.meta}
-                records.append(score_record(item, record))
+                          "prompt": prompts[item.index], "generation": text, "new_tokens": new_tokens,
+                          "generation_s": seconds_each, "settings": settings, **item.meta}
+                records.append(score_record(item, record, scoring))
             append_jsonl(samples_path, records)
             bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{out.total_new_tokens / out.seconds:.0f}" if out.seconds else "-")
             yield from records
 
 
-def _score_dataset(items: list[MathItem], records: dict[int, dict], samples_path: Path,
-                   out_dir: Path) -> dict:
+def _score_dataset(items: list[MathItem], records: dict[int, dict], samples_path: Path, out_dir: Path,
+                   scoring: str) -> dict:
     """Re-score the selected items from their saved generations; rewrite the samples file in index order."""
     by_index = {item.index: item for item in items}
-    rescored = {idx: (score_record(by_index[idx], rec) if idx in by_index else rec) for idx, rec in records.items()}
+    rescored = {idx: (score_record(by_index[idx], rec, scoring) if idx in by_index else rec)
+                for idx, rec in records.items()}
     write_jsonl_atomic(samples_path, [rescored[idx] for idx in sorted(rescored)])
-    correct = sum(bool(rescored[item.index]["correct"]) for item in items)
+    chosen = [rescored[item.index] for item in items]
+    correct = sum(bool(record["correct"]) for record in chosen)
     total = len(items)
-    generation_s = sum(rescored[item.index].get("generation_s", 0.0) for item in items)
+    generation_s = sum(record.get("generation_s", 0.0) for record in chosen)
+    new_tokens = sum(record.get("new_tokens", 0) for record in chosen)
+    try:
+        samples_file = str(samples_path.relative_to(out_dir))
+    except ValueError:
+        samples_file = str(samples_path)
     return {"accuracy_pct": 100.0 * correct / total if total else 0.0, "correct": correct, "total": total,
-            "generation_s": round(generation_s, 2), "samples_file": str(samples_path.relative_to(out_dir))}
+            "generation_s": round(generation_s, 2), "new_tokens": new_tokens,
+            "tokens_per_s": round(new_tokens / generation_s, 1) if generation_s > 0 else None,
+            "samples_file": samples_file}
 
 
-def _write_results(out_dir: Path, per_dataset: dict, settings: dict, **info) -> dict:
-    """Merge into an existing math.json (datasets evaluated in earlier calls with the same settings are kept)."""
-    path = out_dir / RESULTS_FILE
+def _write_results(out_dir: Path, per_dataset: dict, settings: dict, *, scoring: str, **info) -> dict:
+    """Merge into an existing results file (datasets evaluated in earlier calls with the same settings are kept)."""
+    path = out_dir / results_file_name(scoring)
     previous = {}
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("settings") == settings:
+        if old.get("settings") == settings and old.get("scoring") == scoring:
             previous = old.get("datasets", {})
     merged = {**previous, **per_dataset}
-    ordered = {name: merged[name] for name in DATASETS if name in merged}
+    ordered = {name: merged[name] for name in PAPER_DATASETS if name in merged}
+    ordered.update({name: entry for name, entry in merged.items() if name not in ordered})
+    accuracies = {name: entry["accuracy_pct"] for name, entry in ordered.items()}
+    generation_s = sum(d.get("generation_s", 0.0) for d in ordered.values())
+    new_tokens = sum(d.get("new_tokens", 0) for d in ordered.values())
     extra = info.pop("extra_info") or {}
     results = {
         "evaluator": "math",
         "results_file": str(path),
+        "scoring": scoring,
         "settings": settings,
         "datasets": ordered,
-        "average_accuracy_pct": statistics.fmean(d["accuracy_pct"] for d in ordered.values()) if ordered else None,
+        "paper_average_pct": paper_average(accuracies),
+        "paper_datasets": list(PAPER_DATASETS),
+        "average_accuracy_pct": statistics.fmean(accuracies.values()) if accuracies else None,
         "averaged_over": list(ordered),
         # generation time of all scored samples, whichever call produced them (wall_time_s: this call only)
-        "generation_s": round(sum(d.get("generation_s", 0.0) for d in ordered.values()), 2),
+        "generation_s": round(generation_s, 2),
+        "new_tokens": new_tokens,
+        "tokens_per_s": round(new_tokens / generation_s, 1) if generation_s > 0 else None,
         **info,
         "environment": {"python": platform.python_version(), "hostname": platform.node(), **extra},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--max-new-tokens", type=int, default=1024, help="per turn (FastChat default 1024)")
     answer.add_argument("--temperature", choices=["fastchat", "greedy"], default="fastchat",
                         help="fastchat: per-category table (writing/roleplay 0.7, stem/humanities 0.1, else 0)")
+    answer.add_argument("--sampling", choices=["pure", "fastchat"], default="pure",
+                        help="pure: temperature only (default); fastchat: also the model's own top_k / top_p, as "
+                             "FastChat's gen_model_answer (eval/mtbench/generation.py)")
     answer.add_argument("--batch-size", type=int, default=8)
     answer.add_argument("--num-choices", type=int, default=1)
     answer.add_argument("--seed", type=int, default=0)
@@ -115,7 +118,8 @@ def run_answer(args) -> dict:
     model, tokenizer = load_model_for_answers(args.model, dtype=args.dtype, device=args.device)
     info = generate_answers(model, tokenizer, questions, answer_file_path(out, model_id), model_id=model_id,
                             max_new_tokens=args.max_new_tokens, temperature_mode=args.temperature,
-                            batch_size=args.batch_size, num_choices=args.num_choices, seed=args.seed)
+                            batch_size=args.batch_size, num_choices=args.num_choices, seed=args.seed,
+                            sampling=args.sampling)
     print(f"answers: {info['answer_file']} ({info['questions_generated']} generated, "
           f"{info['questions_skipped_done']} already done, {info['wall_s']:.1f} s)")
     return info

@@ -1,8 +1,10 @@
 """Step 1 of MT-bench: a model answers the 80 two-turn questions, written in FastChat's answer JSONL format.
 
 Turn 2 is asked in the same conversation, after the model's own turn-1 answer (as FastChat's gen_model_answer does).
-Questions are batched per sampling temperature, so each `generate` call has one temperature. Answers are appended
-as each batch finishes; a re-run skips questions already in the file, then the file is rewritten sorted by question
+Questions are batched per sampling temperature, so each `generate` call has one temperature; generation runs on the
+evaluators' shared fast path (eval/generation.py). `sampling="fastchat"` samples with the model's own top_k / top_p
+as FastChat's gen_model_answer does (eval/mtbench/generation.py); the default "pure" uses the temperature alone.
+Answers are appended as each batch finishes; a re-run skips questions already in the file, then the file is rewritten sorted by question
 id with one record per question (FastChat's reorg_answer_file).
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tqdm.auto import tqdm
 from eval.common import is_run_dir
 from eval.mtbench.data import (MTBenchError, append_jsonl, load_answers, question_temperature, write_json_atomic,
                                write_jsonl_atomic)
-from eval.mtbench.generation import generate_chat_batch
+from eval.mtbench.generation import SAMPLING_SETTINGS, generate_chat_batch
 
 
 def answer_info_path(answer_file: str | os.PathLike) -> Path:
@@ -28,8 +30,11 @@ def answer_info_path(answer_file: str | os.PathLike) -> Path:
     return answer_file.with_name(answer_file.name[: -len(".jsonl")] + ".info.json")
 
 
-def _check_options(max_new_tokens: int, batch_size: int, num_choices: int, temperature_mode: str) -> None:
+def _check_options(max_new_tokens: int, batch_size: int, num_choices: int, temperature_mode: str,
+                   sampling: str = "pure") -> None:
     problems = []
+    if sampling not in SAMPLING_SETTINGS:
+        problems.append(f"sampling must be one of {', '.join(SAMPLING_SETTINGS)} (got {sampling!r})")
     if max_new_tokens < 1:
         problems.append(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
     if batch_size < 1:
@@ -42,7 +47,7 @@ def _check_options(max_new_tokens: int, batch_size: int, num_choices: int, tempe
 
 
 def _answer_batch(model, tokenizer, batch: list[dict], *, temperature: float, max_new_tokens: int,
-                  num_choices: int, seed: int, bar) -> tuple[list[list[dict]], int]:
+                  num_choices: int, seed: int, bar, sampling: str = "pure") -> tuple[list[list[dict]], int]:
     """All turns of every question in `batch`, `num_choices` times; returns choices per question and new tokens."""
     choices: list[list[dict]] = [[] for _ in batch]
     new_tokens = 0
@@ -55,7 +60,7 @@ def _answer_batch(model, tokenizer, batch: list[dict], *, temperature: float, ma
             for i in active:
                 conversations[i].append({"role": "user", "content": batch[i]["turns"][turn]})
             out = generate_chat_batch(model, tokenizer, [conversations[i] for i in active],
-                                      max_new_tokens=max_new_tokens, temperature=temperature)
+                                      max_new_tokens=max_new_tokens, temperature=temperature, sampling=sampling)
             new_tokens += sum(out.new_tokens)
             for i, text in zip(active, out.texts):
                 conversations[i].append({"role": "assistant", "content": text})
@@ -68,13 +73,14 @@ def _answer_batch(model, tokenizer, batch: list[dict], *, temperature: float, ma
 
 def generate_answers(model, tokenizer, questions: list[dict], answer_file: str | os.PathLike, *, model_id: str,
                      max_new_tokens: int = 1024, temperature_mode: str = "fastchat", batch_size: int = 8,
-                     num_choices: int = 1, seed: int = 0, progress: bool = True) -> dict:
+                     num_choices: int = 1, seed: int = 0, progress: bool = True, sampling: str = "pure") -> dict:
     """Answer every question not yet in `answer_file`; returns (and writes beside the file) a run summary.
 
     temperature_mode: 'fastchat' (per-category table of FastChat's common.py) or 'greedy' (temperature 0 for all).
     max_new_tokens: per turn (FastChat's default is 1024).
+    sampling: 'pure' (temperature only) or 'fastchat' (the model's own top_k / top_p, as FastChat).
     """
-    _check_options(max_new_tokens, batch_size, num_choices, temperature_mode)
+    _check_options(max_new_tokens, batch_size, num_choices, temperature_mode, sampling)
     answer_file = Path(answer_file)
     done = set(load_answers(answer_file)) if answer_file.exists() else set()
     todo = [q for q in questions if q["question_id"] not in done]
@@ -99,7 +105,7 @@ def generate_answers(model, tokenizer, questions: list[dict], answer_file: str |
                     batch = group[first: first + batch_size]
                     choices, tokens = _answer_batch(model, tokenizer, batch, temperature=temperature,
                                                     max_new_tokens=max_new_tokens, num_choices=num_choices,
-                                                    seed=seed + first, bar=bar)
+                                                    seed=seed + first, bar=bar, sampling=sampling)
                     new_tokens += tokens
                     for q, q_choices in zip(batch, choices):
                         # FastChat draws answer_id with shortuuid; any unique string will do, and the stdlib's
@@ -116,7 +122,8 @@ def generate_answers(model, tokenizer, questions: list[dict], answer_file: str |
         write_jsonl_atomic(answer_file, [answers[qid] for qid in sorted(answers)])
     info = {"model_id": model_id, "answer_file": str(answer_file), "questions_requested": len(questions),
             "questions_generated": len(todo), "questions_skipped_done": len(questions) - len(todo),
-            "max_new_tokens": max_new_tokens, "temperature_mode": temperature_mode, "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens, "temperature_mode": temperature_mode, "sampling": sampling,
+            "batch_size": batch_size,
             "num_choices": num_choices, "seed": seed, "wall_s": round(wall_s, 3), "new_tokens": new_tokens,
             "new_tokens_per_s": round(new_tokens / wall_s, 2) if wall_s > 0 and new_tokens else None,
             "device": str(next(model.parameters()).device), "dtype": str(next(model.parameters()).dtype)}

@@ -1,18 +1,27 @@
-"""Batched chat generation with a local Hugging Face causal LM (used for answers and for a local judge).
+"""Batched chat generation with a local Hugging Face causal LM (used for answers and for a local judge), on the
+evaluators' shared fast path (eval/generation.py).
 
 Conversations are rendered with the tokenizer's own chat template, left-padded into one batch and decoded up to the
 first end-of-turn token, the way FastChat's gen_model_answer cuts at its template's stop tokens.
+
+Sampling (temperature > 0), two settings:
+- "pure" (default): pure temperature sampling, no top-k / top-p, so answers do not depend on a checkpoint's shipped
+  generation defaults;
+- "fastchat": what FastChat's gen_model_answer does: it calls `model.generate(do_sample=True, temperature=t)`, so the
+  model's own generation config supplies top_k, top_p, repetition_penalty ... (transformers' defaults, top_k=50 and
+  top_p=1.0, where the checkpoint sets none). Use it to reproduce FastChat's answers for a given checkpoint.
+Below a temperature of 1e-4 both decode greedily, as FastChat does.
 """
 from __future__ import annotations
 
 import dataclasses
 
-import torch
-
+from eval.generation import GREEDY_BELOW_TEMPERATURE, end_token_ids, generate_batch
 from eval.mtbench.data import MTBenchError
 
-# gen_model_answer.py samples only when the temperature is above this; below it decodes greedily.
-GREEDY_BELOW_TEMPERATURE = 1e-4
+SAMPLING_SETTINGS = {"pure": "pure", "fastchat": "model"}   # MT-bench name -> eval.generation's sampling mode
+__all__ = ["GREEDY_BELOW_TEMPERATURE", "SAMPLING_SETTINGS", "BatchOutput", "generate_chat_batch", "render_chat",
+           "stop_token_ids"]
 
 
 @dataclasses.dataclass
@@ -61,59 +70,22 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
 
 def stop_token_ids(model, tokenizer) -> list[int]:
     """End-of-turn ids: the tokenizer's eos plus every eos the model's generation config lists (e.g. <|eot_id|>)."""
-    ids: set[int] = set()
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (tokenizer.eos_token_id, config_eos):
-        if value is None:
-            continue
-        ids.update(value if isinstance(value, (list, tuple)) else [value])
-    return sorted(ids)
+    return end_token_ids(model, tokenizer)
 
 
-def _left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, width - len(seq):] = 1
-    return input_ids, attention_mask
-
-
-@torch.inference_mode()
 def generate_chat_batch(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
-                        temperature: float = 0.0) -> BatchOutput:
-    """Generate one reply per conversation in a single left-padded `generate` call.
-
-    Sampling is pure temperature sampling (no top-k / top-p) so results do not depend on a model's shipped
-    generation defaults; the caller seeds torch when it wants reproducible samples.
-    """
-    from transformers import GenerationConfig
-
+                        temperature: float = 0.0, sampling: str = "pure", cache: str = "dynamic",
+                        compile: bool = False) -> BatchOutput:
+    """Generate one reply per conversation in a single left-padded `generate` call; the caller seeds torch when it
+    wants reproducible samples."""
     if max_new_tokens < 1:
         raise MTBenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if sampling not in SAMPLING_SETTINGS:
+        raise MTBenchError(f"unknown sampling {sampling!r}; valid choices: {', '.join(SAMPLING_SETTINGS)}")
     if not conversations:
         return BatchOutput([], [])
     encoded = [prompt_ids(tokenizer, conv) for conv in conversations]
-    stops = stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
-    input_ids, attention_mask = _left_pad(encoded, pad_id)
-    device = next(model.parameters()).device
-
-    sample = temperature > GREEDY_BELOW_TEMPERATURE
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=pad_id,
-                              eos_token_id=stops or None, num_beams=1,
-                              **({"temperature": float(temperature), "top_k": 0, "top_p": 1.0} if sample else {}))
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                            generation_config=config)
-    generated = output[:, input_ids.shape[1]:].tolist()
-
-    texts, counts = [], []
-    stop_set = set(stops)
-    for row in generated:
-        end = next((i for i, tok in enumerate(row) if tok in stop_set), None)
-        kept = row if end is None else row[:end]
-        texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
-        counts.append(len(row) if end is None else end + 1)
-    return BatchOutput(texts, counts)
+    out = generate_batch(model, tokenizer, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
+                         sampling=SAMPLING_SETTINGS[sampling], cache=cache, compile=compile)
+    texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out.token_ids]
+    return BatchOutput(texts, out.new_tokens)

@@ -1,7 +1,9 @@
 """SuperGLUE metrics, as defined by the benchmark (Wang et al., 2019, "SuperGLUE", Table 1):
 
 - accuracy: BoolQ, COPA, RTE, WiC, WSC;
-- CB: accuracy and F1 macro-averaged over its 3 classes;
+- CB: accuracy and F1 macro-averaged over the classes present in the labels or the predictions (what sklearn's
+  `f1_score(average="macro")` does, and jiant, which the BAdam paper used, calls it): a class that neither occurs
+  nor is predicted in the evaluated examples does not count as a zero;
 - MultiRC: F1a (binary F1 over all answer options pooled) and EM (share of questions whose options are all right).
 
 Tasks with two metrics get `score` = their mean, the single number the SuperGLUE leaderboard (and jiant, which the
@@ -38,8 +40,11 @@ def f1_for_class(predictions: Sequence[int], labels: Sequence[int], positive: in
     return 100.0 * 2 * tp / (2 * tp + fp + fn)
 
 
-def macro_f1(predictions: Sequence[int], labels: Sequence[int], num_labels: int) -> float:
-    return sum(f1_for_class(predictions, labels, c) for c in range(num_labels)) / num_labels
+def macro_f1(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    """Mean F1 over the classes that occur in `labels` or `predictions` (sklearn's macro average)."""
+    _check_lengths(predictions, labels)
+    classes = sorted(set(labels) | set(predictions))
+    return sum(f1_for_class(predictions, labels, c) for c in classes) / len(classes)
 
 
 def multirc_exact_match(predictions: Sequence[int], labels: Sequence[int], groups: Sequence[str]) -> float:
@@ -59,7 +64,7 @@ def task_metrics(task: str, predictions: Sequence[int], labels: Sequence[int],
     spec = get_task(task)
     if spec.name == "cb":
         values = {"accuracy": accuracy(predictions, labels),
-                  "macro_f1": macro_f1(predictions, labels, spec.num_labels)}
+                  "macro_f1": macro_f1(predictions, labels)}
     elif spec.name == "multirc":
         if groups is None or any(g is None for g in groups):
             raise ValueError("MultiRC needs the question id of every answer option (groups) for exact match")

@@ -1,4 +1,5 @@
-"""Answer extraction and equivalence of eval.math on hand-written tricky generations (no model, no data files)."""
+"""The strict scorer's answer extraction and equivalence (eval/math/answers.py) on hand-written generations, including
+the three extraction bugs of the audit (no model, no data files). Both modes side by side: test_math_tricky.py."""
 from __future__ import annotations
 
 import pytest
@@ -27,6 +28,9 @@ NUMBER_CASES = [
     ("I am not sure.", ""),
     ("**Answer:** 64", "64"),                                      # markdown "Answer:" line
     ("The answer is 25%.", "25"),
+    ("The answer is 12. Check: 12*2 = 24", "12"),                   # the answer sentence, not the check after it
+    ("The answer is:\n\\[ 6 + 4 = \\boxed{10} \\]", "10"),        # a box on a later line than the trigger
+    ("Thus 7 + 3 = 10, and our answer is correct.", "10"),          # "our answer is" is prose, not a trigger
 ]
 
 
@@ -65,6 +69,11 @@ CHOICE_CASES = [
     ("I cannot decide between them.", ""),
     ("The options are A) 5 B) 6 C) 12 D) 1/2 E) none", ""),           # listing the options picks none
     ("### Answer:\nB: 6", "B"),                                       # "B: 6" right after the trigger
+    ("5sqrt(10) is the diameter.\nanswer = B", "B"),                  # AQuA rationales' own ways of naming it
+    ("(4 + 6) = 10 ANS:D", "D"),
+    ("So 40 sales\nD is the correct choice", "D"),
+    ("x = 230\nB", "B"),                                              # the letter alone on the last line
+    ("The answer is (B). It is not (C).", "B"),                       # the answer sentence ends at its period
 ]
 
 
@@ -89,6 +98,14 @@ LATEX_EXTRACTION_CASES = [
     ("We find x = 5, so 7 apples", "7"),                                     # no trigger, no box: last number
     ("\\boxed 5$ is it", "5"),
     ("cut off \\boxed{\\frac{1}{", "1"),                         # unbalanced box is ignored: last number
+    ("The answer is $\\$40$.", "\\$40"),                          # dollars inside math delimiters (was "\\")
+    ("The answer is \\(\\frac{3}{4}\\).", "\\frac{3}{4}"),
+    ("The answer is 12. Check: $12 \\cdot 2 = 24$", "12"),
+    ("so our answer is correct.\n$\\boxed{4}$", "4"),                # prose is no trigger: the box counts
+    ("The answer IS a multiple of 3, so \\boxed{42}", "42"),
+    ("$=\\boxed{\\frac{130}{231}}$. The final answer is positive, because two of the three numbers are negative.",
+     "\\frac{130}{231}"),                                               # a trigger followed by prose: the box wins
+    ("The desired answer is \\begin{align*}\n&= 1024 - 56 \\\\\n&= \\boxed{968}.\n\\end{align*}", "968"),
 ]
 
 
@@ -102,6 +119,8 @@ def test_last_boxed_and_segment():
     assert last_boxed("\\fbox{7}") == "7"
     assert answer_segment("no trigger") is None
     assert answer_segment("The answer is:\n\n18\nmore text") == "18"
+    assert answer_segment("The answer is 3.5. Then more.") == "3.5"      # a decimal point ends no sentence
+    assert answer_segment("so our answer is right") is None and answer_segment("Final Answer: 7") == "7"
 
 
 # --- MATH: equivalence ---------------------------------------------------------------------------------------------------

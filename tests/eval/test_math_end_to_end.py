@@ -1,5 +1,6 @@
 """eval.math end to end with a tiny random Llama and the real SmolLM2 tokenizer: all six datasets, saved samples,
-resume after an interruption, settings checks, left-padded batching, and the CLI's one-line errors."""
+token counts, resume after an interruption, settings checks, left-padded batching, and the CLI's one-line errors
+with their exit status (2: usage, 1: run failure)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,12 @@ import statistics
 import pytest
 
 import eval.math.runner as runner
-from eval.math import DATASETS, build_prompt, evaluate_math, load_items, select_subset
+from eval.math import DATASETS, build_prompt, evaluate_math, evaluate_runs, load_items, select_subset
 from eval.math.__main__ import main
+from eval.generation import BatchOutput
 from eval.math.generation import generate_greedy, prepare_tokenizer
+from eval.math.scoring import score_output
+from tests.eval.math_stubs import NoModel, tokenizer_stub
 from experiments.models import load_model
 
 MODEL_NAME = "random:tiny-llama"
@@ -38,7 +42,9 @@ def test_all_datasets_end_to_end_then_resume(tiny, tmp_path):
     results = evaluate_math(model, tokenizer, out_dir=tmp_path, model_name=MODEL_NAME, **FAST)
     saved = json.loads((tmp_path / "math.json").read_text())
     assert saved["datasets"] == results["datasets"] and list(saved["datasets"]) == list(DATASETS)
-    assert saved["generated_now"] == 30 and saved["generation_s"] > 0
+    assert saved["generated_now"] == 30 and saved["generation_s"] > 0 and saved["scoring"] == "mammoth"
+    assert saved["paper_average_pct"] == pytest.approx(saved["average_accuracy_pct"])
+    assert saved["new_tokens"] > 0 and saved["tokens_per_s"] > 0
     for name in DATASETS:
         entry = saved["datasets"][name]
         records = _samples(tmp_path, name)
@@ -47,9 +53,13 @@ def test_all_datasets_end_to_end_then_resume(tiny, tmp_path):
         for record, item in zip(records, expected_items):
             assert {"question", "prompt", "generation", "extracted", "gold", "correct"} <= set(record)
             assert record["gold"] == item.gold and record["prompt"] == build_prompt(item, "alpaca")
-            assert record["correct"] == runner.is_correct(item, runner.extract_answer(item, record["generation"]))
+            verdict = score_output(item, record["generation"], "mammoth")
+            assert record["correct"] == verdict["correct"] and record["extracted"] == verdict["extracted"]
+            assert 1 <= record["new_tokens"] <= FAST["max_new_tokens"]
         assert entry["total"] == 5 and entry["correct"] == sum(r["correct"] for r in records)
         assert entry["accuracy_pct"] == pytest.approx(100 * entry["correct"] / 5)
+        assert entry["new_tokens"] == sum(r["new_tokens"] for r in records)
+        assert entry["tokens_per_s"] == pytest.approx(entry["new_tokens"] / entry["generation_s"], rel=0.1)
     assert saved["average_accuracy_pct"] == pytest.approx(
         statistics.fmean(d["accuracy_pct"] for d in saved["datasets"].values()))
 
@@ -85,18 +95,25 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
 
 
 def test_generations_are_routed_to_their_items(monkeypatch, tmp_path):
-    """With an oracle in place of the model every item scores: prompts sorted by length for batching still get
-    their own answers back, for every dataset's gold format."""
+    """With an oracle in place of the model every item scores in both modes: prompts sorted by length for batching
+    still get their own answers back, for every dataset's gold format."""
     gold_by_prompt = {build_prompt(item, "alpaca"): item.gold
                       for name in DATASETS for item in select_subset(load_items(name), 7)}
+    tokenizer = tokenizer_stub()
 
-    def oracle(model, tokenizer, prompts, **kwargs):
-        return [f"Some reasoning with 3 numbers 4.\nThe answer is {gold_by_prompt[p]}." for p in prompts]
+    def oracle(model, tok, encoded, options):
+        texts = [f"Some reasoning with 3 numbers 4.\nThe answer is {gold_by_prompt[tok.texts[ids[0]]]}."
+                 for ids in encoded]
+        return texts, BatchOutput([[1, 2]] * len(encoded), [2] * len(encoded), 0.01)
 
-    monkeypatch.setattr(runner, "generate_greedy", oracle)
-    results = evaluate_math(_NoModel(), _tokenizer_stub(), out_dir=tmp_path, model_name="oracle", limit=7,
-                            batch_size=3)
-    assert {name: entry["accuracy_pct"] for name, entry in results["datasets"].items()} == {n: 100.0 for n in DATASETS}
+    monkeypatch.setattr(runner, "generate_encoded", oracle)
+    for scoring in ("mammoth", "strict"):
+        results = evaluate_math(NoModel(), tokenizer, out_dir=tmp_path, model_name="oracle", limit=7, batch_size=3,
+                                scoring=scoring)
+        assert {name: entry["accuracy_pct"] for name, entry in results["datasets"].items()} == \
+            {n: 100.0 for n in DATASETS}
+        assert results["paper_average_pct"] == 100.0 and results["scoring"] == scoring
+    assert (tmp_path / "math.json").is_file() and (tmp_path / "math_strict.json").is_file()
 
 
 def test_left_padded_batch_matches_single_prompts(tiny):
@@ -136,43 +153,33 @@ def test_cli_on_a_run_directory(tiny, tmp_path, capsys):
     saved = json.loads((run / "eval" / "math.json").read_text())
     assert list(saved["datasets"]) == ["numglue", "sat"] and saved["environment"]["device"] == "cpu"
     assert saved["settings"]["model"] == str(run) and (run / "eval" / "math" / "sat.jsonl").is_file()
+    # experiments/run_all.py's hook: the profile's options (datasets, limit, ...) go through to evaluate_source
+    note = evaluate_runs([run], datasets="gsm8k", limit=2, batch_size=2, max_new_tokens=3)
+    assert note.startswith("; math run: ") and "over gsm8k" in note
+    assert list(json.loads((run / "eval" / "math.json").read_text())["datasets"]) == ["gsm8k", "numglue", "sat"]
 
 
 def test_cli_errors_are_one_line(monkeypatch, tmp_path, capsys):
-    monkeypatch.undo()
-    assert main(["--model", str(tmp_path / "no_such_model"), "--datasets", "sat", "--out", str(tmp_path)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("error: cannot load model") and "\n" not in error
+    def error_line():
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("error: ") and "\n" not in error
+        return error
+
+    assert main(["--model", str(tmp_path / "no_such_model"), "--datasets", "sat", "--out", str(tmp_path)]) == 1
+    assert error_line().startswith("error: cannot load model")
     (tmp_path / "config.yaml").write_text("{}")                      # a run directory without a saved model
-    assert main(["--model", str(tmp_path), "--datasets", "sat"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert "has no saved model" in error and "\n" not in error
+    assert main(["--model", str(tmp_path), "--datasets", "sat"]) == 1
+    assert "has no saved model" in error_line()
     assert main(["--model", MODEL_NAME, "--threads", "0"]) == 2
-    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert "--threads must be >= 1" in error_line()
     assert main(["--model", MODEL_NAME, "--datasets", "sat,svamp"]) == 2
-    assert "valid choices: gsm8k, math, aqua, numglue, sat, mmlu_math" in capsys.readouterr().err
+    assert "valid choices: gsm8k, math, aqua, numglue, sat, mmlu_math" in error_line()
+    assert main(["--model", MODEL_NAME, "--scoring", "lenient"]) == 2
+    assert "invalid choice: 'lenient'" in error_line()
+    assert main(["--model", MODEL_NAME, "--compile"]) == 2
+    assert "compile needs the static cache" in error_line()
+    assert main(["--model", MODEL_NAME, "--task-file", str(tmp_path / "none.yaml")]) == 2
+    assert "task file not found" in error_line()
     monkeypatch.setenv("BADAM_SHARED", str(tmp_path))
-    assert main(["--model", MODEL_NAME, "--datasets", "gsm8k", "--out", str(tmp_path)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert "data file not found" in error and "\n" not in error
-
-
-class _NoModel:
-    """Stands in for a model where generation is replaced (only train/eval mode is touched)."""
-    training = False
-
-    def eval(self):
-        return self
-
-    def train(self, mode=True):
-        return self
-
-
-def _tokenizer_stub():
-    class Stub:
-        pad_token, eos_token, padding_side = "<pad>", "<pad>", "right"
-
-        def __call__(self, texts, **kwargs):
-            return {"input_ids": [t.split() for t in texts]}
-
-    return Stub()
+    assert main(["--model", MODEL_NAME, "--datasets", "gsm8k", "--out", str(tmp_path)]) == 1
+    assert "data file not found" in error_line()

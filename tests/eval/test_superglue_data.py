@@ -131,6 +131,11 @@ def test_metrics_on_hand_made_predictions():
     # CB: class 0 TP=1 FP=1 FN=1 → F1 1/2; class 1 never right → 0; class 2 TP=2 → 1. Macro 1/2, accuracy 3/5.
     cb = M.task_metrics("cb", [0, 0, 1, 2, 2], [0, 1, 0, 2, 2])
     assert cb == {"accuracy": 60.0, "macro_f1": 50.0, "score": 55.0, "n": 5}
+    # A class neither in the labels nor predicted (1 here) does not count, as in sklearn's macro F1: classes 0 and 2
+    # each have F1 2/3, so the macro F1 is 2/3 (dividing by all three classes would give 4/9).
+    assert M.macro_f1([0, 0, 2], [0, 2, 2]) == pytest.approx(200 / 3)
+    assert M.task_metrics("cb", [0, 0, 2], [0, 2, 2])["macro_f1"] == pytest.approx(200 / 3, abs=1e-4)
+    assert M.macro_f1([1, 1], [0, 0]) == 0.0                          # present classes 0 and 1, both F1 0
     # MultiRC: question a fully right, question b has one wrong option. TP=3, FP=1, FN=0 → F1a = 6/7; EM = 1/2.
     mrc = M.task_metrics("multirc", [1, 0, 1, 1, 1], [1, 0, 1, 0, 1], ["a", "a", "a", "b", "b"])
     assert mrc["f1a"] == pytest.approx(100 * 6 / 7, abs=1e-4) and mrc["em"] == 50.0
