@@ -271,8 +271,12 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
             for index, child in list(running.items()):
                 _stop(child)
                 del running[index]
+                summary = read_summary(child.item.run_dir)
+                if is_final(summary):  # it finished on its own just before the deadline
+                    finish(index, outcome_from_summary(child.item, summary, child.item.run_dir))
+                    continue
                 resumable = (child.item.run_dir / CHECKPOINT_FILE).is_file()
-                finish(index, Outcome(child.item, "interrupted", read_summary(child.item.run_dir), child.item.run_dir,
+                finish(index, Outcome(child.item, "interrupted", summary, child.item.run_dir,
                                       note=f"stopped at the deadline ({options.kill_after_s:.0f} s); rerun to "
                                            + ("resume from its checkpoint" if resumable else "start it again")))
             for index in pending:
