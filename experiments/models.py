@@ -245,8 +245,16 @@ def _resolve_source(source: str, tokenizer_arg) -> tuple[str, str | None]:
 def load_model(source: str, *, dtype: str = "bf16", device: str = "cpu", task: str = "causal_lm",
                num_labels: int | None = None, attn_implementation: str | None = None,
                gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-               tokenizer: str | bool | None = None, seed: int = 0):
+               tokenizer: str | bool | None = None, seed: int = 0, cudnn_attention: bool = False):
     """Load (model, tokenizer). See the module docstring for the sources.
+
+    cudnn_attention: on CUDA, whether torch's scaled_dot_product_attention may pick its cuDNN backend. Off by
+    default: torch 2.11 prefers cuDNN on Hopper, and cuDNN attention has silent-corruption bugs there (masks of another
+    dtype reinterpreted, pytorch PR 191612; NaN query gradients at seq_len % 128 == 64 with a mask, pytorch issue
+    196678; corrupted generation with few key/value heads, pytorch issue 193893). Gemma-3-270M (one key/value head,
+    padding masks) on an H100 started training at loss 9.41 on a batch whose rows score 0.95-1.96 on the CPU. The
+    flash / memory-efficient / math backends serve the same shapes. The switch is process-wide; summary.json records
+    it (environment.cudnn_sdp_enabled).
 
     dtype: storage dtype of the weights (bf16 | fp16 | fp32). device: where the weights live ("cpu", "cuda",
     "cuda:1", "meta"). gradient_checkpointing: non-reentrant activation checkpointing, use_cache off.
@@ -255,6 +263,8 @@ def load_model(source: str, *, dtype: str = "bf16", device: str = "cpu", task: s
     """
     _validate_args(dtype, task, num_labels)
     torch_dtype = DTYPES[dtype]
+    if str(device).startswith("cuda"):
+        torch.backends.cuda.enable_cudnn_sdp(bool(cudnn_attention))
     if source.startswith("random:"):
         model, default_tokenizer = _build_random(source[len("random:"):], task, torch_dtype, device, num_labels,
                                                  attn_implementation, seed)

@@ -375,6 +375,8 @@ def environment_info(device: str = "cpu") -> dict:
         "command": shlex.join([sys.executable, *sys.argv]),
         # the caching allocator's settings change peak *reserved* memory (e.g. expandable_segments)
         "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        # which attention kernels scaled_dot_product_attention could use (cuDNN's is off by default on CUDA)
+        "cudnn_sdp_enabled": bool(torch.backends.cuda.cudnn_sdp_enabled()) if torch.cuda.is_available() else None,
         "hostname": socket.gethostname(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

