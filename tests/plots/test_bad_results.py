@@ -67,7 +67,7 @@ def test_bad_files_are_named_and_skipped_and_the_rest_is_built(results_dir, tmp_
     index = (out / "index.md").read_text()
     assert "## Skipped or left out (and why)" in index and "broken/half skipped" in index
     # every table and figure is still there, built from the good runs
-    assert len(list((out / "tables").glob("*.csv"))) == 10 and len(list((out / "figures").glob("*.png"))) == 3
+    assert len(list((out / "tables").glob("*.csv"))) == 11 and len(list((out / "figures").glob("*.png"))) == 3
     t2 = {r["method"]: r for r in _rows(out, "T2") if r["section"].startswith("Paper scale")}
     assert t2["badam"]["total"] == "diverged" and t2["lora-rank8"]["total"] == "OOM"
     t6 = {r["method"]: r for r in _rows(out, "T6") if "Llama 3-8B" in r["section"]}
