@@ -1,8 +1,8 @@
 """Which runs each comparison figure, and its claim line, reads: one place, so a figure and its line never disagree.
 
 * F2: the main instruction-tuning group (paper_mtbench_*) of one model, every method in it (several seeds of a
-  setting are one curve with a band); the rank panels read every run with eval/rank.json (paper_rank_* or the
-  seed-0 runs of paper_mtbench_*).
+  setting are one curve with a band); the rank panels read every run with eval/rank.json in paper_rank_* or
+  paper_mtbench_* (the quality profile writes it into the seed-0 runs), or, when there is none, in any group.
 * F3: the BSGD ablation group (ablation_bsgd_*), plus the paper's references for it (Adam, BAdam) from the main group
   of the same model when the ablation did not re-run them, at the ablation's seed (else the lowest seed).
 * F4: the block-order and K ablation groups, plus BAdam of the main group (its own order, random, and its own K)
@@ -72,7 +72,11 @@ def f2(runs: list[Run]) -> F2Data:
     heading, main, _ = mapping.pick_model(mapping.runs_for(runs, "mtbench"), PREFERRED_MODEL,
                                           needs_trained_weights=True)
     groups = sorted(training_groups(main), key=lambda g: (g.method, g.lr or 0.0))
-    with_rank = [r for r in mapping.runs_for(runs, "rank") if r.ok and (r.path / "eval" / "rank.json").is_file()]
+    def has_rank(run: Run) -> bool:
+        return run.ok and (run.path / "eval" / "rank.json").is_file()
+
+    # rank.json where the paper's groups keep it; failing that, wherever an evaluator wrote it (any group)
+    with_rank = [r for r in mapping.runs_for(runs, "rank") if has_rank(r)] or [r for r in runs if has_rank(r)]
     rank_heading, rank_runs, _ = mapping.pick_model(with_rank, PREFERRED_MODEL, needs_trained_weights=True)
     rank_groups: dict[str, SeedGroup] = {}
     for group in sorted(by_seed(rank_runs), key=lambda g: (-len(g.runs), g.seeds[0] is None, g.seeds[0] or 0)):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from plots import claims, figures, mapping, select, style
+from plots import claims, figures, mapping, select, style, tables_lr
 from plots.__main__ import main
 from plots.paper import load_paper_values
 from plots.runs import discover_runs
@@ -132,6 +132,15 @@ def test_rank_json_is_found_in_the_main_group_and_ablations_borrow_from_it(tree)
     assert [v.value for v in ks] == [10, 20, 50] and "seed 0 of paper_mtbench_tiny" in ks[1].label
 
 
+def test_rank_json_of_any_group_when_the_paper_groups_have_none(tmp_path):
+    run = synthetic.write_run(tmp_path, "cpu_alpaca", "smollm2-badam", method="badam", lr=1e-4)
+    synthetic.write_rank(run, dict.fromkeys(synthetic.MATRICES, 12), changed_layers={3})
+    data = select.f2(discover_runs(tmp_path))
+    assert list(data.rank_groups) == ["badam"] and not data.loss_groups
+    cvar_ax = figures.figure_f2(discover_runs(tmp_path)).axes[3]
+    assert [line.get_label() for line in cvar_ax.get_lines()][0] == "BAdam: layer 3, effective rank 12 of 64"
+
+
 # --- learning rates ----------------------------------------------------------------------------------------------
 
 def test_learning_rate_table(built):
@@ -150,14 +159,16 @@ def test_learning_rate_table(built):
     assert "edge of its grid for 2 of 3 methods with two or more lrs (badam highest, newopt highest)" in markdown
 
 
-def test_a_bad_lr_selection_file_is_named(tree, tmp_path, capsys):
+def test_a_bad_lr_selection_file_is_named(tree, tmp_path):
     res = tmp_path / "results"
     shutil.copytree(tree, res)
     (res / "paper_mtbench_tiny" / "lr_selection.json").write_text('{"adam": 3}')
-    out = tmp_path / "out"
-    assert main(["--results", str(res), "--out", out.as_posix(), "--dpi", "20"]) == 0
-    assert "lr_selection.json left out: the file is not a learning-rate choice" in capsys.readouterr().err
-    assert {r["used by"] for r in _rows(out, "LR") if r["chosen"] == "chosen"} == {"no run yet"}
+    problems: list[str] = []
+    table = tables_lr.build_lr(discover_runs(res), res, problems)
+    assert problems == [f"{res / 'paper_mtbench_tiny' / 'lr_selection.json'} left out: the file is not a "
+                        "learning-rate choice (expected {method: {from_group, chosen_lr, candidates}})"]
+    frame = table.sections[0].frame
+    assert set(frame.loc[frame["chosen"] == "chosen", "used by"]) == {"no run yet"}
 
 
 # --- claims ------------------------------------------------------------------------------------------------------
