@@ -132,7 +132,7 @@ def _rank_claim(rank_groups: dict[str, SeedGroup], method: str, reference: str, 
 def f2(runs: list[Run]) -> str:
     data = select.f2(runs)
     if not data.loss_groups and not data.rank_groups:
-        return _unchecked("paper_mtbench_* or with eval/rank.json",
+        return _unchecked("paper_mtbench_* (and no eval/rank.json)",
                           "BAdam's loss close to Adam's and below LoRA's; BAdam's update as high-rank as Adam's")
     parts = []
     if data.loss_groups:

@@ -79,7 +79,7 @@ def _method_rows(sweep: str, method: str, runs: list[Run], records, problems: li
         is_chosen = chosen is not None and g.lr is not None and abs(g.lr - chosen) <= 1e-12 * max(chosen, 1e-30)
         epochs = g.first.epochs_trained
         rows.append({"sweep": sweep, "method": method, "lr": f"{g.lr:g}" if g.lr is not None else NOT_APPLICABLE,
-                     "seeds": g.seeds_text(), "epochs": NOT_APPLICABLE if epochs is None else round(epochs, 3),
+                     "seeds": g.seeds_text(), "epochs": NOT_APPLICABLE if epochs is None else f"{epochs:.3g}",
                      "final eval loss": seed_cell(g, lambda r: r.final_eval_loss, missing="not measured"),
                      "chosen": "chosen" if is_chosen else NOT_CHOSEN,
                      "at edge of grid": _edge(selection) if is_chosen else NOT_CHOSEN,

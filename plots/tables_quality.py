@@ -55,7 +55,7 @@ def _t5_other_scale(model_runs: list[Run], judges: list[str]) -> pd.DataFrame:
         base = g.method == "base"
         epochs = g.first.epochs_trained
         row = {"method": g.method, "lr": "—" if base else _lr_key(g.lr), "seeds": g.seeds_text(),
-               "epochs": NOT_APPLICABLE if base or epochs is None else round(epochs, 2),
+               "epochs": NOT_APPLICABLE if base or epochs is None else f"{epochs:.3g}",
                "final eval loss": NOT_APPLICABLE if base else seed_cell(g, lambda r: r.final_eval_loss,
                                                                          missing="not measured")}
         for judge in judges:

@@ -84,7 +84,7 @@ def test_tables_show_mean_std_over_seeds_and_rows_for_every_method(built):
     assert t5["newopt"]["MT-bench (local-judge)"] == "not judged"
     assert float(t5["base"]["MT-bench (local-judge)"]) == 3.0
     markdown = next((built / "tables").glob("T5_*.md")).read_text()
-    assert "| adam | 0.0001 | 0, 1, 2 | 1.00 | 1.000 ± 0.010 (n=3) | 6.00 |" in markdown
+    assert "| adam | 0.0001 | 0, 1, 2 | 1 | 1.000 ± 0.010 (n=3) | 6.00 |" in markdown
     t6 = {r["method"]: r for r in _rows(built, "T6") if "tiny-math-lm" in r["section"]}
     assert float(t6["badam"]["GSM8K"]) == 32.0 and float(t6["badam"]["GSM8K std"]) == pytest.approx(2 ** 0.5)
     assert t6["badam"]["Aqua"] == "no run" and t6["base"]["seeds"] == "0"
