@@ -82,7 +82,8 @@ def figure_f4(runs: list[Run]) -> plt.Figure:
 def write_figure(fig: plt.Figure, out_dir: Path, stem: str, dpi: int = 130) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    for path, options in ((paths[0], {"dpi": dpi}), (paths[1], {})):
+    # no creation date in the PDF: regenerating unchanged results gives the same bytes (no spurious diffs)
+    for path, options in ((paths[0], {"dpi": dpi}), (paths[1], {"metadata": {"CreationDate": None}})):
         tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # the suffix tells matplotlib the format
         fig.savefig(tmp, **options)
         replace_durably(tmp, path)  # readers see the old figure or the new one, never half a file
