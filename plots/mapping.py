@@ -19,13 +19,16 @@ GROUP_PREFIXES = {
     "memory": ("paper_memory", "paper_memtime"),  # T1 (measured column), T2 / T12
     "time": ("paper_time", "paper_memtime"),      # T3 / T13
     "backward": "paper_backward",  # T4 / T14
-    "mtbench": "paper_mtbench",    # T5, F2 (loss curves)
+    "mtbench": "paper_mtbench",    # T5, F2 (loss curves); its seed-0 Adam / BAdam also feed F3 and F4 (select.py)
     "math": "paper_math",          # T6
     "superglue": "paper_superglue",  # T11
-    "rank": "paper_rank",          # F2 (explained variance, effective rank); runs with eval/rank.json
+    # F2 (explained variance, effective rank): runs with eval/rank.json, in a group of their own or where the
+    # profile's rank evaluator wrote it (the seed-0 runs of paper_mtbench_*)
+    "rank": ("paper_rank", "paper_mtbench"),
     "bsgd": "ablation_bsgd",       # F3
     "order": "ablation_order",     # F4 (a)
     "k": "ablation_k",             # F4 (b)
+    "lr_sweep": "lr_sweep",        # LR (learning rates chosen by each method's sweep)
 }
 
 PAPER_MODELS = {"llama3-8b": "Llama 3-8B", "llama2-7b": "Llama 2-7B", "llama3-70b": "Llama 3-70B",
@@ -67,6 +70,29 @@ def scale_of(run: Run, *, needs_trained_weights: bool) -> Scale:
     if random_init:
         return Scale(run.model, False, f"Other scale: {run.model} (random-init weights, not comparable to the paper)")
     return Scale(run.model, False, f"Other scale: {run.model} (not the paper's model, not comparable)")
+
+
+def pick_model(runs: list[Run], preferred: str, *, needs_trained_weights: bool) -> tuple[str, list[Run], bool]:
+    """(heading, runs of one model, is the paper's scale): the paper's `preferred` model if it has runs, else the
+    model with the most runs (figures show one model each)."""
+    by_key: dict[str, tuple[str, list[Run], bool]] = {}
+    for run in runs:
+        scale = scale_of(run, needs_trained_weights=needs_trained_weights)
+        by_key.setdefault(scale.key, (scale.heading, [], scale.paper))[1].append(run)
+    if not by_key:
+        return f"Paper scale: {PAPER_MODELS[preferred]}", [], True
+    if preferred in by_key:
+        return by_key[preferred]
+    return max(by_key.values(), key=lambda item: len(item[1]))
+
+
+def by_scale(runs: list[Run], *, needs_trained_weights: bool = True) -> dict[str, tuple[str, list[Run]]]:
+    """{scale key: (heading, runs)}."""
+    out: dict[str, tuple[str, list[Run]]] = {}
+    for run in runs:
+        scale = scale_of(run, needs_trained_weights=needs_trained_weights)
+        out.setdefault(scale.key, (scale.heading, []))[1].append(run)
+    return out
 
 
 def runs_for(runs: list[Run], purpose: str) -> list[Run]:

@@ -31,7 +31,7 @@ class ResultsError(ValueError):
     """A results directory or file that cannot be read (the message names the file and the problem)."""
 
 
-def _load_object(path: Path) -> tuple[dict | None, str | None]:
+def load_json_object(path: Path) -> tuple[dict | None, str | None]:
     """(the JSON object in `path`, None) or (None, what is wrong with the file)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -130,6 +130,25 @@ class Run:
         return self.config.get("train") or {}
 
     @property
+    def seed(self) -> int | None:
+        """config.seed: what tells apart runs that are otherwise the same (plots.seeds)."""
+        value = self.config.get("seed")
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    @property
+    def final_eval_loss(self) -> float | None:
+        """Held-out loss at the end of training (summary.json's final_eval_loss); None when not measured."""
+        return _finite(self.summary.get("final_eval_loss"))
+
+    @property
+    def epochs_trained(self) -> float | None:
+        """Epochs of data the run saw: steps x planned epochs / planned steps (None for step-limited runs)."""
+        steps, planned, epochs = self.summary.get("steps"), self.summary.get("planned_steps"), self.train.get("epochs")
+        if not steps or not planned or not epochs or self.train.get("max_steps"):
+            return None
+        return steps * float(epochs) / planned
+
+    @property
     def device_name(self) -> str:
         return str((self.summary.get("environment") or {}).get("device_name", "unknown device"))
 
@@ -187,13 +206,26 @@ class Run:
             self._left_out("metrics.jsonl (its curves)", str(exc).replace(f"{self.path / 'metrics.jsonl'}: ", ""))
             return pd.DataFrame()
 
+    def curve(self) -> pd.DataFrame:
+        """Per optimizer step: step, loss (online training loss), hours (cumulative sum of step times: training
+        time without evaluation) and eval_loss (held-out loss, NaN between evaluations). One row per step: the
+        last record of a step wins (an evaluation is appended to its step's record)."""
+        frame = self.metrics
+        if frame.empty or "step" not in frame or "loss" not in frame:
+            return pd.DataFrame(columns=["step", "loss", "hours", "eval_loss"])
+        frame = frame.drop_duplicates("step", keep="last").sort_values("step")
+        hours = frame["t_step_ms"].fillna(0).cumsum() / 3.6e6 if "t_step_ms" in frame else float("nan")
+        eval_loss = frame["eval_loss"] if "eval_loss" in frame else float("nan")
+        return pd.DataFrame({"step": frame["step"].astype(int), "loss": frame["loss"].astype(float),
+                             "hours": hours, "eval_loss": eval_loss}).reset_index(drop=True)
+
     def eval_json(self, relative: str) -> dict | None:
         """<run>/eval/<relative> as a dict; None when absent, unreadable or of the wrong shape (then the problem is
         recorded in Run.problems and this evaluator's numbers are left out of the tables)."""
         path = self.path / "eval" / relative
         if not path.is_file():
             return None
-        doc, problem = _load_object(path)
+        doc, problem = load_json_object(path)
         if problem is not None:
             self._left_out(f"eval/{relative}", f"the file {problem}")
             return None
@@ -219,24 +251,36 @@ class Run:
             out["average"] = statistics.fmean(six)
         return out
 
-    def mtbench_score(self) -> tuple[float, str] | None:
-        """(overall MT-bench score, judge) from eval/mtbench/scores_<judge>.json; a GPT-4 judge is preferred."""
+    def mtbench_scores(self) -> dict[str, float]:
+        """{judge: overall MT-bench score} from every eval/mtbench/scores_<judge>.json, GPT-4 judges first."""
         folder = self.path / "eval" / "mtbench"
         files = sorted(folder.glob("scores_*.json")) if folder.is_dir() else []
-        if not files:
-            return None
         files.sort(key=lambda p: (not p.stem.startswith("scores_gpt-4"), p.name))
-        doc = self.eval_json(str(files[0].relative_to(self.path / "eval")))
-        if doc is None:
-            return None
-        if not MTBENCH_SHAPE[0](doc):
-            self._left_out(f"eval/mtbench/{files[0].name}", f"expected {MTBENCH_SHAPE[1]}")
-            return None
-        overall = next(iter(doc["models"].values())).get("overall")
-        if overall is not None and not isinstance(overall, (int, float)):
-            self._left_out(f"eval/mtbench/{files[0].name}", f"overall score {overall!r} is not a number")
-            return None
-        return None if overall is None else (float(overall), str(doc.get("judge", files[0].stem[7:])))
+        out: dict[str, float] = {}
+        for path in files:
+            doc = self.eval_json(str(path.relative_to(self.path / "eval")))
+            if doc is None:
+                continue
+            if not MTBENCH_SHAPE[0](doc):
+                self._left_out(f"eval/mtbench/{path.name}", f"expected {MTBENCH_SHAPE[1]}")
+                continue
+            overall = next(iter(doc["models"].values())).get("overall")
+            if overall is not None and (isinstance(overall, bool) or not isinstance(overall, (int, float))):
+                self._left_out(f"eval/mtbench/{path.name}", f"overall score {overall!r} is not a number")
+                continue
+            if overall is not None:
+                out.setdefault(str(doc.get("judge", path.stem[len("scores_"):])), float(overall))
+        return out
+
+    def mtbench_score(self) -> tuple[float, str] | None:
+        """(overall MT-bench score, judge) of the preferred judge (GPT-4 first); None when nothing is judged."""
+        scores = self.mtbench_scores()
+        return next(((score, judge) for judge, score in scores.items()), None)
+
+    def mtbench_preferred(self) -> float | None:
+        """The overall MT-bench score of the preferred judge (mtbench_score), None when nothing is judged."""
+        score = self.mtbench_score()
+        return None if score is None else score[0]
 
     def superglue_scores(self) -> dict[str, float | str] | None:
         """eval/superglue.json (eval.superglue's file) → {task: test score in percent, or the task's status when
@@ -282,7 +326,7 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
             continue
         if {"eval", "model"} & set(run_dir.relative_to(results).parts):
             continue  # a file inside a run's evaluator outputs or saved model, not a run of its own
-        summary, problem = _load_object(summary_path)
+        summary, problem = load_json_object(summary_path)
         problem = problem or summary_problem(summary)
         if problem is not None:
             bad(summary_path, problem)
@@ -295,17 +339,25 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
         if (out_dir / "summary.json").is_file() or (exclude is not None and
                                                     exclude.resolve() in out_dir.resolve().parents):
             continue
-        doc, problem = _load_object(scores_path)
+        doc, problem = load_json_object(scores_path)
         if problem is None and not EVAL_SHAPES["superglue.json"][0](doc):
             problem = f"is not eval.superglue's file (expected {EVAL_SHAPES['superglue.json'][1]})"
         if problem is not None:
             bad(scores_path, problem)
             continue
+        # eval.superglue records its resolved run config as "settings": seed, lr and method options come from it
+        settings = doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
         summary = {"status": "ok", "run_name": out_dir.name, "model": doc.get("model", "?"),
                    "method": doc.get("method", "?"), "environment": {"date": doc.get("date", "")},
-                   "described_by": "eval/superglue.json"}
+                   "config": settings, "described_by": "eval/superglue.json"}
         runs.append(_make_run(results, out_dir, summary))
     return runs
+
+
+def _finite(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _make_run(results: Path, run_dir: Path, summary: dict) -> Run:

@@ -2,6 +2,8 @@
 
 Cells hold numbers or the markers below; the writers format numbers, so the CSV keeps them machine-readable.
 Paper values always sit in their own columns named "<quantity> (paper)", next to "<quantity> ratio" = ours / paper.
+A value over seeds (plots.seeds.MeanStd) shows as "mean ± std (n=k)" in Markdown and LaTeX; in the CSV its column X
+becomes X (the mean), "X std" and "X n". A table's `claim` (plots.claims) follows the caption in Markdown and LaTeX.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pandas as pd
 
 from experiments.results import atomic_write_text  # plain file writing; imports no torch
 from plots.paper import PaperCell
+from plots.seeds import MeanStd, SeedGroup, mean_of
 
 NO_RUN = "no run"            # no run was made for this cell
 NOT_IN_PAPER = "not in paper"  # the paper has no number for this cell
@@ -33,6 +36,8 @@ class Table:
     caption: str
     sections: list[Section] = field(default_factory=list)
     digits: int = 2
+    claim: str | None = None  # which of the paper's claims hold at the scale of the runs (plots.claims)
+    claim_label: str = "The paper's claims at this scale"
 
     @property
     def stem(self) -> str:
@@ -42,6 +47,19 @@ class Table:
 def status_marker(status: str) -> str:
     """What a failed run shows instead of a number (never zero, never blank)."""
     return {"oom": "OOM", "diverged": "diverged", "error": "run failed"}.get(status, status)
+
+
+def seed_cell(group: SeedGroup | None, value, *, missing=NO_RUN):
+    """The cell of a setting's seeds: NO_RUN without runs, the status marker when no seed finished, `missing` when
+    no finished seed has the value, else the value (one seed) or its MeanStd over the seeds."""
+    if group is None:
+        return NO_RUN
+    if not group.ok_runs:
+        return status_marker(group.status())
+    stat = group.stat(value)
+    if stat is None:
+        return missing
+    return stat.mean if stat.n == 1 else stat
 
 
 def paper_display(paper: PaperCell | None):
@@ -57,8 +75,8 @@ def compare(ours, paper: PaperCell | None) -> tuple:
     """(ours, paper, ratio) cells: ratio only when both are numbers."""
     paper_cell = paper_display(paper)
     ratio = NOT_APPLICABLE
-    if isinstance(ours, (int, float)) and paper is not None and paper.value not in (None, 0):
-        ratio = float(ours) / paper.value
+    if mean_of(ours) is not None and paper is not None and paper.value not in (None, 0):
+        ratio = mean_of(ours) / paper.value
     return ours, paper_cell, ratio
 
 
@@ -71,6 +89,8 @@ def add_compared(row: dict, name: str, ours, paper: PaperCell | None) -> None:
 def _fmt(value, digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return NOT_APPLICABLE
+    if isinstance(value, MeanStd):
+        return value.text(digits)
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):
@@ -90,10 +110,27 @@ def _cells(frame: pd.DataFrame, digits: int) -> list[list[str]]:
     return rows
 
 
+def _expand_seed_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A column holding MeanStd cells becomes three: the mean (markers kept), "<column> std" and "<column> n"."""
+    out = pd.DataFrame(index=frame.index)
+    for column in frame.columns:
+        values = frame[column]
+        if not any(isinstance(v, MeanStd) for v in values):
+            out[column] = values
+            continue
+        # object columns: an n stays an integer when sections with other columns are concatenated
+        out[column] = pd.Series([v.mean if isinstance(v, MeanStd) else v for v in values], frame.index, object)
+        out[f"{column} std"] = pd.Series([v.std if isinstance(v, MeanStd) else NOT_APPLICABLE for v in values],
+                                         frame.index, object)
+        out[f"{column} n"] = pd.Series([v.n if isinstance(v, MeanStd) else NOT_APPLICABLE for v in values],
+                                       frame.index, object)
+    return out
+
+
 def to_csv(table: Table) -> str:
     frames = []
     for section in table.sections:
-        frame = section.frame.copy()
+        frame = _expand_seed_columns(section.frame)
         frame.insert(0, "section", section.heading)
         frames.append(frame)
     if not frames:
@@ -109,6 +146,8 @@ def _md_escape(text: str) -> str:
 
 def to_markdown(table: Table) -> str:
     lines = [f"## {table.key}: {table.title}", "", table.caption, ""]
+    if table.claim:
+        lines += [f"**{table.claim_label}:** {table.claim}", ""]
     for section in table.sections:
         header = [_md_escape(str(c)) for c in section.frame.columns]
         lines += [f"### {section.heading}", "", "| " + " | ".join(header) + " |",
@@ -121,7 +160,7 @@ def to_markdown(table: Table) -> str:
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "—": "---",
-                  "–": "--", "×": r"$\times$", "≥": r"$\geq$"}
+                  "–": "--", "×": r"$\times$", "≥": r"$\geq$", "±": r"$\pm$", "·": r"$\cdot$"}
 
 
 def latex_escape(text: str) -> str:
@@ -134,7 +173,9 @@ def to_latex(table: Table) -> str:
         cols = list(section.frame.columns)
         out += [r"\begin{table}[t]", r"\centering", r"\small",
                 r"\caption{" + latex_escape(f"{table.title}. {section.heading}.") +
-                (" " + latex_escape(table.caption) if i == 0 else "") + "}",
+                (" " + latex_escape(table.caption) if i == 0 else "") +
+                (" " + latex_escape(f"{table.claim_label}: {table.claim}") if i == 0 and table.claim
+                 else "") + "}",
                 r"\label{tab:" + f"{table.stem}-{i}" + "}",
                 r"\resizebox{\linewidth}{!}{%",  # the comparison tables are wide: scale to the text width
                 r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}", r"\toprule",

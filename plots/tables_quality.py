@@ -1,17 +1,20 @@
 """Downstream-quality tables: T5 (MT-bench per epoch and lr), T6 (six math benchmarks), T11 (SuperGLUE).
 
 A model's untuned score comes from a run directory whose summary.json says "method": "base" (see
-results/README.md); every other row is a training run evaluated by the matching evaluator."""
+results/README.md); every other row is a training run evaluated by the matching evaluator. Runs that differ only by
+seed are one row (plots.seeds): mean ± standard deviation over the seeds, with the seeds named; methods the paper
+did not run get rows of their own. Each table ends with a line on which of the paper's claims hold (plots.claims)."""
 from __future__ import annotations
 
 import statistics
 
 import pandas as pd
 
-from plots import mapping
+from plots import claims, mapping, select
 from plots.paper import paper_cell
 from plots.runs import Run
-from plots.tables import NO_RUN, NOT_APPLICABLE, Section, Table, add_compared, status_marker
+from plots.seeds import SeedGroup, by_seed, mean_of, summarize
+from plots.tables import NO_RUN, NOT_APPLICABLE, Section, Table, add_compared, seed_cell, status_marker
 
 T5_MODELS = ("llama2-7b", "llama3-8b")
 T5_LRS = (1e-5, 1e-6)
@@ -28,34 +31,51 @@ def _lr_key(lr: float | None) -> str:
     return "—" if lr is None else f"{lr:g}"
 
 
-def _by_scale(runs: list[Run]) -> dict[str, tuple[str, list[Run]]]:
-    out: dict[str, tuple[str, list[Run]]] = {}
-    for run in runs:
-        scale = mapping.scale_of(run, needs_trained_weights=True)
-        out.setdefault(scale.key, (scale.heading, []))[1].append(run)
+def _keyed(runs: list[Run], key) -> dict:
+    """{key(run): the seed group of that key} (of several settings under one key, the one with most seeds)."""
+    out: dict = {}
+    for group in sorted(by_seed(runs), key=lambda g: (len(g.ok_runs), len(g.runs))):
+        k = key(group.first)
+        if k is not None:
+            out[k] = group
     return out
+
+
+def _other_scale_groups(runs: list[Run]) -> list[SeedGroup]:
+    """Seed groups of one other-scale model: the base model first, then by method and lr."""
+    return sorted(by_seed(runs), key=lambda g: (g.method != "base", g.method, g.lr or 0.0,
+                                                g.first.epochs_trained or 0.0))
 
 
 # --- T5: MT-bench ------------------------------------------------------------------------------------------
 
-def _mtbench(run: Run | None):
-    if run is None:
-        return NO_RUN
-    if not run.ok:
-        return status_marker(run.status)
-    score = run.mtbench_score()
-    return NO_RUN if score is None else score[0]
+def _t5_other_scale(model_runs: list[Run], judges: list[str]) -> pd.DataFrame:
+    rows = []
+    for g in _other_scale_groups(model_runs):
+        base = g.method == "base"
+        epochs = g.first.epochs_trained
+        row = {"method": g.method, "lr": "—" if base else _lr_key(g.lr), "seeds": g.seeds_text(),
+               "epochs": NOT_APPLICABLE if base or epochs is None else f"{epochs:.3g}",
+               "final eval loss": NOT_APPLICABLE if base else seed_cell(g, lambda r: r.final_eval_loss,
+                                                                         missing="not measured")}
+        for judge in judges:
+            row[f"MT-bench ({judge})"] = seed_cell(g, lambda r, j=judge: r.mtbench_scores().get(j),
+                                                   missing="not judged")
+        if not judges:
+            row["MT-bench"] = seed_cell(g, Run.mtbench_preferred, missing="not judged")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def build_t5(doc: dict, runs: list[Run]) -> Table:
     group = mapping.runs_for(runs, "mtbench")
-    scales = _by_scale(group)
-    judges = sorted({s[1] for r in group if r.ok and (s := r.mtbench_score()) is not None})
+    scales = mapping.by_scale(group)
+    judges = sorted({j for r in group if r.ok for j in r.mtbench_scores()})
     sections = []
     for model in T5_MODELS:
         heading, model_runs = scales.get(model, (f"Paper scale: {mapping.PAPER_MODELS[model]}", []))
-        cells = mapping.latest_by(model_runs, lambda r: (r.method, _lr_key(None if r.method == "base" else r.lr),
-                                                         None if r.method == "base" else r.epoch))
+        cells = _keyed(model_runs, lambda r: (r.method, _lr_key(None if r.method == "base" else r.lr),
+                                              None if r.method == "base" else r.epoch))
         keys = [("base", None)] + [(m, lr) for lr in T5_LRS for m in T5_METHODS]
         keys += sorted({(m, float(lr)) for (m, lr, _e) in cells if m != "base" and (m, float(lr)) not in keys},
                        key=lambda k: (k[1], k[0]))
@@ -63,52 +83,53 @@ def build_t5(doc: dict, runs: list[Run]) -> Table:
         for method, lr in keys:
             row = {"lr": _lr_key(lr), "method": method}
             if method == "base":
-                add_compared(row, "base model", _mtbench(cells.get(("base", "—", None))),
+                add_compared(row, "base model", seed_cell(cells.get(("base", "—", None)), Run.mtbench_preferred),
                              paper_cell(doc, "T5", "mt_bench", model=model, method="base"))
                 rows.append(row)
                 continue
             per_epoch = []
             for epoch in EPOCHS:
-                ours = _mtbench(cells.get((method, _lr_key(lr), epoch)))
+                ours = seed_cell(cells.get((method, _lr_key(lr), epoch)), Run.mtbench_preferred)
                 per_epoch.append(ours)
                 add_compared(row, f"epoch {epoch}", ours,
                              paper_cell(doc, "T5", "mt_bench", model=model, lr=lr, method=method, epoch=epoch))
-            average = statistics.fmean(per_epoch) if all(isinstance(v, float) for v in per_epoch) else \
-                NOT_APPLICABLE if any(isinstance(v, float) for v in per_epoch) else NO_RUN
+            numbers = [mean_of(v) for v in per_epoch]
+            average = statistics.fmean(numbers) if all(v is not None for v in numbers) else \
+                NOT_APPLICABLE if any(v is not None for v in numbers) else NO_RUN
             add_compared(row, "average", average,
                          paper_cell(doc, "T5", "mt_bench", model=model, lr=lr, method=method, epoch="average"))
             rows.append(row)
         sections.append(Section(heading, pd.DataFrame(rows)))
     for key, (heading, model_runs) in sorted(scales.items()):
-        if key in mapping.PAPER_MODELS:
-            continue
-        rows = [{"lr": _lr_key(r.lr) if r.method != "base" else "—", "method": r.method, "epoch": r.epoch,
-                 "score": _mtbench(r)} for r in sorted(model_runs, key=lambda r: (r.method, r.lr or 0, r.epoch or 0))]
-        sections.append(Section(heading, pd.DataFrame(rows)))
+        if key not in mapping.PAPER_MODELS:
+            sections.append(Section(heading, _t5_other_scale(model_runs, judges)))
     caption = ("MT-bench (single-answer grading, mean of both turns) of checkpoints after epochs 1-3 of a 3-epoch "
                "cosine schedule; an epoch-k checkpoint is a run that stopped after k epochs' steps. The paper's "
                "judge was GPT-4; ours: " + (", ".join(judges) if judges else "no judged run yet") +
-               ". A different judge gives different absolute scores. 'average' needs all three epochs.")
-    return Table("T5", "mtbench", "MT-bench by epoch and learning rate (paper Table 5)", caption, sections)
+               ". A different judge gives different absolute scores: a local judge's scores are not comparable "
+               "with the paper's GPT-4 scores. 'average' needs all three epochs. Other scales: one row per "
+               "setting, mean ± standard deviation over its seeds (named in 'seeds'), the held-out eval loss at "
+               "the end of training beside each judge's score ('not judged': no judgment of its answers).")
+    return Table("T5", "mtbench", "MT-bench by epoch and learning rate (paper Table 5)", caption, sections,
+                 claim=claims.t5(runs))
 
 
 # --- T6: math benchmarks -----------------------------------------------------------------------------------
 
-def _math_row(run: Run | None) -> dict:
-    if run is None or not run.ok:
-        marker = NO_RUN if run is None else status_marker(run.status)
-        return {label: marker for label, _ in T6_FIELDS}
-    scores = run.math_scores() or {}
-    return {label: scores.get(field, NO_RUN if field != "average" else NOT_APPLICABLE)
-            for label, field in T6_FIELDS}
+def _math_row(group: SeedGroup | None) -> dict:
+    row = {}
+    for label, field in T6_FIELDS:
+        missing = NOT_APPLICABLE if field == "average" else NO_RUN
+        row[label] = seed_cell(group, lambda r, f=field: (r.math_scores() or {}).get(f), missing=missing)
+    return row
 
 
 def build_t6(doc: dict, runs: list[Run]) -> Table:
-    scales = _by_scale(mapping.runs_for(runs, "math"))
+    scales = mapping.by_scale(mapping.runs_for(runs, "math"))
     sections = []
     for model in T6_MODELS:
         heading, model_runs = scales.get(model, (f"Paper scale: {mapping.PAPER_MODELS[model]}", []))
-        cells = mapping.latest_by(model_runs, lambda r: r.method)
+        cells = _keyed(model_runs, lambda r: r.method)
         paper_methods = [rec["method"] for rec in doc["tables"]["T6"]["records"] if rec["model"] == model]
         rows = []
         for method in paper_methods + sorted(set(cells) - set(paper_methods)):
@@ -120,34 +141,38 @@ def build_t6(doc: dict, runs: list[Run]) -> Table:
         sections.append(Section(heading, pd.DataFrame(rows)))
     for key, (heading, model_runs) in sorted(scales.items()):
         if key not in mapping.PAPER_MODELS:
-            cells = mapping.latest_by(model_runs, lambda r: r.method)
             sections.append(Section(heading, pd.DataFrame(
-                [{"method": m, **_math_row(r)} for m, r in sorted(cells.items())])))
+                [{"method": g.method, "lr": "—" if g.method == "base" else _lr_key(g.lr), "seeds": g.seeds_text(),
+                  **_math_row(g)} for g in _other_scale_groups(model_runs)])))
     caption = ("Zero-shot accuracy (%) on the six MAmmoTH math benchmarks (eval.math), after 3 epochs on "
-               "MathInstruct in the paper; 'Average' is shown only when all six were evaluated.")
-    return Table("T6", "math", "Math benchmarks (paper Table 6)", caption, sections, digits=1)
+               "MathInstruct in the paper; 'Average' is shown only when all six were evaluated. Several seeds of a "
+               "setting: mean ± standard deviation over them.")
+    return Table("T6", "math", "Math benchmarks (paper Table 6)", caption, sections, digits=1, claim=claims.t6(runs))
 
 
 # --- T11: SuperGLUE ----------------------------------------------------------------------------------------
 
-def _superglue_by_method(model_runs: list[Run]) -> dict[str, dict]:
-    """{method: {task: fraction or marker}} from eval/superglue.json files; the latest file wins per task."""
-    out: dict[str, dict] = {}
-    for run in sorted(model_runs, key=lambda r: r.date):
-        scores = run.superglue_scores()
-        if scores is None:
-            continue  # e.g. the per-task harness runs inside an eval.superglue output folder
-        entry = out.setdefault(run.method, {})
-        for task, score in scores.items():
-            # the evaluator writes percent; the paper prints fractions
-            entry[task] = score / 100.0 if isinstance(score, float) else status_marker(score)
+def _superglue_cells(per_seed: dict) -> dict:
+    """{task: fraction (one seed), MeanStd of fractions (several), or a status marker} from {seed: {task: ...}}."""
+    out: dict = {}
+    for task in sorted({t for tasks in per_seed.values() for t in tasks}):
+        values = [tasks[task] for tasks in per_seed.values() if task in tasks]
+        stat = summarize(v / 100.0 for v in values if isinstance(v, float))  # the evaluator writes percent
+        if stat is None:
+            out[task] = status_marker(str(values[-1]))
+        else:
+            out[task] = stat.mean if stat.n == 1 else stat
     return out
 
 
+def _seeds_text(seeds) -> str:
+    return ", ".join("—" if s is None else str(s) for s in sorted(seeds, key=lambda s: (s is None, s or 0)))
+
+
 def build_t11(doc: dict, runs: list[Run]) -> Table:
-    scales = _by_scale(mapping.runs_for(runs, "superglue"))
+    scales = mapping.by_scale(mapping.runs_for(runs, "superglue"))
     heading, model_runs = scales.get("roberta-large", ("Paper scale: RoBERTa-large", []))
-    cells = _superglue_by_method(model_runs)
+    cells = {m: _superglue_cells(s) for m, s in select.superglue_by_seed(model_runs).items()}
     paper_methods = [rec["method"] for rec in doc["tables"]["T11"]["records"]]
     rows = []
     for method in paper_methods + sorted(set(cells) - set(paper_methods)):
@@ -159,11 +184,13 @@ def build_t11(doc: dict, runs: list[Run]) -> Table:
     sections = [Section(heading, pd.DataFrame(rows))]
     for key, (other_heading, other_runs) in sorted(scales.items()):
         if key not in mapping.PAPER_MODELS:
-            by_method = _superglue_by_method(other_runs)
+            per_method = select.superglue_by_seed(other_runs)
             sections.append(Section(other_heading, pd.DataFrame(
-                [{"method": m, **{label: v.get(f, NO_RUN) for label, f in T11_FIELDS}}
-                 for m, v in sorted(by_method.items())])))
+                [{"method": m, "seeds": _seeds_text(per_seed),
+                  **{label: _superglue_cells(per_seed).get(f, NO_RUN) for label, f in T11_FIELDS}}
+                 for m, per_seed in sorted(per_method.items())])))
     caption = ("SuperGLUE test scores as fractions (the evaluator's percent / 100): accuracy, and for MultiRC the "
                "mean of F1a and EM (eval.superglue's 'score'). The paper split each dev set into validation and "
-               "test (its Table 7) and trained RoBERTa-large for 32 epochs.")
-    return Table("T11", "superglue", "SuperGLUE (paper Table 11)", caption, sections)
+               "test (its Table 7) and trained RoBERTa-large for 32 epochs. Several seeds: mean ± standard "
+               "deviation over them.")
+    return Table("T11", "superglue", "SuperGLUE (paper Table 11)", caption, sections, claim=claims.t11(runs))

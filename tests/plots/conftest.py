@@ -105,6 +105,7 @@ def results_dir(real_runs, tmp_path_factory) -> Path:
     for name, run, score in (("badam", badam, 6.5), ("lora", lora, 6.0)):
         dest = _copy(run, res / "paper_mtbench_llama3_8b" / name, fake="relabelled, lr set to 1e-6", model=hub,
                      method_info__lr=1e-6)
+        (dest / "eval" / "rank.json").unlink(missing_ok=True)  # a tiny model's rank is not Llama 3-8B's
         _write_json(dest / "eval" / "mtbench" / "scores_fake-judge.json",
                     {"judge": "fake-judge", "fixture_note": FAKE.format(what="no judge ran"),
                      "models": {dest.name: {"turn1": score, "turn2": score, "overall": score}}})

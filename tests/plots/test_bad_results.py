@@ -51,6 +51,7 @@ def test_bad_files_are_named_and_skipped_and_the_rest_is_built(results_dir, tmp_
     scores = mtbench_badam / "eval" / "mtbench" / "scores_fake-judge.json"
     scores.write_text(json.dumps({"judge": "j", "models": {"a": {"overall": 1}, "b": {"overall": 2}}}))
     (res / "paper_rank_tiny" / "tiny-adam" / "eval" / "rank.json").write_text('{"matrices": [')
+    (res / "paper_mtbench_llama3_8b" / "lr_selection.json").write_text('{"adam": {"chosen_lr": "high"}}')
     # a status that is a result, not a failure: shown as its marker
     _edit_summary(res / "paper_memory_llama3_8b" / "badam", status="diverged")
 
@@ -64,10 +65,11 @@ def test_bad_files_are_named_and_skipped_and_the_rest_is_built(results_dir, tmp_
     assert f"{math_badam}: eval/math.json left out: expected a 'datasets' mapping" in err
     assert "scores_fake-judge.json left out: expected a 'models' mapping with this run's one model" in err
     assert "eval/rank.json left out: the file is not valid JSON" in err
+    assert "lr_selection.json left out: the file is not a learning-rate choice" in err
     index = (out / "index.md").read_text()
     assert "## Skipped or left out (and why)" in index and "broken/half skipped" in index
     # every table and figure is still there, built from the good runs
-    assert len(list((out / "tables").glob("*.csv"))) == 10 and len(list((out / "figures").glob("*.png"))) == 3
+    assert len(list((out / "tables").glob("*.csv"))) == 11 and len(list((out / "figures").glob("*.png"))) == 3
     t2 = {r["method"]: r for r in _rows(out, "T2") if r["section"].startswith("Paper scale")}
     assert t2["badam"]["total"] == "diverged" and t2["lora-rank8"]["total"] == "OOM"
     t6 = {r["method"]: r for r in _rows(out, "T6") if "Llama 3-8B" in r["section"]}

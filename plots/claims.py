@@ -1,0 +1,283 @@
+"""One line per table or figure: which of the paper's claims hold at the scale of the runs, computed from them.
+
+Every verdict is computed here from the same runs the table or figure shows (plots.select); nothing is typed in.
+The criteria are stated in each line: "close" means within CLOSE_LOSS (relative) for losses, CLOSE_POINTS for
+accuracies in percent, CLOSE_MTBENCH for MT-bench points; with two or more seeds on both sides the line adds the
+seed noise of the difference (2 x its standard error), so a reader sees whether a gap is larger than the noise.
+Where the runs are missing the line says so and names the claims it could not check.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Callable
+
+from plots import mapping, select
+from plots.runs import PAPER_MATH_DATASETS, Run
+from plots.seeds import MeanStd, SeedGroup, by_seed, summarize
+
+CLOSE_LOSS = 0.02       # final eval loss: within 2% of the reference method's
+CLOSE_POINTS = 2.0      # accuracy / SuperGLUE score: within 2 percentage points
+CLOSE_MTBENCH = 0.25    # MT-bench (1-10 scale): within 0.25 points
+RANK_FRACTION = 0.8     # "BAdam's effective rank >= 0.8 x Adam's"
+NAMES = {"adam": "Adam", "badam": "BAdam", "lora": "LoRA", "lomo": "LOMO", "galore": "GaLore", "sgd": "SGD",
+         "bsgd": "BSGD", "base": "the base model"}
+
+
+def name(method: str) -> str:
+    return NAMES.get(method, method)
+
+
+def _num(value: MeanStd) -> str:
+    return value.short(3) if value.std is not None else f"{value.mean:.4g}"
+
+
+def _noise(a: MeanStd, b: MeanStd) -> str:
+    if a.std is None or b.std is None:
+        return ""
+    return f", seed noise 2·SE {2 * math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n):.2g}"
+
+
+def close(values: dict[str, MeanStd | None], method: str, reference: str, what: str, *,
+          tolerance: float, relative: bool) -> str:
+    """'BAdam within 2% of Adam (final eval loss): holds (0.995 vs 0.990, +0.5%)'; an absolute tolerance is in
+    points of the quantity ('within 2 points')."""
+    bound = f"{tolerance:.0%}" if relative else f"{tolerance:g} points"
+    claim = f"{name(method)} within {bound} of {name(reference)} ({what})"
+    a, b = values.get(method), values.get(reference)
+    if a is None or b is None:
+        missing = " and ".join(name(m) for m in (method, reference) if values.get(m) is None)
+        return f"{claim}: not checked, no {missing} run"
+    diff = a.mean - b.mean
+    limit = tolerance * abs(b.mean) if relative else tolerance
+    verdict = "holds" if abs(diff) <= limit else "does not hold"
+    shown = f"{diff / b.mean:+.1%}" if relative and b.mean else f"{diff:+.3g}"
+    return f"{claim}: {verdict} ({_num(a)} vs {_num(b)}, {shown}{_noise(a, b)})"
+
+
+def better(values: dict[str, MeanStd | None], method: str, other: str, what: str, *, lower_is_better: bool) -> str:
+    """'BAdam below LoRA (final eval loss): does not hold (0.995 vs 0.878)'."""
+    claim = f"{name(method)} {'below' if lower_is_better else 'at or above'} {name(other)} ({what})"
+    a, b = values.get(method), values.get(other)
+    if a is None or b is None:
+        missing = " and ".join(name(m) for m in (method, other) if values.get(m) is None)
+        return f"{claim}: not checked, no {missing} run"
+    holds = a.mean < b.mean if lower_is_better else a.mean >= b.mean
+    return f"{claim}: {'holds' if holds else 'does not hold'} ({_num(a)} vs {_num(b)}{_noise(a, b)})"
+
+
+def ranking(values: dict[str, MeanStd | None], what: str, *, lower_is_better: bool = True) -> str:
+    known = sorted(((m, v) for m, v in values.items() if v is not None), key=lambda mv: mv[1].mean,
+                   reverse=not lower_is_better)
+    if len(known) < 2:
+        return ""
+    return f"{what}, best first: " + ", ".join(f"{name(m)} {v.mean:.4g}" for m, v in known)
+
+
+def _line(heading: str, parts: list[str]) -> str:
+    scale = heading.split(" (")[0]
+    return f"{scale}: " + "; ".join(p for p in parts if p) + "."
+
+
+def _final_eval_losses(groups: dict[str, SeedGroup]) -> dict[str, MeanStd | None]:
+    return {m: g.stat(lambda r: r.final_eval_loss) for m, g in groups.items()}
+
+
+def _unchecked(what: str, claims: str) -> str:
+    return f"No run of {what} yet: the paper's claims ({claims}) are not checked at any scale."
+
+
+# --- figures -------------------------------------------------------------------------------------------------
+
+def rank_by_type(run: Run) -> dict[str, dict]:
+    """{matrix type: {count, changed, mean_effective_rank}} over the matrices the method changed (eval.rank's
+    by_type; files written before it counted 'changed' are summarised from their matrices the same way)."""
+    result = run.rank_result() or {}
+    by_type = result.get("by_type") or {}
+    if by_type and all(isinstance(v, dict) and "changed" in v for v in by_type.values()):
+        return by_type
+    out = {}
+    for kind in sorted({m["matrix"] for m in result.get("matrices", [])}):
+        rows = [m for m in result["matrices"] if m["matrix"] == kind]
+        changed = [m for m in rows if m.get("delta_fro_norm", 0) > 0]
+        out[kind] = {"count": len(rows), "changed": len(changed),
+                     "mean_effective_rank": statistics.fmean(m["effective_rank"] for m in changed) if changed else 0.0}
+    return out
+
+
+def mean_rank_by_type(group: SeedGroup) -> dict[str, MeanStd]:
+    """{matrix type: mean effective rank over changed matrices, as MeanStd over the group's seeds}."""
+    per_run = [rank_by_type(r) for r in group.runs]
+    kinds = sorted({k for d in per_run for k, v in d.items() if v.get("changed")})
+    return {k: summarize(d[k]["mean_effective_rank"] for d in per_run if d.get(k, {}).get("changed"))
+            for k in kinds}
+
+
+def _rank_claim(rank_groups: dict[str, SeedGroup], method: str, reference: str, fraction: float | None) -> str:
+    if method not in rank_groups or reference not in rank_groups:
+        missing = " and ".join(name(m) for m in (method, reference) if m not in rank_groups)
+        what = f"≥ {fraction:g} × {name(reference)}'s" if fraction else f"above {name(reference)}'s"
+        return f"{name(method)}'s effective rank {what}: not checked, no rank.json of {missing}"
+    ours, theirs = mean_rank_by_type(rank_groups[method]), mean_rank_by_type(rank_groups[reference])
+    kinds = [k for k in ours if k in theirs]
+    if fraction:
+        hits = [k for k in kinds if ours[k].mean >= fraction * theirs[k].mean]
+        claim = f"{name(method)}'s effective rank ≥ {fraction:g} × {name(reference)}'s"
+    else:
+        hits = [k for k in kinds if ours[k].mean > theirs[k].mean]
+        claim = f"{name(method)}'s effective rank above {name(reference)}'s"
+    return f"{claim} in {len(hits)} of {len(kinds)} matrix types (means over changed matrices)"
+
+
+def f2(runs: list[Run]) -> str:
+    data = select.f2(runs)
+    if not data.loss_groups and not data.rank_groups:
+        return _unchecked("paper_mtbench_* (and no eval/rank.json)",
+                          "BAdam's loss close to Adam's and below LoRA's; BAdam's update as high-rank as Adam's")
+    parts = []
+    if data.loss_groups:
+        losses = _final_eval_losses(select.best_per_method(data.loss_groups))
+        parts += [close(losses, "badam", "adam", "final eval loss", tolerance=CLOSE_LOSS, relative=True),
+                  better(losses, "badam", "lora", "final eval loss", lower_is_better=True),
+                  ranking(losses, "final eval loss")]
+    else:
+        parts.append("loss claims not checked: no run of paper_mtbench_*")
+    if data.rank_groups:
+        parts += [_rank_claim(data.rank_groups, "badam", "adam", RANK_FRACTION),
+                  _rank_claim(data.rank_groups, "badam", "lora", None)]
+    else:
+        parts.append("rank claims not checked: no rank.json")
+    return _line(data.heading if data.loss_groups else data.rank_heading, parts)
+
+
+def _hours(run: Run) -> float | None:
+    curve = run.curve()
+    return None if curve.empty else float(curve["hours"].iloc[-1])
+
+
+def f3(runs: list[Run]) -> str:
+    heading, _, groups = select.f3(runs)
+    if not any(m in groups for m in ("sgd", "bsgd")):
+        return _unchecked("ablation_bsgd_*", "BSGD close to SGD, BAdam close to Adam, block versions faster")
+    losses = _final_eval_losses(groups)
+    hours = {m: g.stat(_hours) for m, g in groups.items()}
+    parts = [close(losses, "bsgd", "sgd", "final eval loss", tolerance=CLOSE_LOSS, relative=True),
+             close(losses, "badam", "adam", "final eval loss", tolerance=CLOSE_LOSS, relative=True)]
+    for block, full in (("bsgd", "sgd"), ("badam", "adam")):
+        if hours.get(block) and hours.get(full) and hours[full].mean > 0:
+            ratio = hours[block].mean / hours[full].mean
+            parts.append(f"{name(block)} faster than {name(full)} (sum of step times): "
+                         f"{'holds' if ratio < 1 else 'does not hold'} ({ratio:.2f}×)")
+    return _line(heading, parts)
+
+
+def _spread(variants: list[select.Variant], what: str) -> str:
+    losses = {v.label: v.group.stat(lambda r: r.final_eval_loss) for v in variants}
+    known = {k: v for k, v in losses.items() if v is not None}
+    if len(known) < 2:
+        return f"robust to {what}: not checked, {len(known)} variant(s) with an eval loss"
+    best = min(known, key=lambda k: known[k].mean)
+    spread = max(v.mean for v in known.values()) - known[best].mean
+    verdict = "holds" if spread <= CLOSE_LOSS * known[best].mean else "does not hold"
+    return (f"robust to {what} (final eval losses within {CLOSE_LOSS:.0%}): {verdict} (spread {spread:.3g} over "
+            f"{len(known)} variants; best {best} {known[best].mean:.4g})")
+
+
+def f4(runs: list[Run]) -> str:
+    heading_a, orders, heading_b, ks = select.f4(runs)
+    if not orders and not ks:
+        return _unchecked("ablation_order_* or ablation_k_*", "BAdam robust to the block order and to K")
+    parts = []
+    if orders:
+        parts.append(_line(heading_a, [_spread(orders, "the block order")]))
+    if ks:
+        parts.append(_line(heading_b, [_spread(ks, "K")]))
+    return " ".join(parts)
+
+
+FIGURES: dict[str, Callable[[list[Run]], str]] = {"F2": f2, "F3": f3, "F4": f4}
+
+
+# --- tables --------------------------------------------------------------------------------------------------
+
+def _per_scale(runs: list[Run], values: Callable[[list[Run]], dict[str, MeanStd | None]],
+               parts: Callable[[dict[str, MeanStd | None]], list[str]], what: str, claims: str) -> str:
+    """One clause per model scale with results ("Other scale: X: ...; ..."), or what was not checked."""
+    lines = []
+    for _key, (heading, scale_runs) in sorted(mapping.by_scale(runs).items()):
+        found = values(scale_runs)
+        if any(v is not None for v in found.values()):
+            lines.append(_line(heading, parts(found)))
+    return " ".join(lines) if lines else _unchecked(what, claims)
+
+
+def t5(runs: list[Run]) -> str:
+    group = mapping.runs_for(runs, "mtbench")
+    judges = [s[1] for r in group if r.ok and (s := r.mtbench_score()) is not None]
+    judge = max(set(judges), key=judges.count) if judges else None
+
+    def values(scale_runs):
+        groups = select.best_per_method(by_seed(scale_runs))
+        return {m: g.stat(lambda r: r.mtbench_scores().get(judge)) for m, g in groups.items()}
+
+    def parts(found):
+        return [f"judge {judge}",
+                better(found, "badam", "lora", "MT-bench", lower_is_better=False),
+                close(found, "badam", "adam", "MT-bench", tolerance=CLOSE_MTBENCH, relative=False),
+                better(found, "badam", "base", "MT-bench", lower_is_better=False)]
+    return _per_scale(group, values, parts, "paper_mtbench_* with a judged MT-bench score",
+                      "BAdam at or above LoRA, close to Adam, above the base model")
+
+
+def _common_mean(per_method: dict[str, dict[str, list[float]]]) -> dict[str, MeanStd | None]:
+    """{method: mean over the items (datasets, tasks) that every method with results has, of the item's mean over
+    seeds} from {method: {item: [value per seed]}}; items only some methods have would make the averages
+    incomparable."""
+    with_results = [p for p in per_method.values() if p]
+    common = set.intersection(*(set(p) for p in with_results)) if with_results else set()
+    # the spread over items is not a seed spread: the value carries no std
+    return {m: (MeanStd(statistics.fmean(statistics.fmean(p[k]) for k in common), None, len(common))
+                if common and p else None) for m, p in per_method.items()}
+
+
+def _math_values(scale_runs: list[Run]) -> dict[str, MeanStd | None]:
+    per_method = {}
+    for method, g in select.best_per_method(by_seed(scale_runs)).items():
+        items: dict[str, list[float]] = {}
+        for run in g.ok_runs:
+            for dataset, value in (run.math_scores() or {}).items():
+                if dataset in PAPER_MATH_DATASETS:
+                    items.setdefault(dataset, []).append(value)
+        per_method[method] = items
+    return _common_mean(per_method)
+
+
+def _superglue_values(scale_runs: list[Run]) -> dict[str, MeanStd | None]:
+    per_method = {}
+    for method, per_seed in select.superglue_by_seed(scale_runs).items():
+        items: dict[str, list[float]] = {}
+        for tasks in per_seed.values():
+            for task, value in tasks.items():
+                if isinstance(value, float):
+                    items.setdefault(task, []).append(value)
+        per_method[method] = items
+    return _common_mean(per_method)
+
+
+def t6(runs: list[Run]) -> str:
+    def parts(found):
+        return ["mean accuracy (%) over the paper's datasets every method was evaluated on",
+                better(found, "badam", "lora", "math", lower_is_better=False),
+                close(found, "badam", "adam", "math", tolerance=CLOSE_POINTS, relative=False),
+                better(found, "badam", "base", "math", lower_is_better=False)]
+    return _per_scale(mapping.runs_for(runs, "math"), _math_values, parts, "paper_math_* with eval/math.json",
+                      "BAdam at or above LoRA, close to Adam, above the base model")
+
+
+def t11(runs: list[Run]) -> str:
+    def parts(found):
+        return ["mean test score (%) over the tasks every method finished",
+                close(found, "badam", "adam", "SuperGLUE", tolerance=CLOSE_POINTS, relative=False),
+                better(found, "badam", "lora", "SuperGLUE", lower_is_better=False)]
+    return _per_scale(mapping.runs_for(runs, "superglue"), _superglue_values, parts, "paper_superglue_*",
+                      "BAdam close to Adam and at or above LoRA")
