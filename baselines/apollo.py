@@ -20,11 +20,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from baselines.base import optimizer_state_tensors
 from baselines.errors import MethodUnsupportedError
 from baselines.galore import GaLore, GaLoreOptions
-from baselines.projector_state import (load_state_dict_with_projectors, projector_tensors,
-                                       state_dict_with_plain_projectors)
+from baselines.projector_state import ProjectorCheckpointing
 
 LICENSE_NOTE = ("apollo needs the optional package apollo-torch, licensed CC-BY-NC 4.0 (non-commercial use only), "
                 "which is therefore not installed by default; install it with: pip install 'badam-bench[apollo]'")
@@ -50,7 +48,7 @@ class APOLLOOptions(GaLoreOptions):
                              f"{', '.join(APOLLO_PROJ_TYPES)}")
 
 
-class APOLLO(GaLore):
+class APOLLO(ProjectorCheckpointing, GaLore):
     """apollo_torch.APOLLOAdamW on fp32 masters. memory_split: optimizer_states = masters + low-rank moments (full
     moments for non-matrix parameters) + the projection matrices + APOLLO's per-tensor norm of the last update."""
 
@@ -84,16 +82,6 @@ class APOLLO(GaLore):
 
         return GaLoreProjector(group["rank"], update_proj_gap=group["update_proj_gap"], scale=group["scale"],
                                proj_type=group["proj_type"])
-
-    def state_tensors(self):
-        yield from optimizer_state_tensors(self.optimizer)
-        yield from projector_tensors(self.optimizer)
-
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
-        return state_dict_with_plain_projectors(optimizer)
-
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, sd: dict) -> None:
-        load_state_dict_with_projectors(optimizer, sd, self.make_projector)
 
     def describe(self) -> dict:
         return {"apollo_rank": int(self.options.rank), "apollo_scale_type": self.options.scale_type}

@@ -73,3 +73,21 @@ def projector_tensors(optimizer: torch.optim.Optimizer):
         for value in vars(projector).values():
             items = value if isinstance(value, (list, tuple)) else [value]
             yield from (t for t in items if isinstance(t, torch.Tensor))
+
+
+class ProjectorCheckpointing:
+    """Mixin for the GaLore-family methods whose optimizer keeps projector objects in its per-parameter state
+    (APOLLO, Q-GaLore): their memory split counts the projectors' tensors, and checkpoints store the projectors as
+    plain attributes. The method class provides make_projector(group) (the factory that rebuilds one)."""
+
+    def state_tensors(self):
+        from baselines.base import optimizer_state_tensors
+
+        yield from optimizer_state_tensors(self.optimizer)
+        yield from projector_tensors(self.optimizer)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        return state_dict_with_plain_projectors(optimizer)
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, sd: dict) -> None:
+        load_state_dict_with_projectors(optimizer, sd, self.make_projector)

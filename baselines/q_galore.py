@@ -21,11 +21,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from baselines.base import optimizer_state_tensors
 from baselines.errors import MethodUnsupportedError, require_cuda
 from baselines.galore import GaLore, GaLoreOptions
-from baselines.projector_state import (load_state_dict_with_projectors, projector_tensors,
-                                       state_dict_with_plain_projectors)
+from baselines.projector_state import ProjectorCheckpointing
 
 INSTALL_HINT = "pip install 'badam-bench[q_galore]' (or: pip install q-galore-torch)"
 
@@ -55,7 +53,7 @@ class QGaLoreOptions(GaLoreOptions):
             raise ValueError(f"cos_threshold must be in [-1, 1]; got {self.cos_threshold}")
 
 
-class QGaLore(GaLore):
+class QGaLore(ProjectorCheckpointing, GaLore):
     """q_galore_torch.QGaLoreAdamW8bit on fp32 masters. memory_split: optimizer_states = masters + 8-bit moments
     (with their block scales) + the quantized projections, their scales and zero points."""
 
@@ -91,16 +89,6 @@ class QGaLore(GaLore):
                                proj_type=group["proj_type"], quant=group["quant"], group_size=group["quant_group_size"],
                                n_bit=group["quant_n_bit"], cos_threshold=group["cos_threshold"],
                                gamma_proj=group["gamma_proj"], queue_size=group["queue_size"])
-
-    def state_tensors(self):
-        yield from optimizer_state_tensors(self.optimizer)
-        yield from projector_tensors(self.optimizer)
-
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
-        return state_dict_with_plain_projectors(optimizer)
-
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, sd: dict) -> None:
-        load_state_dict_with_projectors(optimizer, sd, self.make_projector)
 
     def describe(self) -> dict:
         return {"q_galore_rank": int(self.options.rank), "q_galore_proj_bits": self.options.proj_bits}
