@@ -40,7 +40,7 @@ deliberately differs from 1.4 (each is a defect there; tests/badam/test_official
     leaving block's gradients are dropped at a switch, since its parameters freeze;
   * gradients on parameters outside the active block cannot be used (they are frozen): a warning names them.
 Call ``release()`` when dropping an optimizer while its model lives on. 1.4's BlockOptimizerRatio is
-badam/ratio.py. Not implemented: DeepSpeed ZeRO-3.
+badam/ratio.py. Data parallelism (``process_group=``): badam/data_parallel.py. Not implemented: DeepSpeed ZeRO-3.
 """
 from __future__ import annotations
 
@@ -51,12 +51,13 @@ from typing import Any
 
 import torch
 
+from .block_state import STATE_FORMAT, BlockStateMixin
+from .data_parallel import DataParallelMixin
 from .mixed_precision import GRADIENT_MODES, FP32MasterWeights, local_nbytes
 from .partition import assign_to_blocks, infer_block_prefixes, prefix_matches, unique_named_parameters
 from .update import step_tensor_by_tensor
 
 SWITCH_MODES = ("random", "ascending", "descending", "fixed")
-STATE_FORMAT = "badam-bench/BlockOptimizer/1"
 
 
 def _validate(switch_mode: str, switch_block_every: int) -> None:
@@ -66,7 +67,7 @@ def _validate(switch_mode: str, switch_block_every: int) -> None:
         raise ValueError(f"switch_block_every must be an integer >= 1 (steps per block), got {switch_block_every!r}")
 
 
-class BlockOptimizer(torch.optim.Optimizer):
+class BlockOptimizer(BlockStateMixin, DataParallelMixin, torch.optim.Optimizer):
     """Wrap `base_optimizer` (built by the user over all parameters) so that one block trains at a time.
 
     Args (badam 1.4's meanings):
@@ -93,6 +94,10 @@ class BlockOptimizer(torch.optim.Optimizer):
             "master": each gradient is folded into the fp32 master during backward and ``p.grad`` is None
             afterwards: 4 bytes per active parameter with accumulation (6 in "param" mode) and fp32 accumulation
             under FSDP2; clip and read gradients only through ``clip_grad_norm_`` and ``masters`` then.
+        process_group: data parallelism over a torch.distributed group (every rank holds the whole model): the
+            active block's gradient is averaged during backward, so ``p.grad`` holds the average when backward
+            returns; ``no_sync()`` for micro-batches but the last; rank 0's weights and schedule are broadcast.
+            ``reduce_dtype`` ("fp32" or "bf16") is the all-reduce dtype. See ``enable_data_parallel``.
     """
 
     def __init__(self, base_optimizer: torch.optim.Optimizer, named_parameters_list: Iterable,
@@ -100,7 +105,8 @@ class BlockOptimizer(torch.optim.Optimizer):
                  start_block: int | None = None, switch_mode: str = "descending", active_modules: Sequence[str] = (),
                  include_embedding: bool = False, include_lm_head: bool = False, verbose: int = 1,
                  log_fn: Callable[[dict], Any] | None = None, ds_zero3_enabled: bool | None = None,
-                 *, seed: int | None = None, per_tensor_update: bool | None = None, gradients: str = "param"):
+                 *, seed: int | None = None, per_tensor_update: bool | None = None, gradients: str = "param",
+                 process_group=None, reduce_dtype="fp32"):
         if not isinstance(base_optimizer, torch.optim.Optimizer):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
         if ds_zero3_enabled:
@@ -170,6 +176,8 @@ class BlockOptimizer(torch.optim.Optimizer):
             p.requires_grad_(False)
             p.grad = None
         self._activate(self._order[0])
+        if process_group is not None:
+            self.enable_data_parallel(process_group, reduce_dtype=reduce_dtype)
 
     # --- construction helpers -----------------------------------------------------------------------------------
     @staticmethod
@@ -263,15 +271,17 @@ class BlockOptimizer(torch.optim.Optimizer):
                     print("  trainable:", ", ".join(self.active_parameter_names))
 
     # --- switching -------------------------------------------------------------------------------------------
-    def _activate(self, block: int, event: str = "switch") -> None:
+    def _activate(self, block: int, event: str | None = "switch") -> None:
         """Make `block` (plus active_modules) the trainable set: release the previous block's fp32 masters,
-        gradients and optimizer state, then create them for the new block only."""
+        gradients and optimizer state, then create them for the new block only (event None: not reported)."""
         new_params = self._block_params[block] + self._always_params
         new_ids = {id(p) for p in new_params}
         for p in self._active_params:
             if id(p) not in new_ids:
                 p.requires_grad_(False)
                 p.grad = None  # the leaving block freezes: its gradient can never be used
+        if self._sync is not None:
+            self._sync.detach()
         if self._masters is not None:
             self._masters.release()  # release before allocating: peak memory holds one block, not two
             self._masters = None
@@ -297,8 +307,11 @@ class BlockOptimizer(torch.optim.Optimizer):
         self._update_order = sorted(((self._group_of[id(p)], i) for i, p in enumerate(self._masters.params)),
                                     key=lambda gi: (sizes[gi[1]], gi[1]))
         self._active_params = new_params
-        self._report({"event": event, "global_step": self.global_step, "block": block,
-                      "block_prefixes": self.block_prefix_list[block], "block_epoch": self.block_epoch})
+        if self._sync is not None:
+            self._sync.attach(self._masters)  # after the masters' hooks: it reads the gradient where they put it
+        if event is not None:
+            self._report({"event": event, "global_step": self.global_step, "block": block,
+                          "block_prefixes": self.block_prefix_list[block], "block_epoch": self.block_epoch})
 
     # --- optimisation ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -308,6 +321,8 @@ class BlockOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._sync is not None:
+            self._sync.before_step()
         self._warn_about_foreign_grads()
         masters = self._masters
         if self.per_tensor_update:
@@ -342,6 +357,8 @@ class BlockOptimizer(torch.optim.Optimizer):
     def release(self) -> None:
         """Drop the active block's masters, gradients, hooks and optimizer state and freeze it; call when the
         optimizer is discarded while the model lives on (the optimizer is unusable afterwards)."""
+        if self._sync is not None:
+            self._sync.detach()
         if self._masters is not None:
             self._masters.release()
             self._masters = None
@@ -380,6 +397,8 @@ class BlockOptimizer(torch.optim.Optimizer):
         """As torch's: the active block's gradients become None (or zero), with any fp32 sums behind them."""
         if self._masters is not None:
             self._masters.zero_grad(set_to_none)
+        if self._sync is not None:
+            self._sync.gradients_dropped()
 
     @property
     def masters(self) -> list[torch.Tensor]:
@@ -439,60 +458,3 @@ class BlockOptimizer(torch.optim.Optimizer):
             "active_parameters": sum(p.numel() for p in self._active_params),
             "held_bytes": self.memory_bytes(),
         }
-
-    # --- persistence -------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Everything needed to continue the same run: schedule, generator, base-optimizer state, fp32 masters.
-        Restore the model's weights first, then call load_state_dict on a BlockOptimizer built the same way."""
-        return {
-            "format": STATE_FORMAT,
-            "schedule": {
-                "num_blocks": self.num_blocks, "switch_mode": self.switch_mode,
-                "switch_block_every": self.switch_block_every, "block_prefix_list": self.block_prefix_list,
-                "order": list(self._order), "order_pos": self._order_pos, "block_epoch": self.block_epoch,
-                "step_in_block": self.step_in_block, "global_step": self.global_step,
-                "generator_state": self._generator.get_state(),
-            },
-            "masters": [m.detach() for m in self.masters],
-            "base_optimizer": self._base_state_dict(),
-        }
-
-    def _base_state_dict(self) -> dict:
-        with self._groups_hold_masters():  # torch keys the state by the tensors listed in the groups
-            state = self.base_optimizer.state_dict()
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a BlockOptimizer state dict (expected format {STATE_FORMAT!r}); a plain torch "
-                             "optimizer or badam 1.4 state dict lacks the block schedule and cannot resume one")
-        schedule = state_dict["schedule"]
-        for key in ("num_blocks", "switch_mode", "block_prefix_list"):
-            mine = getattr(self, key)
-            if schedule[key] != mine:
-                raise ValueError(f"cannot resume: saved {key} {schedule[key]!r} differs from this optimizer's {mine!r}")
-        self.switch_block_every = schedule["switch_block_every"]
-        self._order = list(schedule["order"])
-        self._order_pos = schedule["order_pos"]
-        self.block_epoch = schedule["block_epoch"]
-        self.step_in_block = schedule["step_in_block"]
-        self.global_step = schedule["global_step"]
-        self._generator.set_state(schedule["generator_state"].cpu())  # accelerate may have moved it to the device
-        self._activate(self.current_block, event="resume")
-        saved = state_dict["masters"]
-        if len(saved) != len(self._masters.masters):
-            raise ValueError(f"cannot resume: {len(saved)} saved masters, active block has {len(self._masters)}")
-        with torch.no_grad():
-            for master, value in zip(self._masters.masters, saved):
-                master.copy_(value)
-        groups = self.param_groups
-        rest = [group["params"] for group in groups]
-        with self._groups_hold_masters():
-            self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
-        # torch's load_state_dict builds new group dicts; copy their values into ours so the dicts stay the same
-        for mine, loaded, params in zip(groups, self.base_optimizer.param_groups, rest):
-            mine.clear()
-            mine.update(loaded)
-            mine["params"] = params
-        self.base_optimizer.param_groups = groups
-        self.state = self.base_optimizer.state

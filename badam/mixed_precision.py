@@ -223,6 +223,39 @@ class FP32MasterWeights:
             return acc
         return None if p.grad is None else p.grad.float()
 
+    def held_grad(self, index: int, *, check_values: bool = True) -> torch.Tensor | None:
+        """The tensor that holds the index-th gradient step() will use, where it lives (no conversion, so an in-place
+        change of it changes the update): the master's gradient in "master" mode and for fp32 parameters, the fp32
+        accumulation sum while p.grad is its rounding, else p.grad. check_values=False trusts p.grad's identity alone
+        (no comparison, which would wait for the device): right after this class's hooks wrote it, inside backward."""
+        p, master, slot = self.params[index], self.masters[index], self._slots[index]
+        if self.gradients == "master" or master is p:
+            return master.grad
+        if check_values:
+            acc = slot.valid_acc()
+        else:
+            mirror = slot.mirror() if slot.mirror is not None else None
+            acc = slot.acc if slot.acc is not None and mirror is not None and mirror is p.grad else None
+        return acc if acc is not None else p.grad
+
+    @torch.no_grad()
+    def show_grad(self, index: int) -> None:
+        """After an in-place change of held_grad(index): p.grad shows the fp32 sum's rounding again (if one is held)."""
+        p, slot = self.params[index], self._slots[index]
+        if slot is not None and slot.acc is not None and slot.mirror is not None and slot.mirror() is p.grad:
+            p.grad.copy_(slot.acc)
+
+    def set_grad(self, index: int, value: torch.Tensor) -> None:
+        """Give the index-th parameter the gradient `value` (a copy, in the dtype where gradients live) in place of
+        whatever it held."""
+        p, master, slot = self.params[index], self.masters[index], self._slots[index]
+        if self.gradients == "master" or master is p:
+            master.grad = value.detach().to(master.dtype, copy=True)
+            return
+        if slot is not None:
+            slot.drop()
+        p.grad = value.detach().to(p.dtype, copy=True)
+
     def stage_grad(self, index: int) -> bool:
         """Put the fp32 gradient on the master for the optimizer; False when the parameter has none."""
         master = self.masters[index]

@@ -38,7 +38,8 @@ DTYPES = ("bf16", "fp32")
 TASKS = ("causal_lm", "sequence_classification", "multiple_choice")
 DATA_FORMATS = ("alpaca", "math", "text", "superglue")
 AUTOCAST = ("auto", "bf16", "none")
-DISTRIBUTED = ("none", "fsdp2")  # fsdp2: launch with torchrun, see experiments/distributed.py
+DISTRIBUTED = ("none", "fsdp2", "ddp")  # launch with torchrun: experiments/distributed.py (fsdp2), experiments/ddp.py
+DDP_REDUCE_DTYPES = ("fp32", "bf16")  # train.ddp_reduce_dtype: the dtype gradients are all-reduced in
 COMMON_METHOD_KEYS = ("name", "lr", "weight_decay")
 FP16_UNSUPPORTED = ("fp16 is not supported: it needs a dynamic loss scaler that every method (including fused LOMO "
                     "updates and BAdam's block optimizer) would have to honour; use bf16 (or fp32)")
@@ -105,7 +106,8 @@ class TrainConfig:
     resume_from: str | None = None           # checkpoint.pt or a run directory holding one
     autocast: str = "auto"                   # auto: bf16 autocast when the weights are bf16
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
-    distributed: str = "none"                # none | fsdp2 (torchrun --nproc_per_node N -m experiments.run ...)
+    distributed: str = "none"                # none | fsdp2 | ddp (torchrun --nproc_per_node N -m experiments.run ...)
+    ddp_reduce_dtype: str = "fp32"           # ddp: dtype of the gradient all-reduce (badam/data_parallel.py)
     fsdp_forward_prefetch: int = 0           # fsdp2: layers whose all-gather is issued ahead (experiments.distributed)
     stop_after_steps: int | None = None      # end early (time budget); the schedule still spans the full run
     timing_warmup_steps: int = 2             # left out of the median timings
@@ -379,6 +381,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.train.distributed != "none" and device.startswith("cuda:"):
         raise ConfigError(f"train.device={device!r} with train.distributed={cfg.train.distributed}: each process "
                           "takes the GPU torchrun gives it (cuda:LOCAL_RANK); valid values: auto, cpu, cuda")
+    _choice(cfg.train.ddp_reduce_dtype, DDP_REDUCE_DTYPES, "train.ddp_reduce_dtype")
     if cfg.train.fsdp_forward_prefetch < 0:
         raise ConfigError(f"train.fsdp_forward_prefetch must be >= 0 (layers gathered ahead; 0: FSDP2's default), "
                           f"got {cfg.train.fsdp_forward_prefetch}")

@@ -82,7 +82,8 @@ class LaunchError(RuntimeError):
 
 @dataclasses.dataclass
 class DistContext:
-    """This process's place in the job. `mesh` is the 1-D device mesh FSDP2 shards over."""
+    """This process's place in the job. `mesh` is the 1-D device mesh FSDP2 shards over; `mode` is
+    train.distributed (fsdp2, or ddp: experiments/ddp.py)."""
 
     rank: int
     world_size: int
@@ -90,6 +91,7 @@ class DistContext:
     device: torch.device
     backend: str
     mesh: object  # torch.distributed.device_mesh.DeviceMesh
+    mode: str = "fsdp2"
 
     @property
     def is_main(self) -> bool:
@@ -102,7 +104,7 @@ class DistContext:
         dist.barrier()
 
     def describe(self) -> dict:
-        return {"mode": "fsdp2", "world_size": self.world_size, "backend": self.backend,
+        return {"mode": self.mode, "world_size": self.world_size, "backend": self.backend,
                 "device_type": self.device.type}
 
 
@@ -110,7 +112,7 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
-def init_distributed(device: str = "auto") -> DistContext:
+def init_distributed(device: str = "auto", mode: str = "fsdp2") -> DistContext:
     """Start (or join the already started) process group from torchrun's environment; one GPU per process on CUDA.
 
     device: "auto" (CUDA when available), "cuda" or "cpu". A missing launcher variable is one clear error."""
@@ -119,8 +121,8 @@ def init_distributed(device: str = "auto") -> DistContext:
 
     missing = [name for name in TORCHRUN_VARS if name not in os.environ]
     if missing:
-        raise LaunchError(f"train.distributed=fsdp2 needs the process-group environment that torchrun sets; "
-                           f"{', '.join(missing)} missing. Launch with: {LAUNCH_HINT}")
+        raise LaunchError(f"train.distributed={mode} needs the process-group environment that torchrun sets; "
+                          f"{', '.join(missing)} missing. Launch with: {LAUNCH_HINT.replace('fsdp2', mode)}")
     if device not in ("auto", "cuda", "cpu"):
         raise LaunchError(f"device {device!r} is not valid for a distributed run; choose one of auto, cuda, cpu "
                          "(each process takes cuda:LOCAL_RANK itself)")
@@ -143,7 +145,7 @@ def init_distributed(device: str = "auto") -> DistContext:
         raise RuntimeError("a process group is already running with another rank/world size than torchrun's")
     mesh = init_device_mesh(dev.type, (world,), mesh_dim_names=("shard",))
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev,
-                       backend=dist.get_backend(), mesh=mesh)
+                       backend=dist.get_backend(), mesh=mesh, mode=mode)
 
 
 def shutdown() -> None:
@@ -413,7 +415,7 @@ def merge_memory_summaries(summaries: list[dict]) -> dict:
     if any("process_peak_rss_bytes" in s for s in summaries):
         merged["process_peak_rss_bytes_per_rank"] = [s.get("process_peak_rss_bytes") for s in summaries]
     merged["split_rank"] = top
-    merged["per_gpu_note"] = ("fsdp2: every byte figure is per rank (sharded tensors count the local shard); "
+    merged["per_gpu_note"] = ("every byte figure is per rank (sharded tensors count the local shard); "
                               "peaks are the maximum over ranks, *_per_rank list each rank's")
     return merged
 

@@ -14,7 +14,9 @@ exception with status "error".
 
 With a DistContext (train.distributed=fsdp2, experiments/distributed.py) the prepared model is sharded with FSDP2,
 each rank trains on its round-robin share of the micro-batches, every step's record is merged over the ranks and only
-rank 0 writes files; checkpoints are sharded (experiments/distributed_checkpoint.py).
+rank 0 writes files; checkpoints are sharded (experiments/distributed_checkpoint.py). With train.distributed=ddp
+(experiments/ddp.py) every rank holds the whole model, the method's gradients are averaged at the last micro-batch of
+each step, and rank 0 writes an ordinary checkpoint.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from baselines.errors import MethodUnsupportedError
+from experiments import ddp as ddp_mod
 from experiments import distributed as dist_mod
 from experiments.checkpoint import (Position, carry_metrics, load_checkpoint, load_sharded_checkpoint, locate,
                                     save_checkpoint, save_sharded_checkpoint)
@@ -234,7 +237,7 @@ def _memory_from_records(memory: dict, records: list[dict]) -> dict:
 
 # --- the loop ----------------------------------------------------------------------------------------------------
 def _train_step(model, method, micro_batches, cfg, position, total_steps, warmup, device, autocast_dtype,
-                timer: StepTimer, probe: MemoryProbe) -> dict:
+                timer: StepTimer, probe: MemoryProbe, data_parallel=None) -> dict:
     probe.begin_step()
     timer.start_step()
     scale = lr_multiplier(position.step, total_steps, cfg.lr_schedule, warmup)
@@ -244,12 +247,15 @@ def _train_step(model, method, micro_batches, cfg, position, total_steps, warmup
     for index, batch in enumerate(micro_batches):
         tokens += count_tokens(batch)
         batch = _to_device(batch, device)
+        last = index == grad_accum - 1
         with timer.phase("forward"), probe.forward_context(), _autocast(device, autocast_dtype):
             loss = model_loss(model, batch, cfg.loss_chunk_tokens)
         probe.sample("after_forward", model, method, batch)
         losses.append(loss.detach().float())
-        with timer.phase("backward"):
-            method.backward(loss / grad_accum, last_micro_batch=index == grad_accum - 1)
+        # ddp: the last micro-batch's backward averages the gradients over the ranks, the others accumulate
+        sync = data_parallel.micro_batch(last) if data_parallel is not None else contextlib.nullcontext()
+        with sync, timer.phase("backward"):
+            method.backward(loss / grad_accum, last_micro_batch=last)
         del loss
         probe.sample("after_backward", model, method, batch)
     update_phase = contextlib.nullcontext() if method.fused_backward else timer.phase("update")
@@ -312,28 +318,35 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     resumed_at = last_step = None
     held_at_oom, diverged = None, None
     main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes files
+    ddp, data_parallel = dist_ctx is not None and dist_ctx.mode == "ddp", None
     started = on_start is None
     if started:
         run_dir.mkdir(parents=True, exist_ok=True)
     try:
         _check_supported(method, cfg)
         if dist_ctx is not None:
-            dist_mod.check_method_supported(method.name)
+            (ddp_mod if ddp else dist_mod).check_method_supported(method.name)
         if seed is not None:
             seed_everything(seed)
         if hasattr(method, "set_max_grad_norm"):
             # methods that clip inside a fused backward (LOMO) need the threshold before the first backward
             method.set_max_grad_norm(cfg.max_grad_norm)
         model = method.prepare_model(model)
-        if dist_ctx is not None:
+        if ddp:
+            model = ddp_mod.replicate(model, dist_ctx)
+        elif dist_ctx is not None:
             model = dist_mod.shard_for_training(model, dist_ctx, seed or 0, cfg.fsdp_forward_prefetch)
+        if dist_ctx is not None:
             batches_fn = dist_mod.shard_batches_fn(batches_fn, dist_ctx)
         method.build_optimizer(model)
+        data_parallel = ddp_mod.DataParallel(model, method, dist_ctx, cfg.ddp_reduce_dtype) if ddp else None
         model.train()
         if getattr(getattr(model, "config", None), "use_cache", False):
             model.config.use_cache = False  # a KV cache is useless in training and costs memory
         position = Position()
-        if cfg.resume_from and dist_ctx is not None:
+        if cfg.resume_from and ddp:
+            position = ddp_mod.load_checkpoint(cfg.resume_from, model, method, dist_ctx)
+        elif cfg.resume_from and dist_ctx is not None:
             position = load_sharded_checkpoint(cfg.resume_from, model, method, dist_ctx)
         elif cfg.resume_from:
             position = load_checkpoint(cfg.resume_from, model, method, device)
@@ -366,7 +379,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
                 micro_batches = stream.next_step()
                 position.epoch = stream.epoch
                 record = _train_step(model, method, micro_batches, cfg, position, total_steps, warmup, device,
-                                     autocast_dtype, timer, probe)
+                                     autocast_dtype, timer, probe, data_parallel)
                 position.step, position.micro = record["step"], stream.micro
                 is_last = position.step == last_step
                 # one device: no evaluation of a diverged model; sharded, every rank must take part in the same
@@ -389,7 +402,9 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
                     raise DivergedError(position.step, diverged)
                 stop_now = _stop_requested and not is_last
                 if stop_now or (cfg.save_every and (position.step % cfg.save_every == 0 or is_last)):
-                    if dist_ctx is not None:
+                    if ddp:
+                        ddp_mod.save_checkpoint(run_dir, model, method, position, total_steps, dist_ctx)
+                    elif dist_ctx is not None:
                         save_sharded_checkpoint(run_dir, model, method, position, total_steps, dist_ctx)
                     else:
                         save_checkpoint(run_dir / CHECKPOINT_FILE, model, method, position, total_steps)
@@ -401,7 +416,9 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         stopped_early = last_step < total_steps
         if status == "interrupted":
             save_model_dir = None
-        if save_model_dir is not None and dist_ctx is not None:
+        if save_model_dir is not None and ddp:
+            ddp_mod.save_model(model, Path(save_model_dir), dist_ctx)
+        elif save_model_dir is not None and dist_ctx is not None:
             dist_mod.save_full_model(model, Path(save_model_dir), dist_ctx)
         elif save_model_dir is not None:
             save_final_model(model, Path(save_model_dir))
@@ -464,6 +481,8 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     summary["environment"] = environment_info(str(device))
     if dist_ctx is not None:
         summary["distributed"] = {**dist_ctx.describe(), "note": dist_mod.method_note(method.name)}
+        if data_parallel is not None:
+            summary["distributed"].update(data_parallel.describe(), note=None)
     summary = json_safe(summary)  # what is returned is what the file holds: strict JSON, no NaN
     if main or status != "ok":  # a failing rank other than 0 reports too: rank 0 may be stuck waiting for it
         write_summary(run_dir, summary)

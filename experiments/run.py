@@ -10,9 +10,10 @@ has loaded its model and data (a typo in a path leaves it intact); `train.resume
 its own directory, and is refused, before anything is written, when the config differs from the run's config.yaml in
 anything but train.max_steps / train.stop_after_steps / output settings (experiments/checkpoint.py).
 
-Several GPUs: `torchrun --nproc_per_node N -m experiments.run --config ... train.distributed=fsdp2` (FSDP2, see
-experiments/distributed.py); rank 0 chooses the run directory and writes every file. A random-init model is then built
-on the meta device and each rank allocates only its shards.
+Several GPUs: `torchrun --nproc_per_node N -m experiments.run --config ... train.distributed=ddp` (every GPU holds the
+whole model, gradients are averaged; BAdam, LoRA, Adam, SGD: experiments/ddp.py) or `train.distributed=fsdp2` (FSDP2,
+experiments/distributed.py: a random-init model is built on the meta device and each rank allocates only its shards);
+rank 0 chooses the run directory and writes every file.
 """
 from __future__ import annotations
 
@@ -206,8 +207,8 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
     the checkpoint's directory (ResumeError, before anything is loaded, when the config differs from that run's in a
     key a resume may not change); with cfg.output.overwrite the old run is replaced only once the new one has loaded
     its model and data and built its method. Until then nothing is written, and a failure raises RunNotStartedError."""
-    if cfg.train.distributed == "fsdp2" and dist_ctx is None:
-        dist_ctx = init_distributed(cfg.train.device)
+    if cfg.train.distributed != "none" and dist_ctx is None:
+        dist_ctx = init_distributed(cfg.train.device, cfg.train.distributed)
     main = dist_ctx is None or dist_ctx.is_main
     device = str(dist_ctx.device) if dist_ctx is not None else resolve_device(cfg.train.device)  # before any write
     plan = _plan_on_rank0(cfg, on_exists, dist_ctx)
@@ -218,8 +219,9 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(run_dir / CONFIG_FILE, config_dict)
     # sharded runs: random models are built on the meta device (each rank materialises only its shards after
-    # sharding), others load on the CPU and move to the GPU shard by shard
-    load_device = device if dist_ctx is None else ("meta" if cfg.model.source.startswith("random:") else "cpu")
+    # sharding), others load on the CPU and move to the GPU shard by shard; ddp: every rank loads the whole model
+    sharded = dist_ctx is not None and dist_ctx.mode == "fsdp2"
+    load_device = device if not sharded else ("meta" if cfg.model.source.startswith("random:") else "cpu")
     data_stats: dict = {}
     meta = {"run_name": config_dict["run_name"], "model": cfg.model.source, "config": config_dict,
             "data_stats": data_stats}
@@ -267,6 +269,17 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
     if save_dir is not None and summary["status"] == "ok" and tokenizer is not None and main:
         tokenizer.save_pretrained(save_dir)
     return summary, run_dir
+
+
+def check_launch(cfg: RunConfig) -> None:
+    """Several processes started by torchrun with train.distributed=none would each train alone into one directory."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and cfg.train.distributed == "none":
+        raise ConfigError(f"started as {world} processes (torchrun) but train.distributed=none; pass "
+                          "train.distributed=ddp (each GPU holds the whole model: badam, bsgd, lora, adam, sgd) or "
+                          "train.distributed=fsdp2 (the model is sharded over the GPUs)")
 
 
 def list_everything() -> str:
@@ -329,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             return 0
-        if cfg.train.distributed == "fsdp2":
-            dist_ctx = init_distributed(cfg.train.device)
+        check_launch(cfg)
+        if cfg.train.distributed != "none":
+            dist_ctx = init_distributed(cfg.train.device, cfg.train.distributed)
         try:
             summary, run_dir = run_experiment(cfg, progress=not args.no_progress,
                                               on_exists="refuse" if args.refuse_existing else "suffix",

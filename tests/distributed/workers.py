@@ -109,8 +109,10 @@ def all_cases(out_dir: Path, cases: list[tuple[str, str]], steps: int, resume_ar
     """Everything the tests need from one process group (starting processes costs more than the cases)."""
     ctx = D.init_distributed("cpu")
     try:
+        from tests.distributed.ddp_workers import all_ddp_cases
+
         result = {"equivalence": equivalence(ctx, cases, steps), "resume": resume(ctx, out_dir, *resume_args),
-                  "meta_init": meta_init(ctx)}
+                  "meta_init": meta_init(ctx), "ddp": all_ddp_cases(ctx, out_dir / "ddp", model_dir)}
         result["harness"] = harness(ctx, out_dir / "harness", model_dir)  # last: main() ends the process group
     finally:
         D.shutdown()

@@ -1,0 +1,365 @@
+"""Data parallelism for BlockOptimizer: every rank holds the whole model, only the active block's gradient travels.
+
+BAdam trains one block at a time, so under data parallelism only the active block has a gradient to average: the
+frozen (bf16) weights need no communication at all when each rank holds a replica, and one step costs one all-reduce
+of the active block's gradient (a Llama 3-8B layer: 218M parameters) instead of FSDP's all-gathers of the whole model
+in forward and again in backward. This module does that averaging with torch.distributed collectives (NCCL on GPUs,
+gloo on the CPU); ``BlockOptimizer(..., process_group=pg)`` uses it.
+
+How a step's gradient is averaged (``BlockGradientSync``):
+  * the active block's parameters are grouped into buckets of at most ``bucket_numel`` elements, matrices in reverse
+    registration order (the order backward produces them) and 1-D tensors (norms, biases) in the last bucket, because
+    a layer's first norm gets its gradient only at the very end of backward;
+  * a post-accumulate-grad hook marks each parameter ready; a bucket whose parameters are all ready is all-reduced
+    asynchronously at once, so the transfer overlaps the rest of the backward (buckets are launched strictly in
+    bucket order, so every rank issues the same collectives in the same order);
+  * at the end of the backward (an autograd final callback) the remaining buckets are launched, every bucket is
+    awaited and divided by the world size and written back, so that when ``loss.backward()`` returns ``p.grad``
+    holds the average on every rank, as with torch's DistributedDataParallel: a clip or any edit of ``p.grad``
+    before ``step()`` sees the same numbers on all ranks, and the replicas stay identical;
+  * the gradient reduced is the one ``step()`` would use, in place where it lives: the bf16 ``p.grad`` after one
+    backward, the fp32 sum under gradient accumulation (``p.grad`` then shows its rounding again), the fp32 master
+    gradient in ``gradients="master"`` mode. ``reduce_dtype`` (default fp32) is the dtype on the wire: a bf16 gradient
+    is widened into an fp32 bucket, summed and rounded back once, where a bf16 all-reduce would round every partial
+    sum of the ring (N - 1 roundings on N ranks); bf16 halves the bytes;
+  * ``no_sync()`` (DDP's name and meaning) skips the averaging for the backward passes of micro-batches that are not
+    the last of a step: the last backward then averages the accumulated sum, one all-reduce per step. A ``step()``
+    after backward passes that all ran inside ``no_sync()`` averages there (with a warning: anything that read
+    ``p.grad`` before it saw this rank's local gradient);
+  * a parameter that received no gradient on any rank keeps none (``step()`` skips it, as in one process); one that
+    received one on some ranks only gets the average with zeros for the others (one small all-reduce of flags per
+    step tells which).
+
+Every rank must run the same number of backward passes through the active block per step (as with DDP); a rank whose
+backward never reaches the active block would leave the others waiting. The fp32 master and AdamW states of the
+active block are replicated: each rank runs the same update on the same averaged gradient, so no weights travel after
+the step (why not ZeRO-1 sharding of those states: README, multi-GPU section).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import warnings
+from typing import Any
+
+import torch
+
+from .mixed_precision import FP32MasterWeights
+
+DEFAULT_BUCKET_NUMEL = 25_000_000  # 100 MB of fp32 per bucket: a Llama 3-8B layer's 218M parameters make 7 buckets
+REDUCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MAX_IN_FLIGHT = 2  # buckets whose all-reduce may be pending during backward (bounds the extra fp32 bucket memory)
+
+
+def _dist():
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("process_group needs an initialised torch.distributed process group "
+                           "(torch.distributed.init_process_group, e.g. under torchrun)")
+    return dist
+
+
+def resolve_reduce_dtype(value: Any) -> torch.dtype:
+    """torch.float32 / torch.bfloat16 or their names "fp32" / "bf16"."""
+    if isinstance(value, str) and value in REDUCE_DTYPES:
+        return REDUCE_DTYPES[value]
+    if value in REDUCE_DTYPES.values():
+        return value
+    raise ValueError(f"reduce_dtype {value!r} is not valid; choose one of {', '.join(REDUCE_DTYPES)} "
+                     "(or torch.float32 / torch.bfloat16)")
+
+
+class _Bucket:
+    __slots__ = ("members", "offsets", "numel")
+
+    def __init__(self, members: list[int], sizes: list[int]):
+        self.members = members
+        self.offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+        self.numel = sum(sizes)
+
+
+class _InFlight:
+    __slots__ = ("bucket", "buffer", "in_place", "grads", "work")
+
+    def __init__(self, bucket, buffer, in_place, grads, work):
+        self.bucket, self.buffer, self.in_place, self.grads, self.work = bucket, buffer, in_place, grads, work
+
+
+class BlockGradientSync:
+    """Averages the gradients of one FP32MasterWeights (the active block) over a process group; see the module
+    docstring. ``attach`` at every block switch, ``detach`` before the block's masters are released."""
+
+    def __init__(self, process_group, *, reduce_dtype: Any = torch.float32,
+                 bucket_numel: int = DEFAULT_BUCKET_NUMEL):
+        dist = _dist()
+        self.dist = dist
+        self.group = process_group
+        self.world_size = dist.get_world_size(process_group)
+        self.rank = dist.get_rank(process_group)
+        self.reduce_dtype = resolve_reduce_dtype(reduce_dtype)
+        if isinstance(bucket_numel, bool) or not isinstance(bucket_numel, int) or bucket_numel < 1:
+            raise ValueError(f"bucket_numel must be an integer >= 1 (elements per all-reduce), got {bucket_numel!r}")
+        self.bucket_numel = bucket_numel
+        self._masters: FP32MasterWeights | None = None
+        self._buckets: list[_Bucket] = []
+        self._hooks: list = []
+        self._syncing = True
+        self._reset_backward()
+        self.unreduced = False  # a no_sync backward left gradients that no reduction has averaged yet
+        self.reductions = 0     # completed averagings (tests and logs)
+        self._warned_late = False
+
+    # --- one-time agreement between ranks ------------------------------------------------------------------------
+    def _source_rank(self) -> int:
+        """Global rank of the group's rank 0 (broadcast takes global ranks)."""
+        return self.dist.get_global_rank(self.group, 0) if self.group is not None else 0
+
+    def broadcast_object(self, obj):
+        """Rank 0's `obj` (picklable) on every rank of the group."""
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=self._source_rank(), group=self.group,
+                                        device=self._object_device())
+        return box[0]
+
+    def _object_device(self):
+        backend = self.dist.get_backend(self.group)
+        return torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(backend) else torch.device("cpu")
+
+    @torch.no_grad()
+    def broadcast_tensors(self, tensors: list[torch.Tensor]) -> None:
+        """Overwrite `tensors` (the model's parameters) with rank 0's values, one broadcast per tensor, in place."""
+        for t in tensors:
+            self.dist.broadcast(t.data, src=self._source_rank(), group=self.group)
+
+    def check_same_everywhere(self, fields: dict[str, Any]) -> None:
+        """Raise ValueError naming the first field whose value differs between this rank and rank 0 (model
+        architecture, block partition, schedule...): a mismatch would otherwise hang or silently diverge."""
+        digests = {key: hashlib.sha256(repr(value).encode()).hexdigest() for key, value in fields.items()}
+        everyone = [None] * self.world_size
+        self.dist.all_gather_object(everyone, digests, group=self.group)
+        for rank, theirs in enumerate(everyone):
+            for key in fields:
+                if theirs.get(key) != everyone[0].get(key):
+                    raise ValueError(f"data-parallel BlockOptimizer: rank {rank} differs from rank 0 in {key}; every "
+                                     "rank must build the same model and the same BlockOptimizer arguments")
+
+    # --- the active block --------------------------------------------------------------------------------------
+    def attach(self, masters: FP32MasterWeights) -> None:
+        """Take over the gradients of a new active block: buckets and hooks (after FP32MasterWeights' own hooks,
+        so each hook sees the gradient already folded where step() reads it)."""
+        self.detach()
+        self._masters = masters
+        params = masters.params
+        matrices = [i for i in reversed(range(len(params))) if params[i].dim() > 1]
+        vectors = [i for i in reversed(range(len(params))) if params[i].dim() <= 1]
+        self._buckets = []
+        for group in (matrices, vectors):
+            current: list[int] = []
+            for i in group:
+                if current and sum(params[j].numel() for j in current) + params[i].numel() > self.bucket_numel:
+                    self._buckets.append(_Bucket(current, [params[j].numel() for j in current]))
+                    current = []
+                current.append(i)
+            if current:
+                self._buckets.append(_Bucket(current, [params[j].numel() for j in current]))
+        self._bucket_of = {i: b for b, bucket in enumerate(self._buckets) for i in bucket.members}
+        self._hooks = [p.register_post_accumulate_grad_hook(self._ready_hook(i)) for i, p in enumerate(params)]
+        self._reset_backward()
+        self.unreduced = False
+
+    def detach(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        for entry in self._in_flight:  # an interrupted backward: collect what was started
+            entry.work.wait()
+        self._reset_backward()
+        self._masters = None
+        self._buckets = []
+
+    def _reset_backward(self) -> None:
+        self._callback_queued = False
+        self._ready: set[int] = set()
+        self._next_launch = 0
+        self._in_flight: list[_InFlight] = []
+        self._missing_local: list[int] = []
+        self._pending_missing: dict[int, torch.Tensor] = {}  # averages for parameters this rank had no gradient for
+
+    @property
+    def buckets(self) -> list[list[int]]:
+        """Indices (into the masters) of each bucket, in launch order."""
+        return [list(b.members) for b in self._buckets]
+
+    # --- during backward -----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Backward passes inside accumulate locally; the first backward outside averages the sum."""
+        previous, self._syncing = self._syncing, False
+        try:
+            yield
+        finally:
+            self._syncing = previous
+
+    def _ready_hook(self, index: int):
+        def on_gradient(_param: torch.Tensor) -> None:
+            if not self._syncing:
+                self.unreduced = True
+                return
+            if not self._callback_queued:
+                self._reset_backward()
+                self._callback_queued = True
+                torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+            self._ready.add(index)
+            self._launch_ready_buckets()
+
+        return on_gradient
+
+    def _launch_ready_buckets(self) -> None:
+        while self._next_launch < len(self._buckets) and \
+                all(i in self._ready for i in self._buckets[self._next_launch].members):
+            self._launch(self._buckets[self._next_launch], in_backward=True)
+            self._next_launch += 1
+            if len(self._in_flight) > MAX_IN_FLIGHT:
+                self._complete(self._in_flight.pop(0))
+
+    def _held(self, index: int, in_backward: bool) -> torch.Tensor | None:
+        # inside a backward no user code ran since FP32MasterWeights wrote p.grad: its identity suffices
+        return self._masters.held_grad(index, check_values=not in_backward)
+
+    def _launch(self, bucket: _Bucket, in_backward: bool) -> None:
+        params = self._masters.params
+        grads = [self._held(i, in_backward and i in self._ready) for i in bucket.members]
+        self._missing_local += [i for i, g in zip(bucket.members, grads) if g is None]
+        only = grads[0] if len(grads) == 1 else None
+        if only is not None and only.dtype == self.reduce_dtype and only.is_contiguous():
+            buffer, in_place = only, True  # the gradient itself goes on the wire: no copy, no extra memory
+        else:
+            buffer = torch.empty(bucket.numel, dtype=self.reduce_dtype, device=params[bucket.members[0]].device)
+            in_place = False
+            for i, offset, g in zip(bucket.members, bucket.offsets, grads):
+                part = buffer[offset:offset + params[i].numel()]
+                if g is None:
+                    part.zero_()
+                else:
+                    part.copy_(g.reshape(-1))
+        work = self.dist.all_reduce(buffer, group=self.group, async_op=True)
+        self._in_flight.append(_InFlight(bucket, buffer, in_place, grads, work))
+
+    @torch.no_grad()
+    def _complete(self, entry: _InFlight) -> None:
+        entry.work.wait()  # NCCL: the current stream waits for the collective; gloo: the CPU waits
+        entry.buffer.div_(self.world_size)
+        params = self._masters.params
+        for i, offset, g in zip(entry.bucket.members, entry.bucket.offsets, entry.grads):
+            if g is None:
+                self._pending_missing[i] = entry.buffer[offset:offset + params[i].numel()].view_as(params[i])
+                continue
+            if not entry.in_place:
+                g.copy_(entry.buffer[offset:offset + params[i].numel()].view_as(g))
+            self._masters.show_grad(i)
+
+    @torch.no_grad()
+    def _end_of_backward(self) -> None:
+        """Autograd final callback of a syncing backward: launch what is left, wait for everything, write back."""
+        self._callback_queued = False
+        self._reduce_all(in_backward=True)
+
+    def _reduce_all(self, in_backward: bool) -> None:
+        while self._next_launch < len(self._buckets):
+            self._launch(self._buckets[self._next_launch], in_backward)
+            self._next_launch += 1
+        # which parameters had a gradient on some rank: one small all-reduce, always issued (a collective must be
+        # called by every rank), read back only on a rank that lacked one (the read waits for the device)
+        device = self._masters.params[0].device if self._masters.params else torch.device("cpu")
+        flags = torch.zeros(len(self._masters.params), dtype=torch.float32)
+        flags[self._missing_local] = 1.0
+        present = (1.0 - flags).to(device)
+        work = self.dist.all_reduce(present, group=self.group, async_op=True)
+        for entry in self._in_flight:
+            self._complete(entry)
+        work.wait()
+        if self._missing_local:
+            counts = present.cpu()
+            for i in self._missing_local:
+                if counts[i] > 0:  # another rank had one: this rank takes the average too
+                    self._masters.set_grad(i, self._pending_missing[i])
+        self._reset_backward()
+        self.unreduced = False
+        self.reductions += 1
+
+    # --- at the update -----------------------------------------------------------------------------------------
+    def before_step(self) -> None:
+        """Average now if the last backward passes all ran inside no_sync() (replicas must not diverge)."""
+        if not self.unreduced:
+            return
+        if not self._warned_late:
+            self._warned_late = True
+            warnings.warn("BlockOptimizer (data parallel): every backward since the last step ran inside no_sync(), "
+                          "so the gradients were averaged in step(); a clip or any read of p.grad before step() saw "
+                          "this rank's local gradient. Run the last micro-batch's backward outside no_sync(). "
+                          "(Warned once.)", stacklevel=3)
+        self._reset_backward()
+        with torch.no_grad():
+            self._reduce_all(in_backward=False)
+
+    def gradients_dropped(self) -> None:
+        """zero_grad(): nothing is left to average."""
+        self.unreduced = False
+
+
+class DataParallelMixin:
+    """BlockOptimizer's data-parallel side: ``enable_data_parallel``, ``no_sync`` and the calls its block switch, step
+    and zero_grad make (``self._sync`` is None on one process)."""
+
+    _sync: BlockGradientSync | None = None
+
+    def enable_data_parallel(self, process_group=None, *, reduce_dtype: Any = "fp32",
+                             bucket_numel: int = DEFAULT_BUCKET_NUMEL, broadcast_weights: bool = True) -> None:
+        """Average the active block's gradients over `process_group` (None: the default group) from now on; what
+        ``BlockOptimizer(..., process_group=pg)`` calls. Call it on every rank, before the first backward.
+
+        Rank 0's block schedule (generator state, order, position) is adopted by every rank, and with
+        ``broadcast_weights`` (default) rank 0's parameters too (one broadcast per tensor, as DDP does at
+        construction), so the replicas start identical; then every rank checks that its parameters' names, shapes and
+        dtypes, its partition and its schedule match rank 0's (ValueError naming the difference)."""
+        if self._sync is not None:
+            raise RuntimeError("enable_data_parallel: this BlockOptimizer is already data parallel")
+        if self.global_step or self.base_optimizer.state or self.gradient_tensors():
+            raise RuntimeError("enable_data_parallel must be called before the first backward and step (every rank "
+                               "must start from the same weights and the same gradients)")
+        if any(hasattr(p, "_local_tensor") for p in self._all_params):
+            raise ValueError("process_group is for a model replicated on every rank; these parameters are sharded "
+                             "(FSDP2 DTensors), whose gradients FSDP2 already averages: leave process_group unset")
+        sync = BlockGradientSync(process_group, reduce_dtype=reduce_dtype, bucket_numel=bucket_numel)
+        schedule = sync.broadcast_object({"generator": self._generator.get_state(), "order": list(self._order),
+                                          "order_pos": self._order_pos})
+        reorder = schedule["order"] != self._order
+        self._generator.set_state(schedule["generator"])
+        self._order, self._order_pos = list(schedule["order"]), schedule["order_pos"]
+        if broadcast_weights:
+            sync.broadcast_tensors(self._all_params)
+        sync.check_same_everywhere({
+            "parameter names, shapes and dtypes": [(self._param_names[id(p)], tuple(p.shape), str(p.dtype))
+                                                   for p in self._all_params],
+            "block partition": self.block_prefix_list, "active_modules": self.active_modules,
+            "schedule": (self.switch_mode, self.switch_block_every, self._order, self._order_pos),
+            "gradients mode": self.gradients, "reduce dtype and buckets": (str(sync.reduce_dtype), bucket_numel)})
+        self._sync = sync
+        if reorder and self.switch_mode == "random":
+            self._report({"event": "order", "block_epoch": self.block_epoch, "order": self._order})
+        self._activate(self.current_block, event=None)  # masters again, from the (broadcast) weights; hooks on
+
+    @property
+    def process_group(self):
+        """The process group the gradients are averaged over (None on one process)."""
+        return self._sync.group if self._sync is not None else None
+
+    @property
+    def gradient_sync(self) -> BlockGradientSync | None:
+        return self._sync
+
+    def no_sync(self):
+        """Context manager: backward passes inside it are not averaged (the micro-batches of a step but the last,
+        as with DDP's no_sync); a no-op on one process."""
+        return self._sync.no_sync() if self._sync is not None else contextlib.nullcontext()

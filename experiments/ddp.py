@@ -1,0 +1,115 @@
+"""Data-parallel training (`train.distributed=ddp`): every rank holds the whole model, gradients are averaged.
+
+Launch: `torchrun --nproc_per_node N -m experiments.run --config ... train.distributed=ddp` (the process group comes
+from experiments.distributed.init_distributed, NCCL on GPUs, gloo on the CPU). Use it when the model and one block's
+(BAdam) or the adapters' (LoRA) training state fit one GPU: nothing but gradients travels, where FSDP2
+(`train.distributed=fsdp2`) all-gathers every layer in forward and again in backward.
+
+How each method runs (only the methods below; the others are refused at start, with the reason):
+  * badam, bsgd: `BlockOptimizer.enable_data_parallel` (badam/data_parallel.py): only the active block's gradient is
+    all-reduced, in buckets launched during the backward; block order and switches are rank 0's on every rank;
+    the active block's fp32 master and optimizer states are replicated (every rank runs the same update);
+  * lora, adam, sgd: the same bucketed all-reduce (`badam.data_parallel.BlockGradientSync`) attached to the method's
+    fp32 masters, so it averages exactly the gradients the method's update reads (LoRA: the adapters only). Full-
+    parameter methods replicate 16-18 bytes per parameter on every GPU: fine for small models, fsdp2 otherwise.
+The last micro-batch of a step averages the accumulated sum (the others run inside `no_sync`), so N ranks with
+grad_accum G equal one process with grad_accum N x G on the micro-batches dealt round-robin (as under fsdp2).
+
+Before the optimizer is built, rank 0's parameters and buffers are broadcast (every rank starts from the same weights,
+also for random-init models). Checkpoints: rank 0 writes the ordinary `checkpoint.pt` (every rank holds the same
+model and optimizer state) with every rank's RNG states; a resume needs the same number of ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from badam import BlockOptimizer
+from badam.data_parallel import BlockGradientSync
+from badam.mixed_precision import FP32MasterWeights
+from baselines.errors import MethodUnsupportedError
+
+BLOCK_METHODS = ("badam", "bsgd")
+MASTER_METHODS = ("lora", "adam", "sgd")
+# why the other methods are not offered under ddp (each would need its own verification against one process)
+UNSUPPORTED_REASON = ("only {supported} run under train.distributed=ddp (each compared with one process on the same "
+                      "global batch in tests/distributed); {name} is not: methods that update inside backward (lomo, "
+                      "galore_layerwise) cannot average first, methods whose trainable subset changes (lisa, "
+                      "blockllm) or that communicate themselves (adam_mini) need their own handling, and the rest "
+                      "were not verified. Run it with train.distributed=fsdp2 or on one device")
+
+
+def check_method_supported(method_name: str) -> None:
+    supported = BLOCK_METHODS + MASTER_METHODS
+    if method_name not in supported:
+        raise MethodUnsupportedError(UNSUPPORTED_REASON.format(supported=", ".join(supported), name=method_name))
+
+
+@torch.no_grad()
+def replicate(model: nn.Module, ctx) -> nn.Module:
+    """Rank 0's parameters and buffers on every rank (in place, one broadcast per tensor), before the method builds
+    masters from them; the model is on ctx.device already."""
+    import torch.distributed as dist
+
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(tensor.data, src=0)
+    return model
+
+
+class DataParallel:
+    """What the loop needs for one ddp run: the gradient averaging attached to the method, and the context each
+    micro-batch's forward and backward run in (the last one of a step averages, the others accumulate)."""
+
+    def __init__(self, model: nn.Module, method, ctx, reduce_dtype: str = "fp32"):
+        check_method_supported(method.name)
+        self.ctx = ctx
+        optimizer = getattr(method, "optimizer", None)
+        if isinstance(optimizer, BlockOptimizer):
+            optimizer.enable_data_parallel(None, reduce_dtype=reduce_dtype, broadcast_weights=False)
+            self.sync = optimizer.gradient_sync
+        else:
+            masters = getattr(method, "master_weights", None)
+            if not isinstance(masters, FP32MasterWeights):
+                raise MethodUnsupportedError(f"{method.name} keeps no fp32 masters to average gradients on")
+            self.sync = BlockGradientSync(None, reduce_dtype=reduce_dtype)
+            self.sync.attach(masters)
+
+    def micro_batch(self, last: bool):
+        """Context for one micro-batch's forward and backward: averaged when it is the last of the step."""
+        return contextlib.nullcontext() if last else self.sync.no_sync()
+
+    def describe(self) -> dict:
+        return {"reduce_dtype": str(self.sync.reduce_dtype).removeprefix("torch."),
+                "bucket_numel": self.sync.bucket_numel, "optimizer_states": "replicated"}
+
+
+# --- checkpoints and the final model -------------------------------------------------------------------------------
+def save_checkpoint(run_dir: Path, model: nn.Module, method, position, total_steps: int, ctx) -> None:
+    """Rank 0 writes <run_dir>/checkpoint.pt (the replicas are identical) holding every rank's RNG states."""
+    from experiments import checkpoint
+    from experiments.distributed import gather_objects
+    from experiments.results import CHECKPOINT_FILE
+
+    rngs = gather_objects(checkpoint.rng_state(), ctx)
+    if ctx.is_main:
+        checkpoint.save_checkpoint(run_dir / CHECKPOINT_FILE, model, method, position, total_steps, rank_rng=rngs)
+    ctx.barrier()
+
+
+def load_checkpoint(resume_from: str, model: nn.Module, method, ctx):
+    """Every rank loads the same checkpoint.pt and takes its own RNG states back."""
+    from experiments import checkpoint
+
+    return checkpoint.load_checkpoint(resume_from, model, method, ctx.device, rank=ctx.rank,
+                                      world_size=ctx.world_size)
+
+
+def save_model(model: nn.Module, path: Path, ctx) -> None:
+    from experiments.loop import save_final_model
+
+    if ctx.is_main:
+        save_final_model(model, Path(path))
+    ctx.barrier()

@@ -1,0 +1,154 @@
+"""train.distributed=ddp cases, run on every rank inside the one spawn of tests/distributed/conftest.py (through
+workers.all_cases). Each returns what the tests in test_ddp.py need (rank 0's view, or every rank's when it matters)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from experiments import ddp as DDP
+from experiments import distributed as D
+from experiments.checkpoint import Position
+from tests.distributed.common import full_weights, make_method, tiny_llama
+from tests.distributed.workers import harness_args, rank_steps
+
+DDP_CASES = [("badam", "float32"), ("badam", "bfloat16"), ("lora", "float32"), ("adam", "float32")]
+# 4 blocks (embeddings, 2 layers, head): 24 random orders, so rank 0's schedule winning over rank 1's seed shows
+LIBRARY_OPTIONS = {"switch_block_every": 2, "switch_mode": "random", "include_embedding": True,
+                   "include_lm_head": True}
+LIBRARY_STEPS = 6
+
+
+def ddp_setup(ctx, method_name: str, dtype: torch.dtype, **options):
+    """What the loop does under train.distributed=ddp: prepare, replicate rank 0's weights, build, attach."""
+    method = make_method(method_name)
+    for key, value in options.items():
+        setattr(method.options, key, value)
+    model = DDP.replicate(method.prepare_model(tiny_llama(dtype)), ctx)
+    method.build_optimizer(model)
+    return model, method, DDP.DataParallel(model, method, ctx)
+
+
+def train_ddp(model, method, dp, steps: list[list[dict]]) -> tuple[list[float], list, list[float]]:
+    """The loop's order (micro-batches but the last inside no_sync); returns this rank's mean loss, the active block
+    before each step, and a checksum of the averaged gradient right after the last backward (read as a clip would)."""
+    losses, blocks, grad_sums = [], [], []
+    for micro in steps:
+        blocks.append(method.describe().get("active_block"))
+        total = 0.0
+        for batch in micro:
+            loss = model(**batch).loss
+            with dp.micro_batch(batch is micro[-1]):
+                method.backward(loss / len(micro), last_micro_batch=batch is micro[-1])
+            total += float(loss.detach()) / len(micro)
+        grad_sums.append(float(sum(g.double().sum() for g in held_gradients(method))))
+        method.clip_and_norm(1.0)
+        method.step()
+        method.zero_grad()
+        losses.append(total)
+    return losses, blocks, grad_sums
+
+
+def held_gradients(method) -> list[torch.Tensor]:
+    """The gradients the method's next update reads (BlockOptimizer: p.grad and fp32 sums; others: the masters')."""
+    if hasattr(method.optimizer, "gradient_tensors"):
+        return method.optimizer.gradient_tensors()
+    return [m.grad for m in method.master_weights.masters if m.grad is not None]
+
+
+def equivalence(ctx) -> dict:
+    results = {}
+    for method_name, dtype_name in DDP_CASES:
+        model, method, dp = ddp_setup(ctx, method_name, getattr(torch, dtype_name))
+        losses, blocks, grad_sums = train_ddp(model, method, dp, rank_steps(ctx, 4))
+        every = D.gather_objects({"losses": losses, "blocks": blocks, "grad_sums": grad_sums,
+                                  "weights": full_weights(model)}, ctx)
+        results[f"{method_name}/{dtype_name}"] = {
+            "weights": every[0]["weights"], "losses": [sum(x) / len(x) for x in zip(*(e["losses"] for e in every))],
+            "blocks_per_rank": [e["blocks"] for e in every], "grad_sums_per_rank": [e["grad_sums"] for e in every],
+            "replicas_equal": all(torch.equal(e["weights"][k], every[0]["weights"][k])
+                                  for e in every for k in every[0]["weights"]),
+            "split": method.memory_split(model), "describe": method.describe(), "dp": dp.describe()}
+    return results
+
+
+def library(ctx) -> dict:
+    """BlockOptimizer(..., process_group=...) used directly, as a library user would: a different seed on every rank
+    (rank 0's schedule must win), every micro-batch averaged (no no_sync), then a rank built differently."""
+    import torch.distributed as dist
+
+    from badam import BlockOptimizer
+
+    model = tiny_llama(torch.float32)
+    with torch.no_grad():  # a different start on rank 1: the broadcast must replace it by rank 0's weights
+        next(model.parameters()).add_(float(ctx.rank))
+    base = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    optimizer = BlockOptimizer(base, list(model.named_parameters()), **LIBRARY_OPTIONS, seed=100 + ctx.rank,
+                               verbose=0, process_group=dist.group.WORLD)
+    blocks, orders = [], []
+    for micro in rank_steps(ctx, LIBRARY_STEPS):
+        blocks.append(optimizer.current_block)
+        orders.append(list(optimizer._order))
+        for batch in micro:
+            (model(**batch).loss / len(micro)).backward()  # averaged at every backward: the sum of averages
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # a plain torch clip on p.grad: the average
+        optimizer.step()
+        optimizer.zero_grad()
+    every = D.gather_objects({"blocks": blocks, "orders": orders, "weights": full_weights(model)}, ctx)
+    mismatch = None
+    try:  # rank 1 asks for another K: every rank must get a clear error (not a hang)
+        other = tiny_llama(torch.float32)
+        BlockOptimizer(torch.optim.AdamW(other.parameters()), list(other.named_parameters()),
+                       switch_block_every=2 + ctx.rank, verbose=0, process_group=dist.group.WORLD)
+    except ValueError as exc:
+        mismatch = str(exc)
+    return {"blocks_per_rank": [e["blocks"] for e in every], "orders_per_rank": [e["orders"] for e in every],
+            "weights": every[0]["weights"], "replicas_equal": all(
+                torch.equal(e["weights"][k], every[0]["weights"][k]) for e in every for k in every[0]["weights"]),
+            "mismatch_errors": D.gather_objects(mismatch, ctx)}
+
+
+def resume(ctx, out_dir: Path, total: int = 5, save_after: int = 3) -> dict:
+    """bf16 BAdam under ddp: uninterrupted vs checkpoint.pt (experiments.ddp) after `save_after` steps, then a fresh
+    model, method and attachment that load it and train on."""
+    model, method, dp = ddp_setup(ctx, "badam", torch.bfloat16)
+    train_ddp(model, method, dp, rank_steps(ctx, total))
+    straight = {"weights": full_weights(model), "describe": method.describe()}
+
+    model, method, dp = ddp_setup(ctx, "badam", torch.bfloat16)
+    train_ddp(model, method, dp, rank_steps(ctx, save_after))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    DDP.save_checkpoint(out_dir, model, method, Position(step=save_after), total, ctx)
+    del model, method, dp
+    model, method, dp = ddp_setup(ctx, "badam", torch.bfloat16)
+    position = DDP.load_checkpoint(str(out_dir), model, method, ctx)
+    train_ddp(model, method, dp, rank_steps(ctx, total, first=position.step))
+    resumed = {"weights": full_weights(model), "describe": method.describe(), "step": position.step}
+    return {"straight": straight, "resumed": resumed}
+
+
+def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
+    """experiments.run's run_experiment as `torchrun -m experiments.run ... train.distributed=ddp` calls it:
+    uninterrupted, stopped after 2 steps with a checkpoint, and resumed to the end."""
+    from experiments import run as run_cli
+    from experiments.config import load_config
+
+    ddp_ctx = dataclasses.replace(ctx, mode="ddp")
+
+    def run(name: str, *extra: str):
+        a = harness_args(model_dir, out_dir / name, "train.distributed=ddp", "train.device=cpu",
+                         "train.grad_accum=1", *extra)
+        return run_cli.run_experiment(load_config(a[1], [x for x in a[2:] if "=" in x]), progress=False,
+                                      dist_ctx=ddp_ctx)
+
+    straight, _ = run("straight", "output.save_model=true")
+    half, half_dir = run("half", "train.stop_after_steps=2", "train.save_every=2")
+    resumed, _ = run("half", f"train.resume_from={half_dir}", "train.save_every=2", "output.save_model=true")
+    return {"statuses": [straight["status"], half["status"], resumed["status"]],
+            "distributed": straight.get("distributed")}
+
+
+def all_ddp_cases(ctx, out_dir: Path, model_dir: Path) -> dict:
+    return {"equivalence": equivalence(ctx), "library": library(ctx), "resume": resume(ctx, out_dir / "resume"),
+            "harness": harness(ctx, out_dir / "harness", model_dir)}

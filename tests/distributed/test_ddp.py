@@ -1,0 +1,137 @@
+"""train.distributed=ddp and BlockOptimizer(..., process_group=...) on 2 gloo processes (the cases run in the one
+spawn of conftest.py; tests/distributed/ddp_workers.py) against one process on the same global batch.
+
+Tolerances: fp32 as in test_fsdp2_training.py (only the summation order of the micro-batch gradients differs: one
+process sums 4 in order, data parallelism sums 2 per rank and then across ranks). bf16 BAdam: each rank sums its
+micro-batch gradients in fp32 and the fp32 sums are all-reduced, so only that order differs from one process too
+(unlike FSDP2, which reduces in bf16). Measured here: bitwise equal weights and losses; asserted: losses at the fp32
+tolerance, weights within one bf16 ulp (a master rounded the other way) for all but 0.1 % of them. Resume: bitwise.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experiments.results import read_metrics, read_summary
+from tests.distributed.common import STEPS, WORLD, full_weights, micro_batches, tiny_llama
+from tests.distributed.ddp_workers import LIBRARY_OPTIONS, LIBRARY_STEPS
+from tests.distributed.test_fsdp2_training import LR, single_process
+from tests.distributed.workers import GRAD_ACCUM
+
+
+@pytest.fixture(scope="module")
+def ddp(fsdp2_run):
+    return fsdp2_run["ddp"]
+
+
+def _diffs(got: dict, want: dict) -> torch.Tensor:
+    assert got.keys() == want.keys()
+    return torch.cat([(got[k] - want[k]).abs().flatten() for k in want])
+
+
+@pytest.mark.parametrize("method_name", ["badam", "lora", "adam"])
+def test_fp32_data_parallel_equals_single_process(ddp, method_name):
+    got = ddp["equivalence"][f"{method_name}/float32"]
+    model, method, losses = single_process(method_name, torch.float32)
+    diffs = _diffs(got["weights"], full_weights(model))
+    assert diffs.max() <= 1e-2 * LR, f"{method_name}: ddp and single-process weights differ by {diffs.max()}"
+    assert (diffs > 1e-7).sum() <= 1e-3 * diffs.numel()
+    assert got["losses"] == pytest.approx(losses, rel=1e-6)
+    assert got["replicas_equal"]  # every rank holds the same weights after every update
+    sums = got["grad_sums_per_rank"]  # the gradient each rank held after backward, before the clip: the average
+    assert sums[0] == sums[1] and len(sums[0]) == STEPS
+    if method_name == "badam":
+        blocks = got["blocks_per_rank"]
+        assert blocks[0] == blocks[1] == [0, 0, 1, 1]  # K = 2: the same block switches on every rank
+        assert got["describe"]["active_block"] == method.describe()["active_block"]
+
+
+def test_bf16_badam_sums_in_fp32_and_replicates_its_state(ddp):
+    got = ddp["equivalence"]["badam/bfloat16"]
+    model, method, losses = single_process("badam", torch.bfloat16)
+    want = full_weights(model)
+    diffs = _diffs(got["weights"], want)
+    ulps = torch.cat([(ref.abs() * 2 ** -7).flatten() for ref in want.values()])
+    assert (diffs > ulps).float().mean() <= 1e-3 and diffs.max() <= 2 * LR
+    assert got["losses"] == pytest.approx(losses, rel=1e-6)
+    assert got["replicas_equal"]
+    # replicated, not sharded: each rank holds what one process holds (FSDP2 halves both)
+    single = method.memory_split(model)
+    assert got["split"]["parameters"] == single["parameters"]
+    assert got["split"]["optimizer_states"] == single["optimizer_states"] > 0
+    assert got["dp"] == {"reduce_dtype": "float32", "bucket_numel": 25_000_000, "optimizer_states": "replicated"}
+
+
+def test_library_process_group_schedule_and_weights(ddp):
+    """BlockOptimizer(..., process_group=WORLD) with seed 100 + rank and different start weights on rank 1: both
+    ranks follow rank 0's schedule and weights; averaging every backward (no no_sync) equals one process, with a
+    plain torch clip over p.grad in between."""
+    from badam import BlockOptimizer
+
+    got = ddp["library"]
+    assert got["blocks_per_rank"][0] == got["blocks_per_rank"][1]
+    assert got["orders_per_rank"][0] == got["orders_per_rank"][1]
+    assert got["replicas_equal"]
+    model = tiny_llama(torch.float32)
+    base = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    optimizer = BlockOptimizer(base, list(model.named_parameters()), **LIBRARY_OPTIONS, seed=100, verbose=0)
+    per_step = WORLD * GRAD_ACCUM
+    batches = micro_batches(LIBRARY_STEPS * per_step)
+    blocks, orders = [], []
+    for s in range(LIBRARY_STEPS):
+        blocks.append(optimizer.current_block)
+        orders.append(list(optimizer._order))
+        for batch in batches[s * per_step:(s + 1) * per_step]:
+            (model(**batch).loss / per_step).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert got["blocks_per_rank"][0] == blocks and got["orders_per_rank"][0] == orders  # rank 0's seed
+    assert len(set(blocks)) == 3  # three blocks visited: the comparison crosses switches
+    diffs = _diffs(got["weights"], full_weights(model))
+    assert diffs.max() <= 1e-2 * LR and (diffs > 1e-7).sum() <= 1e-3 * diffs.numel()
+
+
+def test_ranks_built_differently_get_one_clear_error(ddp):
+    errors = ddp["library"]["mismatch_errors"]
+    assert len(errors) == WORLD and all("rank 1 differs from rank 0 in schedule" in (e or "") for e in errors)
+
+
+def test_resume_under_ddp_is_bitwise(ddp):
+    out = ddp["resume"]  # 5 steps straight vs 3, checkpoint.pt, fresh model + method + attachment, 2 more (K = 2)
+    straight, resumed = out["straight"], out["resumed"]
+    assert resumed["step"] == 3 and resumed["describe"] == straight["describe"]
+    for key, value in straight["weights"].items():
+        assert torch.equal(resumed["weights"][key], value), key
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_experiments_run_ddp_equals_fsdp2_and_resumes(fsdp2_run):
+    """The harness under train.distributed=ddp (2 ranks, batch 1 each) against the fsdp2 run of the same config, which
+    test_fsdp2_training compares with one process; then the resumed run against the uninterrupted one."""
+    got = fsdp2_run["ddp"]["harness"]
+    assert got["statuses"] == ["ok", "ok", "ok"]
+    assert got["distributed"]["mode"] == "ddp" and got["distributed"]["world_size"] == WORLD
+    base = fsdp2_run["harness_dir"]
+    ddp_dir = base.parent / "ddp" / "harness"
+    sharded, replicated = base / "straight" / "smollm2_alpaca-badam", ddp_dir / "straight" / "smollm2_alpaca-badam"
+    for a, b in zip(read_metrics(sharded), read_metrics(replicated), strict=True):
+        assert b["tokens"] == a["tokens"] and b["active_block"] == a["active_block"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+    assert read_summary(replicated)["status"] == "ok"
+    diffs = torch.cat([(v - _weights(sharded / "model")[k]).abs().flatten()
+                       for k, v in _weights(replicated / "model").items()])
+    assert diffs.max() <= 1e-2 * LR and (diffs > 1e-7).float().mean() <= 1e-3
+
+    resumed = ddp_dir / "half" / "smollm2_alpaca-badam"
+    assert (resumed / "checkpoint.pt").is_file() and read_summary(resumed)["steps"] == 4
+    for a, b in zip(read_metrics(replicated), read_metrics(resumed), strict=True):
+        assert (a["loss"], a["grad_norm"], a["active_block"]) == (b["loss"], b["grad_norm"], b["active_block"])
+    for key, value in _weights(replicated / "model").items():
+        assert torch.equal(_weights(resumed / "model")[key], value), key
