@@ -1,10 +1,13 @@
-"""BAdam (or another method) on 1..N GPUs with FSDP2: per-GPU peak memory, tokens/s and scaling efficiency.
+"""BAdam (or another method) on 1..N GPUs with FSDP2 or data parallel: per-GPU peak memory, tokens/s and scaling.
 
 Launch one run per GPU count (each run < 5 minutes at the defaults):
     torchrun --nproc_per_node 1 benchmarks/multi_gpu.py --out results/bench/multi_gpu
     torchrun --nproc_per_node 2 benchmarks/multi_gpu.py --out results/bench/multi_gpu
     torchrun --nproc_per_node 4 benchmarks/multi_gpu.py --out results/bench/multi_gpu
     torchrun --nproc_per_node 4 benchmarks/multi_gpu.py --out results/bench/multi_gpu --model llama3-70b --steps 8
+    # data parallel (train.distributed=ddp) against the plain single-GPU path, 5 alternating rounds, one block-epoch
+    torchrun --nproc_per_node 2 benchmarks/multi_gpu.py --out results/bench/multi_gpu --mode ddp --compare-single 5 \
+        --switch-every 1 --steps 35
     # CPU check of the script itself (2 gloo processes, tiny Llama):
     torchrun --nproc_per_node 2 benchmarks/multi_gpu.py --out /tmp/bench_multi --tiny
 
@@ -16,10 +19,14 @@ short K makes the run cross block switches, so the peak includes a switch). Step
 synchronised), median reported.
 
 Each run writes <out>/<model>_<method>_n<N>.json (per-rank figures, command, device, versions, date) and rewrites
-<out>/summary.md from every JSON in <out>: scaling efficiency = (tokens/s on N GPUs) / (N x tokens/s on 1 GPU) of the
+<out>/summary.md from every JSON in <out>: scaling = (tokens/s on N GPUs) / (N x best single-GPU tokens/s) of the
 same model and method. Predicted per-GPU bytes (BAdam) = (2 P + 16 P_block) / N: bf16 weights of all P parameters plus,
 for the largest block, an fp32 master, fp32 gradient and two fp32 Adam moments, all sharded over N GPUs; the measured
 peak adds activations, the all-gathered layer(s) and the logits.
+
+The best single-GPU tokens/s is the highest of the same model, method and batch in <out>: a 1-GPU FSDP2 run or the
+median of the single-GPU phases of a `--mode ddp --compare-single R` run (benchmarks/multi_gpu_ddp.py), which are
+measured alternately with the data-parallel phases in the same processes.
 """
 from __future__ import annotations
 
@@ -44,8 +51,10 @@ apply_defaults()  # the harness's allocator setting, before torch is imported, s
 import torch  # noqa: E402
 
 from experiments import distributed as dist_mod  # noqa: E402
-from experiments.measure import StepTimer, synchronize  # noqa: E402
+from experiments.measure import synchronize  # noqa: E402
 from experiments.results import source_commit  # noqa: E402
+from multi_gpu_ddp import (best_single, combine_replicated, replicated_table, run_replicated,  # noqa: E402
+                           start_profiler, timed_steps, write_profile)
 
 GIB = 1024 ** 3
 
@@ -77,8 +86,21 @@ def parse_args(argv=None):
                         "experiments.distributed.shard_model)")
     p.add_argument("--profile-dir", default=None,
                    help="also write rank 0's torch.profiler table (CUDA kernels incl. NCCL) of the last 3 steps here")
+    p.add_argument("--mode", choices=("fsdp2", "ddp"), default="fsdp2",
+                   help="fsdp2: the model sharded (default); ddp: every GPU holds the whole model and only gradients "
+                        "travel, as train.distributed=ddp (benchmarks/multi_gpu_ddp.py)")
+    p.add_argument("--compare-single", type=int, default=0, metavar="R",
+                   help="ddp: R alternating rounds of rank 0 alone (the plain single-GPU path) and all ranks")
+    p.add_argument("--reduce-dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="ddp: dtype of the gradient all-reduce (train.ddp_reduce_dtype)")
     p.add_argument("--tiny", action="store_true", help="CPU/gloo check: tiny-llama, length 32, 4 steps")
     args = p.parse_args(argv)
+    if args.mode == "ddp" and (args.separate_ends or args.keep_gathered or args.forward_prefetch):
+        p.error("--separate-ends, --keep-gathered and --forward-prefetch are FSDP2 layouts; not with --mode ddp")
+    if args.compare_single and args.mode != "ddp":
+        p.error("--compare-single alternates single-GPU and data-parallel phases: it needs --mode ddp")
+    if args.compare_single < 0:
+        p.error(f"--compare-single must be >= 0; got {args.compare_single}")
     if args.tiny:
         args.model = "tiny-llama"
         args.seq_len = min(args.seq_len, 32)
@@ -143,33 +165,17 @@ def run(args, ctx) -> dict:
     init_s = time.perf_counter() - t0
     weights_bytes = allocated(ctx.device)
     sizes = block_sizes(method, model)
-    vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(1000 + ctx.rank)  # each rank its own batch (data parallel)
-    autocast = torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
-    steps = []
     profiler = None
-    timer = StepTimer(ctx.device)
-    for step in range(args.steps):
-        ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=gen).to(ctx.device)
+
+    def profile(step: int) -> None:
+        nonlocal profiler
         if args.profile_dir and ctx.is_main and step == args.steps - 3:
             profiler = start_profiler(ctx.device)
-        timer.start_step()  # the harness's timer: CUDA events per phase, no synchronisation between phases
-        with timer.phase("forward"), autocast:
-            loss = model(input_ids=ids, labels=ids).loss
-        with timer.phase("backward"):
-            method.backward(loss)
-        with timer.phase("update"):
-            norm = method.clip_and_norm(1.0)
-            method.step()
-            method.zero_grad()
-        times = timer.end_step()
-        steps.append({"step": step + 1, "ms": times["step"], "forward_ms": times["forward"],
-                      "backward_ms": times["backward"], "update_ms": times["update"], "loss": float(loss.detach()),
-                      "grad_norm": norm, **{k: v for k, v in method.describe().items() if k == "active_block"}})
-        if ctx.is_main:
-            print(f"step {step + 1}/{args.steps}: {steps[-1]['ms']:.0f} ms, loss {steps[-1]['loss']:.4f}", flush=True)
+
+    steps = timed_steps(args, ctx, model, method, gen, profile)
     if profiler is not None:
         write_profile(profiler, Path(args.profile_dir), result_stem(args, ctx.world_size), ctx.device)
     peak = int(torch.cuda.max_memory_allocated(ctx.device)) if ctx.device.type == "cuda" else None
@@ -177,24 +183,6 @@ def run(args, ctx) -> dict:
     split = method.memory_split(model)
     return {"rank": ctx.rank, "init_s": init_s, "weights_bytes": weights_bytes, "peak_allocated_bytes": peak,
             "peak_reserved_bytes": reserved, "memory_split_end": split, "steps": steps, "sizes": sizes}
-
-
-def start_profiler(device):
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    profiler = torch.profiler.profile(activities=activities)
-    profiler.__enter__()
-    return profiler
-
-
-def write_profile(profiler, folder: Path, stem: str, device) -> None:
-    profiler.__exit__(None, None, None)
-    folder.mkdir(parents=True, exist_ok=True)
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    table = profiler.key_averages().table(sort_by=sort, row_limit=30)
-    (folder / f"{stem}_profile.txt").write_text(f"torch.profiler, rank 0, the last 3 steps, sorted by {sort}\n\n"
-                                                f"{table}\n")
 
 
 def nccl_version() -> str:
@@ -226,7 +214,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
     sizes = per_rank[0]["sizes"]
     peaks = [r["peak_allocated_bytes"] for r in per_rank]
     return {
-        "model": args.model, "method": args.method, "gpus": ctx.world_size, "batch_per_gpu": args.batch_size,
+        "model": args.model, "method": args.method, "mode": "fsdp2", "gpus": ctx.world_size,
+        "batch_per_gpu": args.batch_size,
         "seq_len": args.seq_len, "gradient_checkpointing": not args.no_checkpointing, "steps": args.steps,
         "warmup": args.warmup, "switch_every": args.switch_every, "median_step_ms": step_ms, **phases,
         "fsdp_groups": ("layers + embeddings + head + root" if args.separate_ends
@@ -249,6 +238,9 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
 
 def result_stem(args, world_size: int) -> str:
     batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
+    if args.mode == "ddp":
+        return f"{args.model}_{args.method}_n{world_size}{batch}_ddp_{args.reduce_dtype}" + (
+            f"_vs1x{args.compare_single}" if args.compare_single else "")
     layout = ("_separate-ends" if args.separate_ends else "") + ("_keep-gathered" if args.keep_gathered else "") \
         + (f"_prefetch{args.forward_prefetch}" if args.forward_prefetch else "")
     return f"{args.model}_{args.method}_n{world_size}{batch}{layout}"
@@ -261,17 +253,17 @@ def _gib(n) -> str:
 def summary_markdown(out: Path) -> str:
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*_n*.json"))]
     results.sort(key=lambda r: (r["model"], r["method"], r.get("fsdp_groups", ""), r["gpus"]))
-    lines = ["# Multi-GPU (FSDP2) benchmark", "",
-             "| model | method | FSDP groups | GPUs | batch/GPU x len | step ms (median) | forward / backward / update ms | "
-             "tokens/s | tokens/s/GPU | scaling eff. | peak GiB/GPU (max) | predicted GiB/GPU | weights GiB/GPU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def same_setting(a, b):
-        return all(a.get(k) == b.get(k) for k in ("model", "method", "seq_len", "batch_per_gpu", "fsdp_groups"))
-
-    for r in results:
-        base = next((b for b in results if b["gpus"] == 1 and same_setting(b, r)), None)
-        eff = f"{r['tokens_per_s'] / (r['gpus'] * base['tokens_per_s']):.2f}" if base else "n/a (no 1-GPU run)"
+    sharded = [r for r in results if r.get("mode", "fsdp2") == "fsdp2"]
+    lines = ["# Multi-GPU benchmark"]
+    if sharded:
+        lines += ["", "## FSDP2 (`--mode fsdp2`, as `train.distributed=fsdp2`)", "",
+                  "| model | method | FSDP groups | GPUs | batch/GPU x len | step ms (median) | forward / backward / "
+                  "update ms | tokens/s | tokens/s/GPU | scaling vs best 1-GPU | peak GiB/GPU (max) | predicted GiB/GPU | "
+                  "weights GiB/GPU |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sharded:
+        base = best_single(results, r)
+        eff = f"{r['tokens_per_s'] / (r['gpus'] * base):.2f}" if base else "n/a (no 1-GPU run)"
         weights = max((w for w in r["weights_bytes_per_rank"] if w is not None), default=None)
         phases = " / ".join(f"{r[f'median_{p}_ms']:.0f}" if r.get(f"median_{p}_ms") is not None else "-"
                             for p in ("forward", "backward", "update"))
@@ -279,14 +271,16 @@ def summary_markdown(out: Path) -> str:
                      f"{r['batch_per_gpu']} x {r['seq_len']} | {r['median_step_ms']:.0f} | {phases} | "
                      f"{r['tokens_per_s']:.0f} | {r['tokens_per_s_per_gpu']:.0f} | {eff} | "
                      f"{_gib(r['peak_allocated_bytes_max'])} | {_gib(r['predicted_bytes_per_gpu'])} | {_gib(weights)} |")
+    lines += replicated_table(results)
     lines += ["", "Runs:", ""]
     for r in results:
         env = r["environment"]
         lines.append(f"- `{env['command']}` on {env['world_size']} x {env['device']}; torch {env['torch']} (CUDA "
                      f"{env['cuda']}, NCCL {env['nccl']}), transformers {env['transformers']}, {env['date']}")
     lines += ["", "Predicted = (2 P + 16 P_block) / N for BAdam (18 P / N for Adam); the measured peak also holds "
-                  "activations, the all-gathered layers and the logits. Scaling efficiency = tokens/s on N GPUs / "
-                  "(N x tokens/s on 1 GPU)."]
+                  "activations, the all-gathered layers and the logits. Scaling = tokens/s on N GPUs / (N x the best "
+                  "single-GPU tokens/s of the same model, method and batch in this folder: a 1-GPU FSDP2 run or the "
+                  "median of a ddp run's single-GPU phases, measured alternately in the same processes)."]
     return "\n".join(lines) + "\n"
 
 
@@ -294,19 +288,31 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     ctx = dist_mod.init_distributed("cpu" if args.tiny else "cuda")
     try:
-        per_rank = dist_mod.gather_objects(run(args, ctx), ctx)
+        replicated = args.mode == "ddp"
+        stem = result_stem(args, ctx.world_size)
+        mine = run_replicated(args, ctx, build_method, stem) if replicated else run(args, ctx)
+        per_rank = dist_mod.gather_objects(mine, ctx)
         if ctx.is_main:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
-            result = combine(args, ctx, per_rank)
+            if replicated:
+                result = {**combine_replicated(args, ctx, per_rank), "environment": environment(ctx)}
+            else:
+                result = combine(args, ctx, per_rank)
             path = out / f"{result_stem(args, ctx.world_size)}.json"
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(result, indent=2) + "\n")
             os.replace(tmp, path)
             (out / "summary.md").write_text(summary_markdown(out))
-            print(f"wrote {path} and {out / 'summary.md'}: {result['tokens_per_s']:.0f} tokens/s, peak "
-                  f"{_gib(result['peak_allocated_bytes_max'])} GiB/GPU (predicted "
-                  f"{_gib(result['predicted_bytes_per_gpu'])})", flush=True)
+            if replicated:
+                scaling = result.get("scaling_of_medians")
+                print(f"wrote {path} and {out / 'summary.md'}: ddp {result['ddp_tokens_per_s']['median']:.0f} "
+                      f"tokens/s" + (f", scaling {scaling:.3f} against the single-GPU phases" if scaling else ""),
+                      flush=True)
+            else:
+                print(f"wrote {path} and {out / 'summary.md'}: {result['tokens_per_s']:.0f} tokens/s, peak "
+                      f"{_gib(result['peak_allocated_bytes_max'])} GiB/GPU (predicted "
+                      f"{_gib(result['predicted_bytes_per_gpu'])})", flush=True)
         ctx.barrier()
     finally:
         dist_mod.shutdown()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -44,19 +46,54 @@ def _result(gpus, tokens_per_s, groups):
                             "nccl": None, "transformers": "x", "date": "now"}}
 
 
-def test_scaling_efficiency_compares_runs_of_the_same_layout(tmp_path):
-    runs = {"a_n1": _result(1, 100.0, "A"), "a_n2": _result(2, 180.0, "A"), "b_n2": _result(2, 150.0, "B")}
+def test_scaling_compares_with_the_best_single_gpu_path(tmp_path):
+    runs = {"a_n1": _result(1, 100.0, "A"), "a_n2": _result(2, 180.0, "A"), "b_n2": _result(2, 150.0, "B"),
+            "c_n2": {**_result(2, 150.0, "C"), "batch_per_gpu": 8}}
     for name, r in runs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(r))
     table = multi_gpu.summary_markdown(tmp_path)
     assert "| m | badam | A | 2 | 2 x 8 | 10 | 3 / 6 / 1 | 180 | 90 | 0.90 |" in table
-    assert "| m | badam | B | 2 |" in table and "n/a (no 1-GPU run)" in table  # B has no 1-GPU run of its own
+    assert "| m | badam | B | 2 | 2 x 8 | 10 | 3 / 6 / 1 | 150 | 75 | 0.75 |" in table  # A's 1-GPU run: any layout
+    assert "| m | badam | C | 2 | 8 x 8 |" in table and "n/a (no 1-GPU run)" in table  # no 1-GPU run at batch 8
+    # a ddp run's single-GPU phases, faster than 1-GPU FSDP2, become the baseline of every row
+    ddp = {"model": "m", "method": "badam", "mode": "ddp", "gpus": 2, "batch_per_gpu": 2, "seq_len": 8,
+           "reduce_dtype": "fp32", "rounds": 3, "single_tokens_per_s": {"median": 120.0, "min": 110.0, "max": 125.0},
+           "ddp_tokens_per_s": {"median": 228.0, "min": 220.0, "max": 230.0},
+           "scaling_per_round": {"median": 0.95, "min": 0.93, "max": 0.97}, "scaling_of_medians": 0.95,
+           "ddp_median_forward_ms": 3.0, "ddp_median_backward_ms": 6.0, "ddp_median_update_ms": 1.0,
+           "single_peak_allocated_bytes_max": None, "ddp_peak_allocated_bytes_max": None,
+           "environment": _result(2, 1.0, "")["environment"]}
+    (tmp_path / "m_badam_n2_ddp_fp32_vs1x3.json").write_text(json.dumps(ddp))
+    table = multi_gpu.summary_markdown(tmp_path)
+    assert "| m | badam | A | 2 | 2 x 8 | 10 | 3 / 6 / 1 | 180 | 90 | 0.75 |" in table
+    assert ("| m | badam | 2 | 2 x 8 | fp32 | 3 | 120 [110-125] | 228 [220-230] | 0.950 [0.930-0.970] | 0.950 | "
+            "3 / 6 / 1 | n/a / n/a |") in table
+
+
+def test_ddp_mode_alternates_single_and_data_parallel_phases(tmp_path):
+    """2 gloo processes, tiny Llama: rounds of rank 0 alone and both ranks; BAdam's schedule is the same on both."""
+    run_benchmark(tmp_path, 2, "--mode", "ddp", "--compare-single", "2")
+    result = json.loads((tmp_path / "tiny-llama_badam_n2_ddp_fp32_vs1x2.json").read_text())
+    assert [(p["kind"], p["round"], p["gpus"]) for p in result["phases"]] == [
+        ("single", 1, 1), ("ddp", 1, 2), ("single", 2, 1), ("ddp", 2, 2)]
+    single, ddp = result["phases"][0::2], result["phases"][1::2]
+    ratios = [d["tokens_per_s"] / (2 * s["tokens_per_s"]) for s, d in zip(single, ddp)]
+    assert result["scaling_per_round"]["min"] == min(ratios) and result["scaling_per_round"]["max"] == max(ratios)
+    ranks = [[p for p in r["phases"] if p["kind"] == "ddp"] for r in result["per_rank"]]
+    for phase0, phase1 in zip(*ranks):
+        assert [s["active_block"] for s in phase0["steps"]] == [s["active_block"] for s in phase1["steps"]]
+    assert "| tiny-llama | badam | 2 | 2 x 32 | fp32 | 2 |" in (tmp_path / "summary.md").read_text()
 
 
 def test_result_names_carry_batch_and_layout():
     args = multi_gpu.parse_args(["--out", "x", "--batch-size", "8", "--separate-ends", "--keep-gathered"])
     assert multi_gpu.result_stem(args, 2) == "llama3-8b_badam_n2_b8_separate-ends_keep-gathered"
     assert multi_gpu.result_stem(multi_gpu.parse_args(["--out", "x"]), 1) == "llama3-8b_badam_n1"
+    ddp = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "5", "--reduce-dtype", "bf16"])
+    assert multi_gpu.result_stem(ddp, 2) == "llama3-8b_badam_n2_ddp_bf16_vs1x5"
+    for wrong in (["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"]):
+        with pytest.raises(SystemExit):
+            multi_gpu.parse_args(["--out", "x", *wrong])
 
 
 def test_forward_prefetch_changes_timing_not_numbers(tmp_path):
