@@ -81,6 +81,10 @@ def parse_args(argv=None):
     p.add_argument("--keep-gathered", action="store_true",
                    help="layers keep their all-gathered weights from forward to backward (reshard_after_forward="
                         "False): no second all-gather in backward, but every GPU then holds the whole bf16 model")
+    p.add_argument("--keep-gathered-layers", type=int, default=0, metavar="M",
+                   help="up to M of the layers backward reaches (BAdam: the active layer and above) keep their "
+                        "gathered weights from forward to backward, no second all-gather (-1: all; "
+                        "experiments/fsdp_gather.py)")
     p.add_argument("--forward-prefetch", type=int, default=0, metavar="N",
                    help="issue the all-gathers of the next N layers ahead in forward (0: FSDP2's default; see "
                         "experiments.distributed.shard_model)")
@@ -95,8 +99,14 @@ def parse_args(argv=None):
                    help="ddp: dtype of the gradient all-reduce (train.ddp_reduce_dtype)")
     p.add_argument("--tiny", action="store_true", help="CPU/gloo check: tiny-llama, length 32, 4 steps")
     args = p.parse_args(argv)
-    if args.mode == "ddp" and (args.separate_ends or args.keep_gathered or args.forward_prefetch):
-        p.error("--separate-ends, --keep-gathered and --forward-prefetch are FSDP2 layouts; not with --mode ddp")
+    if args.mode == "ddp" and (args.separate_ends or args.keep_gathered or args.forward_prefetch
+                               or args.keep_gathered_layers):
+        p.error("--separate-ends, --keep-gathered(-layers) and --forward-prefetch are FSDP2 layouts; not with "
+                "--mode ddp")
+    if args.keep_gathered and args.keep_gathered_layers:
+        p.error("--keep-gathered keeps every layer gathered; --keep-gathered-layers chooses some: use one")
+    if args.keep_gathered_layers < -1:
+        p.error(f"--keep-gathered-layers must be >= -1; got {args.keep_gathered_layers}")
     if args.compare_single and args.mode != "ddp":
         p.error("--compare-single alternates single-GPU and data-parallel phases: it needs --mode ddp")
     if args.compare_single < 0:
@@ -157,7 +167,8 @@ def run(args, ctx) -> dict:
     model, _ = dist_mod.load_sharded_random_model(
         f"random:{args.model}", ctx, dtype="bf16", gradient_checkpointing=not args.no_checkpointing,
         tokenizer=False, seed=0, prepare=method.prepare_model, separate_ends=args.separate_ends,
-        reshard_after_forward=not args.keep_gathered, forward_prefetch=args.forward_prefetch)
+        reshard_after_forward=not args.keep_gathered, forward_prefetch=args.forward_prefetch,
+        keep_gathered_layers=args.keep_gathered_layers)
     method.build_optimizer(model)
     model.train()
     model.config.use_cache = False
@@ -221,6 +232,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
         "fsdp_groups": ("layers + embeddings + head + root" if args.separate_ends
                         else "layers + root (embeddings and head in the root)")
         + (", layers kept gathered after forward" if args.keep_gathered else "")
+        + (f", up to {args.keep_gathered_layers if args.keep_gathered_layers > 0 else 'all'} layers reached by "
+           "backward kept gathered" if args.keep_gathered_layers else "")
         + (f", forward prefetch {args.forward_prefetch}" if args.forward_prefetch else ""),
         "tokens_per_s": tokens_per_step / (step_ms / 1000.0),
         "tokens_per_s_per_gpu": tokens_per_step / (step_ms / 1000.0) / ctx.world_size,
@@ -242,6 +255,8 @@ def result_stem(args, world_size: int) -> str:
         return f"{args.model}_{args.method}_n{world_size}{batch}_ddp_{args.reduce_dtype}" + (
             f"_vs1x{args.compare_single}" if args.compare_single else "")
     layout = ("_separate-ends" if args.separate_ends else "") + ("_keep-gathered" if args.keep_gathered else "") \
+        + (f"_keep{args.keep_gathered_layers if args.keep_gathered_layers > 0 else 'all'}"
+           if args.keep_gathered_layers else "") \
         + (f"_prefetch{args.forward_prefetch}" if args.forward_prefetch else "")
     return f"{args.model}_{args.method}_n{world_size}{batch}{layout}"
 
@@ -258,8 +273,8 @@ def summary_markdown(out: Path) -> str:
     if sharded:
         lines += ["", "## FSDP2 (`--mode fsdp2`, as `train.distributed=fsdp2`)", "",
                   "| model | method | FSDP groups | GPUs | batch/GPU x len | step ms (median) | forward / backward / "
-                  "update ms | tokens/s | tokens/s/GPU | scaling vs best 1-GPU | peak GiB/GPU (max) | predicted GiB/GPU | "
-                  "weights GiB/GPU |",
+                  "update ms | tokens/s | tokens/s/GPU | scaling vs best 1-GPU | peak GiB/GPU (max) | "
+                  "predicted GiB/GPU | weights GiB/GPU |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sharded:
         base = best_single(results, r)

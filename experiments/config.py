@@ -109,6 +109,8 @@ class TrainConfig:
     distributed: str = "none"                # none | fsdp2 | ddp (torchrun --nproc_per_node N -m experiments.run ...)
     ddp_reduce_dtype: str = "fp32"           # ddp: dtype of the gradient all-reduce (badam/data_parallel.py)
     fsdp_forward_prefetch: int = 0           # fsdp2: layers whose all-gather is issued ahead (experiments.distributed)
+    fsdp_keep_gathered_layers: int = 0       # fsdp2: layers backward reaches that keep their gathered weights (-1: all;
+                                             # experiments/fsdp_gather.py)
     stop_after_steps: int | None = None      # end early (time budget); the schedule still spans the full run
     timing_warmup_steps: int = 2             # left out of the median timings
     loss_chunk_tokens: int = 0               # > 0: causal-LM loss over labelled tokens in chunks of this many rows,
@@ -382,6 +384,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.device={device!r} with train.distributed={cfg.train.distributed}: each process "
                           "takes the GPU torchrun gives it (cuda:LOCAL_RANK); valid values: auto, cpu, cuda")
     _choice(cfg.train.ddp_reduce_dtype, DDP_REDUCE_DTYPES, "train.ddp_reduce_dtype")
+    if cfg.train.fsdp_keep_gathered_layers < -1:
+        raise ConfigError(f"train.fsdp_keep_gathered_layers must be >= -1 (layers kept gathered from forward to "
+                          f"backward; -1: all that backward reaches, 0: FSDP2's default), got "
+                          f"{cfg.train.fsdp_keep_gathered_layers}")
     if cfg.train.fsdp_forward_prefetch < 0:
         raise ConfigError(f"train.fsdp_forward_prefetch must be >= 0 (layers gathered ahead; 0: FSDP2's default), "
                           f"got {cfg.train.fsdp_forward_prefetch}")

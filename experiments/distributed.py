@@ -185,7 +185,7 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(model: nn.Module, ctx: DistContext, *, reshard_after_forward: bool = True,
-                separate_ends: bool = False, forward_prefetch: int = 0) -> nn.Module:
+                separate_ends: bool = False, forward_prefetch: int = 0, keep_gathered_layers: int = 0) -> nn.Module:
     """Apply fully_shard to each transformer layer, then to the root (which keeps the embeddings, the final norm and
     the output head); parameters move to ctx.device (a model built on the meta device stays there until
     `materialize`). Returns the same module object, now an FSDPModule.
@@ -200,11 +200,18 @@ def shard_model(model: nn.Module, ctx: DistContext, *, reshard_after_forward: bo
     weights are gathered. FSDP2 otherwise issues a layer's all-gather when the CPU reaches that layer; when the CPU is
     the bottleneck (small per-GPU batches: measured 2 x H200, batch 2 x 728, ~200 ms of GPU work in a ~300 ms step),
     the gather then cannot overlap the previous layer's compute. Recomputation during backward does not prefetch
-    (FSDP2 skips forward prefetch there), and backward keeps FSDP2's own one-layer prefetch."""
+    (FSDP2 skips forward prefetch there), and backward keeps FSDP2's own one-layer prefetch.
+
+    keep_gathered_layers=M (-1: all) lets up to M of the layers that backward reaches keep their gathered weights from
+    forward to backward, chosen again at every forward (BAdam: the active layer and above; see
+    experiments/fsdp_gather.py)."""
     from torch.distributed.fsdp import fully_shard
 
     if forward_prefetch < 0:
         raise ValueError(f"forward_prefetch must be >= 0 (layers gathered ahead); got {forward_prefetch}")
+    if keep_gathered_layers and not reshard_after_forward:
+        raise ValueError("keep_gathered_layers chooses which layers stay gathered; reshard_after_forward=False "
+                         "already keeps every layer gathered: use one of them")
     layers = transformer_layers(model)
     for layer in layers:
         fully_shard(layer, mesh=ctx.mesh, reshard_after_forward=reshard_after_forward)
@@ -216,6 +223,9 @@ def shard_model(model: nn.Module, ctx: DistContext, *, reshard_after_forward: bo
         model.set_modules_to_forward_prefetch(layers[:forward_prefetch])
         for i, layer in enumerate(layers):
             layer.set_modules_to_forward_prefetch(layers[i + 1:i + 1 + forward_prefetch])
+    from experiments.fsdp_gather import GatherPolicy
+
+    GatherPolicy(model, layers, keep_gathered_layers)  # no backward gather of layers backward does not reach
     return model
 
 
@@ -244,10 +254,11 @@ def _embeddings_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module 
     return embeddings, head
 
 
-def shard_for_training(model: nn.Module, ctx: DistContext, seed: int, forward_prefetch: int = 0) -> nn.Module:
+def shard_for_training(model: nn.Module, ctx: DistContext, seed: int, forward_prefetch: int = 0,
+                       keep_gathered_layers: int = 0) -> nn.Module:
     """What the loop does after method.prepare_model: shard, and give a meta-device model (random sources under
     fsdp2) its shards and random init."""
-    shard_model(model, ctx, forward_prefetch=forward_prefetch)
+    shard_model(model, ctx, forward_prefetch=forward_prefetch, keep_gathered_layers=keep_gathered_layers)
     if is_meta(model):
         materialize(model, ctx, seed)
     return model
@@ -305,7 +316,8 @@ def load_sharded_random_model(source: str, ctx: DistContext, *, dtype: str = "bf
                               num_labels: int | None = None, attn_implementation: str | None = None,
                               gradient_checkpointing: bool = False, seed: int = 0, tokenizer=None,
                               prepare: Callable[[nn.Module], nn.Module] | None = None, separate_ends: bool = False,
-                              reshard_after_forward: bool = True, forward_prefetch: int = 0):
+                              reshard_after_forward: bool = True, forward_prefetch: int = 0,
+                              keep_gathered_layers: int = 0):
     """(model, tokenizer) for "random:<name>", built on the meta device, passed through `prepare` (a method's
     prepare_model, while still on meta) when given, sharded, then materialised: no rank ever holds more than its shards
     plus one layer, so Llama 3-70B fits 4 GPUs. Pretrained sources load normally and are sharded with shard_model."""
@@ -319,7 +331,7 @@ def load_sharded_random_model(source: str, ctx: DistContext, *, dtype: str = "bf
     if prepare is not None:
         model = prepare(model)
     shard_model(model, ctx, separate_ends=separate_ends, reshard_after_forward=reshard_after_forward,
-                forward_prefetch=forward_prefetch)
+                forward_prefetch=forward_prefetch, keep_gathered_layers=keep_gathered_layers)
     materialize(model, ctx, seed)
     return model, tok
 

@@ -335,7 +335,8 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         if ddp:
             model = ddp_mod.replicate(model, dist_ctx)
         elif dist_ctx is not None:
-            model = dist_mod.shard_for_training(model, dist_ctx, seed or 0, cfg.fsdp_forward_prefetch)
+            model = dist_mod.shard_for_training(model, dist_ctx, seed or 0, cfg.fsdp_forward_prefetch,
+                                                cfg.fsdp_keep_gathered_layers)
         if dist_ctx is not None:
             batches_fn = dist_mod.shard_batches_fn(batches_fn, dist_ctx)
         method.build_optimizer(model)

@@ -72,7 +72,7 @@ def test_scaling_compares_with_the_best_single_gpu_path(tmp_path):
 
 def test_ddp_mode_alternates_single_and_data_parallel_phases(tmp_path):
     """2 gloo processes, tiny Llama: rounds of rank 0 alone and both ranks; BAdam's schedule is the same on both."""
-    run_benchmark(tmp_path, 2, "--mode", "ddp", "--compare-single", "2")
+    run_benchmark(tmp_path, 2, "--mode", "ddp", "--compare-single", "2", "--steps", "3")
     result = json.loads((tmp_path / "tiny-llama_badam_n2_ddp_fp32_vs1x2.json").read_text())
     assert [(p["kind"], p["round"], p["gpus"]) for p in result["phases"]] == [
         ("single", 1, 1), ("ddp", 1, 2), ("single", 2, 1), ("ddp", 2, 2)]

@@ -97,7 +97,9 @@ def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
         return run_cli.run_experiment(load_config(a[1], [x for x in a[2:] if "=" in x]), progress=False,
                                       dist_ctx=ctx)
 
-    straight, _ = run("straight", "output.save_model=true", "train.fsdp_forward_prefetch=1")  # prefetch: same numbers
+    # layers gathered ahead and kept gathered for backward: the same numbers
+    straight, _ = run("straight", "output.save_model=true", "train.fsdp_forward_prefetch=1",
+                      "train.fsdp_keep_gathered_layers=-1")
     half, half_dir = run("half", "train.stop_after_steps=2", "train.save_every=2")
     # the resume continues in the checkpoint's own directory, with the run's settings (save_every included)
     code = run_cli.main(args("half", f"train.resume_from={half_dir}", "train.save_every=2", "output.save_model=true"))
@@ -112,8 +114,41 @@ def all_cases(out_dir: Path, cases: list[tuple[str, str]], steps: int, resume_ar
         from tests.distributed.ddp_workers import all_ddp_cases
 
         result = {"equivalence": equivalence(ctx, cases, steps), "resume": resume(ctx, out_dir, *resume_args),
-                  "meta_init": meta_init(ctx), "ddp": all_ddp_cases(ctx, out_dir / "ddp", model_dir)}
+                  "meta_init": meta_init(ctx), "ddp": all_ddp_cases(ctx, out_dir / "ddp", model_dir),
+                  "keep_gathered": keep_gathered(ctx)}
         result["harness"] = harness(ctx, out_dir / "harness", model_dir)  # last: main() ends the process group
     finally:
         D.shutdown()
     return result if ctx.is_main else {}
+
+
+def keep_gathered(ctx, steps: int = 4) -> dict:
+    """BAdam (ascending, K = 2: layer 0 then layer 1 active) sharded with FSDP2's default and with every layer that
+    backward reaches kept gathered (experiments/fsdp_gather.py): losses, weights and all-gathers per step."""
+    import torch.distributed.fsdp._fully_shard._fsdp_param_group as group_module
+
+    gathers = {"count": 0}
+    original = group_module.foreach_all_gather
+
+    def counting(*args, **kwargs):
+        gathers["count"] += 1
+        return original(*args, **kwargs)
+
+    out = {}
+    group_module.foreach_all_gather = counting
+    try:
+        for budget in (0, -1, 1):
+            method = make_method("badam")
+            method.options.switch_mode, method.options.start_block = "ascending", 0
+            model = method.prepare_model(tiny_llama(torch.float32))
+            D.shard_model(model, ctx, keep_gathered_layers=budget)
+            method.build_optimizer(model)
+            per_step, losses = [], []
+            for micro in rank_steps(ctx, steps):
+                gathers["count"] = 0
+                losses += train_steps(model, method, [micro])
+                per_step.append(gathers["count"])
+            out[budget] = {"gathers": per_step, "losses": losses, "weights": full_weights(model)}
+    finally:
+        group_module.foreach_all_gather = original
+    return out
