@@ -97,6 +97,7 @@ def parse_args(argv=None):
                    help="ddp: R alternating rounds of rank 0 alone (the plain single-GPU path) and all ranks")
     p.add_argument("--reduce-dtype", choices=("fp32", "bf16"), default="fp32",
                    help="ddp: dtype of the gradient all-reduce (train.ddp_reduce_dtype)")
+    p.add_argument("--tag", default="", help="appended to the result name (repeats of one setting side by side)")
     p.add_argument("--tiny", action="store_true", help="CPU/gloo check: tiny-llama, length 32, 4 steps")
     args = p.parse_args(argv)
     if args.mode == "ddp" and (args.separate_ends or args.keep_gathered or args.forward_prefetch
@@ -232,9 +233,10 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
         "fsdp_groups": ("layers + embeddings + head + root" if args.separate_ends
                         else "layers + root (embeddings and head in the root)")
         + (", layers kept gathered after forward" if args.keep_gathered else "")
-        + (f", up to {args.keep_gathered_layers if args.keep_gathered_layers > 0 else 'all'} layers reached by "
-           "backward kept gathered" if args.keep_gathered_layers else "")
-        + (f", forward prefetch {args.forward_prefetch}" if args.forward_prefetch else ""),
+        + ((f", up to {args.keep_gathered_layers} layers" if args.keep_gathered_layers > 0 else ", every layer")
+           + " reached by backward kept gathered" if args.keep_gathered_layers else "")
+        + (f", forward prefetch {args.forward_prefetch}" if args.forward_prefetch else "")
+        + (f" [{args.tag}]" if args.tag else ""),
         "tokens_per_s": tokens_per_step / (step_ms / 1000.0),
         "tokens_per_s_per_gpu": tokens_per_step / (step_ms / 1000.0) / ctx.world_size,
         "peak_allocated_bytes_max": max(peaks) if all(p is not None for p in peaks) else None,
@@ -251,14 +253,15 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
 
 def result_stem(args, world_size: int) -> str:
     batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
+    tag = f"_{args.tag}" if args.tag else ""
     if args.mode == "ddp":
         return f"{args.model}_{args.method}_n{world_size}{batch}_ddp_{args.reduce_dtype}" + (
-            f"_vs1x{args.compare_single}" if args.compare_single else "")
+            f"_vs1x{args.compare_single}" if args.compare_single else "") + tag
     layout = ("_separate-ends" if args.separate_ends else "") + ("_keep-gathered" if args.keep_gathered else "") \
         + (f"_keep{args.keep_gathered_layers if args.keep_gathered_layers > 0 else 'all'}"
            if args.keep_gathered_layers else "") \
         + (f"_prefetch{args.forward_prefetch}" if args.forward_prefetch else "")
-    return f"{args.model}_{args.method}_n{world_size}{batch}{layout}"
+    return f"{args.model}_{args.method}_n{world_size}{batch}{layout}{tag}"
 
 
 def _gib(n) -> str:

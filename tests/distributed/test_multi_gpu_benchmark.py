@@ -91,7 +91,10 @@ def test_result_names_carry_batch_and_layout():
     assert multi_gpu.result_stem(multi_gpu.parse_args(["--out", "x"]), 1) == "llama3-8b_badam_n1"
     ddp = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "5", "--reduce-dtype", "bf16"])
     assert multi_gpu.result_stem(ddp, 2) == "llama3-8b_badam_n2_ddp_bf16_vs1x5"
-    for wrong in (["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"]):
+    kept = multi_gpu.parse_args(["--out", "x", "--keep-gathered-layers", "-1", "--tag", "r2"])
+    assert multi_gpu.result_stem(kept, 2) == "llama3-8b_badam_n2_keepall_r2"
+    for wrong in (["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"], ["--keep-gathered-layers", "-2"],
+                  ["--keep-gathered", "--keep-gathered-layers", "4"]):
         with pytest.raises(SystemExit):
             multi_gpu.parse_args(["--out", "x", *wrong])
 
