@@ -129,8 +129,9 @@ def resume(ctx, out_dir: Path, total: int = 5, save_after: int = 3) -> dict:
 
 
 def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
-    """experiments.run's run_experiment as `torchrun -m experiments.run ... train.distributed=ddp` calls it:
-    uninterrupted, stopped after 2 steps with a checkpoint, and resumed to the end."""
+    """experiments.run's run_experiment as `torchrun -m experiments.run ... train.distributed=ddp` calls it: stopped
+    after 2 steps with a checkpoint, then resumed to the end (compared with the fsdp2 harness run of the same config;
+    the bitwise resume is resume() above, through the same checkpoint functions)."""
     from experiments import run as run_cli
     from experiments.config import load_config
 
@@ -142,13 +143,25 @@ def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
         return run_cli.run_experiment(load_config(a[1], [x for x in a[2:] if "=" in x]), progress=False,
                                       dist_ctx=ddp_ctx)
 
-    straight, _ = run("straight", "output.save_model=true")
     half, half_dir = run("half", "train.stop_after_steps=2", "train.save_every=2")
     resumed, _ = run("half", f"train.resume_from={half_dir}", "train.save_every=2", "output.save_model=true")
-    return {"statuses": [straight["status"], half["status"], resumed["status"]],
-            "distributed": straight.get("distributed")}
+    return {"statuses": [half["status"], resumed["status"]], "distributed": resumed.get("distributed")}
+
+
+def bench(ctx, out_dir: Path) -> dict:
+    """benchmarks/multi_gpu.py --mode ddp --compare-single 2 on the tiny Llama, inside this process group (the CLI's
+    arguments and summary are tested in test_multi_gpu_benchmark.py)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import multi_gpu
+
+    args = multi_gpu.parse_args(["--out", str(out_dir), "--tiny", "--mode", "ddp", "--compare-single", "2",
+                                 "--steps", "3"])
+    mine = multi_gpu.run_replicated(args, ctx, multi_gpu.build_method, multi_gpu.result_stem(args, ctx.world_size))
+    return multi_gpu.combine_replicated(args, ctx, D.gather_objects(mine, ctx))
 
 
 def all_ddp_cases(ctx, out_dir: Path, model_dir: Path) -> dict:
     return {"equivalence": equivalence(ctx), "library": library(ctx), "resume": resume(ctx, out_dir / "resume"),
-            "harness": harness(ctx, out_dir / "harness", model_dir)}
+            "harness": harness(ctx, out_dir / "harness", model_dir), "bench": bench(ctx, out_dir / "bench")}

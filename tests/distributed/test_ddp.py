@@ -112,26 +112,36 @@ def _weights(folder):
 
 
 def test_experiments_run_ddp_equals_fsdp2_and_resumes(fsdp2_run):
-    """The harness under train.distributed=ddp (2 ranks, batch 1 each) against the fsdp2 run of the same config, which
-    test_fsdp2_training compares with one process; then the resumed run against the uninterrupted one."""
+    """The harness under train.distributed=ddp (2 ranks, batch 1 each), stopped after 2 steps and resumed to 4,
+    against the uninterrupted fsdp2 run of the same config, which test_fsdp2_training compares with one process."""
     got = fsdp2_run["ddp"]["harness"]
-    assert got["statuses"] == ["ok", "ok", "ok"]
+    assert got["statuses"] == ["ok", "ok"]  # stop_after_steps ends a run "ok" (stopped early)
     assert got["distributed"]["mode"] == "ddp" and got["distributed"]["world_size"] == WORLD
+    assert got["distributed"]["optimizer_states"] == "replicated"
     base = fsdp2_run["harness_dir"]
-    ddp_dir = base.parent / "ddp" / "harness"
-    sharded, replicated = base / "straight" / "smollm2_alpaca-badam", ddp_dir / "straight" / "smollm2_alpaca-badam"
-    for a, b in zip(read_metrics(sharded), read_metrics(replicated), strict=True):
+    sharded = base / "straight" / "smollm2_alpaca-badam"
+    resumed = base.parent / "ddp" / "harness" / "half" / "smollm2_alpaca-badam"  # resumed in its own directory
+    assert (resumed / "checkpoint.pt").is_file() and read_summary(resumed)["steps"] == 4
+    for a, b in zip(read_metrics(sharded), read_metrics(resumed), strict=True):
         assert b["tokens"] == a["tokens"] and b["active_block"] == a["active_block"]
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
-    assert read_summary(replicated)["status"] == "ok"
     diffs = torch.cat([(v - _weights(sharded / "model")[k]).abs().flatten()
-                       for k, v in _weights(replicated / "model").items()])
+                       for k, v in _weights(resumed / "model").items()])
     assert diffs.max() <= 1e-2 * LR and (diffs > 1e-7).float().mean() <= 1e-3
 
-    resumed = ddp_dir / "half" / "smollm2_alpaca-badam"
-    assert (resumed / "checkpoint.pt").is_file() and read_summary(resumed)["steps"] == 4
-    for a, b in zip(read_metrics(replicated), read_metrics(resumed), strict=True):
-        assert (a["loss"], a["grad_norm"], a["active_block"]) == (b["loss"], b["grad_norm"], b["active_block"])
-    for key, value in _weights(replicated / "model").items():
-        assert torch.equal(_weights(resumed / "model")[key], value), key
+
+def test_benchmark_alternates_single_and_data_parallel_phases(ddp):
+    """benchmarks/multi_gpu.py --mode ddp --compare-single 2 (tiny Llama): rank 0 alone, then both ranks, twice;
+    the scaling figures are the ratios of those phases; BAdam's schedule is the same on both ranks."""
+    result = ddp["bench"]
+    assert [(p["kind"], p["round"], p["gpus"]) for p in result["phases"]] == [
+        ("single", 1, 1), ("ddp", 1, 2), ("single", 2, 1), ("ddp", 2, 2)]
+    single, data_parallel = result["phases"][0::2], result["phases"][1::2]
+    ratios = [d["tokens_per_s"] / (WORLD * s["tokens_per_s"]) for s, d in zip(single, data_parallel)]
+    assert result["scaling_per_round"]["min"] == min(ratios) and result["scaling_per_round"]["max"] == max(ratios)
+    assert result["scaling_of_medians"] == pytest.approx(
+        result["ddp_tokens_per_s"]["median"] / (WORLD * result["single_tokens_per_s"]["median"]))
+    ranks = [[p for p in r["phases"] if p["kind"] == "ddp"] for r in result["per_rank"]]
+    for phase0, phase1 in zip(*ranks, strict=True):
+        assert [s["active_block"] for s in phase0["steps"]] == [s["active_block"] for s in phase1["steps"]]

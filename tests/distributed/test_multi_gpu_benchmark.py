@@ -70,21 +70,6 @@ def test_scaling_compares_with_the_best_single_gpu_path(tmp_path):
             "3 / 6 / 1 | n/a / n/a |") in table
 
 
-def test_ddp_mode_alternates_single_and_data_parallel_phases(tmp_path):
-    """2 gloo processes, tiny Llama: rounds of rank 0 alone and both ranks; BAdam's schedule is the same on both."""
-    run_benchmark(tmp_path, 2, "--mode", "ddp", "--compare-single", "2", "--steps", "3")
-    result = json.loads((tmp_path / "tiny-llama_badam_n2_ddp_fp32_vs1x2.json").read_text())
-    assert [(p["kind"], p["round"], p["gpus"]) for p in result["phases"]] == [
-        ("single", 1, 1), ("ddp", 1, 2), ("single", 2, 1), ("ddp", 2, 2)]
-    single, ddp = result["phases"][0::2], result["phases"][1::2]
-    ratios = [d["tokens_per_s"] / (2 * s["tokens_per_s"]) for s, d in zip(single, ddp)]
-    assert result["scaling_per_round"]["min"] == min(ratios) and result["scaling_per_round"]["max"] == max(ratios)
-    ranks = [[p for p in r["phases"] if p["kind"] == "ddp"] for r in result["per_rank"]]
-    for phase0, phase1 in zip(*ranks):
-        assert [s["active_block"] for s in phase0["steps"]] == [s["active_block"] for s in phase1["steps"]]
-    assert "| tiny-llama | badam | 2 | 2 x 32 | fp32 | 2 |" in (tmp_path / "summary.md").read_text()
-
-
 def test_result_names_carry_batch_and_layout():
     args = multi_gpu.parse_args(["--out", "x", "--batch-size", "8", "--separate-ends", "--keep-gathered"])
     assert multi_gpu.result_stem(args, 2) == "llama3-8b_badam_n2_b8_separate-ends_keep-gathered"
