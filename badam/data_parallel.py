@@ -71,6 +71,8 @@ def resolve_reduce_dtype(value: Any) -> torch.dtype:
 
 
 class _Bucket:
+    """Indices (into the masters) of the parameters all-reduced together, their offsets in the flat buffer."""
+
     __slots__ = ("members", "offsets", "numel")
 
     def __init__(self, members: list[int], sizes: list[int]):
@@ -80,6 +82,8 @@ class _Bucket:
 
 
 class _InFlight:
+    """A launched all-reduce: its bucket, buffer (the gradient itself when in place) and the gradients it came from."""
+
     __slots__ = ("bucket", "buffer", "in_place", "grads", "work")
 
     def __init__(self, bucket, buffer, in_place, grads, work):
@@ -163,7 +167,6 @@ class BlockGradientSync:
                 current.append(i)
             if current:
                 self._buckets.append(_Bucket(current, [params[j].numel() for j in current]))
-        self._bucket_of = {i: b for b, bucket in enumerate(self._buckets) for i in bucket.members}
         self._hooks = [p.register_post_accumulate_grad_hook(self._ready_hook(i)) for i, p in enumerate(params)]
         self._reset_backward()
         self.unreduced = False
@@ -272,9 +275,9 @@ class BlockGradientSync:
         # which parameters had a gradient on some rank: one small all-reduce, always issued (a collective must be
         # called by every rank), read back only on a rank that lacked one (the read waits for the device)
         device = self._masters.params[0].device if self._masters.params else torch.device("cpu")
-        flags = torch.zeros(len(self._masters.params), dtype=torch.float32)
-        flags[self._missing_local] = 1.0
-        present = (1.0 - flags).to(device)
+        present = torch.ones(len(self._masters.params), dtype=torch.float32, device=device)  # no host copy
+        if self._missing_local:
+            present[torch.tensor(self._missing_local, device=device)] = 0.0
         work = self.dist.all_reduce(present, group=self.group, async_op=True)
         for entry in self._in_flight:
             self._complete(entry)

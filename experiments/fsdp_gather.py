@@ -77,7 +77,7 @@ class GatherPolicy:
             self.embeddings.set_unshard_in_backward(any(p.requires_grad for p in self.embeddings.parameters()))
         for index, layer in enumerate(self.layers):
             needed = index in self.reached
-            if self._in_backward[index] is not needed:
+            if self._in_backward[index] is not needed and hasattr(layer, "set_unshard_in_backward"):
                 layer.set_unshard_in_backward(needed)
                 self._in_backward[index] = needed
             if self.budget == 0:
@@ -92,6 +92,7 @@ class GatherPolicy:
         if self.embeddings is not None:
             self.embeddings.set_unshard_in_backward(True)
         for index, layer in enumerate(self.layers):
-            layer.set_unshard_in_backward(True)
+            if self._in_backward[index] is not None:
+                layer.set_unshard_in_backward(True)
             if self._reshard[index] is not None:
                 layer.set_reshard_after_forward(True, recurse=False)
