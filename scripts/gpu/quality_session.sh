@@ -9,12 +9,17 @@
 #   run S1 S2     join and check the GGUF (sha256), convert it once, then
 #                 run_all --profile quality-gpu --jobs $JOBS --launch-deadline S1 --kill-after S2 (no evaluators)
 #   finish S1 S2  the same run_all again (finished runs are skipped, interrupted ones resume), then the evaluators
+#   start         attention, and only if the GPU's loss of the first batch is within 5% of the CPU's: the whole
+#                 profile in the background (setsid: it outlives the call; the machine stays while calls follow
+#                 each other), with the evaluators started as soon as the runs they read are final
+#                 (scripts/gpu/evaluate_when_done.py) instead of after the last run
+#   wait S        follow the background suite for up to S seconds (returns early when it is done), then pack
 # Every phase but check packs runs/quality-gpu (no model weights, no checkpoints) into $OUT/quality-*.tgz.
 # Reproduce on any CUDA machine with the packages installed: ./run_all.sh --profile quality-gpu --jobs 8
 set -euo pipefail
-phase="${1:?usage: quality_session.sh check|run|finish [launch_deadline_s kill_after_s]}"
+phase="${1:?usage: quality_session.sh check|attention|start|wait S|run S1 S2|finish S1 S2}"
 here="$(pwd)"
-export PYTHONPATH="$here/.gpu/site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$here/.gpu/site:$here${PYTHONPATH:+:$PYTHONPATH}"
 export BADAM_SHARED="$here/.gpu/shared" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export BADAM_SOURCE_COMMIT="${BADAM_SOURCE_COMMIT:-unknown}"
 jobs="${JOBS:-10}"
@@ -30,6 +35,13 @@ join_gguf() {
     [ "$got" = "$want_sha" ] || { echo "GGUF sha256 mismatch: $got" >&2; exit 1; }
     mv "$gguf.partial" "$gguf"
   fi
+}
+
+attention() {
+  mkdir -p "$OUT"
+  python3 scripts/gpu/attention_check.py --config quality/gemma3_270m_alpaca.yaml --rows 4 \
+      --out "$OUT/attention_check.json"
+  mkdir -p "$out_root" && cp "$OUT/attention_check.json" "$out_root/attention_check.json"
 }
 
 pack() {
@@ -51,9 +63,55 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     ;;
   attention)
     join_gguf
-    mkdir -p "$OUT"
-    python3 scripts/gpu/attention_check.py --config quality/gemma3_270m_alpaca.yaml --rows 4 \
-        --out "$OUT/attention_check.json"
+    attention
+    ;;
+  start)
+    join_gguf
+    attention
+    python3 - "$OUT/attention_check.json" <<'PY' || { echo "the GPU's loss differs from the CPU's: not started" >&2; exit 1; }
+import json, sys
+losses = json.load(open(sys.argv[1]))["losses"]
+ref, gpu = losses["cpu fp32 (reference)"], losses["cuda sdpa bf16"]
+print(f"first batch: cpu fp32 {ref:.4f}, cuda sdpa (harness default) bf16 {gpu:.4f}")
+sys.exit(0 if isinstance(gpu, float) and abs(gpu - ref) <= 0.05 * ref else 1)
+PY
+    python3 -c "from experiments.models import resolve_alias; print(resolve_alias('gemma3-270m'))"
+    mkdir -p "$out_root"
+    setsid nohup bash -c "
+      python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir '$out_root' --timeout 7200 \
+          > '$out_root/evaluators.log' 2>&1 &
+      python3 -m experiments.run_all --profile quality-gpu --output-dir '$out_root' --jobs $jobs ${RUN_ALL_ARGS:-} \
+          --no-eval --no-plots --no-progress > '$out_root/run_all.log' 2>&1
+      echo \$? > '$out_root/run_all.exit'
+      wait
+      touch '$out_root/DONE'" > /dev/null 2>&1 < /dev/null &
+    sleep 60
+    tail -5 "$out_root/run_all.log" || true
+    nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+    ;;
+  wait)
+    limit="${2:?seconds to wait}"
+    waited=0
+    while [ ! -f "$out_root/DONE" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
+    nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+    tail -25 "$out_root/run_all.log" || true
+    tail -8 "$out_root/evaluators.log" 2>/dev/null || true
+    python3 - "$out_root" <<'PY' || true
+import json, sys
+from pathlib import Path
+for run in sorted(p for p in Path(sys.argv[1]).glob("*/*") if p.is_dir()):
+    summary, metrics = run / "summary.json", run / "metrics.jsonl"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        print(f"{run.parent.name}/{run.name}: {s.get('status')} eval {s.get('final_eval_loss')} "
+              f"steps {s.get('steps')} median step {s.get('median_step_s', s.get('step_time_median_s'))}")
+    elif metrics.is_file():
+        lines = metrics.read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        print(f"{run.parent.name}/{run.name}: running, step {last.get('step')} loss {last.get('loss')}")
+PY
+    pack "quality-wait"
+    [ -f "$out_root/DONE" ] && echo "suite done, run_all exit code $(cat "$out_root/run_all.exit")"
     ;;
   run|finish)
     launch="${2:?launch deadline (s)}"; kill_after="${3:?kill-after (s)}"

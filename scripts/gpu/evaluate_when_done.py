@@ -1,0 +1,69 @@
+"""Run a profile's evaluators as soon as the runs they read have finished, while the rest of the suite still trains.
+
+run_all runs the evaluators after the last run of the profile; on a lent GPU machine whose weights cannot be carried
+back, that can be too late. This waits (polling the run directories, never training anything itself) until every
+planned run that the evaluators read and that keeps its weights (output.save_model) has a final summary, then hands
+those runs to run_all's evaluators, exactly as run_all would at the end:
+
+    python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir runs/quality-gpu --timeout 3600
+
+Exit code 0 when the evaluators ran (their notes say which runs they skipped), 3 on timeout.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from experiments.results import read_summary
+from experiments.run_all import load_profile, plan_runs, run_evaluators
+from experiments.suite import is_final, outcome_from_summary
+
+
+def awaited_runs(profile: dict, output_root: Path) -> list:
+    """The planned runs some evaluator reads and that save their model (the others give an evaluator nothing)."""
+    specs = profile.get("evaluators") or []
+    groups = sorted({g for spec in specs for g in (spec.get("groups") or [])}) or None
+    planned = plan_runs(profile, output_root=output_root, only_groups=groups)
+    wanted = []
+    for item in planned:
+        if item.cfg is None or not item.cfg.output.save_model:
+            continue
+        if any((not spec.get("groups") or item.group in spec["groups"])
+               and (not spec.get("methods") or item.method in spec["methods"]) for spec in specs):
+            wanted.append(item)
+    return wanted
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--poll", type=float, default=20.0, help="seconds between looks at the run directories")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    args = parser.parse_args(argv)
+    profile = load_profile(args.profile)
+    wanted = awaited_runs(profile, args.output_dir)
+    if not wanted:
+        print(f"profile {args.profile}: no evaluator reads a run that saves its model; nothing to wait for")
+        return 0
+    started = time.monotonic()
+    while True:
+        waiting = [item for item in wanted if not is_final(read_summary(item.run_dir))]
+        if not waiting:
+            break
+        if time.monotonic() - started > args.timeout:
+            print(f"timeout: still unfinished: {', '.join(str(i.run_dir) for i in waiting)}", file=sys.stderr)
+            return 3
+        time.sleep(args.poll)
+    print(f"all {len(wanted)} evaluated run(s) final after {time.monotonic() - started:.0f} s; running evaluators",
+          flush=True)
+    outcomes = [outcome_from_summary(item, read_summary(item.run_dir), item.run_dir) for item in wanted]
+    for note in run_evaluators(profile, outcomes):
+        print(note, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
