@@ -142,10 +142,36 @@ def load_tokenizer(name_or_path: str):
         raise ValueError(f"unknown tokenizer {name_or_path!r}; valid: one of {', '.join(STANDIN_TOKENIZERS)}, "
                          "a SentencePiece .model file, a .gguf file, a tokenizer folder or an 'org/name' hub id")
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    check_subword_tokenizer(tokenizer, folder)
     if tokenizer.pad_token is None:
         # Padding positions are masked out of attention and loss, so which id fills them does not matter.
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     return tokenizer
+
+
+# A plain English sentence: a subword tokenizer of an LLM-sized vocabulary gives about one token per word.
+_PROBE_SENTENCE = "Below is an instruction that describes a task. Write a response that completes the request."
+
+
+def check_subword_tokenizer(tokenizer, where) -> None:
+    """Refuse a tokenizer with a large vocabulary that splits plain English into characters: a broken conversion,
+    which trains without any error at a loss several times too high. Seen on 2026-11-25: transformers 5.17 with
+    tokenizers 0.23.2 converted Gemma-3-270M's GGUF tokenizer into one that gave one token per character (59 tokens for
+    a 59-character, 10-word sentence; the model's first-batch loss 8.96 instead of 1.14), where transformers 5.23
+    converts it correctly (13 tokens). Small vocabularies (e.g. the 512-token stand-in) are exempt: they do split
+    words."""
+    if len(tokenizer) < 8000:
+        return
+    words = len(_PROBE_SENTENCE.split())
+    count = len(tokenizer(_PROBE_SENTENCE, add_special_tokens=False)["input_ids"])
+    if count > 2 * words:
+        import transformers
+
+        raise ValueError(f"tokenizer {where} splits plain English into pieces far below words ({count} tokens for "
+                         f"{words} words; a subword vocabulary of {len(tokenizer):,} gives about one per word): a "
+                         f"broken conversion (transformers {transformers.__version__}); delete that folder and "
+                         "convert with another transformers version, or pass a working tokenizer folder "
+                         "(model.tokenizer=...)")
 
 
 # --- model construction -----------------------------------------------------------------------------------------

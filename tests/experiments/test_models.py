@@ -203,3 +203,39 @@ def test_split_zip_parts_are_joined_and_extracted_once(tmp_path, tmp_cache):
     assert gguf_cache.split_zip_folder("my-model", parts) == folder
     with pytest.raises(ValueError, match="not a valid zip"):
         gguf_cache.split_zip_folder("broken", parts[:1])
+
+
+def _save_bpe_tokenizer(folder, merges):
+    """A byte-level BPE tokenizer with a 9,000-entry vocabulary, with or without the merges that join characters."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    merge_list = []
+    if merges:  # merge every word of the probe sentence into one token, letter by letter
+        from experiments.models import _PROBE_SENTENCE
+        words = {w.strip(".") for w in _PROBE_SENTENCE.split()}
+        for word in words | {"Ġ" + w for w in words}:
+            piece = word[0]
+            for ch in word[1:]:
+                if piece + ch not in vocab:
+                    merge_list.append((piece, ch))
+                    vocab[piece + ch] = len(vocab)
+                piece += ch
+    for i in range(len(vocab), 9000):
+        vocab[f"<filler{i}>"] = i
+    model = models.BPE(vocab=vocab, merges=merge_list)
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<filler8999>").save_pretrained(folder)
+
+
+def test_a_tokenizer_that_lost_its_merges_is_refused(tmp_path):
+    from experiments.models import load_tokenizer
+
+    _save_bpe_tokenizer(tmp_path / "good", merges=True)
+    assert len(load_tokenizer(str(tmp_path / "good"))) == 9000
+    _save_bpe_tokenizer(tmp_path / "broken", merges=False)
+    with pytest.raises(ValueError, match="splits plain English into pieces far below words"):
+        load_tokenizer(str(tmp_path / "broken"))
