@@ -60,8 +60,8 @@ class ModelConfig:
     # None: the source's own tokenizer (random configs: their stand-in). Else a tokenizer folder, a stand-in name or
     # a hub id, e.g. a carried tokenizer folder on a GPU machine that lacks the packages the stand-ins come from.
     tokenizer: str | None = None
-    # CUDA only: let scaled_dot_product_attention use its cuDNN backend (off: silent-corruption bugs on Hopper, see
-    # experiments.models.load_model)
+    # CUDA only: let scaled_dot_product_attention use its cuDNN backend (off: known silent-corruption bugs on Hopper,
+    # see experiments.models.load_model)
     cudnn_attention: bool = False
 
 

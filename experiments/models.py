@@ -277,10 +277,11 @@ def load_model(source: str, *, dtype: str = "bf16", device: str = "cpu", task: s
     cudnn_attention: on CUDA, whether torch's scaled_dot_product_attention may pick its cuDNN backend. Off by
     default: torch 2.11 prefers cuDNN on Hopper, and cuDNN attention has silent-corruption bugs there (masks of another
     dtype reinterpreted, pytorch PR 191612; NaN query gradients at seq_len % 128 == 64 with a mask, pytorch issue
-    196678; corrupted generation with few key/value heads, pytorch issue 193893). Gemma-3-270M (one key/value head,
-    padding masks) on an H100 started training at loss 9.41 on a batch whose rows score 0.95-1.96 on the CPU. The
-    flash / memory-efficient / math backends serve the same shapes. The switch is process-wide; summary.json records
-    it (environment.cudnn_sdp_enabled).
+    196678; corrupted generation with few key/value heads, pytorch issue 193893). The flash / memory-efficient / math
+    backends serve the same shapes. (A wrong first-batch loss of Gemma-3-270M on an H100, 9.41, first suspected
+    cuDNN; scripts/gpu/attention_check.py then found cuDNN within 2e-5 of the CPU on that stack, and the cause was
+    the GPU machine's broken tokenizer conversion: see check_subword_tokenizer.) The switch is process-wide;
+    summary.json records it (environment.cudnn_sdp_enabled).
 
     dtype: storage dtype of the weights (bf16 | fp16 | fp32). device: where the weights live ("cpu", "cuda",
     "cuda:1", "meta"). gradient_checkpointing: non-reentrant activation checkpointing, use_cache off.

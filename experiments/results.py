@@ -377,6 +377,9 @@ def environment_info(device: str = "cpu") -> dict:
         "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         # which attention kernels scaled_dot_product_attention could use (cuDNN's is off by default on CUDA)
         "cudnn_sdp_enabled": bool(torch.backends.cuda.cudnn_sdp_enabled()) if torch.cuda.is_available() else None,
+        # the most runs a suite (run_all --jobs) let share this run's device: above 1 its step times are not a
+        # measurement of the method (processes time-slice a GPU), only its losses are
+        "shared_device_runs": int(os.environ.get("BADAM_SHARED_DEVICE_RUNS", "1")),
         "hostname": socket.gethostname(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

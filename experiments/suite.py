@@ -193,10 +193,13 @@ def child_command(item: PlannedRun, state: str) -> list[str]:
     return [sys.executable, "-m", "experiments.run", "--config", item.config, *flags, *overrides]
 
 
-def _child_env(gpu: str | None, jobs: int) -> dict:
+def _child_env(gpu: str | None, jobs: int, devices: int = 1) -> dict:
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
+    # recorded in summary.json (environment.shared_device_runs): step times of runs that shared a device are not
+    # measurements, and the tables and figures leave them out
+    env["BADAM_SHARED_DEVICE_RUNS"] = str(-(-jobs // max(1, devices)))
     # several children on one host: share the cores instead of each starting one thread per core
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
     return env
@@ -306,8 +309,9 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
             slot = free_slots.pop(0)
             gpu = options.gpus[slot % len(options.gpus)] if options.gpus else None
             log = log_dir / f"{item.group}.{item.cfg.run_name}.log"
+            env = _child_env(gpu, options.jobs, len(options.gpus))
             with open(log, "ab") as handle:
-                process = subprocess.Popen(child_command(item, state), cwd=REPO_ROOT, env=_child_env(gpu, options.jobs),
+                process = subprocess.Popen(child_command(item, state), cwd=REPO_ROOT, env=env,
                                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
             running[ready] = _Child(item, process, log, slot)
         if pending or running:

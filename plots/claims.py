@@ -152,7 +152,8 @@ def f2(runs: list[Run]) -> str:
 
 def _hours(run: Run) -> float | None:
     curve = run.curve()
-    return None if curve.empty else float(curve["hours"].iloc[-1])
+    hours = None if curve.empty else float(curve["hours"].iloc[-1])
+    return None if hours is None or math.isnan(hours) else hours
 
 
 def f3(runs: list[Run]) -> str:
@@ -164,7 +165,11 @@ def f3(runs: list[Run]) -> str:
     parts = [close(losses, "bsgd", "sgd", "final eval loss", tolerance=CLOSE_LOSS, relative=True),
              close(losses, "badam", "adam", "final eval loss", tolerance=CLOSE_LOSS, relative=True)]
     for block, full in (("bsgd", "sgd"), ("badam", "adam")):
-        if hours.get(block) and hours.get(full) and hours[full].mean > 0:
+        shared = max((r.shared_device_runs for m in (block, full) if m in groups for r in groups[m].runs), default=1)
+        if shared > 1:
+            parts.append(f"{name(block)} faster than {name(full)}: not checked (up to {shared} runs shared a GPU: "
+                         "their step times are not measurements)")
+        elif hours.get(block) and hours.get(full) and hours[full].mean > 0:
             ratio = hours[block].mean / hours[full].mean
             parts.append(f"{name(block)} faster than {name(full)} (sum of step times): "
                          f"{'holds' if ratio < 1 else 'does not hold'} ({ratio:.2f}×)")

@@ -97,6 +97,11 @@ class Run:
         return self.summary.get("status", "error")
 
     @property
+    def shared_device_runs(self) -> int:
+        """The most runs that shared this run's device (run_all --jobs): above 1 its step times are not measured."""
+        return int((self.summary.get("environment") or {}).get("shared_device_runs") or 1)
+
+    @property
     def ok(self) -> bool:
         return self.status == "ok"
 
@@ -215,6 +220,8 @@ class Run:
             return pd.DataFrame(columns=["step", "loss", "hours", "eval_loss"])
         frame = frame.drop_duplicates("step", keep="last").sort_values("step")
         hours = frame["t_step_ms"].fillna(0).cumsum() / 3.6e6 if "t_step_ms" in frame else float("nan")
+        if self.shared_device_runs > 1:  # time-sliced with other runs: no training time to draw or compare
+            hours = float("nan")
         eval_loss = frame["eval_loss"] if "eval_loss" in frame else float("nan")
         return pd.DataFrame({"step": frame["step"].astype(int), "loss": frame["loss"].astype(float),
                              "hours": hours, "eval_loss": eval_loss}).reset_index(drop=True)

@@ -3,8 +3,11 @@ CPU in fp32 (reference) and on CUDA with each attention path: sdpa with cuDNN al
 harness default), eager; bf16 weights under bf16 autocast as in training, and fp32.
 
 Why: in the first GPU session of the quality profile (2026-11-25, H100, torch 2.11) Gemma-3-270M started training at
-loss 9.41 on a batch whose rows score 0.95-1.96 on the CPU; torch's cuDNN attention has known silent-corruption bugs
-on Hopper (see experiments.models.load_model). Run this before trusting quality runs on a new machine or stack:
+loss 9.41 on a batch whose rows score 0.95-1.96 on this project's CPU machine. Because the CPU reference is computed
+on the GPU machine itself, this check tells a GPU kernel fault (GPU paths differ from the CPU) from a fault of the
+model or tokenizer there (all paths agree on a wrong loss). The second session's check (results/lr_sweep_gemma3_270m/
+attention_check.json) found every path within 1e-3 of the CPU, the cause being the tokenizer (see
+experiments.models.check_subword_tokenizer). Run this before trusting quality runs on a new machine or stack:
 
     python3 scripts/gpu/attention_check.py --config quality/gemma3_270m_alpaca.yaml --rows 4 --out check.json
 """

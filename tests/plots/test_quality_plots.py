@@ -235,3 +235,29 @@ def test_repository_results_still_build(tmp_path):
             expected[key] = min(expected.get(key, (loss, lr)), (loss, lr))
     chosen = {(r["sweep"], r["method"]): float(r["lr"]) for r in rows if r["chosen"] == "chosen"}
     assert chosen == pytest.approx({key: lr for key, (_loss, lr) in expected.items()})
+
+
+def test_runs_that_shared_a_gpu_give_losses_but_no_times(tree, tmp_path):
+    """Runs a suite packed onto one device (environment.shared_device_runs > 1) time-sliced it: their step times are
+    left out of the curves against time and of the 'faster' claims; their losses still count."""
+    shared = tmp_path / "shared"
+    shutil.copytree(tree, shared)
+    for path in shared.glob("ablation_bsgd_*/*/summary.json"):
+        summary = json.loads(path.read_text())
+        summary["environment"]["shared_device_runs"] = 4
+        path.write_text(json.dumps(summary))
+    runs = discover_runs(shared)
+    line = claims.f3(runs)
+    assert "BSGD faster than SGD: not checked (up to 4 runs shared a GPU" in line
+    assert "BAdam faster than Adam (sum of step times): holds" in line   # borrowed from the main group: not shared
+    assert "BSGD within 2% of SGD" in line
+    sgd = next(r for r in runs if r.group.startswith("ablation_bsgd") and r.method == "sgd")
+    assert sgd.curve()["hours"].isna().all() and not sgd.curve()["loss"].isna().any()
+
+
+def test_suite_children_record_how_many_runs_share_a_device():
+    from experiments.suite import _child_env
+
+    assert _child_env("0", jobs=10, devices=2)["BADAM_SHARED_DEVICE_RUNS"] == "5"
+    assert _child_env("1", jobs=3, devices=2)["BADAM_SHARED_DEVICE_RUNS"] == "2"
+    assert _child_env(None, jobs=1)["BADAM_SHARED_DEVICE_RUNS"] == "1"
