@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.memory_model import PAPER_METHODS, decoder_parameters, paper_formula  # torch-free
 from plots import mapping
 from plots.paper import paper_cell
 from plots.runs import Run
@@ -16,7 +17,7 @@ from plots.tables import NO_RUN, NOT_APPLICABLE, Section, Table, add_compared, p
 GB = 1e9  # the paper's GB: 16.1 GB of Llama 3-8B weights = 8.03e9 parameters x 2 bytes
 ALPACA_GPT4_EXAMPLES = 52002  # rows of alpaca_gpt4_data.json (GPT-4-LLM); the paper's instruction-tuning set
 DEFAULT_T1_MODELS = ("llama3-8b", "llama2-7b", "llama3-70b")
-T1_METHODS = ("adam", "lomo", "lora-rank8", "lora-rank100", "badam")
+T1_METHODS = PAPER_METHODS
 MEMORY_TABLES = {"llama3-8b": "T2", "llama2-7b": "T12"}
 TIME_TABLES = {"llama3-8b": "T3", "llama2-7b": "T13"}
 BACKWARD_TABLES = {"llama3-8b": "T4", "llama2-7b": "T14"}
@@ -24,39 +25,10 @@ BACKWARD_TABLES = {"llama3-8b": "T4", "llama2-7b": "T14"}
 
 # --- T1: analytic memory -------------------------------------------------------------------------------------
 
-def decoder_parameters(cfg: dict) -> int:
-    """Parameter count of a Llama-style decoder from its config numbers (hidden, intermediate, layers, heads,
-    kv heads, vocab, tied embeddings): attention q/k/v/o, gated MLP (3 matrices), 2 RMSNorms per layer,
-    embeddings, final norm and the LM head unless tied."""
-    try:
-        h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-        vocab, heads = cfg["vocab_size"], cfg["num_attention_heads"]
-    except KeyError as exc:
-        raise ValueError(f"a decoder config needs hidden_size, intermediate_size, num_hidden_layers, "
-                         f"num_attention_heads and vocab_size; missing {exc}") from None
-    head_dim = cfg.get("head_dim") or h // heads
-    kv = cfg.get("num_key_value_heads", heads) * head_dim
-    attention = h * heads * head_dim * 2 + h * kv * 2
-    if cfg.get("attention_bias"):
-        attention += heads * head_dim + 2 * kv + h
-    per_layer = attention + 3 * h * inter + 2 * h
-    embeddings = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
-    return layers * per_layer + embeddings + h
-
-
 def analytic_memory_gb(method: str, params: int, layers: int, hidden: int) -> tuple[str, float]:
-    """(formula, GB) of the paper's Table 1 for a model of `params` parameters (M = params / 1e9)."""
-    m = params / 1e9
-    if method == "adam":
-        return "18M", 18 * m
-    if method == "lomo":
-        return "2M + 2M/D", 2 * m + 2 * m / layers
-    if method.startswith("lora-rank"):
-        r = int(method[len("lora-rank"):])
-        return f"2M + 36rM/m (r={r}, m={hidden})", 2 * m + 36 * r * m / hidden
-    if method == "badam":
-        return "2M + 16M/D", 2 * m + 16 * m / layers
-    raise ValueError(f"no analytic formula for {method!r}; valid: {', '.join(T1_METHODS)}")
+    """(formula, GB) of the paper's Table 1 (experiments/memory_model.py, the model shared with the benchmarks)."""
+    estimate = paper_formula(method, params, layers, hidden)
+    return estimate.formula, estimate.bytes / GB
 
 
 def model_configs(extra: dict[str, Path] | None = None) -> dict[str, dict]:
