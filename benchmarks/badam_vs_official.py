@@ -143,14 +143,6 @@ def ratio(a, b):
     return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
 
 
-def fmt(v):
-    return "n/a" if v is None else f"{v:.3f}"
-
-
-def verdict(value, limit):
-    return "n/a" if value is None else ("yes" if value <= limit else "NO")
-
-
 def _ok_runs(results, name) -> list[dict]:
     return [r for r in results.get(name) or [] if "error" not in r]
 
@@ -206,7 +198,8 @@ def _phase_rows(results, names, phases):
             step = ms["step"]
             step_cell = f"{step.median:.1f}" + (f" ({step.low:.1f}-{step.high:.1f})" if step.n > 1 else "")
             rows.append(f"| {phase} | {name} | {len(ok)} | {ms['forward'].median:.1f} | {ms['backward'].median:.1f} | "
-                        f"{ms['update'].median:.1f} | {step_cell} | {'-' if switch is None else f'{switch.median:.1f}'} | "
+                        f"{ms['update'].median:.1f} | {step_cell} | "
+                        f"{'-' if switch is None else f'{switch.median:.1f}'} | "
                         f"{'-' if mfu is None else f'{100 * mfu.median:.1f}'} | {gib(mem['peak_allocated_bytes'])} | "
                         f"{gib(mem['optimizer_bytes'])} | {gib(mem['peak_minus_activations_bytes'])} |")
     return rows

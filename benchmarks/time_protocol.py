@@ -191,7 +191,8 @@ def _cell(entry: dict | None, scale: float = 1.0, digits: int = 1) -> str:
         return "—"
     if entry["n"] == 1:
         return f"{entry['median'] * scale:.{digits}f}"
-    return f"{entry['median'] * scale:.{digits}f} ({entry['low'] * scale:.{digits}f}-{entry['high'] * scale:.{digits}f})"
+    low, high = entry["low"] * scale, entry["high"] * scale
+    return f"{entry['median'] * scale:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def _ratio_cell(entry: dict | None) -> str:
@@ -208,7 +209,8 @@ def markdown(doc: dict, meta: dict) -> str:
              f"step / {ref} | backward / {ref} |", "|" + "---|" * 11]
     for name, entry in doc["configurations"].items():
         values, ratios = entry["values"], entry.get("ratio_to_reference") or {}
-        lines.append(f"| {name} | {entry['method']} | {len(entry['repeats'])} | {', '.join(entry['devices']) or '—'} | "
+        devices = ", ".join(entry["devices"]) or "—"
+        lines.append(f"| {name} | {entry['method']} | {len(entry['repeats'])} | {devices} | "
                      f"{_cell(values['step'])} | {_cell(values['forward'])} | {_cell(values['backward'])} | "
                      f"{_cell(values['update'])} | {_cell(values['mfu'], 100.0, 2)} | "
                      f"{'1' if name == ref else _ratio_cell(ratios.get('step'))} | "

@@ -309,4 +309,5 @@ def utilization_summary(records: list[dict], warmup_steps: int, device_name: str
 
 
 __all__ = ["ENTRY_PROJECTIONS", "DEVICE_PEAKS_BF16_TFLOPS", "device_peak", "Matmul", "ModelShape", "Trainable",
-           "StepFlops", "count_step", "FlopCounter", "backward_passes", "sequence_lengths", "utilization_summary", "COUNTING_NOTE"]
+           "StepFlops", "count_step", "FlopCounter", "backward_passes", "sequence_lengths", "utilization_summary",
+           "COUNTING_NOTE"]

@@ -80,7 +80,8 @@ def test_time_table_reads_repeats_with_bands_and_labels_variants(results):
     assert badam["forward (h) ratio"] == f"{per_repeat[1]:.2f} ({per_repeat[0]:.2f}-{per_repeat[2]:.2f})"
     # paired per repeat: 98/100, 115/110, 104/105 holds 1
     assert t3["badam_official"]["step / badam"] == "≈ 1 (0.98-1.05)"
-    assert t3["lomo"]["step / badam"] == "3.00 (3.00-3.05)"  # 300/100, 330/110, 320/105 and t3["lomo"]["update (s)"] == "—"
+    assert t3["lomo"]["step / badam"] == "3.00 (3.00-3.05)"  # 300/100, 330/110, 320/105
+    assert t3["lomo"]["update (s)"] == "—"
     assert t3["lomo"]["step / badam (paper)"] == pytest.approx((0.78 + 3.70) * 3600 / ((0.71 + 1.74) * 3600 + 142))
     assert t3["lomo (norm pass)"]["repeats"] == 1  # the single older run with its gradient-norm pass: a variant
     assert t3["lora-rank8"]["MFU %"] == pytest.approx(20.0) and t3["lora-rank8"]["repeats"] == 3
