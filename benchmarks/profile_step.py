@@ -135,13 +135,14 @@ def where_time_goes(method: str, doc: dict, summary: dict, scan: float | None, p
     for name, p in sorted(phases.items()):
         lines.append(f"| {name} | {p['cpu_ms_per_step']:.1f} | {p['device_ms_per_step']:.1f} | "
                      f"{p['calls'] / steps:.0f} |")
-    backward = phases.get("backward")
-    if backward and timing.get("backward") and doc.get("device") == "cuda":
-        busy = backward["device_ms_per_step"]
-        idle = max(0.0, timing["backward"] - busy)
-        lines += ["", f"Backward: {timing['backward']:.1f} ms per step, of which the device ran kernels for "
-                      f"{busy:.1f} ms; it waited {idle:.1f} ms ({100 * idle / timing['backward']:.0f} %) for the "
-                      f"host, which spent {backward['cpu_ms_per_step']:.1f} ms launching and running Python."]
+    if doc.get("device") == "cuda" and timing.get("step"):
+        kernels, forward = doc["kernel_ms_per_step"], phases.get("forward", {}).get("device_ms_per_step", 0.0)
+        idle = max(0.0, timing["step"] - kernels)
+        lines += ["", f"Kernels: {kernels:.1f} ms per step in all ({forward:.1f} ms launched by the forward, "
+                      f"{kernels - forward:.1f} ms by backward and update), against a step of {timing['step']:.1f} "
+                      f"ms: the GPU sat idle {idle:.1f} ms ({100 * idle / timing['step']:.0f} %), waiting for the "
+                      f"host (Python, launches, synchronisation). Host time inside backward: "
+                      f"{phases.get('backward', {}).get('cpu_ms_per_step', 0.0):.1f} ms per step."]
     hook = phases.get("lomo hook")
     if hook and scan is not None:
         calls = hook["calls"] / steps
@@ -149,7 +150,8 @@ def where_time_goes(method: str, doc: dict, summary: dict, scan: float | None, p
                   f"Each call searches every one of the {params} parameters for a finished gradient "
                   f"(named_parameters() in Python): one scan takes {scan:.2f} ms here, so {calls:.0f} calls cost "
                   f"about {calls * scan:.0f} ms per step before any update kernel runs; the updates themselves "
-                  f"launch {hook['device_ms_per_step']:.1f} ms of device work."]
+                  f"launch {hook['device_ms_per_step']:.1f} ms of device work (the hooks run on autograd's "
+                  f"thread, so this range sees their own kernels)."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,10 @@
 """torch.profiler helpers shared by the benchmarks: phase ranges, per-op records as JSON, and a diff of two profiles
 that says where one configuration loses or gains time against another.
 
+Ranges opened on the main thread see the device time of the ops launched there (forward, the optimizer update); the
+backward's ops run on autograd's device thread, so a range around loss.backward() shows host time only. The kernels'
+total per step (kernel_ms_per_step) is exact either way.
+
 A profile is summarised as one record per op name (torch's key_averages): self device time (kernels launched by the
 op itself), self CPU time, calls, and the totals including children. Phases are marked with record_function ranges
 ("phase:forward", "phase:backward", "phase:update", and any the caller adds); their CPU total is the host time spent
@@ -48,7 +52,8 @@ def records(profiler) -> list[dict]:
     """One record per op name: self/total device and CPU microseconds and calls (device = CUDA kernels)."""
     out = []
     for event in profiler.key_averages():
-        out.append({"name": event.key, "calls": int(event.count),
+        on_device = "cpu" not in str(getattr(event, "device_type", "cpu")).lower()  # a kernel, not an op
+        out.append({"name": event.key, "calls": int(event.count), "kernel": on_device,
                     "self_device_us": _us(event, "self_device_time_total", "self_cuda_time_total"),
                     "device_total_us": _us(event, "device_time_total", "cuda_time_total"),
                     "self_cpu_us": _us(event, "self_cpu_time_total"), "cpu_total_us": _us(event, "cpu_time_total")})
@@ -66,8 +71,14 @@ def write(profiler, folder: Path, stem: str, *, steps: int, device_type: str) ->
     (folder / f"{stem}.txt").write_text("\n\n".join(tables))
     doc = {"steps": steps, "device": device_type, "records": records(profiler)}
     doc["phases"] = phases(doc["records"], steps)
+    doc["kernel_ms_per_step"] = kernel_ms_per_step(doc["records"], steps)
     (folder / f"{stem}.json").write_text(json.dumps(doc, indent=1))
     return doc
+
+
+def kernel_ms_per_step(recs: list[dict], steps: int) -> float:
+    """Device milliseconds per step of all kernels (each kernel once: op rows repeat their kernels' time)."""
+    return sum(r["self_device_us"] for r in recs if r.get("kernel")) / 1e3 / max(1, steps)
 
 
 def phases(recs: list[dict], steps: int) -> dict:
@@ -93,6 +104,7 @@ def diff(a: dict, b: dict, *, label_a: str, label_b: str, rows: int = 15) -> str
         pa, pb = a["phases"].get(name, {}), b["phases"].get(name, {})
         lines.append(f"| {name} | {pa.get('cpu_ms_per_step', 0):.2f} | {pb.get('cpu_ms_per_step', 0):.2f} | "
                      f"{pa.get('device_ms_per_step', 0):.2f} | {pb.get('device_ms_per_step', 0):.2f} |")
+    lines.append(f"| all kernels | - | - | {a.get('kernel_ms_per_step', 0):.2f} | {b.get('kernel_ms_per_step', 0):.2f} |")
     ops_a = {r["name"]: r for r in a["records"] if not r["name"].startswith(PHASE_PREFIX)}
     ops_b = {r["name"]: r for r in b["records"] if not r["name"].startswith(PHASE_PREFIX)}
     deltas = []
@@ -109,4 +121,4 @@ def diff(a: dict, b: dict, *, label_a: str, label_b: str, rows: int = 15) -> str
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["PHASE_PREFIX", "start", "phase", "records", "write", "phases", "diff"]
+__all__ = ["PHASE_PREFIX", "start", "phase", "records", "write", "phases", "kernel_ms_per_step", "diff"]

@@ -53,7 +53,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", required=True, help="profile name or path of a profile .yaml")
     p.add_argument("--groups", required=True, help="comma-separated run groups of the profile")
-    p.add_argument("--methods", help="comma-separated subset of the groups' methods")
+    p.add_argument("--methods", help="comma-separated subset of the methods the groups run (only their own runs)")
     p.add_argument("--repeats", type=int, default=3, help="repeats per configuration (default 3, the minimum)")
     p.add_argument("--once", action="store_true", help="run every planned run once under its own name (no "
                                                        "-rep suffix, no ratios): a warm single pass")
@@ -66,6 +66,7 @@ def parse_args(argv=None):
                    help="start no repeat that would, at the previous repeat's pace, end after this many seconds")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (first-seen shapes are then timed)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the runs in the order they would run, train nothing")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
@@ -87,9 +88,15 @@ def plan(args) -> tuple[list[PlannedRun], list[PlannedRun]]:
     profile = run_all.load_profile(args.profile)
     output_root = (args.output_dir or REPO / profile.get("output_dir", f"runs/{profile['name']}")).resolve()
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    planned = run_all.plan_runs(profile, output_root=output_root, only_methods=methods,
-                                extra_overrides=tuple(args.set), only_groups=groups)
+    planned = run_all.plan_runs(profile, output_root=output_root, extra_overrides=tuple(args.set),
+                                only_groups=groups)
+    if args.methods:  # the profile's own runs of these methods (run_all --methods would add them to every entry)
+        methods = {m.strip() for m in args.methods.split(",") if m.strip()}
+        unknown = methods - {p.method for p in planned}
+        if unknown:
+            raise ConfigError(f"--methods names {', '.join(sorted(unknown))}, which the groups do not run; they run "
+                              f"{', '.join(sorted({p.method for p in planned}))}")
+        planned = [p for p in planned if p.method in methods]
     return [p for p in planned if p.cfg is not None], [p for p in planned if p.cfg is None]
 
 
@@ -235,6 +242,12 @@ def main(argv=None) -> int:
         print("error: nothing to run (check --groups and --methods)", file=sys.stderr)
         return 2
     repeats = schedule(configs, args.repeats, args.once)
+    if args.dry_run:
+        for index, runs in enumerate(repeats, start=1):
+            for item in runs:
+                state = run_state(item.run_dir, fresh=args.fresh)
+                print(f"  repeat {index}: {item.group}/{item.cfg.run_name} ({state}, {item.cfg.train.max_steps} steps)")
+        return 0
     log: list[dict] = []
     warmup = None if args.no_warmup else warm_up(configs, not args.no_progress)
     if warmup is not None:

@@ -76,3 +76,5 @@ def test_bad_requests(profile, tmp_path, capsys):
     assert "--repeats must be >= 1" in capsys.readouterr().err
     assert run(profile, tmp_path, "--groups", "nope") == 2
     assert "unknown group(s) nope" in capsys.readouterr().err
+    assert run(profile, tmp_path, "--methods", "lora") == 2
+    assert "--methods names lora, which the groups do not run; they run badam, sgd" in capsys.readouterr().err
