@@ -223,7 +223,7 @@ def _flop_counter(model: nn.Module, dist_ctx) -> FlopCounter | None:
         return None
     try:
         return FlopCounter(model)
-    except ValueError:
+    except (ValueError, KeyError, AttributeError, TypeError):  # not a stack of layers we can read: no count
         return None
 
 

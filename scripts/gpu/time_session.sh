@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU measurements of issue 17 (time tables a reader can trust), one phase per device call, each under 10 minutes
+# on one H100 / H200. Everything lands under $OUT (copied back by the device tools); commit it under results/.
+#   bench      badam vs badam 1.4 (and ours without checkpointing) at K=100 and K=1, 3 alternating repeats, with
+#              torch.profiler diffs of the steady-state step            -> $OUT/bench/badam_vs_official_v3 (~5 min)
+#   time       the paper-gpu-1 time comparison (BAdam, 1.4, LOMO with and without its norm pass, LoRA r8 in the paper's
+#              setting and 3 variants), 3 alternating repeats in one warm process
+#                                                                          -> $OUT/r/paper_time_llama3_8b (~5 min)
+#   profiles   the paper_memtime runs whose paper setting changed (LOMO without norm pass, LoRA with 16-bit adapters),
+#              then torch.profiler summaries of LOMO (with and without its norm pass), LoRA (fp32 and bf16 adapters)
+#              and BAdam                                      -> $OUT/r/paper_memtime_llama3_8b, $OUT/profiles (~6 min)
+#   time7b     optional: the Llama 2-7B time group (BAdam, LOMO, LoRA r8; batch 8), 3 repeats -> $OUT/r (~5 min)
+# The wheels the machine lacks (lomo-optim, galore-torch, bitsandbytes, gguf) are expected unpacked in .gpu/site, the
+# shared data in .gpu/shared, the stand-in tokenizers in .gpu/tok/{smollm2,minilm}, badam 1.4 in $BADAM_OFFICIAL_PATH
+# (default /tmp/ref), as in the sessions of 2026-11-22 and 2026-11-25.
+set -euo pipefail
+phase="${1:?usage: time_session.sh bench|time|profiles|time7b}"
+here="$(pwd)"
+export PYTHONPATH="$here/.gpu/site${PYTHONPATH:+:$PYTHONPATH}"
+export BADAM_SHARED="${BADAM_SHARED:-$here/.gpu/shared}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false BADAM_OFFICIAL_PATH="${BADAM_OFFICIAL_PATH:-/tmp/ref}"
+export BADAM_SOURCE_COMMIT="${BADAM_SOURCE_COMMIT:-unknown}"
+out="${OUT:?OUT must name the folder that comes back}"
+tok="$here/.gpu/tok/smollm2"
+unpacked=(--set data.packing=false --set data.pad_to_max_length=false --set "model.tokenizer=$tok")
+
+case "$phase" in
+  bench)
+    python3 benchmarks/badam_vs_official.py --out "$out/bench/badam_vs_official_v3" \
+        --official-path "$BADAM_OFFICIAL_PATH" --optimizers ours,official,ours_nockpt --phases k100_steady,k1_epoch \
+        --repeats 3 --worker-timeout 200 --profile-dir "$out/bench/badam_vs_official_v3/profiles"
+    ;;
+  time)
+    python3 benchmarks/time_protocol.py --profile paper-gpu-1 --groups paper_time_llama3_8b --repeats 3 \
+        --output-dir "$out/r" --set "model.tokenizer=$tok" --launch-deadline 480 --no-progress
+    ;;
+  time7b)
+    python3 benchmarks/time_protocol.py --profile paper-gpu-1 --groups paper_time_llama2_7b --repeats 3 \
+        --output-dir "$out/r" --set "model.tokenizer=$here/.gpu/tok/minilm" --launch-deadline 480 --no-progress
+    ;;
+  profiles)
+    python3 benchmarks/time_protocol.py --profile paper-gpu-1 --groups paper_memtime_llama3_8b --methods lomo,lora \
+        --once --fresh --output-dir "$out/r" --set "model.tokenizer=$tok" --no-progress
+    config=memory/llama3_8b_memory.yaml
+    python3 benchmarks/profile_step.py --config $config --out "$out/profiles/lomo_norm_pass" --no-progress \
+        --set method.name=lomo --set train.max_grad_norm=1.0 "${unpacked[@]}"
+    python3 benchmarks/profile_step.py --config $config --out "$out/profiles/lomo" --no-progress \
+        --set method.name=lomo --set train.max_grad_norm=0 "${unpacked[@]}"
+    for dtype in fp32 bf16; do
+      python3 benchmarks/profile_step.py --config $config --out "$out/profiles/lora_r8_$dtype" --no-progress \
+          --set method.name=lora --set method.rank=8 --set "method.adapter_dtype=$dtype" "${unpacked[@]}"
+    done
+    python3 benchmarks/profile_step.py --config $config --out "$out/profiles/badam" --no-progress \
+        --set method.name=badam --set method.switch_mode=fixed --set method.start_block=16 "${unpacked[@]}"
+    rm -rf "$out"/profiles/*/run/checkpoint.pt
+    ;;
+  *) echo "unknown phase $phase (valid: bench, time, profiles, time7b)" >&2; exit 2 ;;
+esac
+nvidia-smi --query-gpu=name,memory.used --format=csv || true
