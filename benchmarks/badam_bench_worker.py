@@ -338,6 +338,8 @@ def worker(args) -> None:
 
     warnings.filterwarnings("ignore", message="BlockOptimizerRatio keeps gradients off p.grad")  # no clipping here
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if device.type == "cuda":  # the harness's default (experiments/models.py): cuDNN attention off, see there why
+        torch.backends.cuda.enable_cudnn_sdp(bool(args.cudnn_attention))
     t0 = time.perf_counter()
     model = build_model(args.tiny, device, checkpointing=args.worker != "ours_nockpt")
     setup_s = time.perf_counter() - t0
@@ -369,6 +371,7 @@ def worker(args) -> None:
         "batch_size": args.batch_size, "seq_len": args.seq_len, "num_blocks": layers,
         "before_rev": args.before_rev if args.worker == "before" else None,
         "activation_checkpointing": args.worker != "ours_nockpt",
+        "cudnn_sdp_enabled": torch.backends.cuda.cudnn_sdp_enabled() if device.type == "cuda" else None,
         "update_ratio": args.update_ratio if args.worker in RATIO_WORKERS else None,
         "parameters": sum(p.numel() for p in model.parameters()), "model_setup_s": setup_s, "phases": phases,
     }

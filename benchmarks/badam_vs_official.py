@@ -102,6 +102,8 @@ def parse_args(argv=None):
     parser.add_argument("--accum-steps", type=int, default=None, help="measured accumulation steps (default 5; 3 tiny)")
     parser.add_argument("--ratio-steps", type=int, default=None, help="measured ratio-mode steps (default 6; 3 tiny)")
     parser.add_argument("--update-ratio", type=float, default=0.1, help="ratio mode's update_ratio (1.4's default)")
+    parser.add_argument("--cudnn-attention", action="store_true",
+                        help="let scaled_dot_product_attention use cuDNN (off by default, as in the harness)")
     parser.add_argument("--worker-timeout", type=float, default=240.0,
                         help="seconds after which a worker is stopped and recorded as an error (default 240)")
     parser.add_argument("--profile-dir", default=None,
@@ -310,6 +312,8 @@ def run_worker(name, args, out, env, *, repeat: int = 1, profile: bool = True) -
            "--steady-steps", str(args.steady_steps), "--accum-steps", str(args.accum_steps),
            "--ratio-steps", str(args.ratio_steps), "--update-ratio", str(args.update_ratio),
            "--before-rev", args.before_rev, "--phases", ",".join(args.phases)]
+    if args.cudnn_attention:
+        cmd.append("--cudnn-attention")
     if args.tiny:
         cmd.append("--tiny")
     if args.profile_dir and profile:
@@ -361,6 +365,7 @@ def main(argv=None) -> int:
             "batch_size": args.batch_size, "seq_len": args.seq_len, "before_rev": args.before_rev,
             "update_ratio": args.update_ratio, "cuda_alloc_conf": env.get("PYTORCH_CUDA_ALLOC_CONF"),
             "repeats": args.repeats, "phases": args.phases, "optimizers": args.optimizers,
+            "cudnn_attention": args.cudnn_attention,
             "source_commit": source_commit(), "wall_s": round(time.perf_counter() - started, 1), "targets": TARGETS}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     table = markdown(results, meta)
