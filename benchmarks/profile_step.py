@@ -138,7 +138,8 @@ def where_time_goes(method: str, doc: dict, summary: dict, scan: float | None, p
     if doc.get("device") == "cuda" and timing.get("step"):
         kernels, forward = doc["kernel_ms_per_step"], phases.get("forward", {}).get("device_ms_per_step", 0.0)
         idle = max(0.0, timing["step"] - kernels)
-        lines += ["", f"Kernels: {kernels:.1f} ms per step in all ({forward:.1f} ms launched by the forward, "
+        lines += ["", f"Kernels: {doc['kernels_per_step']:.0f} launches and {kernels:.1f} ms per step in all "
+                      f"({forward:.1f} ms launched by the forward, "
                       f"{kernels - forward:.1f} ms by backward and update), against a step of {timing['step']:.1f} "
                       f"ms: the GPU sat idle {idle:.1f} ms ({100 * idle / timing['step']:.0f} %), waiting for the "
                       f"host (Python, launches, synchronisation). Host time inside backward: "

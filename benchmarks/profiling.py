@@ -72,6 +72,7 @@ def write(profiler, folder: Path, stem: str, *, steps: int, device_type: str) ->
     doc = {"steps": steps, "device": device_type, "records": records(profiler)}
     doc["phases"] = phases(doc["records"], steps)
     doc["kernel_ms_per_step"] = kernel_ms_per_step(doc["records"], steps)
+    doc["kernels_per_step"] = kernels_per_step(doc["records"], steps)
     (folder / f"{stem}.json").write_text(json.dumps(doc, indent=1))
     return doc
 
@@ -79,6 +80,11 @@ def write(profiler, folder: Path, stem: str, *, steps: int, device_type: str) ->
 def kernel_ms_per_step(recs: list[dict], steps: int) -> float:
     """Device milliseconds per step of all kernels (each kernel once: op rows repeat their kernels' time)."""
     return sum(r["self_device_us"] for r in recs if r.get("kernel")) / 1e3 / max(1, steps)
+
+
+def kernels_per_step(recs: list[dict], steps: int) -> float:
+    """Kernel launches per step: at small shapes a step's time follows this count more than its FLOPs."""
+    return sum(r["calls"] for r in recs if r.get("kernel")) / max(1, steps)
 
 
 def phases(recs: list[dict], steps: int) -> dict:
@@ -104,7 +110,9 @@ def diff(a: dict, b: dict, *, label_a: str, label_b: str, rows: int = 15) -> str
         pa, pb = a["phases"].get(name, {}), b["phases"].get(name, {})
         lines.append(f"| {name} | {pa.get('cpu_ms_per_step', 0):.2f} | {pb.get('cpu_ms_per_step', 0):.2f} | "
                      f"{pa.get('device_ms_per_step', 0):.2f} | {pb.get('device_ms_per_step', 0):.2f} |")
-    lines.append(f"| all kernels | - | - | {a.get('kernel_ms_per_step', 0):.2f} | {b.get('kernel_ms_per_step', 0):.2f} |")
+    launches = f"{a.get('kernels_per_step', 0):.0f} vs {b.get('kernels_per_step', 0):.0f} launches"
+    lines.append(f"| all kernels ({launches}) | - | - | {a.get('kernel_ms_per_step', 0):.2f} | "
+                 f"{b.get('kernel_ms_per_step', 0):.2f} |")
     ops_a = {r["name"]: r for r in a["records"] if not r["name"].startswith(PHASE_PREFIX)}
     ops_b = {r["name"]: r for r in b["records"] if not r["name"].startswith(PHASE_PREFIX)}
     deltas = []
@@ -121,4 +129,5 @@ def diff(a: dict, b: dict, *, label_a: str, label_b: str, rows: int = 15) -> str
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["PHASE_PREFIX", "start", "phase", "records", "write", "phases", "kernel_ms_per_step", "diff"]
+__all__ = ["PHASE_PREFIX", "start", "phase", "records", "write", "phases", "kernel_ms_per_step",
+           "kernels_per_step", "diff"]
