@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 17 (time tables a reader can trust), one phase per device call, each under 10 minutes
 # on one H100 / H200. Everything lands under $OUT (copied back by the device tools); commit it under results/.
+#   prepare    (here, not on the GPU machine) what these runs need beyond scripts/gpu/prepare_carry.sh: the stand-in
+#              tokenizers of the random models in .gpu/tok/{smollm2,minilm} and the Alpaca-GPT4 sample in .gpu/shared
+#   check      (GPU machine) packages, GPU and the carried files: one line each
 #   bench      badam vs badam 1.4 (and ours without checkpointing) at K=100 and K=1, 3 alternating repeats, with
 #              torch.profiler diffs of the steady-state step            -> $OUT/bench/badam_vs_official_v3 (~5 min)
 #   time       the paper-gpu-1 time comparison (BAdam, 1.4, LOMO with and without its norm pass, LoRA r8 in the paper's
@@ -10,21 +13,39 @@
 #              then torch.profiler summaries of LOMO (with and without its norm pass), LoRA (fp32 and bf16 adapters)
 #              and BAdam                                      -> $OUT/r/paper_memtime_llama3_8b, $OUT/profiles (~6 min)
 #   time7b     optional: the Llama 2-7B time group (BAdam, LOMO, LoRA r8; batch 8), 3 repeats -> $OUT/r (~5 min)
-# The wheels the machine lacks (lomo-optim, galore-torch, bitsandbytes, gguf) are expected unpacked in .gpu/site, the
-# shared data in .gpu/shared, the stand-in tokenizers in .gpu/tok/{smollm2,minilm}, badam 1.4 in $BADAM_OFFICIAL_PATH
-# (default /tmp/ref), as in the sessions of 2026-11-22 and 2026-11-25.
+# Carry .gpu/site, .gpu/ref, .gpu/shared and .gpu/tok (scripts/gpu/prepare_carry.sh, then `prepare`).
 set -euo pipefail
-phase="${1:?usage: time_session.sh bench|time|profiles|time7b}"
+phase="${1:?usage: time_session.sh prepare|check|bench|time|profiles|time7b}"
 here="$(pwd)"
+if [ "$phase" = prepare ]; then
+  py="${PYTHON:-.venv/bin/python}"
+  mkdir -p .gpu/tok .gpu/shared/data
+  "$py" -c "from experiments.models import load_tokenizer
+for name in ('smollm2', 'minilm'):
+    load_tokenizer(name).save_pretrained('.gpu/tok/' + name)"
+  cp -r ../shared/data/alpaca_gpt4 .gpu/shared/data/
+  du -sh .gpu/tok/* .gpu/shared/data/alpaca_gpt4
+  exit 0
+fi
 export PYTHONPATH="$here/.gpu/site${PYTHONPATH:+:$PYTHONPATH}"
 export BADAM_SHARED="${BADAM_SHARED:-$here/.gpu/shared}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-export TOKENIZERS_PARALLELISM=false BADAM_OFFICIAL_PATH="${BADAM_OFFICIAL_PATH:-/tmp/ref}"
+default_ref="$here/.gpu/ref"; [ -d "$default_ref/badam" ] || default_ref=/tmp/ref
+export TOKENIZERS_PARALLELISM=false BADAM_OFFICIAL_PATH="${BADAM_OFFICIAL_PATH:-$default_ref}"
 export BADAM_SOURCE_COMMIT="${BADAM_SOURCE_COMMIT:-unknown}"
 out="${OUT:?OUT must name the folder that comes back}"
 tok="$here/.gpu/tok/smollm2"
 unpacked=(--set data.packing=false --set data.pad_to_max_length=false --set "model.tokenizer=$tok")
 
 case "$phase" in
+  check)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "MISSING nvidia-smi"
+    python3 -c "import torch, transformers, peft, lomo_optim; print('torch', torch.__version__, 'transformers', \
+transformers.__version__, 'peft', peft.__version__, 'gpus', torch.cuda.device_count())" || echo "MISSING packages"
+    for f in "$tok/tokenizer.json" "$here/.gpu/tok/minilm/vocab.txt" "$BADAM_OFFICIAL_PATH/badam/block_optim.py" \
+             "$BADAM_SHARED/data/alpaca_gpt4/alpaca_en_demo.json.gz"; do
+      [ -f "$f" ] && echo "ok      $f" || echo "MISSING $f"
+    done
+    ;;
   bench)
     python3 benchmarks/badam_vs_official.py --out "$out/bench/badam_vs_official_v3" \
         --official-path "$BADAM_OFFICIAL_PATH" --optimizers ours,official,ours_nockpt --phases k100_steady,k1_epoch \
@@ -54,6 +75,6 @@ case "$phase" in
         --set method.name=badam --set method.switch_mode=fixed --set method.start_block=16 "${unpacked[@]}"
     rm -rf "$out"/profiles/*/run/checkpoint.pt
     ;;
-  *) echo "unknown phase $phase (valid: bench, time, profiles, time7b)" >&2; exit 2 ;;
+  *) echo "unknown phase $phase (valid: prepare, check, bench, time, profiles, time7b)" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=name,memory.used --format=csv || true
