@@ -41,7 +41,7 @@ case "$phase" in
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "MISSING nvidia-smi"
     python3 -c "import torch, transformers, peft, lomo_optim; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'peft', peft.__version__, 'gpus', torch.cuda.device_count())" || echo "MISSING packages"
-    for f in "$tok/tokenizer.json" "$here/.gpu/tok/minilm/vocab.txt" "$BADAM_OFFICIAL_PATH/badam/block_optim.py" \
+    for f in "$tok/tokenizer.json" "$here/.gpu/tok/minilm/tokenizer.json" "$BADAM_OFFICIAL_PATH/badam/block_optim.py" \
              "$BADAM_SHARED/data/alpaca_gpt4/alpaca_en_demo.json.gz"; do
       [ -f "$f" ] && echo "ok      $f" || echo "MISSING $f"
     done
