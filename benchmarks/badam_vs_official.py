@@ -20,7 +20,10 @@ measured steps.
 
 Protocol: the workers run A B C A B C ... --repeats times (default 3); every time ratio is formed per repeat from that
 repeat's two workers and reported as the median with its [min-max] band ("≈ 1" when the band holds 1); a target is
-met only when the whole band is within it ("undecided" when the band straddles it).
+met only when the whole band is within it ("undecided" when the band straddles it). A repeat whose workers all
+finished in --out is kept by a later invocation (--fresh runs it again); an incomplete one runs again whole, so the two
+sides of a ratio come from one session. With --launch-deadline a repeat starts only if the previous repeat's duration
+still fits; the exit code is then 3 and the same command continues (a device call has a time limit).
 
 Per step, CUDA events time forward, backward and update (optimizer.step + zero_grad, including any block switch).
 Block switches are timed separately (synchronize around ours / before's `_activate`, 1.4's
@@ -67,7 +70,7 @@ for path in (REPO, REPO / "benchmarks"):  # run as a script from a bare checkout
 import profiling  # noqa: E402
 from badam_bench_worker import BLOCK_WORKERS, PHASES, RATIO_WORKERS, worker  # noqa: E402
 from experiments.process_env import apply_defaults  # noqa: E402
-from experiments.repeats import Band, band, format_band, ratio_band  # noqa: E402
+from experiments.repeats import Band, band, format_band, ratio_band, repeat_fits  # noqa: E402
 from experiments.results import source_commit  # noqa: E402
 
 OPTIMIZERS = BLOCK_WORKERS + RATIO_WORKERS
@@ -108,6 +111,11 @@ def parse_args(argv=None):
                         help="seconds after which a worker is stopped and recorded as an error (default 240)")
     parser.add_argument("--profile-dir", default=None,
                         help="also write a torch.profiler table of the last 3 steady-state steps per optimizer here")
+    parser.add_argument("--launch-deadline", type=float, metavar="SECONDS",
+                        help="start no repeat that would, at the previous repeat's pace, end after this many seconds "
+                             "(exit code 3; the same command continues, keeping the finished repeats)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="run every repeat again (default: a repeat whose workers all finished in --out is kept)")
     parser.add_argument("--worker", choices=OPTIMIZERS, help=argparse.SUPPRESS)  # internal: run one optimizer here
     parser.add_argument("--worker-result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -125,6 +133,8 @@ def parse_args(argv=None):
     args.phases = phases
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.launch_deadline is not None and args.launch_deadline <= 0:
+        parser.error(f"--launch-deadline must be a positive number of seconds, got {args.launch_deadline}")
     if args.tiny and args.seq_len == 728:
         args.seq_len = 32
     for name, full, tiny in (("steady_steps", 30, 4), ("accum_steps", 5, 3), ("ratio_steps", 6, 3)):
@@ -304,8 +314,27 @@ def profile_diffs(folder: Path) -> str:
     return "\n".join(out)
 
 
+def _stem(name: str, args, repeat: int) -> str:
+    return name if args.repeats == 1 else f"{name}_rep{repeat}"
+
+
+def finished_repeat(args, out: Path, repeat: int) -> dict[str, dict] | None:
+    """The results of a repeat an earlier invocation finished (every worker without error), else None: an incomplete
+    repeat runs again whole, so that the two workers of a paired ratio always come from one session."""
+    if args.fresh:
+        return None
+    results = {}
+    for name in args.optimizers:
+        path = out / f"{_stem(name, args, repeat)}.json"
+        result = json.loads(path.read_text()) if path.is_file() else None
+        if not result or "error" in result:
+            return None
+        results[name] = result
+    return results
+
+
 def run_worker(name, args, out, env, *, repeat: int = 1, profile: bool = True) -> dict:
-    stem = name if args.repeats == 1 else f"{name}_rep{repeat}"
+    stem = _stem(name, args, repeat)
     result_path = out / f"{stem}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--worker", name,
            "--worker-result", str(result_path), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
@@ -354,9 +383,27 @@ def main(argv=None) -> int:
         env["BADAM_OFFICIAL_PATH"] = str(Path(args.official_path).resolve())
     started = time.perf_counter()
     results: dict[str, list[dict]] = {name: [] for name in args.optimizers}
+    last_repeat_s, unfinished, kept = None, 0, []
     for repeat in range(1, args.repeats + 1):  # A B A B ...: drifts of a shared machine fall on both sides
+        earlier = finished_repeat(args, out, repeat)
+        if earlier is not None:
+            kept.append(repeat)
+            for name in args.optimizers:
+                results[name].append(earlier[name])
+            continue
+        elapsed = time.perf_counter() - started
+        if not repeat_fits(elapsed, last_repeat_s, args.launch_deadline):
+            unfinished = args.repeats - repeat + 1
+            print(f"[bench] stopping before repeat {repeat}: {elapsed:.0f} s + {last_repeat_s:.0f} s per repeat > "
+                  f"--launch-deadline {args.launch_deadline:.0f} s; rerun the same command to continue", flush=True)
+            break
+        repeat_started = time.perf_counter()
         for name in args.optimizers:
             results[name].append(run_worker(name, args, out, env, repeat=repeat, profile=repeat == args.repeats))
+        last_repeat_s = time.perf_counter() - repeat_started
+    if kept:
+        print(f"[bench] kept the finished repeat(s) {', '.join(map(str, kept))} from {out} (--fresh runs them again)",
+              flush=True)
     first_ok = next((r for runs in results.values() for r in runs if "error" not in r), {})
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
@@ -364,7 +411,8 @@ def main(argv=None) -> int:
             "transformers": first_ok.get("transformers", "n/a"), "model": first_ok.get("model", "n/a"),
             "batch_size": args.batch_size, "seq_len": args.seq_len, "before_rev": args.before_rev,
             "update_ratio": args.update_ratio, "cuda_alloc_conf": env.get("PYTORCH_CUDA_ALLOC_CONF"),
-            "repeats": args.repeats, "phases": args.phases, "optimizers": args.optimizers,
+            "repeats": len(results[args.optimizers[0]]), "repeats_planned": args.repeats, "phases": args.phases,
+            "optimizers": args.optimizers,
             "cudnn_attention": args.cudnn_attention,
             "source_commit": source_commit(), "wall_s": round(time.perf_counter() - started, 1), "targets": TARGETS}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -376,7 +424,9 @@ def main(argv=None) -> int:
                       "phase of the last repeat)\n\n" + diffs)
     (out / "summary.md").write_text(table)
     print(table)
-    return 0 if all("error" not in r for runs in results.values() for r in runs) else 1
+    if not all("error" not in r for runs in results.values() for r in runs):
+        return 1
+    return 3 if unfinished else 0
 
 
 if __name__ == "__main__":

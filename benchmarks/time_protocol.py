@@ -41,7 +41,8 @@ if str(REPO) not in sys.path:  # run as a script from a bare checkout
 
 from experiments import run_all  # noqa: E402  (applies the harness's process defaults before torch loads)
 from experiments.config import ConfigError  # noqa: E402
-from experiments.repeats import alternate, band, format_band, ratio_band, repeat_name, split_repeat  # noqa: E402
+from experiments.repeats import (alternate, band, format_band, ratio_band, repeat_fits, repeat_name,  # noqa: E402
+                                split_repeat)
 from experiments.results import atomic_write_text, read_summary  # noqa: E402
 from experiments.suite import PlannedRun, run_in_process, run_state  # noqa: E402
 
@@ -256,8 +257,7 @@ def main(argv=None) -> int:
     unfinished, last_repeat_s = 0, None
     for index, runs in enumerate(repeats, start=1):
         elapsed = time.perf_counter() - started
-        if args.launch_deadline is not None and last_repeat_s is not None \
-                and elapsed + last_repeat_s > args.launch_deadline:
+        if not repeat_fits(elapsed, last_repeat_s, args.launch_deadline):
             unfinished = len(repeats) - index + 1
             print(f"[protocol] stopping before repeat {index}: {elapsed:.0f} s + {last_repeat_s:.0f} s per repeat "
                   f"> --launch-deadline {args.launch_deadline:.0f} s; rerun the same command to continue", flush=True)

@@ -108,9 +108,16 @@ def alternate(configurations: list, repeats: int) -> list[tuple[int, object]]:
     return [(index, item) for index in range(1, repeats + 1) for item in configurations]
 
 
+def repeat_fits(elapsed_s: float, last_repeat_s: float | None, deadline_s: float | None) -> bool:
+    """Whether the next repeat may start: at the last repeat's pace it ends before the deadline (seconds since the
+    session began). The first repeat always starts (no pace known yet), and so does every one without a deadline:
+    a session cut short keeps whole repeats only, so that ratios pair runs of one session."""
+    return deadline_s is None or last_repeat_s is None or elapsed_s + last_repeat_s <= deadline_s
+
+
 def _repeat_sort_key(key):
     return (0, key) if isinstance(key, int) else (1, str(key))
 
 
 __all__ = ["Band", "MIN_REPEATS", "band", "paired_ratios", "ratio_band", "scaled_band", "format_band",
-           "split_repeat", "repeat_name", "alternate"]
+           "split_repeat", "repeat_name", "alternate", "repeat_fits"]

@@ -109,3 +109,30 @@ def test_ours_without_checkpointing_and_the_profile_diff(tmp_path):
     assert (profiles / "profile_diff_ours_vs_ours_nockpt_K100_micro1.md").is_file()
     doc = json.loads((profiles / "profile_ours_K100_micro1.json").read_text())
     assert set(doc["phases"]) == {"forward", "backward", "update"} and doc["phases"]["backward"]["calls"] == 3
+
+
+def test_a_session_keeps_finished_repeats_reruns_an_incomplete_one_whole_and_stops_at_its_deadline(tmp_path,
+                                                                                                     monkeypatch):
+    measured = run_worker(tmp_path, "ours", "--phases", "k100_steady")
+    calls = []
+
+    def fake_worker(name, args, out, env, *, repeat=1, profile=True):  # what run_worker leaves behind, without a run
+        calls.append((name, repeat))
+        result = {**measured, "optimizer": name}
+        (out / f"{name}_rep{repeat}.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    out = tmp_path / "bench"
+    argv = ["--tiny", "--out", str(out), "--optimizers", "ours,official", "--phases", "k100_steady", "--repeats", "2"]
+    assert bench.main([*argv, "--launch-deadline", "1e-9"]) == 3  # repeat 1 always runs; repeat 2 would not fit
+    assert calls == [("ours", 1), ("official", 1)]
+    assert json.loads((out / "meta.json").read_text())["repeats"] == 1
+    calls.clear()
+    assert bench.main(argv) == 0 and calls == [("ours", 2), ("official", 2)]  # repeat 1 kept
+    assert "| k100_steady | ours | 2 |" in (out / "summary.md").read_text()
+    (out / "official_rep2.json").unlink()  # a repeat left incomplete runs again whole: pairs come from one session
+    calls.clear()
+    assert bench.main(argv) == 0 and calls == [("ours", 2), ("official", 2)]
+    calls.clear()
+    assert bench.main([*argv, "--fresh"]) == 0 and len(calls) == 4

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from experiments.repeats import (alternate, band, format_band, paired_ratios, ratio_band, repeat_name, scaled_band,
-                                 split_repeat)
+from experiments.repeats import (alternate, band, format_band, paired_ratios, ratio_band, repeat_fits, repeat_name,
+                                 scaled_band, split_repeat)
 
 
 def test_paired_ratios_use_the_runs_of_the_same_repeat():
@@ -40,3 +40,9 @@ def test_repeat_names_and_the_alternating_order():
     assert alternate(["A", "B"], 3) == [(1, "A"), (1, "B"), (2, "A"), (2, "B"), (3, "A"), (3, "B")]
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         alternate(["A"], 0)
+
+
+def test_a_repeat_starts_only_if_it_fits_before_the_deadline_at_the_last_pace():
+    assert repeat_fits(500.0, None, 480.0)  # the first repeat always runs: no pace known
+    assert repeat_fits(300.0, 180.0, 480.0) and not repeat_fits(301.0, 180.0, 480.0)
+    assert repeat_fits(1e6, 180.0, None)
