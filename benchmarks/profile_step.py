@@ -123,13 +123,14 @@ def profiled_batches(batches_fn, profiler, grad_accum: int):
 def where_time_goes(method: str, doc: dict, summary: dict, scan: float | None, params: int) -> str:
     timing = summary.get("timing_ms") or {}
     phases = doc["phases"]
+    mfu = (summary.get("compute") or {}).get("mfu")  # None: no dense bf16 peak known for this device (e.g. a CPU)
     lines = [f"# Where the step's time goes: {method}", "",
              f"- run: {summary.get('run_name')}, model {summary.get('model')}, device "
              f"{(summary.get('environment') or {}).get('device_name')}",
              f"- step (CUDA events / perf_counter, median over the run's timed steps): forward "
              f"{timing.get('forward', 0):.1f} ms, backward {timing.get('backward', 0):.1f} ms, update "
              f"{timing.get('update', 0):.1f} ms, step {timing.get('step', 0):.1f} ms; MFU "
-             f"{100 * ((summary.get('compute') or {}).get('mfu') or 0):.1f} %", "",
+             + (f"{100 * mfu:.1f} %" if mfu is not None else "not known (no bf16 peak for this device)"), "",
              "| range | host ms/step | device ms/step | calls/step |", "|---|---|---|---|"]
     steps = max(1, doc["steps"])
     for name, p in sorted(phases.items()):

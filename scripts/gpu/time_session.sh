@@ -14,6 +14,10 @@
 #              and BAdam                                      -> $OUT/r/paper_memtime_llama3_8b, $OUT/profiles (~6 min)
 #   time7b     optional: the Llama 2-7B time group (BAdam, LOMO, LoRA r8; batch 8), 3 repeats -> $OUT/r (~5 min)
 # Carry .gpu/site, .gpu/ref, .gpu/shared and .gpu/tok (scripts/gpu/prepare_carry.sh, then `prepare`).
+# Check the phases here before spending GPU time: TIME_SESSION_SMOKE=1 runs every phase's commands on the CPU with a
+# tiny random Llama (a few steps, 2 repeats), e.g.
+#   PYTHON=.venv/bin/python scripts/gpu/time_session.sh prepare
+#   TIME_SESSION_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/ts bash scripts/gpu/time_session.sh time
 set -euo pipefail
 phase="${1:?usage: time_session.sh prepare|check|bench|time|profiles|time7b}"
 here="$(pwd)"
@@ -35,6 +39,15 @@ export BADAM_SOURCE_COMMIT="${BADAM_SOURCE_COMMIT:-unknown}"
 out="${OUT:?OUT must name the folder that comes back}"
 tok="$here/.gpu/tok/smollm2"
 unpacked=(--set data.packing=false --set data.pad_to_max_length=false --set "model.tokenizer=$tok")
+python3() { "${PYTHON:-python3}" "$@"; }   # the GPU machine's python3 has torch; PYTHON names another
+repeats=3 tiny=() bench_tiny=() profile_steps=() middle_block=16   # Llama 3-8B: 32 layers
+if [ -n "${TIME_SESSION_SMOKE:-}" ]; then   # the same commands at tiny size on the CPU (see the top)
+  repeats=2 bench_tiny=(--tiny) profile_steps=(--steps 1) middle_block=1
+  for item in model.source=random:tiny-llama model.dtype=fp32 data.max_length=32 data.max_samples=8 \
+              data.eval_samples=0 train.max_steps=3 train.timing_warmup_steps=1 train.device=cpu; do
+    tiny+=(--set "$item")
+  done
+fi
 
 case "$phase" in
   check)
@@ -49,30 +62,32 @@ transformers.__version__, 'peft', peft.__version__, 'gpus', torch.cuda.device_co
   bench)
     python3 benchmarks/badam_vs_official.py --out "$out/bench/badam_vs_official_v3" \
         --official-path "$BADAM_OFFICIAL_PATH" --optimizers ours,official,ours_nockpt --phases k100_steady,k1_epoch \
-        --repeats 3 --worker-timeout 200 --profile-dir "$out/bench/badam_vs_official_v3/profiles"
+        --repeats $repeats --worker-timeout 200 --launch-deadline 480 \
+        --profile-dir "$out/bench/badam_vs_official_v3/profiles" \
+        "${bench_tiny[@]}"
     ;;
   time)
-    python3 benchmarks/time_protocol.py --profile paper-gpu-1 --groups paper_time_llama3_8b --repeats 3 \
-        --output-dir "$out/r" --set "model.tokenizer=$tok" --launch-deadline 480 --no-progress
+    python3 benchmarks/time_protocol.py --profile paper-gpu-1 --groups paper_time_llama3_8b --repeats $repeats \
+        --output-dir "$out/r" --set "model.tokenizer=$tok" --launch-deadline 480 --no-progress "${tiny[@]}"
     ;;
   time7b)
-    python3 benchmarks/time_protocol.py --profile paper-gpu-1 --groups paper_time_llama2_7b --repeats 3 \
-        --output-dir "$out/r" --set "model.tokenizer=$here/.gpu/tok/minilm" --launch-deadline 480 --no-progress
+    python3 benchmarks/time_protocol.py --profile paper-gpu-1 --groups paper_time_llama2_7b --repeats $repeats \
+        --output-dir "$out/r" --set "model.tokenizer=$here/.gpu/tok/minilm" --launch-deadline 480 --no-progress \
+        "${tiny[@]}"
     ;;
   profiles)
     python3 benchmarks/time_protocol.py --profile paper-gpu-1 --groups paper_memtime_llama3_8b --methods lomo,lora \
-        --once --fresh --output-dir "$out/r" --set "model.tokenizer=$tok" --no-progress
-    config=memory/llama3_8b_memory.yaml
-    python3 benchmarks/profile_step.py --config $config --out "$out/profiles/lomo_norm_pass" --no-progress \
-        --set method.name=lomo --set train.max_grad_norm=1.0 "${unpacked[@]}"
-    python3 benchmarks/profile_step.py --config $config --out "$out/profiles/lomo" --no-progress \
-        --set method.name=lomo --set train.max_grad_norm=0 "${unpacked[@]}"
+        --once --fresh --output-dir "$out/r" --set "model.tokenizer=$tok" --no-progress "${tiny[@]}"
+    profile=(benchmarks/profile_step.py --config memory/llama3_8b_memory.yaml --no-progress "${unpacked[@]}"
+             "${tiny[@]}" "${profile_steps[@]}")
+    python3 "${profile[@]}" --out "$out/profiles/lomo_norm_pass" --set method.name=lomo --set train.max_grad_norm=1.0
+    python3 "${profile[@]}" --out "$out/profiles/lomo" --set method.name=lomo --set train.max_grad_norm=0
     for dtype in fp32 bf16; do
-      python3 benchmarks/profile_step.py --config $config --out "$out/profiles/lora_r8_$dtype" --no-progress \
-          --set method.name=lora --set method.rank=8 --set "method.adapter_dtype=$dtype" "${unpacked[@]}"
+      python3 "${profile[@]}" --out "$out/profiles/lora_r8_$dtype" --set method.name=lora --set method.rank=8 \
+          --set "method.adapter_dtype=$dtype"
     done
-    python3 benchmarks/profile_step.py --config $config --out "$out/profiles/badam" --no-progress \
-        --set method.name=badam --set method.switch_mode=fixed --set method.start_block=16 "${unpacked[@]}"
+    python3 "${profile[@]}" --out "$out/profiles/badam" --set method.name=badam --set method.switch_mode=fixed \
+        --set "method.start_block=$middle_block"
     rm -rf "$out"/profiles/*/run/checkpoint.pt
     ;;
   *) echo "unknown phase $phase (valid: prepare, check, bench, time, profiles, time7b)" >&2; exit 2 ;;
