@@ -294,7 +294,7 @@ def utilization_summary(records: list[dict], warmup_steps: int, device_name: str
            "device_name": device_name, "counting": COUNTING_NOTE}
     seconds = sum(float(r.get("t_step_ms") or 0.0) for r in timed) / 1e3
     if not timed:
-        out["note"] = ("no per-step FLOP counts in metrics.jsonl (not counted under train.distributed=fsdp2, for "
+        out["note"] = ("no per-step FLOP counts in metrics.jsonl (not counted under train.distributed, ddp or fsdp2, for "
                        "models without a repeated layer stack, or by runs older than the count)")
         return out
     if seconds <= 0:

@@ -217,8 +217,9 @@ _stop_requested = False
 
 
 def _flop_counter(model: nn.Module, dist_ctx) -> FlopCounter | None:
-    """The model's FLOP model for summary.json's compute block; None where it does not apply: sharded training
-    (each rank counts only its own batches) or a model without a repeated layer stack."""
+    """The model's FLOP model for summary.json's compute block; None where it does not apply: distributed training
+    (ddp or fsdp2: each rank sees only its own batches, and the per-step record is merged across ranks) or a model
+    without a repeated layer stack."""
     if dist_ctx is not None:
         return None
     try:

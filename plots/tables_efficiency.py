@@ -248,6 +248,8 @@ def _time_row(runs, rows, examples: int, doc: dict, table_id: str | None, label:
         return row
     mfu = band(_per_repeat(ok, lambda r: (r.summary.get("compute") or {}).get("mfu")).values())
     rate = band(_per_repeat(ok, lambda r: (r.summary.get("compute") or {}).get("model_tflops_per_s")).values())
+    flops = band(_per_repeat(ok, lambda r: (r.summary.get("compute") or {}).get("model_flops_per_step")).values())
+    row["model TFLOP/step"] = flops.median / 1e12 if flops else "not measured"
     row["MFU %"] = mfu.median * 100 if mfu else "not measured"
     row["model TFLOP/s"] = rate.median if rate else "not measured"
     row["repeats"] = len(ok) if 0 not in ok else 1
@@ -305,7 +307,9 @@ def build_time(doc: dict, runs: list[Run], model: str, examples: int = ALPACA_GP
                  f"protocol (benchmarks/time_protocol.py: configurations alternating over repeats in one session) "
                  f"show the median over repeats; every ratio is then the median of the per-repeat ratios with its "
                  f"[min-max] band, and reads '≈ 1' when the band holds 1 ('step / {reference}' pairs each repeat "
-                 f"with the {reference} run of the same repeat). MFU % = model FLOPs / step time / the device's dense "
+                 f"with the {reference} run of the same repeat). model TFLOP/step = the median optimizer step's "
+                 f"model FLOPs (BAdam's follows the active block: the median over a block-epoch); MFU % = model "
+                 f"FLOPs / step time / the device's dense "
                  f"bf16 peak (summary.json compute block, experiments/flops.py: 6 N tokens for a full backward, the "
                  f"method's own count where the backward is partial, LOMO's norm pass as a second backward); the "
                  f"RTX3090's peak is 71 TFLOP/s, an H100's 989. Paper settings: LOMO without a gradient-norm pass "

@@ -25,7 +25,7 @@ def write_run(root: Path, group: str, name: str, method: str, step_ms: float, *,
         "fixture_note": FAKE, "status": status, "run_name": name, "method": method, "model": "random:llama3-8b",
         "timing_ms": {"forward": step_ms / 4, "backward": backward, "update": 0.0 if fused else step_ms / 4,
                       "step": step_ms},
-        "compute": {"mfu": mfu, "model_tflops_per_s": mfu * 989.4},
+        "compute": {"mfu": mfu, "model_tflops_per_s": mfu * 989.4, "model_flops_per_step": 35.6e12},
         "method_info": {"options": options or {}, "fused_backward": fused, "last_describe": describe or {}},
         "config": {"method": {"name": method, **(options or {})}, "model": {"source": "random:llama3-8b"},
                    "train": {"batch_size": 2, "grad_accum": 1, "max_grad_norm": 1.0}},
@@ -85,6 +85,7 @@ def test_time_table_reads_repeats_with_bands_and_labels_variants(results):
     assert t3["lomo"]["step / badam (paper)"] == pytest.approx((0.78 + 3.70) * 3600 / ((0.71 + 1.74) * 3600 + 142))
     assert t3["lomo (norm pass)"]["repeats"] == 1  # the single older run with its gradient-norm pass: a variant
     assert t3["lora-rank8"]["MFU %"] == pytest.approx(20.0) and t3["lora-rank8"]["repeats"] == 3
+    assert t3["lora-rank8"]["model TFLOP/step"] == pytest.approx(35.6)
     assert t3["lora-rank8 (fp32 adapters)"]["forward (h) (paper)"] == "not in paper"
     assert t3["adam"]["step / badam"] == "other device (NVIDIA H200)"  # never a ratio across devices
 
