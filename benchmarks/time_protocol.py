@@ -13,7 +13,7 @@ What it does, per invocation:
 1. Plans the groups' runs exactly as `python -m experiments.run_all` would (same configs, overrides, names).
 2. Warm-up: trains the longest planned run once into a scratch folder that is deleted afterwards. The first run in a
    process meets every sequence length for the first time (cuDNN / cuBLAS plans): 433 against 223 ms per step for the
-   same method on an H100. Every invocation warms up, so a continued session starts warm too.
+   same method on an H100. Every invocation with a run left to do warms up, so a continued session starts warm too.
 3. Runs repeat 1 of every configuration in profile order, then repeat 2, ... in this process, each as
    <run name>-rep<i> in its group's folder. A repeat whose runs are all finished is skipped; a repeat left
    incomplete by an earlier invocation is run again as a whole, so that the runs paired in a ratio always come from
@@ -250,7 +250,8 @@ def main(argv=None) -> int:
                 print(f"  repeat {index}: {item.group}/{item.cfg.run_name} ({state}, {item.cfg.train.max_steps} steps)")
         return 0
     log: list[dict] = []
-    warmup = None if args.no_warmup else warm_up(configs, not args.no_progress)
+    pending = any(run_state(item.run_dir, fresh=args.fresh) != "done" for runs in repeats for item in runs)
+    warmup = None if args.no_warmup or not pending else warm_up(configs, not args.no_progress)
     if warmup is not None:
         print(f"[protocol] warm-up {warmup['group']}/{warmup['run']}: {warmup['status']} ({warmup['seconds']} s)",
               flush=True)
