@@ -8,7 +8,8 @@
 #              tokenizers of the random models in .gpu/tok/{smollm2,minilm} and the Alpaca-GPT4 sample in .gpu/shared
 #   check      (GPU machine) packages, GPU and the carried files: one line each
 #   bench      badam vs badam 1.4 (and ours without checkpointing) at K=100 and K=1, 3 alternating repeats, with
-#              torch.profiler diffs of the steady-state step                     -> bench/badam_vs_official_v3
+#              torch.profiler diffs of the steady-state step (BENCH_PHASES=k100_steady: K=100 only, about half the
+#              time)                                                             -> bench/badam_vs_official_v3
 #   time       the paper-gpu-1 time comparison (BAdam, 1.4, LOMO with and without its norm pass, LoRA r8 in the paper's
 #              setting and 3 variants), 3 alternating repeats in one warm process    -> paper_time_llama3_8b
 #   profiles   the paper_memtime runs whose paper setting changed (LOMO without norm pass, LoRA with 16-bit adapters),
@@ -102,7 +103,8 @@ transformers.__version__, 'peft', peft.__version__, 'gpus', torch.cuda.device_co
   bench)
     dest="$work/bench/badam_vs_official_v3"
     python3 benchmarks/badam_vs_official.py --out "$dest" --official-path "$BADAM_OFFICIAL_PATH" \
-        --optimizers ours,official,ours_nockpt --phases k100_steady,k1_epoch --repeats $repeats --worker-timeout 200 \
+        --optimizers ours,official,ours_nockpt --phases "${BENCH_PHASES:-k100_steady,k1_epoch}" --repeats $repeats \
+        --worker-timeout 200 \
         --launch-deadline 480 --profile-dir "$dest/profiles" "${bench_tiny[@]}"
     ;;
   time)
