@@ -20,8 +20,16 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCK_WORKERS = ("ours", "before", "official")
+# ours_nockpt = ours without activation checkpointing: what recomputing only what memory forces would gain (the
+# layers below the active block keep no activations anyway; those above keep theirs instead of re-running forward)
+BLOCK_WORKERS = ("ours", "before", "official", "ours_nockpt")
 RATIO_WORKERS = ("ours_ratio", "official_ratio")
+PHASES = {"block": ("k1_epoch", "k100_steady", "k100_accum2"), "ratio": ("ratio_steady",)}
+
+
+def implementation(name: str) -> str:
+    """The optimizer a worker runs (ours_nockpt runs ours)."""
+    return "ours" if name == "ours_nockpt" else name
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
                  rms_norm_eps=1e-5, tie_word_embeddings=False)
@@ -87,7 +95,7 @@ class Clock:
         return out
 
 
-def build_model(tiny, device):
+def build_model(tiny, device, checkpointing=True):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from badam.hf import enable_block_checkpointing
@@ -101,7 +109,8 @@ def build_model(tiny, device):
             model = LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
-    enable_block_checkpointing(model)
+    if checkpointing:
+        enable_block_checkpointing(model)
     model.train()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -160,6 +169,7 @@ def storage_bytes(tensors):
 
 def held_bytes(name, opt, model):
     """Bytes the optimizer holds now, counted from its tensors (and the model's gradients it relies on)."""
+    name = implementation(name)
     model_grads = [p.grad for p in model.parameters() if p.grad is not None]
     if name == "ours_ratio":
         return sum(opt.memory_bytes().values()) + storage_bytes(model_grads)
@@ -174,6 +184,7 @@ def held_bytes(name, opt, model):
 
 
 def make_optimizer(name, model, args, K=None, start_block=None):
+    name = implementation(name)
     named = list(model.named_parameters())
     if name in RATIO_WORKERS:
         for p in model.parameters():
@@ -202,7 +213,7 @@ def make_optimizer(name, model, args, K=None, start_block=None):
 
 def time_switches(name, opt, device, sink):
     """Wrap the optimizer's block-switch routine with a synchronized timer appending milliseconds to `sink`."""
-    attr = "switch_trainable_params" if name == "official" else "_activate"
+    attr = "switch_trainable_params" if implementation(name) == "official" else "_activate"
     inner = getattr(opt, attr)
 
     def timed(*a, **kw):
@@ -219,30 +230,40 @@ def time_switches(name, opt, device, sink):
 
 
 def run_phase(name, model, args, device, *, warmup, measured, first_step, K=None, start_block=None, micro=1):
+    import contextlib
+
     from tqdm import tqdm
+
+    import profiling
+    from experiments.flops import FlopCounter
 
     weights = allocated(device)  # before the optimizer creates its first masters
     opt = make_optimizer(name, model, args, K, start_block)
+    counter = FlopCounter(model)
     switches: list[float] = []
     if name in BLOCK_WORKERS:
         time_switches(name, opt, device, switches)
     clock = Clock(device)
-    step_ms, step_peaks, update_peaks, held_backward, held_after_step, losses = [], [], [], [], [], []
+    step_ms, step_peaks, update_peaks, held_backward, held_after_step, losses, flops = [], [], [], [], [], [], []
     reset_peak(device)
-    profiler = None
+    profiler, profiled_steps = None, 3
     for i in tqdm(range(warmup + measured), desc=f"{name} K={K} micro={micro}", file=sys.stdout, mininterval=5):
-        if args.profile_dir and i == warmup + measured - 3 and K != 1:  # profile the last 3 steady steps
-            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
-                [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []))
-            profiler.__enter__()
+        if args.profile_dir and i == warmup + measured - profiled_steps and K != 1:  # the last 3 steady steps
+            profiler = profiling.start(device.type)
+        ranges = profiling.phase if profiler is not None else (lambda _name: contextlib.nullcontext())
+        trainable = counter.snapshot()  # before the step: a switch inside step() changes what trains
         forward = backward = 0.0
         step_loss = 0.0
+        batches = []
         for m in range(micro):
             data = batch(first_step + i * micro + m, args, model.config.vocab_size, device)
+            batches.append(data)
             clock.mark()
-            loss = model(**data).loss
+            with ranges("forward"):
+                loss = model(**data).loss
             clock.mark()
-            (loss / micro).backward()
+            with ranges("backward"):
+                (loss / micro).backward()
             clock.mark()
             step_loss += float(loss.detach()) / micro
             del loss  # the graph is gone after backward; drop the handle before measuring the update
@@ -252,8 +273,9 @@ def run_phase(name, model, args, device, *, warmup, measured, first_step, K=None
         forward_backward_peak = peak(device)
         reset_peak(device)  # from here on the peak belongs to the update alone (no activations alive)
         clock.mark()
-        opt.step()
-        opt.zero_grad()
+        with ranges("update"):
+            opt.step()
+            opt.zero_grad()
         clock.mark()
         if device.type == "cuda":
             update_peak = peak(device)
@@ -265,17 +287,18 @@ def run_phase(name, model, args, device, *, warmup, measured, first_step, K=None
         losses.append(step_loss)
         if i >= warmup:
             step_ms.append({"forward": forward, "backward": backward, "update": u, "step": forward + backward + u})
+            flops.append(counter.count(trainable, batches).model)
     if profiler is not None:
         profiler.__exit__(None, None, None)
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        table = profiler.key_averages().table(sort_by=sort, row_limit=25)
-        Path(args.profile_dir, f"profile_{name}_K{K}_micro{micro}.txt").write_text(table)
+        profiling.write(profiler, Path(args.profile_dir), f"profile_{name}_K{K}_micro{micro}", steps=profiled_steps,
+                        device_type=device.type)
     result = {
         "K": K, "start_block": start_block, "micro_batches": micro, "warmup_steps": warmup, "measured_steps": measured,
         "median_ms": {k: statistics.median(r[k] for r in step_ms) for k in ("forward", "backward", "update", "step")},
         "spread_ms": {"step_min": min(r["step"] for r in step_ms), "step_max": max(r["step"] for r in step_ms)},
         "switch_ms": {"median": statistics.median(switches) if switches else None,
                       "max": max(switches) if switches else None, "count": len(switches)},
+        "compute": utilization(flops, [r["step"] for r in step_ms], device),
         "losses": losses,
         "memory": {
             "weights_bytes": weights,
@@ -297,28 +320,41 @@ def run_phase(name, model, args, device, *, warmup, measured, first_step, K=None
     return result
 
 
+def utilization(flops: list[int], step_ms: list[float], device) -> dict:
+    """Model FLOPs per measured step (experiments/flops.py) and the achieved fraction of the device's bf16 peak."""
+    from experiments.flops import device_peak
+
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak, source = device_peak(name)
+    seconds = sum(step_ms) / 1e3
+    rate = sum(flops) / seconds if seconds > 0 else None
+    return {"model_flops_per_step": statistics.median(flops) if flops else None,
+            "model_tflops_per_s": None if rate is None else rate / 1e12,
+            "mfu": None if rate is None or peak is None else rate / peak, "peak_source": source}
+
+
 def worker(args) -> None:
     import transformers
 
     warnings.filterwarnings("ignore", message="BlockOptimizerRatio keeps gradients off p.grad")  # no clipping here
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if device.type == "cuda":  # the harness's default (experiments/models.py): cuDNN attention off, see there why
+        torch.backends.cuda.enable_cudnn_sdp(bool(args.cudnn_attention))
     t0 = time.perf_counter()
-    model = build_model(args.tiny, device)
+    model = build_model(args.tiny, device, checkpointing=args.worker != "ours_nockpt")
     setup_s = time.perf_counter() - t0
     activations = activation_baseline(model, args, device)
     layers = model.config.num_hidden_layers
-    if args.worker in BLOCK_WORKERS:
-        phases = {
-            "k1_epoch": run_phase(args.worker, model, args, device, K=1, start_block=0, warmup=2, measured=layers,
-                                  first_step=0),
-            "k100_steady": run_phase(args.worker, model, args, device, K=100, start_block=layers // 2, warmup=3,
-                                     measured=args.steady_steps, first_step=1000),
-            "k100_accum2": run_phase(args.worker, model, args, device, K=100, start_block=layers // 2, warmup=2,
-                                     measured=args.accum_steps, first_step=2000, micro=2),
-        }
-    else:
-        phases = {"ratio_steady": run_phase(args.worker, model, args, device, warmup=2, measured=args.ratio_steps,
-                                            first_step=3000)}
+    plans = {
+        "k1_epoch": dict(K=1, start_block=0, warmup=2, measured=layers, first_step=0),
+        "k100_steady": dict(K=100, start_block=layers // 2, warmup=3, measured=args.steady_steps, first_step=1000),
+        "k100_accum2": dict(K=100, start_block=layers // 2, warmup=2, measured=args.accum_steps, first_step=2000,
+                            micro=2),
+        "ratio_steady": dict(warmup=2, measured=args.ratio_steps, first_step=3000),
+    }
+    kind = "block" if args.worker in BLOCK_WORKERS else "ratio"
+    wanted = [phase for phase in PHASES[kind] if phase in args.phases]
+    phases = {phase: run_phase(args.worker, model, args, device, **plans[phase]) for phase in wanted}
     for phase in phases.values():
         mem = phase["memory"]
         mem["activations_bytes"] = activations
@@ -334,6 +370,8 @@ def worker(args) -> None:
         "model": "tiny-llama" if args.tiny else "llama3-8b (random init)", "dtype": "bf16",
         "batch_size": args.batch_size, "seq_len": args.seq_len, "num_blocks": layers,
         "before_rev": args.before_rev if args.worker == "before" else None,
+        "activation_checkpointing": args.worker != "ours_nockpt",
+        "cudnn_sdp_enabled": torch.backends.cuda.cudnn_sdp_enabled() if device.type == "cuda" else None,
         "update_ratio": args.update_ratio if args.worker in RATIO_WORKERS else None,
         "parameters": sum(p.numel() for p in model.parameters()), "model_setup_s": setup_s, "phases": phases,
     }

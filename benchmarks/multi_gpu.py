@@ -52,6 +52,7 @@ import torch  # noqa: E402
 
 from experiments import distributed as dist_mod  # noqa: E402
 from experiments.measure import synchronize  # noqa: E402
+from experiments.memory_model import sharded_bytes_per_device  # noqa: E402
 from experiments.results import source_commit  # noqa: E402
 from multi_gpu_ddp import (best_single, combine_replicated, replicated_table, run_replicated,  # noqa: E402
                            start_profiler, timed_steps, write_profile)
@@ -152,12 +153,9 @@ def block_sizes(method, model) -> dict:
     return {"total_params": total, "largest_block_params": largest, "num_blocks": len(blocks)}
 
 
-def predicted_bytes(method_name: str, sizes: dict, world: int) -> int | None:
-    if method_name == "badam":
-        return (2 * sizes["total_params"] + 16 * sizes["largest_block_params"]) // world
-    if method_name == "adam":  # bf16 weights + fp32 master, gradient and two moments for every parameter
-        return 18 * sizes["total_params"] // world
-    return None
+def predicted(method_name: str, sizes: dict, world: int):
+    """The shared analytic model (experiments/memory_model.py): weights and trained-parameter states sharded."""
+    return sharded_bytes_per_device(method_name, sizes["total_params"], sizes["largest_block_params"], world)
 
 
 def run(args, ctx) -> dict:
@@ -224,6 +222,7 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
         for phase in ("forward", "backward", "update")}
     tokens_per_step = args.batch_size * args.seq_len * ctx.world_size
     sizes = per_rank[0]["sizes"]
+    estimate = predicted(args.method, sizes, ctx.world_size)
     peaks = [r["peak_allocated_bytes"] for r in per_rank]
     return {
         "model": args.model, "method": args.method, "mode": "fsdp2", "gpus": ctx.world_size,
@@ -243,8 +242,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
         "peak_allocated_bytes_per_rank": peaks,
         "peak_reserved_bytes_per_rank": [r["peak_reserved_bytes"] for r in per_rank],
         "weights_bytes_per_rank": [r["weights_bytes"] for r in per_rank],
-        "predicted_bytes_per_gpu": predicted_bytes(args.method, sizes, ctx.world_size),
-        "predicted_formula": {"badam": "(2 P + 16 P_block) / N", "adam": "18 P / N"}.get(args.method),
+        "predicted_bytes_per_gpu": None if estimate is None else estimate.bytes,
+        "predicted_formula": None if estimate is None else estimate.formula,
         **sizes, "init_s_max": max(r["init_s"] for r in per_rank),
         "losses_rank0": [s["loss"] for s in per_rank[0]["steps"]],
         "per_rank": per_rank, "environment": environment(ctx),

@@ -41,6 +41,7 @@ from experiments import distributed as dist_mod
 from experiments.checkpoint import (Position, carry_metrics, load_checkpoint, load_sharded_checkpoint, locate,
                                     save_checkpoint, save_sharded_checkpoint)
 from experiments.config import TrainConfig
+from experiments.flops import FlopCounter, backward_passes, utilization_summary
 from experiments.lm_loss import model_loss
 from experiments.measure import MemoryProbe, StepTimer, is_oom
 from experiments.results import (CHECKPOINT_FILE, ERROR_FILE, MetricsWriter, atomic_write_text, environment_info,
@@ -215,6 +216,18 @@ def _method_info(method) -> dict:
 _stop_requested = False
 
 
+def _flop_counter(model: nn.Module, dist_ctx) -> FlopCounter | None:
+    """The model's FLOP model for summary.json's compute block; None where it does not apply: distributed training
+    (ddp or fsdp2: each rank sees only its own batches, and the per-step record is merged across ranks) or a model
+    without a repeated layer stack."""
+    if dist_ctx is not None:
+        return None
+    try:
+        return FlopCounter(model)
+    except (ValueError, KeyError, AttributeError, TypeError):  # not a stack of layers we can read: no count
+        return None
+
+
 def request_stop(*_args) -> None:
     """Ask the running train() to stop after the current step: it writes a checkpoint (also without save_every),
     ends with status "interrupted", and a later run with train.resume_from continues from there. Usable as a signal
@@ -373,12 +386,14 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         gc.collect()
         gc.freeze()
         stream = BatchStream(batches_fn, cfg.grad_accum, position)
+        flop_counter = _flop_counter(model, dist_ctx)
         bar = tqdm(total=last_step, initial=position.step, desc=f"train {method.name}", unit="step",
                    disable=not progress, dynamic_ncols=True)
         with bar:
             while position.step < last_step:
                 micro_batches = stream.next_step()
                 position.epoch = stream.epoch
+                trainable = flop_counter.snapshot() if flop_counter is not None else None  # before a block switch
                 record = _train_step(model, method, micro_batches, cfg, position, total_steps, warmup, device,
                                      autocast_dtype, timer, probe, data_parallel)
                 position.step, position.micro = record["step"], stream.micro
@@ -392,6 +407,10 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
                                                         cfg.loss_chunk_tokens)
                 extras = method.describe()
                 record.update({k: v for k, v in extras.items() if k not in record})
+                if flop_counter is not None:
+                    counted = flop_counter.count(trainable, micro_batches, backward_passes=backward_passes(extras),
+                                                 labelled_head=bool(cfg.loss_chunk_tokens))
+                    record["model_flops"], record["hardware_flops"] = counted.model, counted.hardware
                 if dist_ctx is not None:
                     record = dist_mod.reduce_step_record(record, dist_ctx)
                     diverged = nonfinite_in(record)  # the merged record: every rank takes the same decision
@@ -480,6 +499,8 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     if meta.get("data_stats"):
         summary["data_stats"] = meta["data_stats"]
     summary["environment"] = environment_info(str(device))
+    summary["compute"] = utilization_summary(records, cfg.timing_warmup_steps,
+                                             summary["environment"].get("device_name"))
     if dist_ctx is not None:
         summary["distributed"] = {**dist_ctx.describe(), "note": dist_mod.method_note(method.name)}
         if data_parallel is not None:

@@ -25,6 +25,9 @@ import torch
 from torch import nn
 
 SPLIT_KEYS = ("parameters", "gradients", "optimizer_states", "activations", "other")
+# When True, every timed phase also opens a torch.profiler range "phase:<name>" (benchmarks/profile_step.py sets it,
+# so that a profile of a harness run says which phase each op ran in); off by default: no cost in ordinary runs.
+PHASE_RANGES = False
 
 
 def synchronize(device: torch.device) -> None:
@@ -50,6 +53,15 @@ class StepTimer:
 
     @contextlib.contextmanager
     def phase(self, name: str):
+        if PHASE_RANGES:
+            with torch.profiler.record_function(f"phase:{name}"), self._timed(name):
+                yield
+        else:
+            with self._timed(name):
+                yield
+
+    @contextlib.contextmanager
+    def _timed(self, name: str):
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()

@@ -64,4 +64,75 @@ def test_before_loads_an_earlier_badam_beside_ours(tmp_path):
 def test_bad_arguments_name_the_valid_choices(capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--out", "x", "--optimizers", "ours,theirs"])
-    assert "valid choices are ours, before, official, ours_ratio, official_ratio" in capsys.readouterr().err
+    assert "valid choices are ours, before, official, ours_nockpt, ours_ratio, official_ratio" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--out", "x", "--phases", "k2_epoch"])
+    assert "valid choices are k1_epoch, k100_steady, k100_accum2, ratio_steady" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--out", "x", "--repeats", "0"])
+
+
+def _with_step(result, phase, step_ms):
+    copy = json.loads(json.dumps(result))
+    copy["phases"][phase]["median_ms"]["step"] = step_ms
+    return copy
+
+
+def test_repeats_give_paired_bands_and_a_target_is_met_only_by_the_whole_band(tmp_path):
+    ours = run_worker(tmp_path, "ours", "--phases", "k100_steady")
+    assert set(ours["phases"]) == {"k100_steady"}
+    compute = ours["phases"]["k100_steady"]["compute"]
+    assert compute["model_flops_per_step"] > 0 and compute["mfu"] is None  # no bf16 peak for a CPU
+    official = {**ours, "optimizer": "official"}
+    meta = {"date": "d", "device": "cpu", "torch": "t", "transformers": "x", "command": "c", "model": "m",
+            "batch_size": 2, "seq_len": 8, "before_rev": "r", "update_ratio": 0.1, "repeats": 3,
+            "phases": ["k100_steady"]}
+    results = {"ours": [_with_step(ours, "k100_steady", v) for v in (100.0, 90.0, 95.0)],
+               "official": [_with_step(official, "k100_steady", v) for v in (98.0, 100.0, 100.0)]}
+    table = bench.markdown(results, meta)
+    # ours / 1.4 per repeat: 1.020, 0.900, 0.950: the band holds 1, so neither faster nor slower
+    assert "| k100_steady | n/a | n/a | 1.000 | ≈ 1 (0.900-1.020) |" in table
+    assert "time vs 1.4: undecided (band straddles the target)" in table
+    results["ours"] = [_with_step(ours, "k100_steady", v) for v in (80.0, 85.0, 88.0)]
+    assert "time vs 1.4: yes" in bench.markdown(results, meta)
+    assert "| k100_steady | ours | 3 |" in bench.markdown(results, meta)
+
+
+def test_ours_without_checkpointing_and_the_profile_diff(tmp_path):
+    profiles = tmp_path / "profiles"
+    for name in ("ours", "ours_nockpt"):
+        result = run_worker(tmp_path, name, "--phases", "k100_steady", "--profile-dir", str(profiles))
+        assert result["activation_checkpointing"] == (name == "ours")
+    diffs = bench.profile_diffs(profiles)
+    assert "| phase | ours host ms | ours_nockpt host ms |" in diffs and "| backward |" in diffs
+    assert (profiles / "profile_diff_ours_vs_ours_nockpt_K100_micro1.md").is_file()
+    doc = json.loads((profiles / "profile_ours_K100_micro1.json").read_text())
+    assert set(doc["phases"]) == {"forward", "backward", "update"} and doc["phases"]["backward"]["calls"] == 3
+
+
+def test_a_session_keeps_finished_repeats_reruns_an_incomplete_one_whole_and_stops_at_its_deadline(tmp_path,
+                                                                                                     monkeypatch):
+    measured = run_worker(tmp_path, "ours", "--phases", "k100_steady")
+    calls = []
+
+    def fake_worker(name, args, out, env, *, repeat=1, profile=True):  # what run_worker leaves behind, without a run
+        calls.append((name, repeat))
+        result = {**measured, "optimizer": name}
+        (out / f"{name}_rep{repeat}.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    out = tmp_path / "bench"
+    argv = ["--tiny", "--out", str(out), "--optimizers", "ours,official", "--phases", "k100_steady", "--repeats", "2"]
+    assert bench.main([*argv, "--launch-deadline", "1e-9"]) == 3  # repeat 1 always runs; repeat 2 would not fit
+    assert calls == [("ours", 1), ("official", 1)]
+    assert json.loads((out / "meta.json").read_text())["repeats"] == 1
+    calls.clear()
+    assert bench.main(argv) == 0 and calls == [("ours", 2), ("official", 2)]  # repeat 1 kept
+    assert "| k100_steady | ours | 2 |" in (out / "summary.md").read_text()
+    (out / "official_rep2.json").unlink()  # a repeat left incomplete runs again whole: pairs come from one session
+    calls.clear()
+    assert bench.main(argv) == 0 and calls == [("ours", 2), ("official", 2)]
+    calls.clear()
+    assert bench.main([*argv, "--fresh"]) == 0 and len(calls) == 4

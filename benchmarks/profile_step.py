@@ -1,0 +1,216 @@
+"""Where a harness run's step spends its time: torch.profiler over a few steady-state steps of any method, with the
+loop's forward / backward / update phases as ranges, and for LOMO its norm pass, its update pass and its
+per-parameter hooks as ranges of their own.
+
+    # LOMO's backward on Llama 3-8B (about 1 minute on an H100), with and without its gradient-norm pass:
+    python benchmarks/profile_step.py --config memory/llama3_8b_memory.yaml --out results/bench/profile_lomo \
+        --set method.name=lomo --set train.max_grad_norm=1.0 --set data.packing=false \
+        --set data.pad_to_max_length=false --set model.tokenizer=PATH
+    # the same for LoRA, BAdam, ... (--set method.name=lora --set method.rank=8 ...)
+    # CPU check of the script: --config small/smollm2_alpaca.yaml --set model.source=random:tiny-llama ...
+
+The run trains timing_warmup_steps + 1 + --steps + 1 steps through the harness's own loop (experiments.loop.train,
+into <out>/run, so summary.json holds the run's usual figures); the profiler waits through the warm-up steps, warms
+up for one step and records --steps steps (the last step is not recorded: it closes the window). Writes to --out:
+  profile_<method>.txt / .json  torch's op tables (by device and by host time) and per-op records with the ranges;
+  where_time_goes_<method>.md   per step: the phases' host and device milliseconds, the device's idle time inside
+                                backward, and for LOMO the host time inside its hooks with the cost of the
+                                named_parameters() scan that each hook call runs over the whole model (lomo-optim's
+                                fused update looks for finished gradients by scanning every parameter, once per
+                                parameter, in Python).
+The LOMO ranges come from wrapping lomo-optim's Lomo / AdaLomo methods in this process only (class attributes,
+before the optimizer is built); nothing in the library or the harness changes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for path in (REPO, REPO / "benchmarks"):  # run as a script from a bare checkout
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from experiments.process_env import apply_defaults  # noqa: E402
+
+apply_defaults()
+
+import profiling  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="a config under experiments/configs/ (or a path)")
+    p.add_argument("--set", action="append", default=[], metavar="section.key=value", help="config override")
+    p.add_argument("--out", required=True, type=Path, help="folder for the profile and the summary")
+    p.add_argument("--steps", type=int, default=3, help="steps recorded by the profiler (default 3)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
+    return args
+
+
+# --- LOMO's ranges ------------------------------------------------------------------------------------------------
+def instrument_lomo():
+    """Wrap lomo-optim's hook factory and its two backward entry points with profiler ranges in this process; returns
+    a function that puts the originals back (None when lomo-optim is absent)."""
+    try:
+        import lomo_optim
+    except ImportError:
+        return None
+    originals = []
+    for cls in (lomo_optim.Lomo, lomo_optim.AdaLomo):
+        make_hook, grad_norm, fused_backward = cls.fuse_update, cls.grad_norm, cls.fused_backward
+        originals.append((cls, make_hook, grad_norm, fused_backward))
+
+        def fuse_update(self, _make=make_hook):
+            inner = _make(self)
+
+            def hook(x):
+                with profiling.phase("lomo hook"):
+                    return inner(x)
+            return hook
+
+        def norm_pass(self, loss, _f=grad_norm):
+            with profiling.phase("lomo norm pass"):
+                return _f(self, loss)
+
+        def update_pass(self, loss, lr, _f=fused_backward):
+            with profiling.phase("lomo update pass"):
+                return _f(self, loss, lr)
+
+        cls.fuse_update, cls.grad_norm, cls.fused_backward = fuse_update, norm_pass, update_pass
+
+    def restore():
+        for cls, make_hook, grad_norm, fused_backward in originals:
+            cls.fuse_update, cls.grad_norm, cls.fused_backward = make_hook, grad_norm, fused_backward
+    return restore
+
+
+def scan_ms(model, repeats: int = 20) -> float:
+    """Milliseconds of one pass of lomo-optim's search loop (named_parameters() with its two attribute tests)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _name, p in model.named_parameters():
+            if p.requires_grad and p.grad is not None:
+                pass
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+# --- the run --------------------------------------------------------------------------------------------------------
+def profiled_batches(batches_fn, profiler, grad_accum: int):
+    """batches_fn whose iterators advance the profiler's schedule at the start of every step after the first (the
+    loop takes grad_accum micro-batches per step, each right before it is used)."""
+    taken = [0]
+
+    def wrapped(epoch):
+        for item in batches_fn(epoch):
+            if taken[0] and taken[0] % grad_accum == 0:
+                profiler.step()
+            taken[0] += 1
+            yield item
+    return wrapped
+
+
+def where_time_goes(method: str, doc: dict, summary: dict, scan: float | None, params: int) -> str:
+    timing = summary.get("timing_ms") or {}
+    phases = doc["phases"]
+    mfu = (summary.get("compute") or {}).get("mfu")  # None: no dense bf16 peak known for this device (e.g. a CPU)
+    lines = [f"# Where the step's time goes: {method}", "",
+             f"- run: {summary.get('run_name')}, model {summary.get('model')}, device "
+             f"{(summary.get('environment') or {}).get('device_name')}",
+             f"- step (CUDA events / perf_counter, median over the run's timed steps): forward "
+             f"{timing.get('forward', 0):.1f} ms, backward {timing.get('backward', 0):.1f} ms, update "
+             f"{timing.get('update', 0):.1f} ms, step {timing.get('step', 0):.1f} ms; MFU "
+             + (f"{100 * mfu:.1f} %" if mfu is not None else "not known (no bf16 peak for this device)"), "",
+             "| range | host ms/step | device ms/step | calls/step |", "|---|---|---|---|"]
+    steps = max(1, doc["steps"])
+    for name, p in sorted(phases.items()):
+        lines.append(f"| {name} | {p['cpu_ms_per_step']:.1f} | {p['device_ms_per_step']:.1f} | "
+                     f"{p['calls'] / steps:.0f} |")
+    if doc.get("device") == "cuda" and timing.get("step"):
+        kernels, forward = doc["kernel_ms_per_step"], phases.get("forward", {}).get("device_ms_per_step", 0.0)
+        idle = max(0.0, timing["step"] - kernels)
+        lines += ["", f"Kernels: {doc['kernels_per_step']:.0f} launches and {kernels:.1f} ms per step in all "
+                      f"({forward:.1f} ms launched by the forward, "
+                      f"{kernels - forward:.1f} ms by backward and update), against a step of {timing['step']:.1f} "
+                      f"ms: the GPU sat idle {idle:.1f} ms ({100 * idle / timing['step']:.0f} %), waiting for the "
+                      f"host (Python, launches, synchronisation). Host time inside backward: "
+                      f"{phases.get('backward', {}).get('cpu_ms_per_step', 0.0):.1f} ms per step."]
+    hook = phases.get("lomo hook")
+    if hook and scan is not None:
+        calls = hook["calls"] / steps
+        lines += [f"LOMO's hooks: {calls:.0f} calls per step, {hook['cpu_ms_per_step']:.1f} ms of host time per step. "
+                  f"Each call searches every one of the {params} parameters for a finished gradient "
+                  f"(named_parameters() in Python): one scan takes {scan:.2f} ms here, so {calls:.0f} calls cost "
+                  f"about {calls * scan:.0f} ms per step before any update kernel runs; the updates themselves "
+                  f"launch {hook['device_ms_per_step']:.1f} ms of device work (the hooks run on autograd's "
+                  f"thread, so this range sees their own kernels)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from experiments import measure
+    from experiments.config import ConfigError, load_config
+    from experiments.loop import train
+    from experiments.run import _load_everything, autocast_dtype, resolve_device
+
+    try:
+        cfg = load_config(args.config, list(args.set))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    warmup = cfg.train.timing_warmup_steps
+    cfg.train.max_steps = warmup + 1 + args.steps + 1
+    cfg.train.eval_every = 0
+    device = resolve_device(cfg.train.device)
+    restore = instrument_lomo() if cfg.method.name in ("lomo", "adalomo") else None
+    lomo = restore is not None
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    profiler = torch.profiler.profile(activities=activities,
+                                      schedule=torch.profiler.schedule(wait=warmup, warmup=1, active=args.steps,
+                                                                       repeat=1))
+    args.out.mkdir(parents=True, exist_ok=True)
+    measure.PHASE_RANGES = True
+    try:
+        method, model, _tokenizer, batches_fn, _eval = _load_everything(cfg, device, {})
+        with profiler:
+            summary = train(model, method, profiled_batches(batches_fn, profiler, cfg.train.grad_accum),
+                            cfg.train, args.out / "run", autocast_dtype=autocast_dtype(cfg), device=device,
+                            seed=cfg.seed, meta={"run_name": f"profile-{cfg.method.name}", "model": cfg.model.source},
+                            progress=not args.no_progress)
+    finally:
+        measure.PHASE_RANGES = False
+        if restore is not None:
+            restore()
+    if summary["status"] != "ok":
+        print(f"error: the profiled run ended with status {summary['status']}: {summary.get('error')}",
+              file=sys.stderr)
+        return 1
+    doc = profiling.write(profiler, args.out, f"profile_{cfg.method.name}", steps=args.steps,
+                          device_type="cuda" if device.startswith("cuda") else "cpu")
+    trained = method.model if lomo else model
+    scan = scan_ms(trained) if lomo else None
+    text = where_time_goes(cfg.method.name, doc, summary, scan, sum(1 for _ in trained.parameters()))
+    (args.out / f"where_time_goes_{cfg.method.name}.md").write_text(text)
+    (args.out / f"where_time_goes_{cfg.method.name}.json").write_text(json.dumps(
+        {"phases": doc["phases"], "steps": doc["steps"], "timing_ms": summary.get("timing_ms"),
+         "compute": summary.get("compute"), "lomo_scan_ms": scan}, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
