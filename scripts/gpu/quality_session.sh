@@ -2,7 +2,9 @@
 # One GPU session of the quality profile (issue 11) on a lent machine that has torch/transformers/peft but no
 # registry: the wheels it lacks (galore-torch, lomo-optim, a bitsandbytes slimmed to its CPU and CUDA 13 libraries,
 # gguf) travel unpacked in .gpu/site, the shared data it needs in .gpu/shared, and the Gemma-3-270M GGUF in pieces
-# .gpu/parts/p*/ (one piece per call: a call carries at most 64 MiB). Phases, one per device call:
+# .gpu/parts/p1..p6/ (one piece per call: a call carries at most 64 MiB), Gemma's tokenizer in .gpu/tok/gemma3 (all
+# built by scripts/gpu/prepare_carry.sh). Calls: 1 carries .gpu/site .gpu/shared .gpu/ref .gpu/tok .gpu/parts/p1 and
+# runs `check`; 2-5 carry p2..p5 (any command); 6 carries p6 and runs `start`; then `wait S` until done. Phases:
 #   check         GPU, packages, free disk: prints what is there
 #   attention     the first training batch scored on the CPU (fp32 reference) and on the GPU with each attention
 #                 path (scripts/gpu/attention_check.py); run it before trusting quality runs on a new stack
@@ -45,8 +47,9 @@ convert_model() {
             | tail -1)"
   [ -d "$folder" ] || { echo "gemma3-270m could not be converted" >&2; exit 1; }
   if ! python3 -c "from experiments.models import load_tokenizer; load_tokenizer('$folder')" 2>/dev/null; then
-    [ -f .gpu/tok/gemma3/tokenizer.json ] || { echo "broken tokenizer in $folder and no .gpu/tok/gemma3" >&2; exit 1; }
-    cp .gpu/tok/gemma3/tokenizer.json .gpu/tok/gemma3/tokenizer_config.json "$folder/"
+    [ -f .gpu/tok/gemma3/tokenizer.json.gz ] || { echo "broken tokenizer in $folder, none in .gpu/tok" >&2; exit 1; }
+    gunzip -c .gpu/tok/gemma3/tokenizer.json.gz > "$folder/tokenizer.json"
+    cp .gpu/tok/gemma3/tokenizer_config.json "$folder/"
     python3 -c "from experiments.models import load_tokenizer; load_tokenizer('$folder')"
     echo "tokenizer of $folder replaced by .gpu/tok/gemma3: sha256 $(sha256sum "$folder/tokenizer.json" | cut -c1-16)"
   fi
@@ -95,7 +98,8 @@ for group in sorted(groups):
         restored += 1
     if Path("results", group, "lr_selection.json").is_file():
         shutil.copy(Path("results", group, "lr_selection.json"), out / group / "lr_selection.json")
-print(f"restored {restored} finished run(s) from results/; trained again for their evaluators: {', '.join(retrain) or 'none'}")
+print(f"restored {restored} finished run(s) from results/; trained again for their evaluators: "
+      f"{', '.join(retrain) or 'none'}")
 PY
 }
 
@@ -132,7 +136,7 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     join_gguf
     convert_model
     attention
-    python3 - "$OUT/attention_check.json" <<'PY' || { echo "the GPU's loss differs from the CPU's: not started" >&2; exit 1; }
+    python3 - "$OUT/attention_check.json" <<'PY' || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
 import json, sys
 losses = json.load(open(sys.argv[1]))["losses"]
 ref, gpu = losses["cpu fp32 (reference)"], losses["cuda sdpa bf16"]
