@@ -55,52 +55,10 @@ convert_model() {
   fi
 }
 
-# Finished runs committed under results/ are not trained again (the sweep there also decides the other runs' lrs).
-# A run an evaluator reads whose weights stayed on an earlier machine, and whose evaluator outputs are not all
-# committed, is left out so that it trains again (same seed, config and hardware give the same weights: see
-# results/PROVENANCE_gpu_2026-11-25b.md).
+# Finished runs committed under results/ are not trained again; those whose weights an evaluator still needs are
+# (scripts/gpu/restore_runs.py).
 restore_finished_runs() {
-  python3 - "$out_root" <<'PY'
-import json, shutil, sys
-from pathlib import Path
-sys.path.insert(0, "scripts/gpu")
-from evaluate_when_done import awaited_runs
-from experiments.run_all import load_profile
-
-out = Path(sys.argv[1])
-profile = load_profile("quality-gpu")
-groups = {entry["group"] for entry in profile["runs"]}
-evaluated = {(item.group, item.run_dir.name): item.method for item in awaited_runs(profile, out)}
-
-def outputs_complete(run: Path, group: str, method: str) -> bool:
-    for spec in profile.get("evaluators") or []:
-        if group not in (spec.get("groups") or [group]) or method not in (spec.get("methods") or [method]):
-            continue
-        if spec["name"] == "rank" and not (run / "eval" / "rank.json").is_file():
-            return False
-        answers = list(run.glob("eval/mtbench/model_answer/*.jsonl"))
-        if spec["name"] == "mtbench" and not (answers and len(answers[0].read_text().splitlines()) == 80):
-            return False
-    return True
-
-restored, retrain = 0, []
-for group in sorted(groups):
-    (out / group).mkdir(parents=True, exist_ok=True)
-    for run in sorted(Path("results", group).glob("*/summary.json")):
-        run = run.parent
-        if json.loads((run / "summary.json").read_text()).get("status") != "ok" or (out / group / run.name).exists():
-            continue
-        method = evaluated.get((group, run.name))
-        if method and not outputs_complete(run, group, method):
-            retrain.append(f"{group}/{run.name}")
-            continue
-        shutil.copytree(run, out / group / run.name)
-        restored += 1
-    if Path("results", group, "lr_selection.json").is_file():
-        shutil.copy(Path("results", group, "lr_selection.json"), out / group / "lr_selection.json")
-print(f"restored {restored} finished run(s) from results/; trained again for their evaluators: "
-      f"{', '.join(retrain) or 'none'}")
-PY
+  python3 scripts/gpu/restore_runs.py --profile quality-gpu --results results --output-dir "$out_root"
 }
 
 attention() {

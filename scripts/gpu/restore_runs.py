@@ -1,0 +1,77 @@
+"""Put a profile's finished runs committed under results/ into a fresh output directory, so that run_all on a new GPU
+machine trains only what is missing (and a sweep committed earlier still decides the lrs of the runs after it).
+
+A run that an evaluator of the profile reads, whose weights stayed on an earlier machine (they are never committed)
+and whose evaluator outputs are not all committed, is left out: run_all trains it again, the same seed, config and
+hardware giving the same weights (results/PROVENANCE_gpu_2026-11-25b.md), and the evaluators then read them.
+
+    python3 scripts/gpu/restore_runs.py --profile quality-gpu --results results --output-dir runs/quality-gpu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from experiments.run_all import load_profile
+
+MTBENCH_QUESTIONS = 80
+
+
+def evaluator_outputs_complete(profile: dict, run: Path, group: str, method: str) -> bool:
+    """Whether every evaluator of the profile that reads (group, method) left its output in `run`."""
+    for spec in profile.get("evaluators") or []:
+        if group not in (spec.get("groups") or [group]) or method not in (spec.get("methods") or [method]):
+            continue
+        if spec["name"] == "rank" and not (run / "eval" / "rank.json").is_file():
+            return False
+        if spec["name"] == "mtbench":
+            answers = sorted(run.glob("eval/mtbench/model_answer/*.jsonl"))
+            if not answers or len(answers[0].read_text(encoding="utf-8").splitlines()) < MTBENCH_QUESTIONS:
+                return False
+        if spec["name"] not in ("rank", "mtbench") and not (run / "eval").is_dir():
+            return False
+    return True
+
+
+def restore(profile: dict, results: Path, out: Path) -> tuple[list[str], list[str]]:
+    """Copy finished runs of the profile's groups from `results` into `out` (existing ones are kept). Returns the
+    restored runs and the runs left out to be trained again for their evaluators, as 'group/run' names."""
+    groups = sorted({entry["group"] for entry in profile["runs"]})
+    restored, retrain = [], []
+    for group in groups:
+        for summary_file in sorted((results / group).glob("*/summary.json")):
+            run = summary_file.parent
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
+            if summary.get("status") != "ok" or (out / group / run.name).exists():
+                continue
+            method = str(summary.get("method"))
+            kept_weights = bool(((summary.get("config") or {}).get("output") or {}).get("save_model"))
+            if kept_weights and not evaluator_outputs_complete(profile, run, group, method):
+                retrain.append(f"{group}/{run.name}")
+                continue
+            shutil.copytree(run, out / group / run.name)
+            restored.append(f"{group}/{run.name}")
+        selection = results / group / "lr_selection.json"
+        if selection.is_file():
+            (out / group).mkdir(parents=True, exist_ok=True)
+            shutil.copy(selection, out / group / selection.name)
+    return restored, retrain
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--output-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    restored, retrain = restore(load_profile(args.profile), args.results, args.output_dir)
+    print(f"restored {len(restored)} finished run(s) from {args.results}; trained again for their evaluators: "
+          f"{', '.join(retrain) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

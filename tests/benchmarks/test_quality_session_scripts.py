@@ -1,0 +1,78 @@
+"""scripts/gpu/quality_session.sh parses; restore_runs.py puts committed runs into a fresh output directory and leaves
+out exactly the runs whose weights an evaluator still needs; evaluate_when_done.py waits for the evaluated runs."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "gpu" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PROFILE = {"runs": [{"config": "x.yaml", "group": "sweep_m", "methods": ["adam", "badam"]},
+                    {"config": "x.yaml", "group": "paper_m", "methods": ["adam", "badam", "lomo"]}],
+           "evaluators": [{"name": "rank", "groups": ["paper_m"], "methods": ["adam", "badam"]},
+                          {"name": "mtbench", "groups": ["paper_m"], "methods": ["adam", "badam"]}]}
+
+
+def _run(root: Path, group: str, name: str, method: str, *, status: str = "ok", save_model: bool = False) -> Path:
+    run = root / group / name
+    run.mkdir(parents=True)
+    summary = {"status": status, "method": method, "config": {"output": {"save_model": save_model}}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_restore_keeps_finished_runs_and_retrains_those_an_evaluator_needs(tmp_path):
+    restore_runs = _script("restore_runs")
+    results, out = tmp_path / "results", tmp_path / "out"
+    _run(results, "sweep_m", "x-adam-lr1e-05", "adam")
+    _run(results, "sweep_m", "x-badam-lr1e-05", "badam", status="error")
+    (results / "sweep_m" / "lr_selection.json").write_text("{}")
+    done = _run(results, "paper_m", "x-adam-s0", "adam", save_model=True)      # both evaluator outputs committed
+    (done / "eval" / "mtbench" / "model_answer").mkdir(parents=True)
+    (done / "eval" / "rank.json").write_text("{}")
+    (done / "eval" / "mtbench" / "model_answer" / "x.jsonl").write_text("{}\n" * 80)
+    partial = _run(results, "paper_m", "x-badam-s0", "badam", save_model=True)  # 60 of 80 answers
+    (partial / "eval" / "mtbench" / "model_answer").mkdir(parents=True)
+    (partial / "eval" / "rank.json").write_text("{}")
+    (partial / "eval" / "mtbench" / "model_answer" / "x.jsonl").write_text("{}\n" * 60)
+    _run(results, "paper_m", "x-lomo-s0", "lomo", save_model=True)               # no evaluator reads lomo
+    _run(results, "paper_m", "x-badam-s1", "badam")                              # weights not kept: nothing to redo
+    _run(results, "other_group", "x-adam-s0", "adam")                            # not a group of the profile
+    kept = _run(out, "paper_m", "x-adam-s1", "adam")                             # already there: left as it is
+    restored, retrain = restore_runs.restore(PROFILE, results, out)
+    assert sorted(restored) == ["paper_m/x-adam-s0", "paper_m/x-badam-s1", "paper_m/x-lomo-s0",
+                                "sweep_m/x-adam-lr1e-05"]
+    assert retrain == ["paper_m/x-badam-s0"]
+    assert (out / "sweep_m" / "lr_selection.json").is_file() and not (out / "other_group").exists()
+    assert not (out / "sweep_m" / "x-badam-lr1e-05").exists() and (kept / "summary.json").is_file()
+    assert len((out / "paper_m" / "x-adam-s0" / "eval" / "mtbench" / "model_answer" / "x.jsonl")
+               .read_text().splitlines()) == 80
+
+
+def test_quality_session_parses_and_refuses_an_unknown_phase(tmp_path):
+    script = REPO / "scripts" / "gpu" / "quality_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    done = subprocess.run(["bash", str(script), "train"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and "unknown phase train" in done.stderr
+
+
+def test_evaluators_wait_for_the_runs_that_keep_weights_for_them(tmp_path):
+    from experiments.run_all import load_profile
+
+    evaluate_when_done = _script("evaluate_when_done")
+    awaited = evaluate_when_done.awaited_runs(load_profile("quality-gpu"), tmp_path)
+    assert sorted(item.run_dir.name for item in awaited) == [
+        "gemma3_270m_alpaca-adam-s0", "gemma3_270m_alpaca-badam-s0", "gemma3_270m_alpaca-lora-s0"]
+    assert evaluate_when_done.main(["--profile", "quality-gpu", "--output-dir", str(tmp_path), "--poll", "0.01",
+                                    "--timeout", "0.05"]) == 3   # none of them finished: gives up, trains nothing
+    assert not any(tmp_path.iterdir())
