@@ -28,6 +28,7 @@ class SGD(MasterWeightMethod):
 
     name = "sgd"
     Options = SGDOptions
+    description = "SGD on every parameter over fp32 masters (the paper's SGD ablation baseline)"
 
     def make_optimizer(self, param_groups):
         o = self.options

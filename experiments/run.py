@@ -38,8 +38,9 @@ from experiments.config import (CONFIG_DIR, PROFILE_DIR, ConfigError, RunConfig,
 from experiments.distributed import LaunchError, broadcast_object, init_distributed, shutdown
 from experiments.loop import RunNotStartedError, error_kind_of, seed_everything, train
 from experiments.measure import held_bytes, is_oom
-from experiments.results import (CONFIG_FILE, ERROR_FILE, RunDirExistsError, atomic_write_text, atomic_write_yaml,
+from experiments.results import (CONFIG_FILE, RunDirExistsError, atomic_write_text, atomic_write_yaml,
                                  choose_run_dir, failure_summary, read_summary, replace_run_dir, write_summary)
+from experiments.rundir import RunDir
 
 
 def resolve_device(name: str) -> str:
@@ -243,7 +244,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
                                   held_at_oom=held)
         if main:
             write_summary(run_dir, summary)
-            atomic_write_text(run_dir / ERROR_FILE, "".join(traceback.format_exception(exc)))
+            atomic_write_text(RunDir(run_dir).error(), "".join(traceback.format_exception(exc)))
         return summary, run_dir
 
     def on_start() -> None:  # the new run is set up: now the old one may go / the resumed one's record is updated
@@ -254,7 +255,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
         if dist_ctx is not None:
             dist_ctx.barrier()  # no rank writes into the directory before rank 0 has swapped it
 
-    save_dir = run_dir / "model" if cfg.output.save_model else None
+    save_dir = RunDir(run_dir).model if cfg.output.save_model else None
     try:
         summary = train(model, method, batches_fn, cfg.train, run_dir, eval_batches_fn=eval_fn,
                         autocast_dtype=autocast_dtype(cfg), device=device, seed=cfg.seed, meta=meta,
@@ -368,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{summary['status']}: {run_dir} (steps {summary['steps']}, final loss "
           f"{'n/a' if loss is None else f'{loss:.4f}'})")
     if summary["status"] != "ok":
-        where = f" (traceback in {run_dir / ERROR_FILE})" if (run_dir / ERROR_FILE).is_file() else ""
+        error_file = RunDir(run_dir).error()
+        where = f" (traceback in {error_file})" if error_file.is_file() else ""
         print(f"  {summary['status']}: {_one_line(summary['error'])}{where}", file=sys.stderr)
         return 1
     return 0

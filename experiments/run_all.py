@@ -40,7 +40,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from baselines.registry import method_names
+from baselines.registry import get_method_class, method_names
 from experiments.config import PROFILE_DIR, ConfigError, RunConfig, load_config
 from experiments.paths import REPO_ROOT
 from experiments.results import atomic_write_text, read_summary
@@ -139,6 +139,35 @@ def _check_keys(mapping, valid, where: str) -> None:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
 
 
+def resolved_device(cfg) -> str:
+    """cuda or cpu: where the run will train (train.device auto: CUDA when available)."""
+    device = str(cfg.train.device)
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") else device
+
+
+def method_adaptations(method: str, cfg) -> list[tuple[str, str]]:
+    """[(override, why)] that make a group's common settings fit what the method's class declares it can do
+    (baselines/base.py): a fused update cannot accumulate gradients, so the micro-batch takes the whole effective
+    batch; a method that updates inside backward cannot clip to a global norm, so clipping goes off. Profiles need no
+    per-method overrides for these; the plan says what was changed."""
+    cls = get_method_class(method)
+    out = []
+    accum = int(cfg.train.grad_accum)
+    if accum > 1 and not cls.supports_grad_accumulation:
+        batch = int(cfg.train.batch_size) * accum
+        out += [(f"train.batch_size={batch}", f"batch {cfg.train.batch_size} x {accum} micro-batches -> one batch of "
+                                               f"{batch} (its update is fused into backward: no accumulation)"),
+                ("train.grad_accum=1", "")]
+    if cfg.train.max_grad_norm is not None and cfg.train.max_grad_norm > 0 and not cls.supports_clipping:
+        out.append(("train.max_grad_norm=null", f"no clipping (max_grad_norm {cfg.train.max_grad_norm:g} is "
+                                                "impossible: it updates each parameter inside backward)"))
+    return out
+
+
 def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | None = None,
               extra_overrides: tuple[str, ...] = (), only_groups: list[str] | None = None,
               only_seeds: list[int] | None = None) -> list[PlannedRun]:
@@ -187,11 +216,22 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
                                  *([f"method.lr={float(lr)!r}"] if lr is not None else []), *extra_overrides]
                     try:
                         cfg = load_config(entry["config"], overrides)
+                        adapted = method_adaptations(method, cfg)
+                        if adapted:
+                            overrides = [*overrides, *(o for o, _ in adapted)]
+                            cfg = load_config(entry["config"], overrides)
                     except ConfigError as exc:
                         raise ConfigError(f"profile {profile['name']}, group {entry['group']}, method {method}: "
                                           f"{exc}") from exc
+                    cuda_only = get_method_class(method).cuda_only
+                    if cuda_only and resolved_device(cfg) != "cuda":
+                        if seed == seeds[0]:
+                            planned.append(PlannedRun(entry["group"], method, None,
+                                                      skip_reason=f"CUDA only: {cuda_only}"))
+                        break  # every lr of the sweep would be skipped alike
                     planned.append(PlannedRun(entry["group"], method, cfg, config=entry["config"],
-                                              overrides=tuple(overrides), lr_from=entry.get("lr_from")))
+                                              overrides=tuple(overrides), lr_from=entry.get("lr_from"),
+                                              adaptations=tuple(why for _, why in adapted if why)))
     if not planned:
         raise ConfigError(f"profile {profile['name']}: nothing to run (check --methods and --groups)")
     return planned
@@ -439,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     added = sorted({m for m in only or [] if m not in listed})
     if added:
         print(f"  not in the profile, run in every group with the group's settings: {', '.join(added)}")
+    adapted = {(p.group, p.method): p.adaptations for p in planned if p.adaptations}
+    for (group, method), notes in adapted.items():
+        print(f"  {group}/{method}, adapted to what the method can do: {'; '.join(notes)}")
     if args.dry_run:
         for item in planned:
             where = item.skip_reason and f"skipped: {item.skip_reason}" or \

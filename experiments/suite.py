@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.paths import REPO_ROOT
-from experiments.results import (CHECKPOINT_FILE, SHARDED_CHECKPOINT_DIR, SUMMARY_FILE, atomic_write_text,
-                                 read_summary)
+from experiments.results import atomic_write_text, read_summary
+from experiments.rundir import SUMMARY_FILE, RunDir
 
 FINAL_STATUSES = ("ok", "oom", "diverged")  # results; an `error` is retried, an unsupported setup is final too
 LR_SELECTION_FILE = "lr_selection.json"
@@ -45,6 +45,7 @@ class PlannedRun:
     config: str | None = None            # the config name and overrides that resolve cfg (for a child process)
     overrides: tuple[str, ...] = ()
     lr_from: str | None = None           # group whose finished runs choose this run's method.lr
+    adaptations: tuple[str, ...] = ()    # what run_all changed to fit the method's declared capabilities (and why)
 
     @property
     def run_dir(self) -> Path | None:
@@ -83,7 +84,7 @@ def run_state(run_dir: Path, *, fresh: bool = False) -> str:
         return "redo"
     if is_final(read_summary(run_dir)):
         return "done"
-    if (run_dir / CHECKPOINT_FILE).is_file() or (run_dir / SHARDED_CHECKPOINT_DIR).is_dir():
+    if RunDir(run_dir).has_checkpoint():
         return "resume"
     return "redo"
 
@@ -278,7 +279,7 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
                 if is_final(summary):  # it finished on its own just before the deadline
                     finish(index, outcome_from_summary(child.item, summary, child.item.run_dir))
                     continue
-                resumable = (child.item.run_dir / CHECKPOINT_FILE).is_file()
+                resumable = RunDir(child.item.run_dir).has_checkpoint()
                 finish(index, Outcome(child.item, "interrupted", summary, child.item.run_dir,
                                       note=f"stopped at the deadline ({options.kill_after_s:.0f} s); rerun to "
                                            + ("resume from its checkpoint" if resumable else "start it again")))
