@@ -161,6 +161,24 @@ def waits_for(item: PlannedRun, pending: list[PlannedRun], running: list[Planned
                                       for p in [*pending, *running])
 
 
+# --- runs an evaluator trains -------------------------------------------------------------------------------------
+def trained_by_evaluator(item: PlannedRun) -> bool:
+    """SuperGLUE configs are fine-tuned and scored per task by the superglue evaluator (eval/superglue), not here."""
+    return item.cfg is not None and item.cfg.data.format == "superglue"
+
+
+def hand_to_evaluator(item: PlannedRun) -> Outcome:
+    """Write the run's config.yaml (what the evaluator trains from) and pass the run on; results it already holds
+    stay (the evaluator skips tasks it has done with the same settings)."""
+    from experiments.config import config_to_dict
+    from experiments.results import atomic_write_yaml
+
+    run_dir = RunDir(item.run_dir)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_yaml(run_dir.config, config_to_dict(item.cfg))
+    return Outcome(item, "ok", None, run_dir.path, note="trained and scored per task by the superglue evaluator")
+
+
 # --- in-process execution (one run at a time) -------------------------------------------------------------------
 def prepared_config(item: PlannedRun, state: str):
     cfg = copy.deepcopy(item.cfg)
@@ -245,6 +263,8 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
     for index, item in enumerate(planned):
         if item.cfg is None:
             outcomes[index] = Outcome(item, "skipped", note=item.skip_reason or "")
+        elif trained_by_evaluator(item):
+            outcomes[index] = hand_to_evaluator(item)
         elif run_state(item.run_dir, fresh=fresh) == "done":
             outcomes[index] = outcome_from_summary(item, read_summary(item.run_dir), item.run_dir, reused=True)
         else:
@@ -327,6 +347,8 @@ def run_sequential(planned: list[PlannedRun], *, output_root: Path, fresh: bool 
     for item in planned:
         if item.cfg is None:
             outcome = Outcome(item, "skipped", note=item.skip_reason or "")
+        elif trained_by_evaluator(item):
+            outcome = hand_to_evaluator(item)
         else:
             state = run_state(item.run_dir, fresh=fresh)
             if state == "done":
