@@ -31,8 +31,9 @@ from typing import Any, Iterable
 import yaml
 
 from experiments.paths import REPO_ROOT
-from experiments.rundir import (CHECKPOINT_FILE, CONFIG_FILE, ERROR_FILE, METRICS_FILE, RUN_FILES, RUN_SUBDIRS,
-                                SHARDED_CHECKPOINT_DIR, SUMMARY_FILE, RunDir, RunSummary, read_jsonl)
+# the run-directory names are re-exported: plots/ and older callers read run directories through this module
+from experiments.rundir import (CHECKPOINT_FILE, CONFIG_FILE, ERROR_FILE, METRICS_FILE, RUN_FILES,  # noqa: F401
+                                RUN_SUBDIRS, SHARDED_CHECKPOINT_DIR, SUMMARY_FILE, RunDir, RunSummary, read_jsonl)
 
 # ok: trained to the end (or to train.stop_after_steps); oom: an allocation failed; diverged: a non-finite loss or
 # gradient norm ended the run (summary.diverged_at_step); error: anything else (summary.error_kind says what);

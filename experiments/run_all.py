@@ -208,14 +208,19 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
             raise ConfigError(f"--groups names unknown group(s) {', '.join(unknown)}; groups of profile "
                               f"{profile['name']}: {', '.join(sorted(known))}")
     planned = []
+    listed = {(e["group"], e.get("name") or Path(e["config"]).stem, m) for e in profile["runs"] for m in e["methods"]}
+    added: set = set(listed)
     for entry in profile["runs"]:
         if only_groups and entry["group"] not in only_groups:
             continue
         stem = entry.get("name") or Path(entry["config"]).stem
         seeds = entry.get("seeds") or [None]
         methods = list(entry["methods"])
-        # --methods runs a method the profile does not list, with the group's common overrides (said in the plan)
-        methods += [m for m in (only_methods or []) if m not in methods]
+        # --methods runs a method the profile does not list, with the group's common overrides (said in the plan),
+        # once per group and run name (a group may be split over several entries)
+        extra = [m for m in (only_methods or []) if m not in methods and (entry["group"], stem, m) not in added]
+        added.update((entry["group"], stem, m) for m in extra)
+        methods += extra
         # seed-major: a suite cut short by a deadline has every method at seed 0 before any at seed 1
         for seed in seeds:
             if only_seeds is not None and seed is not None and seed not in only_seeds:

@@ -204,6 +204,25 @@ def _mib(value: float | None) -> str:
     return "-" if value is None else f"{value / MIB:,.0f} MiB"
 
 
+def identical_methods(results: dict[str, MethodResult]) -> list[str]:
+    """Lines for pairs of methods that reached the same final eval loss on every common seed (to 1e-6): the same
+    update computed another way (e.g. LOMO is SGD fused into backward), with what each held in memory."""
+    def by_seed(result: MethodResult) -> dict:
+        return {(r.config.get("seed")): r.summary.get("final_eval_loss") for r in result.runs}
+
+    lines = []
+    names = method_order(results)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            a, b = by_seed(results[first]), by_seed(results[second])
+            common = [seed for seed in a if seed in b and isinstance(a[seed], float) and isinstance(b[seed], float)]
+            if common and all(abs(a[seed] - b[seed]) < 1e-6 for seed in common):
+                lines.append(f"{first} and {second} reached the same eval loss on all {len(common)} common seed(s): "
+                             f"the same update computed another way; peak memory {_mib(results[first].memory('peak'))}"
+                             f" vs {_mib(results[second].memory('peak'))}.")
+    return lines
+
+
 def check_claims(results: dict[str, MethodResult]) -> list[Verdict]:
     get = results.get
     adam, badam, lora = get("adam"), get("badam"), get("lora")
@@ -225,8 +244,10 @@ def check_claims(results: dict[str, MethodResult]) -> list[Verdict]:
     # gradients + optimizer states about 1/D of Adam's (Table 1: 16M/D vs 16M)
     claim, source = "BAdam's gradients and optimizer states are about 1/D of Adam's (D blocks)", "Table 1"
     parts = lambda r: (r.memory("gradients") or 0) + (r.memory("optimizer_states") or 0)  # noqa: E731
-    if missing or not badam.num_blocks or not parts(adam):
-        out.append(Verdict(claim, source, "not measured", missing or "no memory split or block count recorded"))
+    if missing or not badam.num_blocks or not parts(adam) or not parts(badam):
+        why = missing or ("no memory split or block count recorded" if not badam.num_blocks or not parts(adam) else
+                          "BAdam's split was taken when its active block held no gradient or state (K = 1?)")
+        out.append(Verdict(claim, source, "not measured", why))
     else:
         ratio, blocks = parts(badam) / parts(adam), badam.num_blocks
         out.append(Verdict(claim, source, "holds" if ratio <= 2 / blocks else "does not hold",
@@ -386,6 +407,7 @@ def render(root: Path, title: str, collected: dict[str, dict[str, MethodResult]]
         lines += ["### The paper's claims at this scale", "", "| claim (paper) | verdict | evidence |", "|---|---|---|"]
         lines += [f"| {v.claim} ({v.source}) | **{v.verdict}** | {v.evidence} |" for v in check_claims(results)]
         lines.append("")
+        lines += [f"- {line}" for line in identical_methods(results)] + [""] * bool(identical_methods(results))
     pngs = [p for key in sorted(written) if key.startswith("F") for p in written[key] if p.suffix == ".png"]
     if pngs:
         lines += ["## The paper's figures from these runs", ""]

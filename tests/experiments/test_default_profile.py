@@ -63,7 +63,8 @@ def test_reduced_default_run_fills_every_section_of_the_report(tmp_path, capsys)
     code = run_all.main(["--output-dir", str(tmp_path), "--no-progress", *_sets(REDUCED)])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "note: evaluator rank: 3 run(s)" in out and "report: " in out
+    assert "note: evaluator rank: 6 run(s)" in out and "report: " in out  # seed 1 keeps no model: skipped, named
+    assert "no saved model, skipped: smollm2_alpaca-adam-s1" in out
     report = (tmp_path / "report.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in report.splitlines()
             if line.startswith("| ") and line.split("|")[1].strip() in PAPER_AND_ABLATION}
