@@ -45,6 +45,7 @@ class Adam(MasterWeightMethod):
     parameter (Table 2's "Adam" row). See MasterWeightMethod for what memory_split counts."""
 
     name = "adam"
+    ddp_unsupported = None  # experiments/ddp.py; tests/distributed compare it with one process
     Options = AdamOptions
     description = "AdamW on every parameter, fp32 masters, gradients and moments of bf16 weights (the paper's Adam)"
 

@@ -95,6 +95,7 @@ class BAdam(Method):
     """
 
     name = "badam"
+    ddp_unsupported = None  # experiments/ddp.py; tests/distributed compare it with one process
     Options = BAdamOptions
     description = "block coordinate descent: one block (a layer) trains with AdamW for K steps, then the next (BAdam)"
     grad_norm_over = "active_block"

@@ -95,10 +95,20 @@ class Method:
     fsdp2_unsupported: ClassVar[str | None] = None
     # What running sharded costs or changes, for a method that runs under FSDP2 (recorded in summary.json).
     fsdp2_note: ClassVar[str | None] = None
+    # Why the method is not offered under train.distributed=ddp (None: it runs there, compared with one process on
+    # the same global batch in tests/distributed; experiments/ddp.py). A class that is verified sets None; a subclass
+    # that changes the update should declare its own reason again.
+    ddp_unsupported: ClassVar[str | None] = ("not verified under data parallelism against one process (methods that "
+                                             "update inside backward cannot average first; methods whose trainable "
+                                             "subset changes or that communicate themselves need their own handling)")
 
     @classmethod
     def supports_fsdp2(cls) -> bool:
         return cls.fsdp2_unsupported is None
+
+    @classmethod
+    def supports_ddp(cls) -> bool:
+        return cls.ddp_unsupported is None
 
     @classmethod
     def install_hint(cls) -> str:
@@ -132,7 +142,7 @@ class Method:
                 "install_by_default": cls.install_by_default, "cuda_only": cls.cuda_only,
                 "fused_backward": cls.fused_backward, "supports_grad_accumulation": cls.supports_grad_accumulation,
                 "supports_clipping": cls.supports_clipping, "supports_fsdp2": cls.supports_fsdp2(),
-                "fsdp2_note": cls.fsdp2_unsupported or cls.fsdp2_note}
+                "fsdp2_note": cls.fsdp2_unsupported or cls.fsdp2_note, "supports_ddp": cls.supports_ddp()}
 
     def __init__(self, options: Any = None, lr: float = 1e-5, weight_decay: float = 0.0):
         self.options = options if options is not None else self.Options()

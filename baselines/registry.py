@@ -69,7 +69,7 @@ def describe_methods() -> list[str]:
         flags = ["CUDA only" if cls.cuda_only else "CPU+CUDA",
                  "fused update" if cls.fused_backward else "", "no accumulation" if not cls.supports_grad_accumulation
                  else "", "no clipping" if not cls.supports_clipping else "",
-                 "FSDP2" if cls.supports_fsdp2() else "no FSDP2"]
+                 "FSDP2" if cls.supports_fsdp2() else "no FSDP2", "DDP" if cls.supports_ddp() else ""]
         needs = f"; needs {', '.join(cls.requirements)}" if cls.requirements else ""
         lines.append(f"{name:<18} [{', '.join(f for f in flags if f)}{needs}] {cls.description}")
     return lines

@@ -304,8 +304,11 @@ def check_launch(cfg: RunConfig) -> None:
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and cfg.train.distributed == "none":
+        from baselines.registry import get_method_class, method_names
+
+        ddp_methods = ", ".join(n for n in method_names() if get_method_class(n).supports_ddp())
         raise ConfigError(f"started as {world} processes (torchrun) but train.distributed=none; pass "
-                          "train.distributed=ddp (each GPU holds the whole model: badam, bsgd, lora, adam, sgd) or "
+                          f"train.distributed=ddp (each GPU holds the whole model: {ddp_methods}) or "
                           "train.distributed=fsdp2 (the model is sharded over the GPUs)")
 
 

@@ -73,6 +73,18 @@ def test_unsupported_methods_are_refused_with_reason():
     assert {"adalomo", "galore_8bit", "adamw_8bit", "q_galore", "apollo", "adam_mini"} <= refused
 
 
+def test_data_parallel_is_offered_to_the_methods_that_declare_it():
+    from experiments import ddp
+
+    offered = {name for name in method_names() if get_method_class(name).supports_ddp()}
+    assert offered == {"badam", "bsgd", "lora", "adam", "sgd"}  # each compared with one process (test_ddp.py)
+    for name in offered:
+        ddp.check_method_supported(name)  # no error
+    with pytest.raises(MethodUnsupportedError, match="lomo is unsupported under train.distributed=ddp: not verified .*"
+                                                     "Methods that run under ddp: adam, badam, bsgd, lora, sgd"):
+        ddp.check_method_supported("lomo")
+
+
 def test_init_without_torchrun_says_how_to_launch(monkeypatch):
     for name in D.TORCHRUN_VARS:
         monkeypatch.delenv(name, raising=False)
