@@ -11,7 +11,7 @@ Runs the suite's main job: fine-tunes every method of a profile on the same data
 tables, figures and <output dir>/report.md, and prints the method table (status, eval loss, mean train loss of the
 last 10 steps, peak memory, median step time) and the total wall time.
 The default profile (cpu) fits in 10 minutes on a 2-core CPU: SmolLM2-135M-Instruct, the paper's five methods and
-SGD / BSGD, 2 seeds, 12 steps each on the cleaned Alpaca set, the rank of the Adam / BAdam / LoRA updates, and
+SGD / BSGD, 2 seeds, 8 steps each on the cleaned Alpaca set, the rank of the Adam / BAdam / LoRA updates, and
 runs/cpu/report.md, which checks the paper's claims against the runs. --profile cpu-smoke runs every registered
 method briefly. Profiles live in experiments/configs/profiles/; results go to runs/<profile>/.
 USAGE

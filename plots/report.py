@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -27,13 +26,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from experiments.results import atomic_write_text, replace_durably  # noqa: E402  (plain files; imports no torch)
-from experiments.rundir import RunDir  # noqa: E402
 from plots.__main__ import build_all  # noqa: E402
+from plots.claims import rank_by_type  # noqa: E402
 from plots.runs import Run, discover_runs  # noqa: E402
+from plots.style import method_color  # noqa: E402
 
 REPORT_FILE = "report.md"
 FIGURE_DIR = "report_figures"
-# Drawing order and colours: the paper's methods first, any other method after them in name order.
+# Drawing order: the paper's methods first, any other method after them in name order (colours: plots.style).
 PREFERRED_ORDER = ("adam", "badam", "lora", "lomo", "galore", "sgd", "bsgd")
 SPLIT_PARTS = ("parameters", "gradients", "optimizer_states", "activations", "other")
 MIB = 2 ** 20
@@ -41,11 +41,6 @@ MIB = 2 ** 20
 
 def method_order(methods) -> list[str]:
     return sorted(set(methods), key=lambda m: (PREFERRED_ORDER.index(m) if m in PREFERRED_ORDER else 99, m))
-
-
-def color_of(method: str, methods: list[str]) -> str:
-    palette = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
-    return matplotlib.colors.to_hex(palette[method_order(methods).index(method) % len(palette)])
 
 
 # --- what each method's runs hold -------------------------------------------------------------------------------
@@ -78,17 +73,23 @@ def _median(values) -> float | None:
     return statistics.median(clean) if clean else None
 
 
-def changed_rank(rank_doc: dict) -> dict | None:
-    """Mean effective rank and rank ratio over the matrices an update changed (a block method leaves most untouched:
-    their zero ranks would make its update look low-rank), with how many changed of how many analysed."""
-    rows = rank_doc.get("matrices") or []
-    changed = [r for r in rows if (r.get("delta_fro_norm") or 0) > 0]
+def changed_rank(run: Run) -> dict | None:
+    """Mean effective rank (and rank ratio) over the matrices the run's update changed, all matrix types together:
+    plots.claims.rank_by_type per type, weighted by how many of that type changed. A block method leaves most
+    matrices untouched, and averaging their zero ranks in would make its update look low-rank."""
+    by_type = {k: v for k, v in rank_by_type(run).items() if v.get("changed")}
+    changed = sum(v["changed"] for v in by_type.values())
     if not changed:
         return None
-    return {"mean_effective_rank": statistics.fmean(r["effective_rank"] for r in changed),
-            "mean_rank_ratio": statistics.fmean(r["rank_ratio"] for r in changed),
-            "changed": len(changed), "analysed": len(rows),
-            "types": sorted({r["matrix"] for r in changed})}
+
+    def weighted(key: str) -> float | None:
+        if not all(isinstance(v.get(key), (int, float)) for v in by_type.values()):
+            return None
+        return sum(v[key] * v["changed"] for v in by_type.values()) / changed
+
+    return {"mean_effective_rank": weighted("mean_effective_rank"), "mean_rank_ratio": weighted("mean_rank_ratio"),
+            "changed": changed, "analysed": sum(v.get("count", 0) for v in rank_by_type(run).values()),
+            "types": sorted(by_type)}
 
 
 @dataclass
@@ -129,17 +130,8 @@ class MethodResult:
 
     @property
     def rank(self) -> dict | None:
-        """changed_rank of the run with eval/rank.json (the first seed saves its model for it)."""
-        for run in self.runs:
-            path = RunDir(run.path).eval_file("rank.json")
-            if path.is_file():
-                try:
-                    found = changed_rank(json.loads(path.read_text(encoding="utf-8")))
-                except (OSError, ValueError, KeyError, TypeError):
-                    continue
-                if found is not None:
-                    return found
-        return None
+        """changed_rank of the first run with an eval/rank.json (the first seed saves its model for it)."""
+        return next((found for found in map(changed_rank, self.runs) if found is not None), None)
 
     @property
     def option(self):
@@ -315,7 +307,7 @@ def eval_loss_figure(results: dict[str, MethodResult], title: str, path: Path) -
         curves = results[method].eval_curves()
         frame = pd.concat([c.set_index("step")["eval_loss"].rename(i) for i, c in enumerate(curves)], axis=1)
         frame = frame.dropna()  # steps every seed evaluated
-        color = color_of(method, list(results))
+        color = method_color(method)
         ax.plot(frame.index, frame.mean(axis=1), color=color, lw=1.6,
                 label=f"{method} ({len(curves)} seed{'s' * (len(curves) > 1)})", marker="o", ms=3)
         if len(curves) > 1:
@@ -359,9 +351,9 @@ def method_table(results: dict[str, MethodResult]) -> list[str]:
     for method in method_order(results):
         r = results[method]
         rank = r.rank
-        rank_text = "-" if rank is None else (f"{rank['mean_effective_rank']:.1f} (ratio {rank['mean_rank_ratio']:.2f};"
-                                              f" {rank['changed']} of {rank['analysed']} changed, "
-                                              f"{'/'.join(rank['types'])})")
+        ratio = "" if rank is None or rank["mean_rank_ratio"] is None else f"ratio {rank['mean_rank_ratio']:.2f}; "
+        rank_text = "-" if rank is None else (f"{rank['mean_effective_rank']:.1f} ({ratio}{rank['changed']} of "
+                                              f"{rank['analysed']} changed, {'/'.join(rank['types'])})")
         timing = " / ".join(_fmt_ms(r.timing(p)) for p in ("step", "forward", "backward", "update"))
         lines.append(f"| {method} | {', '.join(f'{lr:g}' for lr in r.lrs) or '-'} | "
                      f"{r.eval_loss.text() if r.eval_loss else '-'} | {r.train_loss.text() if r.train_loss else '-'} "

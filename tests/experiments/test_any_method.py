@@ -9,6 +9,7 @@ import pytest
 import baselines.registry as registry
 from experiments import run_all
 from experiments.results import read_summary
+from plots import select
 from plots.report import collect
 from plots.runs import discover_runs
 from tests.experiments.test_default_profile import REDUCED, _sets
@@ -51,6 +52,9 @@ def test_a_new_method_is_run_by_methods_and_reaches_the_results(tmp_path, throwa
     results = collect(runs)[summary["model"]]
     assert results[throwaway].eval_loss is not None and results[throwaway].eval_curves()
     assert f"| {throwaway} |" in (out_dir / "report.md").read_text()
+    # the figures' data (F2's loss curves draw every method of the group) and the tables (a row of its own)
+    assert throwaway in {group.method for group in select.f2(runs).loss_groups}
+    assert f"| {throwaway} |" in (out_dir / "tables_figures" / "tables" / "T5_mtbench.md").read_text()
 
 
 def test_a_missing_requirement_skips_the_method_with_the_install_command(tmp_path, throwaway, monkeypatch):
