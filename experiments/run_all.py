@@ -39,6 +39,7 @@ apply_defaults()  # before torch is imported: OpenMP waiting policy, CUDA alloca
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -337,8 +338,11 @@ def run_evaluators(profile: dict, outcomes: list[Outcome]) -> list[str]:
 def run_report(output_root: Path, profile: dict) -> str:
     """The tables, figures and report.md of the results under output_root (`python -m plots.report`, a child
     process: plots/ is above the harness)."""
+    # the title: the description's first sentence (its first line may break mid-sentence)
+    description = " ".join((profile.get("description") or "").split())
+    first_sentence = re.split(r"(?<=[.;])\s", description, maxsplit=1)[0].rstrip(".;")
     command = [sys.executable, "-m", "plots.report", str(output_root), "--title",
-               f"profile {profile['name']}: " + (profile.get("description") or "").strip().splitlines()[0]]
+               f"profile {profile['name']}: {first_sentence}"]
     code, note = _run_child(command)
     return note if code == 0 else f"tables, figures and report failed (exit code {code}; the error is above)"
 
