@@ -45,7 +45,9 @@ class Adam(MasterWeightMethod):
     parameter (Table 2's "Adam" row). See MasterWeightMethod for what memory_split counts."""
 
     name = "adam"
+    ddp_unsupported = None  # experiments/ddp.py; tests/distributed compare it with one process
     Options = AdamOptions
+    description = "AdamW on every parameter, fp32 masters, gradients and moments of bf16 weights (the paper's Adam)"
 
     def make_optimizer(self, param_groups):
         return make_adamw(param_groups, self.lr, self.options, self.weight_decay)
@@ -60,6 +62,7 @@ class AdamPureBF16(Method):
 
     name = "adam_bf16"
     Options = AdamOptions
+    description = "AdamW directly on bf16 weights: bf16 gradients and moments, no fp32 masters"
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != torch.bfloat16})

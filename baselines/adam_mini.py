@@ -27,9 +27,6 @@ from baselines.adam import AdamOptions
 from baselines.errors import MethodUnsupportedError
 from baselines.precision import MasterWeightMethod
 
-INSTALL_HINT = "pip install 'badam-bench[methods]' (or: pip install adam-mini)"
-
-
 @dataclasses.dataclass
 class AdamMiniOptions(AdamOptions):
     # the package's defaults: betas (0.9, 0.999), eps 1e-8 (AdamOptions' values); weight decay is the common key
@@ -66,12 +63,18 @@ class AdamMini(MasterWeightMethod):
 
     name = "adam_mini"
     Options = AdamMiniOptions
+    description = "Adam with one second moment per head / neuron / tensor instead of per parameter (Adam-mini)"
+    requirements = ("adam-mini>=1.1.1",)
+    extra = "methods"
+    fsdp2_unsupported = ("adam-mini 1.1.1 all-reduces the second moment of single-value blocks (norm weights) by "
+                         "moving it to CUDA, which fails under gloo ('Torch not compiled with CUDA enabled'); on GPUs "
+                         "its sharded path was not verified against one process")
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         try:
             import adam_mini  # noqa: F401
         except ImportError as exc:
-            raise MethodUnsupportedError(f"adam_mini needs the package adam-mini ({exc}); {INSTALL_HINT}") from exc
+            raise MethodUnsupportedError(f"adam_mini needs the package adam-mini ({exc}); {self.install_hint()}") from exc
         self.shape = transformer_shape(model)
         return super().prepare_model(model)
 

@@ -61,6 +61,11 @@ class AdamW8bit(MasterWeightMethod):
 
     name = "adamw_8bit"
     Options = AdamW8bitOptions
+    description = "AdamW with 8-bit block-wise quantized moments (bitsandbytes)"
+    requirements = ("bitsandbytes>=0.43",)
+    extra = "methods"
+    fsdp2_unsupported = ("bitsandbytes' 8-bit optimizer kernel has no DTensor support ('got mixed torch.Tensor and "
+                         "DTensor'), as for galore_8bit")
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         check_bitsandbytes_runs(model_device(model))

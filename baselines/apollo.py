@@ -54,6 +54,13 @@ class APOLLO(ProjectorCheckpointing, GaLore):
 
     name = "apollo"
     Options = APOLLOOptions
+    description = "AdamW-like scaling of raw gradients from rank-r random-projection moments (APOLLO; CC-BY-NC package)"
+    requirements = ("apollo-torch>=1.0.3",)
+    extra = "apollo"
+    install_by_default = False  # the package is licensed CC-BY-NC 4.0 (non-commercial use only)
+    fsdp2_unsupported = ("apollo_torch draws its random projection as a plain tensor and multiplies it with the "
+                         "sharded (DTensor) gradient ('got mixed torch.Tensor and DTensor')")
+    fsdp2_note = None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         try:

@@ -95,7 +95,9 @@ class BAdam(Method):
     """
 
     name = "badam"
+    ddp_unsupported = None  # experiments/ddp.py; tests/distributed compare it with one process
     Options = BAdamOptions
+    description = "block coordinate descent: one block (a layer) trains with AdamW for K steps, then the next (BAdam)"
     grad_norm_over = "active_block"
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -155,6 +157,7 @@ class BSGD(BAdam):
 
     name = "bsgd"
     Options = BSGDOptions
+    description = "block coordinate descent with SGD inside the active block (the paper's BSGD ablation)"
 
     def base_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         o = self.options

@@ -52,6 +52,9 @@ class BAdamOfficial(Method):
 
     name = "badam_official"
     Options = BAdamOfficialOptions
+    description = "the official badam 1.4 BlockOptimizer (side-by-side reference; installed apart by setup_env.sh)"
+    fsdp2_note = ("the official badam 1.4 runs here because it only toggles requires_grad and keeps fp32 copies with "
+                  ".float(); its DeepSpeed ZeRO-3 path is not used")
     grad_norm_over = "active_block"
 
     def prepare_model(self, model: nn.Module) -> nn.Module:

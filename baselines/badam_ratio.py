@@ -55,6 +55,9 @@ class BAdamRatio(Method):
 
     name = "badam_ratio"
     Options = BAdamRatioOptions
+    description = "BAdam's ratio mode: a fraction of each matrix's entries trains with AdamW, the mask moves every K"
+    fsdp2_unsupported = ("it selects entries of whole parameters, which FSDP2 splits into shards; BlockOptimizerRatio "
+                         "refuses sharded parameters")
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         for p in model.parameters():

@@ -61,14 +61,88 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer):
 
 
 class Method:
-    """Base class: a plain full-parameter method around a torch optimizer. Subclasses override what differs."""
+    """Base class: a plain full-parameter method around a torch optimizer. Subclasses override what differs.
+
+    A method describes itself in class attributes, read by the harness (which refuses a setup the method cannot run
+    with one clear line), by run_all (which adapts a profile's settings to the method and says so in its plan), by
+    scripts/setup_env.sh (which installs `requirements`) and by `python -m experiments.run --list`. Nothing about a
+    method is kept in tables elsewhere: a new method is its own file plus one registry line."""
 
     name: ClassVar[str] = "base"
     Options: ClassVar[type] = NoOptions
+    # One line saying what the method trains and how (shown by --list and in the docs).
+    description: ClassVar[str] = ""
+    # pip requirements beyond the suite's core (torch, transformers): checked before the run starts (a missing one
+    # makes the run "unsupported" with the install command) and installed by scripts/setup_env.sh.
+    requirements: ClassVar[tuple[str, ...]] = ()
+    # The pyproject extra that also lists them (`pip install 'badam-bench[<extra>]'`); None: pip install the
+    # requirements themselves.
+    extra: ClassVar[str | None] = None
+    # False keeps the requirements out of the default setup (e.g. a non-commercial license); the run says how to
+    # install them.
+    install_by_default: ClassVar[bool] = True
+    # Why the method runs on CUDA only (None: it runs on CPU too). run_all skips it on a CPU device with this reason.
+    cuda_only: ClassVar[str | None] = None
     # True when the update happens inside backward (LOMO, AdaLomo): step() is then a no-op and update time is 0.
     fused_backward: ClassVar[bool] = False
-    # False when gradients cannot be accumulated over micro-batches (fused updates consume them at once).
+    # False when gradients cannot be accumulated over micro-batches (fused updates consume them at once). run_all
+    # then multiplies the micro-batch by grad_accum instead, keeping the effective batch.
     supports_grad_accumulation: ClassVar[bool] = True
+    # False when global-norm clipping is impossible (each parameter is updated before the global norm exists).
+    # run_all turns clipping off for such a method; the harness refuses it as an unsupported setup.
+    supports_clipping: ClassVar[bool] = True
+    # Why the method cannot run on FSDP2-sharded parameters (None: it can; experiments/distributed.py).
+    fsdp2_unsupported: ClassVar[str | None] = None
+    # What running sharded costs or changes, for a method that runs under FSDP2 (recorded in summary.json).
+    fsdp2_note: ClassVar[str | None] = None
+    # Why the method is not offered under train.distributed=ddp (None: it runs there, compared with one process on
+    # the same global batch in tests/distributed; experiments/ddp.py). A class that is verified sets None; a subclass
+    # that changes the update should declare its own reason again.
+    ddp_unsupported: ClassVar[str | None] = ("not verified under data parallelism against one process (methods that "
+                                             "update inside backward cannot average first; methods whose trainable "
+                                             "subset changes or that communicate themselves need their own handling)")
+
+    @classmethod
+    def supports_fsdp2(cls) -> bool:
+        return cls.fsdp2_unsupported is None
+
+    @classmethod
+    def supports_ddp(cls) -> bool:
+        return cls.ddp_unsupported is None
+
+    @classmethod
+    def install_hint(cls) -> str:
+        if cls.extra:
+            return f"pip install 'badam-bench[{cls.extra}]' (or: pip install {' '.join(map(repr, cls.requirements))})"
+        return "pip install " + " ".join(repr(r) for r in cls.requirements)
+
+    @classmethod
+    def missing_requirements(cls) -> list[str]:
+        """Requirements not installed here (or installed in a version the requirement excludes)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        from packaging.requirements import Requirement
+
+        missing = []
+        for text in cls.requirements:
+            requirement = Requirement(text)
+            try:
+                installed = version(requirement.name)
+            except PackageNotFoundError:
+                missing.append(text)
+                continue
+            if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
+                missing.append(f"{text} (installed: {installed})")
+        return missing
+
+    @classmethod
+    def capabilities(cls) -> dict:
+        """The declared capabilities as plain values (summary.json's method_info, --list, the docs' table)."""
+        return {"description": cls.description, "requirements": list(cls.requirements), "extra": cls.extra,
+                "install_by_default": cls.install_by_default, "cuda_only": cls.cuda_only,
+                "fused_backward": cls.fused_backward, "supports_grad_accumulation": cls.supports_grad_accumulation,
+                "supports_clipping": cls.supports_clipping, "supports_fsdp2": cls.supports_fsdp2(),
+                "fsdp2_note": cls.fsdp2_unsupported or cls.fsdp2_note, "supports_ddp": cls.supports_ddp()}
 
     def __init__(self, options: Any = None, lr: float = 1e-5, weight_decay: float = 0.0):
         self.options = options if options is not None else self.Options()

@@ -73,6 +73,9 @@ class BlockLLM(SubsetMethod):
 
     name = "blockllm"
     Options = BlockLLMOptions
+    description = "the layer tensors of largest normalised gradient norm train with AdamW, reselected on plateaus"
+    fsdp2_note = ("the scoring step's gradient norms are summed over the ranks' shards and the step loss averaged "
+                  "over ranks, so every rank selects the same tensors")
 
     def setup_subset(self, model: nn.Module) -> None:
         o = self.options

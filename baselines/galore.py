@@ -102,6 +102,11 @@ class GaLore(MasterWeightMethod):
 
     name = "galore"
     Options = GaLoreOptions
+    description = "AdamW whose moments live in rank-r projections of each layer matrix's gradient (GaLore)"
+    requirements = ("galore-torch>=1.0",)
+    extra = "methods"
+    fsdp2_note = ("each projector refresh (every update_proj_gap steps) takes the SVD of the full gradient matrix, "
+                  "which DTensor gathers onto every rank for that moment")
 
     def galore_settings(self) -> dict:
         o = self.options
@@ -167,9 +172,16 @@ class GaLore8bit(GaLore):
     """GaLoreAdamW8bit (bitsandbytes 8-bit moments); CUDA only (see module docstring)."""
 
     name = "galore_8bit"
+    description = "GaLore with 8-bit moments (bitsandbytes)"
+    requirements = ("galore-torch>=1.0", "bitsandbytes>=0.43")
+    cuda_only = "galore_torch.GaLoreAdamW8bit calls torch.cuda.synchronize() in step"
+    fsdp2_unsupported = ("bitsandbytes' 8-bit optimizer kernel (optimizer_update_8bit_blockwise) has no DTensor "
+                         "support: it receives FSDP2's sharded parameters and plain state tensors ('got mixed "
+                         "torch.Tensor and DTensor')")
+    fsdp2_note = None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        require_cuda(self.name, model, "galore_torch.GaLoreAdamW8bit calls torch.cuda.synchronize() in step")
+        require_cuda(self.name, model, self.cuda_only)
         return super().prepare_model(model)
 
     def make_optimizer(self, param_groups):
@@ -189,6 +201,10 @@ class GaLoreLayerwise(GaLore):
     """
 
     name = "galore_layerwise"
+    description = "GaLore updated parameter by parameter inside backward (no gradient held, no global clipping)"
+    supports_clipping = False
+    fsdp2_note = ("as galore: projector refreshes gather each full gradient matrix; the per-parameter update runs "
+                  "after FSDP2's reduce-scatter")
     fused_backward = True
     supports_grad_accumulation = False
 

@@ -60,6 +60,7 @@ class LISA(SubsetMethod):
 
     name = "lisa"
     Options = LISAOptions
+    description = "gamma random layers plus embeddings and head train with AdamW, redrawn every K steps (LISA)"
 
     def setup_subset(self, model: nn.Module) -> None:
         o = self.options

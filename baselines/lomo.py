@@ -50,6 +50,12 @@ class LOMO(Method):
 
     name = "lomo"
     Options = LOMOOptions
+    description = "SGD fused into backward: each gradient updates its weight at once and is freed (LOMO)"
+    requirements = ("lomo-optim>=0.1.1",)
+    extra = "methods"
+    fsdp2_note = ("correct but without LOMO's memory saving: its hooks sit on the sharded parameters, which FSDP2 "
+                  "gives gradients only after the reduce-scatter, so all (sharded) gradients are held until LOMO's "
+                  "update at the end of backward")
     fused_backward = True
     supports_grad_accumulation = False
 
@@ -142,13 +148,19 @@ class AdaLOMO(LOMO):
 
     name = "adalomo"
     Options = AdaLomoOptions
+    description = "LOMO with Adafactor-style factored second moments (AdaLomo)"
+    cuda_only = "lomo_optim.AdaLomo allocates its state with .cuda() in __init__"
+    fsdp2_unsupported = ("lomo_optim.AdaLomo allocates its factored second moments in __init__ as plain full-shape "
+                         "tensors and adds the sharded (DTensor) gradients into them ('got mixed torch.Tensor and "
+                         "DTensor')")
+    fsdp2_note = None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        require_cuda(self.name, model, "lomo_optim.AdaLomo allocates its optimizer state with .cuda() in __init__")
+        require_cuda(self.name, model, self.cuda_only)
         return super().prepare_model(model)
 
     def build_optimizer(self, model: nn.Module) -> None:
-        require_cuda(self.name, model, "lomo_optim.AdaLomo allocates its optimizer state with .cuda() in __init__")
+        require_cuda(self.name, model, self.cuda_only)
         from lomo_optim import AdaLomo
 
         o = self.options

@@ -59,7 +59,11 @@ class LoRA(MasterWeightMethod):
     """
 
     name = "lora"
+    ddp_unsupported = None  # experiments/ddp.py; tests/distributed compare it with one process
     Options = LoRAOptions
+    description = "low-rank adapters (rank r) on every linear map of the layers, trained with AdamW (peft)"
+    requirements = ("peft>=0.12",)
+    extra = "methods"
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, get_peft_model

@@ -92,6 +92,9 @@ class Muon(MasterWeightMethod):
 
     name = "muon"
     Options = MuonOptions
+    description = "Muon (orthogonalised momentum) for the layers' matrices, AdamW for the rest (torch.optim.Muon)"
+    fsdp2_note = ("Newton-Schulz runs on the sharded momentum as DTensor matmuls, which gather what each product "
+                  "needs; results agree with one process to bf16 rounding of that iteration")
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         muon = getattr(torch.optim, "Muon", None)

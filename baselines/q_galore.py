@@ -25,9 +25,6 @@ from baselines.errors import MethodUnsupportedError, require_cuda
 from baselines.galore import GaLore, GaLoreOptions
 from baselines.projector_state import ProjectorCheckpointing
 
-INSTALL_HINT = "pip install 'badam-bench[q_galore]' (or: pip install q-galore-torch)"
-
-
 @dataclasses.dataclass
 class QGaLoreOptions(GaLoreOptions):
     proj_quant: bool = True
@@ -59,14 +56,21 @@ class QGaLore(ProjectorCheckpointing, GaLore):
 
     name = "q_galore"
     Options = QGaLoreOptions
+    description = "GaLore with 4-bit projections, 8-bit moments and adaptive projector refresh (Q-GaLore)"
+    requirements = ("q-galore-torch>=1.0",)
+    extra = "q_galore"
+    install_by_default = False  # not a default dependency of the suite
+    cuda_only = "q_galore_torch's QGaLoreAdamW8bit calls torch.cuda.synchronize() in every step"
+    fsdp2_unsupported = "its 8-bit moments use bitsandbytes' kernel, which has no DTensor support (as galore_8bit)"
+    fsdp2_note = None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         try:
             import q_galore_torch  # noqa: F401
         except ImportError as exc:
             raise MethodUnsupportedError(f"q_galore needs the optional package q-galore-torch ({exc}); "
-                                         f"{INSTALL_HINT}") from exc
-        require_cuda(self.name, model, "q_galore_torch's QGaLoreAdamW8bit calls torch.cuda.synchronize() in every step")
+                                         f"{self.install_hint()}") from exc
+        require_cuda(self.name, model, self.cuda_only)
         return super().prepare_model(model)
 
     def galore_settings(self) -> dict:

@@ -27,7 +27,9 @@ class SGD(MasterWeightMethod):
     parameter. See MasterWeightMethod for what memory_split counts."""
 
     name = "sgd"
+    ddp_unsupported = None  # experiments/ddp.py; tests/distributed compare it with one process
     Options = SGDOptions
+    description = "SGD on every parameter over fp32 masters (the paper's SGD ablation baseline)"
 
     def make_optimizer(self, param_groups):
         o = self.options

@@ -6,24 +6,20 @@ Layout (docs/DESIGN.md): an evaluator of a run directory writes `<run_dir>/eval/
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 from experiments.paths import REPO_ROOT
 from experiments.results import atomic_write_text, dumps_strict
-
-# Files the training harness writes into every run directory (experiments/results.py); either one marks a run.
-RUN_DIR_MARKERS = ("config.yaml", "summary.json")
+from experiments.rundir import RunDir
+from experiments.rundir import read_jsonl as _read_jsonl
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
-    """True when `path` is a training run directory of this suite."""
-    p = Path(path)
-    return p.is_dir() and any((p / marker).is_file() for marker in RUN_DIR_MARKERS)
+    """True when `path` is a training run directory of this suite (experiments/rundir.py)."""
+    return RunDir(path).is_run()
 
 
 def source_slug(source: str) -> str:
@@ -37,7 +33,7 @@ def resolve_output_dir(model_source: str, out: str | os.PathLike | None = None) 
     if out is not None:
         return Path(out)
     if is_run_dir(model_source):
-        return Path(model_source) / "eval"
+        return RunDir(model_source).eval_dir
     return REPO_ROOT / "runs" / "eval" / source_slug(model_source)
 
 
@@ -51,23 +47,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Records of a JSONL file ([] if absent). A broken LAST line (a run killed mid-write) is dropped with a warning;
-    a broken line anywhere else is real corruption and raises."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                warnings.warn(f"{path}: ignoring the truncated last line ({err})", stacklevel=2)
-                break
-            raise ValueError(f"{path}: line {number} is not valid JSON ({err})") from err
-    return records
+    a broken line anywhere else is real corruption and raises (the harness's reader, experiments.rundir)."""
+    return _read_jsonl(path, warn_torn_last=True)
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from experiments.rundir import RunDir
+
 log = logging.getLogger("eval.rank")
 
 SCHEMA = "badam-bench/rank/v1"
@@ -339,12 +341,47 @@ def run(base: str, tuned: str, out: Path, *, force: bool = False, **kwargs) -> d
     return result
 
 
+def evaluate_runs(run_dirs, *, force: bool = False, **options) -> str:
+    """The evaluator protocol (experiments.run_all calls it through `python -m eval rank`): the rank analysis of each
+    run's update into <run_dir>/eval/rank.json, the base being the model the run started from (summary.json "model")
+    built in the dtype the run loaded it in (else bf16 rounding of the base would show up as ΔW). Runs without a
+    saved model (e.g. seeds after the first) and runs of a random-init base (the evaluator could not rebuild the run's
+    random weights) are skipped and named. Options are rank_analysis's (matrices, threshold, device, ...).
+    Returns a short note."""
+    import inspect
+
+    valid = sorted(set(inspect.signature(rank_analysis).parameters) - {"base", "tuned"})
+    unknown = sorted(set(options) - set(valid))
+    if unknown:  # checked before anything runs (a finished result would otherwise be reused without them)
+        raise TypeError(f"evaluate_runs() got an unexpected keyword argument {unknown[0]!r}; valid options: "
+                        f"{', '.join(valid)}, force")
+    skipped, unsaved, done = [], [], []
+    for run_dir in map(RunDir, run_dirs):
+        if not run_dir.has_saved_model():
+            unsaved.append(run_dir.path.name)
+            continue
+        summary = run_dir.read_summary() or {}
+        base = summary.get("model") or ""
+        if base.startswith("random:"):
+            skipped.append(run_dir.path.name)
+            continue
+        dtype = ((summary.get("config") or {}).get("model") or {}).get("dtype", "fp32")
+        result = run(base, str(run_dir.model), run_dir.eval_file("rank.json"), force=force,
+                     **{"load_dtype": dtype, **options})
+        means = [s["mean_effective_rank"] for s in result["by_type"].values() if s["changed"]]
+        done.append(f"{run_dir.path.name} {sum(means) / len(means):.0f}" if means else f"{run_dir.path.name} -")
+    notes = [f"mean effective rank over changed matrices: {', '.join(done)}"] * bool(done) + \
+        [f"random-init base, skipped: {', '.join(skipped)}"] * bool(skipped) + \
+        [f"no saved model, skipped: {', '.join(unsaved)}"] * bool(unsaved)
+    return "".join(f"; {n}" for n in notes)
+
+
 def _run_summary(run_dir: Path | None) -> dict:
     if run_dir is None:
         return {}
     if not run_dir.is_dir():
         raise RankError(f"--run-dir {run_dir} is not a directory")
-    path = run_dir / "summary.json"
+    path = RunDir(run_dir).summary
     if not path.is_file():
         return {}
     try:
@@ -359,11 +396,12 @@ def _run_summary(run_dir: Path | None) -> dict:
 def _tuned_source(tuned: str) -> str:
     """A training run directory stands for its saved model (<run>/model); anything else is used as given."""
     path = Path(tuned)
-    if path.is_dir() and (path / "summary.json").is_file() and not (path / "config.json").is_file():
-        if not (path / "model").is_dir():
-            raise RankError(f"--tuned {tuned} is a run directory without a saved model ({path / 'model'} is "
+    run_dir = RunDir(path)
+    if path.is_dir() and run_dir.summary.is_file() and not (path / "config.json").is_file():
+        if not run_dir.model.is_dir():
+            raise RankError(f"--tuned {tuned} is a run directory without a saved model ({run_dir.model} is "
                             "missing); train with output.save_model=true, or give the checkpoint folder")
-        return str(path / "model")
+        return str(run_dir.model)
     return tuned
 
 
@@ -397,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None and args.run_dir is None:
         parser.error("give --run-dir (writes <run-dir>/eval/rank.json) or --out")
     try:
-        out = args.out or args.run_dir / "eval" / "rank.json"
+        out = args.out or RunDir(args.run_dir).eval_file("rank.json")
         summary = _run_summary(args.run_dir)
         base = args.base or summary.get("model")
         if base is None:

@@ -5,7 +5,8 @@ from experiments.distributed.init_distributed, NCCL on GPUs, gloo on the CPU). U
 (BAdam) or the adapters' (LoRA) training state fit one GPU: nothing but gradients travels, where FSDP2
 (`train.distributed=fsdp2`) all-gathers every layer in forward and again in backward.
 
-How each method runs (only the methods below; the others are refused at start, with the reason):
+How each method runs (the methods whose class sets ddp_unsupported = None; the others are refused at start with
+the reason their class gives):
   * badam, bsgd: `BlockOptimizer.enable_data_parallel` (badam/data_parallel.py): only the active block's gradient is
     all-reduced, in buckets launched during the backward; block order and switches are rank 0's on every rank;
     the active block's fp32 master and optimizer states are replicated (every rank runs the same update);
@@ -32,20 +33,17 @@ from badam.data_parallel import BlockGradientSync
 from badam.mixed_precision import FP32MasterWeights
 from baselines.errors import MethodUnsupportedError
 
-BLOCK_METHODS = ("badam", "bsgd")
-MASTER_METHODS = ("lora", "adam", "sgd")
-# why the other methods are not offered under ddp (each would need its own verification against one process)
-UNSUPPORTED_REASON = ("only {supported} run under train.distributed=ddp (each compared with one process on the same "
-                      "global batch in tests/distributed); {name} is not: methods that update inside backward (lomo, "
-                      "galore_layerwise) cannot average first, methods whose trainable subset changes (lisa, "
-                      "blockllm) or that communicate themselves (adam_mini) need their own handling, and the rest "
-                      "were not verified. Run it with train.distributed=fsdp2 or on one device")
-
-
 def check_method_supported(method_name: str) -> None:
-    supported = BLOCK_METHODS + MASTER_METHODS
-    if method_name not in supported:
-        raise MethodUnsupportedError(UNSUPPORTED_REASON.format(supported=", ".join(supported), name=method_name))
+    """Raise MethodUnsupportedError for a method whose class does not offer data parallelism (Method.ddp_unsupported
+    says why)."""
+    from baselines.registry import get_method_class, method_names
+
+    reason = get_method_class(method_name).ddp_unsupported
+    if reason is not None:
+        runnable = ", ".join(n for n in method_names() if get_method_class(n).supports_ddp())
+        raise MethodUnsupportedError(f"{method_name} is unsupported under train.distributed=ddp: {reason}. Methods that "
+                                     f"run under ddp: {runnable}; run {method_name} with train.distributed=fsdp2 or on "
+                                     "one device")
 
 
 @torch.no_grad()

@@ -36,43 +36,14 @@ from baselines.errors import MethodUnsupportedError
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 LAUNCH_HINT = "torchrun --nproc_per_node N -m experiments.run --config ... train.distributed=fsdp2"
 
-# Methods that cannot run with FSDP2-sharded parameters, and why (each was tried on 2 gloo processes). Every other
-# registered method runs sharded and matches one process on the same global batch: badam, adam and lora are compared in
-# tests/distributed; sgd, bsgd, lomo, badam_official (fp32, within 1e-8) and adam_bf16 (bf16 rounding) were compared
-# the same way by hand; galore and galore_layerwise differ as much as GaLore does in one process when the same gradient
-# is only summed in another order (its SVD projector amplifies rounding on a tiny random model). lisa and blockllm
-# (same subsets on every rank, fp32 weights within 2e-5 at lr 1e-3) and muon (within 9e-5: its bf16 Newton-Schulz
-# iteration on DTensors sums in another order) were compared the same way by hand (issue 16).
-FSDP2_UNSUPPORTED: dict[str, str] = {
-    "adalomo": "lomo_optim.AdaLomo allocates its factored second moments in __init__ as plain full-shape tensors and "
-               "adds the sharded (DTensor) gradients into them ('got mixed torch.Tensor and DTensor')",
-    "galore_8bit": "bitsandbytes' 8-bit optimizer kernel (optimizer_update_8bit_blockwise) has no DTensor support: it "
-                   "receives FSDP2's sharded parameters and plain state tensors ('got mixed torch.Tensor and DTensor')",
-    "adamw_8bit": "bitsandbytes' 8-bit optimizer kernel has no DTensor support ('got mixed torch.Tensor and DTensor'), "
-                  "as for galore_8bit",
-    "q_galore": "its 8-bit moments use bitsandbytes' kernel, which has no DTensor support (as galore_8bit)",
-    "apollo": "apollo_torch draws its random projection as a plain tensor and multiplies it with the sharded (DTensor) "
-              "gradient ('got mixed torch.Tensor and DTensor')",
-    "adam_mini": "adam-mini 1.1.1 all-reduces the second moment of single-value blocks (norm weights) by moving it to "
-                 "CUDA, which fails under gloo ('Torch not compiled with CUDA enabled'); on GPUs its sharded path "
-                 "was not verified against one process",
-}
-# Methods that run and give the single-process result, with a cost worth knowing.
-FSDP2_NOTES: dict[str, str] = {
-    "lomo": "correct but without LOMO's memory saving: its hooks sit on the sharded parameters, which FSDP2 gives "
-            "gradients only after the reduce-scatter, so all (sharded) gradients are held until LOMO's update at the "
-            "end of backward",
-    "galore": "each projector refresh (every update_proj_gap steps) takes the SVD of the full gradient matrix, which "
-              "DTensor gathers onto every rank for that moment",
-    "galore_layerwise": "as galore: projector refreshes gather each full gradient matrix; the per-parameter update "
-                        "runs after FSDP2's reduce-scatter",
-    "muon": "Newton-Schulz runs on the sharded momentum as DTensor matmuls, which gather what each product needs; "
-            "results agree with one process to bf16 rounding of that iteration",
-    "blockllm": "the scoring step's gradient norms are summed over the ranks' shards and the step loss averaged "
-                "over ranks, so every rank selects the same tensors",
-    "badam_official": "the official badam 1.4 runs here because it only toggles requires_grad and keeps fp32 copies "
-                      "with .float(); its DeepSpeed ZeRO-3 path is not used",
-}
+# Which methods run sharded is declared by each method (Method.fsdp2_unsupported: why not; Method.fsdp2_note: what it
+# costs). Every method that does not refuse runs sharded and matches one process on the same global batch: badam, adam
+# and lora are compared in tests/distributed; sgd, bsgd, lomo, badam_official (fp32, within 1e-8) and adam_bf16 (bf16
+# rounding) were compared the same way by hand; galore and galore_layerwise differ as much as GaLore does in one
+# process when the same gradient is only summed in another order (its SVD projector amplifies rounding on a tiny
+# random model). lisa and blockllm (same subsets on every rank, fp32 weights within 2e-5 at lr 1e-3) and muon (within
+# 9e-5: its bf16 Newton-Schulz iteration on DTensors sums in another order) were compared the same way by hand
+# (issue 16). Each refusal was seen on 2 gloo processes.
 
 
 # --- process group and mesh ----------------------------------------------------------------------------------------
@@ -158,19 +129,22 @@ def shutdown() -> None:
 # --- which methods run sharded -------------------------------------------------------------------------------------
 def check_method_supported(method_name: str) -> None:
     """Raise MethodUnsupportedError (the harness records status error, kind "unsupported") for methods that cannot
-    run on FSDP2-sharded parameters."""
-    from baselines.registry import method_names
+    run on FSDP2-sharded parameters (their class says why: Method.fsdp2_unsupported)."""
+    from baselines.registry import get_method_class, method_names
 
-    reason = FSDP2_UNSUPPORTED.get(method_name)
+    reason = get_method_class(method_name).fsdp2_unsupported
     if reason is not None:
-        runnable = ", ".join(n for n in method_names() if n not in FSDP2_UNSUPPORTED)
+        runnable = ", ".join(n for n in method_names() if get_method_class(n).supports_fsdp2())
         raise MethodUnsupportedError(f"{method_name} is unsupported under train.distributed=fsdp2: {reason}. Run it "
                                      f"with train.distributed=none on one device; methods that run under fsdp2: "
                                      f"{runnable}")
 
 
 def method_note(method_name: str) -> str | None:
-    return FSDP2_NOTES.get(method_name)
+    """What running `method_name` sharded costs or changes (Method.fsdp2_note), None when nothing."""
+    from baselines.registry import get_method_class
+
+    return get_method_class(method_name).fsdp2_note
 
 
 # --- sharding -------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from baselines.errors import MethodUnsupportedError
+from baselines.errors import MethodUnsupportedError, UnsupportedSetupError
 from experiments import ddp as ddp_mod
 from experiments import distributed as dist_mod
 from experiments.checkpoint import (Position, carry_metrics, load_checkpoint, load_sharded_checkpoint, locate,
@@ -44,15 +44,12 @@ from experiments.config import TrainConfig
 from experiments.flops import FlopCounter, backward_passes, utilization_summary
 from experiments.lm_loss import model_loss
 from experiments.measure import MemoryProbe, StepTimer, is_oom
-from experiments.results import (CHECKPOINT_FILE, ERROR_FILE, MetricsWriter, atomic_write_text, environment_info,
-                                 json_safe, read_metrics, summarize_metrics, write_summary)
+from experiments.results import (MetricsWriter, atomic_write_text, environment_info, json_safe, read_metrics,
+                                 summarize_metrics, write_summary)
+from experiments.rundir import RunDir, RunSummary
 from experiments.schedule import lr_multiplier, warmup_steps_for
 
 BatchesFn = Callable[[int], Iterable[dict]]
-
-
-class UnsupportedSetupError(RuntimeError):
-    """The method cannot run the requested setup (e.g. gradient accumulation with a fused update)."""
 
 
 class DivergedError(RuntimeError):
@@ -185,12 +182,28 @@ def save_final_model(model: nn.Module, path: Path) -> None:
     model.save_pretrained(path)
 
 
-def _check_supported(method, cfg: TrainConfig) -> None:
+def check_supported(method, cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse, before anything is built, what the method's class declares it cannot do (baselines/base.py):
+    MethodUnsupportedError when it cannot run here at all (missing package, CUDA only), UnsupportedSetupError when the
+    requested setup does not fit it (accumulation or clipping with a fused update). run_all adapts its profiles'
+    settings from the same declarations, so these refusals meet only hand-written configs."""
+    missing = method.missing_requirements()
+    if missing:
+        default = "" if method.install_by_default else " (not installed by default)"
+        raise MethodUnsupportedError(f"{method.name} needs {', '.join(missing)}, which is not installed here{default}; "
+                                     f"install it with: {method.install_hint()}")
+    if method.cuda_only and device.type != "cuda":
+        raise MethodUnsupportedError(f"{method.name} needs CUDA ({method.cuda_only}); the device is {device}. Run it "
+                                     "on a GPU machine, or pick a method that runs on CPU.")
     if cfg.grad_accum > 1 and not method.supports_grad_accumulation:
         raise UnsupportedSetupError(
             f"method {method.name!r} cannot accumulate gradients over micro-batches (its update is fused into "
             f"backward), but train.grad_accum={cfg.grad_accum}; set train.grad_accum=1 and multiply "
             f"train.batch_size by {cfg.grad_accum} to keep the same effective batch")
+    if cfg.max_grad_norm is not None and cfg.max_grad_norm > 0 and not method.supports_clipping:
+        raise UnsupportedSetupError(
+            f"method {method.name!r} updates each parameter inside backward, before the global gradient norm exists, "
+            f"so it cannot clip to train.max_grad_norm={cfg.max_grad_norm}; set train.max_grad_norm to null for it")
 
 
 def error_kind_of(exc: BaseException) -> str:
@@ -209,6 +222,7 @@ def _method_info(method) -> dict:
             "options": dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {},
             "fused_backward": bool(method.fused_backward),
             "supports_grad_accumulation": bool(method.supports_grad_accumulation),
+            "supports_clipping": bool(method.supports_clipping), "description": method.description,
             "grad_norm_over": getattr(method, "grad_norm_over", "trainable")}
 
 
@@ -336,7 +350,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     if started:
         run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        _check_supported(method, cfg)
+        check_supported(method, cfg, device)
         if dist_ctx is not None:
             (ddp_mod if ddp else dist_mod).check_method_supported(method.name)
         if seed is not None:
@@ -427,7 +441,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
                     elif dist_ctx is not None:
                         save_sharded_checkpoint(run_dir, model, method, position, total_steps, dist_ctx)
                     else:
-                        save_checkpoint(run_dir / CHECKPOINT_FILE, model, method, position, total_steps)
+                        save_checkpoint(RunDir(run_dir).checkpoint, model, method, position, total_steps)
                 if stop_now:
                     status, error_kind = "interrupted", "interrupted"
                     error = f"stopped on request after step {position.step} of {last_step}; checkpoint written: " \
@@ -457,8 +471,8 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
             status, error_kind = "error", error_kind_of(exc)
             error = f"{type(exc).__name__}: {exc}"
         if status != "diverged":
-            error_file = ERROR_FILE if main else f"error_rank{dist_ctx.rank}.txt"
-            atomic_write_text(run_dir / error_file, "".join(traceback.format_exception(exc)))
+            error_file = RunDir(run_dir).error(None if main else dist_ctx.rank)
+            atomic_write_text(error_file, "".join(traceback.format_exception(exc)))
     finally:
         gc.unfreeze()  # the next run in this process (run_all) may free this run's model
         if writer is not None:
@@ -470,23 +484,6 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     records = read_metrics(run_dir)
     if resumed_at is not None and total_steps is not None and resumed_at >= last_step:
         memory = _memory_from_records(memory, records)
-    summary = {"status": status, "error": error, "error_kind": error_kind,
-               "run_name": meta.get("run_name", run_dir.name), "method": method.name, "model": meta.get("model")}
-    summary.update(summarize_metrics(records, cfg.timing_warmup_steps))
-    summary["planned_steps"] = total_steps
-    summary["stopped_early"] = stopped_early
-    if status == "diverged":
-        # the diverged step's loss is null in metrics.jsonl (strict JSON); the summary must not fall back on the
-        # last finite loss, so both figures stay non-finite (written as null + the "nonfinite" flag)
-        summary["diverged_at_step"] = position.step
-        summary["diverged_values"] = diverged
-        if "loss" in diverged:
-            summary["final_loss"] = summary["mean_loss_last_10"] = float(diverged["loss"])
-    if held_at_oom is not None:
-        memory["held_at_oom_bytes"] = held_at_oom
-        memory["held_at_oom_note"] = ("cuda: torch.cuda.memory_allocated when the allocation failed; cpu: the "
-                                      "process's resident memory then")
-    summary["memory"] = memory
     info = _method_info(method)
     if method.fused_backward:
         info["update_note"] = "fused into backward: t_update_ms is reported as 0, the update time is in backward"
@@ -494,17 +491,30 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         info["last_describe"] = method.describe() if status == "ok" else {}
     except Exception:  # describe() of a method that failed half-way may itself fail; the summary must still be written
         info["last_describe"] = {}
-    summary["method_info"] = info
-    summary["config"] = meta.get("config")
+    extras: dict = {}
+    figures = summarize_metrics(records, cfg.timing_warmup_steps)
+    if status == "diverged":
+        # the diverged step's loss is null in metrics.jsonl (strict JSON); the summary must not fall back on the
+        # last finite loss, so both figures stay non-finite (written as null + the "nonfinite" flag)
+        extras.update({"diverged_at_step": position.step, "diverged_values": diverged})
+        if "loss" in diverged:
+            figures["final_loss"] = figures["mean_loss_last_10"] = float(diverged["loss"])
+    if held_at_oom is not None:
+        memory["held_at_oom_bytes"] = held_at_oom
+        memory["held_at_oom_note"] = ("cuda: torch.cuda.memory_allocated when the allocation failed; cpu: the "
+                                      "process's resident memory then")
     if meta.get("data_stats"):
-        summary["data_stats"] = meta["data_stats"]
-    summary["environment"] = environment_info(str(device))
-    summary["compute"] = utilization_summary(records, cfg.timing_warmup_steps,
-                                             summary["environment"].get("device_name"))
+        extras["data_stats"] = meta["data_stats"]
+    environment = environment_info(str(device))
+    extras["compute"] = utilization_summary(records, cfg.timing_warmup_steps, environment.get("device_name"))
     if dist_ctx is not None:
-        summary["distributed"] = {**dist_ctx.describe(), "note": dist_mod.method_note(method.name)}
+        extras["distributed"] = {**dist_ctx.describe(), "note": dist_mod.method_note(method.name)}
         if data_parallel is not None:
-            summary["distributed"].update(data_parallel.describe(), note=None)
+            extras["distributed"].update(data_parallel.describe(), note=None)
+    summary = RunSummary(status=status, error=error, error_kind=error_kind, run_name=meta.get("run_name", run_dir.name),
+                         method=method.name, model=meta.get("model"), planned_steps=total_steps,
+                         stopped_early=stopped_early, memory=memory, method_info=info, config=meta.get("config"),
+                         environment=environment, extras=extras).with_metrics(figures).to_dict()
     summary = json_safe(summary)  # what is returned is what the file holds: strict JSON, no NaN
     if main or status != "ok":  # a failing rank other than 0 reports too: rank 0 may be stuck waiting for it
         write_summary(run_dir, summary)

@@ -1,7 +1,9 @@
 """Run directories on disk: atomic writes, the metrics log, the summary and the environment record.
 
-Layout of one run (docs/DESIGN.md): config.yaml, metrics.jsonl, summary.json, eval/*.json, optionally checkpoint.pt,
-error.txt. Every whole-file write goes through a temporary file in the same directory, an fsync of that file,
+Layout of one run: experiments/rundir.py owns it (config.yaml, metrics.jsonl, summary.json, model/, eval/*.json,
+optionally checkpoint.pt, error.txt) and its names are re-exported here.
+
+Every whole-file write goes through a temporary file in the same directory, an fsync of that file,
 `os.replace` and an fsync of the directory, so a reader never sees half a file and a power cut after the write
 returned loses nothing; metrics.jsonl is appended line by line with a flush, and readers skip a torn last line.
 
@@ -29,13 +31,10 @@ from typing import Any, Iterable
 import yaml
 
 from experiments.paths import REPO_ROOT
+# the run-directory names are re-exported: plots/ and older callers read run directories through this module
+from experiments.rundir import (CHECKPOINT_FILE, CONFIG_FILE, ERROR_FILE, METRICS_FILE, RUN_FILES,  # noqa: F401
+                                RUN_SUBDIRS, SHARDED_CHECKPOINT_DIR, SUMMARY_FILE, RunDir, RunSummary, read_jsonl)
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-SHARDED_CHECKPOINT_DIR = "checkpoint.dcp"  # train.distributed=fsdp2: experiments/distributed_checkpoint.py
-ERROR_FILE = "error.txt"
 # ok: trained to the end (or to train.stop_after_steps); oom: an allocation failed; diverged: a non-finite loss or
 # gradient norm ended the run (summary.diverged_at_step); error: anything else (summary.error_kind says what);
 # interrupted: stopped on request (SIGTERM) with a checkpoint to resume from
@@ -148,12 +147,6 @@ class RunDirExistsError(FileExistsError):
     pass
 
 
-# What a run directory may hold (besides hidden temporary files): --overwrite replaces only directories made of these,
-# so a run_name that happens to name a folder of other files can never delete them.
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ERROR_FILE)
-RUN_SUBDIRS = ("eval", "model", SHARDED_CHECKPOINT_DIR)
-
-
 def _has_results(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
@@ -244,7 +237,7 @@ class MetricsWriter:
     """Appends one JSON object per line and flushes it, so a crash loses at most the line being written."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / METRICS_FILE
+        self.path = RunDir(run_dir).metrics
         self._handle = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
@@ -266,29 +259,13 @@ class MetricsWriter:
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """Every complete record of metrics.jsonl; a torn (half-written) last line is skipped, a torn line elsewhere
-    is an error because it means the file was corrupted, not merely interrupted."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    records = []
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            is_last = all(not rest.strip() for rest in lines[index + 1:])
-            if is_last:
-                break
-            raise ValueError(f"{path}: line {index + 1} is not valid JSON ({exc})") from exc
-    return records
+    is an error because it means the file was corrupted, not merely interrupted (experiments.rundir.read_jsonl)."""
+    return RunDir(run_dir).read_metrics()
 
 
 def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
     """Keep only records with step <= last_step (used when resuming from a checkpoint taken at last_step)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
+    if not RunDir(run_dir).metrics.exists():
         return
     kept = [r for r in read_metrics(run_dir) if int(r.get("step", 0)) <= last_step]
     write_metrics(run_dir, kept)
@@ -296,15 +273,12 @@ def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
 
 def write_metrics(run_dir: str | os.PathLike, records: list[dict]) -> None:
     """Replace metrics.jsonl as a whole (atomically) with `records`."""
-    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(dumps_strict(r) + "\n" for r in records))
+    atomic_write_text(RunDir(run_dir).metrics, "".join(dumps_strict(r) + "\n" for r in records))
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict | None:
     """summary.json of a run, or None if the run has not finished writing one."""
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return RunDir(run_dir).read_summary()
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
@@ -416,10 +390,12 @@ def summarize_metrics(records: list[dict], warmup_steps: int) -> dict:
     }
 
 
-def write_summary(run_dir: str | os.PathLike, summary: dict) -> None:
+def write_summary(run_dir: str | os.PathLike, summary: dict | RunSummary) -> None:
+    if isinstance(summary, RunSummary):
+        summary = summary.to_dict()
     if summary.get("status") not in STATUSES:
         raise ValueError(f"summary status must be one of {STATUSES}, got {summary.get('status')!r}")
-    atomic_write_json(Path(run_dir) / SUMMARY_FILE, summary)
+    atomic_write_json(RunDir(run_dir).summary, summary)
 
 
 def failure_summary(status: str, error: str, *, kind: str = "exception", run_name: str, method: str, model: str,
@@ -432,11 +408,7 @@ def failure_summary(status: str, error: str, *, kind: str = "exception", run_nam
                         "split_bytes": None, "split_note": "the run ended before memory was measured"}
     if held_at_oom is not None:
         memory = {**memory, "held_at_oom_bytes": held_at_oom}
-    return json_safe({
-        "status": status, "error": error, "error_kind": "oom" if status == "oom" else kind,
-        "run_name": run_name, "method": method, "model": model,
-        "steps": 0, "final_loss": None, "mean_loss_last_10": None, "final_eval_loss": None,
-        "timing_ms": {"forward": None, "backward": None, "update": None, "step": None, "warmup_steps_excluded": 0},
-        "tokens_per_s": None,
-        "memory": memory, "method_info": {}, "config": config, "environment": environment_info(device),
-    })
+    summary = RunSummary(status=status, error=error, error_kind="oom" if status == "oom" else kind,
+                         run_name=run_name, method=method, model=model, memory=memory, config=config,
+                         environment=environment_info(device))
+    return json_safe(summary.to_dict())

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from baselines.registry import METHODS, method_names
+from baselines.registry import describe_methods
 from experiments import checkpoint
 from experiments.checkpoint import ResumeError
 from experiments.config import (CONFIG_DIR, PROFILE_DIR, ConfigError, RunConfig, build_method_options,
@@ -38,8 +38,9 @@ from experiments.config import (CONFIG_DIR, PROFILE_DIR, ConfigError, RunConfig,
 from experiments.distributed import LaunchError, broadcast_object, init_distributed, shutdown
 from experiments.loop import RunNotStartedError, error_kind_of, seed_everything, train
 from experiments.measure import held_bytes, is_oom
-from experiments.results import (CONFIG_FILE, ERROR_FILE, RunDirExistsError, atomic_write_text, atomic_write_yaml,
+from experiments.results import (RunDirExistsError, atomic_write_text, atomic_write_yaml,
                                  choose_run_dir, failure_summary, read_summary, replace_run_dir, write_summary)
+from experiments.rundir import RunDir
 
 
 def resolve_device(name: str) -> str:
@@ -182,31 +183,57 @@ def _recorded_config(cfg: RunConfig, plan: RunDirPlan) -> dict:
     return data
 
 
-def _load_everything(cfg: RunConfig, load_device: str, data_stats: dict):
-    seed_everything(cfg.seed)  # random-init models and LoRA adapters start from the same numbers every time
-    from baselines.registry import get_method_class
+def load_run_model(cfg: RunConfig, device: str):
+    """(model, tokenizer) of cfg.model, seeded first so that random-init models and fresh heads start from the same
+    numbers every time. Every trainer of the suite loads through here (the SuperGLUE evaluator too)."""
     from experiments.models import load_model
 
-    method = get_method_class(cfg.method.name)(build_method_options(cfg.method), lr=cfg.method.lr,
-                                               weight_decay=cfg.method.weight_decay)
-    model, tokenizer = load_model(cfg.model.source, dtype=cfg.model.dtype, device=load_device, task=cfg.model.task,
-                                  num_labels=cfg.model.num_labels, attn_implementation=cfg.model.attn_implementation,
-                                  gradient_checkpointing=cfg.model.gradient_checkpointing, seed=cfg.seed,
-                                  tokenizer=cfg.model.tokenizer, cudnn_attention=cfg.model.cudnn_attention)
+    seed_everything(cfg.seed)
+    return load_model(cfg.model.source, dtype=cfg.model.dtype, device=device, task=cfg.model.task,
+                      num_labels=cfg.model.num_labels, attn_implementation=cfg.model.attn_implementation,
+                      gradient_checkpointing=cfg.model.gradient_checkpointing, seed=cfg.seed,
+                      tokenizer=cfg.model.tokenizer, cudnn_attention=cfg.model.cudnn_attention)
+
+
+def build_run_method(cfg: RunConfig, options=None):
+    """The method of cfg.method from the registry; `options` replaces the resolved options (e.g. the SuperGLUE
+    evaluator's task head added to them)."""
+    from baselines.registry import get_method_class
+
+    options = build_method_options(cfg.method) if options is None else options
+    return get_method_class(cfg.method.name)(options, lr=cfg.method.lr, weight_decay=cfg.method.weight_decay)
+
+
+def write_run_config(run_dir: Path, config_dict: dict) -> None:
+    atomic_write_yaml(RunDir(run_dir).config, config_dict)
+
+
+def _load_everything(cfg: RunConfig, load_device: str, data_stats: dict):
+    method = build_run_method(cfg)
+    model, tokenizer = load_run_model(cfg, load_device)
     batches_fn, eval_fn = build_data(cfg, tokenizer, data_stats)
     return method, model, tokenizer, batches_fn, eval_fn
+
+
+def check_trainable_here(cfg: RunConfig) -> None:
+    """Configs this CLI cannot train are refused before anything is loaded."""
+    if cfg.data.format == "superglue":
+        raise ConfigError("data.format=superglue is trained by the SuperGLUE evaluator, which builds classification "
+                          "batches and selects checkpoints per task: python -m eval.superglue --config <this config> "
+                          "(or a run_all profile listing the superglue evaluator for the group)")
 
 
 def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "suffix",
                    dist_ctx=None) -> tuple[dict, Path]:
     """Train one config; returns (summary, run_dir). Failures become a summary with status oom/error.
-    dist_ctx: from experiments.distributed.init_distributed; with cfg.train.distributed=fsdp2 and none given, the
+    dist_ctx: from experiments.distributed.init_distributed; with cfg.train.distributed=fsdp2 or ddp and none given, the
     process group torchrun prepared is joined here (LaunchError when the process was not started by torchrun).
 
     An existing run is never harmed by a new run that fails to start: with cfg.train.resume_from the run continues in
     the checkpoint's directory (ResumeError, before anything is loaded, when the config differs from that run's in a
     key a resume may not change); with cfg.output.overwrite the old run is replaced only once the new one has loaded
     its model and data and built its method. Until then nothing is written, and a failure raises RunNotStartedError."""
+    check_trainable_here(cfg)
     if cfg.train.distributed != "none" and dist_ctx is None:
         dist_ctx = init_distributed(cfg.train.device, cfg.train.distributed)
     main = dist_ctx is None or dist_ctx.is_main
@@ -217,7 +244,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
     deferred = plan.mode != "new"
     if main and not deferred:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_yaml(run_dir / CONFIG_FILE, config_dict)
+        write_run_config(run_dir, config_dict)
     # sharded runs: random models are built on the meta device (each rank materialises only its shards after
     # sharding), others load on the CPU and move to the GPU shard by shard; ddp: every rank loads the whole model
     sharded = dist_ctx is not None and dist_ctx.mode == "fsdp2"
@@ -243,18 +270,18 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
                                   held_at_oom=held)
         if main:
             write_summary(run_dir, summary)
-            atomic_write_text(run_dir / ERROR_FILE, "".join(traceback.format_exception(exc)))
+            atomic_write_text(RunDir(run_dir).error(), "".join(traceback.format_exception(exc)))
         return summary, run_dir
 
     def on_start() -> None:  # the new run is set up: now the old one may go / the resumed one's record is updated
         if main:
             if plan.mode == "overwrite":
                 replace_run_dir(run_dir)
-            atomic_write_yaml(run_dir / CONFIG_FILE, config_dict)
+            write_run_config(run_dir, config_dict)
         if dist_ctx is not None:
             dist_ctx.barrier()  # no rank writes into the directory before rank 0 has swapped it
 
-    save_dir = run_dir / "model" if cfg.output.save_model else None
+    save_dir = RunDir(run_dir).model if cfg.output.save_model else None
     try:
         summary = train(model, method, batches_fn, cfg.train, run_dir, eval_batches_fn=eval_fn,
                         autocast_dtype=autocast_dtype(cfg), device=device, seed=cfg.seed, meta=meta,
@@ -277,16 +304,25 @@ def check_launch(cfg: RunConfig) -> None:
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and cfg.train.distributed == "none":
+        from baselines.registry import get_method_class, method_names
+
+        ddp_methods = ", ".join(n for n in method_names() if get_method_class(n).supports_ddp())
         raise ConfigError(f"started as {world} processes (torchrun) but train.distributed=none; pass "
-                          "train.distributed=ddp (each GPU holds the whole model: badam, bsgd, lora, adam, sgd) or "
+                          f"train.distributed=ddp (each GPU holds the whole model: {ddp_methods}) or "
                           "train.distributed=fsdp2 (the model is sharded over the GPUs)")
 
 
 def list_everything() -> str:
     lines = ["methods:"]
-    lines += [f"  {name:<18} {METHODS[name]}" for name in method_names()]
+    lines += [f"  {line}" for line in describe_methods()]
     lines.append(f"configs (under {CONFIG_DIR}):")
-    lines += [f"  {name}" for name in list_configs()]
+    for name in list_configs():
+        try:
+            superglue = load_config(name).data.format == "superglue"
+        except ConfigError:
+            superglue = False
+        lines.append(f"  {name}" + ("   (SuperGLUE: python -m eval.superglue --config " + name + ")" if superglue
+                                    else ""))
     lines.append(f"profiles (python -m experiments.run_all --profile NAME; under {PROFILE_DIR}):")
     lines += [f"  {p.stem}" for p in sorted(PROFILE_DIR.glob("*.yaml"))]
     return "\n".join(lines)
@@ -368,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{summary['status']}: {run_dir} (steps {summary['steps']}, final loss "
           f"{'n/a' if loss is None else f'{loss:.4f}'})")
     if summary["status"] != "ok":
-        where = f" (traceback in {run_dir / ERROR_FILE})" if (run_dir / ERROR_FILE).is_file() else ""
+        error_file = RunDir(run_dir).error()
+        where = f" (traceback in {error_file})" if error_file.is_file() else ""
         print(f"  {summary['status']}: {_one_line(summary['error'])}{where}", file=sys.stderr)
         return 1
     return 0

@@ -1,17 +1,24 @@
-"""The suite's main job (./run_all.sh): train every method of a profile on the same data, run the evaluators that
-exist, build the tables, print a summary table and the total wall time.
+"""The suite's main job (./run_all.sh): train every method of a profile on the same data, run the evaluators, build the
+tables, figures and report.md, print a summary table and the total wall time.
 
 A profile (experiments/configs/profiles/<name>.yaml) lists run groups; each names a config, the methods to run on it
 (method.name is an override, so one config serves every method), overrides for all of them and per method, and the
-results group the runs go to (<output_dir>/<group>/<config>-<method>/, the layout `python -m plots` reads). Methods a
-profile cannot run (e.g. CUDA-only ones on the CPU profile) are listed under `skip` with the reason; a method that
-turns out unsupported at run time (MethodUnsupportedError) is reported the same way. An out-of-memory or failed run is
+results group the runs go to (<output_dir>/<group>/<config>-<method>/, the layout `python -m plots` reads). What a
+method cannot do comes from its class (baselines/base.py), not from the profile: a CUDA-only method is skipped on a
+CPU with its declared reason, a fused-update method gets one batch of B x G instead of G micro-batches of B, a method
+that cannot clip runs without clipping; the plan says so. A profile may still list `skip` with a reason. A method that
+turns out unsupported at run time (MethodUnsupportedError) is reported as skipped. An out-of-memory or failed run is
 recorded and the suite goes on.
 
 A run group may also list `seeds` (one run per seed, named <stem>-<method>-s<seed>; `first_seed_overrides` apply to
 the first seed only, e.g. saving the model for the evaluators), `lrs` ({method: [lr, ...]}: one run per lr, named
 <stem>-<method>-lr<lr>, a learning-rate sweep) and `lr_from` (an earlier group: each method's lr is the one of its
 sweep run with the lowest final eval loss, recorded in <group>/lr_selection.json; see experiments/suite.py).
+
+Evaluators (`evaluators:` of a profile) run as child processes, `python -m eval <name> <run dirs> --options JSON`: each
+evaluator package's evaluate_runs(run_dirs, **options), so this module imports nothing above experiments/. A group
+whose config is SuperGLUE is trained and scored per task by the superglue evaluator. The tables, figures and
+report.md come from `python -m plots.report <output_dir>`, also a child process.
 
 A rerun with the same output directory skips runs that already ended with a final status, resumes runs that left a
 checkpoint and redoes failed ones (`--fresh` redoes everything). `--jobs N` trains N runs at once as child processes,
@@ -20,6 +27,7 @@ finish continues on the next invocation. Exit code: 0 when every run ended with 
 unsupported), 1 when a run ended in error, 3 when runs were left unfinished by a deadline, 2 for a bad request.
 
     python -m experiments.run_all                      # the "cpu" profile: <= 10 minutes on 2 CPU cores
+    python -m experiments.run_all --profile cpu-smoke  # every registered method, 3 steps, tiny model
     python -m experiments.run_all --profile gpu-small  # SmolLM2 on one GPU, longer, every method
     python -m experiments.run_all --profile paper      # the paper's experiments (GPU, hours to days)
 """
@@ -30,20 +38,20 @@ from experiments.process_env import apply_defaults
 apply_defaults()  # before torch is imported: OpenMP waiting policy, CUDA allocator (see experiments/process_env.py)
 
 import argparse
-import importlib
 import json
-import importlib.util
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 from tqdm.auto import tqdm
 
-from baselines.registry import method_names
-from experiments.config import PROFILE_DIR, ConfigError, RunConfig, load_config
+from baselines.registry import get_method_class, method_names
+from experiments.config import PROFILE_DIR, ConfigError, load_config
 from experiments.paths import REPO_ROOT
-from experiments.results import atomic_write_text, read_summary
 from experiments.suite import Outcome, ParallelOptions, PlannedRun, run_parallel, run_sequential
 
 DEFAULT_PROFILE = "cpu"
@@ -93,10 +101,26 @@ def load_profile(name: str) -> dict:
     for entry in profile["runs"]:
         _check_group_extras(entry, valid, seen_groups, f"profile {name}, group {entry['group']}")
         seen_groups.append(entry["group"])
-    for evaluator in profile.get("evaluators") or []:
+    evaluators = profile.get("evaluators") or []
+    for evaluator in evaluators:
         _check_keys(evaluator, EVALUATOR_KEYS, f"profile {name}, evaluator")
+        if evaluator.get("name") not in evaluator_names():
+            raise ConfigError(f"profile {name}: unknown evaluator {evaluator.get('name')!r}; valid evaluators: "
+                              f"{', '.join(evaluator_names())}")
+    for entry in profile["runs"]:
+        _check_evaluator_trained(entry, evaluators, f"profile {name}, group {entry['group']}")
     profile["name"] = path.stem if path.parent != PROFILE_DIR else name
     return profile
+
+
+def _check_evaluator_trained(entry: dict, evaluators: list[dict], where: str) -> None:
+    """A group whose config is trained by an evaluator (data.format superglue) must list that evaluator."""
+    if load_config(entry["config"]).data.format != "superglue":
+        return
+    if not any(e.get("name") == "superglue" and (not e.get("groups") or entry["group"] in e["groups"])
+               for e in evaluators):
+        raise ConfigError(f"{where}: its config {entry['config']} is SuperGLUE, which the superglue evaluator trains "
+                          "and scores per task; add an evaluator {name: superglue, groups: [" + entry["group"] + "]}")
 
 
 def _check_group_extras(entry: dict, valid_methods: set, earlier_groups: list[str], where: str) -> None:
@@ -139,6 +163,35 @@ def _check_keys(mapping, valid, where: str) -> None:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
 
 
+def resolved_device(cfg) -> str:
+    """cuda or cpu: where the run will train (train.device auto: CUDA when available)."""
+    device = str(cfg.train.device)
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") else device
+
+
+def method_adaptations(method: str, cfg) -> list[tuple[str, str]]:
+    """[(override, why)] that make a group's common settings fit what the method's class declares it can do
+    (baselines/base.py): a fused update cannot accumulate gradients, so the micro-batch takes the whole effective
+    batch; a method that updates inside backward cannot clip to a global norm, so clipping goes off. Profiles need no
+    per-method overrides for these; the plan says what was changed."""
+    cls = get_method_class(method)
+    out = []
+    accum = int(cfg.train.grad_accum)
+    if accum > 1 and not cls.supports_grad_accumulation:
+        batch = int(cfg.train.batch_size) * accum
+        out += [(f"train.batch_size={batch}", f"batch {cfg.train.batch_size} x {accum} micro-batches -> one batch of "
+                                               f"{batch} (its update is fused into backward: no accumulation)"),
+                ("train.grad_accum=1", "")]
+    if cfg.train.max_grad_norm is not None and cfg.train.max_grad_norm > 0 and not cls.supports_clipping:
+        out.append(("train.max_grad_norm=null", f"no clipping (max_grad_norm {cfg.train.max_grad_norm:g} is "
+                                                "impossible: it updates each parameter inside backward)"))
+    return out
+
+
 def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | None = None,
               extra_overrides: tuple[str, ...] = (), only_groups: list[str] | None = None,
               only_seeds: list[int] | None = None) -> list[PlannedRun]:
@@ -156,14 +209,19 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
             raise ConfigError(f"--groups names unknown group(s) {', '.join(unknown)}; groups of profile "
                               f"{profile['name']}: {', '.join(sorted(known))}")
     planned = []
+    listed = {(e["group"], e.get("name") or Path(e["config"]).stem, m) for e in profile["runs"] for m in e["methods"]}
+    added: set = set(listed)
     for entry in profile["runs"]:
         if only_groups and entry["group"] not in only_groups:
             continue
         stem = entry.get("name") or Path(entry["config"]).stem
         seeds = entry.get("seeds") or [None]
         methods = list(entry["methods"])
-        # --methods runs a method the profile does not list, with the group's common overrides (said in the plan)
-        methods += [m for m in (only_methods or []) if m not in methods]
+        # --methods runs a method the profile does not list, with the group's common overrides (said in the plan),
+        # once per group and run name (a group may be split over several entries)
+        extra = [m for m in (only_methods or []) if m not in methods and (entry["group"], stem, m) not in added]
+        added.update((entry["group"], stem, m) for m in extra)
+        methods += extra
         # seed-major: a suite cut short by a deadline has every method at seed 0 before any at seed 1
         for seed in seeds:
             if only_seeds is not None and seed is not None and seed not in only_seeds:
@@ -187,11 +245,22 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
                                  *([f"method.lr={float(lr)!r}"] if lr is not None else []), *extra_overrides]
                     try:
                         cfg = load_config(entry["config"], overrides)
+                        adapted = method_adaptations(method, cfg)
+                        if adapted:
+                            overrides = [*overrides, *(o for o, _ in adapted)]
+                            cfg = load_config(entry["config"], overrides)
                     except ConfigError as exc:
                         raise ConfigError(f"profile {profile['name']}, group {entry['group']}, method {method}: "
                                           f"{exc}") from exc
+                    cuda_only = get_method_class(method).cuda_only
+                    if cuda_only and resolved_device(cfg) != "cuda":
+                        if seed == seeds[0]:
+                            planned.append(PlannedRun(entry["group"], method, None,
+                                                      skip_reason=f"CUDA only: {cuda_only}"))
+                        break  # every lr of the sweep would be skipped alike
                     planned.append(PlannedRun(entry["group"], method, cfg, config=entry["config"],
-                                              overrides=tuple(overrides), lr_from=entry.get("lr_from")))
+                                              overrides=tuple(overrides), lr_from=entry.get("lr_from"),
+                                              adaptations=tuple(why for _, why in adapted if why)))
     if not planned:
         raise ConfigError(f"profile {profile['name']}: nothing to run (check --methods and --groups)")
     return planned
@@ -216,91 +285,38 @@ def _common_root(planned: list[PlannedRun]) -> Path:
     return dirs[0] if dirs else Path(".")
 
 
-def _rank_runs(module, run_dirs: list[Path], **options) -> str:
-    """eval.rank's current API: run(base, tuned, out); base = the run's starting model (summary["model"])."""
-    skipped, unsaved = [], []
-    for run_dir in run_dirs:
-        if not (run_dir / "model" / "config.json").is_file():
-            unsaved.append(run_dir.name)  # e.g. the seeds after the first, which do not keep their weights
-            continue
-        base = (read_summary(run_dir) or {}).get("model") or ""
-        if base.startswith("random:"):
-            # the evaluator would rebuild the random base with its own seed, not the run's: ΔW would be meaningless
-            skipped.append(run_dir.name)
-            continue
-        # the base must be built in the dtype the run loaded it in, or bf16 rounding of the base shows up as ΔW
-        dtype = ((read_summary(run_dir) or {}).get("config") or {}).get("model", {}).get("dtype", "fp32")
-        module.run(base, str(run_dir / "model"), run_dir / "eval" / "rank.json", **{"load_dtype": dtype, **options})
-    notes = [f"random-init base, skipped: {', '.join(skipped)}"] * bool(skipped) + \
-        [f"no saved model, skipped: {', '.join(unsaved)}"] * bool(unsaved)
-    return "".join(f"; {n}" for n in notes)
+def evaluator_names() -> list[str]:
+    """The evaluators `python -m eval --list` offers (asked in a child process: the harness imports nothing above it)."""
+    global _EVALUATORS
+    if _EVALUATORS is None:
+        done = subprocess.run([sys.executable, "-m", "eval", "--list"], cwd=REPO_ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ConfigError(f"python -m eval --list failed: {done.stderr.strip()[-300:]}")
+        _EVALUATORS = done.stdout.split()
+    return _EVALUATORS
 
 
-def _mtbench_runs(module, run_dirs: list[Path], *, base: bool = False, **options) -> str:
-    """MT-bench answers (eval.mtbench answer) of every run that saved its model; with base=True also of the model the
-    runs started from, in a run directory <group>/<stem>-base whose summary says method "base" (the tables' untuned
-    row). Judging needs a judge (an API or a local model): python -m eval.mtbench judge --run-dir <run dir> ..."""
-    from eval.mtbench.__main__ import main as mtbench_main
-
-    if options.get("device") == "auto":
-        import torch
-
-        options = {**options, "device": "cuda" if torch.cuda.is_available() else "cpu"}
-    flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
-    answered, bases = [], {}
-    for run_dir in run_dirs:
-        if not (run_dir / "model" / "config.json").is_file():
-            continue
-        if mtbench_main(["answer", "--model", str(run_dir), *flags]) != 0:
-            raise RuntimeError(f"MT-bench answers of {run_dir} failed")
-        answered.append(run_dir)
-        summary = read_summary(run_dir) or {}
-        stem = str(summary.get("run_name") or run_dir.name).split(f"-{summary.get('method')}")[0]
-        bases.setdefault((run_dir.parent, stem, summary.get("model")), summary)
-    for (group_dir, stem, model), summary in bases.items() if base else ():
-        base_dir = group_dir / f"{stem}-base"
-        base_dir.mkdir(parents=True, exist_ok=True)
-        if mtbench_main(["answer", "--model", str(model), "--out-dir", str(base_dir / "eval" / "mtbench"),
-                         "--model-id", f"{stem}-base", *flags]) != 0:
-            raise RuntimeError(f"MT-bench answers of the base model {model} failed")
-        record = {"status": "ok", "method": "base", "model": model, "run_name": f"{stem}-base", "steps": 0,
-                  "config": {"model": (summary.get("config") or {}).get("model"), "method": {"name": "base"}},
-                  "environment": summary.get("environment"), "note": "untuned base model: MT-bench answers only"}
-        atomic_write_text(base_dir / "summary.json", json.dumps(record, indent=1) + "\n")
-    return f"; answered {len(answered)} run(s)" + (f" and {len(bases)} base model(s)" if base else "")
+_EVALUATORS: list[str] | None = None
 
 
-def _math_runs(module, run_dirs: list[Path], **options) -> str:
-    """eval.math's current API: evaluate_source(run_dir) reads <run_dir>/model and writes <run_dir>/eval/."""
-    for run_dir in run_dirs:
-        module.evaluate_source(str(run_dir), **options)
-    return ""
-
-
-# Used when an evaluator module has no evaluate_runs(run_dirs, **options) hook yet: its present public API.
-ADAPTERS = {"rank": ("run", _rank_runs), "math": ("evaluate_source", _math_runs),
-            "mtbench": ("generate_answers", _mtbench_runs)}
+def _run_child(command: list[str]) -> tuple[int, str]:
+    """Run a child process of the suite (an evaluator, the tables); its output goes to the console. Returns
+    (exit code, its note from the note file)."""
+    with tempfile.TemporaryDirectory(prefix="badam-note-") as folder:
+        note_file = Path(folder) / "note.txt"
+        code = subprocess.call([*command, "--note-file", str(note_file)], cwd=REPO_ROOT)
+        note = note_file.read_text(encoding="utf-8") if note_file.is_file() else ""
+    return code, note
 
 
 def run_evaluators(profile: dict, outcomes: list[Outcome]) -> list[str]:
-    """For each evaluator the profile lists: `eval.<name>.evaluate_runs(run_dirs, **options)` when the module has it,
-    else its present API through ADAPTERS; a module that does not exist yet is skipped with a note. Evaluators read
-    <run_dir>/model (output.save_model) and write <run_dir>/eval/. Returns the notes."""
+    """For each evaluator the profile lists: `python -m eval <name> <run dirs> --options JSON`, i.e. the evaluator's
+    evaluate_runs(run_dirs, **options) in a child process, over the runs of its groups and methods that ended ok.
+    Evaluators read <run_dir>/model (output.save_model) or <run_dir>/config.yaml and write <run_dir>/eval/.
+    Returns one note per evaluator; a failed evaluator never hides the training results."""
     notes = []
     for spec in profile.get("evaluators") or []:
         name = spec["name"]
-        module_name = f"eval.{name}"
-        if importlib.util.find_spec(module_name) is None:
-            notes.append(f"evaluator {name}: module {module_name} does not exist yet, skipped")
-            continue
-        module = importlib.import_module(module_name)
-        if hasattr(module, "evaluate_runs"):
-            call = lambda dirs, **kw: module.evaluate_runs(dirs, **kw)  # noqa: E731
-        elif name in ADAPTERS and hasattr(module, ADAPTERS[name][0]):
-            call = lambda dirs, **kw: ADAPTERS[name][1](module, dirs, **kw)  # noqa: E731
-        else:
-            notes.append(f"evaluator {name}: {module_name} has no evaluate_runs(run_dirs, **options), skipped")
-            continue
         groups, methods = spec.get("groups"), spec.get("methods")
         run_dirs = [o.run_dir for o in outcomes if o.status == "ok" and o.run_dir is not None
                     and (not groups or o.planned.group in groups) and (not methods or o.planned.method in methods)]
@@ -308,27 +324,27 @@ def run_evaluators(profile: dict, outcomes: list[Outcome]) -> list[str]:
             notes.append(f"evaluator {name}: no successful runs to evaluate")
             continue
         started = time.perf_counter()
-        try:
-            extra = call(run_dirs, **(spec.get("options") or {})) or ""
+        command = [sys.executable, "-m", "eval", name, *map(str, run_dirs),
+                   "--options", json.dumps(spec.get("options") or {})]
+        code, extra = _run_child(command)
+        if code == 0:
             notes.append(f"evaluator {name}: {len(run_dirs)} run(s) in {time.perf_counter() - started:.0f} s, "
                          f"results in <run_dir>/eval/{extra}")
-        except Exception as exc:  # an evaluator failure must not hide the training results
-            notes.append(f"evaluator {name} failed: {type(exc).__name__}: {exc}")
+        else:
+            notes.append(f"evaluator {name} failed (exit code {code}; its error is printed above)")
     return notes
 
 
-def run_plots(output_root: Path) -> str:
-    if importlib.util.find_spec("plots.__main__") is None:
-        return "plots: module plots.__main__ does not exist yet, skipped"
-    plots_main = importlib.import_module("plots.__main__")
-    if not hasattr(plots_main, "build_all"):
-        return "plots: plots.__main__ has no build_all(results, out), skipped"
-    out = output_root / "tables_figures"
-    try:
-        written = plots_main.build_all(output_root, out)
-    except Exception as exc:
-        return f"plots failed: {type(exc).__name__}: {exc}"
-    return f"plots: {sum(len(p) for p in written.values())} files in {out}"
+def run_report(output_root: Path, profile: dict) -> str:
+    """The tables, figures and report.md of the results under output_root (`python -m plots.report`, a child
+    process: plots/ is above the harness)."""
+    # the title: the description's first sentence (its first line may break mid-sentence)
+    description = " ".join((profile.get("description") or "").split())
+    first_sentence = re.split(r"(?<=[.;])\s", description, maxsplit=1)[0].rstrip(".;")
+    command = [sys.executable, "-m", "plots.report", str(output_root), "--title",
+               f"profile {profile['name']}: {first_sentence}"]
+    code, note = _run_child(command)
+    return note if code == 0 else f"tables, figures and report failed (exit code {code}; the error is above)"
 
 
 # --- report -------------------------------------------------------------------------------------------------------
@@ -378,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override applied to every run (repeatable), e.g. --set train.max_steps=2")
     parser.add_argument("--output-dir", type=Path, help="results root (default: the profile's output_dir)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluators")
-    parser.add_argument("--no-plots", action="store_true", help="skip the tables and figures")
+    parser.add_argument("--no-plots", action="store_true", help="skip the tables, figures and report.md")
     parser.add_argument("--dry-run", action="store_true", help="resolve and print the plan, train nothing")
     parser.add_argument("--list-profiles", action="store_true", help="print the profiles and exit")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -439,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     added = sorted({m for m in only or [] if m not in listed})
     if added:
         print(f"  not in the profile, run in every group with the group's settings: {', '.join(added)}")
+    adapted = {(p.group, p.method): p.adaptations for p in planned if p.adaptations}
+    for (group, method), notes in adapted.items():
+        print(f"  {group}/{method}, adapted to what the method can do: {'; '.join(notes)}")
     if args.dry_run:
         for item in planned:
             where = item.skip_reason and f"skipped: {item.skip_reason}" or \
@@ -452,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                            parallel=parallel)
     notes = [] if args.no_eval else run_evaluators(profile, outcomes)
     if not args.no_plots:
-        notes.append(run_plots(output_root))
+        notes.append(run_report(output_root, profile))
     print()
     print(format_table(outcomes))
     for note in notes:

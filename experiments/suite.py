@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.paths import REPO_ROOT
-from experiments.results import (CHECKPOINT_FILE, SHARDED_CHECKPOINT_DIR, SUMMARY_FILE, atomic_write_text,
-                                 read_summary)
+from experiments.results import atomic_write_text, read_summary
+from experiments.rundir import SUMMARY_FILE, RunDir
 
 FINAL_STATUSES = ("ok", "oom", "diverged")  # results; an `error` is retried, an unsupported setup is final too
 LR_SELECTION_FILE = "lr_selection.json"
@@ -45,6 +45,7 @@ class PlannedRun:
     config: str | None = None            # the config name and overrides that resolve cfg (for a child process)
     overrides: tuple[str, ...] = ()
     lr_from: str | None = None           # group whose finished runs choose this run's method.lr
+    adaptations: tuple[str, ...] = ()    # what run_all changed to fit the method's declared capabilities (and why)
 
     @property
     def run_dir(self) -> Path | None:
@@ -83,7 +84,7 @@ def run_state(run_dir: Path, *, fresh: bool = False) -> str:
         return "redo"
     if is_final(read_summary(run_dir)):
         return "done"
-    if (run_dir / CHECKPOINT_FILE).is_file() or (run_dir / SHARDED_CHECKPOINT_DIR).is_dir():
+    if RunDir(run_dir).has_checkpoint():
         return "resume"
     return "redo"
 
@@ -158,6 +159,24 @@ def waits_for(item: PlannedRun, pending: list[PlannedRun], running: list[Planned
     """A run with lr_from waits until no run of its method in the sweep group is pending or running."""
     return bool(item.lr_from) and any(p.group == item.lr_from and p.method == item.method
                                       for p in [*pending, *running])
+
+
+# --- runs an evaluator trains -------------------------------------------------------------------------------------
+def trained_by_evaluator(item: PlannedRun) -> bool:
+    """SuperGLUE configs are fine-tuned and scored per task by the superglue evaluator (eval/superglue), not here."""
+    return item.cfg is not None and item.cfg.data.format == "superglue"
+
+
+def hand_to_evaluator(item: PlannedRun) -> Outcome:
+    """Write the run's config.yaml (what the evaluator trains from) and pass the run on; results it already holds
+    stay (the evaluator skips tasks it has done with the same settings)."""
+    from experiments.config import config_to_dict
+    from experiments.results import atomic_write_yaml
+
+    run_dir = RunDir(item.run_dir)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_yaml(run_dir.config, config_to_dict(item.cfg))
+    return Outcome(item, "ok", None, run_dir.path, note="trained and scored per task by the superglue evaluator")
 
 
 # --- in-process execution (one run at a time) -------------------------------------------------------------------
@@ -244,6 +263,8 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
     for index, item in enumerate(planned):
         if item.cfg is None:
             outcomes[index] = Outcome(item, "skipped", note=item.skip_reason or "")
+        elif trained_by_evaluator(item):
+            outcomes[index] = hand_to_evaluator(item)
         elif run_state(item.run_dir, fresh=fresh) == "done":
             outcomes[index] = outcome_from_summary(item, read_summary(item.run_dir), item.run_dir, reused=True)
         else:
@@ -278,7 +299,7 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
                 if is_final(summary):  # it finished on its own just before the deadline
                     finish(index, outcome_from_summary(child.item, summary, child.item.run_dir))
                     continue
-                resumable = (child.item.run_dir / CHECKPOINT_FILE).is_file()
+                resumable = RunDir(child.item.run_dir).has_checkpoint()
                 finish(index, Outcome(child.item, "interrupted", summary, child.item.run_dir,
                                       note=f"stopped at the deadline ({options.kill_after_s:.0f} s); rerun to "
                                            + ("resume from its checkpoint" if resumable else "start it again")))
@@ -326,6 +347,8 @@ def run_sequential(planned: list[PlannedRun], *, output_root: Path, fresh: bool 
     for item in planned:
         if item.cfg is None:
             outcome = Outcome(item, "skipped", note=item.skip_reason or "")
+        elif trained_by_evaluator(item):
+            outcome = hand_to_evaluator(item)
         else:
             state = run_state(item.run_dir, fresh=fresh)
             if state == "done":

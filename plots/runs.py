@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.results import STATUSES, read_metrics  # plain file reading; imports no torch
+from experiments.rundir import RUN_SUBDIRS, SUMMARY_FILE, RunDir
 
 
 # The paper's six math datasets (Table 6) as math_scores() names them: eval.math.PAPER_DATASETS with "sat" shown as
@@ -229,7 +230,7 @@ class Run:
     def eval_json(self, relative: str) -> dict | None:
         """<run>/eval/<relative> as a dict; None when absent, unreadable or of the wrong shape (then the problem is
         recorded in Run.problems and this evaluator's numbers are left out of the tables)."""
-        path = self.path / "eval" / relative
+        path = RunDir(self.path).eval_dir / relative
         if not path.is_file():
             return None
         doc, problem = load_json_object(path)
@@ -260,12 +261,12 @@ class Run:
 
     def mtbench_scores(self) -> dict[str, float]:
         """{judge: overall MT-bench score} from every eval/mtbench/scores_<judge>.json, GPT-4 judges first."""
-        folder = self.path / "eval" / "mtbench"
+        folder = RunDir(self.path).eval_dir / "mtbench"
         files = sorted(folder.glob("scores_*.json")) if folder.is_dir() else []
         files.sort(key=lambda p: (not p.stem.startswith("scores_gpt-4"), p.name))
         out: dict[str, float] = {}
         for path in files:
-            doc = self.eval_json(str(path.relative_to(self.path / "eval")))
+            doc = self.eval_json(str(path.relative_to(RunDir(self.path).eval_dir)))
             if doc is None:
                 continue
             if not MTBENCH_SHAPE[0](doc):
@@ -327,11 +328,11 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
         skipped.append(f"{path.parent} skipped: {path.name} {reason}")
 
     runs = []
-    for summary_path in sorted(results.rglob("summary.json")):
+    for summary_path in sorted(results.rglob(SUMMARY_FILE)):
         run_dir = summary_path.parent
         if exclude is not None and exclude.resolve() in run_dir.resolve().parents:
             continue
-        if {"eval", "model"} & set(run_dir.relative_to(results).parts):
+        if set(RUN_SUBDIRS) & set(run_dir.relative_to(results).parts):
             continue  # a file inside a run's evaluator outputs or saved model, not a run of its own
         summary, problem = load_json_object(summary_path)
         problem = problem or summary_problem(summary)
@@ -343,7 +344,7 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
     # <out> folder has no summary.json of its own, so it becomes a run described by the JSON's model and method.
     for scores_path in sorted(results.rglob("eval/superglue.json")):
         out_dir = scores_path.parent.parent
-        if (out_dir / "summary.json").is_file() or (exclude is not None and
+        if (out_dir / SUMMARY_FILE).is_file() or (exclude is not None and
                                                     exclude.resolve() in out_dir.resolve().parents):
             continue
         doc, problem = load_json_object(scores_path)

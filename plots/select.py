@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from experiments.rundir import RunDir
 from plots import mapping
 from plots.runs import Run
 from plots.seeds import SeedGroup, by_seed
@@ -73,7 +74,7 @@ def f2(runs: list[Run]) -> F2Data:
                                           needs_trained_weights=True)
     groups = sorted(training_groups(main), key=lambda g: (g.method, g.lr or 0.0))
     def has_rank(run: Run) -> bool:
-        return run.ok and (run.path / "eval" / "rank.json").is_file()
+        return run.ok and RunDir(run.path).eval_file("rank.json").is_file()
 
     # rank.json where the paper's groups keep it; failing that, wherever an evaluator wrote it (any group)
     with_rank = [r for r in mapping.runs_for(runs, "rank") if has_rank(r)] or [r for r in runs if has_rank(r)]

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from eval.common import is_run_dir, resolve_output_dir
+from experiments.rundir import RunDir
 
 from .answers import extract_choice, extract_latex, extract_number, latex_equal, normalize_latex
 from .prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES, build_prompt
@@ -40,8 +41,6 @@ __all__ = [
     "read_records", "resolve_tasks", "results_file_name", "score_output", "score_predictions", "select_subset",
 ]
 
-# experiments/run.py saves a run's trained model (LoRA merged) and tokenizer here when output.save_model is on.
-RUN_MODEL_SUBDIR = "model"
 # Rows per generate call when none is given: a GPU decodes 128 rows in about the time of 8.
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 128}
 
@@ -64,8 +63,8 @@ def model_location(source: str) -> str:
     """What to load for `source`: a run directory's saved model folder, else the source itself."""
     if not is_run_dir(source):
         return source
-    folder = Path(source) / RUN_MODEL_SUBDIR
-    if not (folder / "config.json").is_file():
+    folder = RunDir(source).model  # output.save_model: the trained model (LoRA merged) and its tokenizer
+    if not RunDir(source).has_saved_model():
         raise FileNotFoundError(f"run directory {source} has no saved model in {folder} "
                                 "(train with output.save_model: true)")
     return str(folder)

@@ -22,6 +22,7 @@ from eval.common import is_run_dir
 from eval.mtbench.data import (MTBenchError, append_jsonl, load_answers, question_temperature, write_json_atomic,
                                write_jsonl_atomic)
 from eval.mtbench.generation import SAMPLING_SETTINGS, generate_chat_batch
+from experiments.rundir import RunDir
 
 
 def answer_info_path(answer_file: str | os.PathLike) -> Path:
@@ -135,8 +136,8 @@ def generate_answers(model, tokenizer, questions: list[dict], answer_file: str |
 def model_location(source: str) -> str:
     """A training run directory stands for the model it saved in <run_dir>/model; any other source is kept."""
     if is_run_dir(source):
-        folder = Path(source) / "model"
-        if not (folder / "config.json").is_file():
+        folder = RunDir(source).model
+        if not RunDir(source).has_saved_model():
             raise MTBenchError(f"run directory {source} holds no saved model in {folder} (train with "
                                "output.save_model: true), so there is nothing to answer with")
         return str(folder)

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from eval import common
+from experiments.rundir import RunDir
 
 # fastchat/llm_judge/common.py (0.2.36), `temperature_config`: sampling temperature per question category.
 FASTCHAT_TEMPERATURES: dict[str, float] = {
@@ -59,7 +60,7 @@ def output_dir(run_dir: str | os.PathLike | None = None, out_dir: str | os.PathL
     """Where answers, judgments and scores of a run go: <run_dir>/eval/mtbench, or out_dir itself."""
     if (run_dir is None) == (out_dir is None):
         raise MTBenchError("give exactly one of run_dir (results go to <run_dir>/eval/mtbench) or out_dir")
-    return Path(run_dir) / "eval" / "mtbench" if run_dir is not None else Path(out_dir)
+    return RunDir(run_dir).eval_file("mtbench") if run_dir is not None else Path(out_dir)
 
 
 def answer_output_dir(model_source: str, out_dir: str | os.PathLike | None = None) -> Path:

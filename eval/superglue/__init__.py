@@ -7,6 +7,7 @@ Python API:
     task_metrics("multirc", predictions, labels, groups)  # SuperGLUE metrics in percent (metrics.py)
     entry = run_task("rte", cfg, Path("runs/x/tasks"))  # fine-tune + select + score one task (finetune.py)
     main(["--model", "minilm", "--tasks", "rte"])      # the CLI (cli.py)
+    evaluate_runs([run_dir], tasks="rte")             # the evaluators' common entry (run directories, below)
 """
 from eval.superglue.metrics import task_metrics
 from eval.superglue.splits import TaskSplits, paper_splits
@@ -21,11 +22,39 @@ def run_task(*args, **kwargs):
     return _run_task(*args, **kwargs)
 
 
+def evaluate_runs(run_dirs, **options) -> str:
+    """The evaluator protocol (experiments.run_all calls it through `python -m eval superglue`). Each run directory
+    holds the config.yaml of a SuperGLUE config (data.format superglue; run_all writes it for such a group instead of
+    training it, since fine-tuning per task with checkpoint selection is this evaluator's work); its tasks are
+    fine-tuned and scored there: <run_dir>/tasks/<task>/ and <run_dir>/eval/superglue.json. Options are the CLI's
+    flags (tasks, max_eval, epochs, max_steps, ...; true for a flag without value, e.g. force). Returns a short note."""
+    import json
+
+    from eval.superglue.cli import main as cli_main
+    from experiments.rundir import RunDir
+
+    flags = [f"--{key.replace('_', '-')}" + ("" if value is True else f"={value}")
+             for key, value in options.items() if value is not False and value is not None]
+    notes = []
+    for run_dir in map(RunDir, run_dirs):
+        if not run_dir.config.is_file():
+            raise FileNotFoundError(f"{run_dir.path} holds no config.yaml of a SuperGLUE config to fine-tune from")
+        code = cli_main(["--config", str(run_dir.config), "--out", str(run_dir.path), "--no-progress", *flags])
+        results_file = run_dir.eval_file("superglue.json")
+        if code == 2 or not results_file.is_file():
+            raise RuntimeError(f"SuperGLUE of {run_dir.path} did not run (exit code {code}; the reason is above)")
+        overall = json.loads(results_file.read_text(encoding="utf-8")).get("overall") or {}
+        score = overall.get("score")
+        notes.append(f"{run_dir.path.name} {'n/a' if score is None else f'{score:.1f}'}"
+                     + (f" (failed: {', '.join(overall['tasks_failed'])})" if overall.get("tasks_failed") else ""))
+    return "; superglue mean score " + ", ".join(notes) if notes else ""
+
+
 def main(argv=None) -> int:
     from eval.superglue.cli import main as _main
 
     return _main(argv)
 
 
-__all__ = ["Example", "SuperGlueDataError", "TaskSpec", "TaskSplits", "get_task", "main", "paper_splits",
+__all__ = ["Example", "SuperGlueDataError", "TaskSpec", "TaskSplits", "evaluate_runs", "get_task", "main", "paper_splits",
            "parse_tasks", "run_task", "task_metrics", "task_names"]

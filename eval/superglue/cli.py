@@ -103,7 +103,8 @@ def base_config_dict(args: argparse.Namespace) -> tuple[dict, set[str]]:
     explicit = {k.split(".", 1)[1] for k, _ in parsed if k.startswith("method.") and k.count(".") == 1}
     if args.config:
         method_section = load_yaml(args.config).get("method") or {}
-        explicit |= {k for k in method_section if not isinstance(method_section[k], dict)}
+        # a null option means "the method's default" (a resolved config.yaml lists every option, set or not)
+        explicit |= {k for k, v in method_section.items() if not isinstance(v, dict) and v is not None}
     return data, explicit - {"name"}
 
 

@@ -24,16 +24,15 @@ import torch
 from torch import nn
 
 from baselines.model_parts import task_head_names
-from baselines.registry import get_method_class
 from eval.superglue.features import encode_examples, predict, train_batches
 from eval.superglue.metrics import task_metrics
 from eval.superglue.splits import TaskSplits, paper_splits
 from eval.superglue.tasks import get_task
 from experiments.config import RunConfig, build_method_options, config_to_dict
-from experiments.loop import seed_everything, train
+from experiments.loop import train
 from experiments.measure import is_oom
-from experiments.results import atomic_write_yaml, prepare_run_dir
-from experiments.run import autocast_dtype, resolve_device
+from experiments.results import prepare_run_dir
+from experiments.run import autocast_dtype, build_run_method, load_run_model, resolve_device, write_run_config
 
 class ModelUnavailableError(RuntimeError):
     """The model source cannot be loaded (package not installed, folder missing, unknown alias)."""
@@ -52,14 +51,15 @@ def head_module_names(model: nn.Module) -> list[str]:
 
 
 def build_method(cfg: RunConfig, model: nn.Module, explicit_options: set[str] = frozenset()):
-    """The method of `cfg`, with the task head kept trainable unless the user set the head option explicitly."""
+    """The method of `cfg` (the harness's build_run_method), with the task head kept trainable unless the user set
+    the head option explicitly."""
     options = build_method_options(cfg.method)
     if dataclasses.is_dataclass(options):
         heads = head_module_names(model)
         for name in HEAD_OPTION_FIELDS:
             if hasattr(options, name) and name not in explicit_options and heads:
                 setattr(options, name, heads)
-    return get_method_class(cfg.method.name)(options, lr=cfg.method.lr, weight_decay=cfg.method.weight_decay)
+    return build_run_method(cfg, options)
 
 
 class CheckpointSelector:
@@ -141,16 +141,9 @@ def run_task(task: str, cfg: RunConfig, tasks_dir: Path, *, max_eval: int | None
     device = resolve_device(cfg.train.device)
     run_dir = prepare_run_dir(tasks_dir, spec.name, overwrite=True)
     config_dict = config_to_dict(cfg)
-    atomic_write_yaml(run_dir / "config.yaml", config_dict)
-
-    from experiments.models import load_model  # heavy import (transformers), only when a task really runs
-
-    seed_everything(cfg.seed)
+    write_run_config(run_dir, config_dict)
     try:
-        model, tokenizer = load_model(cfg.model.source, dtype=cfg.model.dtype, device=device, task=cfg.model.task,
-                                      num_labels=cfg.model.num_labels,
-                                      attn_implementation=cfg.model.attn_implementation,
-                                      gradient_checkpointing=cfg.model.gradient_checkpointing, seed=cfg.seed)
+        model, tokenizer = load_run_model(cfg, device)  # the harness's loading, seeded as every run is
     except (ImportError, OSError) as exc:  # OSError covers FileNotFoundError: package, folder or file missing
         raise ModelUnavailableError(f"model {cfg.model.source!r} cannot be loaded: {exc}") from exc
     except Exception as exc:

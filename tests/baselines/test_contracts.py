@@ -18,6 +18,39 @@ def test_every_registered_method_imports_with_option_defaults():
         cls.Options()  # paper defaults construct without arguments
 
 
+def test_every_method_declares_itself_and_its_requirements_match_pyproject():
+    """A method's requirements live in its class; one naming a pyproject extra is listed there too, and what a
+    method keeps out of the default setup (install_by_default False) is not pulled in by the `all` extra."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from experiments.paths import REPO_ROOT
+
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    default_extras = {e for line in extras["all"] for e in line.split("[", 1)[1].rstrip("]").split(",")}
+    for name in method_names():
+        cls = get_method_class(name)
+        assert cls.description and "\n" not in cls.description and len(cls.description) <= 110, name
+        assert cls.supports_fsdp2() == (cls.fsdp2_unsupported is None), name
+        if cls.extra is not None:
+            listed = {Requirement(r).name for r in extras[cls.extra]}
+            assert {Requirement(r).name for r in cls.requirements} <= listed, name
+            assert (cls.extra in default_extras) == cls.install_by_default, name
+
+
+def test_missing_requirements_are_found_from_the_installed_distributions():
+    from baselines.base import Method
+
+    class Needs(Method):
+        name = "needs"
+        requirements = ("pytest>=1", "pytest<1", "no-such-distribution-abc")
+
+    missing = Needs.missing_requirements()
+    assert missing[0].startswith("pytest<1 (installed: ") and missing[1] == "no-such-distribution-abc"
+    assert Needs.install_hint() == "pip install 'pytest>=1' 'pytest<1' 'no-such-distribution-abc'"
+
+
 def test_lora_defaults_target_every_linear_layer_with_alpha_four_times_rank():
     options = get_method_class("lora").Options()
     assert options.lora_alpha == 4 * options.rank

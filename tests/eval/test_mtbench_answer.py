@@ -243,3 +243,30 @@ def test_a_tokenizer_without_chat_template_is_prompted_in_the_training_format(to
             prompt_ids(tokenizer, [{"role": "assistant", "content": "A"}])
     finally:
         tokenizer.chat_template = template
+
+
+def test_evaluate_runs_answers_saved_runs_and_the_base_model(model, tokenizer, tmp_path):
+    """The evaluator protocol: runs without a saved model are skipped; base=True answers with the starting model in a
+    <group>/<stem>-base run whose summary says method "base" (the tables' untuned row)."""
+    from eval.mtbench import evaluate_runs
+
+    base_folder = tmp_path / "base_model"
+    model.save_pretrained(base_folder)
+    tokenizer.save_pretrained(base_folder)
+    group = tmp_path / "paper_mtbench_tiny"
+    saved, unsaved = group / "tiny-adam-s0", group / "tiny-adam-s1"
+    model.save_pretrained(saved / "model")
+    tokenizer.save_pretrained(saved / "model")
+    for run, name in ((saved, "tiny-adam-s0"), (unsaved, "tiny-adam-s1")):
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "summary.json").write_text(json.dumps({"status": "ok", "run_name": name, "method": "adam",
+                                                       "model": str(base_folder), "config": {"model": {}}}))
+    note = evaluate_runs([saved, unsaved], base=True, end=1, max_new_tokens=2, temperature="greedy")
+    assert note == "; answered 1 run(s) and 1 base model(s)"
+    assert read_jsonl(saved / "eval" / "mtbench" / "model_answer" / "tiny-adam-s0.jsonl")
+    assert not (unsaved / "eval").exists()
+    base_run = group / "tiny-base"
+    summary = json.loads((base_run / "summary.json").read_text())
+    assert summary["method"] == "base" and summary["status"] == "ok" and summary["steps"] == 0
+    assert summary["model"] == str(base_folder) and summary["note"].startswith("untuned base model")
+    assert read_jsonl(base_run / "eval" / "mtbench" / "model_answer" / "tiny-base.jsonl")

@@ -128,3 +128,37 @@ def test_copa_multiple_choice_predicts_one_of_its_choices():
     assert len(predictions) == 5 and set(predictions) <= {0, 1}
     assert math.isfinite(loss) and loss == pytest.approx(math.log(2), abs=0.2)  # an untrained head is near chance
     assert not model.training
+
+
+def test_run_all_hands_a_superglue_group_to_its_evaluator(tmp_path, capsys):
+    """A SuperGLUE group of a profile is not trained by experiments.run: run_all writes its config.yaml and the
+    superglue evaluator (evaluate_runs, through `python -m eval superglue`) fine-tunes and scores it per task."""
+    import yaml
+
+    from experiments import run_all
+
+    profile = tmp_path / "glue.yaml"
+    profile.write_text(yaml.safe_dump({
+        "description": "SuperGLUE through run_all", "output_dir": str(tmp_path / "unused"),
+        "runs": [{"config": "small/minilm_superglue.yaml", "group": "paper_superglue_tiny", "name": "glue",
+                  "methods": ["badam"], "overrides": ["method.switch_block_every=1"]}],
+        "evaluators": [{"name": "superglue", "options": {"tasks": "rte", "max_steps": 2, "max_train": 8,
+                                                         "max_eval": 4, "max_length": 32, "batch_size": 4}}]}))
+    out = tmp_path / "out"
+    assert run_all.main(["--profile", str(profile), "--output-dir", str(out), "--no-plots", "--no-progress",
+                         "--set", "model.source=random:tiny-bert", "--set", "train.device=cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "evaluator superglue: 1 run(s)" in printed and "superglue mean score glue-badam" in printed
+    run_dir = out / "paper_superglue_tiny" / "glue-badam"
+    results = _results(run_dir)
+    assert results["method"] == "badam" and results["model"] == "random:tiny-bert"
+    assert results["tasks"]["rte"]["status"] == "ok" and results["tasks"]["rte"]["train"]["steps"] == 2
+    assert json.loads((run_dir / "tasks" / "rte" / "summary.json").read_text())["status"] == "ok"
+
+
+def test_the_training_cli_refuses_a_superglue_config_before_loading_anything(tmp_path, capsys):
+    from experiments.run import main as run_main
+
+    assert run_main(["--config", "small/minilm_superglue.yaml", f"output.dir={tmp_path}"]) == 2
+    assert "python -m eval.superglue --config" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -210,6 +210,24 @@ def test_fused_update_reports_zero_update_time_and_refuses_accumulation(tmp_path
     assert refused["steps"] == 0 and read_metrics(tmp_path / "accum") == []
 
 
+def test_a_method_that_cannot_clip_is_refused_as_a_setup_error_before_training(tmp_path):
+    """galore_layerwise updates inside backward: clipping is an unsupported setup (error_kind "setup", one line
+    naming the setting), refused by the loop from the class's supports_clipping before anything is built."""
+    method = make_method("galore_layerwise")
+    assert not method.supports_clipping
+    refused = train(tiny_model(), method, lambda e: [fixed_batch()], TrainConfig(max_steps=2, max_grad_norm=1.0),
+                    tmp_path / "clip", seed=0, progress=False)
+    assert refused["status"] == "error" and refused["error_kind"] == "setup"
+    assert "max_grad_norm=1.0" in refused["error"] and "null" in refused["error"]
+    assert refused["steps"] == 0 and read_metrics(tmp_path / "clip") == []
+    # the method's own check raises the same (single) UnsupportedSetupError class
+    from baselines.errors import UnsupportedSetupError
+    from experiments import loop
+
+    assert loop.UnsupportedSetupError is UnsupportedSetupError
+    assert loop.error_kind_of(UnsupportedSetupError("x")) == "setup"
+
+
 def test_epochs_mode_plans_steps_from_the_data_and_records_eval_loss(tmp_path):
     batches_fn = shuffled_batches(n_examples=8, batch=2)  # 4 micro-batches per epoch
     cfg = TrainConfig(epochs=2, grad_accum=2, eval_every=2)

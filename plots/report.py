@@ -1,0 +1,452 @@
+"""python -m plots.report <results> [--title T]: the tables and figures of a results folder (python -m plots) and
+report.md, one page saying what the runs show.
+
+report.md holds, per model: each method's final eval loss (mean over seeds, ± half the seed range), learning rate,
+peak memory, the memory split, median step / backward time and the effective rank of its update over the matrices it
+changed (eval/rank.json); two figures of its own (eval loss against steps with the seed range as a band; the memory
+split per method) and the paper's figures as `python -m plots` drew them; and the paper's qualitative claims, each
+checked against these runs (CLAIMS below: every verdict is computed from the files, none is written by hand).
+
+Two results count as different only when their seed ranges do not overlap (with two seeds: both runs of one method
+are below both runs of the other); otherwise the verdict says the difference is within seed noise.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from experiments.results import atomic_write_text, replace_durably  # noqa: E402  (plain files; imports no torch)
+from plots.__main__ import build_all  # noqa: E402
+from plots.claims import rank_by_type  # noqa: E402
+from plots.runs import Run, discover_runs  # noqa: E402
+from plots.style import method_color  # noqa: E402
+
+REPORT_FILE = "report.md"
+FIGURE_DIR = "report_figures"
+# Drawing order: the paper's methods first, any other method after them in name order (colours: plots.style).
+PREFERRED_ORDER = ("adam", "badam", "lora", "lomo", "galore", "sgd", "bsgd")
+SPLIT_PARTS = ("parameters", "gradients", "optimizer_states", "activations", "other")
+MIB = 2 ** 20
+
+
+def method_order(methods) -> list[str]:
+    return sorted(set(methods), key=lambda m: (PREFERRED_ORDER.index(m) if m in PREFERRED_ORDER else 99, m))
+
+
+# --- what each method's runs hold -------------------------------------------------------------------------------
+@dataclass
+class Spread:
+    """Values over seeds: mean and the range."""
+
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+    def text(self, digits: int = 4) -> str:
+        if len(self.values) == 1:
+            return f"{self.mean:.{digits}f} (1 seed)"
+        return f"{self.mean:.{digits}f} ± {(self.high - self.low) / 2:.{digits}f} ({len(self.values)} seeds)"
+
+
+def _median(values) -> float | None:
+    clean = [float(v) for v in values if isinstance(v, (int, float))]
+    return statistics.median(clean) if clean else None
+
+
+def changed_rank(run: Run) -> dict | None:
+    """Mean effective rank (and rank ratio) over the matrices the run's update changed, all matrix types together:
+    plots.claims.rank_by_type per type, weighted by how many of that type changed. A block method leaves most
+    matrices untouched, and averaging their zero ranks in would make its update look low-rank."""
+    by_type = {k: v for k, v in rank_by_type(run).items() if v.get("changed")}
+    changed = sum(v["changed"] for v in by_type.values())
+    if not changed:
+        return None
+
+    def weighted(key: str) -> float | None:
+        if not all(isinstance(v.get(key), (int, float)) for v in by_type.values()):
+            return None
+        return sum(v[key] * v["changed"] for v in by_type.values()) / changed
+
+    return {"mean_effective_rank": weighted("mean_effective_rank"), "mean_rank_ratio": weighted("mean_rank_ratio"),
+            "changed": changed, "analysed": sum(v.get("count", 0) for v in rank_by_type(run).values()),
+            "types": sorted(by_type)}
+
+
+@dataclass
+class MethodResult:
+    model: str
+    method: str
+    runs: list[Run] = field(default_factory=list)
+
+    def _summaries(self) -> list[dict]:
+        return [r.summary for r in self.runs]
+
+    @property
+    def eval_loss(self) -> Spread | None:
+        values = [s["final_eval_loss"] for s in self._summaries() if isinstance(s.get("final_eval_loss"), float)]
+        return Spread(values) if values else None
+
+    @property
+    def train_loss(self) -> Spread | None:
+        values = [s["mean_loss_last_10"] for s in self._summaries()
+                  if isinstance(s.get("mean_loss_last_10"), float)]
+        return Spread(values) if values else None
+
+    @property
+    def lrs(self) -> list[float]:
+        return sorted({float(r.lr) for r in self.runs if r.lr is not None})
+
+    def timing(self, phase: str) -> float | None:
+        return _median((s.get("timing_ms") or {}).get(phase) for s in self._summaries())
+
+    def memory(self, part: str) -> float | None:
+        if part == "peak":
+            return _median((s.get("memory") or {}).get("peak_allocated_bytes") for s in self._summaries())
+        return _median(((s.get("memory") or {}).get("split_bytes") or {}).get(part) for s in self._summaries())
+
+    @property
+    def device(self) -> str:
+        return str((self.runs[0].summary.get("environment") or {}).get("device_name", "?"))
+
+    @property
+    def rank(self) -> dict | None:
+        """changed_rank of the first run with an eval/rank.json (the first seed saves its model for it)."""
+        return next((found for found in map(changed_rank, self.runs) if found is not None), None)
+
+    @property
+    def option(self):
+        return self.runs[0].method_options if self.runs else {}
+
+    @property
+    def num_blocks(self) -> int | None:
+        return ((self.runs[0].summary.get("method_info") or {}).get("last_describe") or {}).get("num_blocks")
+
+    def eval_curves(self) -> list[pd.DataFrame]:
+        out = []
+        for run in self.runs:
+            frame = run.metrics
+            if not frame.empty and "eval_loss" in frame:
+                out.append(frame[["step", "eval_loss"]].dropna())
+        return [f for f in out if not f.empty]
+
+
+def collect(runs: list[Run]) -> dict[str, dict[str, MethodResult]]:
+    """{model: {method: MethodResult}} over the runs that ended ok. Where a model has runs with an eval loss, only
+    those count (quality runs), so that a memory-only run of another shape does not mix into the medians."""
+    by_model: dict[str, dict[str, MethodResult]] = {}
+    for run in runs:
+        if not run.ok or run.method == "base":
+            continue
+        by_model.setdefault(run.model, {}).setdefault(run.method, MethodResult(run.model, run.method)).runs.append(run)
+    for methods in by_model.values():
+        if any(isinstance(r.summary.get("final_eval_loss"), float) for m in methods.values() for r in m.runs):
+            for result in methods.values():
+                result.runs = [r for r in result.runs if isinstance(r.summary.get("final_eval_loss"), float)]
+        for name in [m for m, result in methods.items() if not result.runs]:
+            del methods[name]
+    return {model: methods for model, methods in by_model.items() if methods}
+
+
+# --- the paper's claims ---------------------------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    claim: str
+    source: str
+    verdict: str     # holds | does not hold | within seed noise | not measured
+    evidence: str
+
+
+def _lower(a: MethodResult | None, b: MethodResult | None) -> tuple[str, str]:
+    """Is a's final eval loss below b's, beyond seed noise?"""
+    if a is None or b is None or a.eval_loss is None or b.eval_loss is None:
+        missing = [m for m, r in (("first", a), ("second", b)) if r is None or r.eval_loss is None]
+        return "not measured", f"no eval loss of the {' and '.join(missing)} method"
+    la, lb = a.eval_loss, b.eval_loss
+    text = f"{a.method} {la.text()} vs {b.method} {lb.text()}"
+    if len(la.values) < 2 or len(lb.values) < 2:
+        return ("holds" if la.mean < lb.mean else "does not hold") + " (one seed: noise unmeasured)", text
+    if la.high < lb.low:
+        return "holds", text
+    if lb.high < la.low:
+        return "does not hold", text
+    return "within seed noise", text
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / MIB:,.0f} MiB"
+
+
+def identical_methods(results: dict[str, MethodResult]) -> list[str]:
+    """Lines for pairs of methods that reached the same final eval loss on every common seed (to 1e-6): the same
+    update computed another way (e.g. LOMO is SGD fused into backward), with what each held in memory."""
+    def by_seed(result: MethodResult) -> dict:
+        return {(r.config.get("seed")): r.summary.get("final_eval_loss") for r in result.runs}
+
+    lines = []
+    names = method_order(results)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            a, b = by_seed(results[first]), by_seed(results[second])
+            common = [seed for seed in a if seed in b and isinstance(a[seed], float) and isinstance(b[seed], float)]
+            if common and all(abs(a[seed] - b[seed]) < 1e-6 for seed in common):
+                lines.append(f"{first} and {second} reached the same eval loss on all {len(common)} common seed(s): "
+                             f"the same update computed another way; peak memory {_mib(results[first].memory('peak'))}"
+                             f" vs {_mib(results[second].memory('peak'))}.")
+    return lines
+
+
+def check_claims(results: dict[str, MethodResult]) -> list[Verdict]:
+    get = results.get
+    adam, badam, lora = get("adam"), get("badam"), get("lora")
+    out = []
+
+    def need(*pairs) -> str | None:
+        missing = [name for name, result in pairs if result is None]
+        return f"no run of {', '.join(missing)}" if missing else None
+
+    # memory (paper Table 2): BAdam below Adam
+    claim, source = "BAdam holds less memory than Adam", "Table 2"
+    missing = need(("adam", adam), ("badam", badam))
+    if missing or adam.memory("peak") is None or badam.memory("peak") is None:
+        out.append(Verdict(claim, source, "not measured", missing or "no peak memory recorded"))
+    else:
+        a, b = adam.memory("peak"), badam.memory("peak")
+        out.append(Verdict(claim, source, "holds" if b < a else "does not hold",
+                           f"peak allocated: badam {_mib(b)}, adam {_mib(a)} ({b / a:.0%} of Adam's)"))
+    # gradients + optimizer states about 1/D of Adam's (Table 1: 16M/D vs 16M)
+    claim, source = "BAdam's gradients and optimizer states are about 1/D of Adam's (D blocks)", "Table 1"
+    parts = lambda r: (r.memory("gradients") or 0) + (r.memory("optimizer_states") or 0)  # noqa: E731
+    if missing or not badam.num_blocks or not parts(adam) or not parts(badam):
+        why = missing or ("no memory split or block count recorded" if not badam.num_blocks or not parts(adam) else
+                          "BAdam's split was taken when its active block held no gradient or state (K = 1?)")
+        out.append(Verdict(claim, source, "not measured", why))
+    else:
+        ratio, blocks = parts(badam) / parts(adam), badam.num_blocks
+        out.append(Verdict(claim, source, "holds" if ratio <= 2 / blocks else "does not hold",
+                           f"{_mib(parts(badam))} vs {_mib(parts(adam))}: {ratio:.3f} of Adam's; 1/D = "
+                           f"{1 / blocks:.3f} (D = {blocks}; holds up to 2/D)"))
+    # backward time (Table 4): the backward pass stops at the active block
+    claim, source = "BAdam's backward pass is faster than Adam's (it stops at the active block)", "Tables 3-4"
+    if missing or adam.timing("backward") is None or badam.timing("backward") is None:
+        out.append(Verdict(claim, source, "not measured", missing or "no backward time recorded"))
+    else:
+        a, b = adam.timing("backward"), badam.timing("backward")
+        out.append(Verdict(claim, source, "holds" if b < a else "does not hold",
+                           f"median backward: badam {b:.0f} ms, adam {a:.0f} ms ({b / a:.0%})"))
+    # rank (Figure 2): BAdam's update is high-rank like Adam's; LoRA's is capped by r
+    claim, source = "BAdam's update is high-rank like Adam's, LoRA's is capped by its rank", "Figure 2"
+    ranks = {name: r.rank if r is not None else None for name, r in (("adam", adam), ("badam", badam), ("lora", lora))}
+    if any(v is None for v in ranks.values()):
+        out.append(Verdict(claim, source, "not measured", "no eval/rank.json of " +
+                           ", ".join(k for k, v in ranks.items() if v is None)))
+    else:
+        r_adam, r_badam, r_lora = (ranks[k]["mean_effective_rank"] for k in ("adam", "badam", "lora"))
+        cap = lora.option.get("rank")
+        holds = r_badam >= 0.5 * r_adam and cap is not None and r_lora <= cap
+        out.append(Verdict(claim, source, "holds" if holds else "does not hold",
+                           f"mean effective rank over changed matrices: adam {r_adam:.0f}, badam {r_badam:.0f} "
+                           f"({ranks['badam']['changed']} of {ranks['badam']['analysed']} matrices changed), "
+                           f"lora {r_lora:.1f} (rank r = {cap}); holds when badam >= half of adam and lora <= r"))
+    # optimization (Figure 2 left, Table 5)
+    for first, second, claim, source in (
+            ("badam", "lora", "BAdam reaches a lower loss than LoRA", "Figure 2"),
+            ("badam", "lomo", "BAdam reaches a lower loss than LOMO", "Table 5 (MT-bench there, eval loss here)"),
+            ("badam", "galore", "BAdam reaches a lower loss than GaLore", "Table 5 (MT-bench there, eval loss here)"),
+            ("bsgd", "sgd", "BSGD reaches a lower loss than SGD", "Figure 3 (MT-bench there, eval loss here)")):
+        verdict, evidence = _lower(get(first), get(second))
+        out.append(Verdict(claim, source, verdict, evidence))
+    # BAdam on par with Adam (Figure 3, Table 5): not above Adam beyond seed noise
+    claim, source = "BAdam's loss is on par with Adam's", "Figure 3, Table 5"
+    verdict, evidence = _lower(adam, badam)
+    if verdict.startswith("holds"):
+        verdict = "does not hold" + verdict[len("holds"):]
+        evidence += " (Adam lower)"
+    elif verdict.startswith("does not hold") or verdict == "within seed noise":
+        verdict = "holds" + verdict[len("does not hold"):] if verdict.startswith("does not hold") else "holds"
+    out.append(Verdict(claim, source, verdict, evidence))
+    return out
+
+
+# --- figures of the report ------------------------------------------------------------------------------------------
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    replace_durably(tmp, path)
+    return path
+
+
+def eval_loss_figure(results: dict[str, MethodResult], title: str, path: Path) -> Path | None:
+    """Eval loss against steps: the mean over seeds, the seed range as a band."""
+    methods = method_order(m for m, r in results.items() if r.eval_curves())
+    if not methods:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for method in methods:
+        curves = results[method].eval_curves()
+        frame = pd.concat([c.set_index("step")["eval_loss"].rename(i) for i, c in enumerate(curves)], axis=1)
+        frame = frame.dropna()  # steps every seed evaluated
+        color = method_color(method)
+        ax.plot(frame.index, frame.mean(axis=1), color=color, lw=1.6,
+                label=f"{method} ({len(curves)} seed{'s' * (len(curves) > 1)})", marker="o", ms=3)
+        if len(curves) > 1:
+            ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=color, alpha=0.2, lw=0)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out eval loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def memory_figure(results: dict[str, MethodResult], title: str, path: Path) -> Path | None:
+    """The memory split of each method (median over its runs), stacked."""
+    methods = [m for m in method_order(results) if results[m].memory("parameters") is not None]
+    if not methods:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    bottom = [0.0] * len(methods)
+    for index, part in enumerate(SPLIT_PARTS):
+        values = [(results[m].memory(part) or 0) / MIB for m in methods]
+        ax.bar(methods, values, bottom=bottom, label=part.replace("_", " "),
+               color=plt.get_cmap("Set2").colors[index])
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel("MiB at the peak step")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --- the page -------------------------------------------------------------------------------------------------------
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def method_table(results: dict[str, MethodResult]) -> list[str]:
+    lines = ["| method | lr | final eval loss (mean ± half range) | train loss, last 10 steps | peak memory | "
+             "step / forward / backward / update (ms, median) | effective rank of ΔW (changed matrices) |",
+             "|---|---|---|---|---|---|---|"]
+    for method in method_order(results):
+        r = results[method]
+        rank = r.rank
+        ratio = "" if rank is None or rank["mean_rank_ratio"] is None else f"ratio {rank['mean_rank_ratio']:.2f}; "
+        rank_text = "-" if rank is None else (f"{rank['mean_effective_rank']:.1f} ({ratio}{rank['changed']} of "
+                                              f"{rank['analysed']} changed, {'/'.join(rank['types'])})")
+        timing = " / ".join(_fmt_ms(r.timing(p)) for p in ("step", "forward", "backward", "update"))
+        lines.append(f"| {method} | {', '.join(f'{lr:g}' for lr in r.lrs) or '-'} | "
+                     f"{r.eval_loss.text() if r.eval_loss else '-'} | {r.train_loss.text() if r.train_loss else '-'} "
+                     f"| {_mib(r.memory('peak'))} | {timing} | {rank_text} |")
+    return lines
+
+
+def split_table(results: dict[str, MethodResult]) -> list[str]:
+    lines = ["| method | " + " | ".join(p.replace("_", " ") for p in SPLIT_PARTS) + " |",
+             "|---" * (len(SPLIT_PARTS) + 1) + "|"]
+    for method in method_order(results):
+        lines.append(f"| {method} | " + " | ".join(_mib(results[method].memory(p)) for p in SPLIT_PARTS) + " |")
+    return lines
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")[:60] or "model"
+
+
+def render(root: Path, title: str, collected: dict[str, dict[str, MethodResult]], written: dict[str, list[Path]],
+           problems: list[str]) -> str:
+    lines = [f"# {title}", "",
+             f"Generated by `python -m plots.report` from `{root}` on "
+             f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. Every number and verdict below is "
+             "computed from the run directories; the tables and figures of the paper's layout are in "
+             "`tables_figures/` (`index.md` lists them).", ""]
+    if not collected:
+        lines += ["No run ended ok under this folder, so there is nothing to report yet.", ""]
+    for model, results in collected.items():
+        runs = [run for r in results.values() for run in r.runs]
+        devices = sorted({r.device for r in results.values()})
+        lines += [f"## {model}", "",
+                  f"{len(runs)} run(s) of {len(results)} method(s) on {', '.join(devices)}. "
+                  "Differences count only beyond the seed range (module docstring of plots/report.py).", ""]
+        lines += method_table(results) + [""]
+        folder = root / FIGURE_DIR
+        figures = [eval_loss_figure(results, f"{model}: eval loss (band: seed range)",
+                                    folder / f"eval_loss_{_slug(model)}.png"),
+                   memory_figure(results, f"{model}: memory split at the peak step",
+                                 folder / f"memory_split_{_slug(model)}.png")]
+        lines += [f"![{p.stem}]({p.relative_to(root).as_posix()})" for p in figures if p is not None] + [""]
+        lines += ["Memory split at the peak step (median over runs):", ""] + split_table(results) + [""]
+        lines += ["### The paper's claims at this scale", "", "| claim (paper) | verdict | evidence |", "|---|---|---|"]
+        lines += [f"| {v.claim} ({v.source}) | **{v.verdict}** | {v.evidence} |" for v in check_claims(results)]
+        lines.append("")
+        lines += [f"- {line}" for line in identical_methods(results)] + [""] * bool(identical_methods(results))
+    pngs = [p for key in sorted(written) if key.startswith("F") for p in written[key] if p.suffix == ".png"]
+    if pngs:
+        lines += ["## The paper's figures from these runs", ""]
+        lines += [f"![{p.stem}]({p.relative_to(root).as_posix()})" for p in pngs] + [""]
+    models = [m.lower() for m in collected]
+    tables = [p for key in sorted(written) if key.startswith("T") for p in written[key] if p.suffix == ".md"
+              and any(m in p.read_text(encoding="utf-8").lower() for m in models)]
+    if tables:
+        lines += ["Tables holding these runs: " + ", ".join(f"[{p.stem}]({p.relative_to(root).as_posix()})"
+                                                           for p in tables), ""]
+    if problems:
+        lines += ["## Left out (and why)", ""] + [f"- {p}" for p in problems] + [""]
+    return "\n".join(lines)
+
+
+def write_report(root: Path, *, title: str | None = None, out: Path | None = None) -> tuple[Path, int]:
+    """Build every table and figure into <root>/tables_figures (or `out`) and write <root>/report.md. Returns
+    (report path, number of table and figure files)."""
+    root = Path(root)
+    out = out or root / "tables_figures"
+    problems: list[str] = []
+    written = build_all(root, out, problems=problems)
+    runs = discover_runs(root, exclude=out)
+    collected = collect(runs)
+    text = render(root, title or f"Results in {root.name}", collected, written, problems)
+    path = root / REPORT_FILE
+    atomic_write_text(path, text + "\n")
+    return path, sum(len(p) for p in written.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plots.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, help="a results folder (e.g. runs/cpu or results/)")
+    parser.add_argument("--title", help="the page's title (default: the folder's name)")
+    parser.add_argument("--out", type=Path, help="where the tables and figures go (default <results>/tables_figures)")
+    parser.add_argument("--note-file", type=Path, help="write a one-line summary here (experiments.run_all reads it)")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        print(f"error: results folder {args.results} does not exist", file=sys.stderr)
+        return 2
+    path, files = write_report(args.results, title=args.title, out=args.out)
+    note = f"plots: {files} table and figure files in {args.out or args.results / 'tables_figures'}; report: {path}"
+    if args.note_file is not None:
+        args.note_file.write_text(note, encoding="utf-8")
+    print(note)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
