@@ -95,13 +95,34 @@ spec = P['$judge']; print(cache_dir() / 'models' / spec.file_name, spec.sha256)"
 
 # convert_model ALIAS CARRIED: the alias converted once (experiments.models.resolve_alias). The GPU machine's
 # transformers (5.17) converted Gemma-3's GGUF tokenizer without its merges (one token per character;
-# experiments.models.check_subword_tokenizer refuses it): when the converted tokenizer fails that check, the one
-# converted by prepare_carry.sh (CARRIED, e.g. .gpu/tok/gemma3; *.gz files gunzipped) replaces it, checked again.
+# experiments.models.check_subword_tokenizer refuses it): when the converted tokenizer fails that check or encodes
+# differently from the one converted by prepare_carry.sh (CARRIED, e.g. .gpu/tok/gemma3; *.gz files gunzipped), the
+# carried one replaces it and is checked again.
 convert_model() {
   local alias="$1" carried="$2" folder file
   folder="$(python3 -c "from experiments.models import resolve_alias; print(resolve_alias('$alias'))" | tail -1)"
   [ -d "$folder" ] || { echo "$alias could not be converted" >&2; exit 1; }
-  if ! python3 -c "from experiments.models import load_tokenizer; load_tokenizer('$folder')" 2>/dev/null; then
+  if ! python3 - "$folder" "$carried" 2>/dev/null <<'PY'; then
+# exit 0 when the converted tokenizer passes load_tokenizer's check and, where a carried one is there, encodes plain
+# text and a rendered chat exactly as the carried one does (a conversion can keep its merges and still differ)
+import gzip, shutil, sys, tempfile
+from pathlib import Path
+from experiments.models import load_tokenizer
+converted, carried = load_tokenizer(sys.argv[1]), Path(sys.argv[2])
+if carried.is_dir():
+    with tempfile.TemporaryDirectory() as tmp:
+        for file in carried.iterdir():
+            if file.suffix == ".gz":
+                (Path(tmp) / file.stem).write_bytes(gzip.decompress(file.read_bytes()))
+            else:
+                shutil.copy(file, tmp)
+        reference = load_tokenizer(tmp)
+    chat = [{"role": "user", "content": "Rate the answer: 2 + 2 = 4. Écrivez «merci» ☺"}]
+    texts = ["Below is an instruction that describes a task.\n\n  def f(x):\treturn x**2  # 12345 ✓"]
+    if converted.chat_template and reference.chat_template:
+        texts.append(reference.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+    sys.exit(0 if all(converted(t)["input_ids"] == reference(t)["input_ids"] for t in texts) else 1)
+PY
     [ -f "$carried/tokenizer.json.gz" ] || { echo "broken tokenizer in $folder, none in $carried" >&2; exit 1; }
     for file in "$carried"/*; do
       case "$file" in
