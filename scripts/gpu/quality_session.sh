@@ -3,8 +3,8 @@
 # registry: the wheels it lacks (galore-torch, lomo-optim, a bitsandbytes slimmed to its CPU and CUDA 13 libraries,
 # gguf) travel unpacked in .gpu/site, the shared data it needs in .gpu/shared, and the Gemma-3-270M GGUF in pieces
 # .gpu/parts/p1..p6/ (one piece per call: a call carries at most 64 MiB), Gemma's tokenizer in .gpu/tok/gemma3 (all
-# built by scripts/gpu/prepare_carry.sh). Calls: 1 carries .gpu/site .gpu/shared .gpu/ref .gpu/tok .gpu/parts/p1 and
-# runs `check`; 2-5 carry p2..p5 (any command); 6 carries p6 and runs `start`; then `wait S` until done. Phases:
+# built by scripts/gpu/prepare_carry.sh). Calls: 1 carries .gpu/site .gpu/shared .gpu/ref .gpu/tok/gemma3 .gpu/parts/p1
+# and runs `check`; 2-5 carry p2..p5 (any command); 6 carries p6 and runs `start`; then `wait S` until done. Phases:
 #   check         GPU, packages, free disk: prints what is there
 #   attention     the first training batch scored on the CPU (fp32 reference) and on the GPU with each attention
 #                 path (scripts/gpu/attention_check.py); run it before trusting quality runs on a new stack
@@ -16,10 +16,26 @@
 #                 each other), with the evaluators started as soon as the runs they read are final
 #                 (scripts/gpu/evaluate_when_done.py) instead of after the last run
 #   wait S        follow the background suite for up to S seconds (returns early when it is done), then pack
+#   judge [S]     MT-bench judging by the local judge Qwen2.5-Coder-1.5B-Instruct: join its GGUF from .gpu/judge
+#                 (sha256), convert it once (carried tokenizer if the converted one is broken), then
+#                 python3 -m eval.mtbench judge --local-judge qwen2.5-coder-1.5b-instruct --device cuda over every
+#                 run directory of runs/quality-gpu/paper_mtbench_*/ whose answers are all there (the <stem>-base one
+#                 included), stopped after S seconds (default 480) so that the pack still happens; a second call
+#                 resumes (judged items are skipped). JUDGE_BATCH: prompts per generate call (default 80, half of a
+#                 run's 160 items; estimated ~30 GB on the GPU: 3.6 GB of bf16 weights, a KV cache of 28 KB a token
+#                 = 9 GB for 80 x 4k tokens, prefill activations of <= 3k-token prompts); JUDGE_MAX_TOKENS: reply
+#                 length (default 1024; FastChat asks GPT-4 for up to 2048, a longer reply of a 1.5B judge is a loop).
+#                 The judge's name, qwen2.5-coder-1.5b-instruct, is in every judgment record and names the scores
+#                 file (eval/mtbench/scores_<judge>.json): table T5 shows it as the column "MT-bench (<judge>)"
+# The judge's GGUF travels as .gpu/judge/j01..j24 (scripts/gpu/prepare_carry.sh --with-judge; one piece per call, a
+# call carries <= 64 MiB): the `wait` calls carry them while the suite trains in the background, e.g. a call with
+# carry [".gpu/judge/j01", ".gpu/tok/qwen2.5-coder-1.5b-instruct"] and command `bash scripts/gpu/quality_session.sh
+# wait 20`, then one call per piece j02..j24 the same way; `wait` and `check` say how many pieces are there (and which
+# are missing). Once the suite is done: `judge 480` (again if it stopped before the end).
 # Every phase but check packs runs/quality-gpu (no model weights, no checkpoints) into $OUT/quality-*.tgz.
 # Reproduce on any CUDA machine with the packages installed: ./run_all.sh --profile quality-gpu --jobs 8
 set -euo pipefail
-phase="${1:?usage: quality_session.sh check|attention|start|wait S|run S1 S2|finish S1 S2}"
+phase="${1:?usage: quality_session.sh check|attention|start|wait S|judge [S]|run S1 S2|finish S1 S2}"
 here="$(pwd)"
 export PYTHONPATH="$here/.gpu/site:$here${PYTHONPATH:+:$PYTHONPATH}"
 export BADAM_SHARED="$here/.gpu/shared" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -29,29 +45,93 @@ out_root="$here/runs/quality-gpu"
 gguf="$here/cache/models/gemma-3-270m-q4_k_m.gguf"
 want_sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
-join_gguf() {
-  if [ ! -f "$gguf" ]; then
-    mkdir -p "$(dirname "$gguf")"
-    cat .gpu/parts/p*/gemma.part* > "$gguf.partial"
-    got="$(sha256sum "$gguf.partial" | cut -c1-64)"
-    [ "$got" = "$want_sha" ] || { echo "GGUF sha256 mismatch: $got" >&2; exit 1; }
-    mv "$gguf.partial" "$gguf"
+judge=qwen2.5-coder-1.5b-instruct
+judge_manifest=.gpu/judge/j01/manifest.txt
+
+# join_pieces TARGET SHA256 PIECE...: the pieces concatenated into TARGET once, checked before it is put in place
+join_pieces() {
+  local target="$1" want="$2" got
+  shift 2
+  [ -f "$target" ] && return 0
+  mkdir -p "$(dirname "$target")"
+  cat "$@" > "$target.partial"
+  got="$(sha256sum "$target.partial" | cut -c1-64)"
+  if [ "$got" != "$want" ]; then
+    rm -f "$target.partial"
+    echo "$(basename "$target"): sha256 mismatch ($got) from $# pieces" >&2
+    exit 1
   fi
+  mv "$target.partial" "$target"
 }
 
-# The GPU machine's transformers (5.17) converts Gemma-3's GGUF tokenizer without its merges (one token per
-# character; experiments.models.check_subword_tokenizer refuses it): convert the weights there, then put the tokenizer
-# converted by prepare_carry.sh (.gpu/tok/gemma3, carried) into the converted folder and check it.
+join_gguf() { join_pieces "$gguf" "$want_sha" .gpu/parts/p*/gemma.part*; }
+
+# "N of M": how many of the judge's pieces (manifest in j01) are here with the right size; the missing ones on stderr
+judge_pieces() {
+  [ -f "$judge_manifest" ] || { echo "0 of ? (no $judge_manifest yet: carry .gpu/judge/j01)"; return; }
+  local have=0 total=0 missing=() piece size
+  while read -r piece size; do
+    total=$((total + 1))
+    if [ -f ".gpu/judge/$piece" ] && [ "$(stat -c %s ".gpu/judge/$piece")" = "$size" ]; then
+      have=$((have + 1))
+    else
+      missing+=("$(dirname "$piece")")
+    fi
+  done < "$judge_manifest"
+  echo "$have of $total"
+  [ "${#missing[@]}" = 0 ] || echo "judge pieces missing: ${missing[*]}" >&2
+}
+
+join_judge() {
+  local count target sha
+  count="$(judge_pieces)"
+  [ "${count%% of*}" = "${count##*of }" ] || { echo "judge GGUF incomplete: $count pieces here" >&2; exit 1; }
+  read -r target sha < <(python3 -c "from experiments.models import PACKAGED_GGUFS as P
+from experiments.gguf_cache import cache_dir
+spec = P['$judge']; print(cache_dir() / 'models' / spec.file_name, spec.sha256)")
+  [ -n "$sha" ] || { echo "experiments.models knows no $judge" >&2; exit 1; }
+  join_pieces "$target" "$sha" .gpu/judge/j*/judge.part*
+}
+
+# convert_model ALIAS CARRIED: the alias converted once (experiments.models.resolve_alias). The GPU machine's
+# transformers (5.17) converted Gemma-3's GGUF tokenizer without its merges (one token per character;
+# experiments.models.check_subword_tokenizer refuses it): when the converted tokenizer fails that check or encodes
+# differently from the one converted by prepare_carry.sh (CARRIED, e.g. .gpu/tok/gemma3; *.gz files gunzipped), the
+# carried one replaces it and is checked again.
 convert_model() {
-  folder="$(python3 -c "from experiments.models import resolve_alias; print(resolve_alias('gemma3-270m'))" \
-            | tail -1)"
-  [ -d "$folder" ] || { echo "gemma3-270m could not be converted" >&2; exit 1; }
-  if ! python3 -c "from experiments.models import load_tokenizer; load_tokenizer('$folder')" 2>/dev/null; then
-    [ -f .gpu/tok/gemma3/tokenizer.json.gz ] || { echo "broken tokenizer in $folder, none in .gpu/tok" >&2; exit 1; }
-    gunzip -c .gpu/tok/gemma3/tokenizer.json.gz > "$folder/tokenizer.json"
-    cp .gpu/tok/gemma3/tokenizer_config.json "$folder/"
+  local alias="$1" carried="$2" folder file
+  folder="$(python3 -c "from experiments.models import resolve_alias; print(resolve_alias('$alias'))" | tail -1)"
+  [ -d "$folder" ] || { echo "$alias could not be converted" >&2; exit 1; }
+  if ! python3 - "$folder" "$carried" 2>/dev/null <<'PY'; then
+# exit 0 when the converted tokenizer passes load_tokenizer's check and, where a carried one is there, encodes plain
+# text and a rendered chat exactly as the carried one does (a conversion can keep its merges and still differ)
+import gzip, shutil, sys, tempfile
+from pathlib import Path
+from experiments.models import load_tokenizer
+converted, carried = load_tokenizer(sys.argv[1]), Path(sys.argv[2])
+if carried.is_dir():
+    with tempfile.TemporaryDirectory() as tmp:
+        for file in carried.iterdir():
+            if file.suffix == ".gz":
+                (Path(tmp) / file.stem).write_bytes(gzip.decompress(file.read_bytes()))
+            else:
+                shutil.copy(file, tmp)
+        reference = load_tokenizer(tmp)
+    chat = [{"role": "user", "content": "Rate the answer: 2 + 2 = 4. Écrivez «merci» ☺"}]
+    texts = ["Below is an instruction that describes a task.\n\n  def f(x):\treturn x**2  # 12345 ✓"]
+    if converted.chat_template and reference.chat_template:
+        texts.append(reference.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+    sys.exit(0 if all(converted(t)["input_ids"] == reference(t)["input_ids"] for t in texts) else 1)
+PY
+    [ -f "$carried/tokenizer.json.gz" ] || { echo "broken tokenizer in $folder, none in $carried" >&2; exit 1; }
+    for file in "$carried"/*; do
+      case "$file" in
+        *.gz) gunzip -c "$file" > "$folder/$(basename "$file" .gz)" ;;
+        *) cp "$file" "$folder/" ;;
+      esac
+    done
     python3 -c "from experiments.models import load_tokenizer; load_tokenizer('$folder')"
-    echo "tokenizer of $folder replaced by .gpu/tok/gemma3: sha256 $(sha256sum "$folder/tokenizer.json" | cut -c1-16)"
+    echo "tokenizer of $folder replaced by $carried: sha256 $(sha256sum "$folder/tokenizer.json" | cut -c1-16)"
   fi
 }
 
@@ -84,15 +164,16 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
 'bnb', bitsandbytes.__version__, 'gpus', torch.cuda.device_count())"
     df -h "$here" | tail -1
     ls -la .gpu/parts/* 2>/dev/null || true
+    echo "judge pieces here: $(judge_pieces)"
     ;;
   attention)
     join_gguf
-    convert_model
+    convert_model gemma3-270m .gpu/tok/gemma3
     attention
     ;;
   start)
     join_gguf
-    convert_model
+    convert_model gemma3-270m .gpu/tok/gemma3
     attention
     python3 - "$OUT/attention_check.json" <<'PY' || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
 import json, sys
@@ -136,13 +217,37 @@ for run in sorted(p for p in Path(sys.argv[1]).glob("*/*") if p.is_dir()):
         last = json.loads(lines[-1]) if lines else {}
         print(f"{run.parent.name}/{run.name}: running, step {last.get('step')} loss {last.get('loss')}")
 PY
+    echo "judge pieces here: $(judge_pieces)"
     pack "quality-wait"
     [ -f "$out_root/DONE" ] && echo "suite done, run_all exit code $(cat "$out_root/run_all.exit")"
+    ;;
+  judge)
+    limit="${2:-480}"
+    started=$SECONDS
+    join_judge
+    convert_model "$judge" ".gpu/tok/$judge"
+    [ -f "$out_root/DONE" ] || echo "note: the background suite is not done; judging the answers that are complete"
+    mapfile -t answered < <(python3 -m eval.mtbench.runs "$out_root" 'paper_mtbench_*')
+    if [ "${#answered[@]}" = 0 ]; then
+      echo "no run directory under $out_root/paper_mtbench_*/ has all its MT-bench answers" >&2
+    else
+      left=$((limit - (SECONDS - started)))
+      [ "$left" -gt 30 ] || { echo "no time left to judge (limit $limit s)" >&2; left=1; }
+      set +e
+      timeout "$left" python3 -m eval.mtbench judge --run-dir "${answered[@]}" --local-judge "$judge" \
+          --device cuda --batch-size "${JUDGE_BATCH:-80}" --max-tokens "${JUDGE_MAX_TOKENS:-1024}"
+      code=$?
+      set -e
+      [ "$code" = 124 ] && echo "judging stopped after $limit s: call judge again to go on"
+      echo "judge exit code: $code"
+    fi
+    nvidia-smi --query-gpu=name,memory.used --format=csv
+    pack "quality-judge"
     ;;
   run|finish)
     launch="${2:?launch deadline (s)}"; kill_after="${3:?kill-after (s)}"
     join_gguf
-    convert_model
+    convert_model gemma3-270m .gpu/tok/gemma3
     extra=(--no-eval)
     [ "$phase" = finish ] && extra=()
     set +e

