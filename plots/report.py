@@ -224,15 +224,19 @@ def check_claims(results: dict[str, MethodResult]) -> list[Verdict]:
         missing = [name for name, result in pairs if result is None]
         return f"no run of {', '.join(missing)}" if missing else None
 
+    def badam_below_adam(claim: str, source: str, value, unrecorded: str, evidence) -> Verdict:
+        """BAdam's value under Adam's (memory, time); evidence(badam, adam) writes the numbers."""
+        a, b = (value(adam), value(badam)) if not missing else (None, None)
+        if missing or a is None or b is None:
+            return Verdict(claim, source, "not measured", missing or unrecorded)
+        return Verdict(claim, source, "holds" if b < a else "does not hold", evidence(b, a))
+
     # memory (paper Table 2): BAdam below Adam
-    claim, source = "BAdam holds less memory than Adam", "Table 2"
     missing = need(("adam", adam), ("badam", badam))
-    if missing or adam.memory("peak") is None or badam.memory("peak") is None:
-        out.append(Verdict(claim, source, "not measured", missing or "no peak memory recorded"))
-    else:
-        a, b = adam.memory("peak"), badam.memory("peak")
-        out.append(Verdict(claim, source, "holds" if b < a else "does not hold",
-                           f"peak allocated: badam {_mib(b)}, adam {_mib(a)} ({b / a:.0%} of Adam's)"))
+    out.append(badam_below_adam("BAdam holds less memory than Adam", "Table 2", lambda r: r.memory("peak"),
+                                "no peak memory recorded",
+                                lambda b, a: f"peak allocated: badam {_mib(b)}, adam {_mib(a)} "
+                                             f"({b / a:.0%} of Adam's)"))
     # gradients + optimizer states about 1/D of Adam's (Table 1: 16M/D vs 16M)
     claim, source = "BAdam's gradients and optimizer states are about 1/D of Adam's (D blocks)", "Table 1"
     parts = lambda r: (r.memory("gradients") or 0) + (r.memory("optimizer_states") or 0)  # noqa: E731
@@ -246,13 +250,9 @@ def check_claims(results: dict[str, MethodResult]) -> list[Verdict]:
                            f"{_mib(parts(badam))} vs {_mib(parts(adam))}: {ratio:.3f} of Adam's; 1/D = "
                            f"{1 / blocks:.3f} (D = {blocks}; holds up to 2/D)"))
     # backward time (Table 4): the backward pass stops at the active block
-    claim, source = "BAdam's backward pass is faster than Adam's (it stops at the active block)", "Tables 3-4"
-    if missing or adam.timing("backward") is None or badam.timing("backward") is None:
-        out.append(Verdict(claim, source, "not measured", missing or "no backward time recorded"))
-    else:
-        a, b = adam.timing("backward"), badam.timing("backward")
-        out.append(Verdict(claim, source, "holds" if b < a else "does not hold",
-                           f"median backward: badam {b:.0f} ms, adam {a:.0f} ms ({b / a:.0%})"))
+    out.append(badam_below_adam("BAdam's backward pass is faster than Adam's (it stops at the active block)",
+                                "Tables 3-4", lambda r: r.timing("backward"), "no backward time recorded",
+                                lambda b, a: f"median backward: badam {b:.0f} ms, adam {a:.0f} ms ({b / a:.0%})"))
     # rank (Figure 2): BAdam's update is high-rank like Adam's; LoRA's is capped by r
     claim, source = "BAdam's update is high-rank like Adam's, LoRA's is capped by its rank", "Figure 2"
     ranks = {name: r.rank if r is not None else None for name, r in (("adam", adam), ("badam", badam), ("lora", lora))}
