@@ -53,6 +53,16 @@ def train_step(method, model, batch, max_norm=None) -> float:
     return float(loss.detach())
 
 
+def after_backward_and_step(method, model, batch):
+    """The method's memory_split after one backward pass and again after the step that follows it."""
+    loss = model(**batch).loss
+    method.backward(loss)
+    after_backward = method.memory_split(model)
+    method.step()
+    after_step = method.memory_split(model)
+    return after_backward, after_step
+
+
 @torch.no_grad()
 def eval_loss(model, batch) -> float:
     return float(model(**batch).loss)

@@ -7,7 +7,7 @@ import torch
 
 from baselines.model_parts import layer_index
 from baselines.registry import get_method_class
-from tests.baselines.conftest import build, make_llama, train_step
+from tests.baselines.conftest import after_backward_and_step, build, make_llama, train_step
 from tests.baselines.test_resume import check_resume_is_bitwise
 from tests.baselines.test_training import check_three_steps_lower_the_loss
 
@@ -71,11 +71,7 @@ def test_memory_is_16_bytes_per_active_parameter(batch):
     method, model = build("lisa", make_llama(num_hidden_layers=4), n_layers=1, seed=1)
     n = sum(p.numel() for p in model.parameters())
     active = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    loss = model(**batch).loss
-    method.backward(loss)
-    grads = method.memory_split(model)
-    method.step()
-    states = method.memory_split(model)
+    grads, states = after_backward_and_step(method, model, batch)
     assert grads["parameters"] == 2 * n
     assert grads["gradients"] == 4 * active
     assert states["optimizer_states"] == 12 * active  # fp32 master + two fp32 moments

@@ -4,20 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.baselines.conftest import build, make_llama
+from tests.baselines.conftest import after_backward_and_step, build, make_llama
 
 
 def numel(params) -> int:
     return sum(p.numel() for p in params)
-
-
-def after_backward_and_step(method, model, batch):
-    loss = model(**batch).loss
-    method.backward(loss)
-    after_backward = method.memory_split(model)
-    method.step()
-    after_step = method.memory_split(model)
-    return after_backward, after_step
 
 
 def test_adam_is_18_bytes_per_parameter(batch):
