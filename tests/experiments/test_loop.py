@@ -13,7 +13,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from baselines.base import Method
 from baselines.registry import get_method_class, method_names
 from experiments.config import TrainConfig
-from experiments.loop import BatchStream, Position, train
+from experiments.batch_stream import BatchStream
+from experiments.loop import Position, train
 from experiments.results import read_metrics, read_summary
 from experiments.schedule import lr_multiplier, warmup_steps_for
 
