@@ -58,16 +58,25 @@ def answered_run_dirs(root: str | Path, group_glob: str = "*", questions: list[d
     eval/mtbench/model_answer holds answer files, the <stem>-base directories of the base model included. Complete:
     every answer file answers every question (default: the shared question file); incomplete ones (answering still
     under way or cut off) are better judged once their answers are all there."""
-    from eval.mtbench.data import load_answers, load_questions
+    from eval.mtbench.data import load_questions
 
     wanted = {q["question_id"] for q in (questions if questions is not None else load_questions())}
     complete, incomplete = [], []
     for run_dir in sorted(p for p in Path(root).glob(f"{group_glob}/*") if p.is_dir()):
-        files = sorted(RunDir(run_dir).eval_file("mtbench").glob("model_answer/*.jsonl"))
-        if files:
-            done = all(wanted <= set(load_answers(f)) for f in files)
+        done = answers_complete(run_dir, wanted)
+        if done is not None:
             (complete if done else incomplete).append(run_dir)
     return complete, incomplete
+
+
+def answers_complete(run_dir: str | Path, question_ids: set) -> bool | None:
+    """Whether every answer file of a run directory answers every question id; None when it holds none."""
+    from eval.mtbench.data import load_answers
+
+    files = sorted(RunDir(Path(run_dir)).eval_file("mtbench").glob("model_answer/*.jsonl"))
+    if not files:
+        return None
+    return all(question_ids <= set(load_answers(f)) for f in files)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,30 +15,32 @@ import shutil
 import sys
 from pathlib import Path
 
+from eval.mtbench.data import load_questions
+from eval.mtbench.runs import answers_complete
 from experiments.run_all import load_profile
 
-MTBENCH_QUESTIONS = 80
 
-
-def evaluator_outputs_complete(profile: dict, run: Path, group: str, method: str) -> bool:
-    """Whether every evaluator of the profile that reads (group, method) left its output in `run`."""
+def evaluator_outputs_complete(profile: dict, run: Path, group: str, method: str, question_ids: set) -> bool:
+    """Whether every evaluator of the profile that reads (group, method) left its output in `run` (MT-bench: every
+    question answered, eval.mtbench.runs.answers_complete)."""
     for spec in profile.get("evaluators") or []:
         if group not in (spec.get("groups") or [group]) or method not in (spec.get("methods") or [method]):
             continue
         if spec["name"] == "rank" and not (run / "eval" / "rank.json").is_file():
             return False
-        if spec["name"] == "mtbench":
-            answers = sorted(run.glob("eval/mtbench/model_answer/*.jsonl"))
-            if not answers or len(answers[0].read_text(encoding="utf-8").splitlines()) < MTBENCH_QUESTIONS:
-                return False
+        if spec["name"] == "mtbench" and not answers_complete(run, question_ids):
+            return False
         if spec["name"] not in ("rank", "mtbench") and not (run / "eval").is_dir():
             return False
     return True
 
 
-def restore(profile: dict, results: Path, out: Path) -> tuple[list[str], list[str]]:
+def restore(profile: dict, results: Path, out: Path, question_ids: set | None = None) -> tuple[list[str], list[str]]:
     """Copy finished runs of the profile's groups from `results` into `out` (existing ones are kept). Returns the
-    restored runs and the runs left out to be trained again for their evaluators, as 'group/run' names."""
+    restored runs and the runs left out to be trained again for their evaluators, as 'group/run' names.
+    question_ids: the MT-bench questions an answer set must cover (default: the shared question file's)."""
+    if question_ids is None:
+        question_ids = {q["question_id"] for q in load_questions()}
     groups = sorted({entry["group"] for entry in profile["runs"]})
     restored, retrain = [], []
     for group in groups:
@@ -49,7 +51,7 @@ def restore(profile: dict, results: Path, out: Path) -> tuple[list[str], list[st
                 continue
             method = str(summary.get("method"))
             kept_weights = bool(((summary.get("config") or {}).get("output") or {}).get("save_model"))
-            if kept_weights and not evaluator_outputs_complete(profile, run, group, method):
+            if kept_weights and not evaluator_outputs_complete(profile, run, group, method, question_ids):
                 retrain.append(f"{group}/{run.name}")
                 continue
             shutil.copytree(run, out / group / run.name)

@@ -31,6 +31,10 @@ def _run(root: Path, group: str, name: str, method: str, *, status: str = "ok", 
     return run
 
 
+def _answers(count: int) -> str:
+    return "".join(json.dumps({"question_id": i, "choices": [{"turns": ["a", "b"]}]}) + "\n" for i in range(count))
+
+
 def test_restore_keeps_finished_runs_and_retrains_those_an_evaluator_needs(tmp_path):
     restore_runs = _script("restore_runs")
     results, out = tmp_path / "results", tmp_path / "out"
@@ -40,16 +44,16 @@ def test_restore_keeps_finished_runs_and_retrains_those_an_evaluator_needs(tmp_p
     done = _run(results, "paper_m", "x-adam-s0", "adam", save_model=True)      # both evaluator outputs committed
     (done / "eval" / "mtbench" / "model_answer").mkdir(parents=True)
     (done / "eval" / "rank.json").write_text("{}")
-    (done / "eval" / "mtbench" / "model_answer" / "x.jsonl").write_text("{}\n" * 80)
+    (done / "eval" / "mtbench" / "model_answer" / "x.jsonl").write_text(_answers(80))
     partial = _run(results, "paper_m", "x-badam-s0", "badam", save_model=True)  # 60 of 80 answers
     (partial / "eval" / "mtbench" / "model_answer").mkdir(parents=True)
     (partial / "eval" / "rank.json").write_text("{}")
-    (partial / "eval" / "mtbench" / "model_answer" / "x.jsonl").write_text("{}\n" * 60)
+    (partial / "eval" / "mtbench" / "model_answer" / "x.jsonl").write_text(_answers(60))
     _run(results, "paper_m", "x-lomo-s0", "lomo", save_model=True)               # no evaluator reads lomo
     _run(results, "paper_m", "x-badam-s1", "badam")                              # weights not kept: nothing to redo
     _run(results, "other_group", "x-adam-s0", "adam")                            # not a group of the profile
     kept = _run(out, "paper_m", "x-adam-s1", "adam")                             # already there: left as it is
-    restored, retrain = restore_runs.restore(PROFILE, results, out)
+    restored, retrain = restore_runs.restore(PROFILE, results, out, question_ids=set(range(80)))
     assert sorted(restored) == ["paper_m/x-adam-s0", "paper_m/x-badam-s1", "paper_m/x-lomo-s0",
                                 "sweep_m/x-adam-lr1e-05"]
     assert retrain == ["paper_m/x-badam-s0"]
