@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -171,8 +172,12 @@ def _judge_folder(args, out: Path, model_answers: dict, questions: list[dict], b
     stats = judge_answers(model_answers, questions, backend, judgment_file, judge_prompts=prompts,
                           reference_answers=references, turns=tuple(args.turns))
     summary = summarize_single(judgment_file, load_questions(args.question_file), judge_model=backend.name)
-    result = {**summary, "judgment_file": str(judgment_file), "run": stats}
-    write_json_atomic(scores_file_path(out, backend.name), result)
+    scores_file = scores_file_path(out, backend.name)
+    # Relative to the scores file, so that a run directory judged on another machine (a lent GPU) and then copied
+    # into results/ names its own judgments rather than a path of that machine.
+    relative = os.path.relpath(judgment_file, scores_file.parent)
+    result = {**summary, "judgment_file": relative, "run": {**stats, "judgment_file": relative}}
+    write_json_atomic(scores_file, result)
     print(f"\n{out}:\n{format_summary(summary)}")
     print(f"\nscores: {scores_file_path(out, backend.name)}")
     return result

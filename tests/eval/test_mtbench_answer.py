@@ -296,6 +296,8 @@ def test_cli_local_judge_grades_several_run_directories_loading_the_judge_once(m
         out = run / "eval" / "mtbench"
         scores = json.loads((out / "scores_qwen2.5-coder-1.5b-instruct.json").read_text())
         assert scores["judge"] == "qwen2.5-coder-1.5b-instruct" and list(scores["models"]) == [run.name]
+        # relative to the scores file: the run directory can move (judged on a GPU machine, copied into results/)
+        assert scores["judgment_file"] == "model_judgment/qwen2.5-coder-1.5b-instruct_single.jsonl"
         records = read_jsonl(out / "model_judgment" / "qwen2.5-coder-1.5b-instruct_single.jsonl")
         assert [(r["model"], r["judge"][0]) for r in records] == [(run.name, "qwen2.5-coder-1.5b-instruct")]
     assert main([*judge, "--run-dir", *map(str, runs), "--answers", "x.jsonl"]) == 2
