@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from plots.runs import Run  # noqa: E402
-from plots.seeds import MeanStd, SeedGroup, mean_curve  # noqa: E402
+from plots.seeds import MeanSE, MeanStd, SeedGroup, mean_curve  # noqa: E402
 
 X_LABELS = {"step": "optimizer steps (data pass)", "hours": "training time (hours, sum of step times)"}
 Y_LABELS = {"loss": "training loss (online, smoothed)", "eval_loss": "held-out eval loss"}
@@ -64,9 +64,14 @@ def draw_seed_curves(ax, items: list[tuple[str, str, SeedGroup]], y: str, x: str
     return True
 
 
-def bars(ax, items: list[tuple[str, str, MeanStd | None]], ylabel: str, title: str, *, offset: float = 0.0,
+def _error(value: MeanStd | MeanSE) -> float | None:
+    return value.se if isinstance(value, MeanSE) else value.std
+
+
+def bars(ax, items: list[tuple[str, str, MeanStd | MeanSE | None]], ylabel: str, title: str, *, offset: float = 0.0,
          width: float = 0.6, ylim: tuple[float, float] | None = None) -> None:
-    """One bar per (label, colour, value): the mean, with the standard deviation over seeds as an error bar;
+    """One bar per (label, colour, value): the mean, with the standard deviation over seeds (MeanStd) or the standard
+    error over one run's scored items (MeanSE, an MT-bench score of one seed) as an error bar;
     "no run" written where a value is missing. Without `ylim` (losses, whose differences are small against their
     size) the values are drawn as points on an axis fitted to them instead of bars from zero."""
     if not items:
@@ -79,10 +84,10 @@ def bars(ax, items: list[tuple[str, str, MeanStd | None]], ylabel: str, title: s
                     transform=ax.get_xaxis_transform())
             continue
         if ylim is None:
-            ax.errorbar([x], [value.mean], yerr=[value.std] if value.std else None, fmt="o", color=color, ms=7,
-                        capsize=4)
+            ax.errorbar([x], [value.mean], yerr=[_error(value)] if _error(value) else None, fmt="o", color=color,
+                        ms=7, capsize=4)
         else:
-            ax.bar(x, value.mean, width, color=color, yerr=value.std if value.std else None, capsize=3)
+            ax.bar(x, value.mean, width, color=color, yerr=_error(value) or None, capsize=3)
     ax.set_xticks(list(range(len(items))), [label for label, _c, _v in items], rotation=20, ha="right",
                   fontsize=8)
     known = [v.mean for _l, _c, v in items if v is not None]
@@ -90,7 +95,7 @@ def bars(ax, items: list[tuple[str, str, MeanStd | None]], ylabel: str, title: s
     if ylim is not None:
         ax.set_ylim(*ylim)
     elif known:  # losses of close methods: start the axis near the data so differences are visible
-        spreads = [v.std or 0.0 for _l, _c, v in items if v is not None]
+        spreads = [_error(v) or 0.0 for _l, _c, v in items if v is not None]
         low, high = min(known) - max(spreads), max(known) + max(spreads)
         pad = max(0.1 * (high - low), 0.01 * abs(high), 1e-6)
         ax.set_ylim(low - pad, high + pad)

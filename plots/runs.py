@@ -28,6 +28,27 @@ from experiments.rundir import RUN_SUBDIRS, SUMMARY_FILE, RunDir
 PAPER_MATH_DATASETS = ("gsm8k", "math", "aqua", "numglue", "sat_math", "mmlu_math")
 
 
+@dataclass(frozen=True)
+class JudgedScore:
+    """A run's overall MT-bench score from one judge: the mean over `n_scored` rated judgments of `n_judged`
+    (the rest gave no rating), with the standard error of that mean (eval.mtbench.aggregate); None where unknown."""
+    judge: str
+    overall: float
+    se: float | None
+    n_scored: int | None
+    n_judged: int | None
+
+
+def _judgment_file(scores_path: Path, doc: dict, judge: str) -> Path | None:
+    """The judgment file a scores file was computed from: its `judgment_file`, relative to the scores file (or an
+    absolute path that exists here); else where eval.mtbench puts it, <scores dir>/model_judgment/<judge>_single.jsonl
+    (older scores files hold the absolute path of the machine that judged)."""
+    named = doc.get("judgment_file")
+    candidates = [scores_path.parent / named] if isinstance(named, str) and named else []
+    candidates.append(scores_path.parent / "model_judgment" / f"{judge}_single.jsonl")
+    return next((path for path in candidates if path.is_file()), None)
+
+
 class ResultsError(ValueError):
     """A results directory or file that cannot be read (the message names the file and the problem)."""
 
@@ -259,12 +280,13 @@ class Run:
             out["average"] = statistics.fmean(six)
         return out
 
-    def mtbench_scores(self) -> dict[str, float]:
-        """{judge: overall MT-bench score} from every eval/mtbench/scores_<judge>.json, GPT-4 judges first."""
+    @cached_property
+    def mtbench_judged(self) -> dict[str, JudgedScore]:
+        """{judge: its JudgedScore} from every eval/mtbench/scores_<judge>.json, GPT-4 judges first."""
         folder = RunDir(self.path).eval_dir / "mtbench"
         files = sorted(folder.glob("scores_*.json")) if folder.is_dir() else []
         files.sort(key=lambda p: (not p.stem.startswith("scores_gpt-4"), p.name))
-        out: dict[str, float] = {}
+        out: dict[str, JudgedScore] = {}
         for path in files:
             doc = self.eval_json(str(path.relative_to(RunDir(self.path).eval_dir)))
             if doc is None:
@@ -272,13 +294,42 @@ class Run:
             if not MTBENCH_SHAPE[0](doc):
                 self._left_out(f"eval/mtbench/{path.name}", f"expected {MTBENCH_SHAPE[1]}")
                 continue
-            overall = next(iter(doc["models"].values())).get("overall")
+            model, entry = next(iter(doc["models"].items()))
+            overall = entry.get("overall")
             if overall is not None and (isinstance(overall, bool) or not isinstance(overall, (int, float))):
                 self._left_out(f"eval/mtbench/{path.name}", f"overall score {overall!r} is not a number")
                 continue
-            if overall is not None:
-                out.setdefault(str(doc.get("judge", path.stem[len("scores_"):])), float(overall))
+            judge = str(doc.get("judge", path.stem[len("scores_"):]))
+            if overall is not None and judge not in out:
+                out[judge] = self._judged_score(path, doc, judge, model, entry)
         return out
+
+    def _judged_score(self, path: Path, doc: dict, judge: str, model: str, entry: dict) -> JudgedScore:
+        """The score with its standard error and counts; a scores file written before eval.mtbench recorded them
+        gets them from its judgment file (eval.mtbench.aggregate, the same arithmetic)."""
+        if "overall_se" not in entry or "n_scored" not in entry:
+            judgments = _judgment_file(path, doc, judge)
+            if judgments is None and doc.get("judgment_file"):
+                self._left_out(f"the standard error of eval/mtbench/{path.name}",
+                               f"its judgment file {doc['judgment_file']} is not there (nor model_judgment/"
+                               f"{judge}_single.jsonl beside it)")
+            elif judgments is not None:
+                from eval.mtbench.aggregate import summarize_single  # pandas only; no torch
+                from eval.mtbench.data import MTBenchError
+                try:
+                    entry = {**summarize_single(judgments, judge_model=judge, models=[model])["models"][model],
+                             "overall": entry["overall"]}
+                except (MTBenchError, OSError, ValueError, KeyError) as exc:
+                    self._left_out(f"the standard error of eval/mtbench/{path.name}", str(exc))
+        scored = entry.get("n_scored")
+        unparseable = entry.get("n_unparseable")
+        return JudgedScore(judge, float(entry["overall"]), _finite(entry.get("overall_se")),
+                           scored if isinstance(scored, int) else None,
+                           scored + unparseable if isinstance(scored, int) and isinstance(unparseable, int) else None)
+
+    def mtbench_scores(self) -> dict[str, float]:
+        """{judge: overall MT-bench score} (mtbench_judged without the uncertainty), GPT-4 judges first."""
+        return {judge: score.overall for judge, score in self.mtbench_judged.items()}
 
     def mtbench_score(self) -> tuple[float, str] | None:
         """(overall MT-bench score, judge) of the preferred judge (GPT-4 first); None when nothing is judged."""
