@@ -15,7 +15,7 @@ import math
 import statistics
 from typing import Callable
 
-from plots import mapping, select
+from plots import mapping, select, timing
 from plots.runs import PAPER_MATH_DATASETS, Run
 from plots.seeds import MeanSE, MeanStd, SeedGroup, by_seed, summarize
 
@@ -186,6 +186,23 @@ def _hours(run: Run) -> float | None:
     return None if hours is None or math.isnan(hours) else hours
 
 
+def _solo_faster(groups: dict[str, SeedGroup], block: str, full: str, shared: int) -> str:
+    """'BAdam faster than Adam (median step time of solo timing runs on <device>): holds (0.61×: ...)' for runs that
+    shared their GPU (plots.timing); not checked without a solo timing run of both on one device."""
+    found = {m: next((t for r in groups[m].ok_runs if (t := timing.step_time(r)) is not None), None)
+             for m in (block, full) if m in groups}
+    a, b = found.get(block), found.get(full)
+    claim = f"{name(block)} faster than {name(full)}"
+    if a is None or b is None or a.device != b.device:
+        why = (f"solo timing runs on different devices ({a.device}, {b.device})" if a is not None and b is not None
+               else "no solo timing run of " + " and ".join(name(m) for m in (block, full) if found.get(m) is None))
+        return (f"{claim}: not checked (up to {shared} runs shared a GPU: their step times are not measurements; "
+                f"{why})")
+    ratio = a.step_ms / b.step_ms
+    return (f"{claim} (median step time of solo timing runs on {a.device}): {'holds' if ratio < 1 else 'does not hold'} "
+            f"({ratio:.2f}×: {a.step_ms:.1f} vs {b.step_ms:.1f} ms)")
+
+
 def f3(runs: list[Run]) -> str:
     heading, _, groups = select.f3(runs)
     if not any(m in groups for m in ("sgd", "bsgd")):
@@ -196,9 +213,8 @@ def f3(runs: list[Run]) -> str:
              close(losses, "badam", "adam", "final eval loss", tolerance=CLOSE_LOSS, relative=True)]
     for block, full in (("bsgd", "sgd"), ("badam", "adam")):
         shared = max((r.shared_device_runs for m in (block, full) if m in groups for r in groups[m].runs), default=1)
-        if shared > 1:
-            parts.append(f"{name(block)} faster than {name(full)}: not checked (up to {shared} runs shared a GPU: "
-                         "their step times are not measurements)")
+        if shared > 1:  # their own step times measure the sharing: compare solo timing runs of the same settings
+            parts.append(_solo_faster(groups, block, full, shared))
         elif hours.get(block) and hours.get(full) and hours[full].mean > 0:
             ratio = hours[block].mean / hours[full].mean
             parts.append(f"{name(block)} faster than {name(full)} (sum of step times): "

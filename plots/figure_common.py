@@ -12,6 +12,7 @@ import pandas as pd  # noqa: E402
 
 from plots.runs import Run  # noqa: E402
 from plots.seeds import MeanSE, MeanStd, SeedGroup, mean_curve  # noqa: E402
+from plots.timing import estimate_note  # noqa: E402
 
 X_LABELS = {"step": "optimizer steps (data pass)", "hours": "training time (hours, sum of step times)"}
 Y_LABELS = {"loss": "training loss (online, smoothed)", "eval_loss": "held-out eval loss"}
@@ -39,10 +40,23 @@ def smoothed_curve(run: Run) -> pd.DataFrame:
     return curve
 
 
+def _time_label(groups: list[SeedGroup]) -> str:
+    """The time axis's label; when a drawn run shared its device, it says how its time was estimated (plots.timing)."""
+    runs = [r for g in groups for r in g.ok_runs]
+    estimated = [r.solo_timing.device for r in runs if r.shared_device_runs > 1 and r.solo_timing is not None]
+    if not estimated:
+        return X_LABELS["hours"]
+    if all(r.shared_device_runs > 1 for r in runs):
+        return f"training time (hours; {estimate_note(estimated)})"
+    return f"{X_LABELS['hours']};\nruns that shared a GPU: {estimate_note(estimated)}"
+
+
 def draw_seed_curves(ax, items: list[tuple[str, str, SeedGroup]], y: str, x: str, title: str) -> bool:
     """One mean curve per (label, colour, seed group), with the min-max band over its finished seeds; "no run"
-    when none has data. Returns whether anything was drawn."""
-    drawn = False
+    when none has data. Against time, a run that shared its device is drawn on an estimated time axis when a solo
+    timing run of its setting exists (plots.timing; the axis label says so), else left out. Returns whether
+    anything was drawn."""
+    drawn = []
     for label, color, group in items:
         curve = mean_curve([smoothed_curve(r) for r in group.ok_runs], y, x)
         if curve.empty:
@@ -53,11 +67,15 @@ def draw_seed_curves(ax, items: list[tuple[str, str, SeedGroup]], y: str, x: str
                 label=label + (f" (mean of {n} seeds)" if n > 1 else ""))
         if n > 1:
             ax.fill_between(curve[x], curve["lo"], curve["hi"], color=color, alpha=0.18, lw=0)
-        drawn = True
+        drawn.append(group)
     if not drawn:
-        no_run(ax, title)
+        shared = x == "hours" and any(r.shared_device_runs > 1 for _l, _c, g in items for r in g.ok_runs)
+        no_run(ax, title, "no time: the runs shared a GPU\nand no solo timing run matches them" if shared else "no run")
         return False
-    ax.set_xlabel(X_LABELS[x])
+    if x == "hours":
+        ax.set_xlabel(wrap(_time_label(drawn), 70), fontsize=8)
+    else:
+        ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(Y_LABELS[y])
     ax.set_title(wrap(title), fontsize=9)
     ax.legend(fontsize=7)

@@ -32,7 +32,7 @@ def figure_f3(doc: dict, runs: list[Run]) -> plt.Figure:
     items = [(claims.name(m), style.method_color(m), groups[m]) for m in methods if m in groups]
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.6))
     draw_seed_curves(axes[0], items, "loss", "step", "training loss vs iterations")
-    draw_seed_curves(axes[1], items, "loss", "hours", "training loss vs training time (sum of step times)")
+    draw_seed_curves(axes[1], items, "loss", "hours", "training loss vs training time")
     bars(axes[2], [(claims.name(m), style.method_color(m),
                     groups[m].stat(lambda r: r.final_eval_loss) if m in groups else None) for m in methods],
          "final held-out eval loss", "final eval loss (lower is better)")

@@ -21,6 +21,7 @@ import pandas as pd
 
 from experiments.results import STATUSES, read_metrics  # plain file reading; imports no torch
 from experiments.rundir import RUN_SUBDIRS, SUMMARY_FILE, RunDir
+from plots.timing import SoloTiming, attach_solo_timings
 
 
 # The paper's six math datasets (Table 6) as math_scores() names them: eval.math.PAPER_DATASETS with "sat" shown as
@@ -103,6 +104,8 @@ class Run:
     group: str
     summary: dict = field(repr=False)
     problems: list[str] = field(default_factory=list, repr=False)  # parts of the run left out, with the reason
+    # a run that shared its device: the median step time of a solo timing run of its setting (plots.timing)
+    solo_timing: SoloTiming | None = field(default=None, repr=False)
 
     def _left_out(self, what: str, why: str) -> None:
         message = f"{self.path}: {what} left out: {why}"
@@ -236,14 +239,17 @@ class Run:
     def curve(self) -> pd.DataFrame:
         """Per optimizer step: step, loss (online training loss), hours (cumulative sum of step times: training
         time without evaluation) and eval_loss (held-out loss, NaN between evaluations). One row per step: the
-        last record of a step wins (an evaluation is appended to its step's record)."""
+        last record of a step wins (an evaluation is appended to its step's record). A run that shared its device
+        has no measured time: hours = step x its solo timing run's median step time (plots.timing), NaN without
+        one."""
         frame = self.metrics
         if frame.empty or "step" not in frame or "loss" not in frame:
             return pd.DataFrame(columns=["step", "loss", "hours", "eval_loss"])
         frame = frame.drop_duplicates("step", keep="last").sort_values("step")
         hours = frame["t_step_ms"].fillna(0).cumsum() / 3.6e6 if "t_step_ms" in frame else float("nan")
-        if self.shared_device_runs > 1:  # time-sliced with other runs: no training time to draw or compare
-            hours = float("nan")
+        if self.shared_device_runs > 1:  # time-sliced with other runs: its own step times are not measurements
+            solo = self.solo_timing
+            hours = frame["step"].astype(float) * solo.step_ms / 3.6e6 if solo is not None else float("nan")
         eval_loss = frame["eval_loss"] if "eval_loss" in frame else float("nan")
         return pd.DataFrame({"step": frame["step"].astype(int), "loss": frame["loss"].astype(float),
                              "hours": hours, "eval_loss": eval_loss}).reset_index(drop=True)
@@ -368,7 +374,8 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
     directory level below `results` ("ungrouped" for runs directly inside it).
 
     A summary.json that cannot stand for a run (not JSON, missing status / method / model, unknown status) raises
-    ResultsError, or, when a `skipped` list is given, is skipped and named there with the reason."""
+    ResultsError, or, when a `skipped` list is given, is skipped and named there with the reason. Runs that shared
+    their device get the median step time of a matching solo timing run among these (plots.timing)."""
     results = Path(results)
     if not results.is_dir():
         raise ResultsError(f"results directory {results} does not exist")
@@ -410,6 +417,7 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
                    "method": doc.get("method", "?"), "environment": {"date": doc.get("date", "")},
                    "config": settings, "described_by": "eval/superglue.json"}
         runs.append(_make_run(results, out_dir, summary))
+    attach_solo_timings(runs)
     return runs
 
 

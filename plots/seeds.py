@@ -17,6 +17,7 @@ from typing import Callable
 
 import pandas as pd
 
+from plots.config_keys import without
 from plots.runs import JudgedScore, Run
 
 EXECUTION_ONLY = (("seed",), ("run_name",), ("description",), ("output",), ("model", "gradient_checkpointing"),
@@ -92,20 +93,10 @@ def mean_of(value) -> float | None:
     return None
 
 
-def _without(config: dict, paths) -> dict:
-    out = json.loads(json.dumps(config, default=str))  # a deep copy
-    for path in paths:
-        node = out
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node.get(key), dict) else {}
-        node.pop(path[-1], None)
-    return out
-
-
 def setting_key(run: Run) -> tuple:
     """What a run's seeds share (see the module docstring)."""
     options = {k: v for k, v in run.method_options.items() if k != "seed"}
-    rest = _without(run.config, EXECUTION_ONLY)
+    rest = without(run.config, EXECUTION_ONLY)
     lr = None if run.lr is None else f"{run.lr:.6g}"
     return (run.group, run.model, run.method, lr, json.dumps(options, sort_keys=True, default=str),
             json.dumps(rest, sort_keys=True, default=str), json.dumps(run.tags, sort_keys=True, default=str))
