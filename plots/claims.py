@@ -199,7 +199,8 @@ def _solo_faster(groups: dict[str, SeedGroup], block: str, full: str, shared: in
         return (f"{claim}: not checked (up to {shared} runs shared a GPU: their step times are not measurements; "
                 f"{why})")
     ratio = a.step_ms / b.step_ms
-    return (f"{claim} (median step time of solo timing runs on {a.device}): {'holds' if ratio < 1 else 'does not hold'} "
+    verdict = "holds" if ratio < 1 else "does not hold"
+    return (f"{claim} (median step time of solo timing runs on {a.device}): {verdict} "
             f"({ratio:.2f}×: {a.step_ms:.1f} vs {b.step_ms:.1f} ms)")
 
 
