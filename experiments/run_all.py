@@ -12,8 +12,9 @@ recorded and the suite goes on.
 
 A run group may also list `seeds` (one run per seed, named <stem>-<method>-s<seed>; `first_seed_overrides` apply to
 the first seed only, e.g. saving the model for the evaluators), `lrs` ({method: [lr, ...]}: one run per lr, named
-<stem>-<method>-lr<lr>, a learning-rate sweep) and `lr_from` (an earlier group: each method's lr is the one of its
-sweep run with the lowest final eval loss, recorded in <group>/lr_selection.json; see experiments/suite.py).
+<stem>-<method>-lr<lr>, a learning-rate sweep), `lr_from` (an earlier group: each method's lr is the one of its sweep
+run with the lowest final eval loss, recorded in <group>/lr_selection.json) and `exclusive: true` (with --jobs, each
+run alone on its GPU, after the others: timing runs; shared_device_runs 1). experiments/suite.py has the details.
 
 Evaluators (`evaluators:` of a profile) run as child processes, `python -m eval <name> <run dirs> --options JSON`: each
 evaluator package's evaluate_runs(run_dirs, **options), so this module imports nothing above experiments/. A group
@@ -57,10 +58,8 @@ from experiments.suite import Outcome, ParallelOptions, PlannedRun, run_parallel
 DEFAULT_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "output_dir", "time_budget_s", "runs", "skip", "evaluators", "plots")
 RUN_KEYS = ("config", "group", "name", "methods", "overrides", "method_overrides", "seeds", "first_seed_overrides",
-            "lrs", "lr_from")
+            "lrs", "lr_from", "exclusive")
 EVALUATOR_KEYS = ("name", "groups", "methods", "options")
-
-
 
 
 # --- profiles ---------------------------------------------------------------------------------------------------
@@ -124,6 +123,8 @@ def _check_evaluator_trained(entry: dict, evaluators: list[dict], where: str) ->
 
 
 def _check_group_extras(entry: dict, valid_methods: set, earlier_groups: list[str], where: str) -> None:
+    if not isinstance(entry.get("exclusive", False), bool):
+        raise ConfigError(f"{where}: exclusive must be true or false, got {entry['exclusive']!r}")
     seeds = entry.get("seeds")
     if seeds is not None and (not isinstance(seeds, list) or not seeds
                               or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
@@ -149,10 +150,6 @@ def _check_group_extras(entry: dict, valid_methods: set, earlier_groups: list[st
                           f"(earlier groups: {', '.join(earlier_groups) or 'none'})")
     if source is not None and lrs:
         raise ConfigError(f"{where}: a group takes its lr either from lrs or from lr_from, not both")
-
-
-def _lr_tag(lr) -> str:
-    return f"lr{float(lr):g}"
 
 
 def _check_keys(mapping, valid, where: str) -> None:
@@ -234,7 +231,7 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
                         planned.append(PlannedRun(entry["group"], method, None, skip_reason=str(skip[method])))
                     continue
                 for lr in (entry.get("lrs") or {}).get(method) or [None]:
-                    name = stem + f"-{method}" + (f"-{_lr_tag(lr)}" if lr is not None else "") + \
+                    name = stem + f"-{method}" + (f"-lr{float(lr):g}" if lr is not None else "") + \
                         (f"-s{seed}" if seed is not None else "")
                     overrides = [*(entry.get("overrides") or []),
                                  *((entry.get("method_overrides") or {}).get(method) or []),
@@ -260,7 +257,8 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
                         break  # every lr of the sweep would be skipped alike
                     planned.append(PlannedRun(entry["group"], method, cfg, config=entry["config"],
                                               overrides=tuple(overrides), lr_from=entry.get("lr_from"),
-                                              adaptations=tuple(why for _, why in adapted if why)))
+                                              adaptations=tuple(why for _, why in adapted if why),
+                                              exclusive=bool(entry.get("exclusive"))))
     if not planned:
         raise ConfigError(f"profile {profile['name']}: nothing to run (check --methods and --groups)")
     return planned
@@ -463,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             where = item.skip_reason and f"skipped: {item.skip_reason}" or \
                 f"{item.cfg.model.source}, {item.cfg.train.max_steps or item.cfg.train.epochs} " \
                 f"{'steps' if item.cfg.train.max_steps else 'epochs'}" + \
-                (f", lr from {item.lr_from}" if item.lr_from else f", lr {item.cfg.method.lr:g}")
+                (f", lr from {item.lr_from}" if item.lr_from else f", lr {item.cfg.method.lr:g}") + \
+                ", alone on its GPU" * item.exclusive
             name = item.cfg.run_name if item.cfg else item.method
             print(f"  {item.group}/{name}: {where}")
         return 0

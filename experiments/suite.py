@@ -15,6 +15,13 @@ chose, and running several trainings at once on one or more GPUs.
   a GPU that one of them alone leaves mostly idle. Each child's output goes to <output_root>/logs/<group>.<run>.log.
   A deadline stops launching new runs (launch_deadline_s) and ends runs still going (kill_after_s); those are
   reported as `interrupted` / `not started` and continue on the next invocation (resume, when they checkpointed).
+* Exclusive runs (profile key `exclusive: true`, e.g. timing runs): such a run starts only on a GPU with nothing of the
+  suite running on it, and nothing else starts there until it ends, so it records environment.shared_device_runs 1
+  and its step times are measurements. The other runs go first: an exclusive run takes a GPU when no other run that
+  is ready can use it (at the end of the suite, or while the others wait for their sweep). Without `gpus` the
+  children share every visible device: an exclusive run then waits until nothing else runs. Processes started
+  outside this suite (scripts/gpu/evaluate_when_done.py) are not seen. One job (no deadline) runs one run at a time
+  anyway.
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ class PlannedRun:
     overrides: tuple[str, ...] = ()
     lr_from: str | None = None           # group whose finished runs choose this run's method.lr
     adaptations: tuple[str, ...] = ()    # what run_all changed to fit the method's declared capabilities (and why)
+    exclusive: bool = False              # alone on its GPU while it runs (module docstring)
 
     @property
     def run_dir(self) -> Path | None:
@@ -212,13 +220,13 @@ def child_command(item: PlannedRun, state: str) -> list[str]:
     return [sys.executable, "-m", "experiments.run", "--config", item.config, *flags, *overrides]
 
 
-def _child_env(gpu: str | None, jobs: int, devices: int = 1) -> dict:
+def _child_env(gpu: str | None, jobs: int, devices: int = 1, *, exclusive: bool = False) -> dict:
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     # recorded in summary.json (environment.shared_device_runs): step times of runs that shared a device are not
-    # measurements, and the tables and figures leave them out
-    env["BADAM_SHARED_DEVICE_RUNS"] = str(-(-jobs // max(1, devices)))
+    # measurements, and the tables and figures leave them out; an exclusive run is alone on its device
+    env["BADAM_SHARED_DEVICE_RUNS"] = "1" if exclusive else str(-(-jobs // max(1, devices)))
     # several children on one host: share the cores instead of each starting one thread per core
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
     return env
@@ -249,6 +257,30 @@ def _stop(child: _Child, grace_s: float = 120.0) -> None:
     except subprocess.TimeoutExpired:
         child.process.kill()
         child.process.wait()
+
+
+def _slot_device(slot: int, gpus: list[str]) -> str | None:
+    """The GPU a job slot is pinned to (round robin); None: every slot sees all devices (one shared pool)."""
+    return gpus[slot % len(gpus)] if gpus else None
+
+
+def next_launch(planned: list[PlannedRun], pending: list[int], running: dict[int, _Child], free_slots: list[int],
+                gpus: list[str]) -> tuple[int, int] | None:
+    """(index of the run to start next, its slot), or None when nothing can start now. Runs waiting for their sweep
+    (waits_for) wait; a run that is not exclusive takes a free slot whose device holds no exclusive run; an exclusive
+    run takes a free slot whose device runs nothing, and only when no other ready run could start."""
+    active = [c.item for c in running.values()]
+    busy = {_slot_device(c.slot, gpus) for c in running.values()}
+    held = {_slot_device(c.slot, gpus) for c in running.values() if c.item.exclusive}
+    ready = [i for i in pending if not waits_for(planned[i], [planned[j] for j in pending if j != i], active)]
+    for exclusive, blocked in ((False, held), (True, busy)):
+        candidates = [i for i in ready if planned[i].exclusive == exclusive]
+        slot = next((s for s in free_slots if _slot_device(s, gpus) not in blocked), None)
+        if candidates and slot is not None:
+            return candidates[0], slot
+        if candidates and not exclusive:
+            return None  # the others go first: an exclusive run never takes a device a ready run is waiting for
+    return None
 
 
 def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: ParallelOptions, fresh: bool = False,
@@ -314,11 +346,10 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
             pending = []
             break
         while launch_open and free_slots:
-            active = [c.item for c in running.values()]
-            ready = next((i for i in pending if not waits_for(planned[i], [planned[j] for j in pending if j != i],
-                                                                 active)), None)
-            if ready is None:
+            choice = next_launch(planned, pending, running, free_slots, options.gpus)
+            if choice is None:
                 break
+            ready, slot = choice
             pending.remove(ready)
             item = planned[ready]
             try:
@@ -327,10 +358,10 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
                 finish(ready, Outcome(item, "skipped", note=str(exc)))
                 continue
             state = run_state(item.run_dir, fresh=fresh)
-            slot = free_slots.pop(0)
-            gpu = options.gpus[slot % len(options.gpus)] if options.gpus else None
+            free_slots.remove(slot)
+            gpu = _slot_device(slot, options.gpus)
             log = log_dir / f"{item.group}.{item.cfg.run_name}.log"
-            env = _child_env(gpu, options.jobs, len(options.gpus))
+            env = _child_env(gpu, options.jobs, len(options.gpus), exclusive=item.exclusive)
             with open(log, "ab") as handle:
                 process = subprocess.Popen(child_command(item, state), cwd=REPO_ROOT, env=env,
                                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)

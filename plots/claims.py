@@ -4,6 +4,9 @@ Every verdict is computed here from the same runs the table or figure shows (plo
 The criteria are stated in each line: "close" means within CLOSE_LOSS (relative) for losses, CLOSE_POINTS for
 accuracies in percent, CLOSE_MTBENCH for MT-bench points; with two or more seeds on both sides the line adds the
 seed noise of the difference (2 x its standard error), so a reader sees whether a gap is larger than the noise.
+MT-bench scores carry the judge's own noise: each score is a mean over ~160 judgments with a standard error (one
+seed: over its judgments; several: over the seeds), and a difference below 2 x the combined standard error
+sqrt(SE_a² + SE_b²) is reported as "not separable by this judge" instead of a verdict.
 Where the runs are missing the line says so and names the claims it could not check.
 """
 from __future__ import annotations
@@ -12,13 +15,14 @@ import math
 import statistics
 from typing import Callable
 
-from plots import mapping, select
+from plots import mapping, select, timing
 from plots.runs import PAPER_MATH_DATASETS, Run
-from plots.seeds import MeanStd, SeedGroup, by_seed, summarize
+from plots.seeds import MeanSE, MeanStd, SeedGroup, by_seed, summarize
 
 CLOSE_LOSS = 0.02       # final eval loss: within 2% of the reference method's
 CLOSE_POINTS = 2.0      # accuracy / SuperGLUE score: within 2 percentage points
 CLOSE_MTBENCH = 0.25    # MT-bench (1-10 scale): within 0.25 points
+UNPARSEABLE_SHARE = 0.10  # named in the T5 line above this share of judgments without a rating
 RANK_FRACTION = 0.8     # "BAdam's effective rank >= 0.8 x Adam's"
 NAMES = {"adam": "Adam", "badam": "BAdam", "lora": "LoRA", "lomo": "LOMO", "galore": "GaLore", "sgd": "SGD",
          "bsgd": "BSGD", "base": "the base model"}
@@ -28,26 +32,49 @@ def name(method: str) -> str:
     return NAMES.get(method, method)
 
 
-def _num(value: MeanStd) -> str:
+def _num(value: MeanStd | MeanSE) -> str:
+    if isinstance(value, MeanSE):
+        return value.short(3)
     return value.short(3) if value.std is not None else f"{value.mean:.4g}"
 
 
-def _noise(a: MeanStd, b: MeanStd) -> str:
-    if a.std is None or b.std is None:
+def _noise(a: MeanStd | MeanSE, b: MeanStd | MeanSE) -> str:
+    if not (isinstance(a, MeanStd) and isinstance(b, MeanStd)) or a.std is None or b.std is None:
         return ""
     return f", seed noise 2·SE {2 * math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n):.2g}"
 
 
-def close(values: dict[str, MeanStd | None], method: str, reference: str, what: str, *,
-          tolerance: float, relative: bool) -> str:
+def standard_error(value: MeanStd | MeanSE) -> float | None:
+    """The standard error of a value's mean: a MeanSE's own, a MeanStd's std / sqrt(n) over its seeds."""
+    if isinstance(value, MeanSE):
+        return value.se
+    return None if value.std is None else value.std / math.sqrt(value.n)
+
+
+def _not_separable(a: MeanStd | MeanSE, b: MeanStd | MeanSE) -> str | None:
+    """'not separable by this judge (difference +0.025, 2·SE 0.76; ...)' when |a - b| < 2 x sqrt(SE_a² + SE_b²)."""
+    se_a, se_b = standard_error(a), standard_error(b)
+    if se_a is None or se_b is None:
+        return None
+    two_se, diff = 2 * math.hypot(se_a, se_b), a.mean - b.mean
+    if abs(diff) >= two_se:
+        return None
+    return f"not separable by this judge (difference {diff:+.3g}, 2·SE {two_se:.2g}; {_num(a)} vs {_num(b)})"
+
+
+def close(values: dict[str, MeanStd | MeanSE | None], method: str, reference: str, what: str, *,
+          tolerance: float, relative: bool, judged: bool = False) -> str:
     """'BAdam within 2% of Adam (final eval loss): holds (0.995 vs 0.990, +0.5%)'; an absolute tolerance is in
-    points of the quantity ('within 2 points')."""
+    points of the quantity ('within 2 points'). judged=True: a difference inside the judge's noise is 'not
+    separable by this judge' (module docstring)."""
     bound = f"{tolerance:.0%}" if relative else f"{tolerance:g} points"
     claim = f"{name(method)} within {bound} of {name(reference)} ({what})"
     a, b = values.get(method), values.get(reference)
     if a is None or b is None:
         missing = " and ".join(name(m) for m in (method, reference) if values.get(m) is None)
         return f"{claim}: not checked, no {missing} run"
+    if judged and (inseparable := _not_separable(a, b)):
+        return f"{claim}: {inseparable}"
     diff = a.mean - b.mean
     limit = tolerance * abs(b.mean) if relative else tolerance
     verdict = "holds" if abs(diff) <= limit else "does not hold"
@@ -55,13 +82,16 @@ def close(values: dict[str, MeanStd | None], method: str, reference: str, what: 
     return f"{claim}: {verdict} ({_num(a)} vs {_num(b)}, {shown}{_noise(a, b)})"
 
 
-def better(values: dict[str, MeanStd | None], method: str, other: str, what: str, *, lower_is_better: bool) -> str:
-    """'BAdam below LoRA (final eval loss): does not hold (0.995 vs 0.878)'."""
+def better(values: dict[str, MeanStd | MeanSE | None], method: str, other: str, what: str, *,
+           lower_is_better: bool, judged: bool = False) -> str:
+    """'BAdam below LoRA (final eval loss): does not hold (0.995 vs 0.878)'; judged: as in close()."""
     claim = f"{name(method)} {'below' if lower_is_better else 'at or above'} {name(other)} ({what})"
     a, b = values.get(method), values.get(other)
     if a is None or b is None:
         missing = " and ".join(name(m) for m in (method, other) if values.get(m) is None)
         return f"{claim}: not checked, no {missing} run"
+    if judged and (inseparable := _not_separable(a, b)):
+        return f"{claim}: {inseparable}"
     holds = a.mean < b.mean if lower_is_better else a.mean >= b.mean
     return f"{claim}: {'holds' if holds else 'does not hold'} ({_num(a)} vs {_num(b)}{_noise(a, b)})"
 
@@ -156,6 +186,24 @@ def _hours(run: Run) -> float | None:
     return None if hours is None or math.isnan(hours) else hours
 
 
+def _solo_faster(groups: dict[str, SeedGroup], block: str, full: str, shared: int) -> str:
+    """'BAdam faster than Adam (median step time of solo timing runs on <device>): holds (0.61×: ...)' for runs that
+    shared their GPU (plots.timing); not checked without a solo timing run of both on one device."""
+    found = {m: next((t for r in groups[m].ok_runs if (t := timing.step_time(r)) is not None), None)
+             for m in (block, full) if m in groups}
+    a, b = found.get(block), found.get(full)
+    claim = f"{name(block)} faster than {name(full)}"
+    if a is None or b is None or a.device != b.device:
+        why = (f"solo timing runs on different devices ({a.device}, {b.device})" if a is not None and b is not None
+               else "no solo timing run of " + " and ".join(name(m) for m in (block, full) if found.get(m) is None))
+        return (f"{claim}: not checked (up to {shared} runs shared a GPU: their step times are not measurements; "
+                f"{why})")
+    ratio = a.step_ms / b.step_ms
+    verdict = "holds" if ratio < 1 else "does not hold"
+    return (f"{claim} (median step time of solo timing runs on {a.device}): {verdict} "
+            f"({ratio:.2f}×: {a.step_ms:.1f} vs {b.step_ms:.1f} ms)")
+
+
 def f3(runs: list[Run]) -> str:
     heading, _, groups = select.f3(runs)
     if not any(m in groups for m in ("sgd", "bsgd")):
@@ -166,9 +214,8 @@ def f3(runs: list[Run]) -> str:
              close(losses, "badam", "adam", "final eval loss", tolerance=CLOSE_LOSS, relative=True)]
     for block, full in (("bsgd", "sgd"), ("badam", "adam")):
         shared = max((r.shared_device_runs for m in (block, full) if m in groups for r in groups[m].runs), default=1)
-        if shared > 1:
-            parts.append(f"{name(block)} faster than {name(full)}: not checked (up to {shared} runs shared a GPU: "
-                         "their step times are not measurements)")
+        if shared > 1:  # their own step times measure the sharing: compare solo timing runs of the same settings
+            parts.append(_solo_faster(groups, block, full, shared))
         elif hours.get(block) and hours.get(full) and hours[full].mean > 0:
             ratio = hours[block].mean / hours[full].mean
             parts.append(f"{name(block)} faster than {name(full)} (sum of step times): "
@@ -216,20 +263,31 @@ def _per_scale(runs: list[Run], values: Callable[[list[Run]], dict[str, MeanStd 
     return " ".join(lines) if lines else _unchecked(what, claims)
 
 
+def _unparseable(groups: dict[str, SeedGroup], judge: str | None) -> str:
+    """'142 of 640 judgments (22%) gave no rating' over the compared settings, when above UNPARSEABLE_SHARE."""
+    counted = [s for g in groups.values() for s in g.judged(judge) if s.n_judged and s.n_scored is not None]
+    judged = sum(s.n_judged for s in counted)
+    missing = judged - sum(s.n_scored for s in counted)
+    if not judged or missing <= UNPARSEABLE_SHARE * judged:
+        return ""
+    return f"{missing} of {judged} judgments ({missing / judged:.0%}) gave no rating and are left out"
+
+
 def t5(runs: list[Run]) -> str:
     group = mapping.runs_for(runs, "mtbench")
     judges = [s[1] for r in group if r.ok and (s := r.mtbench_score()) is not None]
     judge = max(set(judges), key=judges.count) if judges else None
+    scale: dict[str, dict[str, SeedGroup]] = {}  # _per_scale calls parts(found) right after values(): its groups
 
     def values(scale_runs):
-        groups = select.best_per_method(by_seed(scale_runs))
-        return {m: g.stat(lambda r: r.mtbench_scores().get(judge)) for m, g in groups.items()}
+        scale["groups"] = select.best_per_method(by_seed(scale_runs))
+        return {m: g.mtbench(judge) for m, g in scale["groups"].items()}
 
     def parts(found):
-        return [f"judge {judge}",
-                better(found, "badam", "lora", "MT-bench", lower_is_better=False),
-                close(found, "badam", "adam", "MT-bench", tolerance=CLOSE_MTBENCH, relative=False),
-                better(found, "badam", "base", "MT-bench", lower_is_better=False)]
+        return [f"judge {judge}", _unparseable(scale["groups"], judge),
+                better(found, "badam", "lora", "MT-bench", lower_is_better=False, judged=True),
+                close(found, "badam", "adam", "MT-bench", tolerance=CLOSE_MTBENCH, relative=False, judged=True),
+                better(found, "badam", "base", "MT-bench", lower_is_better=False, judged=True)]
     return _per_scale(group, values, parts, "paper_mtbench_* with a judged MT-bench score",
                       "BAdam at or above LoRA, close to Adam, above the base model")
 

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from plots.runs import Run  # noqa: E402
-from plots.seeds import MeanStd, SeedGroup, mean_curve  # noqa: E402
+from plots.seeds import MeanSE, MeanStd, SeedGroup, mean_curve  # noqa: E402
+from plots.timing import estimate_note  # noqa: E402
 
 X_LABELS = {"step": "optimizer steps (data pass)", "hours": "training time (hours, sum of step times)"}
 Y_LABELS = {"loss": "training loss (online, smoothed)", "eval_loss": "held-out eval loss"}
@@ -39,10 +40,23 @@ def smoothed_curve(run: Run) -> pd.DataFrame:
     return curve
 
 
+def _time_label(groups: list[SeedGroup]) -> str:
+    """The time axis's label; when a drawn run shared its device, it says how its time was estimated (plots.timing)."""
+    runs = [r for g in groups for r in g.ok_runs]
+    estimated = [r.solo_timing.device for r in runs if r.shared_device_runs > 1 and r.solo_timing is not None]
+    if not estimated:
+        return X_LABELS["hours"]
+    if all(r.shared_device_runs > 1 for r in runs):
+        return f"training time (hours; {estimate_note(estimated)})"
+    return f"{X_LABELS['hours']};\nruns that shared a GPU: {estimate_note(estimated)}"
+
+
 def draw_seed_curves(ax, items: list[tuple[str, str, SeedGroup]], y: str, x: str, title: str) -> bool:
     """One mean curve per (label, colour, seed group), with the min-max band over its finished seeds; "no run"
-    when none has data. Returns whether anything was drawn."""
-    drawn = False
+    when none has data. Against time, a run that shared its device is drawn on an estimated time axis when a solo
+    timing run of its setting exists (plots.timing; the axis label says so), else left out. Returns whether
+    anything was drawn."""
+    drawn = []
     for label, color, group in items:
         curve = mean_curve([smoothed_curve(r) for r in group.ok_runs], y, x)
         if curve.empty:
@@ -53,20 +67,29 @@ def draw_seed_curves(ax, items: list[tuple[str, str, SeedGroup]], y: str, x: str
                 label=label + (f" (mean of {n} seeds)" if n > 1 else ""))
         if n > 1:
             ax.fill_between(curve[x], curve["lo"], curve["hi"], color=color, alpha=0.18, lw=0)
-        drawn = True
+        drawn.append(group)
     if not drawn:
-        no_run(ax, title)
+        shared = x == "hours" and any(r.shared_device_runs > 1 for _l, _c, g in items for r in g.ok_runs)
+        no_run(ax, title, "no time: the runs shared a GPU\nand no solo timing run matches them" if shared else "no run")
         return False
-    ax.set_xlabel(X_LABELS[x])
+    if x == "hours":
+        ax.set_xlabel(wrap(_time_label(drawn), 70), fontsize=8)
+    else:
+        ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(Y_LABELS[y])
     ax.set_title(wrap(title), fontsize=9)
     ax.legend(fontsize=7)
     return True
 
 
-def bars(ax, items: list[tuple[str, str, MeanStd | None]], ylabel: str, title: str, *, offset: float = 0.0,
+def _error(value: MeanStd | MeanSE) -> float | None:
+    return value.se if isinstance(value, MeanSE) else value.std
+
+
+def bars(ax, items: list[tuple[str, str, MeanStd | MeanSE | None]], ylabel: str, title: str, *, offset: float = 0.0,
          width: float = 0.6, ylim: tuple[float, float] | None = None) -> None:
-    """One bar per (label, colour, value): the mean, with the standard deviation over seeds as an error bar;
+    """One bar per (label, colour, value): the mean, with the standard deviation over seeds (MeanStd) or the standard
+    error over one run's scored items (MeanSE, an MT-bench score of one seed) as an error bar;
     "no run" written where a value is missing. Without `ylim` (losses, whose differences are small against their
     size) the values are drawn as points on an axis fitted to them instead of bars from zero."""
     if not items:
@@ -79,10 +102,10 @@ def bars(ax, items: list[tuple[str, str, MeanStd | None]], ylabel: str, title: s
                     transform=ax.get_xaxis_transform())
             continue
         if ylim is None:
-            ax.errorbar([x], [value.mean], yerr=[value.std] if value.std else None, fmt="o", color=color, ms=7,
-                        capsize=4)
+            ax.errorbar([x], [value.mean], yerr=[_error(value)] if _error(value) else None, fmt="o", color=color,
+                        ms=7, capsize=4)
         else:
-            ax.bar(x, value.mean, width, color=color, yerr=value.std if value.std else None, capsize=3)
+            ax.bar(x, value.mean, width, color=color, yerr=_error(value) or None, capsize=3)
     ax.set_xticks(list(range(len(items))), [label for label, _c, _v in items], rotation=20, ha="right",
                   fontsize=8)
     known = [v.mean for _l, _c, v in items if v is not None]
@@ -90,7 +113,7 @@ def bars(ax, items: list[tuple[str, str, MeanStd | None]], ylabel: str, title: s
     if ylim is not None:
         ax.set_ylim(*ylim)
     elif known:  # losses of close methods: start the axis near the data so differences are visible
-        spreads = [v.std or 0.0 for _l, _c, v in items if v is not None]
+        spreads = [_error(v) or 0.0 for _l, _c, v in items if v is not None]
         low, high = min(known) - max(spreads), max(known) + max(spreads)
         pad = max(0.1 * (high - low), 0.01 * abs(high), 1e-6)
         ax.set_ylim(low - pad, high + pad)

@@ -32,13 +32,12 @@ def figure_f3(doc: dict, runs: list[Run]) -> plt.Figure:
     items = [(claims.name(m), style.method_color(m), groups[m]) for m in methods if m in groups]
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.6))
     draw_seed_curves(axes[0], items, "loss", "step", "training loss vs iterations")
-    draw_seed_curves(axes[1], items, "loss", "hours", "training loss vs training time (sum of step times)")
+    draw_seed_curves(axes[1], items, "loss", "hours", "training loss vs training time")
     bars(axes[2], [(claims.name(m), style.method_color(m),
                     groups[m].stat(lambda r: r.final_eval_loss) if m in groups else None) for m in methods],
          "final held-out eval loss", "final eval loss (lower is better)")
     ax = axes[3]
-    ours = [(claims.name(m), style.method_color(m), groups[m].stat(Run.mtbench_preferred) if m in groups else None)
-            for m in methods]
+    ours = [(claims.name(m), style.method_color(m), groups[m].mtbench() if m in groups else None) for m in methods]
     if paper_scale:  # the paper's bars only beside runs of the paper's model, never beside another scale
         paper = [paper_cell(doc, "F3", "mt_bench", method=m) for m in methods]
         ax.bar([x - 0.2 for x in range(len(methods))], [p.value if p and p.value else 0 for p in paper], 0.4,
@@ -46,7 +45,8 @@ def figure_f3(doc: dict, runs: list[Run]) -> plt.Figure:
     else:
         ax.text(0.5, 0.97, "paper values not shown: different model scale", ha="center", va="top", fontsize=7,
                 transform=ax.transAxes)
-    bars(ax, ours, "MT-bench", "MT-bench: full methods vs block coordinate descent",
+    bars(ax, ours, "MT-bench", "MT-bench: full methods vs block coordinate descent\n(error bar: std over seeds; "
+         "one seed: standard error over its judgments)",
          offset=0.2 if paper_scale else 0.0, width=0.4 if paper_scale else 0.6, ylim=(0, 10))  # scores lie in [1, 10]
     if paper_scale:
         ax.legend(fontsize=7)

@@ -21,11 +21,33 @@ import pandas as pd
 
 from experiments.results import STATUSES, read_metrics  # plain file reading; imports no torch
 from experiments.rundir import RUN_SUBDIRS, SUMMARY_FILE, RunDir
+from plots.timing import SoloTiming, attach_solo_timings
 
 
 # The paper's six math datasets (Table 6) as math_scores() names them: eval.math.PAPER_DATASETS with "sat" shown as
 # "sat_math" (not imported: importing eval.math loads torch, and plots/ never does).
 PAPER_MATH_DATASETS = ("gsm8k", "math", "aqua", "numglue", "sat_math", "mmlu_math")
+
+
+@dataclass(frozen=True)
+class JudgedScore:
+    """A run's overall MT-bench score from one judge: the mean over `n_scored` rated judgments of `n_judged`
+    (the rest gave no rating), with the standard error of that mean (eval.mtbench.aggregate); None where unknown."""
+    judge: str
+    overall: float
+    se: float | None
+    n_scored: int | None
+    n_judged: int | None
+
+
+def _judgment_file(scores_path: Path, doc: dict, judge: str) -> Path | None:
+    """The judgment file a scores file was computed from: its `judgment_file`, relative to the scores file (or an
+    absolute path that exists here); else where eval.mtbench puts it, <scores dir>/model_judgment/<judge>_single.jsonl
+    (older scores files hold the absolute path of the machine that judged)."""
+    named = doc.get("judgment_file")
+    candidates = [scores_path.parent / named] if isinstance(named, str) and named else []
+    candidates.append(scores_path.parent / "model_judgment" / f"{judge}_single.jsonl")
+    return next((path for path in candidates if path.is_file()), None)
 
 
 class ResultsError(ValueError):
@@ -82,6 +104,8 @@ class Run:
     group: str
     summary: dict = field(repr=False)
     problems: list[str] = field(default_factory=list, repr=False)  # parts of the run left out, with the reason
+    # a run that shared its device: the median step time of a solo timing run of its setting (plots.timing)
+    solo_timing: SoloTiming | None = field(default=None, repr=False)
 
     def _left_out(self, what: str, why: str) -> None:
         message = f"{self.path}: {what} left out: {why}"
@@ -215,14 +239,17 @@ class Run:
     def curve(self) -> pd.DataFrame:
         """Per optimizer step: step, loss (online training loss), hours (cumulative sum of step times: training
         time without evaluation) and eval_loss (held-out loss, NaN between evaluations). One row per step: the
-        last record of a step wins (an evaluation is appended to its step's record)."""
+        last record of a step wins (an evaluation is appended to its step's record). A run that shared its device
+        has no measured time: hours = step x its solo timing run's median step time (plots.timing), NaN without
+        one."""
         frame = self.metrics
         if frame.empty or "step" not in frame or "loss" not in frame:
             return pd.DataFrame(columns=["step", "loss", "hours", "eval_loss"])
         frame = frame.drop_duplicates("step", keep="last").sort_values("step")
         hours = frame["t_step_ms"].fillna(0).cumsum() / 3.6e6 if "t_step_ms" in frame else float("nan")
-        if self.shared_device_runs > 1:  # time-sliced with other runs: no training time to draw or compare
-            hours = float("nan")
+        if self.shared_device_runs > 1:  # time-sliced with other runs: its own step times are not measurements
+            solo = self.solo_timing
+            hours = frame["step"].astype(float) * solo.step_ms / 3.6e6 if solo is not None else float("nan")
         eval_loss = frame["eval_loss"] if "eval_loss" in frame else float("nan")
         return pd.DataFrame({"step": frame["step"].astype(int), "loss": frame["loss"].astype(float),
                              "hours": hours, "eval_loss": eval_loss}).reset_index(drop=True)
@@ -259,12 +286,13 @@ class Run:
             out["average"] = statistics.fmean(six)
         return out
 
-    def mtbench_scores(self) -> dict[str, float]:
-        """{judge: overall MT-bench score} from every eval/mtbench/scores_<judge>.json, GPT-4 judges first."""
+    @cached_property
+    def mtbench_judged(self) -> dict[str, JudgedScore]:
+        """{judge: its JudgedScore} from every eval/mtbench/scores_<judge>.json, GPT-4 judges first."""
         folder = RunDir(self.path).eval_dir / "mtbench"
         files = sorted(folder.glob("scores_*.json")) if folder.is_dir() else []
         files.sort(key=lambda p: (not p.stem.startswith("scores_gpt-4"), p.name))
-        out: dict[str, float] = {}
+        out: dict[str, JudgedScore] = {}
         for path in files:
             doc = self.eval_json(str(path.relative_to(RunDir(self.path).eval_dir)))
             if doc is None:
@@ -272,13 +300,42 @@ class Run:
             if not MTBENCH_SHAPE[0](doc):
                 self._left_out(f"eval/mtbench/{path.name}", f"expected {MTBENCH_SHAPE[1]}")
                 continue
-            overall = next(iter(doc["models"].values())).get("overall")
+            model, entry = next(iter(doc["models"].items()))
+            overall = entry.get("overall")
             if overall is not None and (isinstance(overall, bool) or not isinstance(overall, (int, float))):
                 self._left_out(f"eval/mtbench/{path.name}", f"overall score {overall!r} is not a number")
                 continue
-            if overall is not None:
-                out.setdefault(str(doc.get("judge", path.stem[len("scores_"):])), float(overall))
+            judge = str(doc.get("judge", path.stem[len("scores_"):]))
+            if overall is not None and judge not in out:
+                out[judge] = self._judged_score(path, doc, judge, model, entry)
         return out
+
+    def _judged_score(self, path: Path, doc: dict, judge: str, model: str, entry: dict) -> JudgedScore:
+        """The score with its standard error and counts; a scores file written before eval.mtbench recorded them
+        gets them from its judgment file (eval.mtbench.aggregate, the same arithmetic)."""
+        if "overall_se" not in entry or "n_scored" not in entry:
+            judgments = _judgment_file(path, doc, judge)
+            if judgments is None and doc.get("judgment_file"):
+                self._left_out(f"the standard error of eval/mtbench/{path.name}",
+                               f"its judgment file {doc['judgment_file']} is not there (nor model_judgment/"
+                               f"{judge}_single.jsonl beside it)")
+            elif judgments is not None:
+                from eval.mtbench.aggregate import summarize_single  # pandas only; no torch
+                from eval.mtbench.data import MTBenchError
+                try:
+                    entry = {**summarize_single(judgments, judge_model=judge, models=[model])["models"][model],
+                             "overall": entry["overall"]}
+                except (MTBenchError, OSError, ValueError, KeyError) as exc:
+                    self._left_out(f"the standard error of eval/mtbench/{path.name}", str(exc))
+        scored = entry.get("n_scored")
+        unparseable = entry.get("n_unparseable")
+        return JudgedScore(judge, float(entry["overall"]), _finite(entry.get("overall_se")),
+                           scored if isinstance(scored, int) else None,
+                           scored + unparseable if isinstance(scored, int) and isinstance(unparseable, int) else None)
+
+    def mtbench_scores(self) -> dict[str, float]:
+        """{judge: overall MT-bench score} (mtbench_judged without the uncertainty), GPT-4 judges first."""
+        return {judge: score.overall for judge, score in self.mtbench_judged.items()}
 
     def mtbench_score(self) -> tuple[float, str] | None:
         """(overall MT-bench score, judge) of the preferred judge (GPT-4 first); None when nothing is judged."""
@@ -317,7 +374,8 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
     directory level below `results` ("ungrouped" for runs directly inside it).
 
     A summary.json that cannot stand for a run (not JSON, missing status / method / model, unknown status) raises
-    ResultsError, or, when a `skipped` list is given, is skipped and named there with the reason."""
+    ResultsError, or, when a `skipped` list is given, is skipped and named there with the reason. Runs that shared
+    their device get the median step time of a matching solo timing run among these (plots.timing)."""
     results = Path(results)
     if not results.is_dir():
         raise ResultsError(f"results directory {results} does not exist")
@@ -359,6 +417,7 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
                    "method": doc.get("method", "?"), "environment": {"date": doc.get("date", "")},
                    "config": settings, "described_by": "eval/superglue.json"}
         runs.append(_make_run(results, out_dir, summary))
+    attach_solo_timings(runs)
     return runs
 
 

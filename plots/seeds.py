@@ -17,7 +17,8 @@ from typing import Callable
 
 import pandas as pd
 
-from plots.runs import Run
+from plots.config_keys import without
+from plots.runs import JudgedScore, Run
 
 EXECUTION_ONLY = (("seed",), ("run_name",), ("description",), ("output",), ("model", "gradient_checkpointing"),
                   ("model", "attn_implementation"), ("train", "loss_chunk_tokens"), ("train", "track_memory"),
@@ -48,6 +49,31 @@ class MeanStd:
         return self.text()
 
 
+@dataclass(frozen=True)
+class MeanSE:
+    """One run's mean over many scored items (MT-bench judgments) with the standard error of that mean: what a
+    single seed shows instead of a spread over seeds. `n` items scored of `of` judged (the rest unparseable); `seed`:
+    the run's seed, named when its setting has other seeds that were not judged."""
+    mean: float
+    se: float
+    n: int
+    of: int | None = None
+    seed: int | None = None
+
+    def short(self, digits: int = 2) -> str:
+        """"mean ± SE", the SE to two significant digits and the mean to the same decimal place (at least `digits`)."""
+        decimals = digits if self.se == 0 else max(digits, 1 - math.floor(math.log10(abs(self.se))))
+        return f"{self.mean:.{decimals}f} ± {self.se:.{decimals}f}"
+
+    def text(self, digits: int = 2) -> str:
+        """"5.66 ± 0.27 (SE; 115 of 160 scored)", the cell of a table ("(SE; seed 0: ...)" with a seed)."""
+        counted = f"{self.n} of {self.of} scored" if self.of is not None else f"{self.n} scored"
+        return f"{self.short(digits)} (SE; {'' if self.seed is None else f'seed {self.seed}: '}{counted})"
+
+    def __str__(self) -> str:
+        return self.text()
+
+
 def summarize(values) -> MeanStd | None:
     """MeanStd of the finite numbers in `values` (None when there are none)."""
     numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -59,28 +85,18 @@ def summarize(values) -> MeanStd | None:
 
 
 def mean_of(value) -> float | None:
-    """The number behind a table cell: a MeanStd's mean, a plain number, else None (markers)."""
-    if isinstance(value, MeanStd):
+    """The number behind a table cell: a MeanStd's or MeanSE's mean, a plain number, else None (markers)."""
+    if isinstance(value, (MeanStd, MeanSE)):
         return value.mean
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
 
 
-def _without(config: dict, paths) -> dict:
-    out = json.loads(json.dumps(config, default=str))  # a deep copy
-    for path in paths:
-        node = out
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node.get(key), dict) else {}
-        node.pop(path[-1], None)
-    return out
-
-
 def setting_key(run: Run) -> tuple:
     """What a run's seeds share (see the module docstring)."""
     options = {k: v for k, v in run.method_options.items() if k != "seed"}
-    rest = _without(run.config, EXECUTION_ONLY)
+    rest = without(run.config, EXECUTION_ONLY)
     lr = None if run.lr is None else f"{run.lr:.6g}"
     return (run.group, run.model, run.method, lr, json.dumps(options, sort_keys=True, default=str),
             json.dumps(rest, sort_keys=True, default=str), json.dumps(run.tags, sort_keys=True, default=str))
@@ -120,6 +136,27 @@ class SeedGroup:
     def stat(self, value: Callable[[Run], float | None]) -> MeanStd | None:
         """MeanStd of value(run) over the finished (status ok) seeds that have it."""
         return summarize(value(r) for r in self.ok_runs)
+
+    def judged(self, judge: str | None = None) -> list[JudgedScore]:
+        """The MT-bench scores of `judge` (None: each run's preferred judge) of the finished seeds judged by it."""
+        return [score for _run, score in self._judged_runs(judge)]
+
+    def _judged_runs(self, judge: str | None) -> list[tuple[Run, JudgedScore]]:
+        pairs = [(r, r.mtbench_judged.get(judge) if judge is not None else next(iter(r.mtbench_judged.values()), None))
+                 for r in self.ok_runs]
+        return [(r, s) for r, s in pairs if s is not None]
+
+    def mtbench(self, judge: str | None = None) -> MeanStd | MeanSE | None:
+        """Several judged seeds: MeanStd over the seeds; one: its MeanSE over its judgments (MeanStd of n=1 when the
+        standard error is unknown); None when no finished seed was judged."""
+        judged = self._judged_runs(judge)
+        if len(judged) != 1:
+            return summarize(s.overall for _r, s in judged)
+        run, score = judged[0]
+        if score.se is None or not score.n_scored:
+            return MeanStd(score.overall, None, 1)
+        named = run.seed if len(self.runs) > 1 else None
+        return MeanSE(score.overall, score.se, score.n_scored, score.n_judged, named)
 
     def status(self) -> str:
         """"ok" when some seed finished, else the status of the most recent seed."""

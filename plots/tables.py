@@ -3,7 +3,9 @@
 Cells hold numbers or the markers below; the writers format numbers, so the CSV keeps them machine-readable.
 Paper values always sit in their own columns named "<quantity> (paper)", next to "<quantity> ratio" = ours / paper.
 A value over seeds (plots.seeds.MeanStd) shows as "mean ± std (n=k)" in Markdown and LaTeX; in the CSV its column X
-becomes X (the mean), "X std" and "X n". A table's `claim` (plots.claims) follows the caption in Markdown and LaTeX.
+becomes X (the mean), "X std" and "X n". A mean over one run's scored items with its standard error (plots.seeds.MeanSE,
+an MT-bench score of one seed) shows as "mean ± SE (SE; k of m scored)"; in the CSV: X, "X SE", "X scored" and
+"X judged". A table's `claim` (plots.claims) follows the caption in Markdown and LaTeX.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pandas as pd
 
 from experiments.results import atomic_write_text  # plain file writing; imports no torch
 from plots.paper import PaperCell
-from plots.seeds import MeanStd, SeedGroup, mean_of
+from plots.seeds import MeanSE, MeanStd, SeedGroup, mean_of
 
 NO_RUN = "no run"            # no run was made for this cell
 NOT_IN_PAPER = "not in paper"  # the paper has no number for this cell
@@ -89,7 +91,7 @@ def add_compared(row: dict, name: str, ours, paper: PaperCell | None) -> None:
 def _fmt(value, digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return NOT_APPLICABLE
-    if isinstance(value, MeanStd):
+    if isinstance(value, (MeanStd, MeanSE)):
         return value.text(digits)
     if isinstance(value, bool):
         return str(value)
@@ -111,19 +113,25 @@ def _cells(frame: pd.DataFrame, digits: int) -> list[list[str]]:
 
 
 def _expand_seed_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """A column holding MeanStd cells becomes three: the mean (markers kept), "<column> std" and "<column> n"."""
+    """A column holding MeanStd cells gets "<column> std" and "<column> n" beside its mean (markers kept); one holding
+    MeanSE cells gets "<column> SE", "<column> scored" and "<column> judged"."""
+    parts = {MeanStd: (("std", lambda v: v.std), ("n", lambda v: v.n)),
+             MeanSE: (("SE", lambda v: v.se), ("scored", lambda v: v.n),
+                      ("judged", lambda v: NOT_APPLICABLE if v.of is None else v.of))}
     out = pd.DataFrame(index=frame.index)
     for column in frame.columns:
         values = frame[column]
-        if not any(isinstance(v, MeanStd) for v in values):
+        kinds = [kind for kind in parts if any(isinstance(v, kind) for v in values)]
+        if not kinds:
             out[column] = values
             continue
         # object columns: an n stays an integer when sections with other columns are concatenated
-        out[column] = pd.Series([v.mean if isinstance(v, MeanStd) else v for v in values], frame.index, object)
-        out[f"{column} std"] = pd.Series([v.std if isinstance(v, MeanStd) else NOT_APPLICABLE for v in values],
-                                         frame.index, object)
-        out[f"{column} n"] = pd.Series([v.n if isinstance(v, MeanStd) else NOT_APPLICABLE for v in values],
-                                       frame.index, object)
+        out[column] = pd.Series([mean_of(v) if isinstance(v, (MeanStd, MeanSE)) else v for v in values],
+                                frame.index, object)
+        for kind in kinds:
+            for suffix, part in parts[kind]:
+                out[f"{column} {suffix}"] = pd.Series([part(v) if isinstance(v, kind) else NOT_APPLICABLE
+                                                       for v in values], frame.index, object)
     return out
 
 

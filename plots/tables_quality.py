@@ -13,7 +13,7 @@ import pandas as pd
 from plots import claims, mapping, select
 from plots.paper import paper_cell
 from plots.runs import Run
-from plots.seeds import SeedGroup, by_seed, mean_of, summarize
+from plots.seeds import MeanStd, SeedGroup, by_seed, mean_of, summarize
 from plots.tables import NO_RUN, NOT_APPLICABLE, Section, Table, add_compared, seed_cell, status_marker
 
 T5_MODELS = ("llama2-7b", "llama3-8b")
@@ -49,6 +49,18 @@ def _other_scale_groups(runs: list[Run]) -> list[SeedGroup]:
 
 # --- T5: MT-bench ------------------------------------------------------------------------------------------
 
+def _mtbench_cell(group: SeedGroup | None, judge: str | None = None, *, missing=NO_RUN):
+    """A setting's MT-bench cell (SeedGroup.mtbench): a plain number only when nothing says how uncertain it is."""
+    if group is None:
+        return NO_RUN
+    if not group.ok_runs:
+        return status_marker(group.status())
+    value = group.mtbench(judge)
+    if value is None:
+        return missing
+    return value.mean if isinstance(value, MeanStd) and value.n == 1 else value
+
+
 def _t5_other_scale(model_runs: list[Run], judges: list[str]) -> pd.DataFrame:
     rows = []
     for g in _other_scale_groups(model_runs):
@@ -59,10 +71,9 @@ def _t5_other_scale(model_runs: list[Run], judges: list[str]) -> pd.DataFrame:
                "final eval loss": NOT_APPLICABLE if base else seed_cell(g, lambda r: r.final_eval_loss,
                                                                          missing="not measured")}
         for judge in judges:
-            row[f"MT-bench ({judge})"] = seed_cell(g, lambda r, j=judge: r.mtbench_scores().get(j),
-                                                   missing="not judged")
+            row[f"MT-bench ({judge})"] = _mtbench_cell(g, judge, missing="not judged")
         if not judges:
-            row["MT-bench"] = seed_cell(g, Run.mtbench_preferred, missing="not judged")
+            row["MT-bench"] = _mtbench_cell(g, missing="not judged")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -83,13 +94,13 @@ def build_t5(doc: dict, runs: list[Run]) -> Table:
         for method, lr in keys:
             row = {"lr": _lr_key(lr), "method": method}
             if method == "base":
-                add_compared(row, "base model", seed_cell(cells.get(("base", "—", None)), Run.mtbench_preferred),
+                add_compared(row, "base model", _mtbench_cell(cells.get(("base", "—", None))),
                              paper_cell(doc, "T5", "mt_bench", model=model, method="base"))
                 rows.append(row)
                 continue
             per_epoch = []
             for epoch in EPOCHS:
-                ours = seed_cell(cells.get((method, _lr_key(lr), epoch)), Run.mtbench_preferred)
+                ours = _mtbench_cell(cells.get((method, _lr_key(lr), epoch)))
                 per_epoch.append(ours)
                 add_compared(row, f"epoch {epoch}", ours,
                              paper_cell(doc, "T5", "mt_bench", model=model, lr=lr, method=method, epoch=epoch))
@@ -109,7 +120,9 @@ def build_t5(doc: dict, runs: list[Run]) -> Table:
                ". A different judge gives different absolute scores: a local judge's scores are not comparable "
                "with the paper's GPT-4 scores. 'average' needs all three epochs. Other scales: one row per "
                "setting, mean ± standard deviation over its seeds (named in 'seeds'), the held-out eval loss at "
-               "the end of training beside each judge's score ('not judged': no judgment of its answers).")
+               "the end of training beside each judge's score ('not judged': no judgment of its answers). An "
+               "MT-bench score of one seed is the mean over its scored judgments ± the standard error of that "
+               "mean (SE; k of m scored: the other judgments gave no rating, and a weak judge leaves many so).")
     return Table("T5", "mtbench", "MT-bench by epoch and learning rate (paper Table 5)", caption, sections,
                  claim=claims.t5(runs))
 

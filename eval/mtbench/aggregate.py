@@ -3,6 +3,9 @@
 Same arithmetic as fastchat/llm_judge/show_result.py, display_result_single: drop score -1, then per model the mean
 score of turn 1, of turn 2, and of all remaining rows together ("Average"; not the mean of the two turn means).
 Per-category means (both turns, as in MT-bench's category radar plots) are added when the questions are given.
+Beyond show_result, each model also gets `n_scored` (judgments with a rating) and `overall_se`, the standard error of
+"overall": the sample standard deviation (n - 1) of its scored per-turn ratings / sqrt(n_scored), i.e. how much the
+average would move with another draw of questions and judgments of the same kind; None below two scored judgments.
 """
 from __future__ import annotations
 
@@ -61,9 +64,16 @@ def _mean(series: pd.Series) -> float | None:
     return None if series.empty or math.isnan(series.mean()) else float(series.mean())
 
 
+def _standard_error(series: pd.Series) -> float | None:
+    if len(series) < 2:
+        return None
+    return float(series.std(ddof=1) / math.sqrt(len(series)))
+
+
 def summarize_single(judgments: str | os.PathLike | pd.DataFrame, questions: list[dict] | None = None, *,
                      judge_model: str | None = None, models: list[str] | None = None) -> dict:
-    """{"judge", "models": {model: {turn1, turn2, overall, n_turn1, n_turn2, n_unparseable, categories}}}.
+    """{"judge", "models": {model: {turn1, turn2, overall, overall_se, n_turn1, n_turn2, n_scored, n_unparseable,
+    n_questions, categories}}} (overall_se and n_scored: see the module docstring).
 
     A file holding several judge models must be narrowed with judge_model (mixing judges makes no score).
     """
@@ -90,7 +100,8 @@ def summarize_single(judgments: str | os.PathLike | pd.DataFrame, questions: lis
         rows = scored[scored["model"] == model]
         entry = {"turn1": _mean(rows.loc[rows["turn"] == 1, "score"]),
                  "turn2": _mean(rows.loc[rows["turn"] == 2, "score"]),
-                 "overall": _mean(rows["score"]),
+                 "overall": _mean(rows["score"]), "overall_se": _standard_error(rows["score"]),
+                 "n_scored": int(len(rows)),
                  "n_turn1": int((rows["turn"] == 1).sum()), "n_turn2": int((rows["turn"] == 2).sum()),
                  "n_questions": int(rows["question_id"].nunique()),
                  "n_unparseable": int(unparseable.get(model, 0))}
@@ -121,6 +132,8 @@ def format_summary(summary: dict) -> str:
         lines += ["", "########## Per category (both turns) ##########",
                   table.to_string(float_format=lambda x: f"{x:.2f}")]
     counts = "; ".join(f"{name}: {m['n_turn1']}+{m['n_turn2']} scored, {m['n_unparseable']} unparseable"
+                       + (f", standard error of the average {m['overall_se']:.3f}"
+                          if m.get("overall_se") is not None else "")
                        for name, m in models.items())
     lines += ["", f"Counts (turn 1 + turn 2): {counts}"]
     return "\n".join(lines)

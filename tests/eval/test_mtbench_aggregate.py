@@ -5,6 +5,8 @@ import argparse
 import contextlib
 import io
 import json
+import math
+import statistics
 
 import pytest
 
@@ -60,6 +62,19 @@ def test_known_averages(judgment_file):
     assert summary["judge"] == "gpt-4"
     _check(summary["models"])
     assert summary["models"]["alpha"]["n_turn1"] == 3 and summary["models"]["alpha"]["n_turn2"] == 2
+
+
+def test_standard_error_of_the_overall_score(judgment_file):
+    """overall_se = sample std (n - 1) of the scored per-turn ratings / sqrt(n_scored), worked out by hand:
+    alpha keeps 8, 6, 7, 3, 2 (mean 5.2, squared deviations sum 26.8, variance 6.7)."""
+    models = summarize_single(judgment_file)["models"]
+    assert models["alpha"]["n_scored"] == 5 and models["beta"]["n_scored"] == 5
+    assert models["alpha"]["overall_se"] == pytest.approx(math.sqrt(6.7 / 5))
+    beta = [10, 9, 5, 4.5, 4]
+    assert models["beta"]["overall_se"] == pytest.approx(statistics.stdev(beta) / math.sqrt(5))
+    one = {("gamma", 81, 1): 7, ("gamma", 81, 2): -1}
+    single = summarize_single(_write_judgments(judgment_file.parent / "one.jsonl", scores=one))["models"]["gamma"]
+    assert single["n_scored"] == 1 and single["overall_se"] is None   # no spread from one rating
 
 
 def _parse_show_result(text: str) -> dict[str, dict[str, float]]:

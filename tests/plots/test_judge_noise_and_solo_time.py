@@ -1,0 +1,177 @@
+"""Uncertainty of MT-bench scores (standard error over judgments) and the estimated time axis of runs that shared a
+GPU (plots/timing.py), on SYNTHETIC run directories (tests/plots/synthetic.py): every number is chosen here."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from plots import claims, figures, tables_quality
+from plots.paper import load_paper_values
+from plots.runs import discover_runs
+from plots.tables import to_csv, to_markdown
+from tests.plots.synthetic import JUDGE, NOTE, quality_tree, write_json, write_run
+
+MAIN = "paper_mtbench_tiny"
+
+
+def write_scores(run: Path, overall: float, *, se: float | None, scored: int = 120, judged: int = 160,
+                 judgment_file: str | None = None) -> None:
+    """eval/mtbench/scores_<judge>.json as eval.mtbench writes it (se None: an older file without the SE)."""
+    entry = {"overall": overall, "n_turn1": scored // 2, "n_turn2": scored - scored // 2,
+             "n_unparseable": judged - scored}
+    if se is not None:
+        entry.update(overall_se=se, n_scored=scored)
+    doc = {"judge": JUDGE, "models": {run.name: entry}, "fixture_note": NOTE}
+    if judgment_file is not None:
+        doc["judgment_file"] = judgment_file
+    write_json(run / "eval" / "mtbench" / f"scores_{JUDGE}.json", doc)
+
+
+def judged_tree(root: Path, *, se: float, scored: int = 150) -> Path:
+    """The quality tree with one judged seed of adam, badam, lora and the base model, each with standard error `se`."""
+    quality_tree(root)
+    for method, score in {"adam": 6.0, "badam": 6.1, "lora": 5.5}.items():
+        write_scores(root / MAIN / f"tiny-{method}-s0", score, se=se, scored=scored)
+    write_scores(root / MAIN / "tiny-base", 3.0, se=se, scored=scored)
+    return root
+
+
+def test_a_difference_inside_the_judges_noise_is_not_separable(tmp_path):
+    quiet = claims.t5(discover_runs(judged_tree(tmp_path / "quiet", se=0.1)))
+    # 6.1 vs 5.5 with SE 0.1 each: 2·SE = 0.28 < 0.6, a verdict
+    assert "BAdam at or above LoRA (MT-bench): holds (6.100 ± 0.100 vs 5.500 ± 0.100)" in quiet
+    assert "BAdam within 0.25 points of Adam (MT-bench): not separable by this judge (difference +0.1, 2·SE 0.28" \
+        in quiet
+    noisy = claims.t5(discover_runs(judged_tree(tmp_path / "noisy", se=0.3)))
+    # the same scores with SE 0.3: 2·SE = 0.85 > 0.6, no verdict
+    assert "BAdam at or above LoRA (MT-bench): not separable by this judge (difference +0.6, 2·SE 0.85" in noisy
+    assert "BAdam at or above the base model (MT-bench): holds" in noisy   # 3.1 points apart
+    assert "gave no rating" not in noisy                                   # 10 of 160 unparseable: below 10%
+
+
+def test_the_share_of_unparseable_judgments_is_named(tmp_path):
+    line = claims.t5(discover_runs(judged_tree(tmp_path, se=0.2, scored=100)))
+    assert "240 of 640 judgments (38%) gave no rating and are left out" in line
+
+
+def test_t5_shows_the_standard_error_and_counts(tmp_path):
+    root = judged_tree(tmp_path, se=0.27, scored=115)
+    table = tables_quality.build_t5(load_paper_values(), discover_runs(root))
+    markdown = to_markdown(table)
+    assert "| 6.10 ± 0.27 (SE; seed 0: 115 of 160 scored) |" in markdown   # badam: three seeds, seed 0 judged
+    assert "| 3.00 ± 0.27 (SE; 115 of 160 scored) |" in markdown           # base: no seeds to name
+    frame = pd.read_csv(pd.io.common.StringIO(to_csv(table)))
+    column = f"MT-bench ({JUDGE})"
+    badam = frame[(frame["method"] == "badam") & frame["section"].str.startswith("Other")].iloc[0]
+    assert float(badam[column]) == pytest.approx(6.1) and float(badam[f"{column} SE"]) == pytest.approx(0.27)
+    assert int(badam[f"{column} scored"]) == 115 and int(badam[f"{column} judged"]) == 160
+
+
+def test_two_judged_seeds_show_the_spread_over_seeds(tmp_path):
+    root = judged_tree(tmp_path, se=0.27)
+    write_scores(root / MAIN / "tiny-badam-s1", 6.5, se=0.3)
+    markdown = to_markdown(tables_quality.build_t5(load_paper_values(), discover_runs(root)))
+    mean, std = statistics.fmean([6.1, 6.5]), statistics.stdev([6.1, 6.5])
+    assert f"| {mean:.2f} ± {std:.2f} (n=2) |" in markdown
+
+
+def _judgments(path: Path, model: str, scores: list[float]) -> None:
+    """FastChat single-grading records: the scores alternate turns 1 and 2 over consecutive questions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"question_id": 81 + i // 2, "model": model, "judge": [JUDGE, "single-v1"],
+                                        "user_prompt": "...", "judgment": "...", "score": s, "turn": 1 + i % 2,
+                                        "tstamp": 0.0}) + "\n" for i, s in enumerate(scores)))
+
+
+def test_an_older_scores_file_gets_its_standard_error_from_its_judgments(tmp_path):
+    run = write_run(tmp_path, MAIN, "tiny-badam-s0", method="badam", lr=1e-4)
+    scores = [8, 6, 7, -1, 3, 2, 9, -1]
+    # the judging machine's absolute path: not here, so the file beside the scores file is read
+    _judgments(run / "eval" / "mtbench" / "model_judgment" / f"{JUDGE}_single.jsonl", run.name, scores)
+    write_scores(run, 5.833, se=None, judgment_file=f"/home/gpu-machine/runs/{run.name}/model_judgment/x.jsonl")
+    (result,) = discover_runs(tmp_path)
+    judged = result.mtbench_judged[JUDGE]
+    kept = [s for s in scores if s != -1]
+    assert judged.n_scored == 6 and judged.n_judged == 8 and judged.overall == 5.833
+    assert judged.se == pytest.approx(statistics.stdev(kept) / math.sqrt(len(kept)))
+    assert not result.problems
+
+
+def test_a_named_judgment_file_that_is_nowhere_is_reported(tmp_path):
+    run = write_run(tmp_path, MAIN, "tiny-badam-s0", method="badam", lr=1e-4)
+    write_scores(run, 5.8, se=None, judgment_file="model_judgment/gone.jsonl")
+    (result,) = discover_runs(tmp_path)
+    assert result.mtbench_judged[JUDGE].se is None and result.mtbench_scores() == {JUDGE: 5.8}
+    assert any("standard error" in p and "is not there" in p for p in result.problems)
+
+
+# --- the time axis of runs that shared a GPU -------------------------------------------------------------------
+
+def _edit_summary(run: Path, **changes) -> None:
+    path = run / "summary.json"
+    summary = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        node = summary
+        *parents, key = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = value
+    path.write_text(json.dumps(summary))
+
+
+def shared_tree(root: Path) -> Path:
+    """The quality tree, every training run packed 4 to a GPU."""
+    quality_tree(root)
+    for path in root.glob("*/*/metrics.jsonl"):
+        _edit_summary(path.parent, **{"environment.shared_device_runs": 4})
+    return root
+
+
+def solo_run(root: Path, like: str, name: str, step_ms: float, *, steps: int = 12, shared: int = 1, **config):
+    """A timing run of the same setting as results/<like> (another lr and seed, an unrelated group name)."""
+    source = json.loads((root / like / "summary.json").read_text())
+    run = write_run(root, "timing_whatever", name, method=source["method"], lr=0.5, seed=7, steps=steps,
+                    options={k: v for k, v in source["config"]["method"].items() if k not in ("name", "lr")})
+    _edit_summary(run, **{"timing_ms.step": step_ms, "environment.shared_device_runs": shared,
+                          "environment.device_name": "Test GPU", **config})
+    return run
+
+
+def test_no_time_axis_without_a_matching_solo_run(tmp_path):
+    root = shared_tree(tmp_path)
+    solo_run(root, "ablation_bsgd_tiny/tiny-sgd", "other-batch", 100.0, **{"config.train.batch_size": 8})
+    solo_run(root, "ablation_bsgd_tiny/tiny-bsgd", "too-short", 50.0, steps=5)
+    solo_run(root, "ablation_bsgd_tiny/tiny-bsgd", "not-alone", 50.0, shared=2)
+    runs = discover_runs(root)
+    sgd = next(r for r in runs if r.group == "ablation_bsgd_tiny" and r.method == "sgd")
+    assert sgd.solo_timing is None and sgd.curve()["hours"].isna().all()
+    line = claims.f3(runs)
+    assert "BSGD faster than SGD: not checked (up to 4 runs shared a GPU" in line
+    assert "no solo timing run of BSGD and SGD" in line
+    time_panel = figures.figure_f3(load_paper_values(), runs).axes[1]
+    assert not time_panel.lines and any("no time" in t.get_text() for t in time_panel.texts)
+
+
+def test_a_matching_solo_run_gives_an_estimated_and_labelled_time_axis(tmp_path):
+    root = shared_tree(tmp_path)
+    solo_run(root, "ablation_bsgd_tiny/tiny-sgd", "solo-sgd", 100.0)
+    solo_run(root, "ablation_bsgd_tiny/tiny-bsgd", "solo-bsgd", 50.0)
+    solo_run(root, "ablation_bsgd_tiny/tiny-bsgd", "solo-bsgd-short", 5.0, steps=5)  # under 10 steps: ignored
+    runs = discover_runs(root)
+    sgd = next(r for r in runs if r.group == "ablation_bsgd_tiny" and r.method == "sgd")
+    curve = sgd.curve()
+    assert sgd.solo_timing.step_ms == 100.0
+    assert curve["hours"].tolist() == pytest.approx((curve["step"] * 100.0 / 3.6e6).tolist())
+    line = claims.f3(runs)
+    assert "BSGD faster than SGD (median step time of solo timing runs on Test GPU): holds (0.50×: 50.0 vs " \
+           "100.0 ms)" in line
+    assert "BAdam faster than Adam: not checked" in line and "no solo timing run of BAdam and Adam" in line
+    time_panel = figures.figure_f3(load_paper_values(), runs).axes[1]
+    assert {line.get_label() for line in time_panel.lines} == {"SGD", "BSGD"}
+    label = time_panel.get_xlabel().replace("\n", " ")
+    assert "estimated: steps × median step time of a solo run on Test GPU" in label
