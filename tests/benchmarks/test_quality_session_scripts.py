@@ -80,7 +80,8 @@ def test_evaluators_wait_for_the_runs_that_keep_weights_for_them(tmp_path):
     evaluate_when_done = _script("evaluate_when_done")
     awaited = evaluate_when_done.awaited_runs(load_profile("quality-gpu"), tmp_path)
     assert sorted(item.run_dir.name for item in awaited) == [
-        "gemma3_270m_alpaca-adam-s0", "gemma3_270m_alpaca-badam-s0", "gemma3_270m_alpaca-lora-s0"]
+        "gemma3_270m_alpaca-adam-s0", "gemma3_270m_alpaca-badam-s0", "gemma3_270m_alpaca-lisa-s0",
+        "gemma3_270m_alpaca-lora-s0"]
     assert evaluate_when_done.main(["--profile", "quality-gpu", "--output-dir", str(tmp_path), "--poll", "0.01",
                                     "--timeout", "0.05"]) == 3   # none of them finished: gives up, trains nothing
     assert not any(tmp_path.iterdir())
