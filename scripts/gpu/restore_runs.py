@@ -1,5 +1,6 @@
 """Put a profile's finished runs committed under results/ into a fresh output directory, so that run_all on a new GPU
 machine trains only what is missing (and a sweep committed earlier still decides the lrs of the runs after it).
+SuperGLUE run directories come along with the tasks they finished (the evaluator does only the others).
 
 A run that an evaluator of the profile reads, whose weights stayed on an earlier machine (they are never committed)
 and whose evaluator outputs are not all committed, is left out: run_all trains it again, the same seed, config and
@@ -56,6 +57,13 @@ def restore(profile: dict, results: Path, out: Path, question_ids: set | None = 
                 continue
             shutil.copytree(run, out / group / run.name)
             restored.append(f"{group}/{run.name}")
+        # run directories of a group the superglue evaluator trains: no summary.json of their own; the evaluator
+        # skips the tasks their eval/superglue.json holds (same settings), so a session goes on where one stopped
+        for scores in sorted((results / group).glob("*/eval/superglue.json")):
+            run = scores.parent.parent
+            if not (run / "summary.json").is_file() and not (out / group / run.name).exists():
+                shutil.copytree(run, out / group / run.name)
+                restored.append(f"{group}/{run.name}")
         selection = results / group / "lr_selection.json"
         if selection.is_file():
             (out / group).mkdir(parents=True, exist_ok=True)
