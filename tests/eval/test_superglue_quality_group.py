@@ -42,6 +42,23 @@ def test_the_group_plans_three_methods_times_three_seeds_and_leaves_the_gemma_pa
     assert all(p.cfg is None or p.cfg.data.format != "superglue" for p in others)
 
 
+def test_the_config_gives_each_method_its_lr_through_the_superglue_cli_too():
+    """`python -m eval.superglue --config quality/mpnet_superglue.yaml method.name=lora` trains LoRA at the lr of the
+    config's lora subsection, as run_all's resolved config does (the file's common lr is not forced over it)."""
+    from eval.superglue.cli import base_config_dict, build_parser, task_config
+
+    def resolved(*argv):
+        base, explicit = base_config_dict(build_parser().parse_intermixed_args(
+            ["--config", "quality/mpnet_superglue.yaml", *argv]))
+        return task_config(base, "rte", explicit)
+
+    for method, lr in (("lora", 1e-4), ("badam", 1e-5), ("adam", 1e-5)):
+        cfg = resolved(f"method.name={method}")
+        assert cfg.method.lr == lr and cfg.train.max_steps == 768, method
+    assert resolved("method.name=badam").method.options["switch_block_every"] == 16   # not the CLI default's 100
+    assert resolved("--lr", "3e-5", "method.name=lora").method.lr == 3e-5             # a flag still wins
+
+
 def test_a_tiny_run_of_the_group_gives_per_seed_results_and_t11_shows_mean_and_std(tmp_path, capsys):
     """The group's entry and evaluator entry of profiles/quality-gpu.yaml, shrunk (tiny random encoder, 2 tasks, a few
     examples, 2 steps; one evaluator process), through run_all and then python -m plots."""
