@@ -177,7 +177,7 @@ PY
 # Finished runs committed under results/ are not trained again; those whose weights an evaluator still needs are
 # (scripts/gpu/restore_runs.py).
 restore_finished_runs() {
-  python3 scripts/gpu/restore_runs.py --profile quality-gpu --results results --output-dir "$out_root"
+  python3 scripts/gpu/restore_runs.py --profile quality-gpu --results results --output-dir "$out_root" "$@"
 }
 
 attention() {
@@ -187,11 +187,13 @@ attention() {
   mkdir -p "$out_root" && cp "$OUT/attention_check.json" "$out_root/attention_check.json"
 }
 
+# pack NAME [PATH...]: runs/quality-gpu, or the PATHs under runs/, into $OUT/NAME.tgz, without weights or checkpoints
 pack() {
   local name="$1"
+  shift
   mkdir -p "$OUT"
   tar -C "$here/runs" --exclude='*/model' --exclude='checkpoint.pt' --exclude='*.safetensors' \
-      -czf "$OUT/$name.tgz" quality-gpu
+      -czf "$OUT/$name.tgz" "${@:-quality-gpu}"
   ls -la "$OUT"
 }
 
@@ -309,11 +311,11 @@ PY
 for task in ('boolq', 'copa', 'wsc', 'rte', 'multirc', 'wic'):
     print(task, paper_splits(task).sizes())"
     mkdir -p "$out_root"
-    restore_finished_runs
+    restore_finished_runs --groups paper_superglue_mpnet   # needs no MT-bench data
     rm -f "$out_root/SUPERGLUE_DONE"
     setsid nohup bash -c "
       python3 -m experiments.run_all --profile quality-gpu --groups paper_superglue_mpnet --output-dir '$out_root' \
-          --no-plots --no-progress > '$out_root/superglue.log' 2>&1
+          ${RUN_ALL_ARGS:-} --no-plots --no-progress > '$out_root/superglue.log' 2>&1
       echo \$? > '$out_root/superglue.exit'
       touch '$out_root/SUPERGLUE_DONE'" > /dev/null 2>&1 < /dev/null &
     sleep 60
@@ -341,7 +343,9 @@ for run in sorted(p for p in Path(sys.argv[1]).glob("*") if p.is_dir()):
             going = f"; {metrics.parent.name} running, {len(lines)} steps"
     print(f"{run.name}: {done or 'no task done'}{going}")
 PY
-    pack "quality-superglue"
+    # this group only (its 54 metrics.jsonl are ~20 MB, ~7 MB packed; a file back from $OUT holds at most 16 MiB)
+    pack "quality-superglue" quality-gpu/paper_superglue_mpnet quality-gpu/superglue.log ||
+      echo "tar exit code $?: files still being written when packed (call superglue-wait again)"
     if [ -f "$out_root/SUPERGLUE_DONE" ]; then
       echo "superglue done, run_all exit code $(cat "$out_root/superglue.exit")"
     fi

@@ -36,13 +36,16 @@ def evaluator_outputs_complete(profile: dict, run: Path, group: str, method: str
     return True
 
 
-def restore(profile: dict, results: Path, out: Path, question_ids: set | None = None) -> tuple[list[str], list[str]]:
-    """Copy finished runs of the profile's groups from `results` into `out` (existing ones are kept). Returns the
-    restored runs and the runs left out to be trained again for their evaluators, as 'group/run' names.
-    question_ids: the MT-bench questions an answer set must cover (default: the shared question file's)."""
-    if question_ids is None:
+def restore(profile: dict, results: Path, out: Path, question_ids: set | None = None,
+            groups: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Copy finished runs of the profile's groups (or of `groups`) from `results` into `out` (existing ones are kept).
+    Returns the restored runs and the runs left out to be trained again for their evaluators, as 'group/run' names.
+    question_ids: the MT-bench questions an answer set must cover (default: the shared question file's, read only
+    when an MT-bench evaluator reads one of the groups)."""
+    groups = sorted(set(groups) if groups else {entry["group"] for entry in profile["runs"]})
+    if question_ids is None and any(spec["name"] == "mtbench" and set(spec.get("groups") or groups) & set(groups)
+                                    for spec in profile.get("evaluators") or []):
         question_ids = {q["question_id"] for q in load_questions()}
-    groups = sorted({entry["group"] for entry in profile["runs"]})
     restored, retrain = [], []
     for group in groups:
         for summary_file in sorted((results / group).glob("*/summary.json")):
@@ -76,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", required=True)
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--groups", help="comma-separated groups to restore (default: every group of the profile)")
     args = parser.parse_args(argv)
-    restored, retrain = restore(load_profile(args.profile), args.results, args.output_dir)
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
+    restored, retrain = restore(load_profile(args.profile), args.results, args.output_dir, groups=groups)
     print(f"restored {len(restored)} finished run(s) from {args.results}; trained again for their evaluators: "
           f"{', '.join(retrain) or 'none'}")
     return 0

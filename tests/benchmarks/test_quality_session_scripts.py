@@ -120,7 +120,8 @@ def test_restore_brings_superglue_run_directories_with_the_tasks_they_finished(t
         (results / "paper_superglue_m" / name / "eval").mkdir(parents=True)
         (results / "paper_superglue_m" / name / "eval" / "superglue.json").write_text('{"tasks": {}}')
     (out / "paper_superglue_m" / "m-badam-s0").mkdir(parents=True)              # already there: left as it is
-    restored, retrain = restore_runs.restore(profile, results, out, question_ids=set())
+    profile["evaluators"] = [{"name": "mtbench", "groups": ["paper_m"]}]
+    restored, retrain = restore_runs.restore(profile, results, out, groups=["paper_superglue_m"])  # no MT-bench data
     assert restored == ["paper_superglue_m/m-adam-s0"] and retrain == []
     assert (out / "paper_superglue_m" / "m-adam-s0" / "eval" / "superglue.json").is_file()
     assert not (out / "paper_superglue_m" / "m-badam-s0" / "eval").exists()
