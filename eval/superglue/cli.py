@@ -25,8 +25,8 @@ from eval.common import source_slug, write_json_atomic
 from eval.superglue.finetune import ModelUnavailableError, run_task
 from eval.superglue.splits import paper_splits
 from eval.superglue.tasks import SuperGlueDataError, get_task, parse_tasks, task_names
-from experiments.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_dict, \
-    load_yaml, parse_override
+from experiments.config import COMMON_METHOD_KEYS, ConfigError, RunConfig, apply_overrides, config_from_dict, \
+    config_to_dict, load_yaml, parse_override
 from experiments.paths import REPO_ROOT
 
 RESULTS_FILE = Path("eval") / "superglue.json"
@@ -103,8 +103,11 @@ def base_config_dict(args: argparse.Namespace) -> tuple[dict, set[str]]:
     explicit = {k.split(".", 1)[1] for k, _ in parsed if k.startswith("method.") and k.count(".") == 1}
     if args.config:
         method_section = load_yaml(args.config).get("method") or {}
-        # a null option means "the method's default" (a resolved config.yaml lists every option, set or not)
-        explicit |= {k for k, v in method_section.items() if not isinstance(v, dict) and v is not None}
+        # a null option means "the method's default" (a resolved config.yaml lists every option, set or not). The
+        # file's options win over SUPERGLUE_DEFAULTS' method subsections; its common lr / weight decay do not win over
+        # its own subsections (`lora: {lr: 1e-4}`), as in every harness config (experiments/config.py)
+        explicit |= {k for k, v in method_section.items()
+                     if not isinstance(v, dict) and v is not None and k not in COMMON_METHOD_KEYS}
     return data, explicit - {"name"}
 
 

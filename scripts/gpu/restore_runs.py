@@ -1,5 +1,6 @@
 """Put a profile's finished runs committed under results/ into a fresh output directory, so that run_all on a new GPU
 machine trains only what is missing (and a sweep committed earlier still decides the lrs of the runs after it).
+SuperGLUE run directories come along with the tasks they finished (the evaluator does only the others).
 
 A run that an evaluator of the profile reads, whose weights stayed on an earlier machine (they are never committed)
 and whose evaluator outputs are not all committed, is left out: run_all trains it again, the same seed, config and
@@ -35,13 +36,16 @@ def evaluator_outputs_complete(profile: dict, run: Path, group: str, method: str
     return True
 
 
-def restore(profile: dict, results: Path, out: Path, question_ids: set | None = None) -> tuple[list[str], list[str]]:
-    """Copy finished runs of the profile's groups from `results` into `out` (existing ones are kept). Returns the
-    restored runs and the runs left out to be trained again for their evaluators, as 'group/run' names.
-    question_ids: the MT-bench questions an answer set must cover (default: the shared question file's)."""
-    if question_ids is None:
+def restore(profile: dict, results: Path, out: Path, question_ids: set | None = None,
+            groups: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Copy finished runs of the profile's groups (or of `groups`) from `results` into `out` (existing ones are kept).
+    Returns the restored runs and the runs left out to be trained again for their evaluators, as 'group/run' names.
+    question_ids: the MT-bench questions an answer set must cover (default: the shared question file's, read only
+    when an MT-bench evaluator reads one of the groups)."""
+    groups = sorted(set(groups) if groups else {entry["group"] for entry in profile["runs"]})
+    if question_ids is None and any(spec["name"] == "mtbench" and set(spec.get("groups") or groups) & set(groups)
+                                    for spec in profile.get("evaluators") or []):
         question_ids = {q["question_id"] for q in load_questions()}
-    groups = sorted({entry["group"] for entry in profile["runs"]})
     restored, retrain = [], []
     for group in groups:
         for summary_file in sorted((results / group).glob("*/summary.json")):
@@ -56,6 +60,13 @@ def restore(profile: dict, results: Path, out: Path, question_ids: set | None = 
                 continue
             shutil.copytree(run, out / group / run.name)
             restored.append(f"{group}/{run.name}")
+        # run directories of a group the superglue evaluator trains: no summary.json of their own; the evaluator
+        # skips the tasks their eval/superglue.json holds (same settings), so a session goes on where one stopped
+        for scores in sorted((results / group).glob("*/eval/superglue.json")):
+            run = scores.parent.parent
+            if not (run / "summary.json").is_file() and not (out / group / run.name).exists():
+                shutil.copytree(run, out / group / run.name)
+                restored.append(f"{group}/{run.name}")
         selection = results / group / "lr_selection.json"
         if selection.is_file():
             (out / group).mkdir(parents=True, exist_ok=True)
@@ -68,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", required=True)
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--groups", help="comma-separated groups to restore (default: every group of the profile)")
     args = parser.parse_args(argv)
-    restored, retrain = restore(load_profile(args.profile), args.results, args.output_dir)
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
+    restored, retrain = restore(load_profile(args.profile), args.results, args.output_dir, groups=groups)
     print(f"restored {len(restored)} finished run(s) from {args.results}; trained again for their evaluators: "
           f"{', '.join(retrain) or 'none'}")
     return 0

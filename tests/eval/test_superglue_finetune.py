@@ -120,6 +120,24 @@ def test_selector_reports_test_of_best_validation_earliest_on_ties():
     assert selector.best()["step"] == 4 and selector.best()["test"]["score"] == 55.0
 
 
+def test_test_is_scored_only_where_validation_improves():
+    """The reported test is the best-validation checkpoint's, earliest on ties: a test pass elsewhere is wasted."""
+    selector = CheckpointSelector.__new__(CheckpointSelector)
+    selector.history, selector.eval_seconds, scored = [], 0.0, []
+    validation = iter([50.0, 60.0, 60.0, 40.0, 70.0])
+
+    def score(part):
+        scored.append(part)
+        return {"score": next(validation) if part == "validation" else 10.0 * len(scored)}, 0.5
+
+    selector._score = score
+    for step in (2, 4, 6, 8, 10):
+        selector.evaluate(step, epoch=0)
+    assert [h["test"] is not None for h in selector.history] == [True, True, False, False, True]
+    assert scored.count("test") == 3 and selector.best()["step"] == 10
+    assert selector.history[2]["test_loss"] is None and selector.history[1]["test_loss"] == 0.5
+
+
 def test_copa_multiple_choice_predicts_one_of_its_choices():
     model, tokenizer = load_model("random:tiny-bert", dtype="fp32", task="multiple_choice")
     examples = paper_splits("copa").validation[:5]

@@ -76,11 +76,11 @@ def test_without_exclusive_runs_the_schedule_is_unchanged(tmp_path, monkeypatch)
 def test_an_exclusive_child_records_one_run_on_its_device(monkeypatch):
     from experiments.results import environment_info
 
-    env = suite._child_env("1", jobs=10, devices=2, exclusive=True)
+    env = suite.child_env("1", jobs=10, devices=2, exclusive=True)
     assert env["CUDA_VISIBLE_DEVICES"] == "1"
     monkeypatch.setenv("BADAM_SHARED_DEVICE_RUNS", env["BADAM_SHARED_DEVICE_RUNS"])
     assert environment_info()["shared_device_runs"] == 1
-    assert suite._child_env("1", jobs=10, devices=2)["BADAM_SHARED_DEVICE_RUNS"] == "5"
+    assert suite.child_env("1", jobs=10, devices=2)["BADAM_SHARED_DEVICE_RUNS"] == "5"
 
 
 def _profile(tmp_path, **keys) -> str:

@@ -256,8 +256,8 @@ def test_runs_that_shared_a_gpu_give_losses_but_no_times(tree, tmp_path):
 
 
 def test_suite_children_record_how_many_runs_share_a_device():
-    from experiments.suite import _child_env
+    from experiments.suite import child_env
 
-    assert _child_env("0", jobs=10, devices=2)["BADAM_SHARED_DEVICE_RUNS"] == "5"
-    assert _child_env("1", jobs=3, devices=2)["BADAM_SHARED_DEVICE_RUNS"] == "2"
-    assert _child_env(None, jobs=1)["BADAM_SHARED_DEVICE_RUNS"] == "1"
+    assert child_env("0", jobs=10, devices=2)["BADAM_SHARED_DEVICE_RUNS"] == "5"
+    assert child_env("1", jobs=3, devices=2)["BADAM_SHARED_DEVICE_RUNS"] == "2"
+    assert child_env(None, jobs=1)["BADAM_SHARED_DEVICE_RUNS"] == "1"
