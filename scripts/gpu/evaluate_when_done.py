@@ -5,7 +5,8 @@ back, that can be too late. This waits (polling the run directories, never train
 planned run that the evaluators read and that keeps its weights (output.save_model) has a final summary, then hands
 those runs to run_all's evaluators, exactly as run_all would at the end:
 
-    python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir runs/quality-gpu --timeout 3600
+    python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir runs/quality-gpu --timeout 3600 \
+        [--groups '*_gemma3_270m']
 
 Exit code 0 when the evaluators ran (their notes say which runs they skipped), 3 on timeout.
 """
@@ -18,14 +19,18 @@ from pathlib import Path
 
 from experiments.results import read_summary
 from experiments.run_all import load_profile, plan_runs, run_evaluators
-from experiments.suite import is_final, outcome_from_summary
+from experiments.suite import group_matches, is_final, outcome_from_summary
 
 
-def awaited_runs(profile: dict, output_root: Path) -> list:
-    """The planned runs some evaluator reads and that save their model (the others give an evaluator nothing)."""
+def awaited_runs(profile: dict, output_root: Path, only_groups: list[str] | None = None) -> list:
+    """The planned runs some evaluator reads and that save their model (the others give an evaluator nothing), of
+    the groups matching `only_groups` (names or patterns, as run_all's --groups) when given."""
     specs = profile.get("evaluators") or []
-    groups = sorted({g for spec in specs for g in (spec.get("groups") or [])}) or None
-    planned = plan_runs(profile, output_root=output_root, only_groups=groups)
+    groups = sorted({g for spec in specs for g in (spec.get("groups") or [])
+                     if only_groups is None or group_matches(g, only_groups)})
+    if only_groups is not None and not groups:
+        return []
+    planned = plan_runs(profile, output_root=output_root, only_groups=groups or None)
     wanted = []
     for item in planned:
         if item.cfg is None or not item.cfg.output.save_model:
@@ -42,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--poll", type=float, default=20.0, help="seconds between looks at the run directories")
     parser.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    parser.add_argument("--groups", help="comma-separated groups (names or patterns, as run_all's --groups): wait "
+                                         "only for these, e.g. the part of the profile this session trains")
     args = parser.parse_args(argv)
     profile = load_profile(args.profile)
-    wanted = awaited_runs(profile, args.output_dir)
+    only = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
+    wanted = awaited_runs(profile, args.output_dir, only)
     if not wanted:
         print(f"profile {args.profile}: no evaluator reads a run that saves its model; nothing to wait for")
         return 0
