@@ -88,4 +88,5 @@ if [ "$with_math" = 1 ]; then
   carry_gguf qwen2.5-coder-0.5b-instruct math m 37 48
   # the math session carries the math data alone (.gpu/shared/data/{gsm8k,math_eval}, 3.1 MiB): see quality_session.sh
 fi
-du -sh .gpu/* .gpu/parts/* .gpu/tok/* .gpu/shared/data/* | sort -k2
+du -sh .gpu/*   # then the folders a call carries one by one (du counts a folder once: separate calls)
+for dir in .gpu/parts .gpu/tok .gpu/shared/data .gpu/math .gpu/judge; do [ -d "$dir" ] && du -sh "$dir"/*; done
