@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--max-batch-tokens", type=int, default=None,
                    help="at most this many padded prompt tokens per batch (eval.math --max-batch-tokens)")
     p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--prompt-style", default="alpaca", choices=("alpaca", "chat"))
+    p.add_argument("--prompt-style", default="alpaca", choices=("alpaca", "chat", "chat_question"))
     p.add_argument("--cache", choices=CACHE_MODES, default="dynamic")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (needs --cache static)")
     p.add_argument("--device", default="cuda")

@@ -51,7 +51,7 @@ def test_math_group_and_evaluator_shape_end_to_end_with_the_tables(tmp_path):
     for run in runs:
         results = json.loads((group / run / "eval" / "math.json").read_text())
         assert {name: entry["total"] for name, entry in results["datasets"].items()} == LIMIT
-        assert results["settings"]["prompt_style"] == "chat" and results["limit"] == LIMIT
+        assert results["settings"]["prompt_style"] == spec["options"]["prompt_style"] and results["limit"] == LIMIT
         assert results["generation"]["max_batch_tokens"] == 300 and results["tokens_per_s"] > 0
         assert len((group / run / "eval" / "math" / "gsm8k.jsonl").read_text().splitlines()) == 2
     base = json.loads((group / "qwen25_coder_05b_gsm8k-base" / "summary.json").read_text())

@@ -12,16 +12,22 @@ import eval.math as math_eval
 import eval.math.runner as runner
 from eval.__main__ import main as eval_main
 from eval.generation import BatchOutput
-from eval.math import evaluate_math, evaluate_runs, load_items, results_complete, select_subset
+from eval.math import build_prompt, evaluate_math, evaluate_runs, load_items, results_complete, select_subset
 from eval.math.__main__ import main as math_main
 from eval.math.runner import batches_by_length
 from eval.runs import BASE_METHOD, base_model_source, run_on_gpus
 from experiments.models import load_model
+from experiments.templates import math_conversation
 from tests.eval.math_stubs import NoModel, tokenizer_stub
 
 TINY = "random:tiny-llama"
 FAST = {"limit": {"gsm8k": 2, "sat": 1}, "datasets": "gsm8k,sat", "batch_size": 2, "max_new_tokens": 2,
-        "prompt_style": "chat"}
+        "prompt_style": "chat_question"}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model(TINY, dtype="fp32", device="cpu")
 
 
 def test_batches_are_capped_by_rows_and_by_padded_prompt_tokens():
@@ -30,6 +36,17 @@ def test_batches_are_capped_by_rows_and_by_padded_prompt_tokens():
     # 1,000 tokens a batch: the 900-token prompt alone, then two of 500, then up to 4 rows
     assert [list(b) for b in batches_by_length(lengths, 4, 1000)] == [[0], [1, 2], [3, 4, 5, 6]]
     assert [list(b) for b in batches_by_length([5000, 10], 4, 1000)] == [[0], [1]]   # never an empty batch
+
+
+def test_chat_question_prompt_is_the_question_alone_as_in_math_fine_tuning(tiny):
+    _model, tokenizer = tiny
+
+    gsm8k, aqua = load_items("gsm8k")[0], load_items("aqua")[0]
+    prompt = build_prompt(gsm8k, "chat_question", tokenizer)
+    trained = tokenizer.apply_chat_template([{"role": "user", "content": math_conversation(
+        {"question": gsm8k.question, "answer": "x #### 1"})[1][0][0]}], tokenize=False, add_generation_prompt=True)
+    assert prompt == trained and "The answer is" not in prompt
+    assert build_prompt(aqua, "chat_question", tokenizer) == build_prompt(aqua, "chat", tokenizer)  # letter request
 
 
 def test_limit_per_dataset_takes_an_evenly_spread_subset(monkeypatch, tmp_path):
@@ -51,7 +68,7 @@ def test_limit_per_dataset_takes_an_evenly_spread_subset(monkeypatch, tmp_path):
     assert sum(seen) == 270 and max(seen) <= 64
     assert results_complete(tmp_path, datasets=["math", "sat"], limit={"math": 50})
     assert not results_complete(tmp_path, datasets=["math", "sat"])                 # all 5,000 were asked for
-    assert not results_complete(tmp_path, datasets=["math", "sat"], limit={"math": 50}, prompt_style="chat")
+    assert not results_complete(tmp_path, datasets=["math", "sat"], limit={"math": 50}, prompt_style="chat_question")
     with pytest.raises(ValueError, match="limit names dataset.s. not evaluated: gsm8k; evaluated: math"):
         evaluate_math(NoModel(), tokenizer_stub(), out_dir=tmp_path, model_name="o", datasets=["math"],
                       limit={"gsm8k": 5})
@@ -82,11 +99,6 @@ def _run(group, name, method, model_source, save_from=None):
         model.save_pretrained(run / "model")
         tokenizer.save_pretrained(run / "model")
     return run
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model(TINY, dtype="fp32", device="cpu")
 
 
 def test_runs_and_the_base_model_then_nothing_twice(tiny, tmp_path, monkeypatch):
