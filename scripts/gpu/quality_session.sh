@@ -35,7 +35,7 @@
 # Math (T6 analogue; the profile's groups *_qwen25_coder_05b), a session of its own: Qwen2.5-Coder-0.5B-Instruct travels
 # as .gpu/math/m01..m10 (prepare_carry.sh --with-math), one piece per call: call 1 carries .gpu/site
 # .gpu/shared/data/gsm8k .gpu/shared/data/math_eval .gpu/tok/qwen2.5-coder-0.5b-instruct .gpu/math/m01 and runs
-# `check` (it prints "math pieces here: N of 10"); calls 2-9 carry m02..m09 (`check`); call 10 carries m10 and runs
+# `check` (it prints "math pieces here: N of 10"); calls 2-9 carry m02..m09 (`pieces`); call 10 carries m10 and runs
 #   math-start    join and check the GGUF (each piece's sha256, then the whole), convert it once (the carried tokenizer
 #                 if the converted one is broken; the judge's .gpu/tok folder serves too: same tokenizer.json), the
 #                 attention check on the math config, then in the background (setsid)
@@ -48,7 +48,7 @@
 # $OUT/quality-*.tgz.
 # Reproduce on any CUDA machine with the packages installed: ./run_all.sh --profile quality-gpu --jobs 8
 set -euo pipefail
-phase="${1:?usage: quality_session.sh check|attention|start|wait S|judge [S]|run S1 S2|finish S1 S2|math-start|math-wait S}"
+phase="${1:?usage: quality_session.sh check|pieces|attention|start|wait S|judge [S]|run S1 S2|finish S1 S2|math-start|math-wait S}"
 here="$(pwd)"
 export PYTHONPATH="$here/.gpu/site:$here${PYTHONPATH:+:$PYTHONPATH}"
 export BADAM_SHARED="$here/.gpu/shared" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -210,10 +210,11 @@ pack() {
 # samples (every generation, tens of MB) into $OUT/quality-math-samples.tar.xz, split at 15 MiB (a file that comes back
 # holds at most 16 MiB)
 pack_math() {
-  local pattern dir log members=() samples=()
+  local pattern dir log patterns members=() samples=()
   mkdir -p "$OUT"
+  IFS=, read -ra patterns <<< "$math_groups"
   shopt -s nullglob
-  for pattern in ${math_groups//,/ }; do
+  for pattern in "${patterns[@]}"; do
     for dir in "$out_root"/$pattern/; do
       dir="$(basename "$dir")"
       members+=("$dir")
@@ -227,7 +228,7 @@ pack_math() {
   tar -C "$out_root" --exclude='*/model' --exclude='checkpoint.pt' --exclude='*.safetensors' \
       --exclude='*/eval/math/*.jsonl' -czf "$OUT/quality-math.tgz" "${members[@]}"
   if [ "${#samples[@]}" -gt 0 ]; then
-    tar -C "$out_root" -cJf "$OUT/quality-math-samples.tar.xz" "${samples[@]#"$out_root"/}"
+    XZ_OPT=-T0 tar -C "$out_root" -cJf "$OUT/quality-math-samples.tar.xz" "${samples[@]#"$out_root"/}"
     if [ "$(stat -c %s "$OUT/quality-math-samples.tar.xz")" -gt $((15 << 20)) ]; then
       # join them after the call: cat quality-math-samples.tar.xz.?? > quality-math-samples.tar.xz
       split -b 15M -d -a 2 "$OUT/quality-math-samples.tar.xz" "$OUT/quality-math-samples.tar.xz."
@@ -339,6 +340,10 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     nvidia-smi --query-gpu=name,memory.used --format=csv
     pack "quality-$phase"
     echo "run_all exit code: $code"
+    ;;
+  pieces)   # what a carrying call needs to know, in a second (no GPU query, no Python)
+    echo "judge pieces here: $(judge_pieces)"
+    echo "math pieces here: $(pieces_here .gpu/math)"
     ;;
   math-start)
     join_packaged "$math_alias" .gpu/math

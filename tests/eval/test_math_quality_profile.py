@@ -21,7 +21,7 @@ LIMIT = {"gsm8k": 2, "math": 3, "aqua": 1, "numglue": 1, "sat": 1, "mmlu_math": 
 def _profile(tmp_path, math_group: dict, options: dict):
     profile = yaml.safe_load((run_all.PROFILE_DIR / "quality-gpu.yaml").read_text())
     sweep = dict(next(e for e in profile["runs"] if e["group"] == "lr_sweep_qwen25_coder_05b"))
-    sweep.update(group="lr_sweep_tiny", methods=["adam", "badam"], lrs={"adam": [1e-4, 1e-3], "badam": [1e-3]},
+    sweep.update(group="lr_sweep_tiny", methods=["adam", "badam"], lrs={"adam": [1e-3], "badam": [1e-3]},
                  overrides=[*sweep["overrides"], *TINY])
     final = {**math_group, "group": "paper_math_tiny", "methods": ["adam", "badam"], "lr_from": "lr_sweep_tiny",
              "overrides": [*math_group["overrides"], *TINY, "train.epochs=1"]}
