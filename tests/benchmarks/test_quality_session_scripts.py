@@ -96,7 +96,7 @@ def test_evaluators_wait_for_the_runs_that_keep_weights_for_them(tmp_path):
 
     evaluate_when_done = _script("evaluate_when_done")
     profile = load_profile("quality-gpu")
-    gemma = ["gemma3_270m_alpaca-adam-s0", "gemma3_270m_alpaca-badam-s0", "gemma3_270m_alpaca-lora-s0"]
+    gemma = [f"gemma3_270m_alpaca-{m}-s0" for m in ("adam", "badam", "lisa", "lora")]
     math = [f"qwen25_coder_05b_gsm8k-{m}-s0" for m in ("adam", "badam", "galore", "lomo", "lora")]
     awaited = evaluate_when_done.awaited_runs(profile, tmp_path)
     assert sorted(item.run_dir.name for item in awaited) == gemma + math
