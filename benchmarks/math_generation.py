@@ -48,15 +48,17 @@ def parse_args(argv=None):
     p.add_argument("--datasets", default=",".join(PAPER_DATASETS))
     p.add_argument("--limit", type=int, default=None, help="items per dataset (default: all)")
     p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--max-batch-tokens", type=int, default=None,
+                   help="at most this many padded prompt tokens per batch (eval.math --max-batch-tokens)")
     p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--prompt-style", default="alpaca", choices=("alpaca", "chat"))
+    p.add_argument("--prompt-style", default="alpaca", choices=("alpaca", "chat", "chat_question"))
     p.add_argument("--cache", choices=CACHE_MODES, default="dynamic")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (needs --cache static)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default: bf16, fp32 on CPU")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (CPU check runs on shared cores)")
     args = p.parse_args(argv)
-    for name in ("limit", "batch_size", "max_new_tokens", "threads"):
+    for name in ("limit", "batch_size", "max_batch_tokens", "max_new_tokens", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
     from eval.math import load_for_math, load_items, resolve_tasks, select_subset
     from eval.math.generation import GenerationOptions, encode_prompts, generate_encoded, prepare_tokenizer
     from eval.math.prompts import adds_special_tokens, build_prompt
-    from eval.math.runner import evaluate_math
+    from eval.math.runner import batches_by_length, evaluate_math
     from experiments.results import environment_info
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -108,7 +110,8 @@ def main(argv=None) -> int:
     encoded = sorted(encode_prompts(tok, prompts, adds_special_tokens(args.prompt_style)), key=len, reverse=True)
     warm_start = time.perf_counter()
     model.eval()
-    generate_encoded(model, tok, encoded[:args.batch_size], options)
+    first = batches_by_length([len(ids) for ids in encoded], args.batch_size, args.max_batch_tokens)[0]
+    generate_encoded(model, tok, encoded[first.start:first.stop], options)
     warmup_s = time.perf_counter() - warm_start
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -120,7 +123,8 @@ def main(argv=None) -> int:
             batches.setdefault(name, []).append(batch.total_new_tokens / batch.seconds)
 
     results = evaluate_math(model, tokenizer, out_dir=out / "eval", model_name=args.model, tasks=tasks,
-                            limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                            limit=args.limit, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                            max_new_tokens=args.max_new_tokens,
                             prompt_style=args.prompt_style, cache=args.cache, compile=args.compile,
                             extra_info={"device": args.device, "dtype": dtype}, on_batch=on_batch)
     peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None
@@ -132,7 +136,8 @@ def main(argv=None) -> int:
                    for name, entry in results["datasets"].items()}
     report = {
         "benchmark": "math_generation", "model": args.model, "dtype": dtype,
-        "settings": {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "cache": args.cache,
+        "settings": {"batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens,
+                     "max_new_tokens": args.max_new_tokens, "cache": args.cache,
                      "compile": args.compile, "prompt_style": args.prompt_style, "limit": args.limit,
                      "datasets": [task.name for task in tasks]},
         "items": items, "model_load_s": round(load_s, 1), "warmup_s": round(warmup_s, 1),

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from baselines.registry import get_method_class, method_names
 from experiments.config import PROFILE_DIR, ConfigError, load_config
 from experiments.paths import REPO_ROOT
-from experiments.suite import Outcome, ParallelOptions, PlannedRun, run_parallel, run_sequential
+from experiments.suite import Outcome, ParallelOptions, PlannedRun, group_matches, run_parallel, run_sequential
 
 DEFAULT_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "output_dir", "time_budget_s", "runs", "skip", "evaluators", "plots")
@@ -201,7 +201,7 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
                               f"{', '.join(method_names())}")
     if only_groups:
         known = {entry["group"] for entry in profile["runs"]}
-        unknown = [g for g in only_groups if g not in known]
+        unknown = [g for g in only_groups if not any(group_matches(k, [g]) for k in known)]
         if unknown:
             raise ConfigError(f"--groups names unknown group(s) {', '.join(unknown)}; groups of profile "
                               f"{profile['name']}: {', '.join(sorted(known))}")
@@ -209,7 +209,7 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
     listed = {(e["group"], e.get("name") or Path(e["config"]).stem, m) for e in profile["runs"] for m in e["methods"]}
     added: set = set(listed)
     for entry in profile["runs"]:
-        if only_groups and entry["group"] not in only_groups:
+        if only_groups and not group_matches(entry["group"], only_groups):
             continue
         stem = entry.get("name") or Path(entry["config"]).stem
         seeds = entry.get("seeds") or [None]
@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"profile under experiments/configs/profiles/ (default {DEFAULT_PROFILE})")
     parser.add_argument("--methods", help="comma-separated methods: a subset of the profile's, or any registered "
                                           "method, which then runs in every group with the group's settings")
-    parser.add_argument("--groups", help="comma-separated subset of the profile's run groups")
+    parser.add_argument("--groups", help="comma-separated subset of the profile's run groups (names or patterns: *_x)")
     parser.add_argument("--seeds", help="comma-separated seeds: of groups that list seeds, run only these")
     parser.add_argument("--set", action="append", default=[], metavar="section.key=value",
                         help="override applied to every run (repeatable), e.g. --set train.max_steps=2")

@@ -26,6 +26,7 @@ chose, and running several trainings at once on one or more GPUs.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import os
 import signal
@@ -80,6 +81,12 @@ class ParallelOptions:
 
 
 # --- state of a run directory ----------------------------------------------------------------------------------
+def group_matches(group: str, patterns: list[str]) -> bool:
+    """Whether a run group is one of `patterns`: group names or shell-style patterns ("*_gemma3_270m" takes one
+    model's part of a profile that holds several)."""
+    return any(fnmatch.fnmatchcase(group, pattern) for pattern in patterns)
+
+
 def is_final(summary: dict | None) -> bool:
     return bool(summary) and (summary.get("status") in FINAL_STATUSES or summary.get("error_kind") == "unsupported")
 

@@ -286,6 +286,17 @@ class Run:
             out["average"] = statistics.fmean(six)
         return out
 
+    def math_subsets(self) -> dict[str, int]:
+        """{dataset (as math_scores names it): items scored} for the datasets eval/math.json evaluated on a subset
+        (its `limit`: one number for all, or {dataset: number}, eval.math spreading the items evenly over the file)."""
+        doc = self.eval_json("math.json")
+        limit = (doc or {}).get("limit")
+        if not limit:
+            return {}
+        rename = {"sat": "sat_math"}
+        return {rename.get(name, name): int(entry["total"]) for name, entry in doc["datasets"].items()
+                if (limit.get(name) if isinstance(limit, dict) else limit) is not None and "total" in entry}
+
     @cached_property
     def mtbench_judged(self) -> dict[str, JudgedScore]:
         """{judge: its JudgedScore} from every eval/mtbench/scores_<judge>.json, GPT-4 judges first."""

@@ -157,9 +157,13 @@ def build_t6(doc: dict, runs: list[Run]) -> Table:
             sections.append(Section(heading, pd.DataFrame(
                 [{"method": g.method, "lr": "—" if g.method == "base" else _lr_key(g.lr), "seeds": g.seeds_text(),
                   **_math_row(g)} for g in _other_scale_groups(model_runs)])))
+    subsets = sorted({f"{name} {items:,} items" for run in mapping.runs_for(runs, "math") if run.ok
+                      for name, items in run.math_subsets().items()})
     caption = ("Zero-shot accuracy (%) on the six MAmmoTH math benchmarks (eval.math), after 3 epochs on "
                "MathInstruct in the paper; 'Average' is shown only when all six were evaluated. Several seeds of a "
-               "setting: mean ± standard deviation over them.")
+               "setting: mean ± standard deviation over them." +
+               (f" Evaluated on a subset (eval.math's limit: items spread evenly over the file, which for MATH is "
+                f"sorted by subject): {'; '.join(subsets)}." if subsets else ""))
     return Table("T6", "math", "Math benchmarks (paper Table 6)", caption, sections, digits=1, claim=claims.t6(runs))
 
 

@@ -36,6 +36,14 @@ def _add_task_options(parser: argparse.ArgumentParser, default_help: str) -> Non
                              "rules (eval/math/README.md lists the differences)")
 
 
+def _limit(text: str) -> int | dict[str, int]:
+    """--limit N or NAME=N[,NAME=N] (argparse turns a ValueError into a one-line usage error)."""
+    if "=" not in text:
+        return int(text)
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    return {name.strip(): int(value) for name, value in pairs}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m eval.math", description="Zero-shot math evaluation (generate, then score). "
                      "`python -m eval.math score --help` scores outputs made elsewhere.")
@@ -43,10 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model source for experiments.models.load_model: alias, hub id, local folder, .gguf "
                              "file or run dir")
     _add_task_options(parser, "default: the paper's six unless --task-file is given")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="items per dataset, spread evenly over the file (default: all)")
+    parser.add_argument("--limit", type=_limit, default=None,
+                        help="items per dataset, spread evenly over the file (default: all); N for every dataset or "
+                             "NAME=N[,NAME=N] for some, e.g. math=1000 (MATH is sorted by subject: a stratified subset)")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per generate call (default: 8 on CPU, "
                                                                       "128 on GPU)")
+    parser.add_argument("--max-batch-tokens", type=int, default=None,
+                        help="at most this many prompt tokens (rows x longest prompt) per generate call: fewer rows "
+                             "for the longest prompts (default: no cap)")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default=DEFAULT_PROMPT_STYLE,
                         help="alpaca: MAmmoTH's Alpaca prompt (default, as in the paper); chat: the model's template")
@@ -99,14 +111,15 @@ def _run_score(argv) -> int:
 
 def _run_evaluate(argv) -> int:
     args = build_parser().parse_args(argv)
-    _check_positive(args, ("threads", "limit", "batch_size", "max_new_tokens"))
+    _check_positive(args, ("threads", "batch_size", "max_batch_tokens", "max_new_tokens"))
     check_generation_options(args.cache, args.compile)
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
     results = evaluate_source(args.model, out=args.out, device=args.device, dtype=args.dtype,
                               datasets=args.datasets, task_files=args.task_file, limit=args.limit,
-                              batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                              batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                              max_new_tokens=args.max_new_tokens,
                               prompt_style=args.prompt_style, scoring=args.scoring, cache=args.cache,
                               compile=args.compile, overwrite=args.overwrite)
     for name, entry in results["datasets"].items():

@@ -10,12 +10,18 @@ Two styles:
 - "chat": the model's own chat template (tokenizer.apply_chat_template) with the question and the same trigger as a
   request, plus how to state the final answer. Use it for instruction-tuned models that never saw the Alpaca format
   (e.g. the SmolLM2-Instruct baseline before fine-tuning).
+- "chat_question": the model's chat template with the question alone as the user turn; multiple-choice items keep
+  "chat"'s request to name one option letter. This is the form the suite's math fine-tuning trains on (a GSM8K
+  question as the user turn, experiments/templates.py math_conversation, whose answers end "The answer is N."), and
+  the one in which an instruct model works the problem out in its own way: "chat"'s open-answer request (write "The
+  answer is: " at the end) made Qwen2.5-Coder-0.5B-Instruct state an answer at once without working (0 of 8 GSM8K
+  items right, 3 of 8 with the question alone; CPU check in /work/notes/issue-11-math.md).
 """
 from __future__ import annotations
 
 from .readers import MathItem
 
-PROMPT_STYLES = ("alpaca", "chat")
+PROMPT_STYLES = ("alpaca", "chat", "chat_question")
 DEFAULT_PROMPT_STYLE = "alpaca"
 
 ALPACA_TEMPLATE = (
@@ -41,16 +47,16 @@ def check_prompt_style(style: str) -> str:
 
 
 def build_prompt(item: MathItem, style: str, tokenizer=None) -> str:
-    """The text fed to the model for one item (tokenizer needed for the "chat" style only)."""
+    """The text fed to the model for one item (tokenizer needed for the chat styles only)."""
     check_prompt_style(style)
     is_choice = item.kind == "choice"
     if style == "alpaca":
         return ALPACA_TEMPLATE.format(query=item.question, trigger=CHOICE_TRIGGER if is_choice else OPEN_TRIGGER)
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("prompt style 'chat' needs a tokenizer with a chat template; this model has none "
+        raise ValueError(f"prompt style {style!r} needs a tokenizer with a chat template; this model has none "
                          "(use prompt style 'alpaca')")
-    request = CHAT_CHOICE_REQUEST if is_choice else CHAT_OPEN_REQUEST
-    messages = [{"role": "user", "content": f"{item.question}\n\n{request}"}]
+    request = CHAT_CHOICE_REQUEST if is_choice else CHAT_OPEN_REQUEST if style == "chat" else None
+    messages = [{"role": "user", "content": f"{item.question}\n\n{request}" if request else item.question}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -54,30 +54,62 @@ def paper_average(accuracies: dict[str, float]) -> float | None:
     return statistics.fmean(accuracies[name] for name in PAPER_DATASETS)
 
 
+def limit_for(limit: int | dict | None, name: str) -> int | None:
+    """Items of dataset `name` under `limit`: one number for every dataset, or {dataset: number} (others: all)."""
+    return limit.get(name) if isinstance(limit, dict) else limit
+
+
+def check_limit(limit, names: list[str]) -> None:
+    """A limit is None, a positive number, or {dataset: positive number} naming only evaluated datasets."""
+    values = limit.values() if isinstance(limit, dict) else [] if limit is None else [limit]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ValueError(f"limit must be a positive number of items or {{dataset: number}}, got {limit!r}")
+    unknown = sorted(set(limit) - set(names)) if isinstance(limit, dict) else []
+    if unknown:
+        raise ValueError(f"limit names dataset(s) not evaluated: {', '.join(unknown)}; evaluated: {', '.join(names)}")
+
+
+def batches_by_length(lengths: list[int], batch_size: int, max_batch_tokens: int | None = None) -> list[range]:
+    """Consecutive batches of items sorted longest first: at most `batch_size` rows and, with `max_batch_tokens`, at
+    most that many prompt tokens counted with padding (rows x the batch's first, longest prompt). The cap keeps the
+    few very long prompts (MATH has some of 1,000+ tokens) from setting a GPU's peak memory for the whole run."""
+    batches, start = [], 0
+    while start < len(lengths):
+        rows = batch_size if max_batch_tokens is None else max(1, min(batch_size, max_batch_tokens // lengths[start]))
+        batches.append(range(start, min(start + rows, len(lengths))))
+        start += rows
+    return batches
+
+
 def evaluate_math(model, tokenizer, *, out_dir: str | os.PathLike, model_name: str, datasets=None, task_files=None,
-                  tasks: list[TaskSpec] | None = None, limit: int | None = None, batch_size: int = 8,
-                  max_new_tokens: int = 512, prompt_style: str = DEFAULT_PROMPT_STYLE,
-                  scoring: str = DEFAULT_SCORING, cache: str = "dynamic", compile: bool = False,
-                  overwrite: bool = False, extra_info: dict | None = None, on_batch=None) -> dict:
+                  tasks: list[TaskSpec] | None = None, limit: int | dict | None = None, batch_size: int = 8,
+                  max_batch_tokens: int | None = None, max_new_tokens: int = 512,
+                  prompt_style: str = DEFAULT_PROMPT_STYLE, scoring: str = DEFAULT_SCORING, cache: str = "dynamic",
+                  compile: bool = False, overwrite: bool = False, extra_info: dict | None = None,
+                  on_batch=None) -> dict:
     """Evaluate a loaded causal LM on math tasks; returns (and writes to `out_dir`) the results.
 
     Tasks: built-in `datasets` by name and/or `task_files` (YAML), or ready `tasks`; none given: the paper's six.
-    `limit` takes that many items per dataset, spread evenly over the file. `model_name` identifies the model in the
-    saved records (resuming with a different one is refused). `overwrite` discards earlier samples.
+    `limit` takes that many items per dataset ({dataset: n}: of those datasets only), spread evenly over the file
+    (MATH's file is sorted by subject, so its subset is stratified by subject). `max_batch_tokens` caps a batch's
+    padded prompt tokens (batches_by_length). `model_name` identifies the model in the saved records (resuming with a
+    different one is refused). `overwrite` discards earlier samples.
     `on_batch(dataset_name, batch_output)` is called after every generated batch (benchmarks time batches with it).
     """
     tasks = tasks if tasks is not None else resolve_tasks(datasets, task_files)
     check_prompt_style(prompt_style)
     check_scoring(scoring)
     check_generation_options(cache, compile)
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
+    check_limit(limit, [task.name for task in tasks])
+    if batch_size < 1 or max_new_tokens < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
+        raise ValueError(f"batch_size, max_batch_tokens and max_new_tokens must be >= 1, got {batch_size}, "
+                         f"{max_batch_tokens} and {max_new_tokens}")
     options = GenerationOptions(max_new_tokens=int(max_new_tokens), cache=cache, compile=compile,
                                 batch_rows=batch_size)
     out_dir = Path(out_dir)
     settings = {"model": str(model_name), "prompt_style": prompt_style, "max_new_tokens": int(max_new_tokens)}
     # Load every dataset first, so a missing file fails before any generation time is spent.
-    selected = {task.name: select_subset(load_items(task), limit) for task in tasks}
+    selected = {task.name: select_subset(load_items(task), limit_for(limit, task.name)) for task in tasks}
     paths = {task.name: out_dir / SAMPLES_DIR / f"{task.name}.jsonl" for task in tasks}
     # Check every saved file before generating, so a mismatch in the last dataset does not surface after hours.
     saved = {name: _previous_records(paths[name], settings, overwrite) for name in selected}
@@ -91,8 +123,8 @@ def evaluate_math(model, tokenizer, *, out_dir: str | os.PathLike, model_name: s
         for name, items in selected.items():
             records = saved[name]
             todo = [item for item in items if item.index not in records]
-            for record in _generate_records(model, tok, todo, settings, options, batch_size, name, paths[name],
-                                            scoring, on_batch):
+            for record in _generate_records(model, tok, todo, settings, options, (batch_size, max_batch_tokens),
+                                            name, paths[name], scoring, on_batch):
                 records[record["index"]] = record
                 generated_now += 1
             per_dataset[name] = _score_dataset(items, records, paths[name], out_dir, scoring)
@@ -100,9 +132,27 @@ def evaluate_math(model, tokenizer, *, out_dir: str | os.PathLike, model_name: s
     finally:
         model.train(was_training)
     wall_time = time.perf_counter() - started
-    generation = {"batch_size": batch_size, "cache": cache, "compile": compile}
+    generation = {"batch_size": batch_size, "max_batch_tokens": max_batch_tokens, "cache": cache, "compile": compile}
     return _write_results(out_dir, per_dataset, settings, scoring=scoring, limit=limit, generation=generation,
                           generated_now=generated_now, wall_time_s=wall_time, extra_info=extra_info)
+
+
+def results_complete(out_dir: str | os.PathLike, *, datasets=None, task_files=None, limit: int | dict | None = None,
+                     max_new_tokens: int = 512, prompt_style: str = DEFAULT_PROMPT_STYLE,
+                     scoring: str = DEFAULT_SCORING, **_generation_options) -> bool:
+    """Whether `out_dir` holds results of these tasks with these settings, every selected item scored (the model
+    is not compared: a run directory's path differs between machines). Options as evaluate_math's."""
+    path = Path(out_dir) / results_file_name(scoring)
+    if not path.is_file():
+        return False
+    results = json.loads(path.read_text(encoding="utf-8"))
+    settings = results.get("settings") or {}
+    if settings.get("prompt_style") != prompt_style or settings.get("max_new_tokens") != int(max_new_tokens):
+        return False
+    done = results.get("datasets") or {}
+    return all(task.name in done and done[task.name].get("total") ==
+               len(select_subset(load_items(task), limit_for(limit, task.name)))
+               for task in resolve_tasks(datasets, task_files))
 
 
 def _previous_records(samples_path: Path, settings: dict, overwrite: bool) -> dict[int, dict]:
@@ -119,8 +169,8 @@ def _previous_records(samples_path: Path, settings: dict, overwrite: bool) -> di
     return records
 
 
-def _generate_records(model, tok, todo: list[MathItem], settings: dict, options: GenerationOptions, batch_size: int,
-                      name: str, samples_path: Path, scoring: str, on_batch=None):
+def _generate_records(model, tok, todo: list[MathItem], settings: dict, options: GenerationOptions,
+                      batching: tuple[int, int | None], name: str, samples_path: Path, scoring: str, on_batch=None):
     """Yield one record per item; each batch is appended to the samples file as soon as it is generated, so a crash
     or kill loses at most the batch in flight."""
     if not todo:
@@ -131,8 +181,8 @@ def _generate_records(model, tok, todo: list[MathItem], settings: dict, options:
     # Longest prompts first: batches of similar length waste less padding, and an out-of-memory shows up at once.
     order = sorted(todo, key=lambda item: -len(encoded[item.index]))
     with tqdm(total=len(order), desc=f"math/{name}", unit="item") as bar:
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
+        for rows in batches_by_length([len(encoded[item.index]) for item in order], *batching):
+            batch = order[rows.start:rows.stop]
             texts, out = generate_encoded(model, tok, [encoded[item.index] for item in batch], options)
             if on_batch is not None:
                 on_batch(name, out)

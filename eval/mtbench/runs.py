@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from experiments.results import write_summary
-from experiments.rundir import RunDir, RunSummary
+from eval.runs import base_model_source, base_run_dirs
+from experiments.rundir import RunDir
 
 
 def _device(options: dict) -> dict:
@@ -23,33 +23,34 @@ def evaluate_runs(run_dirs, *, base: bool = False, **options) -> str:
     """Answers (`python -m eval.mtbench answer`, options are its flags: batch_size, max_new_tokens, device ("auto":
     CUDA when available), ...) of each run directory with a saved model into <run_dir>/eval/mtbench; runs without one
     are skipped. With base=True also the answers of each group's starting model, in a run directory
-    <group>/<stem>-base whose summary says method "base" (the tables' untuned row). Returns a short note."""
+    <group>/<stem>-base whose summary says method "base" (the tables' untuned row; eval/runs.py); such a directory
+    may also be given among run_dirs. Returns a short note."""
     from eval.mtbench.__main__ import main as mtbench_main
 
     options = _device(options)
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
-    answered, bases = [], {}
-    for run_dir in map(RunDir, run_dirs):
-        if not run_dir.has_saved_model():
-            continue
-        if mtbench_main(["answer", "--model", str(run_dir.path), *flags]) != 0:
-            raise RuntimeError(f"MT-bench answers of {run_dir.path} failed")
-        answered.append(run_dir.path)
-        summary = run_dir.read_summary() or {}
-        stem = str(summary.get("run_name") or run_dir.path.name).split(f"-{summary.get('method')}")[0]
-        bases.setdefault((run_dir.path.parent, stem, summary.get("model")), summary)
-    for (group_dir, stem, model), summary in bases.items() if base else ():
-        base_dir = RunDir(Path(group_dir) / f"{stem}-base")
-        base_dir.path.mkdir(parents=True, exist_ok=True)
-        if mtbench_main(["answer", "--model", str(model), "--out-dir", str(base_dir.eval_file("mtbench")),
-                         "--model-id", f"{stem}-base", *flags]) != 0:
+
+    def answer_base(base_dir: Path) -> None:
+        model = base_model_source(base_dir)
+        if mtbench_main(["answer", "--model", model, "--out-dir", str(RunDir(base_dir).eval_file("mtbench")),
+                         "--model-id", base_dir.name, *flags]) != 0:
             raise RuntimeError(f"MT-bench answers of the base model {model} failed")
-        record = RunSummary(status="ok", run_name=f"{stem}-base", method="base", model=model,
-                            config={"model": (summary.get("config") or {}).get("model"), "method": {"name": "base"}},
-                            environment=summary.get("environment"),
-                            extras={"note": "untuned base model: MT-bench answers only"})
-        write_summary(base_dir.path, record)
-    return f"; answered {len(answered)} run(s)" + (f" and {len(bases)} base model(s)" if base else "")
+
+    answered, given_bases = [], []
+    for run_dir in map(RunDir, run_dirs):
+        if base_model_source(run_dir.path) is not None:   # a base run directory handed over on its own
+            answer_base(run_dir.path)
+            given_bases.append(run_dir.path)
+        elif run_dir.has_saved_model():
+            if mtbench_main(["answer", "--model", str(run_dir.path), *flags]) != 0:
+                raise RuntimeError(f"MT-bench answers of {run_dir.path} failed")
+            answered.append(run_dir.path)
+    bases = base_run_dirs(answered, note="untuned base model: MT-bench answers only") if base else []
+    for base_dir in bases:
+        if base_dir not in given_bases:
+            answer_base(base_dir)
+    total_bases = len(set(bases) | set(given_bases))
+    return f"; answered {len(answered)} run(s)" + (f" and {total_bases} base model(s)" if total_bases else "")
 
 
 def answered_run_dirs(root: str | Path, group_glob: str = "*", questions: list[dict] | None = None

@@ -5,27 +5,41 @@ back, that can be too late. This waits (polling the run directories, never train
 planned run that the evaluators read and that keeps its weights (output.save_model) has a final summary, then hands
 those runs to run_all's evaluators, exactly as run_all would at the end:
 
-    python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir runs/quality-gpu --timeout 3600
+    python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir runs/quality-gpu --timeout 3600 \
+        [--groups '*_gemma3_270m']
 
-Exit code 0 when the evaluators ran (their notes say which runs they skipped), 3 on timeout.
+With --each (the math part of the quality profile), each run goes to its evaluators as soon as it is final, one child
+process per run and evaluator (`python -m eval <name> <run_dir> --options JSON`) on the least busy GPU, at most
+--per-gpu at a time on a GPU, and an evaluator with `base: true` gets the base model's run directory
+(`<group>/<stem>-base`, eval/runs.py) at once, before any run has finished. So the evaluations overlap the training
+of the slower methods, and a session cut short keeps every run that was evaluated (its weights are not carried back).
+
+Exit code 0 when the evaluators ran (their notes say which runs they skipped), 1 when an --each evaluation failed, 3 on
+timeout.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
+from eval.runs import GpuPool, visible_gpus, write_base_run_dir
 from experiments.results import read_summary
 from experiments.run_all import load_profile, plan_runs, run_evaluators
-from experiments.suite import is_final, outcome_from_summary
+from experiments.suite import group_matches, is_final, outcome_from_summary
 
 
-def awaited_runs(profile: dict, output_root: Path) -> list:
-    """The planned runs some evaluator reads and that save their model (the others give an evaluator nothing)."""
+def awaited_runs(profile: dict, output_root: Path, only_groups: list[str] | None = None) -> list:
+    """The planned runs some evaluator reads and that save their model (the others give an evaluator nothing), of
+    the groups matching `only_groups` (names or patterns, as run_all's --groups) when given."""
     specs = profile.get("evaluators") or []
-    groups = sorted({g for spec in specs for g in (spec.get("groups") or [])}) or None
-    planned = plan_runs(profile, output_root=output_root, only_groups=groups)
+    groups = sorted({g for spec in specs for g in (spec.get("groups") or [])
+                     if only_groups is None or group_matches(g, only_groups)})
+    if only_groups is not None and not groups:
+        return []
+    planned = plan_runs(profile, output_root=output_root, only_groups=groups or None)
     wanted = []
     for item in planned:
         if item.cfg is None or not item.cfg.output.save_model:
@@ -36,18 +50,76 @@ def awaited_runs(profile: dict, output_root: Path) -> list:
     return wanted
 
 
+def _reads(spec: dict, item) -> bool:
+    return (not spec.get("groups") or item.group in spec["groups"]) and \
+        (not spec.get("methods") or item.method in spec["methods"])
+
+
+def _command(spec: dict, run_dir: Path) -> list[str]:
+    options = {k: v for k, v in (spec.get("options") or {}).items() if k not in ("base", "jobs_per_gpu")}
+    return [sys.executable, "-m", "eval", spec["name"], str(run_dir), "--options", json.dumps(options)]
+
+
+def evaluate_each(profile: dict, wanted: list, output_root: Path, pool: GpuPool, *, poll: float,
+                  timeout: float) -> int:
+    """--each: the base model's run directories at once, then every awaited run as soon as it is final."""
+    specs = profile.get("evaluators") or []
+    handed = {}   # the child's pool index by (evaluator, run directory)
+    for spec in specs:
+        if not (spec.get("options") or {}).get("base"):
+            continue
+        for item in (i for i in wanted if _reads(spec, i)):
+            stem = item.cfg.run_name.split(f"-{item.method}")[0]
+            base_dir = write_base_run_dir(output_root / item.group / f"{stem}-base", model=item.cfg.model.source,
+                                          model_config={"source": item.cfg.model.source},
+                                          note=f"untuned base model: {spec['name']} only")
+            if (spec["name"], base_dir) not in handed:
+                handed[(spec["name"], base_dir)] = pool.submit(_command(spec, base_dir))
+    started, waiting = time.monotonic(), list(wanted)
+    while True:
+        for item in [i for i in waiting if is_final(read_summary(i.run_dir))]:
+            waiting.remove(item)
+            for spec in (s for s in specs if _reads(s, item)):
+                handed[(spec["name"], item.run_dir)] = pool.submit(_command(spec, item.run_dir))
+            print(f"{item.group}/{item.run_dir.name} final: handed to its evaluators", flush=True)
+        if pool.poll() and not waiting:
+            break
+        if time.monotonic() - started > timeout:
+            print(f"timeout: still unfinished: {', '.join(str(i.run_dir) for i in waiting)}", file=sys.stderr)
+            return 3
+        time.sleep(poll)
+    failed = [f"{name} {run_dir.name}" for (name, run_dir), index in handed.items() if pool.codes[index] != 0]
+    print(f"{len(handed)} evaluation(s) done after {time.monotonic() - started:.0f} s"
+          + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", required=True)
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--poll", type=float, default=20.0, help="seconds between looks at the run directories")
     parser.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    parser.add_argument("--groups", help="comma-separated groups (names or patterns, as run_all's --groups): wait "
+                                         "only for these, e.g. the part of the profile this session trains")
+    parser.add_argument("--each", action="store_true",
+                        help="evaluate each run as soon as it is final, in its own child on a GPU (and the base model "
+                             "at once)")
+    parser.add_argument("--per-gpu", type=int, default=3, help="with --each: evaluations at a time on one GPU")
     args = parser.parse_args(argv)
     profile = load_profile(args.profile)
-    wanted = awaited_runs(profile, args.output_dir)
+    only = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
+    wanted = awaited_runs(profile, args.output_dir, only)
     if not wanted:
         print(f"profile {args.profile}: no evaluator reads a run that saves its model; nothing to wait for")
         return 0
+    if args.each:
+        gpus = visible_gpus()
+        if not gpus:
+            print("error: --each evaluates on GPUs and none is visible", file=sys.stderr)
+            return 2
+        return evaluate_each(profile, wanted, args.output_dir, GpuPool(gpus, per_gpu=args.per_gpu), poll=args.poll,
+                             timeout=args.timeout)
     started = time.monotonic()
     while True:
         waiting = [item for item in wanted if not is_final(read_summary(item.run_dir))]

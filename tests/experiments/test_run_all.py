@@ -45,6 +45,18 @@ def test_bad_profile_requests_fail_with_the_valid_choices(tmp_path, capsys):
     assert "groups of profile paper: ablation_bsgd" in capsys.readouterr().err
 
 
+def test_groups_take_patterns_so_a_session_can_run_one_models_part(tmp_path):
+    profile = run_all.load_profile("quality-gpu")
+    groups = lambda patterns: {p.group for p in run_all.plan_runs(profile, output_root=tmp_path,  # noqa: E731
+                                                                     only_groups=patterns)}
+    assert groups(["*_qwen25_coder_05b"]) == {"lr_sweep_qwen25_coder_05b", "paper_math_qwen25_coder_05b"}
+    gemma = groups(["*_gemma3_270m"])
+    assert "paper_mtbench_gemma3_270m" in gemma and not any("qwen" in g for g in gemma)
+    assert groups(["paper_math_qwen25_coder_05b"]) == {"paper_math_qwen25_coder_05b"}
+    with pytest.raises(ConfigError, match=r"unknown group\(s\) \*_llama"):
+        groups(["*_qwen25_coder_05b", "*_llama"])
+
+
 class OOMOnStep(Adam):
     """adam that runs out of memory in its first update, as a too-large model would on a GPU."""
 
