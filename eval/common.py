@@ -95,36 +95,21 @@ def visible_gpus() -> list[str]:
 
 
 def run_in_children(commands: list[tuple[list[str], Path]], *, jobs: int, gpus: list[str]) -> list[int]:
-    """Run each (argv, log file) as a child process, at most `jobs` at a time, and return their exit codes in order.
-
-    Slot k of the `jobs` slots is pinned to gpus[k % len(gpus)] (CUDA_VISIBLE_DEVICES), as experiments.run_all pins
-    its training runs (experiments.suite.child_env, which also records how many runs shared a device, so their step
-    times are not read as measurements). A child's stdout and stderr go to its log file."""
-    import subprocess
+    """Run each (argv, log file) as a child process, at most `jobs` at a time spread evenly over `gpus` (none: not
+    pinned), and return their exit codes in order. The children get run_all's child environment (eval.runs.GpuPool,
+    experiments.suite.child_env: a pinned GPU and how many runs shared it, so their step times are not read as
+    measurements); a child's stdout and stderr go to its log file."""
     import time
 
-    from experiments.suite import child_env
+    from eval.runs import GpuPool
 
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    codes: list[int | None] = [None] * len(commands)
-    running: dict[int, tuple[subprocess.Popen, int]] = {}   # command index -> (process, slot)
-    free_slots = list(range(min(jobs, len(commands)) or 1))
-    waiting = list(range(len(commands)))
-    while waiting or running:
-        for index, (process, slot) in list(running.items()):
-            if process.poll() is not None:
-                codes[index] = process.returncode
-                free_slots.append(slot)
-                del running[index]
-        while waiting and free_slots:
-            index, slot = waiting.pop(0), free_slots.pop(0)
-            argv, log = commands[index]
-            Path(log).parent.mkdir(parents=True, exist_ok=True)
-            env = child_env(gpus[slot % len(gpus)] if gpus else None, min(jobs, len(commands)), max(1, len(gpus)))
-            with open(log, "ab") as handle:
-                running[index] = (subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=handle,
-                                                   stderr=subprocess.STDOUT), slot)
-        if running:
-            time.sleep(0.2)
-    return [int(code) for code in codes]
+    places: list[str | None] = list(gpus) or [None]
+    per_place = -(-min(jobs, max(1, len(commands))) // len(places))
+    pool = GpuPool(places, per_gpu=per_place, cwd=REPO_ROOT)
+    for argv, log in commands:
+        pool.submit(argv, log)
+    while not pool.poll():
+        time.sleep(0.2)
+    return [int(code) for code in pool.codes]

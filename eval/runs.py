@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from eval.common import visible_gpus  # re-exported: the evaluators' one definition
 from experiments.results import write_summary
 from experiments.rundir import RunDir, RunSummary
 
@@ -64,50 +65,50 @@ def base_model_source(run_dir: str | os.PathLike) -> str | None:
     return str(summary["model"])
 
 
-def visible_gpus() -> list[str]:
-    """CUDA device ids this process may use (CUDA_VISIBLE_DEVICES when set, else every device torch sees)."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [d.strip() for d in listed.split(",") if d.strip()]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
 class GpuPool:
-    """Child processes pinned to one of `gpus` each (CUDA_VISIBLE_DEVICES), at most `per_gpu` at a time on a GPU;
-    submitted commands wait for a free place. Each child also gets BADAM_SHARED_DEVICE_JOBS = `sharing` (default
-    per_gpu): how many children may share its GPU (their timings are not one model's alone)."""
+    """Child processes pinned to one of `gpus` each (CUDA_VISIBLE_DEVICES; a None entry: not pinned, the parent's
+    devices), at most `per_gpu` at a time on a GPU; submitted commands wait for a free place. Each child gets the
+    environment run_all gives its training runs (experiments.suite.child_env), whose BADAM_SHARED_DEVICE_RUNS =
+    `sharing` (default per_gpu) says how many children may share its GPU: their timings are not one model's alone.
+    A command submitted with a log file writes its stdout and stderr there, else to this process's."""
 
-    def __init__(self, gpus: list[str], *, per_gpu: int = 1, sharing: int | None = None,
+    def __init__(self, gpus: list[str | None], *, per_gpu: int = 1, sharing: int | None = None,
                  cwd: str | os.PathLike | None = None):
         if not gpus or per_gpu < 1:
             raise ValueError(f"a GPU pool needs at least one GPU and per_gpu >= 1, got {gpus!r} and {per_gpu}")
         self.gpus, self.per_gpu, self.cwd = list(gpus), per_gpu, cwd
         self.sharing = per_gpu if sharing is None else sharing
         self.codes: list[int | None] = []
-        self._queued: list[tuple[int, list[str]]] = []
-        self._running: dict[int, tuple[subprocess.Popen, str]] = {}
+        self._queued: list[tuple[int, list[str], Path | None]] = []
+        self._running: dict[int, tuple[subprocess.Popen, int]] = {}   # command index -> (process, place in gpus)
 
-    def submit(self, command: list[str]) -> int:
+    def submit(self, command: list[str], log: str | os.PathLike | None = None) -> int:
         self.codes.append(None)
-        self._queued.append((len(self.codes) - 1, command))
+        self._queued.append((len(self.codes) - 1, command, None if log is None else Path(log)))
         self.poll()
         return len(self.codes) - 1
 
     def poll(self) -> bool:
         """Reap finished children, start queued ones where a GPU has room; True when nothing runs or waits."""
-        for index, (child, _gpu) in list(self._running.items()):
+        from experiments.suite import child_env
+
+        for index, (child, _place) in list(self._running.items()):
             if child.poll() is not None:
                 self.codes[index] = child.returncode
                 del self._running[index]
-        load = {gpu: sum(1 for _c, g in self._running.values() if g == gpu) for gpu in self.gpus}
-        while self._queued and min(load.values()) < self.per_gpu:
-            gpu = min(self.gpus, key=lambda g: load[g])
-            index, command = self._queued.pop(0)
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "BADAM_SHARED_DEVICE_JOBS": str(self.sharing)}
-            self._running[index] = (subprocess.Popen(command, cwd=self.cwd, env=env), gpu)
-            load[gpu] += 1
+        load = [sum(1 for _c, place in self._running.values() if place == k) for k in range(len(self.gpus))]
+        while self._queued and min(load) < self.per_gpu:
+            place = min(range(len(self.gpus)), key=lambda k: load[k])
+            index, command, log = self._queued.pop(0)
+            env = child_env(self.gpus[place], self.sharing * len(self.gpus), len(self.gpus))
+            if log is None:
+                child = subprocess.Popen(command, cwd=self.cwd, env=env)
+            else:
+                log.parent.mkdir(parents=True, exist_ok=True)
+                with open(log, "ab") as handle:
+                    child = subprocess.Popen(command, cwd=self.cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+            self._running[index] = (child, place)
+            load[place] += 1
         return not self._queued and not self._running
 
 

@@ -113,7 +113,7 @@ def evaluate_source(source: str, *, out: str | os.PathLike | None = None, device
     if device.startswith("cuda"):
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
         # evaluations started together on one GPU (eval.runs.run_on_gpus): their tokens/s are not one model's alone
-        info["shared_device_jobs"] = int(os.environ.get("BADAM_SHARED_DEVICE_JOBS", "1"))
+        info["shared_device_jobs"] = int(os.environ.get("BADAM_SHARED_DEVICE_RUNS", "1"))
     return evaluate_math(model, tokenizer, out_dir=resolve_output_dir(source, out), model_name=source, tasks=tasks,
                          batch_size=batch_size, extra_info=info, **kwargs)
 

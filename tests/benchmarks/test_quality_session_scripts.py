@@ -88,7 +88,7 @@ def test_quality_session_parses_and_refuses_an_unknown_phase(tmp_path):
     prepare = REPO / "scripts" / "gpu" / "prepare_carry.sh"
     assert subprocess.run(["bash", "-n", str(prepare)], capture_output=True).returncode == 0
     done = subprocess.run(["bash", str(prepare), "--with-judge", "--bogus"], capture_output=True, text=True)
-    assert done.returncode == 2 and "valid: --with-optional, --with-judge, --with-math" in done.stderr  # .gpu untouched
+    assert done.returncode == 2 and "valid: --with-optional, --with-judge, --with-mpnet, --with-math" in done.stderr  # .gpu untouched
 
 
 def test_evaluators_wait_for_the_runs_that_keep_weights_for_them(tmp_path):

@@ -144,7 +144,7 @@ def test_several_models_go_to_child_processes_spread_over_the_gpus(tiny, tmp_pat
 
 def test_run_on_gpus_pins_each_child_and_bounds_them_per_gpu(tmp_path):
     script = ("import os, sys, time; start = time.time(); time.sleep(0.4); open(sys.argv[1], 'w').write("
-              "f\"{os.environ['CUDA_VISIBLE_DEVICES']} {os.environ['BADAM_SHARED_DEVICE_JOBS']} {start} {time.time()}\"); "
+              "f\"{os.environ['CUDA_VISIBLE_DEVICES']} {os.environ['BADAM_SHARED_DEVICE_RUNS']} {start} {time.time()}\"); "
               "sys.exit(int(sys.argv[2]))")
     commands = [[sys.executable, "-c", script, str(tmp_path / f"c{i}"), "3" if i == 4 else "0"] for i in range(5)]
     assert run_on_gpus(commands, ["0", "7"], per_gpu=2, poll_s=0.02) == [0, 0, 0, 0, 3]
