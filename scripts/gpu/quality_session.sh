@@ -270,6 +270,25 @@ pack_math() {
   ls -la "$OUT"
 }
 
+# in_background GROUPS NAME DONE EVALUATORS EVALUATOR_ARGS...: run_all on GROUPS (NAME.log, exit code in NAME.exit)
+# and beside it evaluate_when_done.py on the same groups (EVALUATORS.log), in a session of their own (setsid: they
+# outlive the call; the machine stays while calls follow each other); DONE is touched when both have ended
+in_background() {
+  local groups="$1" name="$2" done_file="$3" evaluators="$4"
+  shift 4
+  setsid nohup bash -c "
+    python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir '$out_root' --groups '$groups' $* \
+        > '$out_root/$evaluators.log' 2>&1 &
+    python3 -m experiments.run_all --profile quality-gpu --groups '$groups' --output-dir '$out_root' \
+        --jobs $jobs ${RUN_ALL_ARGS:-} --no-eval --no-plots --no-progress > '$out_root/$name.log' 2>&1
+    echo \$? > '$out_root/$name.exit'
+    wait
+    touch '$out_root/$done_file'" > /dev/null 2>&1 < /dev/null &
+  sleep 60
+  tail -5 "$out_root/$name.log" || true
+  nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+}
+
 # follow LOG DONE S: wait up to S seconds for the file DONE, then show the GPUs, the end of LOG and every run's state
 follow() {
   local log="$1" done_file="$2" limit="$3" waited=0
@@ -316,17 +335,7 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     attention_ok "$OUT/attention_check.json" || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
     mkdir -p "$out_root"
     restore_finished_runs
-    setsid nohup bash -c "
-      python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir '$out_root' --timeout 7200 \
-          --groups '$gemma_groups' > '$out_root/evaluators.log' 2>&1 &
-      python3 -m experiments.run_all --profile quality-gpu --groups '$gemma_groups' --output-dir '$out_root' \
-          --jobs $jobs ${RUN_ALL_ARGS:-} --no-eval --no-plots --no-progress > '$out_root/run_all.log' 2>&1
-      echo \$? > '$out_root/run_all.exit'
-      wait
-      touch '$out_root/DONE'" > /dev/null 2>&1 < /dev/null &
-    sleep 60
-    tail -5 "$out_root/run_all.log" || true
-    nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+    in_background "$gemma_groups" run_all DONE evaluators --timeout 7200
     ;;
   wait)
     follow "$out_root/run_all.log" "$out_root/DONE" "${2:?seconds to wait}"
@@ -434,17 +443,7 @@ PY
     attention "$math_config" attention_check_math
     attention_ok "$OUT/attention_check_math.json" || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
     restore_finished_runs
-    setsid nohup bash -c "
-      python3 scripts/gpu/evaluate_when_done.py --profile quality-gpu --output-dir '$out_root' --groups '$math_groups' \
-          --each --per-gpu 3 --poll 10 --timeout 7200 > '$out_root/math_evaluators.log' 2>&1 &
-      python3 -m experiments.run_all --profile quality-gpu --groups '$math_groups' --output-dir '$out_root' \
-          --jobs $jobs ${RUN_ALL_ARGS:-} --no-eval --no-plots --no-progress > '$out_root/math.log' 2>&1
-      echo \$? > '$out_root/math.exit'
-      wait
-      touch '$out_root/MATH_DONE'" > /dev/null 2>&1 < /dev/null &
-    sleep 60
-    tail -5 "$out_root/math.log" || true
-    nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+    in_background "$math_groups" math MATH_DONE math_evaluators --each --per-gpu 3 --poll 10 --timeout 7200
     ;;
   math-wait)
     follow "$out_root/math.log" "$out_root/MATH_DONE" "${2:?seconds to wait}"
