@@ -51,17 +51,18 @@ def status_marker(status: str) -> str:
     return {"oom": "OOM", "diverged": "diverged", "error": "run failed"}.get(status, status)
 
 
-def seed_cell(group: SeedGroup | None, value, *, missing=NO_RUN):
+def seed_cell(group: SeedGroup | None, value=None, *, missing=NO_RUN, stat=None):
     """The cell of a setting's seeds: NO_RUN without runs, the status marker when no seed finished, `missing` when
-    no finished seed has the value, else the value (one seed) or its MeanStd over the seeds."""
+    no finished seed has the value, else the value (one seed) or its MeanStd over the seeds. `stat(group)` replaces
+    group.stat(value) where the group computes its own (SeedGroup.mtbench: a MeanSE for one judged seed stays one)."""
     if group is None:
         return NO_RUN
     if not group.ok_runs:
         return status_marker(group.status())
-    stat = group.stat(value)
-    if stat is None:
+    result = stat(group) if stat is not None else group.stat(value)
+    if result is None:
         return missing
-    return stat.mean if stat.n == 1 else stat
+    return result.mean if isinstance(result, MeanStd) and result.n == 1 else result
 
 
 def paper_display(paper: PaperCell | None):

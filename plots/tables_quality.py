@@ -51,14 +51,7 @@ def _other_scale_groups(runs: list[Run]) -> list[SeedGroup]:
 
 def _mtbench_cell(group: SeedGroup | None, judge: str | None = None, *, missing=NO_RUN):
     """A setting's MT-bench cell (SeedGroup.mtbench): a plain number only when nothing says how uncertain it is."""
-    if group is None:
-        return NO_RUN
-    if not group.ok_runs:
-        return status_marker(group.status())
-    value = group.mtbench(judge)
-    if value is None:
-        return missing
-    return value.mean if isinstance(value, MeanStd) and value.n == 1 else value
+    return seed_cell(group, missing=missing, stat=lambda g: g.mtbench(judge))
 
 
 def _t5_other_scale(model_runs: list[Run], judges: list[str]) -> pd.DataFrame:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.plots.synthetic import edit_summary
+
 FAKE = "FAKE test fixture: {what}; not a measurement"
 
 
@@ -69,17 +71,7 @@ def real_runs(tmp_path_factory) -> dict[str, Path]:
 def _copy(src: Path, dest: Path, *, fake: str | None = None, **changes) -> Path:
     """Copy a run; `changes` edit summary.json (dotted keys for nested fields) and mark it FAKE."""
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("model"))
-    summary_path = dest / "summary.json"
-    summary = json.loads(summary_path.read_text())
-    for key, value in changes.items():
-        node = summary
-        *parents, last = key.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    if fake:
-        summary["fixture_note"] = FAKE.format(what=fake)
-    summary_path.write_text(json.dumps(summary, indent=1))
+    edit_summary(dest, {**changes, **({"fixture_note": FAKE.format(what=fake)} if fake else {})}, sep="__")
     return dest
 
 

@@ -20,6 +20,20 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1))
 
 
+def edit_summary(run: Path, changes: dict, *, sep: str = ".") -> dict:
+    """Set fields of run/summary.json (keys name nested fields joined by `sep`); returns the summary written."""
+    path = run / "summary.json"
+    summary = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        node = summary
+        *parents, key = dotted.split(sep)
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = value
+    path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def write_run(root: Path, group: str, name: str, *, method: str, lr: float, seed: int | None = 0,
               final_eval_loss: float | None = 1.0, steps: int = 20, status: str = "ok", options: dict | None = None,
               epochs: float = 1.0, step_ms: float = 100.0, date: str = "2026-11-25T10:00:00+00:00",

@@ -14,7 +14,7 @@ from plots import claims, figures, tables_quality
 from plots.paper import load_paper_values
 from plots.runs import discover_runs
 from plots.tables import to_csv, to_markdown
-from tests.plots.synthetic import JUDGE, NOTE, quality_tree, write_json, write_run
+from tests.plots.synthetic import JUDGE, NOTE, edit_summary, quality_tree, write_json, write_run
 
 MAIN = "paper_mtbench_tiny"
 
@@ -113,15 +113,7 @@ def test_a_named_judgment_file_that_is_nowhere_is_reported(tmp_path):
 # --- the time axis of runs that shared a GPU -------------------------------------------------------------------
 
 def _edit_summary(run: Path, **changes) -> None:
-    path = run / "summary.json"
-    summary = json.loads(path.read_text())
-    for dotted, value in changes.items():
-        node = summary
-        *parents, key = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[key] = value
-    path.write_text(json.dumps(summary))
+    edit_summary(run, changes)
 
 
 def shared_tree(root: Path) -> Path:
