@@ -20,29 +20,38 @@ import gzip
 import hashlib
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 MIB = 1 << 20
 
 
-def cut(source: Path, out: Path, prefix: str, first: int, rest: int) -> list[str]:
-    """Write the pieces and the manifest; returns the manifest's lines. Refuses to write into an existing folder."""
-    if out.exists():
-        raise FileExistsError(f"{out} exists: remove it first (pieces of another cut must not mix with these)")
-    name = out.name
+def write_pieces(stream: BinaryIO, out: Path, *, name: str, prefix: str, first: int, rest: int) -> list[str]:
+    """Cut what `stream` holds into out/<prefix>NN/<name>.partNN (the first piece `first` bytes, the others `rest`)
+    and write out/<prefix>01/manifest.txt, one line per piece: "<prefix>NN/<name>.partNN <bytes> <sha256>"; returns
+    those lines. Also used by scripts/gpu/carry_model.py for its archives."""
     lines = []
-    with open(source, "rb") as src:
-        size = first
-        while chunk := src.read(size):
-            index = len(lines) + 1
-            folder = out / f"{prefix}{index:02d}"
-            folder.mkdir(parents=True)
-            (folder / f"{name}.part{index:02d}").write_bytes(chunk)
-            lines.append(f"{folder.name}/{name}.part{index:02d} {len(chunk)} {hashlib.sha256(chunk).hexdigest()}")
-            size = rest
+    size = first
+    while chunk := stream.read(size):
+        index = len(lines) + 1
+        folder = out / f"{prefix}{index:02d}"
+        folder.mkdir(parents=True)
+        (folder / f"{name}.part{index:02d}").write_bytes(chunk)
+        lines.append(f"{folder.name}/{name}.part{index:02d} {len(chunk)} {hashlib.sha256(chunk).hexdigest()}")
+        size = rest
     if not lines:
-        raise ValueError(f"{source} is empty")
+        raise ValueError(f"nothing to cut into {out}")
     (out / f"{prefix}01" / "manifest.txt").write_text("\n".join(lines) + "\n")
     return lines
+
+
+def cut(source: Path, out: Path, prefix: str, first: int, rest: int) -> list[str]:
+    """The pieces of the file `source`, named after `out`; refuses to write into an existing folder."""
+    if out.exists():
+        raise FileExistsError(f"{out} exists: remove it first (pieces of another cut must not mix with these)")
+    if source.stat().st_size == 0:
+        raise ValueError(f"{source} is empty")
+    with open(source, "rb") as src:
+        return write_pieces(src, out, name=out.name, prefix=prefix, first=first, rest=rest)
 
 
 def save_tokenizer(source: Path, folder: Path) -> None:

@@ -9,7 +9,7 @@ pack: a copy of the folder's config and tokenizer files and of its weights (mode
 floating-point tensor stored in --dtype, plus carried.json (source, dtype, sha256 of the source weights, the token ids
 of a check sentence), as one tar.gz with fixed names, order and times (the same bytes on every run), cut into
 <out>/<prefix>01/<name>.part01, <prefix>02/..., each at most --piece-mib MiB; <prefix>01 also holds manifest.txt
-("<prefix>NN/<name>.partNN <bytes>" per piece) and sha256.txt (of the whole archive).
+("<prefix>NN/<name>.partNN <bytes> <sha256>" per piece) and sha256.txt (of the whole archive).
 Why bf16 is enough: the runs load the model with bf16 weights (model.dtype bf16), and transformers makes those by
 rounding each fp32 weight to the nearest bf16, as this copy does, so the loaded weights are bitwise the same (a test
 checks it) while the transfer is half as large; experiments.models refuses to load the copy in another dtype.
@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from experiments.paths import CARRIED_FILE, carried_folder  # noqa: E402  (no torch: unpack starts fast)
+from scripts.gpu.carry_gguf import write_pieces  # noqa: E402  (the pieces as the GGUFs are cut)
 
 WEIGHTS_FILE = "model.safetensors"
 # config and tokenizer files a model folder may hold; everything else (README, sentence-transformers pooling
@@ -97,16 +98,11 @@ def archive_bytes(folder: Path) -> bytes:
 
 
 def cut(data: bytes, out: Path, *, name: str, prefix: str, piece_bytes: int) -> list[str]:
-    """Write the pieces and the manifest; returns the manifest lines."""
-    manifest = []
-    for index, start in enumerate(range(0, len(data), piece_bytes), start=1):
-        relative = f"{prefix}{index:02d}/{name}.part{index:02d}"
-        (out / relative).parent.mkdir(parents=True)
-        (out / relative).write_bytes(data[start:start + piece_bytes])
-        manifest.append(f"{relative} {len(data[start:start + piece_bytes])}")
-    first = out / f"{prefix}01"
-    (first / "manifest.txt").write_text("\n".join(manifest) + "\n", encoding="utf-8")
-    (first / "sha256.txt").write_text(f"{hashlib.sha256(data).hexdigest()}  {name}.tar.gz\n", encoding="utf-8")
+    """Write the pieces and the manifest (scripts/gpu/carry_gguf.py's write_pieces, each piece with its sha256) and
+    the whole archive's sha256.txt; returns the manifest lines."""
+    manifest = write_pieces(io.BytesIO(data), out, name=name, prefix=prefix, first=piece_bytes, rest=piece_bytes)
+    (out / f"{prefix}01" / "sha256.txt").write_text(f"{hashlib.sha256(data).hexdigest()}  {name}.tar.gz\n",
+                                                    encoding="utf-8")
     return manifest
 
 

@@ -51,8 +51,8 @@ def test_pieces_rejoin_to_the_recorded_sha256_and_a_bf16_copy_the_alias_can_find
     assert carry_model.main(["pack", "--source", str(tiny_folder), "--name", NAME, "--out", str(out),
                              "--piece-mib", "1.5"]) == 0
     manifest = [line.split() for line in (out / "m01" / "manifest.txt").read_text().splitlines()]
-    assert len(manifest) >= 2 and all(int(size) <= 1.5 * 2**20 for _, size in manifest)
-    joined = b"".join((out / piece).read_bytes() for piece, _ in manifest)
+    assert len(manifest) >= 2 and all(int(size) <= 1.5 * 2**20 for _, size, _sha in manifest)
+    joined = b"".join((out / piece).read_bytes() for piece, _, _sha in manifest)
     assert hashlib.sha256(joined).hexdigest() == (out / "m01" / "sha256.txt").read_text().split()[0]
     assert carry_model.main(["pack", "--source", str(tiny_folder), "--out", str(out)]) == 1   # not empty: refused
 
