@@ -23,6 +23,8 @@ CLOSE_LOSS = 0.02       # final eval loss: within 2% of the reference method's
 CLOSE_POINTS = 2.0      # accuracy / SuperGLUE score: within 2 percentage points
 CLOSE_MTBENCH = 0.25    # MT-bench (1-10 scale): within 0.25 points
 UNPARSEABLE_SHARE = 0.10  # named in the T5 line above this share of judgments without a rating
+SUPERGLUE_NAMES = {"boolq": "BoolQ", "cb": "CB", "copa": "COPA", "wsc": "WSC", "rte": "RTE", "multirc": "MultiRC",
+                   "wic": "WiC"}
 RANK_FRACTION = 0.8     # "BAdam's effective rank >= 0.8 x Adam's"
 NAMES = {"adam": "Adam", "badam": "BAdam", "lora": "LoRA", "lomo": "LOMO", "galore": "GaLore", "sgd": "SGD",
          "bsgd": "BSGD", "base": "the base model"}
@@ -337,10 +339,34 @@ def t6(runs: list[Run]) -> str:
                       "BAdam at or above LoRA, close to Adam, above the base model")
 
 
+def _not_learned(scale_runs: list[Run]) -> str:
+    """'no method beats the majority class by more than 2 points on: BoolQ, WSC' (such tasks cannot separate the
+    methods at this budget), or '' when every task was learned or no majority score is recorded."""
+    majority = select.superglue_majority(scale_runs)
+    best: dict[str, float] = {}
+    for per_seed in select.superglue_by_seed(scale_runs).values():
+        for task in {t for tasks in per_seed.values() for t in tasks}:
+            values = [tasks[task] for tasks in per_seed.values() if isinstance(tasks.get(task), float)]
+            if values:
+                best[task] = max(best.get(task, -math.inf), statistics.fmean(values))
+    flat = sorted(t for t, score in best.items() if t in majority and score <= majority[t] + CLOSE_POINTS)
+    if not flat:
+        return ""
+    return (f"no method beats the majority class by more than {CLOSE_POINTS:g} points (mean over seeds) on: "
+            f"{', '.join(SUPERGLUE_NAMES.get(t, t) for t in flat)}")
+
+
 def t11(runs: list[Run]) -> str:
+    scale: dict[str, list[Run]] = {}  # _per_scale calls parts(found) right after values(): its runs
+
+    def values(scale_runs):
+        scale["runs"] = scale_runs
+        return _superglue_values(scale_runs)
+
     def parts(found):
         return ["mean test score (%) over the tasks every method finished",
                 close(found, "badam", "adam", "SuperGLUE", tolerance=CLOSE_POINTS, relative=False),
-                better(found, "badam", "lora", "SuperGLUE", lower_is_better=False)]
-    return _per_scale(mapping.runs_for(runs, "superglue"), _superglue_values, parts, "paper_superglue_*",
+                better(found, "badam", "lora", "SuperGLUE", lower_is_better=False),
+                _not_learned(scale["runs"])]
+    return _per_scale(mapping.runs_for(runs, "superglue"), values, parts, "paper_superglue_*",
                       "BAdam close to Adam and at or above LoRA")

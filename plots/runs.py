@@ -375,6 +375,18 @@ class Run:
                 out[str(task).lower()] = float(score)
         return out
 
+    def superglue_majority(self) -> dict[str, float]:
+        """{task: test score in percent of always predicting the training set's majority class} from
+        eval/superglue.json (eval.superglue records it per task as majority_class_test); tasks without it are left
+        out."""
+        doc = self.eval_json("superglue.json")
+        out: dict[str, float] = {}
+        for task, entry in (doc or {}).get("tasks", {}).items():
+            score = (entry.get("majority_class_test") or {}).get("score")
+            if isinstance(score, (int, float)) and math.isfinite(float(score)):
+                out[str(task).lower()] = float(score)
+        return out
+
     def rank_result(self) -> dict | None:
         return self.eval_json("rank.json")
 

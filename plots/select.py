@@ -139,6 +139,15 @@ def f4(runs: list[Run]) -> tuple[str, list[Variant], str, list[Variant]]:
     return heading_a, _variants(order_runs, main, ORDER_OPTION), heading_b, _variants(k_runs, main, K_OPTION)
 
 
+def superglue_majority(runs: list[Run]) -> dict[str, float]:
+    """{task: majority-class test score in percent}: the same for every run of a scale (one split per task); the
+    latest run's value wins."""
+    out: dict[str, float] = {}
+    for run in sorted(runs, key=lambda r: r.date):
+        out.update(run.superglue_majority())
+    return out
+
+
 def superglue_by_seed(runs: list[Run]) -> dict[str, dict]:
     """{method: {seed: {task: score in percent, or the task's status}}} from eval/superglue.json files. Tasks may
     come from several files of one seed (one run per task); of two results for a task and seed the latest wins."""

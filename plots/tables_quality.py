@@ -23,8 +23,8 @@ EPOCHS = (1, 2, 3)
 T6_MODELS = ("llama3-8b", "llama3-70b")
 T6_FIELDS = (("GSM8K", "gsm8k"), ("Aqua", "aqua"), ("MMLU-Math", "mmlu_math"), ("SAT-Math", "sat_math"),
              ("MATH", "math"), ("NumGLUE", "numglue"), ("Average", "average"))
-T11_FIELDS = (("BoolQ", "boolq"), ("COPA", "copa"), ("WSC", "wsc"), ("RTE", "rte"), ("MultiRC", "multirc"),
-              ("WiC", "wic"))
+MAJORITY_ROW = "majority class"
+T11_FIELDS = tuple((claims.SUPERGLUE_NAMES[task], task) for task in ("boolq", "copa", "wsc", "rte", "multirc", "wic"))
 
 
 def _lr_key(lr: float | None) -> str:
@@ -195,12 +195,16 @@ def build_t11(doc: dict, runs: list[Run]) -> Table:
     for key, (other_heading, other_runs) in sorted(scales.items()):
         if key not in mapping.PAPER_MODELS:
             per_method = select.superglue_by_seed(other_runs)
-            sections.append(Section(other_heading, pd.DataFrame(
-                [{"method": m, "seeds": _seeds_text(per_seed),
-                  **{label: _superglue_cells(per_seed).get(f, NO_RUN) for label, f in T11_FIELDS}}
-                 for m, per_seed in sorted(per_method.items())])))
+            rows = [{"method": m, "seeds": _seeds_text(per_seed),
+                     **{label: _superglue_cells(per_seed).get(f, NO_RUN) for label, f in T11_FIELDS}}
+                    for m, per_seed in sorted(per_method.items())]
+            if majority := select.superglue_majority(other_runs):  # what a model that learned nothing scores
+                rows.append({"method": MAJORITY_ROW, "seeds": "—",
+                             **{label: majority[f] / 100.0 if f in majority else "—" for label, f in T11_FIELDS}})
+            sections.append(Section(other_heading, pd.DataFrame(rows)))
     caption = ("SuperGLUE test scores as fractions (the evaluator's percent / 100): accuracy, and for MultiRC the "
                "mean of F1a and EM (eval.superglue's 'score'). The paper split each dev set into validation and "
                "test (its Table 7) and trained RoBERTa-large for 32 epochs. Several seeds: mean ± standard "
-               "deviation over them.")
+               f"deviation over them. '{MAJORITY_ROW}': the test score of always answering the training set's most "
+               "frequent label (for MultiRC, 'false' to every answer), which a method that learned nothing matches.")
     return Table("T11", "superglue", "SuperGLUE (paper Table 11)", caption, sections, claim=claims.t11(runs))

@@ -442,7 +442,7 @@ PY
     convert_model "$math_alias" "$(math_tokenizer)"
     attention "$math_config" attention_check_math
     attention_ok "$OUT/attention_check_math.json" || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
-    restore_finished_runs
+    restore_finished_runs --groups "$math_groups"   # the Gemma groups' MT-bench data is not carried here
     in_background "$math_groups" math MATH_DONE math_evaluators --each --per-gpu 3 --poll 10 --timeout 7200
     ;;
   math-wait)

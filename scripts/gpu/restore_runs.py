@@ -11,6 +11,7 @@ hardware giving the same weights (results/PROVENANCE_gpu_2026-11-25b.md), and th
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import shutil
 import sys
@@ -46,7 +47,10 @@ def restore(profile: dict, results: Path, out: Path, question_ids: set | None = 
     Returns the restored runs and the runs left out to be trained again for their evaluators, as 'group/run' names.
     question_ids: the MT-bench questions an answer set must cover (default: the shared question file's, read only
     when an MT-bench evaluator reads one of the groups)."""
-    groups = sorted(set(groups) if groups else {entry["group"] for entry in profile["runs"]})
+    profile_groups = {entry["group"] for entry in profile["runs"]}
+    # a pattern such as '*_qwen25_coder_05b' (run_all's --groups syntax) stands for the profile's groups it matches
+    groups = sorted({g for pattern in groups for g in fnmatch.filter(profile_groups, pattern) or [pattern]}
+                    if groups else profile_groups)
     if question_ids is None and any(spec["name"] == "mtbench" and set(spec.get("groups") or groups) & set(groups)
                                     for spec in profile.get("evaluators") or []):
         question_ids = {q["question_id"] for q in load_questions()}
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", required=True)
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--groups", help="comma-separated groups to restore (default: every group of the profile)")
+    parser.add_argument("--groups", help="comma-separated groups or glob patterns to restore (default: every group of the profile)")
     args = parser.parse_args(argv)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
     restored, retrain = restore(load_profile(args.profile), args.results, args.output_dir, groups=groups)

@@ -7,6 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -78,6 +80,19 @@ def test_restore_retrains_a_run_whose_math_results_are_incomplete(tmp_path):
     restored, retrain = restore_runs.restore(profile, results, out, question_ids=set())
     assert sorted(restored) == ["paper_math_m/x-adam-s0", "paper_math_m/x-base"]
     assert retrain == ["paper_math_m/x-badam-s0"]
+
+
+def test_restore_takes_group_patterns_and_reads_no_mtbench_data_for_other_groups(tmp_path, monkeypatch):
+    # math-start restores '*_m' only: the MT-bench questions (read for paper_m's evaluator) are not carried there
+    restore_runs = _script("restore_runs")
+    profile = {"runs": PROFILE["runs"] + [{"config": "y.yaml", "group": "paper_math_m", "methods": ["adam"]}],
+               "evaluators": PROFILE["evaluators"]}
+    monkeypatch.setattr(restore_runs, "load_questions", lambda: pytest.fail("MT-bench questions read"))
+    results, out = tmp_path / "results", tmp_path / "out"
+    _run(results, "paper_math_m", "y-adam-s0", "adam")
+    _run(results, "paper_m", "x-adam-s0", "adam")
+    restored, _ = restore_runs.restore(profile, results, out, groups=["*_math_m"])
+    assert restored == ["paper_math_m/y-adam-s0"] and not (out / "paper_m").exists()
 
 
 def test_quality_session_parses_and_refuses_an_unknown_phase(tmp_path):

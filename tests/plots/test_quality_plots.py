@@ -91,6 +91,9 @@ def test_tables_show_mean_std_over_seeds_and_rows_for_every_method(built):
     t11 = {r["method"]: r for r in _rows(built, "T11") if "tiny-encoder" in r["section"]}
     assert float(t11["adam"]["RTE"]) == pytest.approx(0.81) and t11["adam"]["RTE n"] == "2"
     assert t11["lora"]["WiC"] == "no run" and t11["lora"]["seeds"] == "0, 1"
+    majority = t11["majority class"]  # what a model that learned nothing scores, from eval.superglue's record
+    assert float(majority["RTE"]) == pytest.approx(0.53) and float(majority["BoolQ"]) == pytest.approx(0.85)
+    assert majority["WiC"] == "—" and majority["seeds"] == "—"
 
 
 # --- colours -----------------------------------------------------------------------------------------------------
@@ -185,6 +188,8 @@ def test_claim_lines_follow_the_data(tree, tmp_path, built):
     assert "BAdam at or above LoRA (MT-bench): holds (6.1 vs 5.5)" in claims.t5(runs)
     assert "BAdam within 2 points of Adam (math): holds (24 vs 23.25, +0.75)" in claims.t6(runs)
     assert "BAdam at or above LoRA (SuperGLUE): holds (82.5 vs 73.5)" in claims.t11(runs)
+    assert claims.t11(runs).endswith("no method beats the majority class by more than 2 points (mean over seeds) on: "
+                                     "BoolQ.")  # RTE's best (81) is far above its 53
     # other numbers, other verdicts: nothing is typed in
     worse = synthetic.quality_tree(tmp_path / "worse", losses={"badam": (1.20, 1.22, 1.18)}, badam_rank=30)
     f2 = claims.f2(discover_runs(worse))
