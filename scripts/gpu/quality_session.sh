@@ -2,9 +2,10 @@
 # One GPU session of the quality profile (issue 11) on a lent machine that has torch/transformers/peft but no
 # registry: the wheels it lacks (galore-torch, lomo-optim, a bitsandbytes slimmed to its CPU and CUDA 13 libraries,
 # gguf) travel unpacked in .gpu/site, the shared data it needs in .gpu/shared, and the Gemma-3-270M GGUF in pieces
-# .gpu/parts/p1..p6/ (one piece per call: a call carries at most 64 MiB), Gemma's tokenizer in .gpu/tok/gemma3 (all
-# built by scripts/gpu/prepare_carry.sh). Calls: 1 carries .gpu/site .gpu/shared .gpu/ref .gpu/tok/gemma3 .gpu/parts/p1
-# and runs `check`; 2-5 carry p2..p5 (any command); 6 carries p6 and runs `start`; then `wait S` until done. Phases:
+# .gpu/parts/p1..pN/ (one piece per call: a call carries at most 64 MiB, the checkout included; prepare_carry.sh sizes
+# them), Gemma's tokenizer in .gpu/tok/gemma3 (all built by scripts/gpu/prepare_carry.sh). Calls: 1 carries .gpu/site
+# .gpu/shared/data/alpaca_cleaned .gpu/shared/data/mt_bench .gpu/ref .gpu/tok/gemma3 .gpu/parts/p1 and runs `check`;
+# the next pieces one per call (any command, e.g. `pieces`); the last piece's call runs `start`; then `wait S`. Phases:
 #   check         GPU, packages, free disk: prints what is there
 #   attention     the first training batch scored on the CPU (fp32 reference) and on the GPU with each attention
 #                 path (scripts/gpu/attention_check.py); run it before trusting quality runs on a new stack
@@ -95,7 +96,11 @@ join_pieces() {
   mv "$target.partial" "$target"
 }
 
-join_gguf() { join_pieces "$gguf" "$want_sha" .gpu/parts/p*/gemma.part*; }
+join_gguf() {   # in piece order (p10 after p9; prepare_carry.sh sizes the pieces, so their number varies)
+  local pieces
+  mapfile -t pieces < <(printf '%s\n' .gpu/parts/p*/gemma.part* | sort -V)
+  join_pieces "$gguf" "$want_sha" "${pieces[@]}"
+}
 
 # pieces_here DIR: "N of M": how many of the pieces listed in DIR's manifest (in its first piece's folder, e.g.
 # .gpu/judge/j01/manifest.txt) are here with the right size; the missing ones on stderr
