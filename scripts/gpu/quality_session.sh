@@ -34,7 +34,7 @@
 # wait 20`, then one call per piece j02..j24 the same way; `wait` and `check` say how many pieces are there (and which
 # are missing). Once the suite is done: `judge 480` (again if it stopped before the end).
 # SuperGLUE part (group paper_superglue_mpnet, the T11 analogue; the phases above leave it out): all-mpnet-base-v2 as a
-# bf16 copy in 4 pieces .gpu/mpnet/m01..m04 (scripts/gpu/prepare_carry.sh --with-mpnet; manifest.txt and sha256.txt
+# fp32 copy in pieces .gpu/mpnet/m01.. (scripts/gpu/prepare_carry.sh --with-mpnet; manifest.txt and sha256.txt
 # in m01), its data in .gpu/shared/data/superglue. Calls: the pieces one per call (any phase, e.g. `wait 20` or
 # `check`), then
 #   mpnet         join the pieces (sha256), unpack the copy where the mpnet alias finds it (<cache>/carried/) once its
@@ -150,7 +150,7 @@ math_tokenizer() {
   echo ".gpu/tok/$math_alias"
 }
 
-# join_mpnet: all-mpnet-base-v2 (a bf16 copy made by scripts/gpu/carry_model.py) from .gpu/mpnet/m01.. in manifest
+# join_mpnet: all-mpnet-base-v2 (the copy made by scripts/gpu/carry_model.py) from .gpu/mpnet/m01.. in manifest
 # order, checked against m01/sha256.txt, unpacked where the mpnet alias finds it (experiments.paths.carried_folder)
 join_mpnet() {
   local root=.gpu/mpnet name=all-mpnet-base-v2 folder count pieces

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -27,7 +28,7 @@ def test_the_group_plans_three_methods_times_three_seeds_and_leaves_the_gemma_pa
         f"mpnet_superglue-{m}-s{s}" for m in ("adam", "lora", "badam") for s in (0, 1, 2))
     by_name = {p.cfg.run_name: p.cfg for p in planned}
     badam, lora = by_name["mpnet_superglue-badam-s1"], by_name["mpnet_superglue-lora-s2"]
-    assert badam.seed == 1 and badam.model.source == "mpnet" and badam.model.dtype == "bf16"
+    assert badam.seed == 1 and badam.model.source == "mpnet" and badam.model.dtype == "fp32"
     assert badam.method.options == {"switch_block_every": 16, "switch_mode": "ascending"} and badam.method.lr == 1e-5
     assert lora.method.lr == 1e-4 and lora.method.options["rank"] == 8
     # 768 steps at K = 16 over MPNet's 12 layers: 4 full ascending passes; a checkpoint every 96 steps
@@ -101,3 +102,43 @@ def test_evaluator_children_are_pinned_round_robin_to_the_gpus(tmp_path):
     assert [gpu for gpu, _ in pinned[:4]] == ["0", "1", "0", "1"] and pinned[4][0] in ("0", "1")
     assert {runs for _, runs in pinned} == {"2"}   # 4 jobs on 2 GPUs: 2 per GPU, their step times are not measurements
     assert run_in_children(commands[:1], jobs=3, gpus=[]) == [0]   # no GPU: the parent's devices
+
+
+def test_badams_updates_survive_a_block_switch_with_the_configs_weight_dtype_lr_and_k():
+    """BAdam drops the leaving block's fp32 masters at every switch (as badam 1.4 does), so what a visit keeps is the
+    change the stored weights can represent. With bf16 storage, lr 1e-5 and K = 16, an Adam visit moves most
+    elements of an MPNet-like layer (|w| ~ 0.04, bf16 half-ulp ~ 1.2e-4) by far less than half a bf16 ulp, and the
+    switch rounds that progress away: the GPU run of 2026-11-26 trained BAdam at chance on SuperGLUE this way
+    (issue-11-sgdiag note). The config must store weights in a dtype in which one visit's update survives."""
+    import torch
+    from torch import nn
+
+    from badam import BlockOptimizer
+    from eval.superglue.cli import base_config_dict, build_parser, task_config
+    from experiments.models import DTYPES
+
+    base, explicit = base_config_dict(build_parser().parse_intermixed_args(
+        ["--config", "quality/mpnet_superglue.yaml", "method.name=badam"]))
+    cfg = task_config(base, "copa", explicit)
+    dtype, lr, k = DTYPES[cfg.model.dtype], cfg.method.lr, cfg.method.options["switch_block_every"]
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"layers": nn.ModuleList([nn.Linear(64, 64) for _ in range(2)])})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.05)  # MPNet's layers: median |w| 0.035-0.040
+    model.to(dtype)
+    first = [p.detach().float().clone() for p in model["layers"][0].parameters()]
+    with warnings.catch_warnings():  # fp32 weights: BlockOptimizer notes that BAdam's memory saving is given up
+        warnings.filterwarnings("ignore", message=".*stored in full precision")
+        optimizer = BlockOptimizer(torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0),
+                                   list(model.named_parameters()), switch_block_every=k, switch_mode="ascending",
+                                   verbose=0)
+    for _ in range(k):  # one visit of block 0 with noisy gradients, as on a real task
+        for p in model["layers"][0].parameters():
+            p.grad = (torch.randn_like(p, dtype=torch.float32) + 0.5).to(p.dtype)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert optimizer.current_block == 1  # the switch happened: block 0's masters are gone
+    kept = [(p.detach().float() != w).float().mean().item() for p, w in zip(model["layers"][0].parameters(), first)]
+    assert min(kept) > 0.9, (f"one BAdam visit (K={k}, lr={lr:g}, {cfg.model.dtype} weights) changed only "
+                             f"{min(kept):.0%} of a layer's elements: the rest of its update was rounded away")
