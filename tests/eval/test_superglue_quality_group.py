@@ -104,41 +104,63 @@ def test_evaluator_children_are_pinned_round_robin_to_the_gpus(tmp_path):
     assert run_in_children(commands[:1], jobs=3, gpus=[]) == [0]   # no GPU: the parent's devices
 
 
-def test_badams_updates_survive_a_block_switch_with_the_configs_weight_dtype_lr_and_k():
-    """BAdam drops the leaving block's fp32 masters at every switch (as badam 1.4 does), so what a visit keeps is the
-    change the stored weights can represent. With bf16 storage, lr 1e-5 and K = 16, an Adam visit moves most
-    elements of an MPNet-like layer (|w| ~ 0.04, bf16 half-ulp ~ 1.2e-4) by far less than half a bf16 ulp, and the
-    switch rounds that progress away: the GPU run of 2026-11-26 trained BAdam at chance on SuperGLUE this way
-    (issue-11-sgdiag note). The config must store weights in a dtype in which one visit's update survives."""
+def visit_changed_share(dtype_name: str, lr: float, k: int, weight_std: float) -> float:
+    """The smallest share, over a layer's tensors, of elements that one BAdam visit (K Adam steps at `lr`, noisy
+    gradients, as on a real task) leaves changed after the switch, with weights stored in `dtype_name`. BAdam drops
+    the leaving block's fp32 masters at every switch (as badam 1.4 does), so a visit keeps only the change the stored
+    weights can represent."""
     import torch
     from torch import nn
 
     from badam import BlockOptimizer
-    from eval.superglue.cli import base_config_dict, build_parser, task_config
     from experiments.models import DTYPES
 
-    base, explicit = base_config_dict(build_parser().parse_intermixed_args(
-        ["--config", "quality/mpnet_superglue.yaml", "method.name=badam"]))
-    cfg = task_config(base, "copa", explicit)
-    dtype, lr, k = DTYPES[cfg.model.dtype], cfg.method.lr, cfg.method.options["switch_block_every"]
     torch.manual_seed(0)
     model = nn.ModuleDict({"layers": nn.ModuleList([nn.Linear(64, 64) for _ in range(2)])})
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0.0, 0.05)  # MPNet's layers: median |w| 0.035-0.040
-    model.to(dtype)
+            p.normal_(0.0, weight_std)
+    model.to(DTYPES[dtype_name])
     first = [p.detach().float().clone() for p in model["layers"][0].parameters()]
     with warnings.catch_warnings():  # fp32 weights: BlockOptimizer notes that BAdam's memory saving is given up
         warnings.filterwarnings("ignore", message=".*stored in full precision")
         optimizer = BlockOptimizer(torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0),
                                    list(model.named_parameters()), switch_block_every=k, switch_mode="ascending",
                                    verbose=0)
-    for _ in range(k):  # one visit of block 0 with noisy gradients, as on a real task
+    for _ in range(k):  # one visit of block 0
         for p in model["layers"][0].parameters():
             p.grad = (torch.randn_like(p, dtype=torch.float32) + 0.5).to(p.dtype)
         optimizer.step()
         optimizer.zero_grad()
     assert optimizer.current_block == 1  # the switch happened: block 0's masters are gone
-    kept = [(p.detach().float() != w).float().mean().item() for p, w in zip(model["layers"][0].parameters(), first)]
-    assert min(kept) > 0.9, (f"one BAdam visit (K={k}, lr={lr:g}, {cfg.model.dtype} weights) changed only "
-                             f"{min(kept):.0%} of a layer's elements: the rest of its update was rounded away")
+    return min((p.detach().float() != w).float().mean().item() for p, w in zip(model["layers"][0].parameters(), first))
+
+
+def test_badams_updates_survive_a_block_switch_with_the_configs_weight_dtype_lr_and_k():
+    """With bf16 storage, lr 1e-5 and K = 16, an Adam visit moves most elements of an MPNet-like layer (|w| ~ 0.04,
+    bf16 half-ulp ~ 1.2e-4) by far less than half a bf16 ulp, and the switch rounds that progress away: the GPU run of
+    2026-11-26 trained BAdam at chance on SuperGLUE this way (PROVENANCE_gpu_2026-11-26.md). The config must store
+    weights in a dtype in which one visit's update survives."""
+    from eval.superglue.cli import base_config_dict, build_parser, task_config
+
+    base, explicit = base_config_dict(build_parser().parse_intermixed_args(
+        ["--config", "quality/mpnet_superglue.yaml", "method.name=badam"]))
+    cfg = task_config(base, "copa", explicit)
+    lr, k = cfg.method.lr, cfg.method.options["switch_block_every"]
+    kept = visit_changed_share(cfg.model.dtype, lr, k, weight_std=0.05)  # MPNet's layers: median |w| 0.035-0.040
+    assert kept > 0.9, (f"one BAdam visit (K={k}, lr={lr:g}, {cfg.model.dtype} weights) changed only "
+                        f"{kept:.0%} of a layer's elements: the rest of its update was rounded away")
+    assert visit_changed_share("bf16", lr, k, weight_std=0.05) < 0.9  # the check can fail: bf16 storage loses it
+
+
+def test_the_math_configs_badam_visits_survive_the_switch_at_the_lowest_lr_of_its_sweep():
+    """The same for the math part (Qwen2.5-Coder-0.5B: median |w| 0.029, K = 4), at the lowest BAdam lr its sweep
+    tries: at 3e-5 a bf16-stored visit moves a weight by at most 1.2e-4, about half a bf16 ulp."""
+    from experiments.config import load_config
+    from experiments.run_all import load_profile
+
+    cfg = load_config("quality/qwen25_coder_05b_gsm8k.yaml")
+    (sweep,) = [e for e in load_profile("quality-gpu")["runs"] if e["group"] == "lr_sweep_qwen25_coder_05b"]
+    lr, k = min(map(float, sweep["lrs"]["badam"])), cfg.method.options["switch_block_every"]
+    assert visit_changed_share(cfg.model.dtype, lr, k, weight_std=0.043) > 0.9
+    assert visit_changed_share("bf16", lr, k, weight_std=0.043) < 0.9
