@@ -39,6 +39,8 @@ deliberately differs from 1.4 (each is a defect there; tests/badam/test_official
   * ``step()`` leaves ``p.grad`` in place until ``zero_grad()`` (torch's contract; 1.4 consumes it), except that the
     leaving block's gradients are dropped at a switch, since its parameters freeze;
   * gradients on parameters outside the active block cannot be used (they are frozen): a warning names them.
+Opt-in diagnostic ``measure_rounding=True`` (badam/rounding.py): how much of each visit's update the low-precision
+weights keep once the masters are dropped, reported as a "visit_end" event and warned about once when it is small.
 Call ``release()`` when dropping an optimizer while its model lives on. 1.4's BlockOptimizerRatio is
 badam/ratio.py. Data parallelism (``process_group=``): badam/data_parallel.py. Not implemented: DeepSpeed ZeRO-3.
 """
@@ -54,6 +56,7 @@ import torch
 from .block_state import STATE_FORMAT, BlockStateMixin
 from .data_parallel import DataParallelMixin
 from .mixed_precision import GRADIENT_MODES, FP32MasterWeights, local_nbytes
+from .rounding import BlockRoundingMixin, VisitRounding
 from .partition import assign_to_blocks, infer_block_prefixes, prefix_matches, unique_named_parameters
 from .update import step_tensor_by_tensor
 
@@ -67,7 +70,7 @@ def _validate(switch_mode: str, switch_block_every: int) -> None:
         raise ValueError(f"switch_block_every must be an integer >= 1 (steps per block), got {switch_block_every!r}")
 
 
-class BlockOptimizer(BlockStateMixin, DataParallelMixin, torch.optim.Optimizer):
+class BlockOptimizer(BlockStateMixin, BlockRoundingMixin, DataParallelMixin, torch.optim.Optimizer):
     """Wrap `base_optimizer` (built by the user over all parameters) so that one block trains at a time.
 
     Args (badam 1.4's meanings):
@@ -98,6 +101,15 @@ class BlockOptimizer(BlockStateMixin, DataParallelMixin, torch.optim.Optimizer):
             active block's gradient is averaged during backward, so ``p.grad`` holds the average when backward
             returns; ``no_sync()`` for micro-batches but the last; rank 0's weights and schedule are broadcast.
             ``reduce_dtype`` ("fp32" or "bf16") is the all-reduce dtype. See ``enable_data_parallel``.
+        measure_rounding: measure, for every block visit, how much of its update survives in the bf16/fp16 weights
+            when the block's fp32 masters are dropped (badam/rounding.py): a copy of the active block's stored values
+            is kept from the start of each visit (2 bytes per active parameter in bf16/fp16; nothing for fp32
+            weights, which are their own masters), and at the visit's end (the switch, or ``release()``) log_fn gets
+            a "visit_end" event with ``update_kept`` (||w_end - w_start|| / ||master_end - w_start||) and
+            ``elements_frozen`` (share of the elements whose master moved but whose stored value did not); the
+            latest is ``last_visit_rounding``. One warning when a visit keeps less than half its update. A visit
+            resumed from a state dict mid-way has no start copy and reports nothing. Off by default (no memory or
+            time cost). Not available on FSDP2-sharded parameters.
     """
 
     def __init__(self, base_optimizer: torch.optim.Optimizer, named_parameters_list: Iterable,
@@ -106,7 +118,7 @@ class BlockOptimizer(BlockStateMixin, DataParallelMixin, torch.optim.Optimizer):
                  include_embedding: bool = False, include_lm_head: bool = False, verbose: int = 1,
                  log_fn: Callable[[dict], Any] | None = None, ds_zero3_enabled: bool | None = None,
                  *, seed: int | None = None, per_tensor_update: bool | None = None, gradients: str = "param",
-                 process_group=None, reduce_dtype="fp32"):
+                 process_group=None, reduce_dtype="fp32", measure_rounding: bool = False):
         if not isinstance(base_optimizer, torch.optim.Optimizer):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
         if ds_zero3_enabled:
@@ -115,6 +127,10 @@ class BlockOptimizer(BlockStateMixin, DataParallelMixin, torch.optim.Optimizer):
         if gradients not in GRADIENT_MODES:
             raise ValueError(f"gradients={gradients!r} is not valid; choose one of {', '.join(GRADIENT_MODES)}")
         self.gradients = gradients
+        self.measure_rounding = bool(measure_rounding)
+        self._visit_rounding: VisitRounding | None = None
+        self._last_visit_rounding: dict | None = None
+        self._warned_rounding = False
         self.base_optimizer = base_optimizer
         self.switch_mode = switch_mode
         self.switch_block_every = switch_block_every
@@ -125,6 +141,10 @@ class BlockOptimizer(BlockStateMixin, DataParallelMixin, torch.optim.Optimizer):
         self.per_tensor_update = bool(per_tensor_update)
 
         named = unique_named_parameters(named_parameters_list)
+        if self.measure_rounding and any(hasattr(p, "_local_tensor") for _, p in named):
+            raise ValueError("measure_rounding=True is not supported on FSDP2-sharded (DTensor) parameters (each rank "
+                             "holds a shard, so the norms would need a collective); turn it off, or measure on one "
+                             "device or with process_group= data parallelism")
         names = [n for n, _ in named]
         self.lora_mode = any("lora_" in n for n in names)  # as 1.4: with LoRA, only adapters train in a block
         if block_prefix_list is None:
@@ -263,6 +283,10 @@ class BlockOptimizer(BlockStateMixin, DataParallelMixin, torch.optim.Optimizer):
         if self.verbose >= 1:
             if event["event"] == "order":
                 print(f"[BlockOptimizer] block-epoch {event['block_epoch']} order: {event['order']}")
+            elif event["event"] == "visit_end":
+                kept = "n/a" if event["update_kept"] is None else f"{event['update_kept']:.1%}"
+                print(f"[BlockOptimizer] step {event['global_step']}: block {event['block']} kept {kept} of its "
+                      f"update in {event['dtype']}")
             else:
                 verb = "resumes" if event["event"] == "resume" else "trains"
                 print(f"[BlockOptimizer] step {event['global_step']}: block {event['block']} "
@@ -309,6 +333,9 @@ class BlockOptimizer(BlockStateMixin, DataParallelMixin, torch.optim.Optimizer):
         self._active_params = new_params
         if self._sync is not None:
             self._sync.attach(self._masters)  # after the masters' hooks: it reads the gradient where they put it
+        self._visit_rounding = None  # a visit not ended by _end_visit (a resume replaced it) reports nothing
+        if self.measure_rounding and event != "resume" and self._masters.has_copies:
+            self._start_visit_rounding()
         if event is not None:
             self._report({"event": event, "global_step": self.global_step, "block": block,
                           "block_prefixes": self.block_prefix_list[block], "block_epoch": self.block_epoch})
@@ -347,6 +374,8 @@ class BlockOptimizer(BlockStateMixin, DataParallelMixin, torch.optim.Optimizer):
         if self.step_in_block >= self.switch_block_every:
             self.step_in_block = 0
             previous = self.current_block
+            if self.switch_mode != "fixed":
+                self._end_visit()  # before _next_block: the event names the leaving block and its block-epoch
             nxt = self._next_block()
             if self.switch_mode != "fixed":
                 self._activate(nxt)
@@ -356,7 +385,9 @@ class BlockOptimizer(BlockStateMixin, DataParallelMixin, torch.optim.Optimizer):
 
     def release(self) -> None:
         """Drop the active block's masters, gradients, hooks and optimizer state and freeze it; call when the
-        optimizer is discarded while the model lives on (the optimizer is unusable afterwards)."""
+        optimizer is discarded while the model lives on (the optimizer is unusable afterwards). With
+        measure_rounding, the visit in progress ends here and is reported."""
+        self._end_visit()
         if self._sync is not None:
             self._sync.detach()
         if self._masters is not None:
@@ -442,7 +473,10 @@ class BlockOptimizer(BlockStateMixin, DataParallelMixin, torch.optim.Optimizer):
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and local.data_ptr() not in seen:
                     seen.add(local.data_ptr())
                     states += local_nbytes(value)
-        return {"masters": held["masters"], "grads": held["grads"], "optimizer_states": states}
+        out = {"masters": held["masters"], "grads": held["grads"], "optimizer_states": states}
+        if self.measure_rounding:
+            out["rounding_start_copy"] = self._visit_rounding.nbytes() if self._visit_rounding is not None else 0
+        return out
 
     def describe(self) -> dict:
         """JSON-serialisable summary for logging."""
