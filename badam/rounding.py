@@ -18,6 +18,8 @@ Parameters stored in fp32 / fp64 are their own masters: nothing is lost, nothing
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -81,7 +83,17 @@ class VisitRounding:
                 "elements": elements, "elements_moved": moved, "dtype": ",".join(sorted(dtypes))}
 
 
-def warn_if_lost(figures: dict, where: str, owner: str, stacklevel: int = 3) -> bool:
+def _user_stacklevel() -> int:
+    """warnings.warn's stacklevel, called from the function that warns, that names the first caller outside badam and
+    torch (step() runs under torch.no_grad's wrapper, release() does not)."""
+    inside = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(torch.__file__)))
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+def warn_if_lost(figures: dict, where: str, owner: str) -> bool:
     """Warn when a visit kept less than KEPT_WARNING_THRESHOLD of its update; True when it warned."""
     kept = figures.get("update_kept")
     if kept is None or kept >= KEPT_WARNING_THRESHOLD:
@@ -92,7 +104,8 @@ def warn_if_lost(figures: dict, where: str, owner: str, stacklevel: int = 3) -> 
         f"{owner}: {where} kept only {kept:.0%} of its update in the stored {figures['dtype']} weights{frozen_text}: "
         f"the fp32 masters are dropped at the switch, so every change below half a {figures['dtype']} ulp of a weight "
         "is lost. Remedies: store the weights in fp32 and compute in bf16 (autocast), or raise K x lr "
-        "(steps per block x learning rate). (Warned once; every visit's figures go to log_fn.)", stacklevel=stacklevel)
+        "(steps per block x learning rate). (Warned once; every visit's figures go to log_fn.)",
+        stacklevel=_user_stacklevel())
     return True
 
 
@@ -116,7 +129,7 @@ class BlockRoundingMixin:
         self._report({"event": "visit_end", "block_epoch": self.block_epoch, **self._last_visit_rounding})
         if not self._warned_rounding:
             self._warned_rounding = warn_if_lost(figures, f"block {block} {self.block_prefix_list[block]} (visit "
-                                                 f"ending at step {self.global_step})", "BlockOptimizer", stacklevel=4)
+                                                 f"ending at step {self.global_step})", "BlockOptimizer")
 
     @property
     def last_visit_rounding(self) -> dict | None:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import statistics
 
 import torch
 from torch import nn
 
 from badam import SWITCH_MODES, BlockOptimizer, attention_mlp_blocks, infer_block_prefixes, matrix_blocks
 from badam.mixed_precision import GRADIENT_MODES
+from badam.rounding import KEPT_WARNING_THRESHOLD
 from baselines.adam import AdamOptions, make_adamw
 from baselines.base import Method, optimizer_state_tensors, storage_key, tensor_bytes
 from baselines.model_parts import task_head_names
@@ -38,6 +40,10 @@ class BlockOptions:
     partition: str = "layers"
     seed: int | None = None  # seed of the random block order (None: drawn from torch's global RNG)
     gradients: str | None = None  # "param" | "master" (BlockOptimizer's gradients=); None: param, master under FSDP2
+    # BlockOptimizer(measure_rounding=): per visit, the share of the update the bf16 weights keep when the block's fp32
+    # masters are dropped (badam/rounding.py); metrics.jsonl's badam_rounding on switch steps, summary.json's block.
+    # Costs 2 bytes per active-block parameter; not under FSDP2.
+    measure_rounding: bool = False
 
     def __post_init__(self):
         super().__post_init__()  # the inner solver's options (next in the MRO)
@@ -118,7 +124,7 @@ class BAdam(Method):
             block_prefix_list=block_prefix_list(model, o), switch_block_every=o.switch_block_every,
             start_block=o.start_block, switch_mode=o.switch_mode, active_modules=active,
             include_embedding=o.include_embedding, include_lm_head=o.include_lm_head, verbose=0,
-            log_fn=self.events.append, seed=o.seed, gradients=gradients)
+            log_fn=self.events.append, seed=o.seed, gradients=gradients, measure_rounding=o.measure_rounding)
 
     # --- one step ----------------------------------------------------------------------------------------------
     # trainable_parameters(): the base class's, the optimizer's param groups, which list the tensors holding the
@@ -147,8 +153,35 @@ class BAdam(Method):
 
     def describe(self) -> dict:
         info = self.optimizer.describe()
-        return {"active_block": info["active_block"], "active_block_name": " ".join(info["active_block_prefixes"]),
-                "block_epoch": info["block_epoch"], "num_blocks": info["num_blocks"]}
+        out = {"active_block": info["active_block"], "active_block_name": " ".join(info["active_block_prefixes"]),
+               "block_epoch": info["block_epoch"], "num_blocks": info["num_blocks"]}
+        visit = self.optimizer.last_visit_rounding
+        if visit is not None and visit["global_step"] == self.optimizer.global_step:  # a visit ended at this step
+            out["badam_rounding"] = {k: visit[k] for k in ROUNDING_RECORD_KEYS}
+        return out
+
+    def summarize_records(self, records: list[dict]) -> dict:
+        """summary.json's badam_rounding block (with measure_rounding): over the visits recorded in metrics.jsonl."""
+        if not self.options.measure_rounding:
+            return {}
+        return {"badam_rounding": rounding_summary([r["badam_rounding"] for r in records if r.get("badam_rounding")])}
+
+
+ROUNDING_RECORD_KEYS = ("block", "update_kept", "elements_frozen", "update_norm", "elements", "dtype")
+
+
+def rounding_summary(visits: list[dict]) -> dict:
+    """Median / minimum share of each visit's update kept by the stored weights, median share of frozen elements,
+    and how many visits kept less than badam.rounding.KEPT_WARNING_THRESHOLD (None where no visit was measured:
+    fp32 weights are their own masters, so nothing is lost or measured)."""
+    kept = [v["update_kept"] for v in visits if v.get("update_kept") is not None]
+    frozen = [v["elements_frozen"] for v in visits if v.get("elements_frozen") is not None]
+    return {"visits": len(visits), "median_update_kept": statistics.median(kept) if kept else None,
+            "min_update_kept": min(kept) if kept else None,
+            "median_elements_frozen": statistics.median(frozen) if frozen else None,
+            "visits_below_threshold": sum(k < KEPT_WARNING_THRESHOLD for k in kept),
+            "threshold": KEPT_WARNING_THRESHOLD,
+            "dtype": ",".join(sorted({v["dtype"] for v in visits})) or None}
 
 
 class BSGD(BAdam):

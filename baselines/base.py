@@ -210,6 +210,11 @@ class Method:
         """Extras to log each step (e.g. BAdam's active block). Must be JSON-serialisable."""
         return {}
 
+    def summarize_records(self, records: list[dict]) -> dict:
+        """Method-specific blocks for summary.json from the run's metrics.jsonl records (e.g. BAdam's
+        badam_rounding); keys must not clash with the summary's own. JSON-serialisable."""
+        return {}
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
 

@@ -25,7 +25,9 @@ from experiments.results import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SHA
 
 # Keys (dotted, as in config.yaml) a resume may change: how many steps, where the files go. train.resume_from is what
 # starts a resume; run_name and output.* name the place, which a resume takes from the checkpoint.
-RESUMABLE_CHANGES = ("train.max_steps", "train.stop_after_steps", "train.resume_from", "run_name")
+# method.options.measure_rounding (BAdam/BSGD) only measures, it changes no number of the training.
+RESUMABLE_CHANGES = ("train.max_steps", "train.stop_after_steps", "train.resume_from", "run_name",
+                     "method.options.measure_rounding")
 RESUMABLE_SECTIONS = ("output",)
 
 

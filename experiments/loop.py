@@ -449,6 +449,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         extras["data_stats"] = meta["data_stats"]
     environment = environment_info(str(device))
     extras["compute"] = utilization_summary(records, cfg.timing_warmup_steps, environment.get("device_name"))
+    extras.update(method.summarize_records(records))
     if dist_ctx is not None:
         extras["distributed"] = {**dist_ctx.describe(), "note": dist_mod.method_note(method.name)}
         if data_parallel is not None:
