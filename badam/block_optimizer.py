@@ -56,8 +56,8 @@ import torch
 from .block_state import STATE_FORMAT, BlockStateMixin
 from .data_parallel import DataParallelMixin
 from .mixed_precision import GRADIENT_MODES, FP32MasterWeights, local_nbytes
-from .rounding import BlockRoundingMixin, VisitRounding
 from .partition import assign_to_blocks, infer_block_prefixes, prefix_matches, unique_named_parameters
+from .rounding import BlockRoundingMixin, VisitRounding
 from .update import step_tensor_by_tensor
 
 SWITCH_MODES = ("random", "ascending", "descending", "fixed")

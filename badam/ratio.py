@@ -24,6 +24,11 @@ How it works, and what differs from badam 1.4 (each a defect there, shown in tes
     offset in the first micro-batch of a switching step);
   * ``state_dict()`` holds the schedule, offsets, masks, masters and states: a resumed run continues bitwise.
 
+``measure_rounding=True`` (badam/rounding.py): at every mask switch (and ``release()``), the share of the period's
+update that the low-precision weights keep once the masters are dropped, over the trained entries; ``log_fn`` gets a
+"period_end" event, ``last_period_rounding`` holds the latest, one warning below half. Costs 2 bytes per trained
+entry (bf16/fp16 weights); a period resumed mid-way from a state dict reports nothing.
+
 Gradients: after backward ``p.grad`` is None for the trainable parameters (their gradient lives in fp32 on the
 selected entries). ``clip_grad_norm_`` clips it (BAdamCallback does so for HF Trainer); a torch or accelerate clip over
 ``model.parameters()`` sees nothing, so ``step()`` warns once when neither was called. Gradients assigned to ``p.grad``
@@ -39,6 +44,7 @@ import torch
 
 from .mixed_precision import local_nbytes
 from .partition import find_layer_stack, prefix_matches, split_around_stack, unique_named_parameters
+from .rounding import VisitRounding, warn_if_lost
 from .selection import Selection, adjacent_selection, scatter_selection
 from .update import step_tensor_by_tensor
 
@@ -85,7 +91,7 @@ class BlockOptimizerRatio(torch.optim.Optimizer):
             the output head (``lm_head``); otherwise they are frozen. Parameters already frozen stay frozen.
     Keyword-only additions: ``weight_decay`` (default of the groups, 0 as in 1.4 which has none), ``seed`` (draws the
     per-parameter mask seeds; default from torch's global RNG), ``mask_seeds`` ({name: seed}, e.g. to repeat another
-    run's scatter masks).
+    run's scatter masks), ``measure_rounding`` and ``log_fn`` (module docstring).
     """
 
     def __init__(self, param_groups, named_parameters_list: Iterable, update_ratio: float = 0.1, verbose: int = 1,
@@ -94,7 +100,8 @@ class BlockOptimizerRatio(torch.optim.Optimizer):
                  lr: float = 1e-5, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  optimizer_defaults: dict | None = None, keep_mask: bool = True, include_embedding: bool = False,
                  include_lm_head: bool = False, *, weight_decay: float = 0.0, seed: int | None = None,
-                 mask_seeds: Mapping[str, int] | None = None):
+                 mask_seeds: Mapping[str, int] | None = None, measure_rounding: bool = False,
+                 log_fn: Callable[[dict], Any] | None = None):
         update_ratio = _check_ratio(update_ratio, "update_ratio")
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode {mask_mode!r} is not valid; choose one of {', '.join(MASK_MODES)}")
@@ -107,6 +114,10 @@ class BlockOptimizerRatio(torch.optim.Optimizer):
             raise TypeError("BlockOptimizerRatio does not support sharded (DTensor, FSDP2) parameters; use "
                             "BlockOptimizer there")
         self.update_ratio, self.switch_every, self.mask_mode = update_ratio, switch_every, mask_mode
+        self.measure_rounding, self.log_fn = bool(measure_rounding), log_fn
+        self._period_rounding: VisitRounding | None = None
+        self._last_period_rounding: dict | None = None
+        self._warned_rounding = False
         self.preserve_threshold, self.keep_mask, self.verbose = preserve_threshold, bool(keep_mask), verbose
         defaults = dict(optimizer_defaults) if optimizer_defaults is not None else dict(lr=lr, betas=betas, eps=eps)
         defaults.setdefault("weight_decay", weight_decay)
@@ -230,6 +241,11 @@ class BlockOptimizerRatio(torch.optim.Optimizer):
             entry.master = entry.selection.gather(entry.param.detach().view(-1), torch.float32)
             entry.master.requires_grad_(True)
             self.param_groups[entry.group]["params"].append(entry.master)
+        self._period_rounding = None
+        if self.measure_rounding:
+            self._period_rounding = VisitRounding([
+                ((lambda e=entry: e.selection.gather(e.param.detach().view(-1), e.param.dtype)), entry.master)
+                for entry in self._trained]) or None
         if self.verbose >= 1:
             print(f"[BlockOptimizerRatio] step {self.global_step}: mask {self.period} ({self.mask_mode}), "
                   f"{self.trainable_entries:,} entries of {len(self._trained)} parameters train")
@@ -310,6 +326,7 @@ class BlockOptimizerRatio(torch.optim.Optimizer):
         self.step_in_period += 1
         if self.step_in_period >= self.switch_every:
             self.step_in_period = 0
+            self._end_period()
             self.period += 1
             for entry in self._trained:
                 if not entry.full:
@@ -329,7 +346,8 @@ class BlockOptimizerRatio(torch.optim.Optimizer):
 
     def release(self) -> None:
         """Remove the gradient hooks and drop masters and states (call when the optimizer is discarded while the model
-        lives on; it is unusable afterwards)."""
+        lives on; it is unusable afterwards). With measure_rounding, the period in progress is reported here."""
+        self._end_period()
         for entry in self._trained:
             if entry.hook is not None:
                 entry.hook.remove()
@@ -339,6 +357,24 @@ class BlockOptimizerRatio(torch.optim.Optimizer):
         self._shared = {}
         for group in self.param_groups:
             group["params"] = []
+
+    def _end_period(self) -> None:
+        meter, self._period_rounding = self._period_rounding, None
+        figures = meter.finish() if meter is not None else None
+        if figures is None:
+            return
+        self._last_period_rounding = {"global_step": self.global_step, "period": self.period, **figures}
+        if self.log_fn is not None:
+            self.log_fn({"event": "period_end", **self._last_period_rounding})
+        if not self._warned_rounding:
+            self._warned_rounding = warn_if_lost(figures, f"mask period {self.period} (ending at step "
+                                                 f"{self.global_step})", "BlockOptimizerRatio")
+
+    @property
+    def last_period_rounding(self) -> dict | None:
+        """The latest period's measure (measure_rounding=True; keys as BlockOptimizer.last_visit_rounding, with
+        period for block), None before the first."""
+        return None if self._last_period_rounding is None else dict(self._last_period_rounding)
 
     # --- introspection -----------------------------------------------------------------------------------------
     def mask_indices(self) -> list[torch.Tensor]:
@@ -398,6 +434,8 @@ class BlockOptimizerRatio(torch.optim.Optimizer):
         with torch.no_grad():
             for entry, saved in zip(self._trained, state_dict["masters"]):
                 entry.master.copy_(saved)
+        if self.step_in_period != 0:
+            self._period_rounding = None  # the period began before the save: its start values are not known here
         groups = self.param_groups
         self._base.load_state_dict(state_dict["adamw"])
         for own, loaded in zip(groups, self._base.param_groups):  # keep the dict objects schedulers hold

@@ -163,3 +163,36 @@ def test_sharded_parameters_are_refused_with_one_line():
     first._local_tensor = first.data  # what marks an FSDP2 DTensor shard to the optimizer
     with pytest.raises(ValueError, match="measure_rounding=True is not supported on FSDP2"):
         build(model, lr=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore:BlockOptimizerRatio")
+def test_ratio_mode_measures_each_mask_period_on_its_trained_entries():
+    from badam import BlockOptimizerRatio
+
+    model = tiny_llama(dtype=torch.bfloat16)
+    start = {id(p): p.detach().clone() for p in model.parameters()}
+    events, direct = [], []
+    opt = None
+
+    def at_period_end(event):
+        events.append(event)
+        stored, master = [], []
+        for entry in opt._trained:
+            begin = entry.selection.gather(start[id(entry.param)].view(-1), torch.float64)
+            stored.append(entry.selection.gather(entry.param.detach().view(-1), torch.float64) - begin)
+            master.append(entry.master.detach().double() - begin)
+        stored, master = torch.cat(stored), torch.cat(master)
+        direct.append(float(stored.norm() / master.norm()))
+        start.update({id(p): p.detach().clone() for p in model.parameters()})
+
+    opt = BlockOptimizerRatio(model.parameters(), list(model.named_parameters()), update_ratio=0.5, switch_every=2,
+                              verbose=0, lr=3e-4, mask_mode="scatter", seed=1, measure_rounding=True,
+                              log_fn=at_period_end)
+    for step in range(5):
+        model(**{"input_ids": torch.arange(8).view(1, 8), "labels": torch.arange(8).view(1, 8)}).loss.backward()
+        opt.clip_grad_norm_(float("inf"))
+        opt.step()
+        opt.zero_grad()
+    assert [e["global_step"] for e in events] == [2, 4] and [e["event"] for e in events] == ["period_end"] * 2
+    assert [e["update_kept"] for e in events] == pytest.approx(direct, rel=1e-5)
+    assert opt.last_period_rounding["period"] == 1 and events[0]["dtype"] == "bfloat16"
