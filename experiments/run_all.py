@@ -53,7 +53,8 @@ from tqdm.auto import tqdm
 from baselines.registry import get_method_class, method_names
 from experiments.config import PROFILE_DIR, ConfigError, load_config
 from experiments.paths import REPO_ROOT
-from experiments.suite import Outcome, ParallelOptions, PlannedRun, group_matches, run_parallel, run_sequential
+from experiments.suite import (Outcome, ParallelOptions, PlannedRun, exit_code_of, group_matches, run_parallel,
+                               run_sequential)
 
 DEFAULT_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "output_dir", "time_budget_s", "runs", "skip", "evaluators", "plots")
@@ -494,4 +495,4 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = ["load_profile", "plan_runs", "run_planned", "run_evaluators", "format_table", "main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code_of(main))
