@@ -67,7 +67,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "alpaca_gpt4"
+    source: str = "alpaca-gpt4-sample"       # a shared alias (experiments.data.DATASET_ALIASES)
     format: str = "alpaca"
     split: str = "train"
     subset: str | None = None                # e.g. the SuperGLUE task (BoolQ, RTE, ...)
