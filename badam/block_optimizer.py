@@ -55,6 +55,7 @@ import torch
 
 from .block_state import STATE_FORMAT, BlockStateMixin
 from .data_parallel import DataParallelMixin
+from .fixed_groups import FixedParamGroupsMixin
 from .mixed_precision import GRADIENT_MODES, FP32MasterWeights, local_nbytes
 from .partition import assign_to_blocks, infer_block_prefixes, prefix_matches, unique_named_parameters
 from .rounding import BlockRoundingMixin, VisitRounding
@@ -70,7 +71,8 @@ def _validate(switch_mode: str, switch_block_every: int) -> None:
         raise ValueError(f"switch_block_every must be an integer >= 1 (steps per block), got {switch_block_every!r}")
 
 
-class BlockOptimizer(BlockStateMixin, BlockRoundingMixin, DataParallelMixin, torch.optim.Optimizer):
+class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin, DataParallelMixin,
+                     torch.optim.Optimizer):
     """Wrap `base_optimizer` (built by the user over all parameters) so that one block trains at a time.
 
     Args (badam 1.4's meanings):
@@ -176,6 +178,7 @@ class BlockOptimizer(BlockStateMixin, BlockRoundingMixin, DataParallelMixin, tor
         # One list of group dicts shared with the base optimizer for the whole run (LR schedulers see the same dicts)
         self.param_groups = base_optimizer.param_groups
         self.state = base_optimizer.state
+        self._groups_fixed = True
 
         if start_block is not None and not (isinstance(start_block, int) and 0 <= start_block < self.num_blocks):
             raise ValueError(f"start_block must be an integer in [0, {self.num_blocks - 1}], got {start_block!r}")

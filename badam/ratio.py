@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 import torch
 
+from .fixed_groups import FixedParamGroupsMixin
 from .mixed_precision import local_nbytes
 from .partition import find_layer_stack, prefix_matches, split_around_stack, unique_named_parameters
 from .rounding import VisitRounding, warn_if_lost
@@ -70,7 +71,7 @@ def _check_ratio(value, what: str) -> float:
     return float(value)
 
 
-class BlockOptimizerRatio(torch.optim.Optimizer):
+class BlockOptimizerRatio(FixedParamGroupsMixin, torch.optim.Optimizer):
     """Sparse AdamW over a moving fraction of every trainable parameter's entries (badam 1.4's constructor).
 
     Args (1.4's names and meanings):
@@ -176,6 +177,7 @@ class BlockOptimizerRatio(torch.optim.Optimizer):
         super().__init__(self._base.param_groups, self._base.defaults)
         self.param_groups = self._base.param_groups  # one set of dicts, shared with the inner AdamW (schedulers)
         self.state = self._base.state
+        self._groups_fixed = True
         for entry in self._trained:
             entry.hook = entry.param.register_post_accumulate_grad_hook(self._fold_hook(entry))
         self._start_period()

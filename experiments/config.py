@@ -67,7 +67,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "alpaca_gpt4"
+    source: str = "alpaca-gpt4-sample"       # a shared alias (experiments.data.DATASET_ALIASES)
     format: str = "alpaca"
     split: str = "train"
     subset: str | None = None                # e.g. the SuperGLUE task (BoolQ, RTE, ...)
@@ -240,7 +240,7 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _parse_yaml_file(path: Path):
+def parse_yaml_file(path: Path):
     """The YAML document in `path`; a syntax error or an unreadable file becomes one ConfigError line."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -264,7 +264,7 @@ def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     path = resolve_config_path(path)
     if path in _seen:
         raise ConfigError(f"config inheritance loops through {path}")
-    data = _parse_yaml_file(path) or {}
+    data = parse_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections")
     parent = data.pop("inherit", None)

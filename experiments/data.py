@@ -9,7 +9,9 @@ Formats (DATA_FORMATS): "alpaca" (instruction / input / output, optional history
 """
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import logging
 import random
@@ -20,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments.paths import shared_data
-from experiments.templates import MATH_STYLES, alpaca_conversation, conversation_segments_batch, math_conversation
+from experiments.templates import (FORMAT_FIELDS, MATH_STYLES, alpaca_conversation, conversation_segments_batch,
+                                   math_conversation)
 
 _log = logging.getLogger(__name__)
 DATA_FORMATS = ("alpaca", "math", "text")
@@ -39,6 +42,7 @@ DATASET_ALIASES: dict[str, tuple[str, str]] = {
     "wiki-demo": ("text_corpus/wiki_demo/wiki_demo.txt.gz", "text"),
 }
 _JSON_SUFFIXES = (".json", ".jsonl")
+_TABLE_SUFFIXES = (".csv", ".tsv")  # a header row names the fields
 _TOKENIZE_CHUNK = 256
 _TEXT_SUFFIXES = (".txt", ".raw", ".text")
 
@@ -53,8 +57,14 @@ def _read_text(path: Path) -> str:
     with open(path, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"  # by content, not by name
     opener = gzip.open if gzipped else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return f.read()
+    with opener(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # name the file and the line: the codec's message names neither
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); valid: UTF-8 encoded "
+                         "files (convert it first, e.g. iconv -f latin1 -t utf-8)") from None
 
 
 def _parse_json_records(text: str, path: Path) -> list[dict]:
@@ -77,14 +87,28 @@ def _parse_json_records(text: str, path: Path) -> list[dict]:
     return data
 
 
+def _parse_table_records(text: str, path: Path, delimiter: str) -> list[dict]:
+    """CSV / TSV with a header row naming the fields (e.g. instruction,input,output); every cell is a string."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    records = []
+    for row in reader:
+        if None in row or None in row.values():  # more / fewer cells than the header names
+            raise ValueError(f"{path}: line {reader.line_num} has {'more' if None in row else 'fewer'} cells than "
+                             f"the header's {len(reader.fieldnames)} ({', '.join(reader.fieldnames)})")
+        records.append(row)
+    return records
+
+
 def _looks_like_path(source: str) -> bool:
     suffixes = {s.lower() for s in Path(source).suffixes}
-    return (source.startswith((".", "/", "~")) or bool(suffixes & {*_JSON_SUFFIXES, *_TEXT_SUFFIXES, ".gz"}))
+    return (source.startswith((".", "/", "~"))
+            or bool(suffixes & {*_JSON_SUFFIXES, *_TABLE_SUFFIXES, *_TEXT_SUFFIXES, ".gz"}))
 
 
 def load_records(source: str, *, split: str = "train", max_samples: int | None = None) -> list[dict]:
-    """Records from a shared alias (DATASET_ALIASES), a local .json/.jsonl/.txt file (optionally .gz), a local
-    dataset folder or a hub dataset ("name" or "name:config", via datasets.load_dataset).
+    """Records from a shared alias (DATASET_ALIASES), a local .json/.jsonl/.csv/.tsv/.txt file (optionally .gz; CSV and
+    TSV with a header row naming the fields), a local dataset folder or a hub dataset ("name" or "name:config", via
+    datasets.load_dataset).
 
     A local file is a single split, so `split` applies only to folders and hub datasets. A text file becomes one
     record {"text": ...}; there max_samples keeps its first max_samples lines.
@@ -97,8 +121,9 @@ def load_records(source: str, *, split: str = "train", max_samples: int | None =
     if source in DATASET_ALIASES:
         raise FileNotFoundError(f"shared dataset {source!r} is missing: {path} (is $BADAM_SHARED set right?)")
     if _looks_like_path(source) and not path.is_dir():
-        raise FileNotFoundError(f"data file not found: {path}; valid sources: a .json/.jsonl/.txt file (optionally "
-                                f".gz), a dataset folder, a hub dataset name, or one of {', '.join(DATASET_ALIASES)}")
+        raise FileNotFoundError(f"data file not found: {path}; valid sources: a .json/.jsonl/.csv/.tsv/.txt file "
+                                f"(optionally .gz), a dataset folder, a hub dataset name, or one of "
+                                f"{', '.join(DATASET_ALIASES)}")
     return _load_with_datasets(str(path) if path.is_dir() else source, split, max_samples)
 
 
@@ -107,13 +132,22 @@ def _load_file(path: Path, max_samples: int | None) -> list[dict]:
     suffix = Path(name).suffix
     if suffix in _TEXT_SUFFIXES:
         text = _read_text(path)
+        if not text.strip():
+            raise ValueError(f"{path}: holds no text (the file is empty)")
         if max_samples is not None:
             text = "".join(text.splitlines(keepends=True)[:max_samples])
         return [{"text": text}]
-    if suffix not in _JSON_SUFFIXES:
+    if suffix not in _JSON_SUFFIXES + _TABLE_SUFFIXES:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; valid: "
-                         f"{', '.join(_JSON_SUFFIXES + _TEXT_SUFFIXES)} (each optionally .gz)")
-    records = _parse_json_records(_read_text(path), path)
+                         f"{', '.join(_JSON_SUFFIXES + _TABLE_SUFFIXES + _TEXT_SUFFIXES)} (each optionally .gz)")
+    text = _read_text(path)
+    if suffix in _TABLE_SUFFIXES:
+        records = _parse_table_records(text, path, delimiter="\t" if suffix == ".tsv" else ",")
+    else:
+        records = _parse_json_records(text, path)
+    if not records:  # else the first complaint would be a misleading one about eval_samples or batch counts
+        what = "the file is empty or has only a header" if suffix in _TABLE_SUFFIXES else "the file is empty"
+        raise ValueError(f"{path}: holds no records ({what})")
     return records[:max_samples] if max_samples is not None else records
 
 
@@ -129,7 +163,8 @@ def _load_with_datasets(source: str, split: str, max_samples: int | None) -> lis
     except Exception as exc:  # offline hub misses and typos surface as many exception types; name the choices once
         raise ValueError(f"could not load dataset {source!r} (split {split!r}) with datasets.load_dataset: {exc}; "
                          f"valid sources: a hub dataset ('name' or 'name:config'), a dataset folder, a "
-                         f".json/.jsonl/.txt file (optionally .gz), or one of {', '.join(DATASET_ALIASES)}") from exc
+                         f".json/.jsonl/.csv/.tsv/.txt file (optionally .gz), or one of "
+                         f"{', '.join(DATASET_ALIASES)}") from exc
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     return ds.to_list()
@@ -191,7 +226,8 @@ def _tokenize_text(records: Sequence[dict], tokenizer, max_length: int, packing:
     texts = []
     for i, record in enumerate(records):
         if "text" not in record:
-            raise ValueError(f"record {i} has no 'text' field, which format 'text' needs (its fields: {sorted(record)})")
+            raise ValueError(f"record {i} has no 'text' field, which format 'text' needs (its fields: "
+                             f"{sorted(record)}; data.format: {FORMAT_FIELDS})")
         texts.append(str(record["text"]))
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     docs = [tokenizer(t, add_special_tokens=False)["input_ids"] + eos

@@ -77,7 +77,9 @@ def build_data(cfg: RunConfig, tokenizer, stats: dict | None = None):
     records = data_mod.load_records(cfg.data.source, split=cfg.data.split, max_samples=wanted)
     n_eval = cfg.data.eval_samples
     if n_eval and len(records) <= n_eval:
-        raise ConfigError(f"data.eval_samples={n_eval} leaves no training examples out of {len(records)}")
+        one_text = " (a text file is one record)" if len(records) == 1 and "text" in records[0] else ""
+        raise ConfigError(f"data.eval_samples={n_eval} leaves no training examples out of the {len(records)} records "
+                          f"of {cfg.data.source}{one_text}; valid: data.eval_samples in [0, {len(records) - 1}]")
     # a seeded split: the held-out records are the same for every method
     split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
     train_records, eval_records = (data_mod.split_train_eval(records, n_eval, split_seed) if n_eval

@@ -47,13 +47,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
 from baselines.registry import get_method_class, method_names
-from experiments.config import PROFILE_DIR, ConfigError, load_config
+from experiments.config import PROFILE_DIR, ConfigError, load_config, parse_yaml_file
 from experiments.paths import REPO_ROOT
-from experiments.suite import Outcome, ParallelOptions, PlannedRun, group_matches, run_parallel, run_sequential
+from experiments.suite import (Outcome, ParallelOptions, PlannedRun, exit_code_of, group_matches, run_parallel,
+                               run_sequential)
 
 DEFAULT_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "output_dir", "time_budget_s", "runs", "skip", "evaluators", "plots")
@@ -75,23 +75,26 @@ def load_profile(name: str) -> dict:
     elif not path.is_file():
         raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(profile_names())} "
                           "(or the path of a profile .yaml file)")
-    try:
-        profile = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"profile {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    profile = parse_yaml_file(path) or {}  # a syntax error: one line with the line and column
     _check_keys(profile, PROFILE_KEYS, f"profile {name}")
     if not profile.get("runs"):
         raise ConfigError(f"profile {name} lists no runs")
+    if not isinstance(profile["runs"], list):
+        raise ConfigError(f"profile {name}: runs must be a list of run groups, got {profile['runs']!r:.60}")
     valid = set(method_names())
     for method in profile.get("skip") or {}:
         if method not in valid:
             raise ConfigError(f"profile {name}: skip names unknown method {method!r}; valid methods: "
                               f"{', '.join(sorted(valid))}")
     for entry in profile["runs"]:
-        _check_keys(entry, RUN_KEYS, f"profile {name}, run group {entry.get('group', '?')}")
+        group = entry.get("group", "?") if isinstance(entry, dict) else "?"
+        _check_keys(entry, RUN_KEYS, f"profile {name}, run group {group}")
         for key in ("config", "group", "methods"):
             if not entry.get(key):
                 raise ConfigError(f"profile {name}: every run group needs {key!r} (got {entry})")
+        if not isinstance(entry["methods"], list):  # a bare string would be read letter by letter
+            raise ConfigError(f"profile {name}, group {entry['group']}: methods must be a list, e.g. "
+                              f"[{entry['methods']}], got {entry['methods']!r}")
         unknown = [m for m in [*entry["methods"], *(entry.get("method_overrides") or {})] if m not in valid]
         if unknown:
             raise ConfigError(f"profile {name}, group {entry['group']}: unknown method(s) {', '.join(unknown)}; "
@@ -494,4 +497,4 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = ["load_profile", "plan_runs", "run_planned", "run_evaluators", "format_table", "main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code_of(main))

@@ -404,3 +404,13 @@ def run_sequential(planned: list[PlannedRun], *, output_root: Path, fresh: bool 
         if on_outcome is not None:
             on_outcome(outcome)
     return outcomes
+
+
+def exit_code_of(main) -> int:
+    """main(), with Ctrl-C ending the suite in one line instead of a traceback: finished runs are kept and skipped by
+    the same command, the stopped run is redone (or resumed from its checkpoint) then."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("\nstopped by Ctrl-C: finished runs are kept; rerun the same command to continue", file=sys.stderr)
+        return 130  # the shell's code for a process ended by SIGINT

@@ -24,6 +24,8 @@ from typing import Sequence
 
 TEMPLATES = ("auto", "chat", "plain")
 MATH_STYLES = ("mammoth", "raw")
+# the fields each data.format reads, named in errors about a record that lacks one
+FORMAT_FIELDS = "alpaca: instruction, output (input, history, system optional); math: question, answer; text: text"
 Conversation = tuple[str | None, list[tuple[str, str]]]
 
 
@@ -33,7 +35,7 @@ def _field(record: dict, key: str, index: int, fmt: str, required: bool = True) 
     if value is None:
         if required:
             raise ValueError(f"record {index} has no {key!r} field, which format {fmt!r} needs "
-                             f"(its fields: {sorted(record)})")
+                             f"(its fields: {sorted(record)}; data.format: {FORMAT_FIELDS})")
         return ""
     return str(value)
 

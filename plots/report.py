@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -394,7 +395,7 @@ def render(root: Path, title: str, collected: dict[str, dict[str, MethodResult]]
                                     folder / f"eval_loss_{_slug(model)}.png"),
                    memory_figure(results, f"{model}: memory split at the peak step",
                                  folder / f"memory_split_{_slug(model)}.png")]
-        lines += [f"![{p.stem}]({p.relative_to(root).as_posix()})" for p in figures if p is not None] + [""]
+        lines += [f"![{p.stem}]({_link(p, root)})" for p in figures if p is not None] + [""]
         lines += ["Memory split at the peak step (median over runs):", ""] + split_table(results) + [""]
         lines += ["### The paper's claims at this scale", "", "| claim (paper) | verdict | evidence |", "|---|---|---|"]
         lines += [f"| {v.claim} ({v.source}) | **{v.verdict}** | {v.evidence} |" for v in check_claims(results)]
@@ -403,26 +404,32 @@ def render(root: Path, title: str, collected: dict[str, dict[str, MethodResult]]
     pngs = [p for key in sorted(written) if key.startswith("F") for p in written[key] if p.suffix == ".png"]
     if pngs:
         lines += ["## The paper's figures from these runs", ""]
-        lines += [f"![{p.stem}]({p.relative_to(root).as_posix()})" for p in pngs] + [""]
+        lines += [f"![{p.stem}]({_link(p, root)})" for p in pngs] + [""]
     models = [m.lower() for m in collected]
     tables = [p for key in sorted(written) if key.startswith("T") for p in written[key] if p.suffix == ".md"
               and any(m in p.read_text(encoding="utf-8").lower() for m in models)]
     if tables:
-        lines += ["Tables holding these runs: " + ", ".join(f"[{p.stem}]({p.relative_to(root).as_posix()})"
+        lines += ["Tables holding these runs: " + ", ".join(f"[{p.stem}]({_link(p, root)})"
                                                            for p in tables), ""]
     if problems:
         lines += ["## Left out (and why)", ""] + [f"- {p}" for p in problems] + [""]
     return "\n".join(lines)
 
 
-def write_report(root: Path, *, title: str | None = None, out: Path | None = None) -> tuple[Path, int]:
+def _link(path: Path, root: Path) -> str:
+    """report.md's link to `path`: relative to the report's folder, also when --out puts the figures outside it."""
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def write_report(root: Path, *, title: str | None = None, out: Path | None = None,
+                 problems: list[str] | None = None) -> tuple[Path, int]:
     """Build every table and figure into <root>/tables_figures (or `out`) and write <root>/report.md. Returns
-    (report path, number of table and figure files)."""
+    (report path, number of table and figure files); `problems` (if given) receives the results skipped or left out."""
     root = Path(root)
     out = out or root / "tables_figures"
-    problems: list[str] = []
+    problems = [] if problems is None else problems
     written = build_all(root, out, problems=problems)
-    runs = discover_runs(root, exclude=out)
+    runs = discover_runs(root, exclude=out, skipped=[])  # build_all named the skipped ones in `problems`
     collected = collect(runs)
     text = render(root, title or f"Results in {root.name}", collected, written, problems)
     path = root / REPORT_FILE
@@ -440,8 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.results.is_dir():
         print(f"error: results folder {args.results} does not exist", file=sys.stderr)
         return 2
-    path, files = write_report(args.results, title=args.title, out=args.out)
+    problems: list[str] = []
+    path, files = write_report(args.results, title=args.title, out=args.out, problems=problems)
+    for problem in problems:  # one line each, as python -m plots prints them; report.md lists them too
+        print(problem, file=sys.stderr)
     note = f"plots: {files} table and figure files in {args.out or args.results / 'tables_figures'}; report: {path}"
+    if problems:
+        note += f"; {len(problems)} result(s) skipped or left out (listed in the report)"
     if args.note_file is not None:
         args.note_file.write_text(note, encoding="utf-8")
     print(note)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from experiments.results import STATUSES, read_metrics  # plain file reading; imports no torch
 from experiments.rundir import RUN_SUBDIRS, SUMMARY_FILE, RunDir
+from plots.result_types import check_metric_types, summary_type_problem
 from plots.timing import SoloTiming, attach_solo_timings
 
 
@@ -95,7 +96,7 @@ def summary_problem(summary: dict) -> str | None:
         return "names no method ('method' or config.method.name)"
     if not (summary.get("model") or sections["model"].get("source")):
         return "names no model ('model' or config.model.source)"
-    return None
+    return summary_type_problem(summary)
 
 
 @dataclass
@@ -231,7 +232,11 @@ class Run:
         """metrics.jsonl as a frame (empty if absent); a torn last line is skipped (the harness's own reader); a torn
         line before the last means the file is corrupt: the run's curves are left out (Run.problems says so)."""
         try:
-            return pd.DataFrame(read_metrics(self.path))
+            records = read_metrics(self.path)
+            check_metric_types(records)
+            if not records and self.summary.get("steps") and (self.path / "metrics.jsonl").is_file():
+                raise ValueError(f"it holds no step record, though summary.json says {self.summary['steps']} steps")
+            return pd.DataFrame(records)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             self._left_out("metrics.jsonl (its curves)", str(exc).replace(f"{self.path / 'metrics.jsonl'}: ", ""))
             return pd.DataFrame()

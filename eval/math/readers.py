@@ -85,6 +85,8 @@ def read_records(task: str | TaskSpec) -> list[dict]:
         raise MathDataError(f"math dataset '{task.name}': cannot read {path}: {err}") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise MathDataError(f"math dataset '{task.name}': {path} must hold JSON objects (a list or one per line)")
+    if not records:  # else it would be scored as 0 of 0 items, an accuracy of 0 %
+        raise MathDataError(f"math dataset '{task.name}': {path} holds no items (the file is empty)")
     return records
 
 

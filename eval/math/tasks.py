@@ -23,8 +23,7 @@ import dataclasses
 import string
 from pathlib import Path
 
-import yaml
-
+from experiments.config import ConfigError, parse_yaml_file
 from experiments.paths import shared_data
 
 BUILTIN_TASK_DIR = Path(__file__).resolve().parent / "tasks"
@@ -68,9 +67,9 @@ def load_task_file(path: str | Path) -> TaskSpec:
     if not path.is_file():
         raise MathTaskError(f"task file not found: {path}")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise MathTaskError(f"task file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        doc = parse_yaml_file(path)
+    except ConfigError as err:  # a syntax error with its line and column, or an unreadable file
+        raise MathTaskError(f"task file {err}") from None
     if not isinstance(doc, dict):
         raise MathTaskError(f"task file {path} must hold a mapping with the keys {', '.join(_REQUIRED)}")
     return task_from_dict(doc, source=path)
@@ -98,7 +97,11 @@ def task_from_dict(doc: dict, *, source: str | Path = "<dict>") -> TaskSpec:
     gold = str(doc.get("gold", "as_is"))
     if gold not in ("as_is", "last_boxed") and not (gold.startswith("after:") and len(gold) > len("after:")):
         raise MathTaskError(f"{where}: gold {gold!r} is not one of {', '.join(GOLD_RULES)}")
-    fields = [name for _, name, _, _ in string.Formatter().parse(str(doc["question"])) if name is not None]
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(str(doc["question"])) if name is not None]
+    except ValueError as err:  # unbalanced braces
+        raise MathTaskError(f"{where}: question {doc['question']!r} is not a format string ({err}); name record "
+                            "fields in braces, like \"{Body} {Question}\" (a literal brace is written twice)") from None
     if not fields or any(not name or not name.isidentifier() for name in fields):
         raise MathTaskError(f"{where}: question must name record fields in braces, like \"{{Body}} {{Question}}\"")
     triggers = doc.get("triggers") or DEFAULT_TRIGGERS[answer_type]

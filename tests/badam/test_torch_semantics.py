@@ -206,3 +206,21 @@ def test_a_low_precision_sum_formed_outside_autograd_is_reported():
     with pytest.warns(UserWarning, match="sum was formed in bfloat16, not fp32; use gradients='master'"):
         for hook in weight._post_accumulate_grad_hooks.values():
             hook(weight)
+
+
+@pytest.mark.parametrize("ratio", [False, True])
+def test_add_param_group_after_construction_is_refused_not_silently_ignored(ratio):
+    """torch would append the group, but no block holds its parameters: they would get gradients and never train."""
+    from badam import BlockOptimizerRatio
+
+    model = tiny_llama(layers=2)
+    if ratio:
+        opt = BlockOptimizerRatio(model.parameters(), list(model.named_parameters()), update_ratio=0.5, lr=1e-3,
+                                  verbose=0)
+    else:
+        opt = sgd_block_optimizer(model)
+    groups_before = len(opt.param_groups)
+    extra = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="add_param_group: the trainable blocks are fixed"):
+        opt.add_param_group({"params": [extra]})
+    assert len(opt.param_groups) == groups_before

@@ -10,8 +10,8 @@ import pytest
 
 import eval.math.runner as runner
 from eval.generation import BatchOutput
-from eval.math import (DATASETS, PAPER_DATASETS, MathTaskError, builtin_names, builtin_task, evaluate_math,
-                       load_items, load_task_file, resolve_tasks, score_predictions, select_subset)
+from eval.math import (DATASETS, PAPER_DATASETS, MathDataError, MathTaskError, builtin_names, builtin_task,
+                       evaluate_math, load_items, load_task_file, resolve_tasks, score_predictions, select_subset)
 from eval.math.__main__ import main
 from eval.math.prompts import build_prompt
 from plots.runs import PAPER_MATH_DATASETS, Run
@@ -74,7 +74,9 @@ def test_choice_tasks_from_a_mapping_and_an_index(tmp_path):
     ("name: x\npath: q.json\nquestion: '{q}'\nanswer: a\nanswer_type: number\ngold: first\n", "after:<marker>"),
     ("name: x\npath: q.json\nquestion: 'no fields'\nanswer: a\nanswer_type: number\n", "must name record fields"),
     ("- just\n- a list\n", "must hold a mapping"),
-    ("name: [unclosed\n", "not valid YAML"),
+    ("name: [unclosed\n", "t.yaml: invalid YAML at line 2, column 1"),
+    ("name: x\npath: q.json\nquestion: '{Body {Question}'\nanswer: a\nanswer_type: number\n",
+     "question '{Body {Question}' is not a format string (unexpected '{' in field name)"),  # was a bare ValueError
 ])
 def test_bad_task_files(tmp_path, text, message):
     (tmp_path / "t.yaml").write_text(text)
@@ -90,6 +92,13 @@ def test_records_that_do_not_fit_the_task(tmp_path):
         load_items(load_task_file(tmp_path / "t.yaml"))
     with pytest.raises(MathTaskError, match="two tasks are named 'x'"):
         resolve_tasks(None, [tmp_path / "t.yaml", tmp_path / "t.yaml"])
+
+
+def test_an_empty_data_file_is_an_error_not_zero_percent(tmp_path):
+    (tmp_path / "q.jsonl").write_text("\n")
+    (tmp_path / "t.yaml").write_text("name: x\npath: q.jsonl\nquestion: '{Body}'\nanswer: Answer\nanswer_type: number\n")
+    with pytest.raises(MathDataError, match=r"math dataset 'x': .*q.jsonl holds no items \(the file is empty\)"):
+        load_items(load_task_file(tmp_path / "t.yaml"))
 
 
 def _oracle(gold_by_prompt):

@@ -155,3 +155,13 @@ def test_fsdp_forward_prefetch_must_not_be_negative():
 
     with pytest.raises(ConfigError, match="fsdp_forward_prefetch"):
         load_config("small/smollm2_alpaca.yaml", ["train.fsdp_forward_prefetch=-1"])
+
+
+def test_every_default_data_source_is_a_shared_dataset():
+    """A config that names no data.source (an empty YAML file, or a minimal one) trains on the default: it must exist,
+    not be sent to the hub as an unknown dataset name."""
+    from experiments.config import DataConfig
+    from experiments.data import DATASET_ALIASES, load_records
+
+    assert DataConfig().source in DATASET_ALIASES
+    assert len(load_records(DataConfig().source, max_samples=2)) == 2

@@ -191,12 +191,54 @@ def test_load_records_text_files_and_errors(tmp_path):
     assert load_records(str(path), max_samples=2) == [{"text": "line one\nline two\n"}]
     with pytest.raises(FileNotFoundError, match="alpaca-gpt4-sample"):
         load_records(str(tmp_path / "missing.jsonl"))
-    (tmp_path / "table.csv").write_text("a,b\n")
-    with pytest.raises(ValueError, match=".json, .jsonl, .txt"):
-        load_records(str(tmp_path / "table.csv"))
+    (tmp_path / "table.xlsx").write_text("a,b\n")
+    with pytest.raises(ValueError, match=r"unsupported file type '.xlsx'; valid: .json, .jsonl, .csv, .tsv, .txt"):
+        load_records(str(tmp_path / "table.xlsx"))
     (tmp_path / "broken.jsonl").write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(ValueError, match="line 2"):
         load_records(str(tmp_path / "broken.jsonl"))
+
+
+def test_load_records_csv_and_tsv_with_a_header_row(tmp_path):
+    rows = [{"instruction": "Add 2 and 3.", "input": "", "output": "5"},
+            {"instruction": 'Quote "this", please', "input": "a, b", "output": "line one\nline two"}]
+    import csv
+
+    for name, delimiter in (("mine.csv", ","), ("mine.tsv", "\t")):
+        with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["instruction", "input", "output"], delimiter=delimiter)
+            writer.writeheader()
+            writer.writerows(rows)
+        assert load_records(str(tmp_path / name)) == rows
+        assert load_records(str(tmp_path / name), max_samples=1) == rows[:1]
+    (tmp_path / "ragged.csv").write_text("instruction,output\nq1,a1\nq2\n")
+    with pytest.raises(ValueError, match=r"ragged.csv: line 3 has fewer cells than the header's 2"):
+        load_records(str(tmp_path / "ragged.csv"))
+
+
+@pytest.mark.parametrize("name, content", [("empty.jsonl", b""), ("blank.jsonl", b"\n\n \n"), ("empty.json", b"[]"),
+                                           ("header_only.csv", b"instruction,input,output\n"),
+                                           ("empty.txt", b"\n")])
+def test_a_file_without_records_is_named_not_blamed_on_eval_samples(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{name}: holds no (records|text) \(the file is empty"):
+        load_records(str(tmp_path / name))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_non_utf8_bytes_name_the_file_line_and_the_fix(tmp_path, compress):
+    text = '{"instruction": "q", "output": "a"}\n{"instruction": "caf\u00e9", "output": "b"}\n'.encode("latin-1")
+    path = tmp_path / ("latin1.jsonl" + (".gz" if compress else ""))
+    path.write_bytes(gzip.compress(text) if compress else text)
+    with pytest.raises(ValueError, match=r"latin1.jsonl(.gz)?: not UTF-8 text \(byte 0xe9 on line 2\); valid: UTF-8"):
+        load_records(str(path))
+
+
+def test_a_record_without_the_formats_fields_names_the_formats(tok512):
+    with pytest.raises(ValueError, match=r"no 'output' field.*data.format: alpaca: instruction, output.*text: text"):
+        tokenize_records([{"instruction": "q"}], tok512, fmt="alpaca", max_length=64)
+    with pytest.raises(ValueError, match=r"no 'text' field.*data.format: alpaca: instruction, output"):
+        tokenize_records([{"instruction": "q"}], tok512, fmt="text", max_length=64)
 
 
 def test_shared_aliases():
@@ -216,3 +258,14 @@ def test_local_dataset_folder_goes_through_datasets(tmp_path):
     assert load_records(str(folder), split="train", max_samples=4) == rows[:4]
     with pytest.raises(ValueError, match="valid sources"):
         load_records(str(folder), split="no_such_split")
+
+
+def test_eval_samples_larger_than_the_file_names_the_file_and_the_valid_range(tmp_path):
+    from experiments.config import ConfigError, load_config
+    from experiments.run import build_data
+
+    (tmp_path / "notes.txt").write_text("my own corpus\n" * 50)
+    cfg = load_config("small/smollm2_alpaca.yaml", [f"data.source={tmp_path / 'notes.txt'}", "data.format=text"])
+    with pytest.raises(ConfigError, match=r"out of the 1 records of .*notes.txt \(a text file is one record\); "
+                                          r"valid: data.eval_samples in \[0, 0\]"):
+        build_data(cfg, tokenizer=object())

@@ -137,3 +137,22 @@ def test_environment_info_takes_the_launchers_commit(monkeypatch):
     env = results.environment_info("cpu")
     assert env["git_commit"] == "abc123" and env["git_commit_local"] == "0ld" and env["git_dirty_local"] is True
     assert env["cuda_alloc_conf"] == "expandable_segments:True"
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
+    """mkstemp creates 0600 files: summary.json, tables and report.md were unreadable to everyone but the writer."""
+    import os
+    import stat
+
+    from experiments.results import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "new.json", "{}")
+        assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o644
+        (tmp_path / "kept.json").write_text("{}")
+        (tmp_path / "kept.json").chmod(0o640)
+        atomic_write_text(tmp_path / "kept.json", "{}")  # replacing a file keeps its mode
+        assert stat.S_IMODE((tmp_path / "kept.json").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)

@@ -109,3 +109,16 @@ def test_profile_evaluators_and_superglue_groups_are_checked_when_loaded(tmp_pat
 def test_planned_run_is_a_plain_record():
     fields = {f.name for f in dataclasses.fields(run_all.PlannedRun)}
     assert {"group", "method", "cfg", "skip_reason"} <= fields
+
+
+@pytest.mark.parametrize("text, message", [
+    ("runs: [\n", r"p.yaml: invalid YAML at line 2, column 1"),
+    ("runs:\n  - {config: small/smollm2_alpaca.yaml, group: g, methods: adam}\n",
+     r"group g: methods must be a list, e.g. \[adam\], got 'adam'"),  # was: unknown method(s) a, d, a, m
+    ("runs: 5\n", r"runs must be a list of run groups, got 5"),
+    ("runs: [abc]\n", r"run group \?: expected a mapping, got 'abc'"),  # was: AttributeError
+])
+def test_a_malformed_profile_file_is_one_line_naming_the_problem(tmp_path, text, message):
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        run_all.load_profile(str(tmp_path / "p.yaml"))

@@ -87,3 +87,34 @@ def test_killed_suite_reruns_every_run_exactly_once_and_changes_no_finished_file
     assert snapshot(runs["sgd"])["checkpoint.pt"] == checkpoint_before, "no step may run again"
     assert summary["memory"]["peak_allocated_bytes"] > 0
     assert snapshot(runs["adam"]) == adam_files
+
+
+def test_ctrl_c_ends_the_suite_in_one_line_and_the_rerun_redoes_the_stopped_run(tmp_path):
+    """Ctrl-C (SIGINT to the foreground process group) in the middle of a run: no traceback, exit code 130, and the
+    same command then redoes the stopped run (it left no checkpoint) into the same directory."""
+    profile = tmp_path / "ctrl_c.yaml"
+    out = tmp_path / "out"
+    no_checkpoints = [o for o in TINY if not o.startswith(("train.save_every", "train.max_steps"))]
+    profile.write_text(yaml.safe_dump({"description": "Ctrl-C", "output_dir": str(out), "runs": [
+        {"config": "small/smollm2_alpaca.yaml", "group": "g", "name": "t", "methods": ["sgd"],
+         "overrides": [*no_checkpoints, "train.max_steps=400"]}]}))
+    args = ["--profile", str(profile), "--no-progress", "--no-eval", "--no-plots"]
+    metrics = out / "g" / "t-sgd" / "metrics.jsonl"
+    child = subprocess.Popen([sys.executable, "-m", "experiments.run_all", *args], cwd=REPO, text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            if metrics.is_file() and metrics.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.01)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGINT)
+        stderr = child.communicate(timeout=120)[1]
+    assert child.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == ("stopped by Ctrl-C: finished runs are kept; rerun the same command to "
+                                               "continue")
+    assert run_all.main([*args, "--set", "train.max_steps=2"]) == 0
+    assert read_summary(out / "g" / "t-sgd")["steps"] == 2 and sorted(p.name for p in (out / "g").iterdir()) == ["t-sgd"]

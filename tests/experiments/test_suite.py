@@ -55,7 +55,7 @@ def test_bad_group_keys_are_refused_with_the_reason(tmp_path, bad, message):
 def test_bad_profile_yaml_is_one_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("runs: [\n  - {config: x")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken.yaml: invalid YAML at line 2, column 3"):
         run_all.load_profile(str(path))
 
 

@@ -78,3 +78,44 @@ def test_bad_files_are_named_and_skipped_and_the_rest_is_built(results_dir, tmp_
     assert {r["method"] for r in other} == {"adam", "lora-rank2", "badam"}  # the broken copies are not rows
 
     assert main(["--results", str(res), "--out", str(out), "--dpi", "20", "--strict"]) == 1
+
+
+def test_fields_of_the_wrong_type_are_named_not_a_failed_figure_or_a_report_traceback(results_dir, tmp_path, capsys):
+    """Hand-edited or foreign files: a summary field of the wrong JSON type skips its run, a step record's loss that is
+    not a number leaves out that run's curves (F2 is still drawn), and plots.report (run_all's last step) skips a
+    summary.json that holds no object instead of stopping with a traceback."""
+    from plots.report import main as report_main
+
+    res = tmp_path / "results"
+    shutil.copytree(results_dir, res)
+    good = res / "paper_memory_tiny" / "tiny-adam"
+    for name, change, reason in (("memory-str", {"memory": "lots"}, "has memory = 'lots', expected an object"),
+                                 ("loss-str", {"final_eval_loss": "abc"}, "has final_eval_loss = 'abc', expected a "
+                                                                          "number or null"),
+                                 ("split-str", {"memory": {"split_bytes": {"gradients": "1 GB"}}},
+                                  "has memory.split_bytes.gradients = '1 GB', expected a number")):
+        shutil.copytree(good, res / "odd" / name)
+        _edit_summary(res / "odd" / name, **change)
+    shutil.copytree(good, res / "odd" / "array")
+    (res / "odd" / "array" / "summary.json").write_text("[1, 2]")
+    curves = res / "paper_mtbench_llama3_8b" / "badam" / "metrics.jsonl"
+    lines = curves.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "loss": "abc"})
+    curves.write_text("\n".join(lines) + "\n")
+
+    out = tmp_path / "out"
+    assert main(["--results", str(res), "--out", str(out), "--dpi", "20"]) == 0
+    err = capsys.readouterr().err
+    assert "odd/memory-str skipped: summary.json has memory = 'lots', expected an object or null" in err
+    assert "odd/loss-str skipped: summary.json has final_eval_loss = 'abc', expected a number or null" in err
+    assert "odd/split-str skipped: summary.json has memory.split_bytes.gradients = '1 GB'" in err
+    assert f"{curves.parent}: metrics.jsonl (its curves) left out: line 1 has loss = 'abc', expected a number" in err
+    assert " failed: " not in err and len(list((out / "figures").glob("*.png"))) == 3
+
+    assert report_main([str(res), "--out", str(tmp_path / "report_out")]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "odd/array skipped: summary.json holds a JSON list" in captured.err
+    assert "result(s) skipped or left out (listed in the report)" in captured.out
+    report = (res / "report.md").read_text()
+    assert "odd/array skipped" in report
+    assert "](../report_out/figures/" in report  # --out outside the results folder: links relative to report.md
