@@ -1,13 +1,12 @@
 """BlockOptimizerRatio: which entries train, fp32 accumulation, memory, weight decay, tied embeddings, clipping,
 resume."""
-import io
 
 import pytest
 import torch
 
 from badam import BlockOptimizerRatio
 
-from .tiny import clone_model, lm_batch, params_equal, tiny_llama, train_steps
+from .tiny import clone_model, lm_batch, params_equal, roundtrip, tiny_llama, train_steps
 
 
 def make(model, **kwargs):
@@ -135,12 +134,6 @@ def test_clipping_goes_through_the_optimizer_and_a_missing_clip_is_reported():
     with pytest.warns(UserWarning, match="clip with optimizer.clip_grad_norm_"):
         opt.step()
 
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 @pytest.mark.parametrize("mask_mode,keep_mask", [("adjacent", True), ("scatter", True), ("scatter", False)])

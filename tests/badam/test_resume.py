@@ -1,12 +1,11 @@
 """A run split at a mid-block step and resumed from saved state is bitwise identical to the uninterrupted run."""
-import io
 
 import pytest
 import torch
 
 from badam import BlockOptimizer
 
-from .tiny import clone_model, params_equal, tiny_llama, train_steps
+from .tiny import clone_model, params_equal, roundtrip, tiny_llama, train_steps
 
 
 def build(model, seed=7):
@@ -18,12 +17,6 @@ def build(model, seed=7):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1.0 + 0.1 * s))
     return opt, sched
 
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 @pytest.mark.filterwarnings("ignore:BlockOptimizer.*full precision")

@@ -1,5 +1,4 @@
 """measure_rounding: what the bf16 weights keep of each block visit's update once the fp32 masters are dropped."""
-import io
 import warnings
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 from badam import BlockOptimizer
 from badam.rounding import KEPT_WARNING_THRESHOLD
 
-from .tiny import clone_model, params_equal, tiny_llama, train_steps
+from .tiny import clone_model, params_equal, roundtrip, tiny_llama, train_steps
 
 K = 3
 
@@ -91,12 +90,6 @@ def test_one_warning_when_visits_keep_less_than_the_threshold(lr, warns):
     else:
         assert min(kept) >= KEPT_WARNING_THRESHOLD and lost == []
 
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 @pytest.mark.filterwarnings("ignore:BlockOptimizer.*kept only")

@@ -1,4 +1,6 @@
 """Tiny random-init models (transformers config classes) and deterministic batches for the badam tests."""
+import io
+
 import torch
 
 VOCAB = 64
@@ -78,3 +80,11 @@ def record_backward_reach(layers) -> tuple[set, list]:
         return forward_hook
 
     return reached, [layer.register_forward_hook(record(i)) for i, layer in enumerate(layers)]
+
+
+def roundtrip(obj):
+    """obj through torch.save and torch.load(weights_only=True), as a checkpoint file would take it."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
