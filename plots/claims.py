@@ -317,7 +317,8 @@ def _math_values(scale_runs: list[Run]) -> dict[str, MeanStd | None]:
     return _common_mean(per_method)
 
 
-def _superglue_values(scale_runs: list[Run]) -> dict[str, MeanStd | None]:
+def _superglue_scores(scale_runs: list[Run]) -> dict[str, dict[str, list[float]]]:
+    """{method: {task: test score per seed}}, the tasks that finished only."""
     per_method = {}
     for method, per_seed in select.superglue_by_seed(scale_runs).items():
         items: dict[str, list[float]] = {}
@@ -326,7 +327,11 @@ def _superglue_values(scale_runs: list[Run]) -> dict[str, MeanStd | None]:
                 if isinstance(value, float):
                     items.setdefault(task, []).append(value)
         per_method[method] = items
-    return _common_mean(per_method)
+    return per_method
+
+
+def _superglue_values(scale_runs: list[Run]) -> dict[str, MeanStd | None]:
+    return _common_mean(_superglue_scores(scale_runs))
 
 
 def t6(runs: list[Run]) -> str:
@@ -344,11 +349,9 @@ def _not_learned(scale_runs: list[Run]) -> str:
     methods at this budget), or '' when every task was learned or no majority score is recorded."""
     majority = select.superglue_majority(scale_runs)
     best: dict[str, float] = {}
-    for per_seed in select.superglue_by_seed(scale_runs).values():
-        for task in {t for tasks in per_seed.values() for t in tasks}:
-            values = [tasks[task] for tasks in per_seed.values() if isinstance(tasks.get(task), float)]
-            if values:
-                best[task] = max(best.get(task, -math.inf), statistics.fmean(values))
+    for items in _superglue_scores(scale_runs).values():
+        for task, values in items.items():
+            best[task] = max(best.get(task, -math.inf), statistics.fmean(values))
     flat = sorted(t for t, score in best.items() if t in majority and score <= majority[t] + CLOSE_POINTS)
     if not flat:
         return ""
