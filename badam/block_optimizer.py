@@ -58,7 +58,7 @@ from .data_parallel import DataParallelMixin
 from .fixed_groups import FixedParamGroupsMixin
 from .mixed_precision import GRADIENT_MODES, FP32MasterWeights, local_nbytes
 from .partition import assign_to_blocks, infer_block_prefixes, prefix_matches, unique_named_parameters
-from .rounding import BlockRoundingMixin, VisitRounding
+from .rounding import BlockRoundingMixin, RoundingLog, VisitRounding
 from .update import step_tensor_by_tensor
 
 SWITCH_MODES = ("random", "ascending", "descending", "fixed")
@@ -131,8 +131,7 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
         self.gradients = gradients
         self.measure_rounding = bool(measure_rounding)
         self._visit_rounding: VisitRounding | None = None
-        self._last_visit_rounding: dict | None = None
-        self._warned_rounding = False
+        self._rounding_log = RoundingLog("BlockOptimizer")
         self.base_optimizer = base_optimizer
         self.switch_mode = switch_mode
         self.switch_block_every = switch_block_every

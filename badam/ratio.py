@@ -45,7 +45,7 @@ import torch
 from .fixed_groups import FixedParamGroupsMixin
 from .mixed_precision import local_nbytes
 from .partition import find_layer_stack, prefix_matches, split_around_stack, unique_named_parameters
-from .rounding import VisitRounding, warn_if_lost
+from .rounding import RoundingLog, VisitRounding
 from .selection import Selection, adjacent_selection, scatter_selection
 from .update import step_tensor_by_tensor
 
@@ -117,8 +117,7 @@ class BlockOptimizerRatio(FixedParamGroupsMixin, torch.optim.Optimizer):
         self.update_ratio, self.switch_every, self.mask_mode = update_ratio, switch_every, mask_mode
         self.measure_rounding, self.log_fn = bool(measure_rounding), log_fn
         self._period_rounding: VisitRounding | None = None
-        self._last_period_rounding: dict | None = None
-        self._warned_rounding = False
+        self._rounding_log = RoundingLog("BlockOptimizerRatio")
         self.preserve_threshold, self.keep_mask, self.verbose = preserve_threshold, bool(keep_mask), verbose
         defaults = dict(optimizer_defaults) if optimizer_defaults is not None else dict(lr=lr, betas=betas, eps=eps)
         defaults.setdefault("weight_decay", weight_decay)
@@ -362,21 +361,16 @@ class BlockOptimizerRatio(FixedParamGroupsMixin, torch.optim.Optimizer):
 
     def _end_period(self) -> None:
         meter, self._period_rounding = self._period_rounding, None
-        figures = meter.finish() if meter is not None else None
-        if figures is None:
-            return
-        self._last_period_rounding = {"global_step": self.global_step, "period": self.period, **figures}
-        if self.log_fn is not None:
-            self.log_fn({"event": "period_end", **self._last_period_rounding})
-        if not self._warned_rounding:
-            self._warned_rounding = warn_if_lost(figures, f"mask period {self.period} (ending at step "
-                                                 f"{self.global_step})", "BlockOptimizerRatio")
+        record = self._rounding_log.finish(meter, {"global_step": self.global_step, "period": self.period},
+                                           f"mask period {self.period} (ending at step {self.global_step})")
+        if record is not None and self.log_fn is not None:
+            self.log_fn({"event": "period_end", **record})
 
     @property
     def last_period_rounding(self) -> dict | None:
         """The latest period's measure (measure_rounding=True; keys as BlockOptimizer.last_visit_rounding, with
         period for block), None before the first."""
-        return None if self._last_period_rounding is None else dict(self._last_period_rounding)
+        return self._rounding_log.latest()
 
     # --- introspection -----------------------------------------------------------------------------------------
     def mask_indices(self) -> list[torch.Tensor]:

@@ -109,6 +109,29 @@ def warn_if_lost(figures: dict, where: str, owner: str) -> bool:
     return True
 
 
+class RoundingLog:
+    """One optimizer's record of its measured visits: the latest visit's figures and the once-only warning."""
+
+    def __init__(self, owner: str):
+        self.owner = owner
+        self.last: dict | None = None
+        self._warned = False
+
+    def finish(self, meter: VisitRounding | None, context: dict, where: str) -> dict | None:
+        """End `meter`'s visit: {**context, **figures}, kept as the latest, or None when nothing was measured; warns
+        (once per optimizer) when the visit kept less than KEPT_WARNING_THRESHOLD of its update."""
+        figures = meter.finish() if meter is not None else None
+        if figures is None:
+            return None
+        self.last = {**context, **figures}
+        if not self._warned:
+            self._warned = warn_if_lost(figures, where, self.owner)
+        return self.last
+
+    def latest(self) -> dict | None:
+        return None if self.last is None else dict(self.last)
+
+
 class BlockRoundingMixin:
     """measure_rounding of BlockOptimizer (badam/block_optimizer.py), which provides the attributes."""
 
@@ -120,19 +143,15 @@ class BlockRoundingMixin:
     def _end_visit(self) -> None:
         """Report what the stored weights keep of the visit now ending (masters still alive), if it was measured."""
         meter, self._visit_rounding = self._visit_rounding, None
-        figures = meter.finish() if meter is not None else None
-        if figures is None:
-            return
         block = self.current_block
-        self._last_visit_rounding = {"global_step": self.global_step, "block": block,
-                                     "block_prefixes": self.block_prefix_list[block], **figures}
-        self._report({"event": "visit_end", "block_epoch": self.block_epoch, **self._last_visit_rounding})
-        if not self._warned_rounding:
-            self._warned_rounding = warn_if_lost(figures, f"block {block} {self.block_prefix_list[block]} (visit "
-                                                 f"ending at step {self.global_step})", "BlockOptimizer")
+        record = self._rounding_log.finish(
+            meter, {"global_step": self.global_step, "block": block, "block_prefixes": self.block_prefix_list[block]},
+            f"block {block} {self.block_prefix_list[block]} (visit ending at step {self.global_step})")
+        if record is not None:
+            self._report({"event": "visit_end", "block_epoch": self.block_epoch, **record})
 
     @property
     def last_visit_rounding(self) -> dict | None:
         """The latest visit's measure (measure_rounding=True): global_step, block, block_prefixes, update_kept,
         elements_frozen, update_norm, stored_update_norm, elements, elements_moved, dtype; None before the first."""
-        return None if self._last_visit_rounding is None else dict(self._last_visit_rounding)
+        return self._rounding_log.latest()
