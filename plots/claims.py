@@ -6,7 +6,9 @@ accuracies in percent, CLOSE_MTBENCH for MT-bench points; with two or more seeds
 seed noise of the difference (2 x its standard error), so a reader sees whether a gap is larger than the noise.
 MT-bench scores carry the judge's own noise: each score is a mean over ~160 judgments with a standard error (one
 seed: over its judgments; several: over the seeds), and a difference below 2 x the combined standard error
-sqrt(SE_a² + SE_b²) is reported as "not separable by this judge" instead of a verdict.
+sqrt(SE_a² + SE_b²) is reported as "not separable by this judge" instead of a verdict. Math accuracies of a single
+seed carry the benchmarks' item-sampling noise (binomial standard error over the items scored) and are reported
+the same way ("not separable by the benchmarks' item sampling").
 Where the runs are missing the line says so and names the claims it could not check.
 """
 from __future__ import annotations
@@ -22,6 +24,8 @@ from plots.seeds import MeanSE, MeanStd, SeedGroup, by_seed, summarize
 CLOSE_LOSS = 0.02       # final eval loss: within 2% of the reference method's
 CLOSE_POINTS = 2.0      # accuracy / SuperGLUE score: within 2 percentage points
 CLOSE_MTBENCH = 0.25    # MT-bench (1-10 scale): within 0.25 points
+JUDGE_NOISE = "this judge"
+SAMPLING_NOISE = "the benchmarks' item sampling"
 UNPARSEABLE_SHARE = 0.10  # named in the T5 line above this share of judgments without a rating
 SUPERGLUE_NAMES = {"boolq": "BoolQ", "cb": "CB", "copa": "COPA", "wsc": "WSC", "rte": "RTE", "multirc": "MultiRC",
                    "wic": "WiC"}
@@ -53,29 +57,30 @@ def standard_error(value: MeanStd | MeanSE) -> float | None:
     return None if value.std is None else value.std / math.sqrt(value.n)
 
 
-def _not_separable(a: MeanStd | MeanSE, b: MeanStd | MeanSE) -> str | None:
-    """'not separable by this judge (difference +0.025, 2·SE 0.76; ...)' when |a - b| < 2 x sqrt(SE_a² + SE_b²)."""
+def _not_separable(a: MeanStd | MeanSE, b: MeanStd | MeanSE, noise: str) -> str | None:
+    """'not separable by <noise> (difference +0.025, 2·SE 0.76; ...)' when |a - b| < 2 x sqrt(SE_a² + SE_b²);
+    `noise` names where the standard errors come from ('this judge', 'the benchmarks' item sampling')."""
     se_a, se_b = standard_error(a), standard_error(b)
     if se_a is None or se_b is None:
         return None
     two_se, diff = 2 * math.hypot(se_a, se_b), a.mean - b.mean
     if abs(diff) >= two_se:
         return None
-    return f"not separable by this judge (difference {diff:+.3g}, 2·SE {two_se:.2g}; {_num(a)} vs {_num(b)})"
+    return f"not separable by {noise} (difference {diff:+.3g}, 2·SE {two_se:.2g}; {_num(a)} vs {_num(b)})"
 
 
 def close(values: dict[str, MeanStd | MeanSE | None], method: str, reference: str, what: str, *,
-          tolerance: float, relative: bool, judged: bool = False) -> str:
+          tolerance: float, relative: bool, noise: str | None = None) -> str:
     """'BAdam within 2% of Adam (final eval loss): holds (0.995 vs 0.990, +0.5%)'; an absolute tolerance is in
-    points of the quantity ('within 2 points'). judged=True: a difference inside the judge's noise is 'not
-    separable by this judge' (module docstring)."""
+    points of the quantity ('within 2 points'). noise (e.g. 'this judge'): values that carry a standard error and
+    differ by less than twice it are 'not separable by <noise>' instead of a verdict (module docstring)."""
     bound = f"{tolerance:.0%}" if relative else f"{tolerance:g} points"
     claim = f"{name(method)} within {bound} of {name(reference)} ({what})"
     a, b = values.get(method), values.get(reference)
     if a is None or b is None:
         missing = " and ".join(name(m) for m in (method, reference) if values.get(m) is None)
         return f"{claim}: not checked, no {missing} run"
-    if judged and (inseparable := _not_separable(a, b)):
+    if noise and (inseparable := _not_separable(a, b, noise)):
         return f"{claim}: {inseparable}"
     diff = a.mean - b.mean
     limit = tolerance * abs(b.mean) if relative else tolerance
@@ -85,14 +90,14 @@ def close(values: dict[str, MeanStd | MeanSE | None], method: str, reference: st
 
 
 def better(values: dict[str, MeanStd | MeanSE | None], method: str, other: str, what: str, *,
-           lower_is_better: bool, judged: bool = False) -> str:
-    """'BAdam below LoRA (final eval loss): does not hold (0.995 vs 0.878)'; judged: as in close()."""
+           lower_is_better: bool, noise: str | None = None) -> str:
+    """'BAdam below LoRA (final eval loss): does not hold (0.995 vs 0.878)'; noise: as in close()."""
     claim = f"{name(method)} {'below' if lower_is_better else 'at or above'} {name(other)} ({what})"
     a, b = values.get(method), values.get(other)
     if a is None or b is None:
         missing = " and ".join(name(m) for m in (method, other) if values.get(m) is None)
         return f"{claim}: not checked, no {missing} run"
-    if judged and (inseparable := _not_separable(a, b)):
+    if noise and (inseparable := _not_separable(a, b, noise)):
         return f"{claim}: {inseparable}"
     holds = a.mean < b.mean if lower_is_better else a.mean >= b.mean
     return f"{claim}: {'holds' if holds else 'does not hold'} ({_num(a)} vs {_num(b)}{_noise(a, b)})"
@@ -287,9 +292,9 @@ def t5(runs: list[Run]) -> str:
 
     def parts(found):
         return [f"judge {judge}", _unparseable(scale["groups"], judge),
-                better(found, "badam", "lora", "MT-bench", lower_is_better=False, judged=True),
-                close(found, "badam", "adam", "MT-bench", tolerance=CLOSE_MTBENCH, relative=False, judged=True),
-                better(found, "badam", "base", "MT-bench", lower_is_better=False, judged=True)]
+                better(found, "badam", "lora", "MT-bench", lower_is_better=False, noise=JUDGE_NOISE),
+                close(found, "badam", "adam", "MT-bench", tolerance=CLOSE_MTBENCH, relative=False, noise=JUDGE_NOISE),
+                better(found, "badam", "base", "MT-bench", lower_is_better=False, noise=JUDGE_NOISE)]
     return _per_scale(group, values, parts, "paper_mtbench_* with a judged MT-bench score",
                       "BAdam at or above LoRA, close to Adam, above the base model")
 
@@ -305,8 +310,22 @@ def _common_mean(per_method: dict[str, dict[str, list[float]]]) -> dict[str, Mea
                 if common and p else None) for m, p in per_method.items()}
 
 
-def _math_values(scale_runs: list[Run]) -> dict[str, MeanStd | None]:
-    per_method = {}
+def _sampling_se(run: Run, datasets: set[str]) -> float | None:
+    """The binomial standard error (percentage points) of a run's mean accuracy over `datasets`:
+    sqrt(sum_d p_d (1 - p_d) / n_d) / |datasets| with p_d its accuracy and n_d its items on dataset d; None when a
+    dataset's item count is not recorded. Across two models it treats their errors as independent, which overstates
+    the noise of a comparison on the same items: a gap it calls separable is one."""
+    scores, totals = run.math_scores() or {}, run.math_totals()
+    if not datasets or any(d not in scores or d not in totals for d in datasets):
+        return None
+    variance = sum((p := scores[d] / 100) * (1 - p) / totals[d] for d in datasets)
+    return 100 * math.sqrt(variance) / len(datasets)
+
+
+def _math_values(scale_runs: list[Run]) -> dict[str, MeanStd | MeanSE | None]:
+    """{method: mean accuracy over the paper's datasets every method has}; a method with one evaluated run carries
+    the benchmarks' item-sampling standard error (MeanSE), the only noise one seed shows."""
+    per_method, runs = {}, {}
     for method, g in select.best_per_method(by_seed(scale_runs)).items():
         items: dict[str, list[float]] = {}
         for run in g.ok_runs:
@@ -314,7 +333,15 @@ def _math_values(scale_runs: list[Run]) -> dict[str, MeanStd | None]:
                 if dataset in PAPER_MATH_DATASETS:
                     items.setdefault(dataset, []).append(value)
         per_method[method] = items
-    return _common_mean(per_method)
+        runs[method] = [r for r in g.ok_runs if r.math_scores()]
+    values: dict[str, MeanStd | MeanSE | None] = dict(_common_mean(per_method))
+    for method, value in values.items():
+        if value is not None and len(runs[method]) == 1:
+            common = set.intersection(*(set(p) for p in per_method.values() if p))
+            se = _sampling_se(runs[method][0], common)
+            if se is not None:
+                values[method] = MeanSE(value.mean, se, sum(runs[method][0].math_totals()[d] for d in common))
+    return values
 
 
 def _superglue_scores(scale_runs: list[Run]) -> dict[str, dict[str, list[float]]]:
@@ -337,9 +364,9 @@ def _superglue_values(scale_runs: list[Run]) -> dict[str, MeanStd | None]:
 def t6(runs: list[Run]) -> str:
     def parts(found):
         return ["mean accuracy (%) over the paper's datasets every method was evaluated on",
-                better(found, "badam", "lora", "math", lower_is_better=False),
-                close(found, "badam", "adam", "math", tolerance=CLOSE_POINTS, relative=False),
-                better(found, "badam", "base", "math", lower_is_better=False)]
+                better(found, "badam", "lora", "math", lower_is_better=False, noise=SAMPLING_NOISE),
+                close(found, "badam", "adam", "math", tolerance=CLOSE_POINTS, relative=False, noise=SAMPLING_NOISE),
+                better(found, "badam", "base", "math", lower_is_better=False, noise=SAMPLING_NOISE)]
     return _per_scale(mapping.runs_for(runs, "math"), _math_values, parts, "paper_math_* with eval/math.json",
                       "BAdam at or above LoRA, close to Adam, above the base model")
 

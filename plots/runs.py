@@ -276,16 +276,23 @@ class Run:
         return doc
 
     # --- evaluator outputs -----------------------------------------------------------------------------------
-    def math_scores(self) -> dict[str, float] | None:
-        """eval/math.json → {gsm8k, aqua, mmlu_math, sat_math, math, numglue, average} in percent. `average` is the
-        paper's: the mean over its six datasets by name, present only when all six were evaluated; other datasets in
-        the file (task files of one's own) are listed under their names and never enter it."""
+    def _math_datasets(self) -> dict[str, dict] | None:
+        """eval/math.json's per-dataset entries under the names the tables use (eval.math's 'sat' is 'sat_math')."""
         doc = self.eval_json("math.json")
         if doc is None:
             return None
         rename = {"sat": "sat_math"}
-        out = {rename.get(name, name): float(entry["accuracy_pct"])
-               for name, entry in (doc.get("datasets") or {}).items() if entry.get("accuracy_pct") is not None}
+        return {rename.get(name, name): entry for name, entry in (doc.get("datasets") or {}).items()}
+
+    def math_scores(self) -> dict[str, float] | None:
+        """eval/math.json → {gsm8k, aqua, mmlu_math, sat_math, math, numglue, average} in percent. `average` is the
+        paper's: the mean over its six datasets by name, present only when all six were evaluated; other datasets in
+        the file (task files of one's own) are listed under their names and never enter it."""
+        datasets = self._math_datasets()
+        if datasets is None:
+            return None
+        out = {name: float(entry["accuracy_pct"])
+               for name, entry in datasets.items() if entry.get("accuracy_pct") is not None}
         six = [out.get(name) for name in PAPER_MATH_DATASETS]
         if all(value is not None for value in six):
             out["average"] = statistics.fmean(six)
@@ -301,6 +308,11 @@ class Run:
         rename = {"sat": "sat_math"}
         return {rename.get(name, name): int(entry["total"]) for name, entry in doc["datasets"].items()
                 if (limit.get(name) if isinstance(limit, dict) else limit) is not None and "total" in entry}
+
+    def math_totals(self) -> dict[str, int]:
+        """{dataset: items scored} for every dataset of eval/math.json that says how many (its `total`)."""
+        return {name: int(entry["total"]) for name, entry in (self._math_datasets() or {}).items()
+                if isinstance(entry.get("total"), int) and entry["total"] > 0}
 
     @cached_property
     def mtbench_judged(self) -> dict[str, JudgedScore]:
