@@ -13,8 +13,10 @@ recorded and the suite goes on.
 A run group may also list `seeds` (one run per seed, named <stem>-<method>-s<seed>; `first_seed_overrides` apply to
 the first seed only, e.g. saving the model for the evaluators), `lrs` ({method: [lr, ...]}: one run per lr, named
 <stem>-<method>-lr<lr>, a learning-rate sweep), `lr_from` (an earlier group: each method's lr is the one of its sweep
-run with the lowest final eval loss, recorded in <group>/lr_selection.json) and `exclusive: true` (with --jobs, each
-run alone on its GPU, after the others: timing runs; shared_device_runs 1). experiments/suite.py has the details.
+run with the lowest final eval loss, of a SuperGLUE sweep the highest mean validation score, recorded in
+<group>/lr_selection.json; a SuperGLUE group whose sweep runs in the same invocation is handed to its evaluator after
+the sweep's evaluator ran) and `exclusive: true` (with --jobs, each run alone on its GPU, after the others: timing
+runs; shared_device_runs 1). experiments/suite.py and experiments/lr_selection.py have the details.
 
 Evaluators (`evaluators:` of a profile) run as child processes, `python -m eval <name> <run dirs> --options JSON`: each
 evaluator package's evaluate_runs(run_dirs, **options), so this module imports nothing above experiments/. A group
@@ -52,8 +54,8 @@ from tqdm.auto import tqdm
 from baselines.registry import get_method_class, method_names
 from experiments.config import PROFILE_DIR, ConfigError, load_config, parse_yaml_file
 from experiments.paths import REPO_ROOT
-from experiments.suite import (Outcome, ParallelOptions, PlannedRun, exit_code_of, group_matches, run_parallel,
-                               run_sequential)
+from experiments.suite import (Outcome, ParallelOptions, PlannedRun, exit_code_of, format_table, group_matches,
+                               is_deferred, run_parallel, run_sequential)
 
 DEFAULT_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "output_dir", "time_budget_s", "runs", "skip", "evaluators", "plots")
@@ -336,6 +338,21 @@ def run_evaluators(profile: dict, outcomes: list[Outcome]) -> list[str]:
     return notes
 
 
+def run_deferred(profile: dict, outcomes: list[Outcome], *, output_root: Path,
+                 fresh: bool = False) -> tuple[list[Outcome], list[str]]:
+    """Hand over the runs that waited for their sweep's evaluator (experiments.suite.hand_over), now that it ran,
+    and run the evaluators of their groups. Returns the outcomes with theirs replaced, and the evaluators' notes."""
+    waiting = [i for i, o in enumerate(outcomes) if is_deferred(o)]
+    later = run_planned([outcomes[i].planned for i in waiting], progress=False, output_root=output_root,
+                        fresh=fresh)
+    merged = list(outcomes)
+    for index, outcome in zip(waiting, later):
+        merged[index] = outcome
+    groups = {o.planned.group for o in later}
+    evaluators = [e for e in profile.get("evaluators") or [] if not e.get("groups") or groups & set(e["groups"])]
+    return merged, run_evaluators({**profile, "evaluators": evaluators}, later)
+
+
 def run_report(output_root: Path, profile: dict) -> str:
     """The tables, figures and report.md of the results under output_root (`python -m plots.report`, a child
     process: plots/ is above the harness)."""
@@ -346,41 +363,6 @@ def run_report(output_root: Path, profile: dict) -> str:
                f"profile {profile['name']}: {first_sentence}"]
     code, note = _run_child(command)
     return note if code == 0 else f"tables, figures and report failed (exit code {code}; the error is above)"
-
-
-# --- report -------------------------------------------------------------------------------------------------------
-def _fmt_bytes(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
-
-
-def _fmt_loss(value) -> str:
-    return "-" if not isinstance(value, (int, float)) else f"{value:.4f}"
-
-
-def format_table(outcomes: list[Outcome]) -> str:
-    """One row per run. Losses are the held-out eval loss and the mean training loss over the last 10 steps: one
-    batch's loss is too noisy to rank methods by."""
-    header = ("group", "run", "status", "eval loss", "train loss (last 10)", "peak memory", "median step", "note")
-    rows = []
-    for o in outcomes:
-        s = o.summary or {}
-        eval_loss = s.get("final_eval_loss")
-        train_loss = s.get("mean_loss_last_10")
-        step = (s.get("timing_ms") or {}).get("step")
-        memory = s.get("memory") or {}
-        device = memory.get("device")
-        peak = _fmt_bytes(memory.get("peak_allocated_bytes")) + (f" ({device})" if device and s.get("steps") else "")
-        note = o.note.splitlines()[0][:90] if o.note else ""
-        if o.reused:
-            note = ("finished earlier; " + note).rstrip("; ")
-        name = o.run_dir.name if o.run_dir is not None else o.planned.method
-        rows.append((o.planned.group, name, o.status, _fmt_loss(eval_loss), _fmt_loss(train_loss),
-                     peak if s.get("steps") else "-", "-" if step is None else f"{step:.0f} ms", note))
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -472,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = run_planned(planned, progress=not args.no_progress, output_root=output_root, fresh=args.fresh,
                            parallel=parallel)
     notes = [] if args.no_eval else run_evaluators(profile, outcomes)
+    if not args.no_eval and any(map(is_deferred, outcomes)):
+        outcomes, later_notes = run_deferred(profile, outcomes, output_root=output_root, fresh=args.fresh)
+        notes += later_notes
     if not args.no_plots:
         notes.append(run_report(output_root, profile))
     print()

@@ -8,8 +8,11 @@ chose, and running several trainings at once on one or more GPUs.
     new      no directory yet
   `fresh=True` (run_all --fresh) redoes every run.
 * lr_from: a run group may take each method's learning rate from the finished runs of an earlier group (a sweep):
-  the lr with the lowest final eval loss wins; the choice and every candidate are written to
-  <output_root>/<group>/lr_selection.json, so the tables can say how each lr was chosen.
+  the lr with the lowest final eval loss wins (of a SuperGLUE sweep: the highest mean validation score over its
+  tasks; experiments/lr_selection.py); the choice and every candidate are written to
+  <output_root>/<group>/lr_selection.json, so the tables can say how each lr was chosen. A group the superglue
+  evaluator trains whose sweep is in the same plan waits for that sweep's evaluator: it is passed on as `not
+  started` (DEFERRED_NOTE) and run_all hands it over after the evaluators ran.
 * Parallel: with jobs > 1 (or a deadline) every run is a child process `python -m experiments.run ...`; each of the
   `jobs` slots is pinned to one GPU (CUDA_VISIBLE_DEVICES, round robin over `gpus`), so several small-model runs share
   a GPU that one of them alone leaves mostly idle. Each child's output goes to <output_root>/logs/<group>.<run>.log.
@@ -36,12 +39,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.lr_selection import LR_SELECTION_FILE, LrSelectionError, record_lr_selection, select_lr  # noqa: F401
 from experiments.paths import REPO_ROOT
-from experiments.results import atomic_write_text, read_summary
-from experiments.rundir import SUMMARY_FILE, RunDir
+from experiments.results import read_summary
+from experiments.rundir import RunDir
 
 FINAL_STATUSES = ("ok", "oom", "diverged")  # results; an `error` is retried, an unsupported setup is final too
-LR_SELECTION_FILE = "lr_selection.json"
 
 
 @dataclass
@@ -116,44 +119,7 @@ def outcome_from_summary(item: PlannedRun, summary: dict | None, run_dir: Path, 
     return Outcome(item, status, summary, run_dir, summary.get("error") or "", reused=reused)
 
 
-# --- learning rate chosen by a sweep -----------------------------------------------------------------------------
-class LrSelectionError(RuntimeError):
-    pass
-
-
-def select_lr(output_root: Path, sweep_group: str, method: str) -> dict:
-    """The lr of `method` whose run in `sweep_group` ended with the lowest final eval loss (ties: the smaller lr)."""
-    folder = output_root / sweep_group
-    candidates = []
-    for summary_path in sorted(folder.glob(f"*/{SUMMARY_FILE}")):
-        summary = read_summary(summary_path.parent) or {}
-        if summary.get("method") != method:
-            continue
-        loss = summary.get("final_eval_loss")
-        lr = ((summary.get("config") or {}).get("method") or {}).get("lr")
-        candidates.append({"run": summary_path.parent.name, "lr": lr, "status": summary.get("status"),
-                           "final_eval_loss": loss})
-    usable = [c for c in candidates if c["status"] == "ok" and isinstance(c["final_eval_loss"], (int, float))
-              and c["lr"] is not None]
-    if not usable:
-        raise LrSelectionError(f"no finished run of method {method} with an eval loss in {folder} to choose the lr "
-                               f"from (found {len(candidates)} run(s))")
-    best = min(usable, key=lambda c: (c["final_eval_loss"], c["lr"]))
-    # at the edge of the grid (every lr tried, a diverged one included): a better lr may lie outside it
-    grid = [c["lr"] for c in candidates if c["lr"] is not None]
-    edge = len(grid) > 1 and best["lr"] in (min(grid), max(grid))
-    return {"from_group": sweep_group, "rule": "lowest final eval loss", "chosen_lr": best["lr"],
-            "at_edge_of_grid": edge, "candidates": sorted(candidates, key=lambda c: c["lr"] or 0)}
-
-
-def record_lr_selection(output_root: Path, group: str, method: str, selection: dict) -> None:
-    path = output_root / group / LR_SELECTION_FILE
-    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    record[method] = selection
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
-
-
+# --- learning rate chosen by a sweep (the rules: experiments/lr_selection.py) -----------------------------------
 def with_lr(item: PlannedRun, lr: float) -> PlannedRun:
     resolved = copy.deepcopy(item)
     resolved.cfg.method.lr = float(lr)
@@ -192,6 +158,29 @@ def hand_to_evaluator(item: PlannedRun) -> Outcome:
     run_dir.path.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(run_dir.config, config_to_dict(item.cfg))
     return Outcome(item, "ok", None, run_dir.path, note="trained and scored per task by the superglue evaluator")
+
+
+DEFERRED_NOTE = "waits for the evaluator of its sweep"
+
+
+def is_deferred(outcome: Outcome) -> bool:
+    """A run passed over until the evaluator of its sweep ran (hand_over); run_all hands it over afterwards."""
+    return outcome.status == "not started" and outcome.note.startswith(DEFERRED_NOTE)
+
+
+def hand_over(item: PlannedRun, planned: list[PlannedRun], output_root: Path) -> Outcome:
+    """hand_to_evaluator with the lr its sweep chose (lr_from). When runs of the sweep for this method are in the
+    same plan, their scores come from an evaluator that runs after every run of the plan was handed on: the run is
+    deferred (is_deferred) instead of choosing from what an earlier session left."""
+    if item.lr_from:
+        if any(p.group == item.lr_from and p.method == item.method for p in planned):
+            return Outcome(item, "not started", note=f"{DEFERRED_NOTE} ({item.lr_from}): its lr comes from the "
+                                                     "scores that evaluator writes")
+        try:
+            item = resolve_lr(item, output_root)
+        except LrSelectionError as exc:
+            return Outcome(item, "skipped", note=str(exc))
+    return hand_to_evaluator(item)
 
 
 # --- in-process execution (one run at a time) -------------------------------------------------------------------
@@ -305,7 +294,7 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
         if item.cfg is None:
             outcomes[index] = Outcome(item, "skipped", note=item.skip_reason or "")
         elif trained_by_evaluator(item):
-            outcomes[index] = hand_to_evaluator(item)
+            outcomes[index] = hand_over(item, planned, output_root)
         elif run_state(item.run_dir, fresh=fresh) == "done":
             outcomes[index] = outcome_from_summary(item, read_summary(item.run_dir), item.run_dir, reused=True)
         else:
@@ -388,7 +377,7 @@ def run_sequential(planned: list[PlannedRun], *, output_root: Path, fresh: bool 
         if item.cfg is None:
             outcome = Outcome(item, "skipped", note=item.skip_reason or "")
         elif trained_by_evaluator(item):
-            outcome = hand_to_evaluator(item)
+            outcome = hand_over(item, planned, output_root)
         else:
             state = run_state(item.run_dir, fresh=fresh)
             if state == "done":
@@ -404,6 +393,41 @@ def run_sequential(planned: list[PlannedRun], *, output_root: Path, fresh: bool 
         if on_outcome is not None:
             on_outcome(outcome)
     return outcomes
+
+
+# --- run_all's table of outcomes ------------------------------------------------------------------------------------
+def _fmt_bytes(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
+
+
+def _fmt_loss(value) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value:.4f}"
+
+
+def format_table(outcomes: list[Outcome]) -> str:
+    """One row per run. Losses are the held-out eval loss and the mean training loss over the last 10 steps: one
+    batch's loss is too noisy to rank methods by."""
+    header = ("group", "run", "status", "eval loss", "train loss (last 10)", "peak memory", "median step", "note")
+    rows = []
+    for o in outcomes:
+        s = o.summary or {}
+        eval_loss = s.get("final_eval_loss")
+        train_loss = s.get("mean_loss_last_10")
+        step = (s.get("timing_ms") or {}).get("step")
+        memory = s.get("memory") or {}
+        device = memory.get("device")
+        peak = _fmt_bytes(memory.get("peak_allocated_bytes")) + (f" ({device})" if device and s.get("steps") else "")
+        note = o.note.splitlines()[0][:90] if o.note else ""
+        if o.reused:
+            note = ("finished earlier; " + note).rstrip("; ")
+        name = o.run_dir.name if o.run_dir is not None else o.planned.method
+        rows.append((o.planned.group, name, o.status, _fmt_loss(eval_loss), _fmt_loss(train_loss),
+                     peak if s.get("steps") else "-", "-" if step is None else f"{step:.0f} ms", note))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
 def exit_code_of(main) -> int:

@@ -344,10 +344,10 @@ def _math_values(scale_runs: list[Run]) -> dict[str, MeanStd | MeanSE | None]:
     return values
 
 
-def _superglue_scores(scale_runs: list[Run]) -> dict[str, dict[str, list[float]]]:
-    """{method: {task: test score per seed}}, the tasks that finished only."""
+def _superglue_scores(settings: list[select.SuperglueSetting]) -> dict[str, dict[str, list[float]]]:
+    """{method: {task: test score per seed}} over these settings, the tasks that finished only."""
     per_method = {}
-    for method, per_seed in select.superglue_by_seed(scale_runs).items():
+    for method, per_seed in select.superglue_by_method(settings).items():
         items: dict[str, list[float]] = {}
         for tasks in per_seed.values():
             for task, value in tasks.items():
@@ -357,8 +357,19 @@ def _superglue_scores(scale_runs: list[Run]) -> dict[str, dict[str, list[float]]
     return per_method
 
 
-def _superglue_values(scale_runs: list[Run]) -> dict[str, MeanStd | None]:
-    return _common_mean(_superglue_scores(scale_runs))
+def _tuned_superglue(settings: list[select.SuperglueSetting], sweep: str) -> tuple[dict[str, MeanStd | None], list]:
+    """({method: MeanStd over seeds of the seed's mean test score over the tasks}, the tasks) for the settings whose
+    lr `sweep` chose: the tasks every method has a score for; a seed lacking one of them is left out."""
+    tuned = {}
+    for st in sorted((st for st in settings if st.sweep == sweep), key=lambda st: len(st.per_seed)):
+        tuned[st.method] = st.per_seed   # of two lrs of one sweep and method (a choice that moved): most seeds
+    scored = [{t for tasks in per_seed.values() for t, v in tasks.items() if isinstance(v, float)}
+              for per_seed in tuned.values()]
+    common = sorted(set.intersection(*scored)) if scored else []
+    values = {m: summarize(statistics.fmean(tasks[t] for t in common) for tasks in per_seed.values()
+                           if common and all(isinstance(tasks.get(t), float) for t in common))
+              for m, per_seed in tuned.items()}
+    return values, common
 
 
 def t6(runs: list[Run]) -> str:
@@ -371,14 +382,14 @@ def t6(runs: list[Run]) -> str:
                       "BAdam at or above LoRA, close to Adam, above the base model")
 
 
-def _not_learned(scale_runs: list[Run]) -> str:
+def _not_learned(settings: list[select.SuperglueSetting], majority: dict[str, float]) -> str:
     """'no method beats the majority class by more than 2 points on: BoolQ, WSC' (such tasks cannot separate the
-    methods at this budget), or '' when every task was learned or no majority score is recorded."""
-    majority = select.superglue_majority(scale_runs)
+    methods at this budget; any lr counts), or '' when every task was learned or no majority score is recorded."""
     best: dict[str, float] = {}
-    for items in _superglue_scores(scale_runs).values():
-        for task, values in items.items():
-            best[task] = max(best.get(task, -math.inf), statistics.fmean(values))
+    for st in settings:
+        for items in _superglue_scores([st]).values():
+            for task, values in items.items():
+                best[task] = max(best.get(task, -math.inf), statistics.fmean(values))
     flat = sorted(t for t, score in best.items() if t in majority and score <= majority[t] + CLOSE_POINTS)
     if not flat:
         return ""
@@ -386,17 +397,30 @@ def _not_learned(scale_runs: list[Run]) -> str:
             f"{', '.join(SUPERGLUE_NAMES.get(t, t) for t in flat)}")
 
 
+def _superglue_tuned_parts(settings: list[select.SuperglueSetting]) -> list[str]:
+    """Per sweep: BAdam at its own best lr against Adam and LoRA at theirs, on the sweep's tasks."""
+    parts = []
+    for sweep in sorted({st.sweep for st in settings if st.sweep}):
+        values, tasks = _tuned_superglue(settings, sweep)
+        what = (f"SuperGLUE, each method at its own lr from {sweep}, mean test score (%) over "
+                f"{', '.join(SUPERGLUE_NAMES.get(t, t) for t in tasks) or 'no common task'}")
+        parts += [close(values, "badam", "adam", what, tolerance=CLOSE_POINTS, relative=False),
+                  better(values, "badam", "lora", what, lower_is_better=False)]
+    return parts
+
+
 def t11(runs: list[Run]) -> str:
-    scale: dict[str, list[Run]] = {}  # _per_scale calls parts(found) right after values(): its runs
-
-    def values(scale_runs):
-        scale["runs"] = scale_runs
-        return _superglue_values(scale_runs)
-
-    def parts(found):
-        return ["mean test score (%) over the tasks every method finished",
-                close(found, "badam", "adam", "SuperGLUE", tolerance=CLOSE_POINTS, relative=False),
-                better(found, "badam", "lora", "SuperGLUE", lower_is_better=False),
-                _not_learned(scale["runs"])]
-    return _per_scale(mapping.runs_for(runs, "superglue"), values, parts, "paper_superglue_*",
-                      "BAdam close to Adam and at or above LoRA")
+    """Per scale: at the config's lr, BAdam close to Adam and at or above LoRA (mean over the tasks every method
+    finished); the same at each method's own lr of a sweep (its tasks); the tasks nothing learned."""
+    lines = []
+    for _key, (heading, scale_runs) in sorted(mapping.by_scale(select.superglue_runs(runs)).items()):
+        settings = select.superglue_settings(scale_runs)
+        fixed = _common_mean(_superglue_scores([st for st in settings if st.sweep is None]))
+        parts = ["at the config's lr, mean test score (%) over the tasks every method finished",
+                 close(fixed, "badam", "adam", "SuperGLUE", tolerance=CLOSE_POINTS, relative=False),
+                 better(fixed, "badam", "lora", "SuperGLUE", lower_is_better=False)] if fixed else []
+        parts += _superglue_tuned_parts(settings)
+        if parts:
+            lines.append(_line(heading, [*parts, _not_learned(settings, select.superglue_majority(scale_runs))]))
+    return " ".join(lines) if lines else _unchecked("paper_superglue_* (or a SuperGLUE lr_sweep_*)",
+                                                    "BAdam close to Adam and at or above LoRA")

@@ -7,6 +7,8 @@
   of the same model when the ablation did not re-run them, at the ablation's seed (else the lowest seed).
 * F4: the block-order and K ablation groups, plus BAdam of the main group (its own order, random, and its own K)
   when the ablation lacks that variant.
+* T11: the SuperGLUE runs of paper_superglue_* groups, and of lr_sweep_* groups at the lr each sweep chose (tuned
+  settings, shown apart from those at the config's lr).
 A model is shown when it has runs in the figure's own group; the paper's model first, else the model with most runs.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from experiments.lr_selection import LrSelectionError, recorded_selection, select_lr  # file reading, no torch
 from experiments.rundir import RunDir
 from plots import mapping
 from plots.runs import Run
@@ -148,13 +151,75 @@ def superglue_majority(runs: list[Run]) -> dict[str, float]:
     return out
 
 
-def superglue_by_seed(runs: list[Run]) -> dict[str, dict]:
-    """{method: {seed: {task: score in percent, or the task's status}}} from eval/superglue.json files. Tasks may
-    come from several files of one seed (one run per task); of two results for a task and seed the latest wins."""
-    out: dict[str, dict] = {}
-    for run in sorted(runs, key=lambda r: r.date):
+@dataclass
+class SuperglueSetting:
+    """One method at one lr on SuperGLUE, with where its lr came from: `sweep` names the lr_sweep_* group whose
+    choice (highest mean validation score, experiments/lr_selection.py) the lr is, None for the config's own lr."""
+    method: str
+    lr: float | None
+    sweep: str | None
+    per_seed: dict = field(default_factory=dict)   # {seed: {task: test score in percent, or the task's status}}
+    groups: dict = field(default_factory=dict)     # {seed: the group its results came from}
+
+    def seeds_text(self) -> str:
+        """'0, 1, 2'; a seed that is the sweep's own run is marked: '0 (the sweep's run), 1, 2'."""
+        return ", ".join(("—" if seed is None else str(seed)) +
+                         (" (the sweep's run)" if self.sweep and self.groups.get(seed) == self.sweep else "")
+                         for seed in sorted(self.per_seed, key=lambda s: (s is None, s or 0)))
+
+
+def superglue_runs(runs: list[Run]) -> list[Run]:
+    """T11's runs: those of paper_superglue_* groups and the SuperGLUE runs of lr_sweep_* groups (the latter
+    count at the lr their sweep chose only, superglue_settings)."""
+    sweeps = [r for r in mapping.runs_for(runs, "lr_sweep") if r.superglue_scores() is not None]
+    return mapping.runs_for(runs, "superglue") + sweeps
+
+
+def _same_lr(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+
+
+def superglue_settings(runs: list[Run]) -> list[SuperglueSetting]:
+    """The SuperGLUE settings of these runs (superglue_runs of one scale), config-lr ones first. A sweep run counts
+    where its lr is the one its sweep chooses now; a run of another group counts as tuned where its group's
+    lr_selection.json records that lr for its method. The seeds of a tuned setting come from the sweep (its run at
+    the chosen lr) and from the groups that took the choice (a seed both hold: the latter's). Tasks of one seed may
+    come from several files; of two results for a task and seed the latest wins."""
+    choices: dict[tuple, float | None] = {}
+
+    def sweep_choice(run: Run) -> float | None:
+        key = (run.path.parent, run.method)
+        if key not in choices:
+            try:
+                choices[key] = select_lr(run.path.parent.parent, run.path.parent.name, run.method)["chosen_lr"]
+            except (LrSelectionError, OSError, ValueError):
+                choices[key] = None   # the LR table says why
+        return choices[key]
+
+    is_sweep = {r.path: r.group.startswith(mapping.GROUP_PREFIXES["lr_sweep"]) for r in runs}
+    out: dict[tuple, SuperglueSetting] = {}
+    for run in sorted(runs, key=lambda r: (not is_sweep[r.path], r.date)):
         scores = run.superglue_scores()
         if scores is None:
             continue  # e.g. the per-task harness runs inside an eval.superglue output folder
-        out.setdefault(run.method, {}).setdefault(run.seed, {}).update(scores)
+        if is_sweep[run.path]:
+            if not _same_lr(run.lr, sweep_choice(run)):
+                continue
+            sweep = run.group
+        else:
+            record = recorded_selection(run.path.parent, run.method)
+            sweep = record["from_group"] if record and _same_lr(run.lr, float(record["chosen_lr"])) else None
+        key = (run.method, None if run.lr is None else f"{run.lr:.6g}", sweep)
+        setting = out.setdefault(key, SuperglueSetting(run.method, run.lr, sweep))
+        setting.per_seed.setdefault(run.seed, {}).update(scores)
+        setting.groups[run.seed] = run.group
+    return sorted(out.values(), key=lambda s: (s.sweep is not None, s.sweep or "", s.method, s.lr or 0.0))
+
+
+def superglue_by_method(settings: list[SuperglueSetting]) -> dict[str, dict]:
+    """{method: {seed: {task: score or status}}} over these settings (the paper-scale rows: one per method)."""
+    out: dict[str, dict] = {}
+    for setting in settings:
+        for seed, tasks in setting.per_seed.items():
+            out.setdefault(setting.method, {}).setdefault(seed, {}).update(tasks)
     return out

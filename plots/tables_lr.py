@@ -2,11 +2,12 @@
 
 A sweep is a group lr_sweep_<model>: the same short run of each method at several learning rates. A run group that
 takes its lr from a sweep (a profile's `lr_from`) records the choice in <group>/lr_selection.json
-(experiments.suite.record_lr_selection). This table shows, per model and method, every candidate lr with its final
-held-out eval loss (mean ± std over seeds when a candidate ran with several), the lr the suite's rule picks from the
-sweep as it is now (experiments.suite.select_lr: lowest final eval loss), a flag when that lr lies at the edge of the
-grid (a better one may lie outside it), and which groups recorded which choice. A recorded choice that differs from
-the sweep's present choice (the sweep gained runs since) is named.
+(experiments.lr_selection.record_lr_selection). This table shows, per model and method, every candidate lr with its
+final held-out eval loss (mean ± std over seeds when a candidate ran with several) or, for a SuperGLUE sweep, its mean
+validation score over the sweep's tasks, the lr the suite's rule picks from the sweep as it is now
+(experiments.lr_selection.select_lr: lowest final eval loss / highest mean validation score), a flag when that lr
+lies at the edge of the grid (a better one may lie outside it), and which groups recorded which choice. A recorded
+choice that differs from the sweep's present choice (the sweep gained runs since) is named.
 """
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.suite import LR_SELECTION_FILE, LrSelectionError, select_lr  # plain file reading; imports no torch
+from experiments.lr_selection import (LR_SELECTION_FILE, LrSelectionError, select_lr,  # file reading, no torch
+                                      superglue_candidates)
 from plots import mapping
+from plots.claims import SUPERGLUE_NAMES
 from plots.runs import Run, load_json_object
-from plots.seeds import by_seed
+from plots.seeds import by_seed, summarize
 from plots.tables import NO_RUN, NOT_APPLICABLE, Section, Table, seed_cell
 
 NOT_CHOSEN = "—"
+VALIDATION = "mean validation score (%)"
 
 
 def read_selections(results: Path, problems: list[str]) -> dict[str, dict[str, list[tuple[str, dict]]]]:
@@ -49,14 +53,34 @@ def _edge(selection: dict) -> str:
     return "yes: lowest lr of the grid" if selection["chosen_lr"] == grid[0] else "yes: highest lr of the grid"
 
 
-def _choice(group_dir: Path, group: str, method: str, problems: list[str]) -> dict | None:
+def _choice(group_dir: Path, group: str, method: str, problems: list[str]) -> tuple[dict | None, str]:
+    """(the sweep's present choice, '') or (None, why there is none)."""
     try:
-        return select_lr(group_dir.parent, group, method)
-    except LrSelectionError:
-        return None  # no finished run with an eval loss: no choice, the rows say why
+        return select_lr(group_dir.parent, group, method), ""
+    except LrSelectionError as exc:
+        return None, str(exc)  # e.g. no finished run with an eval loss, or a SuperGLUE sweep not finished yet
     except (OSError, ValueError) as exc:
         problems.append(f"{group_dir}: the lr choice of {method} not computed: {type(exc).__name__}: {exc}")
-        return None
+        return None, f"not computed ({type(exc).__name__})"
+
+
+def _task_name(task: str) -> str:
+    return SUPERGLUE_NAMES.get(task, task)
+
+
+def _validation_cells(g, candidates: dict[str, dict], tasks: list[str]) -> dict:
+    """The cells of a SuperGLUE sweep's setting (superglue_candidates of its runs): the mean validation score over
+    the sweep's tasks (what the choice ranks), or why the setting has none, and the validation score per task."""
+    found = [candidates[r.path.name] for r in g.runs if r.path.name in candidates]
+    stat = summarize(c["mean_validation_score"] for c in found)
+    why = "; ".join(f"{c['status']}: " + ", ".join([*(f"{_task_name(t)} {s}" for t, s in c.get("failed_tasks", {})
+                                                      .items()), *(f"no {_task_name(t)} yet"
+                                                                   for t in c.get("missing_tasks", []))])
+                    for c in found if c["status"] != "ok") or "no results"
+    per_task = [f"{_task_name(t)} {v.mean:.1f}" for t in tasks
+                if (v := summarize(c["validation"].get(t) for c in found)) is not None]
+    return {VALIDATION: why if stat is None else stat.mean if stat.n == 1 else stat,
+            "validation per task": ", ".join(per_task) or NOT_APPLICABLE}
 
 
 def _used_by(records: list[tuple[str, dict]], chosen: float | None) -> str:
@@ -72,20 +96,25 @@ def _used_by(records: list[tuple[str, dict]], chosen: float | None) -> str:
 
 def _method_rows(sweep: str, method: str, runs: list[Run], records, problems: list[str]) -> tuple[list[dict], dict]:
     groups = sorted(by_seed(runs), key=lambda g: g.lr or 0.0)
-    selection = _choice(runs[0].path.parent, sweep, method, problems)
+    selection, why_none = _choice(runs[0].path.parent, sweep, method, problems)
     chosen = selection["chosen_lr"] if selection else None
+    scored = superglue_candidates(runs[0].path.parent, method)  # SuperGLUE run directories: ranked on validation
+    candidates, tasks = {c["run"]: c for c in scored[0]}, scored[1]
     rows = []
     for g in groups:
         is_chosen = chosen is not None and g.lr is not None and abs(g.lr - chosen) <= 1e-12 * max(chosen, 1e-30)
         epochs = g.first.epochs_trained
-        rows.append({"sweep": sweep, "method": method, "lr": f"{g.lr:g}" if g.lr is not None else NOT_APPLICABLE,
-                     "seeds": g.seeds_text(), "epochs": NOT_APPLICABLE if epochs is None else f"{epochs:.3g}",
-                     "final eval loss": seed_cell(g, lambda r: r.final_eval_loss, missing="not measured"),
-                     "chosen": "chosen" if is_chosen else NOT_CHOSEN,
+        row = {"sweep": sweep, "method": method, "lr": f"{g.lr:g}" if g.lr is not None else NOT_APPLICABLE,
+               "seeds": g.seeds_text(), "epochs": NOT_APPLICABLE if epochs is None else f"{epochs:.3g}"}
+        if any(r.path.name in candidates for r in g.runs):
+            row.update(_validation_cells(g, candidates, tasks))
+        else:
+            row["final eval loss"] = seed_cell(g, lambda r: r.final_eval_loss, missing="not measured")
+        rows.append({**row, "chosen": "chosen" if is_chosen else NOT_CHOSEN,
                      "at edge of grid": _edge(selection) if is_chosen else NOT_CHOSEN,
                      "used by": _used_by(records, chosen) if is_chosen else NOT_CHOSEN})
     if selection is None and rows:
-        rows[-1]["chosen"] = "none: no finished run with an eval loss"
+        rows[-1]["chosen"] = f"none: {why_none}"
         rows[-1]["used by"] = _used_by(records, None)
     summary = {"method": method, "chosen": chosen, "edge": _edge(selection) if selection else None}
     return rows, summary
@@ -99,10 +128,11 @@ def _recorded_only_rows(sweep: str, by_method: dict[str, list]) -> list[dict]:
         for candidate in record.get("candidates", []):
             lr = candidate.get("lr")
             is_chosen = lr == record["chosen_lr"]
-            loss = candidate.get("final_eval_loss")
+            metric = VALIDATION if "mean_validation_score" in candidate else "final eval loss"
+            value = candidate.get("mean_validation_score", candidate.get("final_eval_loss"))
             rows.append({"sweep": sweep, "method": method, "lr": f"{lr:g}" if isinstance(lr, (int, float)) else "?",
                          "seeds": NOT_APPLICABLE, "epochs": NOT_APPLICABLE,
-                         "final eval loss": loss if isinstance(loss, (int, float)) else candidate.get("status", "?"),
+                         metric: value if isinstance(value, (int, float)) else candidate.get("status", "?"),
                          "chosen": "chosen" if is_chosen else NOT_CHOSEN,
                          "at edge of grid": _edge(record) if is_chosen else NOT_CHOSEN,
                          "used by": _used_by(records, None) if is_chosen else NOT_CHOSEN})
@@ -127,7 +157,7 @@ def lr_claim(summaries: dict[str, list[dict]]) -> str:
             text += f"; one finished lr only (taken without a comparison): {', '.join(single)}"
         missing = [s["method"] for s in items if s["chosen"] is None]
         if missing:
-            text += f"; no finished run with an eval loss: {', '.join(missing)}"
+            text += f"; no lr chosen (the table says why): {', '.join(missing)}"
         lines.append(text + ".")
     return " ".join(lines) + " (The paper's Table 5 runs every method at lr 1e-5 and 1e-6, without a sweep.)"
 
@@ -146,7 +176,8 @@ def build_lr(runs: list[Run], results: Path, problems: list[str] | None = None) 
                                                     recorded.get(sweep, {}).get(method, []), problems)
                 rows += method_rows
                 items.append(summary)
-        sections.append(Section(heading, pd.DataFrame(rows)))
+        # a scale with both kinds of sweep: each row has the metric its rule ranks, the other column is n/a
+        sections.append(Section(heading, pd.DataFrame(rows).fillna(NOT_APPLICABLE)))
         summaries[heading] = items
     present = {r.group for r in sweeps}
     for sweep, by_method in sorted(recorded.items()):
@@ -158,7 +189,10 @@ def build_lr(runs: list[Run], results: Path, problems: list[str] | None = None) 
             [{"sweep": NO_RUN, "method": NOT_APPLICABLE, "lr": NOT_APPLICABLE, "final eval loss": NO_RUN,
               "chosen": NOT_APPLICABLE}])))
     caption = ("Learning rates chosen by the same short sweep for every method (profile key lr_from: the lr with the "
-               "lowest final held-out eval loss; experiments.suite.select_lr). 'epochs' is the sweep run's length "
+               "lowest final held-out eval loss; of a SuperGLUE sweep, whose runs the superglue evaluator scores per "
+               f"task, the lr with the highest '{VALIDATION}' over the sweep's tasks, each task at its "
+               "best-validation checkpoint, test never read; ties to the smaller lr; experiments/lr_selection.py). "
+               "'epochs' is the sweep run's length "
                "(the main runs are longer). 'at edge of grid': the chosen lr is the lowest or highest tried, so a "
                "better one may lie outside the grid. 'used by': the groups whose lr_selection.json recorded the "
                "choice ('no run yet' when none has). Several seeds of a candidate: mean ± standard deviation.")

@@ -175,14 +175,35 @@ def _superglue_cells(per_seed: dict) -> dict:
     return out
 
 
-def _seeds_text(seeds) -> str:
-    return ", ".join("—" if s is None else str(s) for s in sorted(seeds, key=lambda s: (s is None, s or 0)))
+def _superglue_rows(settings: list[select.SuperglueSetting], majority: dict[str, float]) -> list[dict]:
+    rows = [{"method": st.method, "lr": _lr_key(st.lr), "seeds": st.seeds_text(),
+             **{label: _superglue_cells(st.per_seed).get(f, NO_RUN) for label, f in T11_FIELDS}} for st in settings]
+    tasks = {t for st in settings for scores in st.per_seed.values() for t in scores}
+    if shown := {t: v for t, v in majority.items() if t in tasks}:  # what a model that learned nothing scores
+        rows.append({"method": MAJORITY_ROW, "lr": "—", "seeds": "—",
+                     **{label: shown[f] / 100.0 if f in shown else "—" for label, f in T11_FIELDS}})
+    return rows
+
+
+def _tuned_sections(heading: str, settings: list[select.SuperglueSetting], majority: dict) -> list[Section]:
+    """One section per sweep: each method at the lr that sweep chose, apart from the rows at the config's lr."""
+    sections = []
+    for sweep in sorted({st.sweep for st in settings if st.sweep}):
+        tuned = [st for st in settings if st.sweep == sweep]
+        tasks = sorted({t for st in tuned for scores in st.per_seed.values() for t in scores})
+        names = ", ".join(claims.SUPERGLUE_NAMES.get(t, t) for t in tasks)
+        sections.append(Section(f"{heading}: lr of each method from {sweep} (highest mean validation score over "
+                                f"{names}; the same grid size for every method)", pd.DataFrame(
+                                    _superglue_rows(tuned, majority))))
+    return sections
 
 
 def build_t11(doc: dict, runs: list[Run]) -> Table:
-    scales = mapping.by_scale(mapping.runs_for(runs, "superglue"))
+    scales = mapping.by_scale(select.superglue_runs(runs))
     heading, model_runs = scales.get("roberta-large", ("Paper scale: RoBERTa-large", []))
-    cells = {m: _superglue_cells(s) for m, s in select.superglue_by_seed(model_runs).items()}
+    settings = select.superglue_settings(model_runs)
+    by_method = select.superglue_by_method([st for st in settings if st.sweep is None])
+    cells = {m: _superglue_cells(s) for m, s in by_method.items()}
     paper_methods = [rec["method"] for rec in doc["tables"]["T11"]["records"]]
     rows = []
     for method in paper_methods + sorted(set(cells) - set(paper_methods)):
@@ -191,20 +212,21 @@ def build_t11(doc: dict, runs: list[Run]) -> Table:
             add_compared(row, label, cells.get(method, {}).get(field, NO_RUN),
                          paper_cell(doc, "T11", field, method=method))
         rows.append(row)
-    sections = [Section(heading, pd.DataFrame(rows))]
+    sections = [Section(heading, pd.DataFrame(rows)), *_tuned_sections(heading, settings, {})]
     for key, (other_heading, other_runs) in sorted(scales.items()):
         if key not in mapping.PAPER_MODELS:
-            per_method = select.superglue_by_seed(other_runs)
-            rows = [{"method": m, "seeds": _seeds_text(per_seed),
-                     **{label: _superglue_cells(per_seed).get(f, NO_RUN) for label, f in T11_FIELDS}}
-                    for m, per_seed in sorted(per_method.items())]
-            if majority := select.superglue_majority(other_runs):  # what a model that learned nothing scores
-                rows.append({"method": MAJORITY_ROW, "seeds": "—",
-                             **{label: majority[f] / 100.0 if f in majority else "—" for label, f in T11_FIELDS}})
-            sections.append(Section(other_heading, pd.DataFrame(rows)))
+            settings = select.superglue_settings(other_runs)
+            majority = select.superglue_majority(other_runs)
+            if fixed := [st for st in settings if st.sweep is None]:
+                sections.append(Section(other_heading, pd.DataFrame(_superglue_rows(fixed, majority))))
+            sections += _tuned_sections(other_heading, settings, majority)
     caption = ("SuperGLUE test scores as fractions (the evaluator's percent / 100): accuracy, and for MultiRC the "
                "mean of F1a and EM (eval.superglue's 'score'). The paper split each dev set into validation and "
                "test (its Table 7) and trained RoBERTa-large for 32 epochs. Several seeds: mean ± standard "
                f"deviation over them. '{MAJORITY_ROW}': the test score of always answering the training set's most "
-               "frequent label (for MultiRC, 'false' to every answer), which a method that learned nothing matches.")
+               "frequent label (for MultiRC, 'false' to every answer), which a method that learned nothing matches. "
+               "Rows under a heading 'lr of each method from <sweep>': every method at the lr of the same grid that "
+               "scored the highest mean validation score over the sweep's tasks (experiments/lr_selection.py; test "
+               "never used to choose), seed 0 being the sweep's own run at that lr and further seeds runs that took "
+               "the choice (lr_from); tasks outside the sweep have no run there. The other rows use the config's lr.")
     return Table("T11", "superglue", "SuperGLUE (paper Table 11)", caption, sections, claim=claims.t11(runs))
