@@ -148,8 +148,8 @@ def _select_by_validation(folder: Path, sweep_group: str, method: str, candidate
     unfinished = [c for c in candidates if c["status"] == "unfinished"]
     if unfinished:
         named = "; ".join(f"{c['run']} lacks {', '.join(c['missing_tasks'])}" for c in unfinished)
-        raise LrSelectionError(f"the SuperGLUE sweep {folder} has not finished for method {method} ({named}): its "
-                               "lr is chosen once every lr has a result for every task (run its evaluator)")
+        raise LrSelectionError(f"SuperGLUE sweep {sweep_group} has not finished for {method}: {named} (in {folder}; "
+                               "the lr is chosen once every lr has a result for every task: run its evaluator)")
     usable = [c for c in candidates if c["status"] == "ok" and c["lr"] is not None]
     if not usable:
         raise LrSelectionError(f"no run of method {method} in {folder} has a validation score on every task of the "

@@ -43,6 +43,12 @@
 #                 paper_superglue_mpnet: the superglue evaluator fine-tunes the 9 run directories, 9 processes over the
 #                 GPUs (~9 min estimated on 2 x H100). Run it when the Gemma suite is done, not beside it
 #   superglue-wait S  follow it for up to S seconds: tasks done per run directory, then pack
+#   superglue-sweep  the same for the SuperGLUE lr sweep (lr_sweep_superglue_mpnet: adam, badam, lora x 3 lrs, seed
+#                 0, COPA, WiC, RTE; 9 run directories, ~6-7 min estimated on 2 x H100). With
+#                 SWEEP_GROUPS=lr_sweep_superglue_mpnet,paper_superglue_mpnet_sweptlr the same background run_all adds
+#                 seeds 1 and 2 at each method's chosen lr after the sweep's evaluator (~4-5 min more);
+#                 SWEEP_GROUPS=paper_superglue_mpnet_sweptlr runs them alone, from the sweep under results/ (restored)
+#   superglue-sweep-wait S  follow it, then pack both groups into $OUT/quality-superglue-sweep.tgz
 # Math (T6 analogue; the profile's groups *_qwen25_coder_05b), a session of its own: Qwen2.5-Coder-0.5B-Instruct travels
 # as .gpu/math/m01..m11 (prepare_carry.sh --with-math), one piece per call: call 1 carries .gpu/site
 # .gpu/shared/data/gsm8k .gpu/shared/data/math_eval .gpu/tok/qwen2.5-coder-0.5b-instruct .gpu/math/m01 and runs
@@ -62,7 +68,7 @@
 # Reproduce on any CUDA machine with the packages installed: ./run_all.sh --profile quality-gpu --jobs 8
 set -euo pipefail
 usage="usage: quality_session.sh check|pieces|attention|start|wait S|judge [S]|run S1 S2|finish S1 S2"
-usage+="|mpnet|superglue|superglue-wait S|math-start|math-wait S"
+usage+="|mpnet|superglue|superglue-wait S|superglue-sweep|superglue-sweep-wait S|math-start|math-wait S"
 phase="${1:?$usage}"
 here="$(pwd)"
 export PYTHONPATH="$here/.gpu/site:$here${PYTHONPATH:+:$PYTHONPATH}"
@@ -79,6 +85,9 @@ gemma_groups="${GEMMA_GROUPS:-*_gemma3_270m}"
 math_groups="${MATH_GROUPS:-*_qwen25_coder_05b}"
 math_alias=qwen2.5-coder-0.5b-instruct
 math_config=quality/qwen25_coder_05b_gsm8k.yaml
+# the SuperGLUE lr sweep and the seeds at its chosen lrs (superglue-sweep; SWEEP_GROUPS picks which of the two run)
+sweep_seeds=paper_superglue_mpnet_sweptlr
+sweep_groups="${SWEEP_GROUPS:-lr_sweep_superglue_mpnet}"
 
 # join_pieces TARGET SHA256 PIECE...: the pieces concatenated into TARGET once, checked before it is put in place
 join_pieces() {
@@ -316,6 +325,63 @@ for run in sorted(p for p in Path(sys.argv[1]).glob("*/*") if p.is_dir() and p.p
 PY
 }
 
+# superglue_start GROUPS RESTORE NAME DONE: the mpnet copy joined and checked, the finished runs of the groups RESTORE
+# restored, then in the background (setsid, as start) run_all --profile quality-gpu --groups GROUPS with its
+# evaluators (the superglue evaluator trains and scores these groups): NAME.log, exit code in NAME.exit, DONE touched
+superglue_start() {
+  local groups="$1" restore="$2" name="$3" done_file="$4"
+  join_mpnet
+  python3 -c "from experiments.models import resolve_alias; print('mpnet alias ->', resolve_alias('mpnet'))" | tail -1
+  python3 -c "from eval.superglue.splits import paper_splits
+for task in ('boolq', 'copa', 'wsc', 'rte', 'multirc', 'wic'):
+    print(task, paper_splits(task).sizes())"
+  mkdir -p "$out_root"
+  restore_finished_runs --groups "$restore"   # needs no MT-bench data
+  rm -f "$out_root/$done_file"
+  setsid nohup bash -c "
+    python3 -m experiments.run_all --profile quality-gpu --groups '$groups' --output-dir '$out_root' \
+        ${RUN_ALL_ARGS:-} --no-plots --no-progress > '$out_root/$name.log' 2>&1
+    echo \$? > '$out_root/$name.exit'
+    touch '$out_root/$done_file'" > /dev/null 2>&1 < /dev/null &
+  sleep 60
+  tail -5 "$out_root/$name.log" || true
+  nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+}
+
+# superglue_wait S NAME DONE PACK GROUP...: follow superglue_start's NAME for up to S seconds (until DONE), print the
+# tasks done per run directory of the GROUPs, then pack those groups and NAME.log into $OUT/PACK.tgz
+superglue_wait() {
+  local limit="$1" name="$2" done_file="$3" pack_name="$4" waited=0 group members=()
+  shift 4
+  while [ ! -f "$out_root/$done_file" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
+  nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+  tail -15 "$out_root/$name.log" || true
+  python3 - "$out_root" "$@" <<'PY' || true
+import json, sys
+from pathlib import Path
+for group in sys.argv[2:]:
+    for run in sorted(p for p in (Path(sys.argv[1]) / group).glob("*") if p.is_dir()):
+        results = run / "eval" / "superglue.json"
+        tasks = json.loads(results.read_text())["tasks"] if results.is_file() else {}
+        done = ", ".join(f"{t} {e['metrics']['score']:.1f}" if e.get("status") == "ok" else f"{t} {e.get('status')}"
+                         for t, e in tasks.items())
+        going = ""
+        for metrics in sorted(run.glob("tasks/*/metrics.jsonl")):
+            lines = metrics.read_text().splitlines() if metrics.parent.name not in tasks else []
+            if lines:
+                going = f"; {metrics.parent.name} running, {len(lines)} steps"
+        print(f"{group}/{run.name}: {done or 'no task done'}{going}")
+PY
+  for group in "$@"; do
+    if [ -d "$out_root/$group" ]; then members+=("quality-gpu/$group"); fi
+  done
+  pack "$pack_name" "${members[@]}" "quality-gpu/$name.log" ||
+    echo "tar exit code $?: files still being written when packed (call the wait phase again)"
+  if [ -f "$out_root/$done_file" ]; then
+    echo "$name done, run_all exit code $(cat "$out_root/$name.exit")"
+  fi
+}
+
 case "$phase" in
   check)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -392,50 +458,18 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     join_mpnet
     ;;
   superglue)
-    join_mpnet
-    python3 -c "from experiments.models import resolve_alias; print('mpnet alias ->', resolve_alias('mpnet'))" | tail -1
-    python3 -c "from eval.superglue.splits import paper_splits
-for task in ('boolq', 'copa', 'wsc', 'rte', 'multirc', 'wic'):
-    print(task, paper_splits(task).sizes())"
-    mkdir -p "$out_root"
-    restore_finished_runs --groups paper_superglue_mpnet   # needs no MT-bench data
-    rm -f "$out_root/SUPERGLUE_DONE"
-    setsid nohup bash -c "
-      python3 -m experiments.run_all --profile quality-gpu --groups paper_superglue_mpnet --output-dir '$out_root' \
-          ${RUN_ALL_ARGS:-} --no-plots --no-progress > '$out_root/superglue.log' 2>&1
-      echo \$? > '$out_root/superglue.exit'
-      touch '$out_root/SUPERGLUE_DONE'" > /dev/null 2>&1 < /dev/null &
-    sleep 60
-    tail -5 "$out_root/superglue.log" || true
-    nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+    superglue_start paper_superglue_mpnet paper_superglue_mpnet superglue SUPERGLUE_DONE
     ;;
   superglue-wait)
-    limit="${2:?seconds to wait}"
-    waited=0
-    while [ ! -f "$out_root/SUPERGLUE_DONE" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
-    nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
-    tail -15 "$out_root/superglue.log" || true
-    python3 - "$out_root/paper_superglue_mpnet" <<'PY' || true
-import json, sys
-from pathlib import Path
-for run in sorted(p for p in Path(sys.argv[1]).glob("*") if p.is_dir()):
-    results = run / "eval" / "superglue.json"
-    tasks = json.loads(results.read_text())["tasks"] if results.is_file() else {}
-    done = ", ".join(f"{t} {e['metrics']['score']:.1f}" if e.get("status") == "ok" else f"{t} {e.get('status')}"
-                     for t, e in tasks.items())
-    going = ""
-    for metrics in sorted(run.glob("tasks/*/metrics.jsonl")):
-        lines = metrics.read_text().splitlines() if metrics.parent.name not in tasks else []
-        if lines:
-            going = f"; {metrics.parent.name} running, {len(lines)} steps"
-    print(f"{run.name}: {done or 'no task done'}{going}")
-PY
     # this group only (its 54 metrics.jsonl are ~20 MB, ~7 MB packed; a file back from $OUT holds at most 16 MiB)
-    pack "quality-superglue" quality-gpu/paper_superglue_mpnet quality-gpu/superglue.log ||
-      echo "tar exit code $?: files still being written when packed (call superglue-wait again)"
-    if [ -f "$out_root/SUPERGLUE_DONE" ]; then
-      echo "superglue done, run_all exit code $(cat "$out_root/superglue.exit")"
-    fi
+    superglue_wait "${2:?seconds to wait}" superglue SUPERGLUE_DONE quality-superglue paper_superglue_mpnet
+    ;;
+  superglue-sweep)
+    superglue_start "$sweep_groups" "lr_sweep_superglue_mpnet,$sweep_seeds" superglue_sweep SUPERGLUE_SWEEP_DONE
+    ;;
+  superglue-sweep-wait)
+    superglue_wait "${2:?seconds to wait}" superglue_sweep SUPERGLUE_SWEEP_DONE quality-superglue-sweep \
+        lr_sweep_superglue_mpnet "$sweep_seeds"
     ;;
   pieces)   # what a carrying call needs to know, in a second (no GPU query, no Python)
     echo "judge pieces here: $(judge_pieces)"

@@ -249,3 +249,52 @@ def test_each_run_goes_to_its_evaluator_when_final_and_the_base_model_at_once(tm
     pool = _RecordingPool()
     assert evaluate_when_done.evaluate_each(profile, wanted, tmp_path, pool, poll=0.01, timeout=5) == 0
     assert sorted(c[4] for c in pool.commands) == sorted([str(base)] + [str(i.run_dir) for i in wanted])
+
+
+def _session_env(tmp_path: Path) -> dict:
+    """The environment of a quality_session.sh call on this machine: the repository importable, a fake nvidia-smi
+    (the phases print the GPUs' state), $OUT under tmp_path."""
+    import os
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'name, memory.used'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    return {**os.environ, "PYTHONPATH": str(REPO), "BADAM_BENCH_CACHE": str(tmp_path / "cache"),
+            "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+
+
+def test_superglue_sweep_phases_refuse_without_the_model_and_pack_both_groups_when_done(tmp_path):
+    import tarfile
+
+    from tests.plots.synthetic import write_superglue
+
+    script = REPO / "scripts" / "gpu" / "quality_session.sh"
+    env = _session_env(tmp_path)
+    done = subprocess.run(["bash", str(script), "superglue-sweep"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env)
+    assert done.returncode == 1 and "mpnet copy incomplete: 0 of ?" in done.stderr   # nothing started without it
+    assert not (tmp_path / "runs").exists()
+    # as the background run_all leaves it: the sweep scored, the seeds' run directory half done, the log, DONE
+    out_root = tmp_path / "runs" / "quality-gpu"
+    write_superglue(out_root, "lr_sweep_superglue_mpnet", "mpnet_superglue-badam-lr3e-05-s0", method="badam", lr=3e-5,
+                    seed=0, test={"copa": 61.5, "rte": "oom"})
+    seed_run = out_root / "paper_superglue_mpnet_sweptlr" / "mpnet_superglue-badam-s1"
+    (seed_run / "tasks" / "copa").mkdir(parents=True)
+    (seed_run / "tasks" / "copa" / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    (out_root / "superglue_sweep.log").write_text("run_all output\n")
+    (out_root / "superglue_sweep.exit").write_text("0\n")
+    (out_root / "SUPERGLUE_SWEEP_DONE").touch()
+    done = subprocess.run(["bash", str(script), "superglue-sweep-wait", "30"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "lr_sweep_superglue_mpnet/mpnet_superglue-badam-lr3e-05-s0: copa 61.5, rte oom" in done.stdout
+    assert "paper_superglue_mpnet_sweptlr/mpnet_superglue-badam-s1: no task done; copa running, 2 steps" in done.stdout
+    assert "superglue_sweep done, run_all exit code 0" in done.stdout
+    with tarfile.open(tmp_path / "out" / "quality-superglue-sweep.tgz") as packed:
+        names = packed.getnames()
+    assert "quality-gpu/superglue_sweep.log" in names
+    assert "quality-gpu/lr_sweep_superglue_mpnet/mpnet_superglue-badam-lr3e-05-s0/eval/superglue.json" in names
+    assert "quality-gpu/paper_superglue_mpnet_sweptlr/mpnet_superglue-badam-s1/tasks/copa/metrics.jsonl" in names
+    assert not any("paper_superglue_mpnet/" in n for n in names)          # the paper-lr group has its own phase

@@ -152,11 +152,38 @@ def quality_tree(root: Path, *, losses: dict | None = None, badam_rank: int = 45
     # SuperGLUE in eval.superglue's layout: <out>/eval/superglue.json with the run config as "settings"
     for method, per_seed in {"adam": (80.0, 82.0), "badam": (79.0, 81.0), "lora": (70.0, 72.0)}.items():
         for seed, score in enumerate(per_seed):
-            write_json(root / "paper_superglue_tiny" / f"enc-{method}-s{seed}" / "eval" / "superglue.json", {
-                "evaluator": "superglue", "model": "tiny-encoder", "method": method, "fixture_note": NOTE,
-                "settings": {"seed": seed, "method": {"name": method, "lr": 1e-5}},
-                "tasks": {"rte": {"status": "ok", "metrics": {"score": score},
-                                  "majority_class_test": {"score": 53.0}},
-                          "boolq": {"status": "ok", "metrics": {"score": score + 5},   # best mean 86: not learned
-                                    "majority_class_test": {"score": 85.0}}}})
+            write_superglue(root, "paper_superglue_tiny", f"enc-{method}-s{seed}", method=method, lr=1e-5, seed=seed,
+                            test={"rte": score, "boolq": score + 5},   # BoolQ's best mean 86: not learned
+                            majority={"rte": 53.0, "boolq": 85.0})
     return root
+
+
+SUPERGLUE_MODEL = "tiny-encoder"
+
+
+def write_superglue(root: Path, group: str, name: str, *, method: str, lr: float, seed: int | None,
+                    test: dict, validation: dict | None = None, majority: dict | None = None,
+                    subset: str | None = None, model: str = SUPERGLUE_MODEL) -> Path:
+    """A SuperGLUE run directory as run_all and eval.superglue leave it: config.yaml (data.format superglue, the
+    tasks in data.subset) and eval/superglue.json with the run config as "settings". test: {task: test score in
+    percent, or a status such as "diverged" for a task that failed}; validation: {task: score} (default: the test
+    score); majority: {task: majority-class test score}."""
+    run = root / group / name
+    config = {"run_name": name, "seed": seed, "model": {"source": model},
+              "data": {"format": "superglue", "subset": subset or ",".join(test)},
+              "method": {"name": method, "lr": lr}, "fixture_note": NOTE}
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(json.dumps(config))   # JSON is YAML
+    tasks = {}
+    for task, score in test.items():
+        if isinstance(score, str):
+            tasks[task] = {"status": score, "error": "synthetic failure", "metrics": None, "validation": None}
+            continue
+        tasks[task] = {"status": "ok", "metrics": {"score": score},
+                       "validation": {"score": (validation or {}).get(task, score)}}
+        if majority and task in majority:
+            tasks[task]["majority_class_test"] = {"score": majority[task]}
+    write_json(run / "eval" / "superglue.json", {
+        "evaluator": "superglue", "model": model, "method": method, "fixture_note": NOTE,
+        "settings": {"seed": seed, "method": {"name": method, "lr": lr}}, "tasks": tasks})
+    return run
