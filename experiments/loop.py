@@ -10,7 +10,8 @@ Checkpoints (train.save_every, experiments/checkpoint.py) hold the model weights
 data position and every RNG state, so a resumed run continues exactly as an uninterrupted one would.
 Out of memory (any allocation failure) ends the run with status "oom" and the bytes held; a non-finite loss or gradient
 norm with status "diverged" at that step (its record is kept, no checkpoint or model of that state is saved); any other
-exception with status "error".
+exception with status "error". Ctrl-C (KeyboardInterrupt) once the run has started ends it with status "interrupted"
+(its metrics.jsonl and checkpoint stay as they were) and is raised again as StoppedByCtrlC, so the caller stops too.
 
 With a DistContext (train.distributed=fsdp2, experiments/distributed.py) the prepared model is sharded with FSDP2,
 each rank trains on its round-robin share of the micro-batches, every step's record is merged over the ranks and only
@@ -67,6 +68,15 @@ class RunNotStartedError(RuntimeError):
     def __init__(self, message: str, cause: BaseException | None = None):
         super().__init__(message)
         self.cause = cause
+
+
+class StoppedByCtrlC(KeyboardInterrupt):
+    """Ctrl-C stopped train() after the run had started: summary.json (status "interrupted", `summary`) is written,
+    and this is raised so that the caller stops too (experiments.run says where the run is and how to go on)."""
+
+    def __init__(self, summary: dict):
+        super().__init__("stopped by Ctrl-C")
+        self.summary = summary
 
 
 # --- seeding and RNG state ----------------------------------------------------------------------------------------
@@ -285,6 +295,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     timer = StepTimer(device)
     status, error, error_kind, writer, total_steps, stopped_early = "ok", None, None, None, None, False
     resumed_at = last_step = None
+    position, stopped_by_ctrl_c = Position(), False
     held_at_oom, diverged = None, None
     main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes files
     ddp, data_parallel = dist_ctx is not None and dist_ctx.mode == "ddp", None
@@ -313,7 +324,6 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         model.train()
         if getattr(getattr(model, "config", None), "use_cache", False):
             model.config.use_cache = False  # a KV cache is useless in training and costs memory
-        position = Position()
         if cfg.resume_from and ddp:
             position = ddp_mod.load_checkpoint(cfg.resume_from, model, method, dist_ctx)
         elif cfg.resume_from and dist_ctx is not None:
@@ -398,7 +408,19 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
             dist_mod.save_full_model(model, Path(save_model_dir), dist_ctx)
         elif save_model_dir is not None:
             save_final_model(model, Path(save_model_dir))
-    except Exception as exc:  # the suite goes on with the next method; KeyboardInterrupt is not caught
+    except KeyboardInterrupt:
+        # Ctrl-C: nothing written is touched (metrics.jsonl holds whole lines, checkpoints are replaced atomically),
+        # and the summary says how far the run got instead of leaving none (or, in a resumed run, the old one).
+        # Not before the run started (the old run directory stays as it was) nor across ranks (no collective).
+        if not started or dist_ctx is not None:
+            raise
+        stopped_by_ctrl_c = True
+        status, error_kind = "interrupted", "interrupted"
+        of = f" of {last_step}" if last_step else ""
+        error = f"stopped by Ctrl-C after step {position.step}{of}; " + (
+            "resume from its checkpoint with train.resume_from=<run dir>" if RunDir(run_dir).has_checkpoint()
+            else "no checkpoint (train.save_every): start it again")
+    except Exception as exc:  # the suite goes on with the next method
         if isinstance(exc, RunNotStartedError):
             raise
         if not started:
@@ -461,4 +483,6 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     summary = json_safe(summary)  # what is returned is what the file holds: strict JSON, no NaN
     if main or status != "ok":  # a failing rank other than 0 reports too: rank 0 may be stuck waiting for it
         write_summary(run_dir, summary)
+    if stopped_by_ctrl_c:
+        raise StoppedByCtrlC(summary)
     return summary

@@ -1,11 +1,14 @@
 """Process-wide settings the entry points (experiments.run, experiments.run_all) apply before torch is imported.
 
 Each is a default: a value already in the environment wins. Both are recorded with every run (summary.json's
-environment holds the allocator setting).
+environment holds the allocator setting). Also: Ctrl-C in the seconds the libraries take to import
+(quiet_ctrl_c_while_starting).
 """
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 DEFAULTS = {
     # Idle OpenMP threads that spin (the default) stall every parallel op when another process holds a core; on a busy
@@ -22,3 +25,24 @@ DEFAULTS = {
 def apply_defaults() -> None:
     for name, value in DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+def _exit_while_starting(*_args) -> None:
+    sys.stderr.write("\nstopped by Ctrl-C while starting: nothing was written\n")
+    sys.stderr.flush()
+    os._exit(130)  # the shell's code for a process ended by SIGINT; nothing to clean up yet
+
+
+def quiet_ctrl_c_while_starting() -> None:
+    """For an entry point run as a script: Ctrl-C while torch and the libraries are still being imported (seconds)
+    ends the process with one line and exit code 130 instead of an import traceback. Its main() calls ctrl_c_raises()
+    first, so that Ctrl-C then raises KeyboardInterrupt, which it turns into its own line. Where SIGINT is ignored (a
+    background job), it stays ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _exit_while_starting)
+
+
+def ctrl_c_raises() -> None:
+    """Undo quiet_ctrl_c_while_starting: Ctrl-C raises KeyboardInterrupt again."""
+    if signal.getsignal(signal.SIGINT) is _exit_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -37,7 +37,8 @@ from experiments.rundir import (CHECKPOINT_FILE, CONFIG_FILE, ERROR_FILE, METRIC
 
 # ok: trained to the end (or to train.stop_after_steps); oom: an allocation failed; diverged: a non-finite loss or
 # gradient norm ended the run (summary.diverged_at_step); error: anything else (summary.error_kind says what);
-# interrupted: stopped on request (SIGTERM) with a checkpoint to resume from
+# interrupted: stopped on request (SIGTERM) with a checkpoint to resume from, or by Ctrl-C (resumable from the last
+# checkpoint train.save_every wrote, if any)
 STATUSES = ("ok", "oom", "diverged", "error", "interrupted")
 NONFINITE_KEY = "nonfinite"
 

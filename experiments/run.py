@@ -17,9 +17,11 @@ rank 0 chooses the run directory and writes every file.
 """
 from __future__ import annotations
 
-from experiments.process_env import apply_defaults
+from experiments.process_env import apply_defaults, ctrl_c_raises, quiet_ctrl_c_while_starting
 
 apply_defaults()  # before torch is imported: OpenMP waiting policy, CUDA allocator (see experiments/process_env.py)
+if __name__ == "__main__":
+    quiet_ctrl_c_while_starting()  # one line, not an import traceback, for a Ctrl-C while torch loads
 
 import argparse
 import dataclasses
@@ -36,7 +38,7 @@ from experiments.checkpoint import ResumeError
 from experiments.config import (CONFIG_DIR, PROFILE_DIR, ConfigError, RunConfig, build_method_options,
                                 config_from_dict, config_to_dict, list_configs, load_config)
 from experiments.distributed import LaunchError, broadcast_object, init_distributed, shutdown
-from experiments.loop import RunNotStartedError, error_kind_of, seed_everything, train
+from experiments.loop import RunNotStartedError, StoppedByCtrlC, error_kind_of, seed_everything, train
 from experiments.measure import held_bytes, is_oom
 from experiments.results import (RunDirExistsError, atomic_write_text, atomic_write_yaml,
                                  choose_run_dir, failure_summary, read_summary, replace_run_dir, write_summary)
@@ -210,6 +212,41 @@ def write_run_config(run_dir: Path, config_dict: dict) -> None:
     atomic_write_yaml(RunDir(run_dir).config, config_dict)
 
 
+class RunStopped(KeyboardInterrupt):
+    """Ctrl-C stopped run_experiment; str() is one line: where it stopped, what the run directory holds now and how
+    to go on (experiments.run prints it and exits with 130)."""
+
+
+def _stopped_while_loading(run_dir: Path, plan: RunDirPlan, writer: bool = True) -> RunStopped:
+    """Ctrl-C before training started: a new run's directory, which holds only the config.yaml just written, is
+    removed by the process that wrote it (`writer`; the same command then starts in it again); an old run
+    (--overwrite, resume) was not touched yet."""
+    if plan.mode != "new" or not writer:
+        return RunStopped(f"stopped by Ctrl-C while loading, before training started: {run_dir} was left as it was")
+    try:
+        RunDir(run_dir).config.unlink(missing_ok=True)
+        run_dir.rmdir()  # only when empty: nothing but what this run wrote is removed
+    except OSError:
+        pass
+    return RunStopped("stopped by Ctrl-C while loading, before training started: nothing was written; run the same "
+                      "command to start again")
+
+
+def _stopped_while_training(run_dir: Path, summary: dict) -> RunStopped:
+    """Ctrl-C during training: train() wrote `summary` (status "interrupted") into summary.json."""
+    steps = summary.get("steps") or 0
+    planned = f" of {summary['planned_steps']}" if summary.get("planned_steps") else ""
+    if RunDir(run_dir).has_checkpoint():
+        try:
+            at = f" (step {checkpoint.saved_step(str(run_dir))})"
+        except ResumeError:
+            at = ""
+        how = f"resume from its checkpoint{at}: the same command with train.resume_from={run_dir}"
+    else:
+        how = "no checkpoint to resume from (train.save_every=0): run the command again to start over"
+    return RunStopped(f"stopped by Ctrl-C after step {steps}{planned}: {run_dir} (summary.json: interrupted); {how}")
+
+
 def _load_everything(cfg: RunConfig, load_device: str, data_stats: dict):
     method = build_run_method(cfg)
     model, tokenizer = load_run_model(cfg, load_device)
@@ -257,6 +294,8 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
     what = {"resume": "the resumed run", "overwrite": "the new run (--overwrite)"}.get(plan.mode, "the run")
     try:
         method, model, tokenizer, batches_fn, eval_fn = _load_everything(cfg, load_device, data_stats)
+    except KeyboardInterrupt:
+        raise _stopped_while_loading(run_dir, plan, writer=main) from None
     except Exception as exc:
         _free_memory()
         if deferred:
@@ -275,7 +314,10 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
             atomic_write_text(RunDir(run_dir).error(), "".join(traceback.format_exception(exc)))
         return summary, run_dir
 
+    started = []  # filled by on_start: from then on the run directory is this run's
+
     def on_start() -> None:  # the new run is set up: now the old one may go / the resumed one's record is updated
+        started.append(True)
         if main:
             if plan.mode == "overwrite":
                 replace_run_dir(run_dir)
@@ -292,6 +334,14 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
     except RunNotStartedError as exc:
         raise RunNotStartedError(f"{what} did not start and {run_dir} was left as it was: {exc}",
                                  cause=exc.cause) from exc
+    except StoppedByCtrlC as exc:
+        raise _stopped_while_training(run_dir, exc.summary) from None
+    except KeyboardInterrupt:
+        if deferred and not started:
+            raise _stopped_while_loading(run_dir, plan) from None
+        # several processes (each rank stops where it is), or Ctrl-C while the summary was being written
+        raise RunStopped(f"stopped by Ctrl-C: {run_dir} keeps what was written; its summary.json was not "
+                         "updated") from None
     finally:
         del model, method
         _free_memory()
@@ -356,11 +406,13 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 the run ended ok; 1 it ended otherwise (oom, diverged, error, interrupted) or could not start;
-    2 usage errors (bad config or flags, refused resume or overwrite); every failure is one line on stderr."""
+    2 usage errors (bad config or flags, refused resume or overwrite); 130 stopped by Ctrl-C (SIGINT: one line
+    saying where the run is and how to go on; summary.json says "interrupted"); every failure is one line on stderr."""
     import signal
 
     from experiments.loop import request_stop
 
+    ctrl_c_raises()  # from here on Ctrl-C is a KeyboardInterrupt, turned into one line below
     # SIGTERM (run_all's deadline, a batch scheduler's preemption): finish the step, checkpoint, exit "interrupted"
     signal.signal(signal.SIGTERM, request_stop)
     parser = build_parser()
@@ -390,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if dist_ctx is not None:
                 shutdown()
+    except RunStopped as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 130  # the shell's code for a process ended by SIGINT
+    except KeyboardInterrupt:
+        print("\nstopped by Ctrl-C before the run started: nothing was written", file=sys.stderr)
+        return 130
     except (ConfigError, RunDirExistsError, LaunchError, ResumeError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2

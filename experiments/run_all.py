@@ -36,9 +36,11 @@ unsupported), 1 when a run ended in error, 3 when runs were left unfinished by a
 """
 from __future__ import annotations
 
-from experiments.process_env import apply_defaults
+from experiments.process_env import apply_defaults, quiet_ctrl_c_while_starting
 
 apply_defaults()  # before torch is imported: OpenMP waiting policy, CUDA allocator (see experiments/process_env.py)
+if __name__ == "__main__":
+    quiet_ctrl_c_while_starting()  # one line, not an import traceback, for a Ctrl-C while torch loads
 
 import argparse
 import json

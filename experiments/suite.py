@@ -41,6 +41,7 @@ from pathlib import Path
 
 from experiments.lr_selection import LR_SELECTION_FILE, LrSelectionError, record_lr_selection, select_lr  # noqa: F401
 from experiments.paths import REPO_ROOT
+from experiments.process_env import ctrl_c_raises
 from experiments.results import read_summary
 from experiments.rundir import RunDir
 
@@ -433,6 +434,7 @@ def format_table(outcomes: list[Outcome]) -> str:
 def exit_code_of(main) -> int:
     """main(), with Ctrl-C ending the suite in one line instead of a traceback: finished runs are kept and skipped by
     the same command, the stopped run is redone (or resumed from its checkpoint) then."""
+    ctrl_c_raises()  # the import-time handler of experiments.process_env gives way to KeyboardInterrupt
     try:
         return main()
     except KeyboardInterrupt:
