@@ -57,7 +57,7 @@ from baselines.registry import get_method_class, method_names
 from experiments.config import PROFILE_DIR, ConfigError, load_config, parse_yaml_file
 from experiments.paths import REPO_ROOT
 from experiments.suite import (Outcome, ParallelOptions, PlannedRun, exit_code_of, format_table, group_matches,
-                               is_deferred, run_parallel, run_sequential)
+                               is_deferred, run_parallel, run_sequential, select_groups)
 
 DEFAULT_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "output_dir", "time_budget_s", "runs", "skip", "evaluators", "plots")
@@ -207,11 +207,7 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
             raise ConfigError(f"--methods names unknown method(s) {', '.join(unknown)}; valid methods: "
                               f"{', '.join(method_names())}")
     if only_groups:
-        known = {entry["group"] for entry in profile["runs"]}
-        unknown = [g for g in only_groups if not any(group_matches(k, [g]) for k in known)]
-        if unknown:
-            raise ConfigError(f"--groups names unknown group(s) {', '.join(unknown)}; groups of profile "
-                              f"{profile['name']}: {', '.join(sorted(known))}")
+        select_groups((entry["group"] for entry in profile["runs"]), only_groups, where=f"profile {profile['name']}")
     planned = []
     listed = {(e["group"], e.get("name") or Path(e["config"]).stem, m) for e in profile["runs"] for m in e["methods"]}
     added: set = set(listed)

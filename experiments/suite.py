@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.config import ConfigError
 from experiments.lr_selection import LR_SELECTION_FILE, LrSelectionError, record_lr_selection, select_lr  # noqa: F401
 from experiments.paths import REPO_ROOT
 from experiments.process_env import ctrl_c_raises
@@ -89,6 +90,18 @@ def group_matches(group: str, patterns: list[str]) -> bool:
     """Whether a run group is one of `patterns`: group names or shell-style patterns ("*_gemma3_270m" takes one
     model's part of a profile that holds several)."""
     return any(fnmatch.fnmatchcase(group, pattern) for pattern in patterns)
+
+
+def select_groups(known, patterns: list[str], *, where: str = "the profile") -> list[str]:
+    """The groups of `known` that `patterns` select (group_matches), sorted: run_all's --groups and every script that
+    takes the same argument (scripts/gpu/restore_runs.py) select the same groups. A pattern that selects none is a
+    ConfigError naming it and the groups of `where`."""
+    known = sorted(set(known))
+    unknown = [pattern for pattern in patterns if not any(group_matches(group, [pattern]) for group in known)]
+    if unknown:
+        raise ConfigError(f"--groups names unknown group(s) {', '.join(unknown)}; groups of {where}: "
+                          f"{', '.join(known)}")
+    return [group for group in known if group_matches(group, patterns)]
 
 
 def is_final(summary: dict | None) -> bool:

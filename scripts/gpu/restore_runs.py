@@ -11,7 +11,6 @@ hardware giving the same weights (results/PROVENANCE_gpu_2026-11-25b.md), and th
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import shutil
 import sys
@@ -20,7 +19,9 @@ from pathlib import Path
 from eval.math import results_complete as math_results_complete
 from eval.mtbench.data import load_questions
 from eval.mtbench.runs import answers_complete
+from experiments.config import ConfigError
 from experiments.run_all import load_profile
+from experiments.suite import select_groups
 
 
 def evaluator_outputs_complete(profile: dict, run: Path, group: str, method: str, question_ids: set) -> bool:
@@ -43,14 +44,16 @@ def evaluator_outputs_complete(profile: dict, run: Path, group: str, method: str
 
 def restore(profile: dict, results: Path, out: Path, question_ids: set | None = None,
             groups: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """Copy finished runs of the profile's groups (or of `groups`) from `results` into `out` (existing ones are kept).
+    """Copy finished runs of the profile's groups (or of those `groups` selects, experiments.suite.select_groups) from
+    `results` into `out` (existing ones are kept); ConfigError when a pattern of `groups` selects no group.
     Returns the restored runs and the runs left out to be trained again for their evaluators, as 'group/run' names.
     question_ids: the MT-bench questions an answer set must cover (default: the shared question file's, read only
     when an MT-bench evaluator reads one of the groups)."""
     profile_groups = {entry["group"] for entry in profile["runs"]}
-    # a pattern such as '*_qwen25_coder_05b' (run_all's --groups syntax) stands for the profile's groups it matches
-    groups = sorted({g for pattern in groups for g in fnmatch.filter(profile_groups, pattern) or [pattern]}
-                    if groups else profile_groups)
+    # names or patterns such as '*_qwen25_coder_05b', selected as run_all's --groups selects them (the same function:
+    # a pattern that selects no group of the profile is refused here as there, not taken for a folder of results/)
+    where = f"profile {profile['name']}" if "name" in profile else "the profile"
+    groups = select_groups(profile_groups, groups, where=where) if groups else sorted(profile_groups)
     if question_ids is None and any(spec["name"] == "mtbench" and set(spec.get("groups") or groups) & set(groups)
                                     for spec in profile.get("evaluators") or []):
         question_ids = {q["question_id"] for q in load_questions()}
@@ -90,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", help="comma-separated groups or glob patterns to restore (default: every group of the profile)")
     args = parser.parse_args(argv)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
-    restored, retrain = restore(load_profile(args.profile), args.results, args.output_dir, groups=groups)
+    try:
+        restored, retrain = restore(load_profile(args.profile), args.results, args.output_dir, groups=groups)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"restored {len(restored)} finished run(s) from {args.results}; trained again for their evaluators: "
           f"{', '.join(retrain) or 'none'}")
     return 0

@@ -95,6 +95,35 @@ def test_restore_takes_group_patterns_and_reads_no_mtbench_data_for_other_groups
     assert restored == ["paper_math_m/y-adam-s0"] and not (out / "paper_m").exists()
 
 
+def test_restore_selects_the_groups_run_all_selects_and_refuses_a_pattern_it_would_refuse(tmp_path, capsys):
+    """restore_runs and run_all share experiments.suite.select_groups: a name that is no group of the profile (here a
+    folder of results/ that an older profile had) restores nothing and is refused, as run_all refuses it, instead of
+    being copied into the output directory (restore_runs' own fnmatch.filter fell back on the literal name)."""
+    from experiments import run_all
+    from experiments.config import ConfigError
+
+    restore_runs = _script("restore_runs")
+    results, out = tmp_path / "results", tmp_path / "out"
+    _run(results, "paper_m", "x-adam-s0", "adam")
+    _run(results, "retired_m", "x-adam-s0", "adam")                              # in results/, not in the profile
+    profile = {**PROFILE, "name": "p"}
+    with pytest.raises(ConfigError, match=r"unknown group\(s\) retired_m; groups of profile p: paper_m, sweep_m"):
+        run_all.plan_runs(profile, output_root=out, only_groups=["paper_*", "retired_m"])
+    with pytest.raises(ConfigError, match=r"unknown group\(s\) retired_m; groups of profile p: paper_m, sweep_m"):
+        restore_runs.restore(profile, results, out, question_ids=set(), groups=["paper_*", "retired_m"])
+    assert not out.exists()
+    restored, _ = restore_runs.restore(profile, results, out, question_ids=set(), groups=["paper_*", "*_m"])
+    assert restored == ["paper_m/x-adam-s0"]      # patterns select the same groups as run_all's, each once
+    profile_file = tmp_path / "p.yaml"
+    profile_file.write_text(json.dumps({"runs": [{"config": "small/smollm2_alpaca.yaml", "group": "paper_m",
+                                                  "methods": ["adam"]}]}))
+    assert restore_runs.main(["--profile", str(profile_file), "--results", str(results), "--output-dir",
+                              str(tmp_path / "out2"), "--groups", "retired_m"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --groups names unknown group(s) retired_m; groups of profile p: " \
+                                              "paper_m"
+    assert not (tmp_path / "out2").exists()
+
+
 def test_quality_session_parses_and_refuses_an_unknown_phase(tmp_path):
     script = REPO / "scripts" / "gpu" / "quality_session.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
