@@ -2,12 +2,14 @@
 checkout), with a manifest, and save the model's tokenizer converted here (scripts/gpu/prepare_carry.sh).
 
     python3 scripts/gpu/carry_gguf.py FILE --out .gpu/math --prefix m --first-mib 37 --rest-mib 48 \
-        [--tokenizer-out .gpu/tok/qwen2.5-coder-0.5b-instruct]
+        [--name math] [--tokenizer-out .gpu/tok/qwen2.5-coder-0.5b-instruct]
 
-writes .gpu/math/m01/math.part01, .gpu/math/m02/math.part02, ... (the piece's folder is what a call carries) and
-.gpu/math/m01/manifest.txt, one line per piece: "m01/math.part01 <bytes> <sha256>". The first piece is smaller: the
-first call also carries the wheels, data and tokenizer. scripts/gpu/quality_session.sh counts the pieces against the
-manifest, checks each piece's sha256 and joins them (the whole file is then checked against experiments.models).
+writes .gpu/math/m01/math.part01, .gpu/math/m02/math.part02, ... (the piece's folder is what a call carries; --name
+names the pieces, by default after --out) and .gpu/math/m01/manifest.txt, one line per piece:
+"m01/math.part01 <bytes> <sha256>". The first piece is smaller: the first call also carries the wheels, data and
+tokenizer. scripts/gpu/quality_session.sh counts the pieces against the manifest, checks each piece's sha256 and joins
+them in manifest order (the whole file is then checked against experiments.models). Every model that travels in
+pieces is cut here: the Gemma, math and judge GGUFs (prepare_carry.sh) and carry_model.py's archives.
 
 The tokenizer: the GPU machine's transformers (5.17) converts some GGUF tokenizers wrongly (Gemma-3's into one token
 per character), so the one converted here is carried, checked by experiments.models.load_tokenizer, with its
@@ -44,14 +46,15 @@ def write_pieces(stream: BinaryIO, out: Path, *, name: str, prefix: str, first: 
     return lines
 
 
-def cut(source: Path, out: Path, prefix: str, first: int, rest: int) -> list[str]:
-    """The pieces of the file `source`, named after `out`; refuses to write into an existing folder."""
+def cut(source: Path, out: Path, prefix: str, first: int, rest: int, name: str | None = None) -> list[str]:
+    """The pieces of the file `source`, named `name` (default: after `out`); refuses to write into an existing
+    folder."""
     if out.exists():
         raise FileExistsError(f"{out} exists: remove it first (pieces of another cut must not mix with these)")
     if source.stat().st_size == 0:
         raise ValueError(f"{source} is empty")
     with open(source, "rb") as src:
-        return write_pieces(src, out, name=out.name, prefix=prefix, first=first, rest=rest)
+        return write_pieces(src, out, name=name or out.name, prefix=prefix, first=first, rest=rest)
 
 
 def save_tokenizer(source: Path, folder: Path) -> None:
@@ -70,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", required=True, help="letter(s) of the piece folders: <prefix>01, <prefix>02, ...")
     parser.add_argument("--first-mib", type=int, required=True)
     parser.add_argument("--rest-mib", type=int, required=True)
+    parser.add_argument("--name", help="the pieces' name: <prefix>NN/<name>.partNN (default: the name of --out)")
     parser.add_argument("--tokenizer-out", type=Path, help="also save the file's tokenizer, converted here")
     args = parser.parse_args(argv)
     if args.first_mib < 1 or args.rest_mib < 1:
         parser.error("--first-mib and --rest-mib must be >= 1")
     try:
-        lines = cut(args.source, args.out, args.prefix, args.first_mib * MIB, args.rest_mib * MIB)
+        lines = cut(args.source, args.out, args.prefix, args.first_mib * MIB, args.rest_mib * MIB, args.name)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

