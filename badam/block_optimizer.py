@@ -112,6 +112,11 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
             latest is ``last_visit_rounding``. One warning when a visit keeps less than half its update. A visit
             resumed from a state dict mid-way has no start copy and reports nothing. Off by default (no memory or
             time cost). Not available on FSDP2-sharded parameters.
+        full_precision_ok: the weights are stored in fp32 on purpose, so the warning that BAdam's memory saving is lost
+            is not given. The warning is for weights that ended up in fp32 unasked (``from_pretrained`` without a
+            ``torch_dtype`` loads fp32); choices it would only repeat: a CPU run (CPUs without bf16 units multiply
+            bf16 far slower), or fp32 storage under bf16 autocast so that every visit's whole update is kept
+            (see measure_rounding). Default False.
     """
 
     def __init__(self, base_optimizer: torch.optim.Optimizer, named_parameters_list: Iterable,
@@ -120,7 +125,8 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
                  include_embedding: bool = False, include_lm_head: bool = False, verbose: int = 1,
                  log_fn: Callable[[dict], Any] | None = None, ds_zero3_enabled: bool | None = None,
                  *, seed: int | None = None, per_tensor_update: bool | None = None, gradients: str = "param",
-                 process_group=None, reduce_dtype="fp32", measure_rounding: bool = False):
+                 process_group=None, reduce_dtype="fp32", measure_rounding: bool = False,
+                 full_precision_ok: bool = False):
         if not isinstance(base_optimizer, torch.optim.Optimizer):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
         if ds_zero3_enabled:
@@ -170,7 +176,8 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
         self._all_params = [p for _, p in named]
         self._warned_foreign_grads = False
         self._group_of = self._map_groups(base_optimizer, named)
-        if not self.lora_mode:  # LoRA adapters are fp32 by design; the memory argument is about full weights
+        # LoRA adapters are fp32 by design; the memory argument is about full weights
+        if not self.lora_mode and not full_precision_ok:
             self._warn_full_precision(named)
 
         super().__init__(base_optimizer.param_groups, base_optimizer.defaults)
@@ -222,7 +229,8 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
             warnings.warn(
                 f"BlockOptimizer: {len(fp32)} trainable parameters are stored in full precision (e.g. {fp32[:3]}). "
                 "BAdam saves memory by storing weights in bf16/fp16 and giving only the active block an fp32 copy; "
-                "with fp32 weights those memory savings are lost (the results are still correct).", stacklevel=3)
+                "with fp32 weights those memory savings are lost (the results are still correct). Load the model "
+                "in bf16, or pass full_precision_ok=True if fp32 weights are intended.", stacklevel=3)
 
     # --- block schedule ---------------------------------------------------------------------------------------
     @property

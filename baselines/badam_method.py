@@ -124,7 +124,10 @@ class BAdam(Method):
             block_prefix_list=block_prefix_list(model, o), switch_block_every=o.switch_block_every,
             start_block=o.start_block, switch_mode=o.switch_mode, active_modules=active,
             include_embedding=o.include_embedding, include_lm_head=o.include_lm_head, verbose=0,
-            log_fn=self.events.append, seed=o.seed, gradients=gradients, measure_rounding=o.measure_rounding)
+            log_fn=self.events.append, seed=o.seed, gradients=gradients, measure_rounding=o.measure_rounding,
+            # the harness stores the weights in the config's model.dtype (bf16 unless a config says fp32, as the CPU
+            # profiles do) and summary.json splits the bytes: the library's fp32 warning would only repeat the config
+            full_precision_ok=True)
 
     # --- one step ----------------------------------------------------------------------------------------------
     # trainable_parameters(): the base class's, the optimizer's param groups, which list the tensors holding the

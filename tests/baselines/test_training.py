@@ -134,3 +134,12 @@ def test_official_badam_reports_the_block_it_trains(batch):
         assert info["active_block"] == expected and info["active_block_name"] == f"model.layers.{expected}."
         assert all(n.startswith(info["active_block_name"]) for n, p in model.named_parameters() if p.requires_grad)
         train_step(method, model, batch)
+
+
+@pytest.mark.parametrize("name", ["badam", "bsgd"])
+def test_the_harness_gives_no_memory_warning_for_the_fp32_weights_a_config_asked_for(name, recwarn):
+    """The CPU profiles store fp32 (model.dtype=fp32): BlockOptimizer's "memory savings are lost" reminder (kept for
+    library users, tests/badam/test_block_optimizer.py) would read like a failure in the student's default run."""
+    build(name, make_llama(dtype=torch.float32), switch_block_every=2)
+    assert not [w for w in recwarn if "memory savings" in str(w.message)]
+
