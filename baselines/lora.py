@@ -7,6 +7,7 @@ up, down for Llama), alpha = 4 × rank. An encoder classifier's freshly initiali
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
@@ -74,8 +75,13 @@ class LoRA(MasterWeightMethod):
         config = LoraConfig(r=int(o.rank), lora_alpha=o.lora_alpha, lora_dropout=o.dropout,
                             target_modules=targets, modules_to_save=heads or None, bias="none")
         self.lora_config = config
-        # autocast_adapter_dtype=False leaves the adapters in the base weights' dtype (they then get fp32 masters)
-        return get_peft_model(model, config, autocast_adapter_dtype=o.adapter_dtype == "fp32")
+        with warnings.catch_warnings():
+            # peft (0.21) reads transformers' deprecated is_gradient_checkpointing alias: a FutureWarning in every LoRA
+            # run that asks nothing of its user (the student's default run showed it as if something had failed)
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            # autocast_adapter_dtype=False leaves the adapters in the base weights' dtype (they then get fp32 masters)
+            return get_peft_model(model, config, autocast_adapter_dtype=o.adapter_dtype == "fp32")
 
     def make_optimizer(self, param_groups):
         return make_adamw(param_groups, self.lr, self.options, self.weight_decay)

@@ -372,7 +372,7 @@ def evaluate_runs(run_dirs, *, force: bool = False, **options) -> str:
         done.append(f"{run_dir.path.name} {sum(means) / len(means):.0f}" if means else f"{run_dir.path.name} -")
     notes = [f"mean effective rank over changed matrices: {', '.join(done)}"] * bool(done) + \
         [f"random-init base, skipped: {', '.join(skipped)}"] * bool(skipped) + \
-        [f"no saved model, skipped: {', '.join(unsaved)}"] * bool(unsaved)
+        [f"weights not saved (output.save_model=false), not analysed: {', '.join(unsaved)}"] * bool(unsaved)
     return "".join(f"; {n}" for n in notes)
 
 

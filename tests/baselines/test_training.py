@@ -143,3 +143,9 @@ def test_the_harness_gives_no_memory_warning_for_the_fp32_weights_a_config_asked
     build(name, make_llama(dtype=torch.float32), switch_block_every=2)
     assert not [w for w in recwarn if "memory savings" in str(w.message)]
 
+
+def test_lora_setup_prints_no_deprecation_warning_of_its_libraries(recwarn):
+    """peft reads transformers' deprecated is_gradient_checkpointing alias while wrapping the model; the student's
+    default run printed that FutureWarning in every LoRA run although nothing is asked of the user."""
+    build("lora", make_llama(), rank=4)
+    assert not [w for w in recwarn if "is_gradient_checkpointing" in str(w.message)]

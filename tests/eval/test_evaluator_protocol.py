@@ -45,7 +45,7 @@ def test_rank_through_the_runner_analyses_saved_runs_and_names_what_it_skips(tmp
     assert main(["rank", *map(str, runs.values()), "--options", '{"matrices": ["q", "v"]}',
                  "--note-file", str(note_file)]) == 0
     note = note_file.read_text()
-    assert "no saved model, skipped: unsaved" in note and "random-init base, skipped: random" in note
+    assert "weights not saved (output.save_model=false), not analysed: unsaved" in note and "random-init base, skipped: random" in note
     result = json.loads((runs["tuned"] / "eval" / "rank.json").read_text())
     assert result["by_type"]["q"]["changed"] == 1 and result["by_type"]["v"]["changed"] == 0
     assert result["by_type"]["q"]["mean_effective_rank"] > 1  # over the changed matrix only, not diluted by zeros

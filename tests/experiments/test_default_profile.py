@@ -59,12 +59,17 @@ def test_every_registered_method_runs_in_a_cpu_profile(tmp_path):
 
 
 @pytest.mark.slow
-def test_reduced_default_run_fills_every_section_of_the_report(tmp_path, capsys):
+def test_reduced_default_run_fills_every_section_of_the_report(tmp_path, capsys, recwarn):
     code = run_all.main(["--output-dir", str(tmp_path), "--no-progress", *_sets(REDUCED)])
     out = capsys.readouterr().out
     assert code == 0, out
+    # the student's default run prints no warning (Python shows these kinds by default): BlockOptimizer's fp32
+    # memory reminder and peft's use of a deprecated transformers alias read like failures there
+    shown = [f"{w.category.__name__}: {w.message}" for w in recwarn if issubclass(w.category, (UserWarning,
+                                                                                               FutureWarning))]
+    assert not shown, shown
     assert "note: evaluator rank: 6 run(s)" in out and "report: " in out  # seed 1 keeps no model: skipped, named
-    assert "no saved model, skipped: smollm2_alpaca-adam-s1" in out
+    assert "weights not saved (output.save_model=false), not analysed: smollm2_alpaca-adam-s1" in out
     report = (tmp_path / "report.md").read_text()
     rows: dict[str, str] = {}  # the method table comes first (the memory split table repeats the names)
     for line in report.splitlines():
