@@ -295,7 +295,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     timer = StepTimer(device)
     status, error, error_kind, writer, total_steps, stopped_early = "ok", None, None, None, None, False
     resumed_at = last_step = None
-    position, stopped_by_ctrl_c = Position(), False
+    stopped_by_ctrl_c = False
     held_at_oom, diverged = None, None
     main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes files
     ddp, data_parallel = dist_ctx is not None and dist_ctx.mode == "ddp", None
@@ -324,6 +324,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         model.train()
         if getattr(getattr(model, "config", None), "use_cache", False):
             model.config.use_cache = False  # a KV cache is useless in training and costs memory
+        position = Position()
         if cfg.resume_from and ddp:
             position = ddp_mod.load_checkpoint(cfg.resume_from, model, method, dist_ctx)
         elif cfg.resume_from and dist_ctx is not None:
@@ -415,11 +416,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         if not started or dist_ctx is not None:
             raise
         stopped_by_ctrl_c = True
-        status, error_kind = "interrupted", "interrupted"
-        of = f" of {last_step}" if last_step else ""
-        error = f"stopped by Ctrl-C after step {position.step}{of}; " + (
-            "resume from its checkpoint with train.resume_from=<run dir>" if RunDir(run_dir).has_checkpoint()
-            else "no checkpoint (train.save_every): start it again")
+        status, error_kind = "interrupted", "interrupted"  # the error names the last step metrics.jsonl holds
     except Exception as exc:  # the suite goes on with the next method
         if isinstance(exc, RunNotStartedError):
             raise
@@ -446,6 +443,11 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         # collective: also guarantees that rank 0 has written and closed metrics.jsonl before any rank reads it
         memory = dist_mod.reduce_memory_summary(memory, dist_ctx)
     records = read_metrics(run_dir)
+    if stopped_by_ctrl_c:
+        of = f" of {last_step}" if last_step else ""
+        error = f"stopped by Ctrl-C after step {records[-1]['step'] if records else 0}{of}; " + (
+            "resume from its checkpoint with train.resume_from=<run dir>" if RunDir(run_dir).has_checkpoint()
+            else "no checkpoint (train.save_every): start it again")
     if resumed_at is not None and total_steps is not None and resumed_at >= last_step:
         memory = _memory_from_records(memory, records)
     info = _method_info(method)
