@@ -19,6 +19,38 @@ def _script(name: str):
     return module
 
 
+def _session_phase(tmp_path: Path, phase: str):
+    """A function running quality_session.sh PHASE in tmp_path (its .gpu/ folder) with the cache there."""
+    import os
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BADAM_BENCH_CACHE": str(tmp_path / "cache"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+    script = REPO / "scripts" / "gpu" / "quality_session.sh"
+    return lambda: subprocess.run(["bash", str(script), phase], capture_output=True, text=True, cwd=tmp_path, env=env)
+
+
+def _assert_bad_pieces_are_named(run_phase, piece: Path, folder: str, source: Path, count: int, target: str,
+                                 cache: Path) -> None:
+    """A damaged piece (right size, wrong bytes) and then a missing one are named by the phase's join; with every
+    piece back the join reports the digest of the bytes joined in order (the source's: not the model, refused) and
+    nothing reaches the cache."""
+    import hashlib
+
+    good = piece.read_bytes()
+    piece.write_bytes(bytes(len(good)))
+    done = run_phase()
+    assert done.returncode == 1 and f"{folder} pieces damaged (sha256): {piece.parent.name}" in done.stderr
+    piece.unlink()
+    done = run_phase()
+    assert done.returncode == 1 and f"{folder} pieces missing: {piece.parent.name}" in done.stderr
+    piece.write_bytes(good)
+    done = run_phase()
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert done.returncode == 1 and f"{target}: sha256 mismatch ({digest}) from {count} pieces" in done.stderr
+    assert not any((cache / "models").iterdir())
+
+
 PROFILE = {"runs": [{"config": "x.yaml", "group": "sweep_m", "methods": ["adam", "badam"]},
                     {"config": "x.yaml", "group": "paper_m", "methods": ["adam", "badam", "lomo"]}],
            "evaluators": [{"name": "rank", "groups": ["paper_m"], "methods": ["adam", "badam"]},
@@ -196,9 +228,7 @@ def test_restore_brings_superglue_run_directories_with_the_tasks_they_finished(t
 
 
 def test_math_pieces_rejoin_byte_for_byte_and_a_bad_piece_is_named(tmp_path):
-    import hashlib
     import os
-    import sys
 
     carry_gguf = _script("carry_gguf")
     source = tmp_path / "model.gguf"
@@ -215,38 +245,21 @@ def test_math_pieces_rejoin_byte_for_byte_and_a_bad_piece_is_named(tmp_path):
     except FileExistsError:
         pass
 
-    script = REPO / "scripts" / "gpu" / "quality_session.sh"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "BADAM_BENCH_CACHE": str(tmp_path / "cache"),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
-
-    def math_start():
-        return subprocess.run(["bash", str(script), "math-start"], capture_output=True, text=True, cwd=tmp_path,
-                              env=env)
-
-    third = (pieces / "m03" / "math.part03").read_bytes()
-    (pieces / "m03" / "math.part03").unlink()
+    math_start = _session_phase(tmp_path, "math-start")
+    third = pieces / "m03" / "math.part03"
+    good = third.read_bytes()
+    third.unlink()
     done = math_start()
-    assert done.returncode == 1 and "math pieces missing: m03" in done.stderr
-    assert "math GGUF incomplete: 2 of 3 pieces here" in done.stderr
-    (pieces / "m03" / "math.part03").write_bytes(third)
-    second = pieces / "m02" / "math.part02"
-    good = second.read_bytes()
-    second.write_bytes(bytes(4000))                                          # right size, wrong bytes
-    done = math_start()
-    assert done.returncode == 1 and "math pieces damaged (sha256): m02" in done.stderr
-    second.write_bytes(good)
-    done = math_start()   # joined in order: the digest it reports is the original file's (not the model's: refused)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    assert done.returncode == 1
-    assert f"qwen2.5-coder-0.5b-instruct.gguf: sha256 mismatch ({digest}) from 3 pieces" in done.stderr
-    assert not any((tmp_path / "cache" / "models").iterdir())
+    assert done.returncode == 1 and "math GGUF incomplete: 2 of 3 pieces here" in done.stderr
+    third.write_bytes(good)
+    _assert_bad_pieces_are_named(math_start, pieces / "m02" / "math.part02", "math", source, 3,
+                                 "qwen2.5-coder-0.5b-instruct.gguf", tmp_path / "cache")
 
 
 def test_gemma_pieces_are_cut_by_carry_gguf_and_joined_in_order_with_each_sha256(tmp_path):
     """prepare_carry.sh cuts the Gemma GGUF with carry_gguf.py (as the judge and math models): .gpu/parts/pNN/
     gemma.partNN with a manifest in p01. quality_session.sh's join_gguf joins them in manifest order (p10 after p09),
     names a missing or damaged piece, and refuses pieces of the older cutter (p1/gemma.part1, no manifest)."""
-    import hashlib
     import os
     import shutil
     import sys
@@ -264,28 +277,9 @@ def test_gemma_pieces_are_cut_by_carry_gguf_and_joined_in_order_with_each_sha256
     assert len(lines) == 11 and lines[9].split()[:2] == ["p10/gemma.part10", "1000"]
     assert (pieces / "p01" / "manifest.txt").read_text().splitlines() == lines
 
-    script = REPO / "scripts" / "gpu" / "quality_session.sh"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "BADAM_BENCH_CACHE": str(tmp_path / "cache"),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
-
-    def attention():   # the first thing the phase does is join_gguf
-        return subprocess.run(["bash", str(script), "attention"], capture_output=True, text=True, cwd=tmp_path,
-                              env=env)
-
-    tenth = pieces / "p10" / "gemma.part10"
-    good = tenth.read_bytes()
-    tenth.write_bytes(bytes(len(good)))                                    # right size, wrong bytes
-    done = attention()
-    assert done.returncode == 1 and "parts pieces damaged (sha256): p10" in done.stderr
-    tenth.unlink()
-    done = attention()
-    assert done.returncode == 1 and "parts pieces missing: p10" in done.stderr
-    tenth.write_bytes(good)
-    done = attention()   # joined in order: the digest it reports is the fake file's (not Gemma's: refused)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    assert done.returncode == 1
-    assert f"gemma-3-270m-q4_k_m.gguf: sha256 mismatch ({digest}) from 11 pieces" in done.stderr
-    assert not any((tmp_path / "cache" / "models").iterdir())
+    attention = _session_phase(tmp_path, "attention")   # the first thing the phase does is join_gguf
+    _assert_bad_pieces_are_named(attention, pieces / "p10" / "gemma.part10", "parts", source, 11,
+                                 "gemma-3-270m-q4_k_m.gguf", tmp_path / "cache")
     shutil.rmtree(pieces)
     (pieces / "p1").mkdir(parents=True)
     (pieces / "p1" / "gemma.part1").write_bytes(source.read_bytes())
