@@ -343,9 +343,7 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
         self._active_params = new_params
         if self._sync is not None:
             self._sync.attach(self._masters)  # after the masters' hooks: it reads the gradient where they put it
-        self._visit_rounding = None  # a visit not ended by _end_visit (a resume replaced it) reports nothing
-        if self.measure_rounding and event != "resume" and self._masters.has_copies:
-            self._start_visit_rounding()
+        self._begin_visit_rounding(measure=event != "resume")
         if event is not None:
             self._report({"event": event, "global_step": self.global_step, "block": block,
                           "block_prefixes": self.block_prefix_list[block], "block_epoch": self.block_epoch})
@@ -383,14 +381,11 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
         self.step_in_block += 1
         if self.step_in_block >= self.switch_block_every:
             self.step_in_block = 0
-            previous = self.current_block
             if self.switch_mode != "fixed":
                 self._end_visit()  # before _next_block: the event names the leaving block and its block-epoch
-            nxt = self._next_block()
-            if self.switch_mode != "fixed":
-                self._activate(nxt)
+                self._activate(self._next_block())
             elif self.verbose >= 2:
-                print(f"[BlockOptimizer] step {self.global_step}: fixed block {previous} continues")
+                print(f"[BlockOptimizer] step {self.global_step}: fixed block {self.current_block} continues")
         return loss
 
     def release(self) -> None:

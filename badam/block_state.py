@@ -54,9 +54,8 @@ class BlockStateMixin:
         with torch.no_grad():
             for master, value in zip(self._masters.masters, saved):
                 master.copy_(value)
-        if self.measure_rounding and self.step_in_block == 0 and self.switch_mode != "fixed" \
-                and self._masters.has_copies:
-            self._start_visit_rounding()  # the saved visit had not begun: it starts from the weights restored now
+        if self.step_in_block == 0 and self.switch_mode != "fixed":
+            self._begin_visit_rounding()  # the saved visit had not begun: it starts from the weights restored now
         groups = self.param_groups
         rest = [group["params"] for group in groups]
         with self._groups_hold_masters():

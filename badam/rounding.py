@@ -135,10 +135,15 @@ class RoundingLog:
 class BlockRoundingMixin:
     """measure_rounding of BlockOptimizer (badam/block_optimizer.py), which provides the attributes."""
 
-    def _start_visit_rounding(self) -> None:
+    def _begin_visit_rounding(self, measure: bool = True) -> None:
+        """The visit beginning now: a start copy of its stored values when measure_rounding is on and the block has
+        low-precision weights (separate masters); otherwise, or with measure=False (a resume mid-visit, whose start
+        values are unknown), no measure, so the visit reports nothing."""
+        self._visit_rounding = None
         masters = self._masters
-        self._visit_rounding = VisitRounding([((lambda p=p: p.detach()), m)
-                                              for p, m in zip(masters.params, masters.masters)])
+        if measure and self.measure_rounding and masters.has_copies:
+            self._visit_rounding = VisitRounding([((lambda p=p: p.detach()), m)
+                                                  for p, m in zip(masters.params, masters.masters)])
 
     def _end_visit(self) -> None:
         """Report what the stored weights keep of the visit now ending (masters still alive), if it was measured."""
