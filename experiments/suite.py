@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.config import ConfigError
-from experiments.lr_selection import LR_SELECTION_FILE, LrSelectionError, record_lr_selection, select_lr  # noqa: F401
+from experiments.lr_selection import LrSelectionError, record_lr_selection, select_lr
 from experiments.paths import REPO_ROOT
 from experiments.process_env import ctrl_c_raises
 from experiments.results import read_summary
