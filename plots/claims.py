@@ -311,12 +311,12 @@ def _common_mean(per_method: dict[str, dict[str, list[float]]]) -> dict[str, Mea
                 if common and p else None) for m, p in per_method.items()}
 
 
-def _sampling_se(run: Run, datasets: set[str]) -> float | None:
+def _sampling_se(scores: dict[str, float], totals: dict[str, int], datasets: set[str]) -> float | None:
     """The binomial standard error (percentage points) of a run's mean accuracy over `datasets`:
-    sqrt(sum_d p_d (1 - p_d) / n_d) / |datasets| with p_d its accuracy and n_d its items on dataset d; None when a
-    dataset's item count is not recorded. Across two models it treats their errors as independent, which overstates
-    the noise of a comparison on the same items: a gap it calls separable is one."""
-    scores, totals = run.math_scores() or {}, run.math_totals()
+    sqrt(sum_d p_d (1 - p_d) / n_d) / |datasets| with p_d its accuracy (`scores`, percent) and n_d its items
+    (`totals`) on dataset d; None when a dataset's item count is not recorded. Across two models it treats their
+    errors as independent, which overstates the noise of a comparison on the same items: a gap it calls separable
+    is one."""
     if not datasets or any(d not in scores or d not in totals for d in datasets):
         return None
     variance = sum((p := scores[d] / 100) * (1 - p) / totals[d] for d in datasets)
@@ -326,22 +326,28 @@ def _sampling_se(run: Run, datasets: set[str]) -> float | None:
 def _math_values(scale_runs: list[Run]) -> dict[str, MeanStd | MeanSE | None]:
     """{method: mean accuracy over the paper's datasets every method has}; a method with one evaluated run carries
     the benchmarks' item-sampling standard error (MeanSE), the only noise one seed shows."""
-    per_method, runs = {}, {}
+    per_method, single = {}, {}
     for method, g in select.best_per_method(by_seed(scale_runs)).items():
         items: dict[str, list[float]] = {}
+        evaluated = []
         for run in g.ok_runs:
-            for dataset, value in (run.math_scores() or {}).items():
+            scores = run.math_scores()
+            if scores:
+                evaluated.append((run, scores))
+            for dataset, value in (scores or {}).items():
                 if dataset in PAPER_MATH_DATASETS:
                     items.setdefault(dataset, []).append(value)
         per_method[method] = items
-        runs[method] = [r for r in g.ok_runs if r.math_scores()]
+        if len(evaluated) == 1:
+            run, scores = evaluated[0]
+            single[method] = (scores, run.math_totals())
     values: dict[str, MeanStd | MeanSE | None] = dict(_common_mean(per_method))
-    for method, value in values.items():
-        if value is not None and len(runs[method]) == 1:
-            common = set.intersection(*(set(p) for p in per_method.values() if p))
-            se = _sampling_se(runs[method][0], common)
-            if se is not None:
-                values[method] = MeanSE(value.mean, se, sum(runs[method][0].math_totals()[d] for d in common))
+    with_results = [set(p) for p in per_method.values() if p]
+    common = set.intersection(*with_results) if with_results else set()
+    for method, (scores, totals) in single.items():
+        se = _sampling_se(scores, totals, common)
+        if values[method] is not None and se is not None:
+            values[method] = MeanSE(values[method].mean, se, sum(totals[d] for d in common))
     return values
 
 
