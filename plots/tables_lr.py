@@ -68,15 +68,19 @@ def _task_name(task: str) -> str:
     return SUPERGLUE_NAMES.get(task, task)
 
 
+def _why_not_scored(candidate: dict) -> str:
+    """'failed: COPA oom' / 'unfinished: no RTE yet': why a SuperGLUE sweep candidate has no mean validation score."""
+    tasks = [f"{_task_name(t)} {status}" for t, status in candidate.get("failed_tasks", {}).items()]
+    tasks += [f"no {_task_name(t)} yet" for t in candidate.get("missing_tasks", [])]
+    return f"{candidate['status']}: " + ", ".join(tasks)
+
+
 def _validation_cells(g, candidates: dict[str, dict], tasks: list[str]) -> dict:
     """The cells of a SuperGLUE sweep's setting (superglue_candidates of its runs): the mean validation score over
     the sweep's tasks (what the choice ranks), or why the setting has none, and the validation score per task."""
     found = [candidates[r.path.name] for r in g.runs if r.path.name in candidates]
     stat = summarize(c["mean_validation_score"] for c in found)
-    why = "; ".join(f"{c['status']}: " + ", ".join([*(f"{_task_name(t)} {s}" for t, s in c.get("failed_tasks", {})
-                                                      .items()), *(f"no {_task_name(t)} yet"
-                                                                   for t in c.get("missing_tasks", []))])
-                    for c in found if c["status"] != "ok") or "no results"
+    why = "; ".join(_why_not_scored(c) for c in found if c["status"] != "ok") or "no results"
     per_task = [f"{_task_name(t)} {v.mean:.1f}" for t in tasks
                 if (v := summarize(c["validation"].get(t) for c in found)) is not None]
     return {VALIDATION: why if stat is None else stat.mean if stat.n == 1 else stat,
