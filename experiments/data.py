@@ -45,6 +45,8 @@ _JSON_SUFFIXES = (".json", ".jsonl")
 _TABLE_SUFFIXES = (".csv", ".tsv")  # a header row names the fields
 _TOKENIZE_CHUNK = 256
 _TEXT_SUFFIXES = (".txt", ".raw", ".text")
+# the local files load_records reads itself (no `datasets` needed), as the error messages name them
+_LOCAL_FILE_KINDS = f"{'/'.join(_JSON_SUFFIXES + _TABLE_SUFFIXES + _TEXT_SUFFIXES)} file (optionally .gz)"
 
 
 def default_format(source: str) -> str | None:
@@ -121,9 +123,8 @@ def load_records(source: str, *, split: str = "train", max_samples: int | None =
     if source in DATASET_ALIASES:
         raise FileNotFoundError(f"shared dataset {source!r} is missing: {path} (is $BADAM_SHARED set right?)")
     if _looks_like_path(source) and not path.is_dir():
-        raise FileNotFoundError(f"data file not found: {path}; valid sources: a .json/.jsonl/.csv/.tsv/.txt file "
-                                f"(optionally .gz), a dataset folder, a hub dataset name, or one of "
-                                f"{', '.join(DATASET_ALIASES)}")
+        raise FileNotFoundError(f"data file not found: {path}; valid sources: a {_LOCAL_FILE_KINDS}, a dataset "
+                                f"folder, a hub dataset name, or one of {', '.join(DATASET_ALIASES)}")
     return _load_with_datasets(str(path) if path.is_dir() else source, split, max_samples)
 
 
@@ -155,16 +156,15 @@ def _load_with_datasets(source: str, split: str, max_samples: int | None) -> lis
     try:
         import datasets
     except ImportError:
-        raise ImportError(f"reading {source!r} needs the `datasets` package (pip install datasets); local "
-                          ".json/.jsonl/.txt files do not") from None
+        raise ImportError(f"reading {source!r} needs the `datasets` package (pip install datasets); a local "
+                          f"{_LOCAL_FILE_KINDS} does not") from None
     name, _, config = source.partition(":") if not Path(source).is_dir() else (source, "", "")
     try:
         ds = datasets.load_dataset(name, config or None, split=split)
     except Exception as exc:  # offline hub misses and typos surface as many exception types; name the choices once
         raise ValueError(f"could not load dataset {source!r} (split {split!r}) with datasets.load_dataset: {exc}; "
                          f"valid sources: a hub dataset ('name' or 'name:config'), a dataset folder, a "
-                         f".json/.jsonl/.csv/.tsv/.txt file (optionally .gz), or one of "
-                         f"{', '.join(DATASET_ALIASES)}") from exc
+                         f"{_LOCAL_FILE_KINDS}, or one of {', '.join(DATASET_ALIASES)}") from exc
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     return ds.to_list()
