@@ -123,6 +123,12 @@ class Run:
         return self.summary.get("status", "error")
 
     @property
+    def is_superglue_task(self) -> bool:
+        """A harness run of one task inside a SuperGLUE run directory (<out>/tasks/<task>/, beside
+        <out>/eval/superglue.json): a part of that run, which its tables show as one row, never a run of its own."""
+        return self.path.parent.name == "tasks" and (self.path.parent.parent / "eval" / "superglue.json").is_file()
+
+    @property
     def shared_device_runs(self) -> int:
         """The most runs that shared this run's device (run_all --jobs): above 1 its step times are not measured."""
         return int((self.summary.get("environment") or {}).get("shared_device_runs") or 1)

@@ -409,7 +409,7 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     attention
     attention_ok "$OUT/attention_check.json" || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
     mkdir -p "$out_root"
-    restore_finished_runs
+    restore_finished_runs --groups "$gemma_groups"   # the math and SuperGLUE groups' data is not carried here
     in_background "$gemma_groups" run_all DONE evaluators --timeout 7200
     ;;
   wait)
@@ -476,6 +476,7 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
         lr_sweep_superglue_mpnet "$sweep_seeds"
     ;;
   pieces)   # what a carrying call needs to know, in a second (no GPU query, no Python)
+    echo "gemma pieces here: $(pieces_here .gpu/parts)"
     echo "judge pieces here: $(judge_pieces)"
     echo "math pieces here: $(pieces_here .gpu/math)"
     echo "mpnet pieces here: $(pieces_here .gpu/mpnet)"

@@ -17,11 +17,23 @@ import sys
 from pathlib import Path
 
 from eval.math import results_complete as math_results_complete
+from eval.math.readers import MathDataError
 from eval.mtbench.data import load_questions
 from eval.mtbench.runs import answers_complete
 from experiments.config import ConfigError
 from experiments.run_all import load_profile
 from experiments.suite import select_groups
+
+
+def _math_complete(run: Path, spec: dict) -> bool:
+    """Whether the math evaluator's results in `run` cover what its options ask for. Without the math data here
+    (a session that carried only another part's data) nothing can be checked and nothing could be evaluated either:
+    the run is kept as it is, with a line saying so, rather than trained again or stopping the restore."""
+    try:
+        return math_results_complete(run / "eval", **(spec.get("options") or {}))
+    except MathDataError as exc:
+        print(f"{run}: math results kept unchecked ({exc})", file=sys.stderr)
+        return True
 
 
 def evaluator_outputs_complete(profile: dict, run: Path, group: str, method: str, question_ids: set) -> bool:
@@ -35,7 +47,7 @@ def evaluator_outputs_complete(profile: dict, run: Path, group: str, method: str
             return False
         if spec["name"] == "mtbench" and not answers_complete(run, question_ids):
             return False
-        if spec["name"] == "math" and not math_results_complete(run / "eval", **(spec.get("options") or {})):
+        if spec["name"] == "math" and not _math_complete(run, spec):
             return False
         if spec["name"] not in ("rank", "mtbench", "math") and not (run / "eval").is_dir():
             return False

@@ -114,6 +114,23 @@ def test_restore_retrains_a_run_whose_math_results_are_incomplete(tmp_path):
     assert retrain == ["paper_math_m/x-badam-s0"]
 
 
+def test_restore_keeps_math_runs_unchecked_when_the_math_data_is_not_here(tmp_path, monkeypatch, capsys):
+    # the Gemma session carries no math data: restoring the whole profile stopped with MathDataError (2026-11-26)
+    restore_runs = _script("restore_runs")
+    def no_data(*_args, **_kwargs):
+        raise restore_runs.MathDataError("math dataset 'gsm8k': data file not found: /nowhere/gsm8k.jsonl.gz")
+    monkeypatch.setattr(restore_runs, "math_results_complete", no_data)
+    profile = {"runs": [{"config": "x.yaml", "group": "paper_math_m", "methods": ["adam"]}],
+               "evaluators": [{"name": "math", "groups": ["paper_math_m"], "options": {"datasets": "gsm8k"}}]}
+    results, out = tmp_path / "results", tmp_path / "out"
+    run = _run(results, "paper_math_m", "x-adam-s0", "adam", save_model=True)
+    (run / "eval").mkdir()
+    (run / "eval" / "math.json").write_text(json.dumps({"datasets": {"gsm8k": {"total": 3}}}))
+    restored, retrain = restore_runs.restore(profile, results, out, question_ids=set())
+    assert restored == ["paper_math_m/x-adam-s0"] and retrain == []
+    assert "math results kept unchecked" in capsys.readouterr().err
+
+
 def test_restore_takes_group_patterns_and_reads_no_mtbench_data_for_other_groups(tmp_path, monkeypatch):
     # math-start restores '*_m' only: the MT-bench questions (read for paper_m's evaluator) are not carried there
     restore_runs = _script("restore_runs")

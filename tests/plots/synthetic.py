@@ -163,11 +163,12 @@ SUPERGLUE_MODEL = "tiny-encoder"
 
 def write_superglue(root: Path, group: str, name: str, *, method: str, lr: float, seed: int | None,
                     test: dict, validation: dict | None = None, majority: dict | None = None,
-                    subset: str | None = None, model: str = SUPERGLUE_MODEL) -> Path:
+                    subset: str | None = None, model: str = SUPERGLUE_MODEL, task_runs: bool = False) -> Path:
     """A SuperGLUE run directory as run_all and eval.superglue leave it: config.yaml (data.format superglue, the
     tasks in data.subset) and eval/superglue.json with the run config as "settings". test: {task: test score in
     percent, or a status such as "diverged" for a task that failed}; validation: {task: score} (default: the test
-    score); majority: {task: majority-class test score}."""
+    score); majority: {task: majority-class test score}. task_runs: also the harness run of each task that
+    eval.superglue leaves in tasks/<task>/ (its own summary.json, as on a GPU)."""
     run = root / group / name
     config = {"run_name": name, "seed": seed, "model": {"source": model},
               "data": {"format": "superglue", "subset": subset or ",".join(test)},
@@ -183,6 +184,10 @@ def write_superglue(root: Path, group: str, name: str, *, method: str, lr: float
                        "validation": {"score": (validation or {}).get(task, score)}}
         if majority and task in majority:
             tasks[task]["majority_class_test"] = {"score": majority[task]}
+    for task in test if task_runs else ():
+        write_json(run / "tasks" / task / "summary.json", {
+            "status": "ok", "run_name": f"superglue-{task}", "method": method, "model": model, "steps": 8,
+            "final_loss": 0.5, "config": {"seed": seed, "method": {"name": method, "lr": lr}}, "fixture_note": NOTE})
     write_json(run / "eval" / "superglue.json", {
         "evaluator": "superglue", "model": model, "method": method, "fixture_note": NOTE,
         "settings": {"seed": seed, "method": {"name": method, "lr": lr}}, "tasks": tasks})

@@ -21,7 +21,7 @@ GRID = {"adam": (1e-5, 3e-5, 1e-4), "badam": (1e-5, 3e-5, 1e-4), "lora": (1e-4, 
 MAJORITY = {"copa": 43.0, "rte": 53.0, "boolq": 62.0}
 
 
-def sweep_tree(root, *, badam_best_test: float = 70.0):
+def sweep_tree(root, *, badam_best_test: float = 70.0, task_runs: bool = False):
     """Adam's best validation at 3e-5, BAdam's at the top of its grid (1e-4), LoRA's at 3e-4; test scores differ
     from validation so that a table reading the wrong one shows it. Seeds 1 and 2 of the chosen lrs in FOLLOW, with
     their lr_selection.json as run_all writes it; the paper-lr group beside them (six tasks' worth: BoolQ too)."""
@@ -31,7 +31,7 @@ def sweep_tree(root, *, badam_best_test: float = 70.0):
         for lr, score in zip(lrs, validation[method]):
             write_superglue(root, SWEEP, f"enc-{method}-lr{lr:g}-s0", method=method, lr=lr, seed=0,
                             validation={"copa": score, "rte": score}, test={"copa": 40.0, "rte": 40.0},
-                            majority=MAJORITY)
+                            majority=MAJORITY, task_runs=task_runs)
     chosen_test = {"adam": 72.0, "badam": badam_best_test, "lora": 68.0}
     for method in GRID:
         selection = select_lr(root, SWEEP, method)
@@ -59,6 +59,18 @@ def test_lr_table_ranks_a_superglue_sweep_by_mean_validation_score(tmp_path):
     assert rows[("badam", "0.0001")]["at edge of grid"] == "yes: highest lr of the grid"
     assert rows[("lora", "0.0003")]["used by"] == f"{FOLLOW}: 0.0003"
     assert rows[("adam", "1e-05")]["chosen"] == "—" and "final eval loss" not in frame   # a loss-free sweep
+
+
+def test_lr_table_shows_one_row_per_setting_beside_the_task_runs_of_the_gpu_layout(tmp_path):
+    # on a GPU each sweep run directory also holds tasks/<task>/summary.json (the harness run of each task): these
+    # are parts of the setting, not candidates of their own (they once gave four rows per lr and no choice)
+    root = sweep_tree(tmp_path, task_runs=True)
+    runs = discover_runs(root)
+    assert sum(r.is_superglue_task for r in runs) == 9 * 2
+    frame = build_lr(runs, root).sections[0].frame
+    assert sorted(zip(frame["method"], frame["lr"])) == sorted((m, f"{lr:g}") for m, lrs in GRID.items() for lr in lrs)
+    chosen = {r["method"]: r["lr"] for r in frame.to_dict("records") if r["chosen"] == "chosen"}
+    assert chosen == {"adam": "3e-05", "badam": "0.0001", "lora": "0.0003"}
 
 
 def test_t11_shows_each_method_at_its_own_best_lr_apart_from_the_config_lr_rows(tmp_path):
