@@ -65,7 +65,11 @@ def agreement(ours: dict[str, float], published: dict[str, float]) -> dict:
     {"n_models", "kendall_tau", "kendall_p" (exact two-sided where scipy can), "spearman_rho", "pearson_r",
     "pairs", "pairs_in_order", "swapped_pairs"}; correlations are None below MIN_MODELS models or when the judge
     gave every model the same score (no order at all)."""
-    from scipy import stats
+    try:
+        from scipy import stats
+    except ImportError:
+        raise MTBenchError("the agreement needs scipy (pip install 'badam-bench[eval]'); the judgments are saved: "
+                           "run the same command where scipy is installed, nothing is judged again") from None
 
     models = sorted(m for m in ours if m in published and ours[m] is not None)
     x, y = [ours[m] for m in models], [published[m] for m in models]

@@ -181,3 +181,14 @@ def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, answers_dir, cap
     broken.write_text(json.dumps({"sources": {}, "models": {"a": {"score": "high"}}}))
     assert _validate(out, answers_dir, "--reference-scores", str(broken)) == 2
     assert "must list at least 3 models" in capsys.readouterr().err
+
+
+def test_without_scipy_the_agreement_says_the_judgments_are_kept(monkeypatch):
+    import sys
+
+    from eval.mtbench.data import MTBenchError
+    from eval.mtbench.validation import agreement
+
+    monkeypatch.setitem(sys.modules, "scipy", None)   # as on a GPU machine without it: import fails
+    with pytest.raises(MTBenchError, match=r"needs scipy .*the judgments are saved: run the same command"):
+        agreement(dict(RATINGS), PUBLISHED)
