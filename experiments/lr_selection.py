@@ -15,6 +15,9 @@ ranked by two rules, each fixed before any run (never by test data):
   choice from a sweep cut short could miss its best lr.
 Ties (of the loss, or of the mean score rounded to 1e-4 points) go to the smaller lr. `at_edge_of_grid`: the chosen
 lr is the smallest or largest tried (a failed lr counts as tried), so a better one may lie outside the grid.
+A sweep group with `extend_at_edge` (experiments/lr_extension.py) may have tried lrs beyond its profile's grid; they
+are recorded in <sweep group>/lr_extensions.json, and the selection marks those candidates (`extension`: the edge
+it went beyond) and counts them (`grid_extended_by`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from experiments.results import atomic_write_text, read_summary
 from experiments.rundir import SUMMARY_FILE, RunDir
 
 LR_SELECTION_FILE = "lr_selection.json"
+EXTENSIONS_FILE = "lr_extensions.json"    # <sweep group>/lr_extensions.json: lrs tried beyond the profile's grid
 SUPERGLUE_RESULTS = "superglue.json"      # <run>/eval/superglue.json, written by eval.superglue
 RULE_EVAL_LOSS = "lowest final eval loss"
 RULE_SUPERGLUE = "highest mean validation score (SuperGLUE; test never used)"
@@ -37,7 +41,7 @@ class LrSelectionError(RuntimeError):
     pass
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json_file(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -45,7 +49,7 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml_file(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
@@ -53,7 +57,7 @@ def _read_yaml(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _finite(value) -> float | None:
+def finite_number(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
@@ -91,8 +95,8 @@ def _superglue_dirs(folder: Path, method: str) -> list[tuple[Path, dict, dict | 
         if (run / SUMMARY_FILE).is_file():
             continue
         run_dir = RunDir(run)
-        config = _read_yaml(run_dir.config) if run_dir.config.is_file() else {}
-        results = _read_json(run_dir.eval_file(SUPERGLUE_RESULTS))
+        config = read_yaml_file(run_dir.config) if run_dir.config.is_file() else {}
+        results = read_json_file(run_dir.eval_file(SUPERGLUE_RESULTS))
         is_superglue = results is not None or (config.get("data") or {}).get("format") == "superglue"
         name = (results or {}).get("method") or (config.get("method") or {}).get("name")
         if is_superglue and name == method:
@@ -124,14 +128,14 @@ def superglue_candidates(folder: Path, method: str) -> tuple[list[dict], list[st
             entry = entries.get(task)
             if entry is None:
                 continue
-            score = _finite(((entry.get("validation") or {}).get("score")))
+            score = finite_number(((entry.get("validation") or {}).get("score")))
             if entry.get("status", "ok") == "ok" and score is not None:
                 validation[task] = score
             else:
                 failed[task] = str(entry.get("status") or "no validation score")
         missing = [t for t in ordered if t not in entries]
         status = "unfinished" if missing else "failed" if failed else "ok"
-        candidate = {"run": run.name, "lr": _finite((settings.get("method") or {}).get("lr")),
+        candidate = {"run": run.name, "lr": finite_number((settings.get("method") or {}).get("lr")),
                      "seed": settings.get("seed"), "status": status, "validation": validation,
                      "mean_validation_score": round(sum(validation.values()) / len(ordered), 4)
                      if status == "ok" and ordered else None}
@@ -179,8 +183,34 @@ def select_lr(output_root: Path, sweep_group: str, method: str) -> dict:
         raise LrSelectionError(f"{folder} holds both training runs and SuperGLUE run directories of method {method}: "
                                "one sweep group ranks its lrs by one rule; put them in separate groups")
     if scored:
-        return _select_by_validation(folder, sweep_group, method, scored, tasks)
-    return _select_by_loss(folder, sweep_group, method, trained)
+        selection = _select_by_validation(folder, sweep_group, method, scored, tasks)
+    else:
+        selection = _select_by_loss(folder, sweep_group, method, trained)
+    extended = {float(e["lr"]): e.get("edge") for e in recorded_extensions(folder).get(method, [])}
+    for candidate in selection["candidates"]:
+        lr = candidate.get("lr")
+        edge = next((edge for x, edge in extended.items() if lr is not None and math.isclose(x, lr, rel_tol=1e-9)),
+                    None)
+        if edge is not None:
+            candidate["extension"] = edge
+    selection["grid_extended_by"] = sum("extension" in c for c in selection["candidates"])
+    return selection
+
+
+def recorded_extensions(sweep_dir: Path) -> dict[str, list[dict]]:
+    """{method: [{lr, edge ('lowest' / 'highest'), beyond (the edge lr it went past)}, ...]} of
+    <sweep_dir>/lr_extensions.json, in the order they were planned; entries of the wrong shape are left out."""
+    doc = read_json_file(Path(sweep_dir) / EXTENSIONS_FILE) or {}
+    return {method: [e for e in entries if isinstance(e, dict) and finite_number(e.get("lr")) is not None]
+            for method, entries in doc.items() if isinstance(entries, list)}
+
+
+def record_extension(sweep_dir: Path, method: str, entry: dict) -> None:
+    """Append an extension lr of `method` to <sweep_dir>/lr_extensions.json (run_all, when it plans the runs)."""
+    record = recorded_extensions(sweep_dir)
+    record.setdefault(method, []).append(entry)
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(sweep_dir) / EXTENSIONS_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def record_lr_selection(output_root: Path, group: str, method: str, selection: dict) -> None:
@@ -194,9 +224,9 @@ def record_lr_selection(output_root: Path, group: str, method: str, selection: d
 def recorded_selection(group_dir: Path, method: str) -> dict | None:
     """The choice <group_dir>/lr_selection.json records for `method` (None when there is none or the file is not
     a record of choices)."""
-    doc = _read_json(Path(group_dir) / LR_SELECTION_FILE) or {}
+    doc = read_json_file(Path(group_dir) / LR_SELECTION_FILE) or {}
     record = doc.get(method)
     if isinstance(record, dict) and isinstance(record.get("from_group"), str) and \
-            _finite(record.get("chosen_lr")) is not None:
+            finite_number(record.get("chosen_lr")) is not None:
         return record
     return None

@@ -33,7 +33,8 @@ import yaml
 from experiments.paths import REPO_ROOT
 # the run-directory names are re-exported: plots/ and older callers read run directories through this module
 from experiments.rundir import (CHECKPOINT_FILE, CONFIG_FILE, ERROR_FILE, METRICS_FILE, RUN_FILES,  # noqa: F401
-                                RUN_SUBDIRS, SHARDED_CHECKPOINT_DIR, SUMMARY_FILE, RunDir, RunSummary, read_jsonl)
+                                RUN_SUBDIRS, SHARDED_CHECKPOINT_DIR, SUMMARY_FILE, SUPERSEDED_DIR, RunDir, RunSummary,
+                                read_jsonl)
 
 # ok: trained to the end (or to train.stop_after_steps); oom: an allocation failed; diverged: a non-finite loss or
 # gradient norm ended the run (summary.diverged_at_step); error: anything else (summary.error_kind says what);
@@ -294,9 +295,11 @@ def read_summary(run_dir: str | os.PathLike) -> dict | None:
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
-    """Every run directory (one holding summary.json or metrics.jsonl) under `root`, sorted."""
+    """Every run directory (one holding summary.json or metrics.jsonl) under `root`, sorted; runs moved aside under
+    a superseded/ folder are not among them."""
     root = Path(root)
-    found = {p.parent for pattern in (SUMMARY_FILE, METRICS_FILE) for p in root.rglob(pattern)}
+    found = {p.parent for pattern in (SUMMARY_FILE, METRICS_FILE) for p in root.rglob(pattern)
+             if SUPERSEDED_DIR not in p.relative_to(root).parts}
     return sorted(found)
 
 

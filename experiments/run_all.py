@@ -15,7 +15,9 @@ the first seed only, e.g. saving the model for the evaluators), `lrs` ({method: 
 <stem>-<method>-lr<lr>, a learning-rate sweep), `lr_from` (an earlier group: each method's lr is the one of its sweep
 run with the lowest final eval loss, of a SuperGLUE sweep the highest mean validation score, recorded in
 <group>/lr_selection.json; a SuperGLUE group whose sweep runs in the same invocation is handed to its evaluator after
-the sweep's evaluator ran) and `exclusive: true` (with --jobs, each run alone on its GPU, after the others: timing
+the sweep's evaluator ran; a finished run at an lr the sweep no longer chooses is moved to <group>/superseded/ and
+trained again), `extend_at_edge: N` beside `lrs` (up to N more lrs per method beyond the edge of the grid while the
+choice lies there, experiments/lr_extension.py) and `exclusive: true` (with --jobs, each run alone on its GPU, after the others: timing
 runs; shared_device_runs 1). experiments/suite.py and experiments/lr_selection.py have the details.
 
 Evaluators (`evaluators:` of a profile) run as child processes, `python -m eval <name> <run dirs> --options JSON`: each
@@ -55,14 +57,16 @@ from tqdm.auto import tqdm
 
 from baselines.registry import get_method_class, method_names
 from experiments.config import PROFILE_DIR, ConfigError, load_config, parse_yaml_file
+from experiments.lr_extension import dry_run_lines, extend_evaluated_sweeps
 from experiments.paths import REPO_ROOT
 from experiments.suite import (Outcome, ParallelOptions, PlannedRun, exit_code_of, format_table, group_matches,
-                               is_deferred, run_parallel, run_sequential, select_groups)
+                               hand_to_evaluator, is_deferred, run_parallel, run_sequential, select_groups,
+                               sweep_finished)
 
 DEFAULT_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "output_dir", "time_budget_s", "runs", "skip", "evaluators", "plots")
 RUN_KEYS = ("config", "group", "name", "methods", "overrides", "method_overrides", "seeds", "first_seed_overrides",
-            "lrs", "lr_from", "exclusive")
+            "lrs", "lr_from", "extend_at_edge", "exclusive")
 EVALUATOR_KEYS = ("name", "groups", "methods", "options")
 
 
@@ -151,6 +155,10 @@ def _check_group_extras(entry: dict, valid_methods: set, earlier_groups: list[st
                 ok = False
             if not ok:
                 raise ConfigError(f"{where}: lrs.{method} must be a list of positive numbers, got {values!r}")
+    extend = entry.get("extend_at_edge", 0)
+    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0 or (extend and not lrs):
+        raise ConfigError(f"{where}: extend_at_edge takes an integer >= 0 (extra lrs per method beyond the edge of "
+                          f"its grid) on a group with lrs, got {extend!r}" + ("" if lrs else " on a group without lrs"))
     source = entry.get("lr_from")
     if source is not None and source not in earlier_groups:
         raise ConfigError(f"{where}: lr_from names {source!r}, which is not an earlier run group of the profile "
@@ -261,7 +269,8 @@ def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | Non
                     planned.append(PlannedRun(entry["group"], method, cfg, config=entry["config"],
                                               overrides=tuple(overrides), lr_from=entry.get("lr_from"),
                                               adaptations=tuple(why for _, why in adapted if why),
-                                              exclusive=bool(entry.get("exclusive"))))
+                                              exclusive=bool(entry.get("exclusive")),
+                                              extend_at_edge=int(entry.get("extend_at_edge") or 0) if lr else 0))
     if not planned:
         raise ConfigError(f"profile {profile['name']}: nothing to run (check --methods and --groups)")
     return planned
@@ -440,18 +449,17 @@ def main(argv: list[str] | None = None) -> int:
     for (group, method), notes in adapted.items():
         print(f"  {group}/{method}, adapted to what the method can do: {'; '.join(notes)}")
     if args.dry_run:
-        for item in planned:
-            where = item.skip_reason and f"skipped: {item.skip_reason}" or \
-                f"{item.cfg.model.source}, {item.cfg.train.max_steps or item.cfg.train.epochs} " \
-                f"{'steps' if item.cfg.train.max_steps else 'epochs'}" + \
-                (f", lr from {item.lr_from}" if item.lr_from else f", lr {item.cfg.method.lr:g}") + \
-                ", alone on its GPU" * item.exclusive
-            name = item.cfg.run_name if item.cfg else item.method
-            print(f"  {item.group}/{name}: {where}")
+        print("\n".join(dry_run_lines(planned, output_root, finished=sweep_finished)))
         return 0
     outcomes = run_planned(planned, progress=not args.no_progress, output_root=output_root, fresh=args.fresh,
                            parallel=parallel)
     notes = [] if args.no_eval else run_evaluators(profile, outcomes)
+    if not args.no_eval:
+        outcomes, extension_notes = extend_evaluated_sweeps(
+            outcomes, output_root, hand_over=hand_to_evaluator, evaluate=lambda groups, later: run_evaluators(
+                {**profile, "evaluators": [e for e in profile.get("evaluators") or []
+                                           if not e.get("groups") or groups & set(e["groups"])]}, later))
+        notes += extension_notes
     if not args.no_eval and any(map(is_deferred, outcomes)):
         outcomes, later_notes = run_deferred(profile, outcomes, output_root=output_root, fresh=args.fresh)
         notes += later_notes

@@ -33,6 +33,9 @@ EVAL_DIR = "eval"
 # What a run directory may hold (besides hidden temporary files); --overwrite replaces only directories made of these.
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ERROR_FILE)
 RUN_SUBDIRS = (EVAL_DIR, MODEL_DIR, SHARDED_CHECKPOINT_DIR)
+# <group>/superseded/<run>-lr<old lr>/: a run whose sweep-chosen lr (lr_from) changed, moved aside by run_all and
+# trained again (experiments/lr_extension.py); kept, never read as a run (plots, restore, find_runs skip it).
+SUPERSEDED_DIR = "superseded"
 # Either file marks a directory as a run of this suite.
 RUN_MARKERS = (CONFIG_FILE, SUMMARY_FILE)
 

@@ -12,7 +12,9 @@ chose, and running several trainings at once on one or more GPUs.
   tasks; experiments/lr_selection.py); the choice and every candidate are written to
   <output_root>/<group>/lr_selection.json, so the tables can say how each lr was chosen. A group the superglue
   evaluator trains whose sweep is in the same plan waits for that sweep's evaluator: it is passed on as `not
-  started` (DEFERRED_NOTE) and run_all hands it over after the evaluators ran.
+  started` (DEFERRED_NOTE) and run_all hands it over after the evaluators ran. A finished run of such a group trained
+  at another lr than the sweep's present choice is stale: moved aside to <group>/superseded/ and trained again; a
+  sweep with extend_at_edge first adds lrs beyond its grid's edge (experiments/lr_extension.py).
 * Parallel: with jobs > 1 (or a deadline) every run is a child process `python -m experiments.run ...`; each of the
   `jobs` slots is pinned to one GPU (CUDA_VISIBLE_DEVICES, round robin over `gpus`), so several small-model runs share
   a GPU that one of them alone leaves mostly idle. Each child's output goes to <output_root>/logs/<group>.<run>.log.
@@ -40,7 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.config import ConfigError
-from experiments.lr_selection import LrSelectionError, record_lr_selection, select_lr
+from experiments.lr_extension import (new_extensions, resolve_lr, stale_lr, stale_notice, supersede,  # noqa: F401
+                                      trained_by_evaluator, with_lr, with_recorded_extensions)
+from experiments.lr_selection import LrSelectionError, select_lr  # noqa: F401 (suite.select_lr: the rule's entry)
 from experiments.paths import REPO_ROOT
 from experiments.process_env import ctrl_c_raises
 from experiments.results import read_summary
@@ -60,6 +64,9 @@ class PlannedRun:
     lr_from: str | None = None           # group whose finished runs choose this run's method.lr
     adaptations: tuple[str, ...] = ()    # what run_all changed to fit the method's declared capabilities (and why)
     exclusive: bool = False              # alone on its GPU while it runs (module docstring)
+    extend_at_edge: int = 0              # of a sweep run: extra lrs beyond its grid's edge (experiments/lr_extension)
+    extension: str | None = None         # of a run at such an lr: the edge it went past ("lowest" / "highest")
+    notice: str = ""                     # what the suite did before training it (a stale run moved aside)
 
     @property
     def run_dir(self) -> Path | None:
@@ -133,35 +140,42 @@ def outcome_from_summary(item: PlannedRun, summary: dict | None, run_dir: Path, 
     return Outcome(item, status, summary, run_dir, summary.get("error") or "", reused=reused)
 
 
-# --- learning rate chosen by a sweep (the rules: experiments/lr_selection.py) -----------------------------------
-def with_lr(item: PlannedRun, lr: float) -> PlannedRun:
-    resolved = copy.deepcopy(item)
-    resolved.cfg.method.lr = float(lr)
-    resolved.overrides = (*item.overrides, f"method.lr={lr!r}")
-    return resolved
-
-
-def resolve_lr(item: PlannedRun, output_root: Path) -> PlannedRun:
-    """The run with its sweep-chosen lr (and the choice recorded); LrSelectionError when the sweep has no result."""
-    if not item.lr_from:
-        return item
-    selection = select_lr(output_root, item.lr_from, item.method)
-    record_lr_selection(output_root, item.group, item.method, selection)
-    return with_lr(item, selection["chosen_lr"])
-
-
+# --- learning rate chosen by a sweep (the rules: experiments/lr_selection.py, lr_extension.py) -------------------
 def waits_for(item: PlannedRun, pending: list[PlannedRun], running: list[PlannedRun]) -> bool:
-    """A run with lr_from waits until no run of its method in the sweep group is pending or running."""
+    """A run with lr_from waits until no run of its method in the sweep group (extensions included) is pending or
+    running."""
     return bool(item.lr_from) and any(p.group == item.lr_from and p.method == item.method
                                       for p in [*pending, *running])
 
 
+def sweep_finished(runs: list[PlannedRun]) -> bool:
+    """Whether a sweep method's training runs all ended with a final status (its grid may then be extended; a
+    SuperGLUE sweep only after its evaluator ran, experiments.run_all)."""
+    return not trained_by_evaluator(runs[0]) and all(is_final(read_summary(r.run_dir)) for r in runs)
+
+
+def settle(item: PlannedRun, output_root: Path, fresh: bool = False) -> tuple[PlannedRun, str, Outcome | None]:
+    """(the run as it will train, its state, None), or (.., .., its outcome) when there is nothing to train: a
+    finished run (reused), a sweep without a result (skipped). A run with lr_from gets the sweep's present choice; a
+    finished or checkpointed run at another lr is stale: moved aside and trained again (experiments/lr_extension)."""
+    try:
+        resolved = resolve_lr(item, output_root)
+    except LrSelectionError as exc:
+        if run_state(item.run_dir, fresh=fresh) == "done":  # nothing to compare with: kept as it is
+            return item, "done", outcome_from_summary(item, read_summary(item.run_dir), item.run_dir, reused=True)
+        return item, "", Outcome(item, "skipped", note=str(exc))
+    state = run_state(resolved.run_dir, fresh=fresh)
+    old = stale_lr(resolved) if item.lr_from and state in ("done", "resume") else None
+    if old is not None:
+        resolved.notice = stale_notice(resolved, old, supersede(resolved.run_dir, old))
+        state = "new"
+    if state == "done":
+        return resolved, state, outcome_from_summary(resolved, read_summary(resolved.run_dir), resolved.run_dir,
+                                                     reused=True)
+    return resolved, state, None
+
+
 # --- runs an evaluator trains -------------------------------------------------------------------------------------
-def trained_by_evaluator(item: PlannedRun) -> bool:
-    """SuperGLUE configs are fine-tuned and scored per task by the superglue evaluator (eval/superglue), not here."""
-    return item.cfg is not None and item.cfg.data.format == "superglue"
-
-
 def hand_to_evaluator(item: PlannedRun) -> Outcome:
     """Write the run's config.yaml (what the evaluator trains from) and pass the run on; results it already holds
     stay (the evaluator skips tasks it has done with the same settings)."""
@@ -194,6 +208,9 @@ def hand_over(item: PlannedRun, planned: list[PlannedRun], output_root: Path) ->
             item = resolve_lr(item, output_root)
         except LrSelectionError as exc:
             return Outcome(item, "skipped", note=str(exc))
+        old = stale_lr(item)  # results of another lr: the evaluator would refuse them (other settings)
+        if old is not None:
+            item.notice = stale_notice(item, old, supersede(item.run_dir, old))
     return hand_to_evaluator(item)
 
 
@@ -298,10 +315,11 @@ def next_launch(planned: list[PlannedRun], pending: list[int], running: dict[int
 def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: ParallelOptions, fresh: bool = False,
                  on_outcome=None) -> list[Outcome]:
     """Run every planned run (skipped, finished and waiting ones included) with `options.jobs` children at once;
-    returns the outcomes in planned order."""
+    returns the outcomes in planned order, then those of the runs added by extend_at_edge."""
     started = time.monotonic()
     log_dir = options.log_dir or output_root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    planned = with_recorded_extensions(planned, output_root)
     outcomes: dict[int, Outcome] = {}
     pending: list[int] = []
     for index, item in enumerate(planned):
@@ -309,11 +327,12 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
             outcomes[index] = Outcome(item, "skipped", note=item.skip_reason or "")
         elif trained_by_evaluator(item):
             outcomes[index] = hand_over(item, planned, output_root)
-        elif run_state(item.run_dir, fresh=fresh) == "done":
-            outcomes[index] = outcome_from_summary(item, read_summary(item.run_dir), item.run_dir, reused=True)
+        elif item.lr_from or run_state(item.run_dir, fresh=fresh) != "done":
+            pending.append(index)  # a finished run with lr_from is reused once its sweep settled, if not stale
         else:
-            pending.append(index)
+            outcomes[index] = outcome_from_summary(item, read_summary(item.run_dir), item.run_dir, reused=True)
     running: dict[int, _Child] = {}
+    prepared: dict[int, tuple[PlannedRun, str]] = {}   # runs with lr_from whose lr is resolved (settle)
     free_slots = list(range(max(1, options.jobs)))
 
     def finish(index: int, outcome: Outcome) -> None:
@@ -321,18 +340,26 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
         if on_outcome is not None:
             on_outcome(outcome)
 
+    def extend() -> None:  # sweep methods whose runs all ended, choice at the edge of the grid: one more lr
+        busy = [*(planned[j] for j in pending), *(c.item for c in running.values())]
+        for item in new_extensions(planned, output_root, busy=busy, settled=sweep_finished):
+            planned.append(item)
+            pending.append(len(planned) - 1)
+
+    extend()
     while pending or running:
         elapsed = time.monotonic() - started
-        for index, child in list(running.items()):
-            if child.process.poll() is None:
-                continue
-            del running[index]
+        ended = [index for index, child in running.items() if child.process.poll() is not None]
+        for index in ended:
+            child = running.pop(index)
             free_slots.append(child.slot)
             outcome = outcome_from_summary(child.item, read_summary(child.item.run_dir), child.item.run_dir)
             if outcome.summary is None:
                 outcome.note = f"{outcome.note}; exit code {child.process.returncode}; log {child.log}: " \
                                f"{_tail(child.log)}"
             finish(index, outcome)
+        if ended:
+            extend()
         if options.kill_after_s is not None and elapsed >= options.kill_after_s:
             for child in running.values():   # all at once: each needs a few seconds for its checkpoint
                 child.process.send_signal(signal.SIGTERM)
@@ -357,19 +384,26 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
                 finish(index, Outcome(planned[index], "not started", note="launch deadline reached"))
             pending = []
             break
+        active = [c.item for c in running.values()]
+        for index in [i for i in pending if planned[i].lr_from and i not in prepared]:
+            if not waits_for(planned[index], [planned[j] for j in pending if j != index], active):
+                item, state, outcome = settle(planned[index], output_root, fresh)  # needs no slot
+                if outcome is not None:
+                    pending.remove(index)
+                    finish(index, outcome)
+                else:
+                    prepared[index] = (item, state)
         while launch_open and free_slots:
             choice = next_launch(planned, pending, running, free_slots, options.gpus)
             if choice is None:
                 break
             ready, slot = choice
             pending.remove(ready)
-            item = planned[ready]
-            try:
-                item = resolve_lr(item, output_root)
-            except LrSelectionError as exc:
-                finish(ready, Outcome(item, "skipped", note=str(exc)))
+            item, state, outcome = (*prepared.pop(ready), None) if ready in prepared else \
+                settle(planned[ready], output_root, fresh)
+            if outcome is not None:
+                finish(ready, outcome)
                 continue
-            state = run_state(item.run_dir, fresh=fresh)
             free_slots.remove(slot)
             gpu = _slot_device(slot, options.gpus)
             log = log_dir / f"{item.group}.{item.cfg.run_name}.log"
@@ -385,27 +419,26 @@ def run_parallel(planned: list[PlannedRun], *, output_root: Path, options: Paral
 
 def run_sequential(planned: list[PlannedRun], *, output_root: Path, fresh: bool = False, progress: bool = True,
                    on_outcome=None) -> list[Outcome]:
-    """One run at a time in this process (the CPU default): same skip / resume / lr_from rules as run_parallel."""
-    outcomes = []
-    for item in planned:
+    """One run at a time in this process (the CPU default): same skip / resume / lr_from / extension rules as
+    run_parallel; a sweep method's extension runs follow its last run."""
+    queue = with_recorded_extensions(planned, output_root)
+    outcomes: list[Outcome] = []
+    while len(outcomes) < len(queue):
+        item = queue[len(outcomes)]
         if item.cfg is None:
             outcome = Outcome(item, "skipped", note=item.skip_reason or "")
         elif trained_by_evaluator(item):
-            outcome = hand_over(item, planned, output_root)
+            outcome = hand_over(item, queue, output_root)
         else:
-            state = run_state(item.run_dir, fresh=fresh)
-            if state == "done":
-                outcome = outcome_from_summary(item, read_summary(item.run_dir), item.run_dir, reused=True)
-            else:
-                try:
-                    resolved = resolve_lr(item, output_root)
-                except LrSelectionError as exc:
-                    outcome = Outcome(item, "skipped", note=str(exc))
-                else:
-                    outcome = run_in_process(resolved, state, progress=progress)
+            resolved, state, outcome = settle(item, output_root, fresh)
+            if outcome is None:
+                outcome = run_in_process(resolved, state, progress=progress)
         outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
+        if item.extend_at_edge:
+            rest = queue[len(outcomes):]
+            queue[len(outcomes):] = [*new_extensions(queue, output_root, busy=rest, settled=sweep_finished), *rest]
     return outcomes
 
 
@@ -433,7 +466,7 @@ def format_table(outcomes: list[Outcome]) -> str:
         memory = s.get("memory") or {}
         device = memory.get("device")
         peak = _fmt_bytes(memory.get("peak_allocated_bytes")) + (f" ({device})" if device and s.get("steps") else "")
-        note = o.note.splitlines()[0][:90] if o.note else ""
+        note = "; ".join(filter(None, [o.planned.notice, o.note.splitlines()[0][:90] if o.note else ""]))
         if o.reused:
             note = ("finished earlier; " + note).rstrip("; ")
         name = o.run_dir.name if o.run_dir is not None else o.planned.method

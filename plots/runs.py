@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.results import STATUSES, read_metrics  # plain file reading; imports no torch
-from experiments.rundir import RUN_SUBDIRS, SUMMARY_FILE, RunDir
+from experiments.rundir import RUN_SUBDIRS, SUMMARY_FILE, SUPERSEDED_DIR, RunDir
 from plots.result_types import check_metric_types, summary_type_problem
 from plots.timing import SoloTiming, attach_solo_timings
 
@@ -438,6 +438,8 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
             continue
         if set(RUN_SUBDIRS) & set(run_dir.relative_to(results).parts):
             continue  # a file inside a run's evaluator outputs or saved model, not a run of its own
+        if SUPERSEDED_DIR in run_dir.relative_to(results).parts:
+            continue  # a run trained at an lr its sweep no longer chooses, kept aside by run_all
         summary, problem = load_json_object(summary_path)
         problem = problem or summary_problem(summary)
         if problem is not None:
@@ -448,6 +450,8 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
     # <out> folder has no summary.json of its own, so it becomes a run described by the JSON's model and method.
     for scores_path in sorted(results.rglob("eval/superglue.json")):
         out_dir = scores_path.parent.parent
+        if SUPERSEDED_DIR in out_dir.relative_to(results).parts:
+            continue
         if (out_dir / SUMMARY_FILE).is_file() or (exclude is not None and
                                                     exclude.resolve() in out_dir.resolve().parents):
             continue

@@ -6,8 +6,9 @@ takes its lr from a sweep (a profile's `lr_from`) records the choice in <group>/
 final held-out eval loss (mean ± std over seeds when a candidate ran with several) or, for a SuperGLUE sweep, its mean
 validation score over the sweep's tasks, the lr the suite's rule picks from the sweep as it is now
 (experiments.lr_selection.select_lr: lowest final eval loss / highest mean validation score), a flag when that lr
-lies at the edge of the grid (a better one may lie outside it), and which groups recorded which choice. A recorded
-choice that differs from the sweep's present choice (the sweep gained runs since) is named.
+lies at the edge of the grid (a better one may lie outside it) or the grid was extended past its edge (profile key
+extend_at_edge: such candidates say so in 'grid'), and which groups recorded which choice. A recorded choice that
+differs from the sweep's present choice (the sweep gained runs since) is named.
 """
 from __future__ import annotations
 
@@ -48,9 +49,18 @@ def _edge(selection: dict) -> str:
     grid = sorted({c["lr"] for c in selection.get("candidates", []) if isinstance(c.get("lr"), (int, float))})
     if len(grid) < 2:
         return "only one lr in the sweep"
+    extended = sum("extension" in c for c in selection.get("candidates", []))
+    by = f"grid extended by {extended} lr{'s' * (extended != 1)}"
     if not selection.get("at_edge_of_grid"):
-        return "no"
-    return "yes: lowest lr of the grid" if selection["chosen_lr"] == grid[0] else "yes: highest lr of the grid"
+        return f"no ({by})" if extended else "no"
+    edge = "yes: lowest lr of the grid" if selection["chosen_lr"] == grid[0] else "yes: highest lr of the grid"
+    return f"{edge} ({by})" if extended else edge
+
+
+def _grid_cell(candidate: dict | None) -> str:
+    """'grid' (the profile's lrs) or 'extended below / above' (an lr run_all added past the edge, extend_at_edge)."""
+    edge = (candidate or {}).get("extension")
+    return {"lowest": "extended below", "highest": "extended above"}.get(edge, "grid")
 
 
 def _choice(group_dir: Path, group: str, method: str, problems: list[str]) -> tuple[dict | None, str]:
@@ -104,11 +114,14 @@ def _method_rows(sweep: str, method: str, runs: list[Run], records, problems: li
     chosen = selection["chosen_lr"] if selection else None
     scored = superglue_candidates(runs[0].path.parent, method)  # SuperGLUE run directories: ranked on validation
     candidates, tasks = {c["run"]: c for c in scored[0]}, scored[1]
+    by_lr = {c["lr"]: c for c in (selection or {}).get("candidates", []) if isinstance(c.get("lr"), (int, float))}
+    extended = any("extension" in c for c in by_lr.values())
     rows = []
     for g in groups:
         is_chosen = chosen is not None and g.lr is not None and abs(g.lr - chosen) <= 1e-12 * max(chosen, 1e-30)
         epochs = g.first.epochs_trained
         row = {"sweep": sweep, "method": method, "lr": f"{g.lr:g}" if g.lr is not None else NOT_APPLICABLE,
+               **({"grid": _grid_cell(by_lr.get(g.lr))} if extended else {}),
                "seeds": g.seeds_text(), "epochs": NOT_APPLICABLE if epochs is None else f"{epochs:.3g}"}
         if any(r.path.name in candidates for r in g.runs):
             row.update(_validation_cells(g, candidates, tasks))
@@ -135,12 +148,22 @@ def _recorded_only_rows(sweep: str, by_method: dict[str, list]) -> list[dict]:
             metric = VALIDATION if "mean_validation_score" in candidate else "final eval loss"
             value = candidate.get("mean_validation_score", candidate.get("final_eval_loss"))
             rows.append({"sweep": sweep, "method": method, "lr": f"{lr:g}" if isinstance(lr, (int, float)) else "?",
+                         **({"grid": _grid_cell(candidate)} if record.get("grid_extended_by") else {}),
                          "seeds": NOT_APPLICABLE, "epochs": NOT_APPLICABLE,
                          metric: value if isinstance(value, (int, float)) else candidate.get("status", "?"),
                          "chosen": "chosen" if is_chosen else NOT_CHOSEN,
                          "at edge of grid": _edge(record) if is_chosen else NOT_CHOSEN,
                          "used by": _used_by(records, None) if is_chosen else NOT_CHOSEN})
     return rows
+
+
+def _with_grid_column(frame: pd.DataFrame) -> pd.DataFrame:
+    """A section where some sweep extended its grid: 'grid' right after 'lr', 'grid' for every unextended row."""
+    if "grid" not in frame.columns:
+        return frame
+    columns = [c for c in frame.columns if c != "grid"]
+    columns.insert(columns.index("lr") + 1, "grid")
+    return frame.assign(grid=frame["grid"].fillna("grid"))[columns]
 
 
 def lr_claim(summaries: dict[str, list[dict]]) -> str:
@@ -154,9 +177,13 @@ def lr_claim(summaries: dict[str, list[dict]]) -> str:
         graded = [s for s in chosen if s["method"] not in single]
         edge = [f"{s['method']} {'lowest' if 'lowest' in s['edge'] else 'highest'}" for s in graded
                 if s["edge"].startswith("yes")]
+        extended = [f"{s['method']} by {s['edge'].split('extended by ')[1].rstrip(')')}" for s in graded
+                    if "extended by" in s["edge"]]
         text = (f"{heading.split(' (')[0]}: the chosen lr lies at the edge of its grid for {len(edge)} of "
                 f"{len(graded)} methods with two or more lrs" + (f" ({', '.join(edge)})" if edge else "") +
                 (": a better lr may lie outside the grid" if edge else ""))
+        if extended:
+            text += f"; grid extended past its edge (extend_at_edge) for {', '.join(extended)}"
         if single:
             text += f"; one finished lr only (taken without a comparison): {', '.join(single)}"
         missing = [s["method"] for s in items if s["chosen"] is None]
@@ -182,7 +209,7 @@ def build_lr(runs: list[Run], results: Path, problems: list[str] | None = None) 
                 rows += method_rows
                 items.append(summary)
         # a scale with both kinds of sweep: each row has the metric its rule ranks, the other column is n/a
-        sections.append(Section(heading, pd.DataFrame(rows).fillna(NOT_APPLICABLE)))
+        sections.append(Section(heading, _with_grid_column(pd.DataFrame(rows)).fillna(NOT_APPLICABLE)))
         summaries[heading] = items
     present = {r.group for r in sweeps}
     for sweep, by_method in sorted(recorded.items()):
@@ -199,7 +226,8 @@ def build_lr(runs: list[Run], results: Path, problems: list[str] | None = None) 
                "best-validation checkpoint, test never read; ties to the smaller lr; experiments/lr_selection.py). "
                "'epochs' is the sweep run's length "
                "(the main runs are longer). 'at edge of grid': the chosen lr is the lowest or highest tried, so a "
-               "better one may lie outside the grid. 'used by': the groups whose lr_selection.json recorded the "
+               "better one may lie outside the grid; 'grid extended by N lrs': run_all tried N more lrs past the "
+               "edge where the choice lay (profile key extend_at_edge; 'grid' says which). 'used by': the groups whose lr_selection.json recorded the "
                "choice ('no run yet' when none has). Several seeds of a candidate: mean ± standard deviation.")
     return Table("LR", "learning_rates", "Learning rate per method from its sweep (not a table of the paper)",
                  caption, sections, digits=4, claim=lr_claim(summaries), claim_label="What the sweeps show")

@@ -21,6 +21,7 @@ from eval.math.readers import MathDataError
 from eval.mtbench.data import load_questions
 from eval.mtbench.runs import answers_complete
 from experiments.config import ConfigError
+from experiments.lr_selection import EXTENSIONS_FILE, LR_SELECTION_FILE
 from experiments.run_all import load_profile
 from experiments.suite import select_groups
 
@@ -90,10 +91,13 @@ def restore(profile: dict, results: Path, out: Path, question_ids: set | None = 
             if not (run / "summary.json").is_file() and not (out / group / run.name).exists():
                 shutil.copytree(run, out / group / run.name)
                 restored.append(f"{group}/{run.name}")
-        selection = results / group / "lr_selection.json"
-        if selection.is_file():
-            (out / group).mkdir(parents=True, exist_ok=True)
-            shutil.copy(selection, out / group / selection.name)
+        # the lr choices a group recorded, and the lrs a sweep added past the edge of its grid (run_all plans their
+        # runs again from this record); runs moved aside as stale (<group>/superseded/, one level deeper than the
+        # patterns above) are never restored as runs
+        for record in (LR_SELECTION_FILE, EXTENSIONS_FILE):
+            if (results / group / record).is_file():
+                (out / group).mkdir(parents=True, exist_ok=True)
+                shutil.copy(results / group / record, out / group / record)
     return restored, retrain
 
 
