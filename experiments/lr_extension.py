@@ -122,6 +122,7 @@ def _clone(item, lr: float, edge: str):
     name = f"{head}-{item.method}-lr{lr:g}{tail}" if found else f"{item.cfg.run_name}-lr{lr:g}"
     clone = copy.deepcopy(item)
     clone.cfg.method.lr, clone.cfg.run_name, clone.extension = float(lr), name, edge
+    clone.notice = extension_notice(clone)
     clone.overrides = (*item.overrides, f"run_name={name}", f"method.lr={lr!r}")
     return clone
 
