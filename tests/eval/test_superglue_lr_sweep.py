@@ -78,7 +78,10 @@ def test_a_tiny_sweep_chooses_on_validation_hands_the_seeds_their_lr_and_the_tab
                "max_steps": 2, "eval_every": 1, "jobs": 1}
     profile = tmp_path / "sweep.yaml"
     profile.write_text(yaml.safe_dump({"description": "the SuperGLUE lr sweep of quality-gpu, shrunk",
-                                       "runs": [{**sweep, "lrs": {"badam": [1e-5, 1e-4]}}, {**seeds, "seeds": [1]}],
+                                       # extend_at_edge off: a 2-lr grid chooses at its edge; the extension
+                                       # through the evaluator is tests/experiments/test_lr_extension.py's
+                                       "runs": [{**sweep, "lrs": {"badam": [1e-5, 1e-4]}, "extend_at_edge": 0},
+                                                {**seeds, "seeds": [1]}],
                                        "evaluators": [{**evaluator, "options": options}]}))
     out = tmp_path / "results"
     assert run_all.main(["--profile", str(profile), "--output-dir", str(out), "--methods", "badam", "--no-plots",
