@@ -13,6 +13,8 @@ import json
 import re
 from pathlib import Path
 
+from experiments.paths import shared_data
+
 from .answers import last_boxed, normalize_number, to_number
 from .tasks import PAPER_DATASETS, MathTaskError, TaskSpec, builtin_task, check_dataset_names
 
@@ -70,8 +72,11 @@ def read_records(task: str | TaskSpec) -> list[dict]:
     task = as_task(task)
     path = task.path
     if not path.is_file():
-        raise MathDataError(f"math dataset '{task.name}': data file not found: {path} "
-                            f"(set BADAM_SHARED to the shared folder; see shared/data/SOURCES.md)")
+        # the shared folder's hint only for a file that should be there; a user's own path is just named
+        in_shared = path.is_relative_to(shared_data())
+        raise MathDataError(f"math dataset '{task.name}': data file not found: {path}"
+                            + (" (set BADAM_SHARED to the shared folder; see shared/data/SOURCES.md)" if in_shared
+                               else f" (the path key of {task.source or 'its task'})"))
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as fh:

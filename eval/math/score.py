@@ -29,11 +29,16 @@ def read_predictions(path: str | os.PathLike, dataset_size: int) -> dict[int, st
     if not path.is_file():
         raise PredictionsError(f"predictions file not found: {path}")
     predictions: dict[int, str] = {}
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:  # decoded per line, so that a bad byte is named with its line
+        for number, raw in enumerate(fh, start=1):
+            where = f"{path}, line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise PredictionsError(f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x}); valid: UTF-8 JSON "
+                                       "Lines") from None
             if not line.strip():
                 continue
-            where = f"{path}, line {number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:

@@ -20,6 +20,7 @@ The six datasets of the paper are task files in `eval/math/tasks/`, found by nam
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import string
 from pathlib import Path
 
@@ -78,12 +79,14 @@ def load_task_file(path: str | Path) -> TaskSpec:
 def task_from_dict(doc: dict, *, source: str | Path = "<dict>") -> TaskSpec:
     where = f"task file {source}"
     missing = [key for key in _REQUIRED if doc.get(key) in (None, "")]
-    unknown = sorted(set(doc) - set(_REQUIRED) - set(_OPTIONAL))
+    unknown = sorted(map(str, set(doc) - set(_REQUIRED) - set(_OPTIONAL)))
+    if unknown:  # before the missing keys: a misspelt key is also a missing one, and the typo is the news
+        guesses = [difflib.get_close_matches(key, _REQUIRED + _OPTIONAL, n=1) for key in unknown]
+        hint = "".join(f" ({key}: did you mean {guess[0]}?)" for key, guess in zip(unknown, guesses) if guess)
+        raise MathTaskError(f"{where}: unknown key(s) {', '.join(unknown)}{hint}; valid keys: "
+                            f"{', '.join(_REQUIRED + _OPTIONAL)}")
     if missing:
         raise MathTaskError(f"{where}: missing key(s) {', '.join(missing)} (required: {', '.join(_REQUIRED)})")
-    if unknown:
-        raise MathTaskError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: "
-                            f"{', '.join(_REQUIRED + _OPTIONAL)}")
     answer_type = str(doc["answer_type"])
     if answer_type not in ANSWER_TYPES:
         raise MathTaskError(f"{where}: answer_type {answer_type!r} is not one of {', '.join(ANSWER_TYPES)}")
@@ -106,10 +109,10 @@ def task_from_dict(doc: dict, *, source: str | Path = "<dict>") -> TaskSpec:
         raise MathTaskError(f"{where}: question must name record fields in braces, like \"{{Body}} {{Question}}\"")
     triggers = doc.get("triggers") or DEFAULT_TRIGGERS[answer_type]
     meta = doc.get("meta") or ()
-    if isinstance(triggers, str) or not all(isinstance(t, str) and t for t in triggers):
-        raise MathTaskError(f"{where}: triggers must be a list of non-empty strings")
-    if isinstance(meta, str) or not all(isinstance(m, str) for m in meta):
-        raise MathTaskError(f"{where}: meta must be a list of field names")
+    if not isinstance(triggers, (list, tuple)) or not all(isinstance(t, str) and t for t in triggers):
+        raise MathTaskError(f"{where}: triggers must be a list of non-empty strings, got {triggers!r}")
+    if not isinstance(meta, (list, tuple)) or not all(isinstance(m, str) for m in meta):
+        raise MathTaskError(f"{where}: meta must be a list of field names, got {meta!r}")
     return TaskSpec(name=str(doc["name"]), path=_resolve_path(str(doc["path"]), source), question=str(doc["question"]),
                     answer=str(doc["answer"]), answer_type=answer_type, choices=choices and str(choices), gold=gold,
                     triggers=tuple(triggers), meta=tuple(meta), source=str(source))

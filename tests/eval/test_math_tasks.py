@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pytest
 
@@ -77,10 +78,18 @@ def test_choice_tasks_from_a_mapping_and_an_index(tmp_path):
     ("name: [unclosed\n", "t.yaml: invalid YAML at line 2, column 1"),
     ("name: x\npath: q.json\nquestion: '{Body {Question}'\nanswer: a\nanswer_type: number\n",
      "question '{Body {Question}' is not a format string (unexpected '{' in field name)"),  # was a bare ValueError
+    # a misspelt key was reported as the key it should have been missing, without naming the typo
+    ("name: x\npath: q.json\nquestion: '{q}'\nanswer: a\nanswr_type: number\n",
+     "unknown key(s) answr_type (answr_type: did you mean answer_type?)"),
+    # a scalar where a list belongs was a TypeError traceback ('int' object is not iterable)
+    ("name: x\npath: q.json\nquestion: '{q}'\nanswer: a\nanswer_type: number\ntriggers: 5\n",
+     "triggers must be a list of non-empty strings, got 5"),
+    ("name: x\npath: q.json\nquestion: '{q}'\nanswer: a\nanswer_type: number\nmeta: 3\n",
+     "meta must be a list of field names, got 3"),
 ])
 def test_bad_task_files(tmp_path, text, message):
     (tmp_path / "t.yaml").write_text(text)
-    with pytest.raises(MathTaskError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(MathTaskError, match=re.escape(message)):
         load_task_file(tmp_path / "t.yaml")
 
 
@@ -187,6 +196,27 @@ def test_bad_predictions_fail_in_one_line(tmp_path, capsys, lines, message):
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and message in error and "\n" not in error
     assert not (tmp_path / "r.json").exists()
+
+
+def test_predictions_that_are_not_utf8_are_named_with_their_line_and_keep_the_old_result(tmp_path, capsys):
+    good = _write_predictions(tmp_path / "good.jsonl", [{"idx": 0, "output": "The answer is 18."}])
+    assert main(["score", "--datasets", "gsm8k", "--predictions", str(good), "--out", str(tmp_path / "r.json")]) == 0
+    before = (tmp_path / "r.json").read_bytes()
+    capsys.readouterr()
+    (tmp_path / "p.jsonl").write_bytes(b'{"idx": 0, "output": "18"}\n{"idx": 1, "output": "caf\xe9"}\n')  # latin-1
+    assert main(["score", "--datasets", "gsm8k", "--predictions", str(tmp_path / "p.jsonl"),
+                 "--out", str(tmp_path / "r.json")]) == 2
+    error = capsys.readouterr().err.strip()   # was "'utf-8' codec can't decode byte 0xe9 ..." without the file
+    assert error == f"error: {tmp_path / 'p.jsonl'}, line 2: not UTF-8 text (byte 0xe9); valid: UTF-8 JSON Lines"
+    assert (tmp_path / "r.json").read_bytes() == before
+
+
+def test_a_missing_data_file_of_ones_own_task_names_the_task_file_not_the_shared_folder(tmp_path):
+    (tmp_path / "t.yaml").write_text("name: x\npath: nope.jsonl\nquestion: '{q}'\nanswer: a\nanswer_type: number\n")
+    with pytest.raises(MathDataError) as caught:
+        load_items(load_task_file(tmp_path / "t.yaml"))
+    assert str(caught.value) == (f"math dataset 'x': data file not found: {tmp_path / 'nope.jsonl'} "
+                                 f"(the path key of {tmp_path / 't.yaml'})")   # was: "set BADAM_SHARED ..."
 
 
 def test_score_usage_errors(tmp_path, capsys, svamp_task):
