@@ -96,13 +96,25 @@ class RunDir:
         return self.checkpoint.is_file() or self.sharded_checkpoint.is_dir()
 
     def read_summary(self) -> dict | None:
-        """summary.json, or None if the run has not finished writing one."""
+        """summary.json, or None if the run has not finished writing one. A file that is there but holds no JSON
+        object (cut short, emptied, edited by hand) raises RunFileError naming it: it is never taken for "no summary"
+        (a rerun would then replace a run that may have finished) nor passed on as a half-read result."""
         if not self.summary.exists():
             return None
-        return json.loads(self.summary.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(self.summary.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunFileError(f"{self.summary}: not valid JSON ({exc}; a half-written file?)") from None
+        if not isinstance(data, dict):
+            raise RunFileError(f"{self.summary}: holds a JSON {type(data).__name__}, not an object")
+        return data
 
     def read_metrics(self) -> list[dict]:
         return read_jsonl(self.metrics)
+
+
+class RunFileError(ValueError):
+    """A file of a run directory is there but cannot be read (the message names the file and why)."""
 
 
 def read_jsonl(path: str | os.PathLike, *, warn_torn_last: bool = False) -> list[dict]:

@@ -6,6 +6,8 @@ chose, and running several trainings at once on one or more GPUs.
     resume   no final summary but a checkpoint (train.save_every): resumed from it, into the same directory
     redo     a failed (error) or half-started directory with nothing to resume: replaced
     new      no directory yet
+    broken   a summary.json that is not a JSON object (cut short or edited): left as it is and reported as an error
+             naming the file (it may hold a finished run; deleting the directory, or --fresh, trains it again)
   `fresh=True` (run_all --fresh) redoes every run.
 * lr_from: a run group may take each method's learning rate from the finished runs of an earlier group (a sweep):
   the lr with the lowest final eval loss wins (of a SuperGLUE sweep: the highest mean validation score over its
@@ -48,7 +50,7 @@ from experiments.lr_selection import LrSelectionError, select_lr  # noqa: F401 (
 from experiments.paths import REPO_ROOT
 from experiments.process_env import ctrl_c_raises
 from experiments.results import read_summary
-from experiments.rundir import RunDir
+from experiments.rundir import RunDir, RunFileError
 
 FINAL_STATUSES = ("ok", "oom", "diverged")  # results; an `error` is retried, an unsupported setup is final too
 
@@ -116,16 +118,33 @@ def is_final(summary: dict | None) -> bool:
 
 
 def run_state(run_dir: Path, *, fresh: bool = False) -> str:
-    """done | resume | redo | new (see the module docstring)."""
+    """done | resume | redo | new | broken (see the module docstring)."""
     if not run_dir.exists():
         return "new"
     if fresh:
         return "redo"
-    if is_final(read_summary(run_dir)):
+    try:
+        summary = read_summary(run_dir)
+    except RunFileError:
+        return "broken"
+    if is_final(summary):
         return "done"
     if RunDir(run_dir).has_checkpoint():
         return "resume"
     return "redo"
+
+
+def broken_outcome(item: PlannedRun) -> Outcome:
+    """The outcome of a run whose summary.json cannot be read (run_state "broken"): the directory is not touched; the
+    note (also printed, one line) names the file, why, and how to train the run again."""
+    try:
+        read_summary(item.run_dir)
+        problem = f"{item.run_dir}: summary.json became readable again; rerun to use it"
+    except RunFileError as exc:
+        problem = str(exc)
+    note = f"{problem}; left as it is: delete {item.run_dir} (or rerun with --fresh) to train it again"
+    print(f"error: {note}", file=sys.stderr)
+    return Outcome(item, "error", None, item.run_dir, note)
 
 
 def outcome_from_summary(item: PlannedRun, summary: dict | None, run_dir: Path, *, reused: bool = False) -> Outcome:
@@ -160,11 +179,16 @@ def settle(item: PlannedRun, output_root: Path, fresh: bool = False) -> tuple[Pl
     finished or checkpointed run at another lr is stale: moved aside and trained again (experiments/lr_extension)."""
     try:
         resolved = resolve_lr(item, output_root)
-    except LrSelectionError as exc:
-        if run_state(item.run_dir, fresh=fresh) == "done":  # nothing to compare with: kept as it is
+    except (LrSelectionError, RunFileError) as exc:  # RunFileError: a sweep run's summary.json cannot be read
+        state = run_state(item.run_dir, fresh=fresh)
+        if state == "done":  # nothing to compare with: kept as it is
             return item, "done", outcome_from_summary(item, read_summary(item.run_dir), item.run_dir, reused=True)
+        if state == "broken":
+            return item, state, broken_outcome(item)
         return item, "", Outcome(item, "skipped", note=str(exc))
     state = run_state(resolved.run_dir, fresh=fresh)
+    if state == "broken":  # left as it is, named (broken_outcome)
+        return resolved, state, broken_outcome(resolved)
     old = stale_lr(resolved) if item.lr_from and state in ("done", "resume") else None
     if old is not None:
         resolved.notice = stale_notice(resolved, old, supersede(resolved.run_dir, old))
@@ -206,7 +230,7 @@ def hand_over(item: PlannedRun, planned: list[PlannedRun], output_root: Path) ->
                                                      "scores that evaluator writes")
         try:
             item = resolve_lr(item, output_root)
-        except LrSelectionError as exc:
+        except (LrSelectionError, RunFileError) as exc:
             return Outcome(item, "skipped", note=str(exc))
         old = stale_lr(item)  # results of another lr: the evaluator would refuse them (other settings)
         if old is not None:

@@ -118,3 +118,29 @@ def test_ctrl_c_ends_the_suite_in_one_line_and_the_rerun_redoes_the_stopped_run(
                                                "continue")
     assert run_all.main([*args, "--set", "train.max_steps=2"]) == 0
     assert read_summary(out / "g" / "t-sgd")["steps"] == 2 and sorted(p.name for p in (out / "g").iterdir()) == ["t-sgd"]
+
+
+def test_a_cut_short_summary_is_named_in_one_line_left_untouched_and_the_others_go_on(tmp_path, capsys):
+    """A summary.json that is not JSON (a disk filled up, a hand edit) was a JSONDecodeError traceback that ended the
+    whole suite; now the rerun names the file, leaves the directory as it is (it may hold a finished run), goes on
+    with the other runs and exits 1."""
+    profile = tmp_path / "broken.yaml"
+    out = tmp_path / "out"
+    tiny = [o for o in TINY if not o.startswith(("train.max_steps", "train.save_every"))] + ["train.max_steps=1"]
+    profile.write_text(yaml.safe_dump({"description": "broken summary", "output_dir": str(out), "runs": [
+        {"config": "small/smollm2_alpaca.yaml", "group": "g", "name": "t", "methods": list(METHODS),
+         "overrides": tiny}]}))
+    args = ["--profile", str(profile), "--no-progress", "--no-eval", "--no-plots"]
+    assert run_all.main(args) == 0
+    runs = {m: out / "g" / f"t-{m}" for m in METHODS}
+    text = (runs["adam"] / "summary.json").read_text()
+    (runs["adam"] / "summary.json").write_text(text[: len(text) // 2])
+    before = {m: snapshot(d) for m, d in runs.items()}
+    capsys.readouterr()
+    assert run_all.main(args) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {runs['adam'] / 'summary.json'}: not valid JSON (")
+    assert f"left as it is: delete {runs['adam']} (or rerun with --fresh) to train it again" in errors[0]
+    assert "Traceback" not in captured.err and "finished earlier" in captured.out
+    assert {m: snapshot(d) for m, d in runs.items()} == before   # nothing retrained, nothing replaced
