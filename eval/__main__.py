@@ -78,4 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from experiments.process_env import exit_code_on_ctrl_c
+
+    sys.exit(exit_code_on_ctrl_c(main, "each result an evaluator finished is kept in <run_dir>/eval/ (written "
+                                       "atomically); rerun to evaluate the rest"))

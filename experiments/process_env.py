@@ -42,6 +42,18 @@ def quiet_ctrl_c_while_starting() -> None:
         signal.signal(signal.SIGINT, _exit_while_starting)
 
 
+def exit_code_on_ctrl_c(main, kept: str) -> int:
+    """main(), with Ctrl-C ending the process in one line ("stopped by Ctrl-C: <kept>") and exit code 130 instead of
+    a traceback. For the entry points run_all starts as child processes (python -m eval, plots): run_all prints its
+    own line for the same Ctrl-C, so a child's traceback would only bury it."""
+    ctrl_c_raises()
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print(f"\nstopped by Ctrl-C: {kept}", file=sys.stderr)
+        return 130  # the shell's code for a process ended by SIGINT
+
+
 def ctrl_c_raises() -> None:
     """Undo quiet_ctrl_c_while_starting: Ctrl-C raises KeyboardInterrupt again."""
     if signal.getsignal(signal.SIGINT) is _exit_while_starting:

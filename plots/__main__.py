@@ -168,4 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from experiments.process_env import exit_code_on_ctrl_c
+
+    raise SystemExit(exit_code_on_ctrl_c(main, "every file written so far is whole (each is written atomically); "
+                                               "rerun to write the rest"))

@@ -53,3 +53,35 @@ def test_rank_through_the_runner_analyses_saved_runs_and_names_what_it_skips(tmp
     assert "unexpected keyword argument" in capsys.readouterr().err
     assert main(["ranks", str(runs["tuned"])]) == 2
     assert "valid evaluators: math, mtbench, rank, superglue" in capsys.readouterr().err
+
+
+# Ctrl-C inside the entry point: a real SIGINT to the process, raised where the work happens (patched in before the
+# module runs as __main__), so the test does not depend on when a signal lands.
+_CTRL_C_INSIDE = """
+import os, runpy, signal, sys
+import {module} as target
+setattr(target, {name!r}, lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGINT))
+sys.argv = [{entry!r}, *sys.argv[1:]]
+runpy.run_module({entry!r}, run_name="__main__", alter_sys=True)
+"""
+
+
+def _ctrl_c_in(entry: str, module: str, name: str, *args: str) -> subprocess.CompletedProcess:
+    code = _CTRL_C_INSIDE.format(module=module, name=name, entry=entry)
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_ctrl_c_in_an_evaluator_or_the_plots_is_one_line_not_a_traceback(tmp_path):
+    """run_all runs these as child processes: a Ctrl-C during the evaluators (or the tables) printed the child's
+    ~50-line KeyboardInterrupt traceback above run_all's own one-line message."""
+    (tmp_path / "run").mkdir()
+    done = _ctrl_c_in("eval", "eval.rank", "evaluate_runs", "rank", str(tmp_path / "run"))
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("stopped by Ctrl-C: each result an evaluator finished is kept in <run_dir>/eval/ "
+                                   "(written atomically); rerun to evaluate the rest")
+    done = _ctrl_c_in("plots", "plots.tables", "write_table", "--results", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("stopped by Ctrl-C: every file written so far is whole (each is "
+                                                    "written atomically); rerun to write the rest")
