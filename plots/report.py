@@ -108,6 +108,11 @@ class MethodResult:
         return Spread(values) if values else None
 
     @property
+    def nonfinite_eval_loss(self) -> list[str]:
+        """The non-finite final eval losses its runs recorded ("inf", "nan": summary.json's nonfinite map)."""
+        return [kind for run in self.runs if (kind := run.nonfinite("final_eval_loss"))]
+
+    @property
     def train_loss(self) -> Spread | None:
         values = [s["mean_loss_last_10"] for s in self._summaries()
                   if isinstance(s.get("mean_loss_last_10"), float)]
@@ -151,21 +156,53 @@ class MethodResult:
         return [f for f in out if not f.empty]
 
 
+def _has_eval_loss(run: Run) -> bool:
+    """The run measured a final eval loss: a number, or a non-finite one (recorded, not missing)."""
+    return isinstance(run.summary.get("final_eval_loss"), float) or run.nonfinite("final_eval_loss") is not None
+
+
 def collect(runs: list[Run]) -> dict[str, dict[str, MethodResult]]:
     """{model: {method: MethodResult}} over the runs that ended ok. Where a model has runs with an eval loss, only
-    those count (quality runs), so that a memory-only run of another shape does not mix into the medians."""
+    those count (quality runs), so that a memory-only run of another shape does not mix into the medians; an eval
+    loss that came out non-finite counts as measured (the table shows it)."""
     by_model: dict[str, dict[str, MethodResult]] = {}
     for run in runs:
         if not run.ok or run.method == "base":
             continue
         by_model.setdefault(run.model, {}).setdefault(run.method, MethodResult(run.model, run.method)).runs.append(run)
     for methods in by_model.values():
-        if any(isinstance(r.summary.get("final_eval_loss"), float) for m in methods.values() for r in m.runs):
+        if any(_has_eval_loss(r) for m in methods.values() for r in m.runs):
             for result in methods.values():
-                result.runs = [r for r in result.runs if isinstance(r.summary.get("final_eval_loss"), float)]
+                result.runs = [r for r in result.runs if _has_eval_loss(r)]
         for name in [m for m, result in methods.items() if not result.runs]:
             del methods[name]
     return {model: methods for model, methods in by_model.items() if methods}
+
+
+def _outcome(run: Run) -> str:
+    """What a run that ended without a result recorded: its status, the step and the reason (summary.json)."""
+    summary = run.summary
+    steps = summary.get("diverged_at_step") or summary.get("steps")
+    where = f" at step {steps}" if isinstance(steps, int) and steps > 0 else ""
+    if run.status == "diverged":
+        values = summary.get("diverged_values") if isinstance(summary.get("diverged_values"), dict) else {}
+        why = ", ".join(f"{key} {value}" for key, value in values.items())
+        return f"diverged{where}" + (f" (non-finite {why})" if why else "")
+    if run.status == "oom":
+        held = (summary.get("memory") or {}).get("held_at_oom_bytes")
+        return f"out of memory{where}" + (f" ({_mib(held)} held)" if isinstance(held, (int, float)) else "")
+    reason = " ".join(str(summary.get("error") or "").split())[:160]
+    return f"{run.status}{where}" + (f": {reason}" if reason else "")
+
+
+def unfinished(runs: list[Run]) -> dict[str, list[str]]:
+    """{model: lines} for the runs that ended without a result (oom, diverged, error, interrupted): recorded results
+    the method table cannot hold, so the page names each instead of leaving the method out in silence."""
+    out: dict[str, list[str]] = {}
+    for run in sorted(runs, key=lambda r: (r.group, r.name)):
+        if not run.ok:
+            out.setdefault(run.model, []).append(f"{run.method} (`{run.group}/{run.name}`): {_outcome(run)}")
+    return out
 
 
 # --- the paper's claims ---------------------------------------------------------------------------------------------
@@ -181,7 +218,10 @@ def _lower(a: MethodResult | None, b: MethodResult | None) -> tuple[str, str]:
     """Is a's final eval loss below b's, beyond seed noise?"""
     if a is None or b is None or a.eval_loss is None or b.eval_loss is None:
         missing = [m for m, r in (("first", a), ("second", b)) if r is None or r.eval_loss is None]
-        return "not measured", f"no eval loss of the {' and '.join(missing)} method"
+        nonfinite = [f"{r.method} {'/'.join(sorted(set(r.nonfinite_eval_loss)))}" for r in (a, b)
+                     if r is not None and r.eval_loss is None and r.nonfinite_eval_loss]
+        return "not measured", f"no eval loss of the {' and '.join(missing)} method" + \
+            (f" (non-finite: {', '.join(nonfinite)})" if nonfinite else "")
     la, lb = a.eval_loss, b.eval_loss
     text = f"{a.method} {la.text()} vs {b.method} {lb.text()}"
     if len(la.values) < 2 or len(lb.values) < 2:
@@ -356,8 +396,11 @@ def method_table(results: dict[str, MethodResult]) -> list[str]:
         rank_text = "-" if rank is None else (f"{rank['mean_effective_rank']:.1f} ({ratio}{rank['changed']} of "
                                               f"{rank['analysed']} changed, {'/'.join(rank['types'])})")
         timing = " / ".join(_fmt_ms(r.timing(p)) for p in ("step", "forward", "backward", "update"))
+        eval_loss = r.eval_loss.text() if r.eval_loss else "/".join(sorted(set(r.nonfinite_eval_loss))) or "-"
+        if r.eval_loss and r.nonfinite_eval_loss:
+            eval_loss += f" (and {len(r.nonfinite_eval_loss)} non-finite)"
         lines.append(f"| {method} | {', '.join(f'{lr:g}' for lr in r.lrs) or '-'} | "
-                     f"{r.eval_loss.text() if r.eval_loss else '-'} | {r.train_loss.text() if r.train_loss else '-'} "
+                     f"{eval_loss} | {r.train_loss.text() if r.train_loss else '-'} "
                      f"| {_mib(r.memory('peak'))} | {timing} | {rank_text} |")
     return lines
 
@@ -375,14 +418,17 @@ def _slug(text: str) -> str:
 
 
 def render(root: Path, title: str, collected: dict[str, dict[str, MethodResult]], written: dict[str, list[Path]],
-           problems: list[str]) -> str:
+           problems: list[str], failed: dict[str, list[str]] | None = None) -> str:
     lines = [f"# {title}", "",
              f"Generated by `python -m plots.report` from `{root}` on "
              f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. Every number and verdict below is "
              "computed from the run directories; the tables and figures of the paper's layout are in "
              "`tables_figures/` (`index.md` lists them).", ""]
+    failed = failed or {}
     if not collected:
         lines += ["No run ended ok under this folder, so there is nothing to report yet.", ""]
+    for model in [m for m in failed if m not in collected]:
+        lines += [f"## {model}", "", "Runs that ended without a result:", ""] + [f"- {x}" for x in failed[model]] + [""]
     for model, results in collected.items():
         runs = [run for r in results.values() for run in r.runs]
         devices = sorted({r.device for r in results.values()})
@@ -390,6 +436,9 @@ def render(root: Path, title: str, collected: dict[str, dict[str, MethodResult]]
                   f"{len(runs)} run(s) of {len(results)} method(s) on {', '.join(devices)}. "
                   "Differences count only beyond the seed range (module docstring of plots/report.py).", ""]
         lines += method_table(results) + [""]
+        if failed.get(model):
+            lines += ["Runs that ended without a result (not in the tables above):", ""]
+            lines += [f"- {x}" for x in failed[model]] + [""]
         folder = root / FIGURE_DIR
         figures = [eval_loss_figure(results, f"{model}: eval loss (band: seed range)",
                                     folder / f"eval_loss_{_slug(model)}.png"),
@@ -431,7 +480,7 @@ def write_report(root: Path, *, title: str | None = None, out: Path | None = Non
     written = build_all(root, out, problems=problems)
     runs = discover_runs(root, exclude=out, skipped=[])  # build_all named the skipped ones in `problems`
     collected = collect(runs)
-    text = render(root, title or f"Results in {root.name}", collected, written, problems)
+    text = render(root, title or f"Results in {root.name}", collected, written, problems, unfinished(runs))
     path = root / REPORT_FILE
     atomic_write_text(path, text + "\n")
     return path, sum(len(p) for p in written.values())
@@ -461,4 +510,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from experiments.process_env import exit_code_on_ctrl_c
+
+    raise SystemExit(exit_code_on_ctrl_c(main, "every file written so far is whole (each is written atomically); "
+                                               "rerun to write the rest"))

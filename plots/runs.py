@@ -172,6 +172,13 @@ class Run:
         value = self.config.get("seed")
         return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
+    def nonfinite(self, key: str) -> str | None:
+        """"inf" / "-inf" / "nan" when summary.json recorded `key` as a non-finite number (null with a "nonfinite"
+        entry: docs/DESIGN.md, strict JSON); None otherwise."""
+        recorded = self.summary.get("nonfinite") if isinstance(self.summary.get("nonfinite"), dict) else {}
+        kind = recorded.get(key)
+        return kind if self.summary.get(key) is None and isinstance(kind, str) else None
+
     @property
     def final_eval_loss(self) -> float | None:
         """Held-out loss at the end of training (summary.json's final_eval_loss); None when not measured."""

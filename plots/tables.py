@@ -65,6 +65,13 @@ def seed_cell(group: SeedGroup | None, value=None, *, missing=NO_RUN, stat=None)
     return result.mean if isinstance(result, MeanStd) and result.n == 1 else result
 
 
+def nonfinite_or(group: SeedGroup | None, key: str, missing: str) -> str:
+    """`missing`, or the non-finite value ("inf", "nan") the finished seeds of `group` recorded for summary.json's
+    `key` (its nonfinite map, docs/DESIGN.md): a loss that came out infinite was measured, not "not measured"."""
+    kinds = {kind for run in (group.ok_runs if group is not None else []) if (kind := run.nonfinite(key))}
+    return "/".join(sorted(kinds)) or missing
+
+
 def paper_display(paper: PaperCell | None):
     """The paper's cell: its number, or the marker it prints ("OOM", "—", "144.8+"), or NOT_IN_PAPER."""
     if paper is None:

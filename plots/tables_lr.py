@@ -22,7 +22,7 @@ from plots import mapping
 from plots.claims import SUPERGLUE_NAMES
 from plots.runs import Run, load_json_object
 from plots.seeds import by_seed, summarize
-from plots.tables import NO_RUN, NOT_APPLICABLE, Section, Table, seed_cell
+from plots.tables import NO_RUN, NOT_APPLICABLE, Section, Table, nonfinite_or, seed_cell
 
 NOT_CHOSEN = "—"
 VALIDATION = "mean validation score (%)"
@@ -126,7 +126,8 @@ def _method_rows(sweep: str, method: str, runs: list[Run], records, problems: li
         if any(r.path.name in candidates for r in g.runs):
             row.update(_validation_cells(g, candidates, tasks))
         else:
-            row["final eval loss"] = seed_cell(g, lambda r: r.final_eval_loss, missing="not measured")
+            row["final eval loss"] = seed_cell(g, lambda r: r.final_eval_loss,
+                                                 missing=nonfinite_or(g, "final_eval_loss", "not measured"))
         rows.append({**row, "chosen": "chosen" if is_chosen else NOT_CHOSEN,
                      "at edge of grid": _edge(selection) if is_chosen else NOT_CHOSEN,
                      "used by": _used_by(records, chosen) if is_chosen else NOT_CHOSEN})

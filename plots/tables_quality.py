@@ -15,7 +15,8 @@ from plots.judges import agreement_text as judge_agreement
 from plots.paper import paper_cell
 from plots.runs import Run
 from plots.seeds import MeanStd, SeedGroup, by_seed, mean_of, summarize
-from plots.tables import NO_RUN, NOT_APPLICABLE, Section, Table, add_compared, seed_cell, status_marker
+from plots.tables import (NO_RUN, NOT_APPLICABLE, Section, Table, add_compared, nonfinite_or, seed_cell,
+                          status_marker)
 
 T5_MODELS = ("llama2-7b", "llama3-8b")
 T5_LRS = (1e-5, 1e-6)
@@ -63,7 +64,8 @@ def _t5_other_scale(model_runs: list[Run], judges: list[str]) -> pd.DataFrame:
         row = {"method": g.method, "lr": "—" if base else _lr_key(g.lr), "seeds": g.seeds_text(),
                "epochs": NOT_APPLICABLE if base or epochs is None else f"{epochs:.3g}",
                "final eval loss": NOT_APPLICABLE if base else seed_cell(g, lambda r: r.final_eval_loss,
-                                                                         missing="not measured")}
+                                                                         missing=nonfinite_or(g, "final_eval_loss",
+                                                                                              "not measured"))}
         for judge in judges:
             row[f"MT-bench ({judge})"] = _mtbench_cell(g, judge, missing="not judged")
         if not judges:
