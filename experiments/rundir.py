@@ -118,24 +118,30 @@ class RunFileError(ValueError):
 
 
 def read_jsonl(path: str | os.PathLike, *, warn_torn_last: bool = False) -> list[dict]:
-    """Every complete record of a JSONL file ([] if absent). A broken LAST line (a writer killed mid-line) is skipped,
-    with a warning if asked; a broken line anywhere else is corruption, not an interruption, and raises ValueError."""
+    """Every complete record of a JSONL file ([] if absent). A broken LAST line (a writer killed mid-line, also in the
+    middle of a multi-byte character) is skipped, with a warning if asked; a broken line anywhere else is corruption,
+    not an interruption, and raises ValueError naming the file and the line, as does a line that is not a JSON object.
+    Lines are decoded one by one, so a bad byte is named with its line."""
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = path.read_bytes().split(b"\n")
     records = []
-    for index, line in enumerate(lines):
-        if not line.strip():
+    for index, raw in enumerate(lines):
+        if not raw.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             if all(not rest.strip() for rest in lines[index + 1:]):
                 if warn_torn_last:
                     warnings.warn(f"{path}: ignoring the truncated last line ({exc})", stacklevel=2)
                 break
-            raise ValueError(f"{path}: line {index + 1} is not valid JSON ({exc})") from exc
+            what = "UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "JSON"
+            raise ValueError(f"{path}: line {index + 1} is not valid {what} ({exc})") from exc
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {index + 1} holds a JSON {type(record).__name__}, not an object")
+        records.append(record)
     return records
 
 

@@ -73,6 +73,24 @@ def test_read_metrics_tolerates_a_torn_last_line_only(tmp_path):
         read_metrics(tmp_path)
 
 
+def test_jsonl_lines_cut_inside_a_character_or_not_objects_are_named(tmp_path):
+    """A writer killed inside a multi-byte character (MT-bench answers are written with ensure_ascii=False) made the
+    whole file unreadable (UnicodeDecodeError, no file named); a line holding a list or a number was returned as a
+    record and failed later ("cannot convert dictionary update sequence")."""
+    from experiments.rundir import read_jsonl
+
+    path = tmp_path / "answers.jsonl"
+    whole = '{"text": "caf\u00e9 ok"}\n'.encode()
+    path.write_bytes(whole + '{"text": "caf\u00e9'.encode()[:-1])   # torn between the two bytes of the é
+    assert read_jsonl(path) == [{"text": "caf\u00e9 ok"}]
+    path.write_bytes(whole + b'{"text": "caf\xe9"}\n' + whole)       # a latin-1 line in the middle: corruption
+    with pytest.raises(ValueError, match=f"^{path}: line 2 is not valid UTF-8 text"):
+        read_jsonl(path)
+    path.write_bytes(whole + b"[1, 2]\n" + whole)
+    with pytest.raises(ValueError, match=f"^{path}: line 2 holds a JSON list, not an object$"):
+        read_jsonl(path)
+
+
 def test_truncate_metrics_keeps_steps_up_to_checkpoint(tmp_path):
     with MetricsWriter(tmp_path) as writer:
         for step in range(1, 6):
