@@ -142,6 +142,12 @@ def load_answers(path: str | os.PathLike, what: str = "answer file") -> dict[int
     for record in read_jsonl(path, what):
         if "question_id" not in record or not record.get("choices"):
             raise MTBenchError(f"{what} {path}: record lacks question_id/choices: {str(record)[:120]}")
+        choices = record["choices"]
+        # the judge reads choices[0]["turns"][k]: a string there would be judged one character per turn
+        turns = choices[0].get("turns") if isinstance(choices, list) and isinstance(choices[0], dict) else None
+        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+            raise MTBenchError(f"{what} {path}: question {record['question_id']}: choices must be a list of "
+                               f"{{\"turns\": [answer text per turn]}} (FastChat's format), got {str(choices)[:80]}")
         answers[record["question_id"]] = record
     return answers
 

@@ -315,3 +315,17 @@ def test_the_real_process_prints_no_traceback_and_no_key(server, tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "HTTP 401" in done.stderr and "Bearer ***" in done.stderr
     _assert_no_secret_anywhere(tmp_path, done.stdout, done.stderr)
+
+
+def test_an_answer_whose_turns_are_not_a_list_is_refused_before_judging(tmp_path):
+    """choices[0].turns as one string was judged one character per turn ("h" as turn 1, "e" as turn 2), silently."""
+    record = {"question_id": 81, "answer_id": "a", "model_id": "m", "tstamp": 0,
+              "choices": [{"index": 0, "turns": "hello there"}]}
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(MTBenchError, match=r"m.jsonl: question 81: choices must be a list of \{\"turns\": "):
+        load_answers(path)
+    record["choices"] = [{"index": 0, "turns": ["hello", "there"]}]
+    path.write_text(json.dumps(record) + "\n")
+    assert load_answers(path)[81]["choices"][0]["turns"] == ["hello", "there"]
+    assert all(isinstance(a["choices"][0]["turns"], list) for a in load_answers(default_reference_file()).values())
