@@ -22,7 +22,7 @@ import dataclasses
 import random
 from pathlib import Path
 
-from eval.superglue.tasks import Example, get_task, read_rows
+from eval.superglue.tasks import Example, SuperGlueDataError, get_task, read_rows
 
 # First-n cut of the official dev set (in rows; MultiRC's is in answer options, see multirc_validation_rows).
 PAPER_VALIDATION_SIZE = {"boolq": 1270, "copa": 30, "multirc": 453, "rte": 128, "wic": 238, "wsc": 44}
@@ -78,6 +78,24 @@ def _prefix_groups(examples: list[Example], limit: int | None) -> list[Example]:
     return examples[:end]
 
 
+def _examples(spec, rows: list[dict], part: str) -> list[Example]:
+    """spec.to_examples(rows), with a row that lacks a field or holds an unknown label named (a KeyError traceback
+    otherwise)."""
+    try:
+        return spec.to_examples(rows)
+    except (KeyError, ValueError, TypeError):
+        pass
+    for number, row in enumerate(rows, start=1):  # find the row (conversions may look at neighbours: MultiRC groups)
+        try:
+            spec.to_examples([row])
+        except KeyError as exc:
+            raise SuperGlueDataError(f"SuperGLUE {spec.folder}: row {number} of the {part} part lacks the field {exc}; "
+                                     "the files must hold the official SuperGLUE fields") from None
+        except (ValueError, TypeError) as exc:
+            raise SuperGlueDataError(f"SuperGLUE {spec.folder}: row {number} of the {part} part: {exc}") from None
+    return spec.to_examples(rows)  # fails only across rows: its own error
+
+
 def paper_splits(task: str, *, base: Path | None = None, max_train: int | None = None,
                  max_eval: int | None = None, seed: int = 0) -> TaskSplits:
     """Train / validation / test examples of `task` under the paper's protocol (module docstring).
@@ -107,9 +125,9 @@ def paper_splits(task: str, *, base: Path | None = None, max_train: int | None =
             cut, unit = PAPER_VALIDATION_SIZE[spec.name], "rows (the paper's cut)"
         val_rows, test_rows = dev[:cut], dev[cut:]
         protocol = f"train = official train; validation = dev[:{cut}] {unit}; test = dev[{cut}:]"
-    train = _subsample(spec.to_examples(train_rows), max_train, seed)
-    validation = _prefix_groups(spec.to_examples(val_rows), max_eval)
-    test = _prefix_groups(spec.to_examples(test_rows), max_eval)
+    train = _subsample(_examples(spec, train_rows, "training"), max_train, seed)
+    validation = _prefix_groups(_examples(spec, val_rows, "validation"), max_eval)
+    test = _prefix_groups(_examples(spec, test_rows, "test"), max_eval)
     if max_train is not None or max_eval is not None:
         protocol += f"; shortened run: max_train={max_train}, max_eval={max_eval} (not the full protocol)"
     return TaskSplits(spec.name, train, validation, test, protocol)

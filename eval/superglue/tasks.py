@@ -32,7 +32,7 @@ PRONOUN_OPEN, PRONOUN_CLOSE = "#", "#"
 
 
 class SuperGlueDataError(FileNotFoundError):
-    """A task's data file is absent: the message names the path looked for and how to point at the data."""
+    """A task's data file is absent or unreadable: the message names the path (and line) and how to fix it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +80,27 @@ def find_file(folder: str, split: str, *, base: Path | None = None) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a SuperGLUE file (one JSON object per line); a bad line or an unreadable file is a
+    SuperGlueDataError naming the file (and the line)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    rows = []
+    number = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SuperGlueDataError(f"{path}: line {number} is not valid JSON ({exc.msg}); SuperGLUE files "
+                                             "hold one JSON object per line") from None
+                if not isinstance(row, dict):
+                    raise SuperGlueDataError(f"{path}: line {number} holds a JSON {type(row).__name__}, not an object")
+                rows.append(row)
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as exc:  # a cut-off .gz ends in EOFError
+        raise SuperGlueDataError(f"{path}: cannot be read after line {number} ({exc})") from None
+    return rows
 
 
 def read_rows(folder: str, split: str, *, base: Path | None = None) -> list[dict]:

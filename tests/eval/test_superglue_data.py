@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,24 @@ def test_unknown_task_and_missing_data_give_one_clear_error(tmp_path):
     assert parse_tasks("all") == task_names()
     with pytest.raises(SuperGlueDataError, match="RTE/val.jsonl"):
         paper_splits("rte", base=tmp_path)
+
+
+def test_a_bad_line_or_row_names_the_file_line_or_row(tmp_path):
+    """A torn line was a bare JSONDecodeError ("Invalid control character at: line 1 column 22", no file) and a row
+    with an unknown label or without a field a ValueError / KeyError traceback naming neither file nor row."""
+    (tmp_path / "CB").mkdir()
+    row = {"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 0}
+    lines = [json.dumps({**row, "idx": i}) for i in range(3)]
+    (tmp_path / "CB" / "val.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "CB" / "train.jsonl").write_text("\n".join([lines[0], '{"premise": "x", "hyp', lines[1]]) + "\n")
+    with pytest.raises(SuperGlueDataError, match=r"CB/train.jsonl: line 2 is not valid JSON \("):
+        paper_splits("cb", base=tmp_path)
+    (tmp_path / "CB" / "train.jsonl").write_text("\n".join([lines[0], json.dumps({**row, "label": "maybe"})]) + "\n")
+    with pytest.raises(SuperGlueDataError, match="CB: row 2 of the training part: unknown label 'maybe'; valid labels"):
+        paper_splits("cb", base=tmp_path)
+    (tmp_path / "CB" / "train.jsonl").write_text(json.dumps({"premise": "p", "label": "neutral"}) + "\n")
+    with pytest.raises(SuperGlueDataError, match="CB: row 1 of the training part lacks the field 'hypothesis'"):
+        paper_splits("cb", base=tmp_path)
 
 
 def test_paper_splits_sizes_are_deterministic_and_disjoint():
