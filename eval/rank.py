@@ -283,7 +283,7 @@ def rank_analysis(base: str, tuned: str, *, threshold: float = DEFAULT_THRESHOLD
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "definition": "effective_rank = min r with sum_{i<=r} s_i^2 / sum_j s_j^2 >= threshold "
                       "(BAdam paper, Section 3.2); rank_ratio = effective_rank / min(shape)",
-        "matrices": rows, "by_type": _summarise(rows),
+        "matrix_filter": _matrix_filter(matrices), "matrices": rows, "by_type": _summarise(rows),
     }
 
 
@@ -327,13 +327,33 @@ def write_result(result: dict, out: Path) -> None:
     atomic_write_text(out.with_suffix(".csv"), table_csv(result))
 
 
+def _reusable(done: dict, base: str, tuned: str, kwargs: dict) -> bool:
+    """Whether an existing rank.json answers this call: same base, tuned model, threshold and matrix types. A file
+    without matrix_filter (written before it was recorded) counts when its matrix types are the ones asked for."""
+    if (done.get("base"), done.get("tuned"), done.get("threshold")) != \
+            (base, tuned, kwargs.get("threshold", DEFAULT_THRESHOLD)):
+        return False
+    wanted = _matrix_filter(kwargs.get("matrices"))
+    if "matrix_filter" in done:
+        return done["matrix_filter"] == wanted
+    return wanted is not None and sorted(done.get("by_type") or {}) == wanted
+
+
+def _matrix_filter(matrices) -> list[str] | None:
+    return None if matrices is None else sorted(set(matrices))
+
+
 def run(base: str, tuned: str, out: Path, *, force: bool = False, **kwargs) -> dict:
-    """Analyse and write `out` (+ .csv); an existing result for the same inputs is reused unless `force`."""
+    """Analyse and write `out` (+ .csv); an existing result for the same inputs is reused unless `force`. An existing
+    file that holds no result (cut short, emptied) is named in one line and analysed again: it is this evaluator's
+    own output, and nothing else can be in it."""
     if out.is_file() and not force:
-        done = json.loads(out.read_text())
-        same = (done.get("base"), done.get("tuned"), done.get("threshold")) == \
-               (base, tuned, kwargs.get("threshold", DEFAULT_THRESHOLD))
-        if same:
+        try:
+            done = json.loads(out.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.warning("rank: %s is not valid JSON (%s; a half-written file?): analysed again", out, exc)
+            done = None
+        if isinstance(done, dict) and _reusable(done, base, tuned, kwargs):
             log.info("rank: %s already done for these inputs, skipped (use --force to redo)", out)
             return done
     result = rank_analysis(base, tuned, **kwargs)

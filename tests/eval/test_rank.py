@@ -214,3 +214,23 @@ def test_cli_input_mistakes_are_one_line_with_exit_code_2(tiny_base, tmp_path, c
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], (argv, err)
     assert not (tmp_path / "o.json").exists()
+
+
+def test_a_result_is_reused_only_for_the_same_matrices_and_a_cut_short_one_is_redone(tiny_base, tmp_path, caplog):
+    """rank.json of matrices q, v was reused for a call asking for every matrix (the filter was not compared), and an
+    emptied rank.json failed the evaluator with 'JSONDecodeError: Expecting value' naming no file."""
+    folder, model = tiny_base
+    _fine_tune(model, steps=2).save_pretrained(tmp_path / "tuned")
+    out = tmp_path / "rank.json"
+    assert sorted(rank.run(str(folder), str(tmp_path / "tuned"), out, device="cpu", matrices=["v", "q"])["by_type"]) \
+        == ["q", "v"]
+    stamp = out.stat().st_mtime_ns
+    assert sorted(rank.run(str(folder), str(tmp_path / "tuned"), out, device="cpu", matrices=["q", "v"])["by_type"]) \
+        == ["q", "v"] and out.stat().st_mtime_ns == stamp                        # the same question: reused
+    every = rank.run(str(folder), str(tmp_path / "tuned"), out, device="cpu")
+    assert sorted(every["by_type"]) == ["down", "gate", "k", "o", "q", "up", "v"]   # was: the q, v result again
+    out.write_text("")
+    with caplog.at_level("WARNING", logger="eval.rank"):
+        again = rank.run(str(folder), str(tmp_path / "tuned"), out, device="cpu")
+    assert f"rank: {out} is not valid JSON" in caplog.text and "analysed again" in caplog.text
+    assert again["by_type"] == every["by_type"] and json.loads(out.read_text())["matrix_filter"] is None
