@@ -27,7 +27,7 @@ from eval.generation import check_generation_options
 
 from .generation import GenerationOptions, encode_prompts, generate_encoded, prepare_tokenizer
 from .prompts import DEFAULT_PROMPT_STYLE, adds_special_tokens, build_prompt, check_prompt_style
-from .readers import MathItem, load_items, select_subset
+from .readers import MathDataError, MathItem, load_items, select_subset
 from .scoring import DEFAULT_SCORING, check_scoring, score_output
 from .tasks import PAPER_DATASETS, TaskSpec, resolve_tasks
 
@@ -145,7 +145,7 @@ def results_complete(out_dir: str | os.PathLike, *, datasets=None, task_files=No
     path = Path(out_dir) / results_file_name(scoring)
     if not path.is_file():
         return False
-    results = json.loads(path.read_text(encoding="utf-8"))
+    results = _read_results(path)
     settings = results.get("settings") or {}
     if settings.get("prompt_style") != prompt_style or settings.get("max_new_tokens") != int(max_new_tokens):
         return False
@@ -153,6 +153,21 @@ def results_complete(out_dir: str | os.PathLike, *, datasets=None, task_files=No
     return all(task.name in done and done[task.name].get("total") ==
                len(select_subset(load_items(task), limit_for(limit, task.name)))
                for task in resolve_tasks(datasets, task_files))
+
+
+def _read_results(path: Path) -> dict:
+    """An existing results file; one that holds no results object (cut short, emptied) is a MathDataError naming it:
+    it is never read as empty, which would drop the datasets of earlier calls from the merged file."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        results, problem = None, f"is not valid JSON ({exc}; a half-written file?)"
+    else:
+        problem = None if isinstance(results, dict) else f"holds a JSON {type(results).__name__}, not an object"
+    if problem is not None:
+        raise MathDataError(f"{path} {problem}; move it away and evaluate again (the samples files beside it keep "
+                            "every generated answer, so nothing is generated twice)")
+    return results
 
 
 def _previous_records(samples_path: Path, settings: dict, overwrite: bool) -> dict[int, dict]:
@@ -227,7 +242,7 @@ def _write_results(out_dir: Path, per_dataset: dict, settings: dict, *, scoring:
     path = out_dir / results_file_name(scoring)
     previous = {}
     if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = _read_results(path)
         if old.get("settings") == settings and old.get("scoring") == scoring:
             previous = old.get("datasets", {})
     merged = {**previous, **per_dataset}

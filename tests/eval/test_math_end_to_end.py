@@ -185,3 +185,18 @@ def test_cli_errors_are_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("BADAM_SHARED", str(tmp_path))
     assert main(["--model", MODEL_NAME, "--datasets", "gsm8k", "--out", str(tmp_path)]) == 1
     assert "data file not found" in error_line()
+
+
+def test_a_cut_short_results_file_is_named_and_left_as_it_is(tiny, tmp_path):
+    """A math.json cut short (a full disk, a hand edit) was a bare JSONDecodeError; read as empty it would also drop
+    the datasets of earlier calls from the merged file. Now one MathDataError naming it, the file untouched."""
+    from eval.math.readers import MathDataError
+
+    model, tokenizer = tiny
+    options = {**FAST, "datasets": ["gsm8k"]}
+    evaluate_math(model, tokenizer, out_dir=tmp_path, model_name=MODEL_NAME, **options)
+    text = (tmp_path / "math.json").read_text()
+    (tmp_path / "math.json").write_text(text[: len(text) // 2])
+    with pytest.raises(MathDataError, match=r"math.json is not valid JSON \(.*a half-written file\?\); move it away"):
+        evaluate_math(model, tokenizer, out_dir=tmp_path, model_name=MODEL_NAME, **options)
+    assert (tmp_path / "math.json").read_text() == text[: len(text) // 2]
