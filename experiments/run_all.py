@@ -418,6 +418,10 @@ def _parallel_options(args, output_root: Path) -> ParallelOptions:
                            kill_after_s=args.kill_after, log_dir=output_root / "logs")
 
 
+def _run_label(outcome: Outcome) -> str:
+    return f"{outcome.planned.group}/{outcome.run_dir.name if outcome.run_dir else outcome.planned.method}"
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = build_parser().parse_args(argv)
@@ -476,8 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = [o for o in outcomes if o.status == "error"]
     unfinished = [o for o in outcomes if o.status in ("interrupted", "not started")]
     if failed:
-        print(f"failed ({len(failed)}): " + ", ".join(f"{o.planned.group}/{o.run_dir.name if o.run_dir else o.planned.method}"
-                                                     for o in failed), file=sys.stderr)
+        print(f"failed ({len(failed)}): " + ", ".join(_run_label(o) for o in failed), file=sys.stderr)
+        for o in failed:  # the table cuts notes to its column; the reason and what to do are the point here
+            if o.note:
+                print(f"  {_run_label(o)}: {o.note.splitlines()[0]}", file=sys.stderr)
         return 1
     if unfinished:
         print(f"unfinished ({len(unfinished)}): rerun the same command to continue", file=sys.stderr)

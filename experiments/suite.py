@@ -254,7 +254,8 @@ def run_in_process(item: PlannedRun, state: str, *, progress: bool) -> Outcome:
     try:
         summary, run_dir = run_experiment(prepared_config(item, state), progress=progress, on_exists="refuse")
     except Exception as exc:  # a broken run directory or config write: record it, go on with the next method
-        return Outcome(item, "error", note=f"{type(exc).__name__}: {exc}")
+        remedy = f"; delete {item.run_dir} (or rerun with --fresh) to train it from the start" * (state == "resume")
+        return Outcome(item, "error", None, item.run_dir, note=f"{type(exc).__name__}: {exc}{remedy}")
     return outcome_from_summary(item, summary, run_dir)
 
 

@@ -142,6 +142,26 @@ def test_a_run_that_errors_makes_the_exit_code_nonzero(tmp_path, capsys):
     assert "failed (1): g/t-adam" in capsys.readouterr().err
 
 
+def test_a_checkpointed_run_that_lost_its_config_is_named_in_full_with_what_to_do(tmp_path, capsys):
+    """A run left with checkpoint.pt but no config.yaml cannot be resumed (the checkpoint's settings cannot be
+    checked); the only trace was the table's note cut at 90 characters ("...: it has no config.yaml, s")."""
+    profile = write_profile(tmp_path, [group("g", ["adam"], overrides=[*TINY, "train.max_steps=2",
+                                                                      "train.save_every=1"])])
+    args = ["--profile", profile, "--no-progress", "--no-eval", "--no-plots"]
+    assert run_all.main(args) == 0
+    run_dir = tmp_path / "out" / "g" / "t-adam"
+    (run_dir / "summary.json").unlink()
+    (run_dir / "config.yaml").unlink()
+    capsys.readouterr()
+    assert run_all.main(args) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2] == "failed (1): g/t-adam"
+    assert err[-1] == (f"  g/t-adam: ResumeError: cannot resume from {run_dir}: it has no config.yaml, so the settings "
+                       f"the checkpoint was trained with cannot be checked; delete {run_dir} (or rerun with --fresh) "
+                       "to train it from the start")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]   # left as it was
+
+
 @pytest.mark.parametrize("flags, message", [(["--jobs", "0"], "--jobs must be >= 1"),
                                             (["--gpus", "a,b"], "CUDA device ids"),
                                             (["--kill-after", "-5"], "positive number of seconds")])
