@@ -319,12 +319,13 @@ def table_csv(result: dict) -> str:
 
 
 def write_result(result: dict, out: Path) -> None:
-    """rank.json (strict JSON: a non-finite figure is null + a "nonfinite" flag) and rank.csv, each written
-    atomically with an fsync of the file and the directory (experiments.results)."""
+    """rank.csv, then rank.json (strict JSON: a non-finite figure is null + a "nonfinite" flag), each written
+    atomically with an fsync of the file and the directory (experiments.results). rank.json last: it is what marks
+    the analysis done (run() reuses it), so a kill between the two never leaves a reused result without its table."""
     from experiments.results import atomic_write_text, dumps_strict
 
-    atomic_write_text(out, dumps_strict(result, indent=1) + "\n")
     atomic_write_text(out.with_suffix(".csv"), table_csv(result))
+    atomic_write_text(out, dumps_strict(result, indent=1) + "\n")
 
 
 def _reusable(done: dict, base: str, tuned: str, kwargs: dict) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +235,24 @@ def test_a_result_is_reused_only_for_the_same_matrices_and_a_cut_short_one_is_re
         again = rank.run(str(folder), str(tmp_path / "tuned"), out, device="cpu")
     assert f"rank: {out} is not valid JSON" in caplog.text and "analysed again" in caplog.text
     assert again["by_type"] == every["by_type"] and json.loads(out.read_text())["matrix_filter"] is None
+
+
+def test_rank_json_is_written_last_so_a_kill_between_the_files_is_redone(tmp_path, monkeypatch):
+    """rank.json was written before rank.csv: a kill between them left a result the next call reuses, without its
+    table (or with the table of an earlier analysis)."""
+    import experiments.results as results
+
+    written = []
+    real = results.atomic_write_text
+
+    def killed_after_the_first(path, text):
+        if written:
+            raise KeyboardInterrupt  # the process dies here
+        written.append(Path(path).name)
+        real(path, text)
+
+    monkeypatch.setattr(results, "atomic_write_text", killed_after_the_first)
+    result = {"schema": rank.SCHEMA, "matrices": [], "by_type": {}}
+    with pytest.raises(KeyboardInterrupt):
+        rank.write_result(result, tmp_path / "rank.json")
+    assert written == ["rank.csv"] and not (tmp_path / "rank.json").exists()
