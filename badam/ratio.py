@@ -185,6 +185,10 @@ class BlockOptimizerRatio(FixedParamGroupsMixin, torch.optim.Optimizer):
     # --- construction helpers -----------------------------------------------------------------------------------
     @staticmethod
     def _normalise_groups(param_groups) -> list[dict]:
+        if isinstance(param_groups, (torch.optim.Optimizer, torch.nn.Module)):
+            raise TypeError(f"param_groups must be parameters or param-group dicts (e.g. model.parameters()), as for "
+                            f"any torch optimizer, not a {type(param_groups).__name__}; BlockOptimizerRatio builds "
+                            "its own AdamW")
         groups = list(param_groups)
         if not groups:
             raise ValueError("param_groups is empty; pass the model's parameters or a list of param-group dicts")
