@@ -64,9 +64,31 @@ def autocast_dtype(cfg: RunConfig) -> torch.dtype | None:
     return torch.bfloat16 if cfg.model.dtype == "bf16" else None
 
 
-def build_data(cfg: RunConfig, tokenizer, stats: dict | None = None):
+def load_run_records(cfg: RunConfig) -> list[dict]:
+    """The records of data.source, checked for what data.format reads and for data.eval_samples; a bad file or record
+    is a ConfigError (one line, exit 2), raised before the run directory is made."""
+    from experiments import data as data_mod
+
+    wanted = None if cfg.data.max_samples is None else cfg.data.max_samples + cfg.data.eval_samples
+    try:
+        records = data_mod.load_records(cfg.data.source, split=cfg.data.split, max_samples=wanted)
+        if cfg.data.format != "superglue":
+            data_mod.check_records(records, cfg.data.format)
+    except (ValueError, OSError, ImportError) as exc:
+        named = cfg.data.source in str(exc) or str(Path(cfg.data.source).expanduser()) in str(exc)
+        raise ConfigError(str(exc) if named else f"data.source={cfg.data.source}: {exc}") from exc
+    n_eval = cfg.data.eval_samples
+    if n_eval and len(records) <= n_eval:
+        one_text = " (a text file is one record)" if len(records) == 1 and "text" in records[0] else ""
+        raise ConfigError(f"data.eval_samples={n_eval} leaves no training examples out of the {len(records)} records "
+                          f"of {cfg.data.source}{one_text}; valid: data.eval_samples in [0, {len(records) - 1}]")
+    return records
+
+
+def build_data(cfg: RunConfig, tokenizer, stats: dict | None = None, records: list[dict] | None = None):
     """(batches_fn(epoch), eval_batches_fn or None): the same tokenized examples and order for every method.
-    `stats` (if given) receives the tokenization statistics (examples, tokens, truncated, ...)."""
+    `stats` (if given) receives the tokenization statistics (examples, tokens, truncated, ...); `records`: those
+    load_run_records gave (read here when None)."""
     stats = {} if stats is None else stats
     from experiments import data as data_mod
 
@@ -75,13 +97,8 @@ def build_data(cfg: RunConfig, tokenizer, stats: dict | None = None):
                           "--config ...), which builds classification batches; experiments.run trains causal LMs")
     if tokenizer is None:
         raise ConfigError(f"model.source={cfg.model.source!r} comes without a tokenizer; text data needs one")
-    wanted = None if cfg.data.max_samples is None else cfg.data.max_samples + cfg.data.eval_samples
-    records = data_mod.load_records(cfg.data.source, split=cfg.data.split, max_samples=wanted)
+    records = load_run_records(cfg) if records is None else records
     n_eval = cfg.data.eval_samples
-    if n_eval and len(records) <= n_eval:
-        one_text = " (a text file is one record)" if len(records) == 1 and "text" in records[0] else ""
-        raise ConfigError(f"data.eval_samples={n_eval} leaves no training examples out of the {len(records)} records "
-                          f"of {cfg.data.source}{one_text}; valid: data.eval_samples in [0, {len(records) - 1}]")
     # a seeded split: the held-out records are the same for every method
     split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
     train_records, eval_records = (data_mod.split_train_eval(records, n_eval, split_seed) if n_eval
@@ -247,10 +264,10 @@ def _stopped_while_training(run_dir: Path, summary: dict) -> RunStopped:
     return RunStopped(f"stopped by Ctrl-C after step {steps}{planned}: {run_dir} (summary.json: interrupted); {how}")
 
 
-def _load_everything(cfg: RunConfig, load_device: str, data_stats: dict):
+def _load_everything(cfg: RunConfig, load_device: str, data_stats: dict, records: list[dict]):
     method = build_run_method(cfg)
     model, tokenizer = load_run_model(cfg, load_device)
-    batches_fn, eval_fn = build_data(cfg, tokenizer, data_stats)
+    batches_fn, eval_fn = build_data(cfg, tokenizer, data_stats, records)
     return method, model, tokenizer, batches_fn, eval_fn
 
 
@@ -271,12 +288,15 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
     An existing run is never harmed by a new run that fails to start: with cfg.train.resume_from the run continues in
     the checkpoint's directory (ResumeError, before anything is loaded, when the config differs from that run's in a
     key a resume may not change); with cfg.output.overwrite the old run is replaced only once the new one has loaded
-    its model and data and built its method. Until then nothing is written, and a failure raises RunNotStartedError."""
+    its model and data and built its method. Until then nothing is written, and a failure raises RunNotStartedError.
+    A data file that cannot be read, or a record without the fields data.format reads, is a ConfigError raised before
+    anything is written."""
     check_trainable_here(cfg)
     if cfg.train.distributed != "none" and dist_ctx is None:
         dist_ctx = init_distributed(cfg.train.device, cfg.train.distributed)
     main = dist_ctx is None or dist_ctx.is_main
     device = str(dist_ctx.device) if dist_ctx is not None else resolve_device(cfg.train.device)  # before any write
+    records = load_run_records(cfg)  # a bad data file is a usage error: nothing is written
     plan = _plan_on_rank0(cfg, on_exists, dist_ctx)
     run_dir = plan.path
     config_dict = _recorded_config(cfg, plan)
@@ -293,7 +313,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
             "data_stats": data_stats}
     what = {"resume": "the resumed run", "overwrite": "the new run (--overwrite)"}.get(plan.mode, "the run")
     try:
-        method, model, tokenizer, batches_fn, eval_fn = _load_everything(cfg, load_device, data_stats)
+        method, model, tokenizer, batches_fn, eval_fn = _load_everything(cfg, load_device, data_stats, records)
     except KeyboardInterrupt:
         raise _stopped_while_loading(run_dir, plan, writer=main) from None
     except Exception as exc:
