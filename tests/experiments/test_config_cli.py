@@ -104,6 +104,14 @@ def test_shipped_configs_cite_their_sources():
             assert text.lstrip().startswith("#"), f"{name}: starts with a comment naming its sources"
 
 
+def test_a_mistyped_flag_is_one_line_naming_the_valid_flags(capsys):
+    with pytest.raises(SystemExit) as stop:
+        run_cli.main(["--config", "small/smollm2_alpaca.yaml", "--overwite"])
+    assert stop.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "unrecognized arguments: --overwite; valid flags: " in err[0] and "--overwrite" in err[0]
+
+
 def test_cli_rejects_unknown_method_and_key(capsys):
     assert run_cli.main(["--config", "small/smollm2_alpaca.yaml", "method.name=adamw"]) == 2
     err = capsys.readouterr().err
