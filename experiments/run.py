@@ -198,7 +198,7 @@ def _stopped_while_training(run_dir: Path, summary: dict) -> RunStopped:
     return RunStopped(f"stopped by Ctrl-C after step {steps}{planned}: {run_dir} (summary.json: interrupted); {how}")
 
 
-def _load_everything(cfg: RunConfig, load_device: str, data_stats: dict, records: list[dict]):
+def _load_everything(cfg: RunConfig, load_device: str, data_stats: dict, records: list[dict] | None = None):
     method = build_run_method(cfg)
     model, tokenizer = load_run_model(cfg, load_device)
     batches_fn, eval_fn = build_data(cfg, tokenizer, data_stats, records)
