@@ -39,6 +39,9 @@ deliberately differs from 1.4 (each is a defect there; tests/badam/test_official
   * ``step()`` leaves ``p.grad`` in place until ``zero_grad()`` (torch's contract; 1.4 consumes it), except that the
     leaving block's gradients are dropped at a switch, since its parameters freeze;
   * gradients on parameters outside the active block cannot be used (they are frozen): a warning names them.
+  * parameters the user froze before wrapping stay frozen and belong to no block (1.4 unfreezes them with their
+    block; badam/block_setup.py); weights written after construction (``load_state_dict``) are stepped from, not
+    overwritten by the active block's older fp32 masters (FP32MasterWeights.adopt_model_writes).
 Opt-in diagnostic ``measure_rounding=True`` (badam/rounding.py): how much of each visit's update the low-precision
 weights keep once the masters are dropped, reported as a "visit_end" event and warned about once when it is small.
 Call ``release()`` when dropping an optimizer while its model lives on. 1.4's BlockOptimizerRatio is
@@ -53,6 +56,8 @@ from typing import Any
 
 import torch
 
+from .block_setup import (SWITCH_MODES, check_base_optimizer, freeze, frozen_note, map_groups, split_user_frozen, validate_arguments,
+                          warn_full_precision)
 from .block_state import STATE_FORMAT, BlockStateMixin
 from .data_parallel import DataParallelMixin
 from .fixed_groups import FixedParamGroupsMixin
@@ -60,16 +65,6 @@ from .mixed_precision import GRADIENT_MODES, FP32MasterWeights, local_nbytes
 from .partition import assign_to_blocks, infer_block_prefixes, prefix_matches, unique_named_parameters
 from .rounding import BlockRoundingMixin, RoundingLog, VisitRounding
 from .update import step_tensor_by_tensor
-
-SWITCH_MODES = ("random", "ascending", "descending", "fixed")
-
-
-def _validate(switch_mode: str, switch_block_every: int) -> None:
-    if switch_mode not in SWITCH_MODES:
-        raise ValueError(f"switch_mode {switch_mode!r} is not valid; choose one of {', '.join(SWITCH_MODES)}")
-    if isinstance(switch_block_every, bool) or not isinstance(switch_block_every, int) or switch_block_every < 1:
-        raise ValueError(f"switch_block_every must be an integer >= 1 (steps per block), got {switch_block_every!r}")
-
 
 class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin, DataParallelMixin,
                      torch.optim.Optimizer):
@@ -127,11 +122,10 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
                  *, seed: int | None = None, per_tensor_update: bool | None = None, gradients: str = "param",
                  process_group=None, reduce_dtype="fp32", measure_rounding: bool = False,
                  full_precision_ok: bool = False):
-        if not isinstance(base_optimizer, torch.optim.Optimizer):
-            raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
+        check_base_optimizer(base_optimizer)
         if ds_zero3_enabled:
             raise NotImplementedError("DeepSpeed ZeRO-3 is not supported by this BlockOptimizer; use badam 1.4")
-        _validate(switch_mode, switch_block_every)
+        validate_arguments(switch_mode, switch_block_every, verbose, block_prefix_list)
         if gradients not in GRADIENT_MODES:
             raise ValueError(f"gradients={gradients!r} is not valid; choose one of {', '.join(GRADIENT_MODES)}")
         self.gradients = gradients
@@ -147,17 +141,20 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
             per_tensor_update = type(base_optimizer).__module__.startswith("torch.optim")
         self.per_tensor_update = bool(per_tensor_update)
 
-        named = unique_named_parameters(named_parameters_list)
+        named, frozen = split_user_frozen(unique_named_parameters(named_parameters_list))
         if self.measure_rounding and any(hasattr(p, "_local_tensor") for _, p in named):
             raise ValueError("measure_rounding=True is not supported on FSDP2-sharded (DTensor) parameters (each rank "
                              "holds a shard, so the norms would need a collective); turn it off, or measure on one "
                              "device or with process_group= data parallelism")
         names = [n for n, _ in named]
         self.lora_mode = any("lora_" in n for n in names)  # as 1.4: with LoRA, only adapters train in a block
-        if block_prefix_list is None:
-            block_prefix_list = infer_block_prefixes(names, include_embedding, include_lm_head)
-        self.block_prefix_list = [[b] if isinstance(b, str) else list(b) for b in block_prefix_list]
-        blocks = assign_to_blocks(names, self.block_prefix_list)
+        try:
+            if block_prefix_list is None:
+                block_prefix_list = infer_block_prefixes(names, include_embedding, include_lm_head)
+            self.block_prefix_list = [[b] if isinstance(b, str) else list(b) for b in block_prefix_list]
+            blocks = assign_to_blocks(names, self.block_prefix_list)
+        except ValueError as error:
+            raise ValueError(f"{error}{frozen_note(frozen)}") from None
         active_modules = [active_modules] if isinstance(active_modules, str) else list(active_modules)
         for prefix in active_modules:
             if not any(prefix_matches(prefix, n) for n in names):
@@ -172,13 +169,15 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
             if not params and not self._always_params:
                 raise ValueError(f"block {b} ({self.block_prefix_list[b]}) has no trainable parameter"
                                  + (" (LoRA mode trains only lora_ parameters)" if self.lora_mode else ""))
-        self._param_names = {id(p): n for n, p in named}
-        self._all_params = [p for _, p in named]
+        self._param_names = {id(p): n for n, p in named + frozen}
+        self._all_params = [p for _, p in named + frozen]  # every rank must agree on the frozen ones too
+        self.frozen_parameter_names = [n for n, _ in frozen]
         self._warned_foreign_grads = False
-        self._group_of = self._map_groups(base_optimizer, named)
+        self._group_of = map_groups(base_optimizer, named, frozen)
         # LoRA adapters are fp32 by design; the memory argument is about full weights
         if not self.lora_mode and not full_precision_ok:
-            self._warn_full_precision(named)
+            warn_full_precision(named, {id(p) for ps in self._block_params for p in ps}
+                                | {id(p) for p in self._always_params})
 
         super().__init__(base_optimizer.param_groups, base_optimizer.defaults)
         # One list of group dicts shared with the base optimizer for the whole run (LR schedulers see the same dicts)
@@ -202,35 +201,11 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
         self._active_params: list[torch.nn.Parameter] = []
         self._update_order: list[tuple[int, int]] = []  # (group, master index), smallest tensor first
         for _, p in named:  # everything starts frozen; _activate unfreezes the active block
-            p.requires_grad_(False)
+            freeze(p)
             p.grad = None
         self._activate(self._order[0])
         if process_group is not None:
             self.enable_data_parallel(process_group, reduce_dtype=reduce_dtype)
-
-    # --- construction helpers -----------------------------------------------------------------------------------
-    @staticmethod
-    def _map_groups(base_optimizer, named) -> dict[int, int]:
-        group_of = {id(p): g for g, group in enumerate(base_optimizer.param_groups) for p in group["params"]}
-        missing = [n for n, p in named if id(p) not in group_of]
-        if missing:
-            raise ValueError(f"{len(missing)} parameters are not in base_optimizer's param_groups (e.g. {missing[:3]});"
-                             " build base_optimizer over all parameters in named_parameters_list")
-        known = {id(p) for _, p in named}
-        if len(known) != len(group_of):
-            raise ValueError(f"base_optimizer holds {len(group_of) - len(known)} parameters that are not in "
-                             "named_parameters_list; pass list(model.named_parameters()) of the same model")
-        return group_of
-
-    def _warn_full_precision(self, named) -> None:
-        trainable = {id(p) for ps in self._block_params for p in ps} | {id(p) for p in self._always_params}
-        fp32 = [n for n, p in named if id(p) in trainable and p.dtype not in (torch.bfloat16, torch.float16)]
-        if fp32:
-            warnings.warn(
-                f"BlockOptimizer: {len(fp32)} trainable parameters are stored in full precision (e.g. {fp32[:3]}). "
-                "BAdam saves memory by storing weights in bf16/fp16 and giving only the active block an fp32 copy; "
-                "with fp32 weights those memory savings are lost (the results are still correct). Load the model "
-                "in bf16, or pass full_precision_ok=True if fp32 weights are intended.", stacklevel=3)
 
     # --- block schedule ---------------------------------------------------------------------------------------
     @property
@@ -312,7 +287,7 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
         new_ids = {id(p) for p in new_params}
         for p in self._active_params:
             if id(p) not in new_ids:
-                p.requires_grad_(False)
+                freeze(p)
                 p.grad = None  # the leaving block freezes: its gradient can never be used
         if self._sync is not None:
             self._sync.detach()
@@ -402,7 +377,7 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
         for group in self.param_groups:
             group["params"] = []
         for p in self._active_params:
-            p.requires_grad_(False)
+            freeze(p)
             p.grad = None
         self._active_params = []
 

@@ -31,6 +31,19 @@ class BlockStateMixin:
             state = self.base_optimizer.state_dict()
         return state
 
+    def _check_saved_masters(self, schedule: dict, saved: list) -> None:
+        """The saved masters fit the saved active block of this model (same count, same shapes)."""
+        block = schedule["order"][schedule["order_pos"]]
+        params = list({id(p): p for p in self._block_params[block] + self._always_params}.values())
+        if len(saved) != len(params):
+            raise ValueError(f"cannot resume: {len(saved)} saved masters, the saved active block {block} has "
+                             f"{len(params)} parameters here")
+        for param, value in zip(params, saved):
+            if tuple(param.shape) != tuple(value.shape):
+                raise ValueError(f"cannot resume: the saved master of {self._param_names[id(param)]} has shape "
+                                 f"{tuple(value.shape)}, this model's {tuple(param.shape)}; the state dict comes from "
+                                 "another model")
+
     def load_state_dict(self, state_dict: dict) -> None:
         if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:
             raise ValueError(f"not a BlockOptimizer state dict (expected format {STATE_FORMAT!r}); a plain torch "
@@ -40,6 +53,7 @@ class BlockStateMixin:
             mine = getattr(self, key)
             if schedule[key] != mine:
                 raise ValueError(f"cannot resume: saved {key} {schedule[key]!r} differs from this optimizer's {mine!r}")
+        self._check_saved_masters(schedule, state_dict["masters"])  # before anything here changes
         self.switch_block_every = schedule["switch_block_every"]
         self._order = list(schedule["order"])
         self._order_pos = schedule["order_pos"]
@@ -49,8 +63,6 @@ class BlockStateMixin:
         self._generator.set_state(schedule["generator_state"].cpu())  # accelerate may have moved it to the device
         self._activate(self.current_block, event="resume")
         saved = state_dict["masters"]
-        if len(saved) != len(self._masters.masters):
-            raise ValueError(f"cannot resume: {len(saved)} saved masters, active block has {len(self._masters)}")
         with torch.no_grad():
             for master, value in zip(self._masters.masters, saved):
                 master.copy_(value)

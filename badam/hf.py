@@ -45,11 +45,24 @@ def decay_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[
     return [g for g in groups if g["params"]]
 
 
+# the two optimizers name their period differently (badam 1.4's names); the other one's name gets the right one
+_OTHER_MODES_NAME = {"BlockOptimizer": ("switch_every", "switch_block_every"),
+                     "BlockOptimizerRatio": ("switch_block_every", "switch_every")}
+
+
+def _check_period_name(cls_name: str, kwargs: dict) -> None:
+    wrong, right = _OTHER_MODES_NAME[cls_name]
+    if wrong in kwargs:
+        raise TypeError(f"{cls_name} takes {right}= (steps per {'block' if right == 'switch_block_every' else 'mask'}),"
+                        f" not {wrong}= (the other optimizer's name)")
+
+
 def create_badam_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
                            base_optimizer_cls: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
                            base_kwargs: dict | None = None, **block_kwargs) -> BlockOptimizer:
     """AdamW (or `base_optimizer_cls`) over decay / no-decay groups, wrapped in a BlockOptimizer.
     `block_kwargs` go to BlockOptimizer (switch_block_every, switch_mode, start_block, block_prefix_list, ...)."""
+    _check_period_name("BlockOptimizer", block_kwargs)
     base = base_optimizer_cls(decay_parameter_groups(model, weight_decay), lr=lr, **(base_kwargs or {}))
     return BlockOptimizer(base, list(model.named_parameters()), **block_kwargs)
 
@@ -57,6 +70,7 @@ def create_badam_optimizer(model: torch.nn.Module, lr: float, weight_decay: floa
 def create_badam_ratio_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
                                  update_ratio: float = 0.1, **ratio_kwargs) -> BlockOptimizerRatio:
     """BlockOptimizerRatio over decay / no-decay groups; `ratio_kwargs` go to it (switch_every, mask_mode, ...)."""
+    _check_period_name("BlockOptimizerRatio", ratio_kwargs)
     return BlockOptimizerRatio(decay_parameter_groups(model, weight_decay), list(model.named_parameters()),
                                update_ratio=update_ratio, lr=lr, **ratio_kwargs)
 

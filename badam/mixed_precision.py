@@ -116,6 +116,8 @@ class FP32MasterWeights:
                 unique.append(p)
         self.params: list[torch.nn.Parameter] = unique
         self.masters: list[torch.Tensor] = []
+        # per parameter: its version counter when its master and its stored value last agreed (None: fp32, no copy)
+        self._synced_version: list[int | None] = []
         self._slots: list[_GradSlot | None] = []
         self._hooks: list[tuple[torch.Tensor, list]] = []
         for p in unique:
@@ -136,9 +138,11 @@ class FP32MasterWeights:
                 _CURRENT_HOOK[id(p)] = (weakref.ref(p), handles)
                 self._hooks.append((p, handles))
                 self.masters.append(master)
+                self._synced_version.append(p._version)
             elif p.dtype.is_floating_point:
                 self.masters.append(p)  # fp32 / fp64 parameters are their own masters; autograd sums in fp32
                 self._slots.append(None)
+                self._synced_version.append(None)
             else:
                 raise TypeError(f"FP32MasterWeights: parameter of dtype {p.dtype} is not floating point; "
                                 f"valid dtypes are float32, float64, bfloat16, float16")
@@ -257,7 +261,9 @@ class FP32MasterWeights:
         p.grad = value.detach().to(p.dtype, copy=True)
 
     def stage_grad(self, index: int) -> bool:
-        """Put the fp32 gradient on the master for the optimizer; False when the parameter has none."""
+        """Put the fp32 gradient on the master for the optimizer; False when the parameter has none. A weight written
+        from outside since the master was made (see adopt_model_writes) is taken over first."""
+        self.adopt_model_writes(index)
         master = self.masters[index]
         if self.gradients == "param" and master is not self.params[index]:
             master.grad = self.grad_fp32(index)
@@ -335,11 +341,28 @@ class FP32MasterWeights:
 
     # --- weights -----------------------------------------------------------------------------------------------
     @torch.no_grad()
+    def adopt_model_writes(self, index: int) -> bool:
+        """If the index-th low-precision weight was written in place since its master last matched it (e.g.
+        ``model.load_state_dict`` or an init after the optimizer was built), restart the master from the weight, as a
+        torch optimizer would step from the weight as it is now; True when it did. Without this the next update would
+        overwrite the loaded values with the master's stale ones. Free unless the weight's version counter moved
+        (writes made through ``.data`` do not move it and are not seen); a moved counter with the values still
+        equal to the master's rounding keeps the master (no fp32 bits lost)."""
+        version = self._synced_version[index]
+        p, master = self.params[index], self.masters[index]
+        if version is None or p._version == version:
+            return False
+        adopted = not torch.equal(p, master.to(p.dtype))
+        if adopted:
+            master.copy_(p)
+        self._synced_version[index] = p._version
+        return adopted
+
+    @torch.no_grad()
     def copy_to_model(self) -> None:
         """Write the masters back into the model's (low-precision) parameters, after optimizer.step()."""
-        for p, master in zip(self.params, self.masters):
-            if master is not p:
-                p.copy_(master)
+        for index in range(len(self.masters)):
+            self.copy_one_to_model(index)
 
     @torch.no_grad()
     def copy_one_to_model(self, index: int) -> None:
@@ -347,6 +370,7 @@ class FP32MasterWeights:
         p, master = self.params[index], self.masters[index]
         if master is not p:
             p.copy_(master)
+            self._synced_version[index] = p._version
 
     def release(self) -> None:
         """Remove the hooks and drop masters and fp32 gradients; the model's parameters (and, in "param" mode, their
@@ -363,7 +387,7 @@ class FP32MasterWeights:
         for slot in self._slots:
             if slot is not None:
                 slot.drop()
-        self.masters, self.params, self._slots = [], [], []
+        self.masters, self.params, self._slots, self._synced_version = [], [], [], []
 
     def nbytes(self) -> dict[str, int]:
         copies = sum(local_nbytes(m) for m, p in zip(self.masters, self.params) if m is not p)

@@ -39,8 +39,17 @@ def prefix_matches(prefix: str, name: str) -> bool:
 def unique_named_parameters(named_parameters_list) -> list[tuple[str, torch.nn.Parameter]]:
     """(name, parameter) pairs with each tensor once, under its first name (a tied weight listed under two names is
     one parameter); an empty list is refused with the usual fix."""
+    if isinstance(named_parameters_list, torch.nn.Module):
+        raise TypeError(f"named_parameters_list must hold (name, parameter) pairs: pass "
+                        f"list(model.named_parameters()), not the {type(named_parameters_list).__name__} itself")
     named, seen = [], set()
-    for name, p in named_parameters_list:
+    for item in named_parameters_list:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], torch.Tensor)):
+            shown = f"a {type(item).__name__}" + (f" of shape {tuple(item.shape)}" if hasattr(item, "shape") else "")
+            raise TypeError(f"named_parameters_list must hold (name, parameter) pairs, got {shown}: pass "
+                            "list(model.named_parameters()), not model.parameters() (blocks are found by name)")
+        name, p = item
         if id(p) not in seen:
             seen.add(id(p))
             named.append((name, p))

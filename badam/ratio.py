@@ -62,6 +62,7 @@ class _Trained:
         self.offset = 0
         self.selection: Selection | None = None
         self.master: torch.Tensor | None = None
+        self.synced_version = -1  # param._version when master and weight last agreed (see _adopt_model_writes)
         self.hook = None
 
 
@@ -184,6 +185,10 @@ class BlockOptimizerRatio(FixedParamGroupsMixin, torch.optim.Optimizer):
     # --- construction helpers -----------------------------------------------------------------------------------
     @staticmethod
     def _normalise_groups(param_groups) -> list[dict]:
+        if isinstance(param_groups, (torch.optim.Optimizer, torch.nn.Module)):
+            raise TypeError(f"param_groups must be parameters or param-group dicts (e.g. model.parameters()), as for "
+                            f"any torch optimizer, not a {type(param_groups).__name__}; BlockOptimizerRatio builds "
+                            "its own AdamW")
         groups = list(param_groups)
         if not groups:
             raise ValueError("param_groups is empty; pass the model's parameters or a list of param-group dicts")
@@ -241,6 +246,7 @@ class BlockOptimizerRatio(FixedParamGroupsMixin, torch.optim.Optimizer):
                 entry.selection = self._selection(entry)
             entry.master = entry.selection.gather(entry.param.detach().view(-1), torch.float32)
             entry.master.requires_grad_(True)
+            entry.synced_version = entry.param._version
             self.param_groups[entry.group]["params"].append(entry.master)
         self._period_rounding = None
         if self.measure_rounding:
@@ -300,6 +306,19 @@ class BlockOptimizerRatio(FixedParamGroupsMixin, torch.optim.Optimizer):
             if entry.param.grad is not None:  # assigned by hand since the last backward
                 self._fold_hook(entry)(entry.param)
 
+    @staticmethod
+    def _adopt_model_writes(entry: _Trained) -> None:
+        """A weight written in place since its master values were taken (``model.load_state_dict`` after building the
+        optimizer) gives them anew, as a torch optimizer steps from the weight as it is; otherwise the stale masters
+        would overwrite the loaded entries. Free unless the version counter moved (``.data`` writes are not seen)."""
+        param = entry.param
+        if param._version == entry.synced_version:
+            return
+        current = entry.selection.gather(param.detach().view(-1), param.dtype)
+        if not torch.equal(current, entry.master.to(param.dtype)):
+            entry.master.copy_(current)
+        entry.synced_version = param._version
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         loss = None
@@ -315,10 +334,13 @@ class BlockOptimizerRatio(FixedParamGroupsMixin, torch.optim.Optimizer):
                           "only measures). (Warned once.)", stacklevel=2)
         self._norm_taken = False
         trained = sorted(self._trained, key=lambda e: e.count)  # smallest first, as BlockOptimizer
+        for entry in trained:
+            self._adopt_model_writes(entry)
 
         def finish(k: int) -> None:
             entry = trained[k]
             entry.selection.write(entry.param.detach().view(-1), entry.master)
+            entry.synced_version = entry.param._version
             entry.master.grad = None
 
         step_tensor_by_tensor(self._base, [(e.group, e.master) for e in trained],

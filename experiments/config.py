@@ -264,7 +264,10 @@ def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     path = resolve_config_path(path)
     if path in _seen:
         raise ConfigError(f"config inheritance loops through {path}")
-    data = parse_yaml_file(path) or {}
+    data = parse_yaml_file(path)
+    if data is None:  # an empty file would run every default (a full SmolLM2 run): surely not what was meant
+        raise ConfigError(f"{path}: the config is empty; valid: a mapping of sections (model, data, method, train, "
+                          "output) or 'inherit: <config>', e.g. experiments/configs/small/smollm2_alpaca.yaml")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections")
     parent = data.pop("inherit", None)
@@ -308,6 +311,11 @@ def method_options_class(name: str):
     return get_method_class(name).Options
 
 
+def _method_key(key: str, name: str, subsections: dict) -> str:
+    """Where the user wrote `key`: in the method's own subsection (method.badam.key) or flat (method.key)."""
+    return f"method.{name}.{key}" if key in subsections.get(name, {}) else f"method.{key}"
+
+
 def _resolve_method(section: dict, forced_keys: set[str]) -> MethodConfig:
     if not isinstance(section, dict):
         raise ConfigError(f"section 'method' must be a mapping, got {section!r}")
@@ -328,7 +336,8 @@ def _resolve_method(section: dict, forced_keys: set[str]) -> MethodConfig:
     unknown = sorted(set(merged) - set(COMMON_METHOD_KEYS) - set(option_names))
     if unknown:
         raise ConfigError(
-            f"unknown key(s) {', '.join(f'method.{k}' for k in unknown)} for method {name!r}; valid keys: "
+            f"unknown key(s) {', '.join(_method_key(k, name, subsections) for k in unknown)} for method {name!r}; "
+            f"valid keys: "
             f"{', '.join(('lr', 'weight_decay', *option_names))}; per-method settings go in a subsection named after "
             f"a method ({', '.join(valid_methods)})")
     hints = typing.get_type_hints(options_cls) if option_names else {}

@@ -62,7 +62,7 @@ def _read_text(path: Path) -> str:
     with opener(path, "rb") as f:
         raw = f.read()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # a byte-order mark (Excel's CSV export writes one) is not part of the text
     except UnicodeDecodeError as exc:  # name the file and the line: the codec's message names neither
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ValueError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); valid: UTF-8 encoded "
@@ -80,9 +80,14 @@ def _parse_json_records(text: str, path: Path) -> list[dict]:
                 try:
                     data.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}: neither a JSON document nor JSON Lines "
-                                     f"(line {line_no}: {exc.msg})") from None
+                    raise ValueError(f"{path}: neither a JSON document nor JSON Lines (line {line_no}, column "
+                                     f"{exc.colno}: {exc.msg})") from None
     if isinstance(data, dict):
+        wrapped = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
+        if wrapped:  # {"data": [...]}: read as one record, it would train on nothing the user meant
+            raise ValueError(f"{path}: one JSON object whose {wrapped[0]!r} holds {len(data[wrapped[0]])} records; "
+                             "valid: a JSON list of records or JSON Lines (one record per line), so save that list "
+                             f"on its own (e.g. jq '.{wrapped[0]}' {path.name})")
         data = [data]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise ValueError(f"{path}: expected a list of JSON objects (records)")
@@ -92,6 +97,11 @@ def _parse_json_records(text: str, path: Path) -> list[dict]:
 def _parse_table_records(text: str, path: Path, delimiter: str) -> list[dict]:
     """CSV / TSV with a header row naming the fields (e.g. instruction,input,output); every cell is a string."""
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = reader.fieldnames or []
+    other = next((d for d in ";\t|," if d != delimiter and len(header) == 1 and d in header[0]), None)
+    if other is not None:  # one field named 'instruction;input;output': another separator than the suffix says
+        raise ValueError(f"{path}: the header {header[0]!r} is one field: its cells are separated by {other!r}; valid: "
+                         "',' in a .csv file, a tab in a .tsv file")
     records = []
     for row in reader:
         if None in row or None in row.values():  # more / fewer cells than the header names
@@ -168,6 +178,22 @@ def _load_with_datasets(source: str, split: str, max_samples: int | None) -> lis
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     return ds.to_list()
+
+
+def check_records(records: Sequence[dict], fmt: str) -> None:
+    """Every record has what data.format `fmt` reads (checked before anything is tokenized or written, so a bad
+    record is named by its place in the file: record 1 is the first)."""
+    if fmt not in DATA_FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; valid: {', '.join(DATA_FORMATS)}")
+    for number, record in enumerate(records, start=1):
+        if fmt == "text":
+            if "text" not in record:
+                raise ValueError(f"record {number} has no 'text' field, which format 'text' needs (its fields: "
+                                 f"{sorted(record)}; data.format: {FORMAT_FIELDS})")
+        elif fmt == "alpaca":
+            alpaca_conversation(record, number)
+        else:
+            math_conversation(record, number)
 
 
 # --- tokenizing -------------------------------------------------------------------------------------------------

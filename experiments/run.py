@@ -42,6 +42,7 @@ from experiments.loop import RunNotStartedError, StoppedByCtrlC, error_kind_of, 
 from experiments.measure import held_bytes, is_oom
 from experiments.results import (RunDirExistsError, atomic_write_text, atomic_write_yaml,
                                  choose_run_dir, failure_summary, read_summary, replace_run_dir, write_summary)
+from experiments.run_data import build_data, load_run_records  # build_data: also imported from here by scripts
 from experiments.rundir import RunDir
 
 
@@ -62,56 +63,6 @@ def autocast_dtype(cfg: RunConfig) -> torch.dtype | None:
     if mode == "bf16":
         return torch.bfloat16
     return torch.bfloat16 if cfg.model.dtype == "bf16" else None
-
-
-def build_data(cfg: RunConfig, tokenizer, stats: dict | None = None):
-    """(batches_fn(epoch), eval_batches_fn or None): the same tokenized examples and order for every method.
-    `stats` (if given) receives the tokenization statistics (examples, tokens, truncated, ...)."""
-    stats = {} if stats is None else stats
-    from experiments import data as data_mod
-
-    if cfg.data.format == "superglue":
-        raise ConfigError("data.format=superglue is trained by the SuperGLUE evaluator (python -m eval.superglue "
-                          "--config ...), which builds classification batches; experiments.run trains causal LMs")
-    if tokenizer is None:
-        raise ConfigError(f"model.source={cfg.model.source!r} comes without a tokenizer; text data needs one")
-    wanted = None if cfg.data.max_samples is None else cfg.data.max_samples + cfg.data.eval_samples
-    records = data_mod.load_records(cfg.data.source, split=cfg.data.split, max_samples=wanted)
-    n_eval = cfg.data.eval_samples
-    if n_eval and len(records) <= n_eval:
-        one_text = " (a text file is one record)" if len(records) == 1 and "text" in records[0] else ""
-        raise ConfigError(f"data.eval_samples={n_eval} leaves no training examples out of the {len(records)} records "
-                          f"of {cfg.data.source}{one_text}; valid: data.eval_samples in [0, {len(records) - 1}]")
-    # a seeded split: the held-out records are the same for every method
-    split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
-    train_records, eval_records = (data_mod.split_train_eval(records, n_eval, split_seed) if n_eval
-                                   else (records, []))
-    pad_to = cfg.data.max_length if cfg.data.pad_to_max_length else None
-
-    def tokenize(recs):
-        return data_mod.tokenize_records(recs, tokenizer, fmt=cfg.data.format, max_length=cfg.data.max_length,
-                                         packing=cfg.data.packing)
-
-    train_examples = tokenize(train_records)
-    stats.update(getattr(train_examples, "stats", {}) or {})
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-
-    def batches_fn(epoch: int):
-        return data_mod.make_batches(train_examples, batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
-                                     shuffle=cfg.data.shuffle, group_by_length=cfg.data.group_by_length,
-                                     pad_token_id=pad, pad_to_length=pad_to)
-
-    eval_fn = None
-    if eval_records:
-        eval_examples = tokenize(eval_records)
-        stats["eval_examples"] = len(eval_examples)
-
-        def eval_fn():
-            return data_mod.make_batches(eval_examples, batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
-                                         seed=cfg.seed, epoch=0, shuffle=False, pad_token_id=pad,
-                                         pad_to_length=pad_to)
-
-    return batches_fn, eval_fn
 
 
 def _free_memory() -> None:
@@ -247,10 +198,10 @@ def _stopped_while_training(run_dir: Path, summary: dict) -> RunStopped:
     return RunStopped(f"stopped by Ctrl-C after step {steps}{planned}: {run_dir} (summary.json: interrupted); {how}")
 
 
-def _load_everything(cfg: RunConfig, load_device: str, data_stats: dict):
+def _load_everything(cfg: RunConfig, load_device: str, data_stats: dict, records: list[dict] | None = None):
     method = build_run_method(cfg)
     model, tokenizer = load_run_model(cfg, load_device)
-    batches_fn, eval_fn = build_data(cfg, tokenizer, data_stats)
+    batches_fn, eval_fn = build_data(cfg, tokenizer, data_stats, records)
     return method, model, tokenizer, batches_fn, eval_fn
 
 
@@ -271,12 +222,15 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
     An existing run is never harmed by a new run that fails to start: with cfg.train.resume_from the run continues in
     the checkpoint's directory (ResumeError, before anything is loaded, when the config differs from that run's in a
     key a resume may not change); with cfg.output.overwrite the old run is replaced only once the new one has loaded
-    its model and data and built its method. Until then nothing is written, and a failure raises RunNotStartedError."""
+    its model and data and built its method. Until then nothing is written, and a failure raises RunNotStartedError.
+    A data file that cannot be read, or a record without the fields data.format reads, is a ConfigError raised before
+    anything is written."""
     check_trainable_here(cfg)
     if cfg.train.distributed != "none" and dist_ctx is None:
         dist_ctx = init_distributed(cfg.train.device, cfg.train.distributed)
     main = dist_ctx is None or dist_ctx.is_main
     device = str(dist_ctx.device) if dist_ctx is not None else resolve_device(cfg.train.device)  # before any write
+    records = load_run_records(cfg)  # a bad data file is a usage error: nothing is written
     plan = _plan_on_rank0(cfg, on_exists, dist_ctx)
     run_dir = plan.path
     config_dict = _recorded_config(cfg, plan)
@@ -293,7 +247,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
             "data_stats": data_stats}
     what = {"resume": "the resumed run", "overwrite": "the new run (--overwrite)"}.get(plan.mode, "the run")
     try:
-        method, model, tokenizer, batches_fn, eval_fn = _load_everything(cfg, load_device, data_stats)
+        method, model, tokenizer, batches_fn, eval_fn = _load_everything(cfg, load_device, data_stats, records)
     except KeyboardInterrupt:
         raise _stopped_while_loading(run_dir, plan, writer=main) from None
     except Exception as exc:
@@ -380,8 +334,14 @@ def list_everything() -> str:
     return "\n".join(lines)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line naming the valid flags instead of argparse's usage block
+        flags = ", ".join(a.option_strings[-1] for a in self._actions if a.option_strings)
+        self.exit(2, f"error: {message}; valid flags: {flags}, and section.key=value overrides\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="python -m experiments.run", allow_abbrev=False,  # a typo must not silently become --overwrite
         description="Train one method on one config and write a run directory (config.yaml, metrics.jsonl, "
                     "summary.json).",

@@ -33,9 +33,14 @@ Conversation = tuple[str | None, list[tuple[str, str]]]
 def _field(record: dict, key: str, index: int, fmt: str, required: bool = True) -> str:
     value = record.get(key)
     if value is None:
+        if required and key in record:
+            raise ValueError(f"record {index}: its {key!r} is null, and format {fmt!r} needs text there")
         if required:
+            chat = (" (chat 'messages' lists are not read: give the last user turn as instruction, the answer as "
+                    "output, earlier turns as history [[user, assistant], ...] and a system message as system)"
+                    if "messages" in record or "conversations" in record else "")
             raise ValueError(f"record {index} has no {key!r} field, which format {fmt!r} needs "
-                             f"(its fields: {sorted(record)}; data.format: {FORMAT_FIELDS})")
+                             f"(its fields: {sorted(record)}; data.format: {FORMAT_FIELDS}){chat}")
         return ""
     return str(value)
 

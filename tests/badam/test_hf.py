@@ -141,3 +141,15 @@ def test_trainer_with_ratio_mode_clips_through_the_callback_or_warns(tmp_path, w
     up = model.model.layers[0].mlp.up_proj.weight
     fraction = float((up != start.model.layers[0].mlp.up_proj.weight).float().mean())
     assert 0.1 < fraction <= 0.2  # two mask periods of 10 % each
+
+
+def test_the_other_optimizers_period_name_is_answered_with_the_right_one():
+    from badam.hf import create_badam_ratio_optimizer
+
+    model = tiny_llama(layers=2)
+    with pytest.raises(TypeError, match=r"BlockOptimizer takes switch_block_every= \(steps per block\), not "
+                                        r"switch_every="):
+        create_badam_optimizer(model, lr=1e-5, switch_every=10)
+    with pytest.raises(TypeError, match=r"BlockOptimizerRatio takes switch_every= \(steps per mask\), not "
+                                        r"switch_block_every="):
+        create_badam_ratio_optimizer(model, lr=1e-5, switch_block_every=10)

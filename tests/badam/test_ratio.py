@@ -177,3 +177,14 @@ def test_bad_arguments_raise_one_clear_error():
             make(model, **kwargs)
     with pytest.warns(UserWarning, match="too small to train any entry"):
         make(model, update_ratio=0.01, preserve_threshold=0)  # int(32 x 0.01) = 0 entries of a norm weight
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_weights_loaded_after_building_the_optimizer_are_stepped_from_not_overwritten(dtype):
+    pretrained = tiny_llama(dtype=dtype, seed=1).state_dict()
+    model = tiny_llama(dtype=dtype, seed=0)
+    opt = make(model, update_ratio=0.5, lr=1e-9)
+    model.load_state_dict(pretrained)
+    train(model, opt, 1)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.float(), pretrained[name].float(), atol=1e-6), name

@@ -78,3 +78,9 @@ def test_load_rejects_foreign_or_mismatched_state():
     opt3, _ = build(other)
     with pytest.raises(ValueError, match="saved num_blocks 5 differs"):
         opt.load_state_dict(opt3.state_dict())
+    wider = tiny_llama(layers=2, hidden=48)  # same names and blocks, other shapes
+    opt_wide, _ = build(wider)
+    with pytest.raises(ValueError, match=r"saved master of model\.\S+ has shape \((\d+, )?48,?\), this model's .*"
+                                         "comes from another model"):
+        opt.load_state_dict(opt_wide.state_dict())
+    assert opt.global_step == 0 and opt.describe() == build(tiny_llama(layers=2))[0].describe()  # nothing changed

@@ -224,3 +224,33 @@ def test_add_param_group_after_construction_is_refused_not_silently_ignored(rati
     with pytest.raises(ValueError, match="add_param_group: the trainable blocks are fixed"):
         opt.add_param_group({"params": [extra]})
     assert len(opt.param_groups) == groups_before
+
+
+@pytest.mark.parametrize("per_tensor_update", [True, False])
+def test_weights_loaded_after_the_optimizer_was_built_are_stepped_from_not_overwritten(per_tensor_update):
+    """torch optimizers step from the weights as they are at step(): loading a checkpoint into the model after
+    building the optimizer must not be undone by the active block's fp32 masters made from the old weights."""
+    pretrained = tiny_llama(seed=1).state_dict()
+    model = tiny_llama(seed=0)
+    opt = sgd_block_optimizer(model, lr=1e-8, block=1, per_tensor_update=per_tensor_update)
+    model.load_state_dict(pretrained)
+    model(**lm_batch(0)).loss.backward()
+    opt.step()
+    loaded = pretrained["model.layers.1.mlp.up_proj.weight"].float()
+    assert torch.allclose(model.model.layers[1].mlp.up_proj.weight.float(), loaded, atol=1e-6)
+
+
+def test_a_rewrite_that_keeps_the_weights_keeps_the_fp32_masters():
+    """A write that leaves each weight equal to its master's rounding (e.g. reloading the same checkpoint) must not
+    cut the masters' extra fp32 bits."""
+    model = tiny_llama()
+    opt = sgd_block_optimizer(model, lr=1e-3, block=1)
+    model(**lm_batch(0)).loss.backward()
+    opt.step()
+    opt.zero_grad()
+    masters = [m.detach().clone() for m in opt.masters]
+    assert any(not torch.equal(m, m.bfloat16().float()) for m in masters)  # they do hold bits below bf16
+    model.load_state_dict(model.state_dict())
+    model(**lm_batch(1)).loss.backward()
+    assert not any(opt._masters.adopt_model_writes(i) for i in range(len(masters)))
+    assert all(torch.equal(a, m) for a, m in zip(masters, opt.masters))

@@ -6,11 +6,11 @@ import torch
 VOCAB = 64
 
 
-def tiny_llama(dtype=torch.bfloat16, layers=4, seed=0, tie=False):
+def tiny_llama(dtype=torch.bfloat16, layers=4, seed=0, tie=False, hidden=32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          tie_word_embeddings=tie)
     return LlamaForCausalLM(config).to(dtype)

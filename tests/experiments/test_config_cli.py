@@ -33,12 +33,21 @@ def test_unknown_keys_are_rejected_with_the_valid_list():
         config_from_dict({"train": {"bogus": 1}})
     with pytest.raises(ConfigError, match=r"method\.rank for method 'adam'; valid keys: lr, weight_decay, betas, eps"):
         config_from_dict({"method": {"name": "adam", "rank": 8}})
+    with pytest.raises(ConfigError, match=r"method\.badam\.switch_every for method 'badam'; valid keys: .*"
+                                          r"switch_block_every"):
+        config_from_dict({"method": {"name": "badam", "badam": {"switch_every": 2}}})
     with pytest.raises(ConfigError, match="unknown method 'adamw'; valid methods: " + ", ".join(method_names())):
         config_from_dict({"method": {"name": "adamw"}})
     with pytest.raises(ConfigError, match="switch_mode 'sideways' is not valid"):
         config_from_dict({"method": {"name": "badam", "switch_mode": "sideways"}})
     with pytest.raises(ConfigError, match="valid values: cosine, linear, constant"):
         config_from_dict({"train": {"lr_schedule": "step"}})
+
+
+def test_an_empty_config_file_is_refused_not_run_with_every_default(tmp_path):
+    (tmp_path / "mine.yaml").write_text("# my settings, not saved yet\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: the config is empty; valid: a mapping of sections"):
+        load_config(tmp_path / "mine.yaml")
 
 
 def test_fp16_is_refused_with_the_reason():
@@ -93,6 +102,14 @@ def test_shipped_configs_cite_their_sources():
             text = (CONFIG_DIR / name).read_text()
             assert "2404.02827" in text or "inherit:" in text, name
             assert text.lstrip().startswith("#"), f"{name}: starts with a comment naming its sources"
+
+
+def test_a_mistyped_flag_is_one_line_naming_the_valid_flags(capsys):
+    with pytest.raises(SystemExit) as stop:
+        run_cli.main(["--config", "small/smollm2_alpaca.yaml", "--overwite"])
+    assert stop.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "unrecognized arguments: --overwite; valid flags: " in err[0] and "--overwrite" in err[0]
 
 
 def test_cli_rejects_unknown_method_and_key(capsys):

@@ -269,3 +269,21 @@ def test_eval_samples_larger_than_the_file_names_the_file_and_the_valid_range(tm
     with pytest.raises(ConfigError, match=r"out of the 1 records of .*notes.txt \(a text file is one record\); "
                                           r"valid: data.eval_samples in \[0, 0\]"):
         build_data(cfg, tokenizer=object())
+
+
+def test_excel_csv_with_a_byte_order_mark_reads_its_first_field(tmp_path):
+    (tmp_path / "excel.csv").write_text("instruction,output\nSay hi,hi\n", encoding="utf-8-sig")
+    (tmp_path / "bom.json").write_text('[{"instruction": "Say hi", "output": "hi"}]', encoding="utf-8-sig")
+    for name in ("excel.csv", "bom.json"):
+        assert load_records(str(tmp_path / name)) == [{"instruction": "Say hi", "output": "hi"}]
+
+
+def test_another_separator_or_a_wrapped_list_is_named_with_the_fix(tmp_path):
+    (tmp_path / "semi.csv").write_text("instruction;output\nSay hi;hi\n")
+    with pytest.raises(ValueError, match=r"header 'instruction;output' is one field: its cells are separated by ';'"):
+        load_records(str(tmp_path / "semi.csv"))
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": [RECORD, RECORD]}))
+    with pytest.raises(ValueError, match=r"one JSON object whose 'data' holds 2 records; valid: a JSON list"):
+        load_records(str(tmp_path / "wrapped.json"))
+    (tmp_path / "one.json").write_text(json.dumps(RECORD))  # a single record is still one record
+    assert load_records(str(tmp_path / "one.json")) == [RECORD]

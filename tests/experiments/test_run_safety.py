@@ -4,6 +4,7 @@ output.dir; config and flag mistakes are one line with exit code 2. Real CLI run
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -90,12 +91,15 @@ def test_overwrite_validates_the_new_run_before_touching_the_old_one(tmp_path, c
     run_dir = tmp_path / "smollm2_alpaca-adam"
     capsys.readouterr()
     before = snapshot(tmp_path)
-    # a typo in the data path or the model source: the new run does not start, the old one stays byte for byte
-    for bad in ("data.source=/no/such/alpaca.json", "model.source=random:no-such-config"):
-        assert cli(tmp_path, "train.max_steps=2", bad, "--overwrite") == 1
-        line = error_line(capsys)
-        assert "the new run (--overwrite) did not start" in line and str(run_dir) in line
-        assert snapshot(tmp_path) == before
+    # a typo in the model source: the new run does not start, the old one stays byte for byte
+    assert cli(tmp_path, "train.max_steps=2", "model.source=random:no-such-config", "--overwrite") == 1
+    line = error_line(capsys)
+    assert "the new run (--overwrite) did not start" in line and str(run_dir) in line
+    assert snapshot(tmp_path) == before
+    # in the data path: a usage error found before anything is planned or loaded
+    assert cli(tmp_path, "train.max_steps=2", "data.source=/no/such/alpaca.json", "--overwrite") == 2
+    assert "data file not found: /no/such/alpaca.json" in error_line(capsys)
+    assert snapshot(tmp_path) == before
     # a flag after an override is a flag, not a bad override
     assert cli(tmp_path, "train.max_steps=2", "--overwrite", "seed=3") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2_alpaca-adam"]
@@ -142,3 +146,26 @@ def test_config_mistakes_are_one_line(tmp_path, capsys):
     (tmp_path / "a-file").write_text("")  # output.dir below a file: the run directory cannot be created
     assert run_cli.main([*TINY, f"output.dir={tmp_path / 'a-file' / 'x'}"]) == 1
     assert "cannot write the run" in error_line(capsys)
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("qa.jsonl", '{"question": "q", "response": "r"}\n' * 6,
+     r"data.source=.*qa.jsonl: record 1 has no 'instruction' field.*its fields: \['question', 'response'\]"),
+    ("gap.jsonl", '{"instruction": "i", "output": "o"}\n' * 2 + '{"instruction": "i"}\n' * 4,
+     r"record 3 has no 'output' field"),  # counted in the file from 1, not in the shuffled training split
+    ("null.jsonl", '{"instruction": "i", "output": null}\n' * 6, r"record 1: its 'output' is null"),
+    ("chat.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n' * 6,
+     r"chat 'messages' lists are not read: give the last user turn as instruction"),
+    ("cut.jsonl", '{"instruction": "i", "output": "o"}\n{"instruction": "i", "out\n', r"cut.jsonl: neither a JSON.*"
+     r"\(line 2, column"),
+    ("latin1.jsonl", b'{"instruction": "caf\xe9", "output": "o"}\n', r"latin1.jsonl: not UTF-8 text"),
+    ("empty.jsonl", "", r"empty.jsonl: holds no records"),
+])
+def test_a_bad_data_file_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, name, content, expected):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    out = tmp_path / "runs"
+    assert run_cli.main([*TINY, f"output.dir={out}", f"data.source={data / name}", "train.max_steps=1"]) == 2
+    assert re.search(expected, error_line(capsys))
+    assert not out.exists()

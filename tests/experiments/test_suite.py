@@ -139,7 +139,9 @@ def test_a_run_that_errors_makes_the_exit_code_nonzero(tmp_path, capsys):
     profile = write_profile(tmp_path, [group("g", ["adam"], overrides=[*TINY, "train.max_steps=2",
                                                                       "data.source=/nonexistent/file.json"])])
     assert run_all.main(["--profile", profile, "--no-progress", "--no-eval", "--no-plots"]) == 1
-    assert "failed (1): g/t-adam" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    # a missing data file stops the run before its directory exists, so the suite names it by group / method
+    assert "failed (1): g/adam" in captured.err and "data file not found: /nonexistent/file.json" in captured.out
 
 
 def test_a_checkpointed_run_that_lost_its_config_is_named_in_full_with_what_to_do(tmp_path, capsys):
