@@ -140,8 +140,11 @@ def test_a_run_that_errors_makes_the_exit_code_nonzero(tmp_path, capsys):
                                                                       "data.source=/nonexistent/file.json"])])
     assert run_all.main(["--profile", profile, "--no-progress", "--no-eval", "--no-plots"]) == 1
     captured = capsys.readouterr()
-    # a missing data file stops the run before its directory exists, so the suite names it by group / method
-    assert "failed (1): g/adam" in captured.err and "data file not found: /nonexistent/file.json" in captured.out
+    # a missing data file stops the run before its directory exists; the suite names it by its planned run name and
+    # gives the whole reason after the table
+    assert "failed (1): g/t-adam" in captured.err
+    assert "g/t-adam: ConfigError: data file not found: /nonexistent/file.json" in captured.err
+    assert not (tmp_path / "out" / "g" / "t-adam").exists()
 
 
 def test_a_checkpointed_run_that_lost_its_config_is_named_in_full_with_what_to_do(tmp_path, capsys):
