@@ -59,9 +59,9 @@ from baselines.registry import get_method_class, method_names
 from experiments.config import PROFILE_DIR, ConfigError, load_config, parse_yaml_file
 from experiments.lr_extension import dry_run_lines, extend_evaluated_sweeps
 from experiments.paths import REPO_ROOT
-from experiments.suite import (Outcome, ParallelOptions, PlannedRun, exit_code_of, format_table, group_matches,
-                               hand_to_evaluator, is_deferred, run_parallel, run_sequential, select_groups,
-                               sweep_finished)
+from experiments.outcome_table import format_table
+from experiments.suite import (Outcome, ParallelOptions, PlannedRun, exit_code_of, group_matches, hand_to_evaluator,
+                               is_deferred, run_parallel, run_sequential, select_groups, sweep_finished)
 
 DEFAULT_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "output_dir", "time_budget_s", "runs", "skip", "evaluators", "plots")
