@@ -123,12 +123,6 @@ class Run:
         return self.summary.get("status", "error")
 
     @property
-    def is_superglue_task(self) -> bool:
-        """A harness run of one task inside a SuperGLUE run directory (<out>/tasks/<task>/, beside
-        <out>/eval/superglue.json): a part of that run, which its tables show as one row, never a run of its own."""
-        return self.path.parent.name == "tasks" and (self.path.parent.parent / "eval" / "superglue.json").is_file()
-
-    @property
     def shared_device_runs(self) -> int:
         """The most runs that shared this run's device (run_all --jobs): above 1 its step times are not measured."""
         return int((self.summary.get("environment") or {}).get("shared_device_runs") or 1)
@@ -421,6 +415,12 @@ class Run:
         return self.eval_json("rank.json")
 
 
+def is_superglue_task(run_dir: Path) -> bool:
+    """A harness run of one task inside a SuperGLUE run directory (<out>/tasks/<task>/, beside
+    <out>/eval/superglue.json): a part of that run, never a run (a table row, a count) of its own."""
+    return run_dir.parent.name == "tasks" and (run_dir.parent.parent / "eval" / "superglue.json").is_file()
+
+
 def discover_runs(results: Path, *, exclude: Path | None = None,
                   skipped: list[str] | None = None) -> list[Run]:
     """Every run (a directory with summary.json) under `results`; group = summary["group"] or the first
@@ -447,6 +447,8 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
             continue  # a file inside a run's evaluator outputs or saved model, not a run of its own
         if SUPERSEDED_DIR in run_dir.relative_to(results).parts:
             continue  # a run trained at an lr its sweep no longer chooses, kept aside by run_all
+        if is_superglue_task(run_dir):
+            continue  # a part of its SuperGLUE run directory, which eval/superglue.json describes (below)
         summary, problem = load_json_object(summary_path)
         problem = problem or summary_problem(summary)
         if problem is not None:

@@ -197,8 +197,7 @@ def lr_claim(summaries: dict[str, list[dict]]) -> str:
 def build_lr(runs: list[Run], results: Path, problems: list[str] | None = None) -> Table:
     problems = [] if problems is None else problems
     recorded = read_selections(results, problems)
-    # a SuperGLUE sweep's setting is its run directory (scored per task by eval/superglue.json), not its task runs
-    sweeps = [r for r in mapping.runs_for(runs, "lr_sweep") if not r.is_superglue_task]
+    sweeps = mapping.runs_for(runs, "lr_sweep")
     sections, summaries = [], {}
     for _key, (heading, scale_runs) in sorted(mapping.by_scale(sweeps).items()):
         rows, items = [], []

@@ -66,7 +66,8 @@ def test_lr_table_shows_one_row_per_setting_beside_the_task_runs_of_the_gpu_layo
     # are parts of the setting, not candidates of their own (they once gave four rows per lr and no choice)
     root = sweep_tree(tmp_path, task_runs=True)
     runs = discover_runs(root)
-    assert sum(r.is_superglue_task for r in runs) == 9 * 2
+    assert not any(r.path.parent.name == "tasks" for r in runs)   # the 18 task runs are parts, not runs
+    assert len(list(root.glob(f"{SWEEP}/*/tasks/*/summary.json"))) == 9 * 2
     frame = build_lr(runs, root).sections[0].frame
     assert sorted(zip(frame["method"], frame["lr"])) == sorted((m, f"{lr:g}") for m, lrs in GRID.items() for lr in lrs)
     chosen = {r["method"]: r["lr"] for r in frame.to_dict("records") if r["chosen"] == "chosen"}
