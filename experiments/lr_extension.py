@@ -26,9 +26,9 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from experiments.lr_selection import (SUPERGLUE_RESULTS, LrSelectionError, finite_number, read_json_file,
-                                      read_yaml_file, record_extension, record_lr_selection, recorded_extensions,
-                                      select_lr)
+from experiments.lr_selection import (SUPERGLUE_RESULTS, LrSelectionError, read_json_file, read_yaml_file,
+                                      record_extension, record_lr_selection, recorded_extensions, select_lr)
+from experiments.results import finite_number
 from experiments.rundir import SUPERSEDED_DIR, RunDir
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.results import atomic_write_text, read_summary
+from experiments.results import atomic_write_text, finite_number, read_summary
 from experiments.rundir import SUMMARY_FILE, RunDir
 
 LR_SELECTION_FILE = "lr_selection.json"
@@ -55,12 +55,6 @@ def read_yaml_file(path: Path) -> dict:
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def finite_number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 # --- training runs: lowest final eval loss ------------------------------------------------------------------

@@ -81,6 +81,13 @@ def json_safe(obj: Any) -> Any:
     return clean
 
 
+def finite_number(value) -> float | None:
+    """A JSON field as a float when it is a finite number (not a bool, not NaN / inf); None otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def dumps_strict(obj: Any, **kwargs) -> str:
     """json.dumps of json_safe(obj); allow_nan=False makes a non-finite value that slipped through an error."""
     return json.dumps(json_safe(obj), allow_nan=False, default=_json_default, **kwargs)

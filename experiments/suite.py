@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import json
 import os
 import signal
 import subprocess

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.results import STATUSES, read_metrics  # plain file reading; imports no torch
+from experiments.results import STATUSES, finite_number, read_metrics  # plain file reading; imports no torch
 from experiments.rundir import RUN_SUBDIRS, SUMMARY_FILE, SUPERSEDED_DIR, RunDir
 from plots.result_types import check_metric_types, summary_type_problem
 from plots.timing import SoloTiming, attach_solo_timings
@@ -176,7 +176,7 @@ class Run:
     @property
     def final_eval_loss(self) -> float | None:
         """Held-out loss at the end of training (summary.json's final_eval_loss); None when not measured."""
-        return _finite(self.summary.get("final_eval_loss"))
+        return finite_number(self.summary.get("final_eval_loss"))
 
     @property
     def epochs_trained(self) -> float | None:
@@ -364,7 +364,7 @@ class Run:
                     self._left_out(f"the standard error of eval/mtbench/{path.name}", str(exc))
         scored = entry.get("n_scored")
         unparseable = entry.get("n_unparseable")
-        return JudgedScore(judge, float(entry["overall"]), _finite(entry.get("overall_se")),
+        return JudgedScore(judge, float(entry["overall"]), finite_number(entry.get("overall_se")),
                            scored if isinstance(scored, int) else None,
                            scored + unparseable if isinstance(scored, int) and isinstance(unparseable, int) else None)
 
@@ -478,12 +478,6 @@ def discover_runs(results: Path, *, exclude: Path | None = None,
         runs.append(_make_run(results, out_dir, summary))
     attach_solo_timings(runs)
     return runs
-
-
-def _finite(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _make_run(results: Path, run_dir: Path, summary: dict) -> Run:
