@@ -130,7 +130,6 @@ class LocalHFJudge:
                                    temperature=0.0).texts
 
 
-
 class DeferredJudge:
     """A judge built on its first batch (`load` returns it): a rerun that finds every item judged, e.g. to rebuild
     the scores on a machine without the judge's GPU, never loads the model."""
@@ -140,10 +139,6 @@ class DeferredJudge:
             raise MTBenchError(f"batch_size must be >= 1, got {batch_size}")
         self.name, self.batch_size = name, batch_size
         self._load, self._judge = load, None
-
-    @property
-    def loaded(self) -> bool:
-        return self._judge is not None
 
     def complete_batch(self, conversations: list[list[dict]]) -> list[str]:
         if self._judge is None:
