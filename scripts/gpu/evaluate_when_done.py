@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 from eval.runs import GpuPool, visible_gpus, write_base_run_dir
+from experiments.lr_extension import due_extension, same_lr, trained_lr, with_recorded_extensions
+from experiments.lr_selection import LrSelectionError, select_lr
 from experiments.results import read_summary
 from experiments.run_all import load_profile, plan_runs, run_evaluators
 from experiments.suite import group_matches, is_final, outcome_from_summary
@@ -48,6 +50,38 @@ def awaited_runs(profile: dict, output_root: Path, only_groups: list[str] | None
                and (not spec.get("methods") or item.method in spec["methods"]) for spec in specs):
             wanted.append(item)
     return wanted
+
+
+def at_chosen_lr(item, planned: list, output_root: Path) -> bool:
+    """A run whose lr comes from a sweep (lr_from) is final for its evaluators only once that sweep is settled (its
+    runs final at every lr it tries, its recorded extensions included and none due) and the run's directory holds
+    results of the lr the sweep chooses now. A finished run restored from an earlier session may be stale: run_all
+    moves it to superseded/ and trains it again when an extension moved the choice, and evaluating it first would
+    score the superseded run (seen on 2026-11-26: MT-bench and rank were run on the old adam and lora runs)."""
+    if not item.lr_from:
+        return True
+    sweep = [p for p in planned if p.group == item.lr_from and p.method == item.method]
+    if not sweep or not all(is_final(read_summary(p.run_dir)) for p in sweep):
+        return False
+    if sweep[0].extend_at_edge > 0 and due_extension(sweep, output_root, record=False):
+        return False
+    try:
+        chosen = select_lr(output_root, item.lr_from, item.method)["chosen_lr"]
+    except LrSelectionError:
+        return False
+    trained = trained_lr(item.run_dir)
+    return trained is not None and same_lr(trained, chosen)
+
+
+def final_runs(wanted: list, planned: list, output_root: Path) -> list:
+    """The awaited runs that are final now (at the lr their sweep chooses, where they take it from one)."""
+    return [item for item in wanted
+            if is_final(read_summary(item.run_dir)) and at_chosen_lr(item, planned, output_root)]
+
+
+def sweep_plan(profile: dict, output_root: Path) -> list:
+    """The whole profile's plan with the runs of the extensions its sweeps recorded so far (at_chosen_lr's sweeps)."""
+    return with_recorded_extensions(plan_runs(profile, output_root=output_root), output_root)
 
 
 def _reads(spec: dict, item) -> bool:
@@ -77,7 +111,7 @@ def evaluate_each(profile: dict, wanted: list, output_root: Path, pool: GpuPool,
                 handed[(spec["name"], base_dir)] = pool.submit(_command(spec, base_dir))
     started, waiting = time.monotonic(), list(wanted)
     while True:
-        for item in [i for i in waiting if is_final(read_summary(i.run_dir))]:
+        for item in final_runs(waiting, sweep_plan(profile, output_root), output_root):
             waiting.remove(item)
             for spec in (s for s in specs if _reads(s, item)):
                 handed[(spec["name"], item.run_dir)] = pool.submit(_command(spec, item.run_dir))
@@ -122,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                              timeout=args.timeout)
     started = time.monotonic()
     while True:
-        waiting = [item for item in wanted if not is_final(read_summary(item.run_dir))]
+        final = final_runs(wanted, sweep_plan(profile, args.output_dir), args.output_dir)
+        waiting = [item for item in wanted if item not in final]
         if not waiting:
             break
         if time.monotonic() - started > args.timeout:
