@@ -45,6 +45,7 @@ class Adam(MasterWeightMethod):
     parameter (Table 2's "Adam" row). See MasterWeightMethod for what memory_split counts."""
 
     name = "adam"
+    fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     ddp_unsupported = None  # experiments/ddp.py; tests/distributed compare it with one process
     Options = AdamOptions
     description = "AdamW on every parameter, fp32 masters, gradients and moments of bf16 weights (the paper's Adam)"
@@ -61,6 +62,7 @@ class AdamPureBF16(Method):
     """
 
     name = "adam_bf16"
+    fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     Options = AdamOptions
     description = "AdamW directly on bf16 weights: bf16 gradients and moments, no fp32 masters"
 

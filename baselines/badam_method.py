@@ -101,6 +101,7 @@ class BAdam(Method):
     """
 
     name = "badam"
+    fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     ddp_unsupported = None  # experiments/ddp.py; tests/distributed compare it with one process
     Options = BAdamOptions
     description = "block coordinate descent: one block (a layer) trains with AdamW for K steps, then the next (BAdam)"

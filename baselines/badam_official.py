@@ -51,6 +51,7 @@ class BAdamOfficial(Method):
     """
 
     name = "badam_official"
+    fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     Options = BAdamOfficialOptions
     description = "the official badam 1.4 BlockOptimizer (side-by-side reference; installed apart by setup_env.sh)"
     fsdp2_note = ("the official badam 1.4 runs here because it only toggles requires_grad and keeps fp32 copies with "

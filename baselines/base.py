@@ -91,8 +91,12 @@ class Method:
     # False when global-norm clipping is impossible (each parameter is updated before the global norm exists).
     # run_all turns clipping off for such a method; the harness refuses it as an unsupported setup.
     supports_clipping: ClassVar[bool] = True
-    # Why the method cannot run on FSDP2-sharded parameters (None: it can; experiments/distributed.py).
-    fsdp2_unsupported: ClassVar[str | None] = None
+    # Why the method is not offered on FSDP2-sharded parameters (None: it runs there, compared with one process on the
+    # same global batch; experiments/distributed.py). The default refuses: an optimizer that allocates its state as
+    # plain tensors fails on sharded (DTensor) parameters at its first step. A class that is verified sets None; a
+    # subclass that changes the update should declare its own reason again.
+    fsdp2_unsupported: ClassVar[str | None] = ("not verified under FSDP2 sharding against one process (an optimizer "
+                                               "whose state is plain tensors fails on sharded DTensor parameters)")
     # What running sharded costs or changes, for a method that runs under FSDP2 (recorded in summary.json).
     fsdp2_note: ClassVar[str | None] = None
     # Why the method is not offered under train.distributed=ddp (None: it runs there, compared with one process on

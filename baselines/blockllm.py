@@ -72,6 +72,7 @@ class BlockLLM(SubsetMethod):
     optimizer_states = the selected tensors' fp32 masters and AdamW moments."""
 
     name = "blockllm"
+    fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     Options = BlockLLMOptions
     description = "the layer tensors of largest normalised gradient norm train with AdamW, reselected on plateaus"
     fsdp2_note = ("the scoring step's gradient norms are summed over the ranks' shards and the step loss averaged "

@@ -101,6 +101,7 @@ class GaLore(MasterWeightMethod):
     allocated; memory_split counts the storage actually held, not the r-column slice."""
 
     name = "galore"
+    fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     Options = GaLoreOptions
     description = "AdamW whose moments live in rank-r projections of each layer matrix's gradient (GaLore)"
     requirements = ("galore-torch>=1.0",)

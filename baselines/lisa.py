@@ -59,6 +59,7 @@ class LISA(SubsetMethod):
     gradients = fp32 gradients of the active masters; optimizer_states = their fp32 masters and AdamW moments."""
 
     name = "lisa"
+    fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     Options = LISAOptions
     description = "gamma random layers plus embeddings and head train with AdamW, redrawn every K steps (LISA)"
 

@@ -49,6 +49,7 @@ class LOMO(Method):
     """
 
     name = "lomo"
+    fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     Options = LOMOOptions
     description = "SGD fused into backward: each gradient updates its weight at once and is freed (LOMO)"
     requirements = ("lomo-optim>=0.1.1",)

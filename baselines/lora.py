@@ -60,6 +60,7 @@ class LoRA(MasterWeightMethod):
     """
 
     name = "lora"
+    fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     ddp_unsupported = None  # experiments/ddp.py; tests/distributed compare it with one process
     Options = LoRAOptions
     description = "low-rank adapters (rank r) on every linear map of the layers, trained with AdamW (peft)"

@@ -95,6 +95,7 @@ class Muon(MasterWeightMethod):
     MasterWeightMethod): optimizer_states = masters + Muon's momentum buffers + AdamW's moments."""
 
     name = "muon"
+    fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     Options = MuonOptions
     description = "Muon (orthogonalised momentum) for the layers' matrices, AdamW for the rest (torch.optim.Muon)"
     fsdp2_note = ("Newton-Schulz runs on the sharded momentum as DTensor matmuls, which gather what each product "

@@ -27,6 +27,7 @@ class SGD(MasterWeightMethod):
     parameter. See MasterWeightMethod for what memory_split counts."""
 
     name = "sgd"
+    fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     ddp_unsupported = None  # experiments/ddp.py; tests/distributed compare it with one process
     Options = SGDOptions
     description = "SGD on every parameter over fp32 masters (the paper's SGD ablation baseline)"

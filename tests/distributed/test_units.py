@@ -73,6 +73,23 @@ def test_unsupported_methods_are_refused_with_reason():
     assert {"adalomo", "galore_8bit", "adamw_8bit", "q_galore", "apollo", "adam_mini"} <= refused
 
 
+def test_a_new_method_is_not_offered_sharded_until_its_class_says_it_was_verified(monkeypatch):
+    """A method file that declares nothing about FSDP2 is refused at start with the reason, as under ddp: an optimizer
+    that keeps plain-tensor state (transformers' Adafactor, say) fails on DTensor parameters at its first step."""
+    import baselines.registry as registry
+    from baselines.precision import MasterWeightMethod
+
+    class Unverified(MasterWeightMethod):
+        name = "unverified"
+
+    assert not Unverified.supports_fsdp2() and not Unverified.capabilities()["supports_fsdp2"]
+    monkeypatch.setattr(registry, "get_method_class", lambda name: Unverified if name == "unverified"
+                        else get_method_class(name))
+    with pytest.raises(MethodUnsupportedError, match="unverified is unsupported under train.distributed=fsdp2: not "
+                                                     "verified under FSDP2 sharding"):
+        D.check_method_supported("unverified")
+
+
 def test_data_parallel_is_offered_to_the_methods_that_declare_it():
     from experiments import ddp
 
