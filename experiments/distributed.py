@@ -37,13 +37,13 @@ TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 LAUNCH_HINT = "torchrun --nproc_per_node N -m experiments.run --config ... train.distributed=fsdp2"
 
 # Which methods run sharded is declared by each method (Method.fsdp2_unsupported: why not; Method.fsdp2_note: what it
-# costs; a class that says nothing is refused as not verified). Every method that does not refuse runs sharded and matches one process on the same global batch: badam, adam
-# and lora are compared in tests/distributed; sgd, bsgd, lomo, badam_official (fp32, within 1e-8) and adam_bf16 (bf16
-# rounding) were compared the same way by hand; galore and galore_layerwise differ as much as GaLore does in one
-# process when the same gradient is only summed in another order (its SVD projector amplifies rounding on a tiny
-# random model). lisa and blockllm (same subsets on every rank, fp32 weights within 2e-5 at lr 1e-3) and muon (within
-# 9e-5: its bf16 Newton-Schulz iteration on DTensors sums in another order) were compared the same way by hand
-# (issue 16). Each refusal was seen on 2 gloo processes.
+# costs; a class that says nothing is refused as not verified). Every method that does not refuse runs sharded and
+# matches one process on the same global batch: badam, adam and lora are compared in tests/distributed; sgd, bsgd, lomo,
+# badam_official (fp32, within 1e-8) and adam_bf16 (bf16 rounding) were compared the same way by hand; galore and
+# galore_layerwise differ as much as GaLore does in one process when the same gradient is only summed in another order
+# (its SVD projector amplifies rounding on a tiny random model). lisa and blockllm (same subsets on every rank, fp32
+# weights within 2e-5 at lr 1e-3) and muon (within 9e-5: its bf16 Newton-Schulz iteration on DTensors sums in another
+# order) were compared the same way by hand (issue 16). Each refusal was seen on 2 gloo processes.
 
 
 # --- process group and mesh ----------------------------------------------------------------------------------------
