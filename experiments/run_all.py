@@ -1,14 +1,14 @@
 """The suite's main job (./run_all.sh): train every method of a profile on the same data, run the evaluators, build the
 tables, figures and report.md, print a summary table and the total wall time.
 
-A profile (experiments/configs/profiles/<name>.yaml) lists run groups; each names a config, the methods to run on it
-(method.name is an override, so one config serves every method), overrides for all of them and per method, and the
-results group the runs go to (<output_dir>/<group>/<config>-<method>/, the layout `python -m plots` reads). What a
-method cannot do comes from its class (baselines/base.py), not from the profile: a CUDA-only method is skipped on a
-CPU with its declared reason, a fused-update method gets one batch of B x G instead of G micro-batches of B, a method
-that cannot clip runs without clipping; the plan says so. A profile may still list `skip` with a reason. A method that
-turns out unsupported at run time (MethodUnsupportedError) is reported as skipped. An out-of-memory or failed run is
-recorded and the suite goes on.
+A profile (experiments/configs/profiles/<name>.yaml) lists run groups; each names a config, the methods to run on it (a
+list, or `all`: every registered method; method.name is an override, so one config serves every method), overrides for
+all of them and per method, and the results group the runs go to (<output_dir>/<group>/<config>-<method>/, the layout
+`python -m plots` reads). What a method cannot do comes from its class (baselines/base.py), not from the profile: a
+CUDA-only method is skipped on a CPU with its declared reason, a fused-update method gets one batch of B x G instead of
+G micro-batches of B, a method that cannot clip runs without clipping; the plan says so. A profile may still list `skip`
+with a reason. A method that turns out unsupported at run time (MethodUnsupportedError) is reported as skipped. An
+out-of-memory or failed run is recorded and the suite goes on.
 
 A run group may also list `seeds` (one run per seed, named <stem>-<method>-s<seed>; `first_seed_overrides` apply to
 the first seed only, e.g. saving the model for the evaluators), `lrs` ({method: [lr, ...]}: one run per lr, named
@@ -55,13 +55,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from baselines.registry import get_method_class, method_names
+from baselines.registry import method_names
 from experiments.config import PROFILE_DIR, ConfigError, load_config, parse_yaml_file
 from experiments.lr_extension import dry_run_lines, extend_evaluated_sweeps
 from experiments.paths import REPO_ROOT
+from experiments.run_plan import added_method_lines, plan_runs
 from experiments.outcome_table import format_table
-from experiments.suite import (Outcome, ParallelOptions, PlannedRun, exit_code_of, group_matches, hand_to_evaluator,
-                               is_deferred, run_parallel, run_sequential, select_groups, sweep_finished)
+from experiments.suite import (Outcome, ParallelOptions, PlannedRun, exit_code_of, hand_to_evaluator, is_deferred,
+                               run_parallel, run_sequential, sweep_finished)
 
 DEFAULT_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "output_dir", "time_budget_s", "runs", "skip", "evaluators", "plots")
@@ -100,9 +101,11 @@ def load_profile(name: str) -> dict:
         for key in ("config", "group", "methods"):
             if not entry.get(key):
                 raise ConfigError(f"profile {name}: every run group needs {key!r} (got {entry})")
+        if entry["methods"] == "all":  # every registered method, a new one included (the cpu-smoke profile)
+            entry["methods"] = sorted(valid)
         if not isinstance(entry["methods"], list):  # a bare string would be read letter by letter
             raise ConfigError(f"profile {name}, group {entry['group']}: methods must be a list, e.g. "
-                              f"[{entry['methods']}], got {entry['methods']!r}")
+                              f"[{entry['methods']}], or all (every registered method), got {entry['methods']!r}")
         unknown = [m for m in [*entry["methods"], *(entry.get("method_overrides") or {})] if m not in valid]
         if unknown:
             raise ConfigError(f"profile {name}, group {entry['group']}: unknown method(s) {', '.join(unknown)}; "
@@ -173,107 +176,6 @@ def _check_keys(mapping, valid, where: str) -> None:
     unknown = sorted(set(mapping) - set(valid))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
-
-
-def resolved_device(cfg) -> str:
-    """cuda or cpu: where the run will train (train.device auto: CUDA when available)."""
-    device = str(cfg.train.device)
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if device.startswith("cuda") else device
-
-
-def method_adaptations(method: str, cfg) -> list[tuple[str, str]]:
-    """[(override, why)] that make a group's common settings fit what the method's class declares it can do
-    (baselines/base.py): a fused update cannot accumulate gradients, so the micro-batch takes the whole effective
-    batch; a method that updates inside backward cannot clip to a global norm, so clipping goes off. Profiles need no
-    per-method overrides for these; the plan says what was changed."""
-    cls = get_method_class(method)
-    out = []
-    accum = int(cfg.train.grad_accum)
-    if accum > 1 and not cls.supports_grad_accumulation:
-        batch = int(cfg.train.batch_size) * accum
-        out += [(f"train.batch_size={batch}", f"batch {cfg.train.batch_size} x {accum} micro-batches -> one batch of "
-                                               f"{batch} (its update is fused into backward: no accumulation)"),
-                ("train.grad_accum=1", "")]
-    if cfg.train.max_grad_norm is not None and cfg.train.max_grad_norm > 0 and not cls.supports_clipping:
-        out.append(("train.max_grad_norm=null", f"no clipping (max_grad_norm {cfg.train.max_grad_norm:g} is "
-                                                "impossible: it updates each parameter inside backward)"))
-    return out
-
-
-def plan_runs(profile: dict, *, output_root: Path, only_methods: list[str] | None = None,
-              extra_overrides: tuple[str, ...] = (), only_groups: list[str] | None = None,
-              only_seeds: list[int] | None = None) -> list[PlannedRun]:
-    """Resolve and validate every run of the profile before anything trains (a bad config fails in seconds)."""
-    skip = profile.get("skip") or {}
-    if only_methods:
-        unknown = [m for m in only_methods if m not in method_names()]
-        if unknown:
-            raise ConfigError(f"--methods names unknown method(s) {', '.join(unknown)}; valid methods: "
-                              f"{', '.join(method_names())}")
-    if only_groups:
-        select_groups((entry["group"] for entry in profile["runs"]), only_groups, where=f"profile {profile['name']}")
-    planned = []
-    listed = {(e["group"], e.get("name") or Path(e["config"]).stem, m) for e in profile["runs"] for m in e["methods"]}
-    added: set = set(listed)
-    for entry in profile["runs"]:
-        if only_groups and not group_matches(entry["group"], only_groups):
-            continue
-        stem = entry.get("name") or Path(entry["config"]).stem
-        seeds = entry.get("seeds") or [None]
-        methods = list(entry["methods"])
-        # --methods runs a method the profile does not list, with the group's common overrides (said in the plan),
-        # once per group and run name (a group may be split over several entries)
-        extra = [m for m in (only_methods or []) if m not in methods and (entry["group"], stem, m) not in added]
-        added.update((entry["group"], stem, m) for m in extra)
-        methods += extra
-        # seed-major: a suite cut short by a deadline has every method at seed 0 before any at seed 1
-        for seed in seeds:
-            if only_seeds is not None and seed is not None and seed not in only_seeds:
-                continue
-            for method in methods:
-                if only_methods and method not in only_methods:
-                    continue
-                if method in skip:
-                    if seed == seeds[0]:
-                        planned.append(PlannedRun(entry["group"], method, None, skip_reason=str(skip[method])))
-                    continue
-                for lr in (entry.get("lrs") or {}).get(method) or [None]:
-                    name = stem + f"-{method}" + (f"-lr{float(lr):g}" if lr is not None else "") + \
-                        (f"-s{seed}" if seed is not None else "")
-                    overrides = [*(entry.get("overrides") or []),
-                                 *((entry.get("method_overrides") or {}).get(method) or []),
-                                 *((entry.get("first_seed_overrides") or []) if seed == seeds[0] else []),
-                                 f"method.name={method}", f"run_name={name}",
-                                 f"output.dir={output_root / entry['group']}",
-                                 *([f"seed={seed}"] if seed is not None else []),
-                                 *([f"method.lr={float(lr)!r}"] if lr is not None else []), *extra_overrides]
-                    try:
-                        cfg = load_config(entry["config"], overrides)
-                        adapted = method_adaptations(method, cfg)
-                        if adapted:
-                            overrides = [*overrides, *(o for o, _ in adapted)]
-                            cfg = load_config(entry["config"], overrides)
-                    except ConfigError as exc:
-                        raise ConfigError(f"profile {profile['name']}, group {entry['group']}, method {method}: "
-                                          f"{exc}") from exc
-                    cuda_only = get_method_class(method).cuda_only
-                    if cuda_only and resolved_device(cfg) != "cuda":
-                        if seed == seeds[0]:
-                            planned.append(PlannedRun(entry["group"], method, None,
-                                                      skip_reason=f"CUDA only: {cuda_only}"))
-                        break  # every lr of the sweep would be skipped alike
-                    planned.append(PlannedRun(entry["group"], method, cfg, config=entry["config"],
-                                              overrides=tuple(overrides), lr_from=entry.get("lr_from"),
-                                              adaptations=tuple(why for _, why in adapted if why),
-                                              exclusive=bool(entry.get("exclusive")),
-                                              extend_at_edge=int(entry.get("extend_at_edge") or 0) if lr else 0))
-    if not planned:
-        raise ConfigError(f"profile {profile['name']}: nothing to run (check --methods and --groups)")
-    return planned
 
 
 # --- running ------------------------------------------------------------------------------------------------------
@@ -448,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     listed = {m for entry in profile["runs"] for m in entry["methods"]}
     added = sorted({m for m in only or [] if m not in listed})
     if added:
-        print(f"  not in the profile, run in every group with the group's settings: {', '.join(added)}")
+        print(f"  not in the profile, run in every group with the group's settings (once where groups share them): "
+              f"{', '.join(added)}")
+        print("\n".join(added_method_lines(profile, planned, added)))
     adapted = {(p.group, p.method): p.adaptations for p in planned if p.adaptations}
     for (group, method), notes in adapted.items():
         print(f"  {group}/{method}, adapted to what the method can do: {'; '.join(notes)}")
