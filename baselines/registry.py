@@ -30,6 +30,7 @@ METHODS: dict[str, str] = {
     "adamw_8bit": "baselines.adamw_8bit:AdamW8bit",
     "apollo": "baselines.apollo:APOLLO",
     "q_galore": "baselines.q_galore:QGaLore",
+    "adafactor": "baselines.adafactor:Adafactor",
 }
 
 
