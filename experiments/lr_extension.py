@@ -26,8 +26,9 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from experiments.lr_selection import (SUPERGLUE_RESULTS, LrSelectionError, read_json_file, read_yaml_file,
-                                      record_extension, record_lr_selection, recorded_extensions, select_lr)
+from experiments.lr_selection import (EXTENSIONS_FILE, LR_SELECTION_FILE, SUPERGLUE_RESULTS, LrSelectionError,
+                                      read_json_file, read_record, read_yaml_file, record_extension,
+                                      record_lr_selection, recorded_extensions, select_lr)
 from experiments.results import finite_number
 from experiments.rundir import SUPERSEDED_DIR, RunDir
 
@@ -186,6 +187,35 @@ def new_extensions(planned: list, output_root: Path, *, busy: list, settled: Cal
             continue
         out += due_extension(runs, output_root, record=record)
     return out
+
+
+def check_records(planned: list, output_root: Path) -> None:
+    """Before anything trains: the records the plan's sweeps and lr_from groups keep are readable (LrSelectionError
+    naming the file otherwise, lr_selection.read_record)."""
+    for item in planned:
+        if item.cfg is None:
+            continue
+        if item.extend_at_edge > 0:
+            read_record(Path(output_root) / item.group / EXTENSIONS_FILE)
+        if item.lr_from:
+            read_record(Path(output_root) / item.group / LR_SELECTION_FILE)
+            read_record(Path(output_root) / item.lr_from / EXTENSIONS_FILE)
+
+
+def edge_notes(planned: list, output_root: Path) -> list[str]:
+    """run_all's closing notes: sweep methods whose choice still lies at the edge of the grid after every extra lr
+    extend_at_edge allowed (a better lr may lie beyond it)."""
+    notes = []
+    for (group, method), runs in sweep_methods(planned).items():
+        try:
+            selection = select_lr(output_root, group, method)
+        except LrSelectionError:
+            continue
+        if selection["at_edge_of_grid"] and selection["grid_extended_by"] >= runs[0].extend_at_edge:
+            notes.append(f"{group}: {method}'s lr {selection['chosen_lr']:g} still lies at the edge of its grid after "
+                         f"{selection['grid_extended_by']} extra lr(s) (extend_at_edge: {runs[0].extend_at_edge}): a "
+                         "better one may lie beyond it; raise extend_at_edge or widen lrs")
+    return notes
 
 
 def extension_notice(item) -> str:

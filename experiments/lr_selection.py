@@ -191,10 +191,32 @@ def select_lr(output_root: Path, sweep_group: str, method: str) -> dict:
     return selection
 
 
+def read_record(path: Path) -> dict:
+    """A record run_all keeps (lr_extensions.json, lr_selection.json): {} when there is none; LrSelectionError naming
+    the file when it is there but not a JSON object (cut short, edited by hand). Read as empty, a cut
+    lr_extensions.json would let the sweep go past its extend_at_edge cap and would be overwritten."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        doc, problem = None, f"not valid JSON ({exc})"
+    else:
+        problem = f"holds {type(doc).__name__}, not a JSON object"
+    if not isinstance(doc, dict):
+        deleted = ("the choices are made again from the sweep's runs" if path.name == LR_SELECTION_FILE else
+                   "the lrs it lists count as the grid's, and up to extend_at_edge more may be tried")
+        raise LrSelectionError(f"{path}: {problem}; run_all keeps its record of the lrs chosen or tried beyond the "
+                               f"grid there: repair it, or delete it ({deleted})")
+    return doc
+
+
 def recorded_extensions(sweep_dir: Path) -> dict[str, list[dict]]:
     """{method: [{lr, edge ('lowest' / 'highest'), beyond (the edge lr it went past)}, ...]} of
-    <sweep_dir>/lr_extensions.json, in the order they were planned; entries of the wrong shape are left out."""
-    doc = read_json_file(Path(sweep_dir) / EXTENSIONS_FILE) or {}
+    <sweep_dir>/lr_extensions.json, in the order they were planned; entries of the wrong shape are left out; a file
+    that cannot be read at all raises LrSelectionError (read_record)."""
+    doc = read_record(Path(sweep_dir) / EXTENSIONS_FILE)
     return {method: [e for e in entries if isinstance(e, dict) and finite_number(e.get("lr")) is not None]
             for method, entries in doc.items() if isinstance(entries, list)}
 
@@ -209,7 +231,7 @@ def record_extension(sweep_dir: Path, method: str, entry: dict) -> None:
 
 def record_lr_selection(output_root: Path, group: str, method: str, selection: dict) -> None:
     path = Path(output_root) / group / LR_SELECTION_FILE
-    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    record = read_record(path)
     record[method] = selection
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")

@@ -57,7 +57,8 @@ from tqdm.auto import tqdm
 
 from baselines.registry import method_names
 from experiments.config import PROFILE_DIR, ConfigError, load_config, parse_yaml_file
-from experiments.lr_extension import dry_run_lines, extend_evaluated_sweeps
+from experiments.lr_extension import check_records, dry_run_lines, edge_notes, extend_evaluated_sweeps
+from experiments.lr_selection import LrSelectionError
 from experiments.paths import REPO_ROOT
 from experiments.run_plan import added_method_lines, plan_runs
 from experiments.outcome_table import format_table
@@ -162,6 +163,11 @@ def _check_group_extras(entry: dict, valid_methods: set, earlier_groups: list[st
     if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0 or (extend and not lrs):
         raise ConfigError(f"{where}: extend_at_edge takes an integer >= 0 (extra lrs per method beyond the edge of "
                           f"its grid) on a group with lrs, got {extend!r}" + ("" if lrs else " on a group without lrs"))
+    short = [m for m, values in (lrs or {}).items() if len({float(v) for v in values}) < 2]
+    if extend and short:  # the step past the edge is the one between the two outermost lrs
+        raise ConfigError(f"{where}: extend_at_edge needs at least two lrs per method (the step beyond the edge is "
+                          f"the one between the two outermost); lrs.{short[0]} has "
+                          f"[{', '.join(f'{float(v):g}' for v in lrs[short[0]])}]")
     source = entry.get("lr_from")
     if source is not None and source not in earlier_groups:
         raise ConfigError(f"{where}: lr_from names {source!r}, which is not an earlier run group of the profile "
@@ -342,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
         planned = plan_runs(profile, output_root=output_root, only_methods=only, extra_overrides=tuple(args.set),
                             only_groups=groups, only_seeds=seeds)
+        check_records(planned, output_root)
         parallel = _parallel_options(args, output_root)
-    except ConfigError as exc:
+    except (ConfigError, LrSelectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"profile {args.profile}: {len(planned)} run(s) -> {output_root}")
@@ -371,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_eval and any(map(is_deferred, outcomes)):
         outcomes, later_notes = run_deferred(profile, outcomes, output_root=output_root, fresh=args.fresh)
         notes += later_notes
+    notes += edge_notes(planned, output_root)
     if not args.no_plots:
         notes.append(run_report(output_root, profile))
     print()

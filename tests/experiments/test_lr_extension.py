@@ -148,6 +148,37 @@ def test_a_bad_extend_at_edge_is_one_line_naming_the_valid_values(tmp_path, valu
         run_all.load_profile(str(path))
 
 
+def test_a_sweep_of_one_lr_cannot_extend_and_says_so(tmp_path):
+    """The step past the edge is the one between the two outermost lrs: with one lr nothing was ever extended, in
+    silence."""
+    with pytest.raises(ConfigError, match=r"extend_at_edge needs at least two lrs per method .*lrs.adam has \[0.001\]"):
+        run_all.load_profile(profile(tmp_path, ["1e-3"], extend=2))
+
+
+def test_a_cut_record_is_one_line_and_nothing_is_trained_or_overwritten(tmp_path, monkeypatch, capsys):
+    """A cut lr_extensions.json was read as empty: the sweep went past its cap (two more lrs) and the file was
+    overwritten; a cut lr_selection.json ended run_all with a JSONDecodeError traceback after training."""
+    trained = []
+    fake_training(monkeypatch, 1e-8, trained)
+    args = ["--profile", profile(tmp_path, [1e-4, 1e-3], extend=2), *ARGS]
+    assert run_all.main(args) == 0
+    assert "sweep: adam's lr 1e-06 still lies at the edge of its grid after 2 extra lr(s) (extend_at_edge: 2)" in \
+        capsys.readouterr().out
+    out = tmp_path / "out"
+    for path, cut, problem in [(out / "sweep" / EXTENSIONS_FILE, '{"adam": [{"lr": 1e-05', "not valid JSON"),
+                               (out / "main" / LR_SELECTION_FILE, "[1]", "holds list, not a JSON object")]:
+        kept = path.read_text()
+        path.write_text(cut)
+        trained.clear()
+        assert run_all.main(args) == 2
+        assert trained == [] and path.read_text() == cut
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}: {problem}") and "repair it, or delete it" in err and \
+            len(err.splitlines()) == 1
+        path.write_text(kept)
+    assert run_all.main(args) == 0 and trained == []
+
+
 def test_the_dry_run_names_the_extension_due_and_the_stale_run(tmp_path, capsys):
     out = tmp_path / "out"
     for lr in (1e-4, 1e-3):
