@@ -213,8 +213,10 @@ def run_validate_judge(args) -> dict:
     """Judge the reference models' official answers as `judge` judges a run (same functions, same files in --out),
     then compare with their published GPT-4-judged scores (eval/mtbench/validation.py). Resumable: judged items are
     skipped, and the judge is loaded only when something is left to judge."""
+    from eval.mtbench.aggregate import summarize_single
     from eval.mtbench.data import default_data_dir
-    from eval.mtbench.validation import build_validation, load_reference_scores, write_validation
+    from eval.mtbench.validation import (build_validation, check_folder_is_for, load_reference_scores,
+                                         selected_judgments, write_validation)
 
     reference = load_reference_scores(args.reference_scores)
     answers_dir = Path(args.answers_dir) if args.answers_dir else default_data_dir() / "model_answer"
@@ -222,7 +224,12 @@ def run_validate_judge(args) -> dict:
     model_answers = {model: load_answers(path, f"answer file of reference model {model!r}")
                      for model, path in answer_files.items()}   # every file checked before the judge loads
     questions = _questions(args)
-    scores = _judge_folder(args, Path(args.out), model_answers, questions, _judge_backend(args))
+    backend = _judge_backend(args)
+    check_folder_is_for(Path(args.out), backend.name)           # before the judge loads
+    _judge_folder(args, Path(args.out), model_answers, questions, backend)
+    # the judgment file keeps what earlier calls judged (other --question-ids): compare on this selection only
+    chosen = selected_judgments(judgment_file_path(Path(args.out), backend.name), questions, tuple(args.turns))
+    scores = summarize_single(chosen, load_questions(args.question_file), judge_model=backend.name)
     settings = {"max_tokens": args.max_tokens, "turns": list(args.turns)}
     if args.local_judge:
         settings.update(local_judge=args.local_judge, batch_size=args.batch_size, device=args.device,

@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from eval.mtbench.data import MTBenchError, write_json_atomic
+from eval.mtbench.data import MTBenchError, read_jsonl, safe_name, write_json_atomic
 
 REFERENCE_SCORES_FILE = Path(__file__).with_name("reference_scores.json")
 VALIDATION_JSON = "judge_validation.json"
@@ -172,6 +172,27 @@ def format_markdown(doc: dict) -> str:
     lines += ["", "A judge that orders these models as GPT-4 did can still be too noisy to separate close "
               "fine-tuning runs: compare the differences in T5 with their standard errors."]
     return "\n".join(lines) + "\n"
+
+
+def check_folder_is_for(out: Path, judge: str) -> None:
+    """One folder holds one judge's validation: refuse a folder whose judge_validation.json is another judge's (it
+    would be replaced; README: --out results/mtbench_judge_validation/<judge>)."""
+    path = Path(out) / VALIDATION_JSON
+    if not path.is_file():
+        return
+    other = read_validation(path)["judge"]
+    if other != judge:
+        raise MTBenchError(f"{path} is the validation of judge {other!r}, which this call for {judge!r} would "
+                           f"replace; give each judge its own --out (e.g. {Path(out).parent / safe_name(judge)})")
+
+
+def selected_judgments(judgment_file: Path, questions: list[dict], turns: tuple[int, ...]):
+    """The judgments of `questions` and `turns` in the judgment file, as a frame for aggregate.summarize_single."""
+    import pandas as pd
+
+    ids = {q["question_id"] for q in questions}
+    frame = pd.DataFrame(read_jsonl(judgment_file, "judgment file"))
+    return frame[frame["question_id"].isin(ids) & frame["turn"].isin(turns)] if not frame.empty else frame
 
 
 def write_validation(out: str | os.PathLike, doc: dict) -> tuple[Path, Path]:

@@ -192,3 +192,24 @@ def test_without_scipy_the_agreement_says_the_judgments_are_kept(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy", None)   # as on a GPU machine without it: import fails
     with pytest.raises(MTBenchError, match=r"needs scipy .*the judgments are saved: run the same command"):
         agreement(dict(RATINGS), PUBLISHED)
+
+
+def test_a_second_judge_or_another_question_selection_keeps_what_is_there(tmp_path, answers_dir, fake_judge, capsys):
+    """Another judge's call into the same --out replaced the first judge's judge_validation.json; a call on a subset
+    of the questions already judged counted every judgment of the file (questions 1, judged 6: 'not complete')."""
+    out = tmp_path / "validation"
+    assert _validate(out, answers_dir) == 0
+    first = (out / "judge_validation.json").read_bytes()
+    loads = fake_judge["loads"]
+    capsys.readouterr()
+    assert _validate(out, answers_dir, "--judge-model", "other-judge") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"is the validation of judge '{JUDGE}', which this call for 'other-judge' would " \
+                              "replace; give each judge its own --out" in err[0]
+    assert (out / "judge_validation.json").read_bytes() == first and fake_judge["loads"] == loads
+    assert not (out / "model_judgment" / "other-judge_single.jsonl").exists()
+    assert main(["validate-judge", "--local-judge", JUDGE, "--out", str(out), "--answers-dir", str(answers_dir),
+                 "--question-ids", "81", "--turns", "1"]) == 0
+    doc = json.loads((out / "judge_validation.json").read_text())
+    assert fake_judge["loads"] == loads and doc["complete"] and doc["questions"] == 1 and doc["turns"] == [1]
+    assert {row["model"]: (row["judged"], row["rated"]) for row in doc["models"]} == {m: (1, 1) for m in RATINGS}
