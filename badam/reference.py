@@ -31,6 +31,11 @@ def _package_dir(path: Path) -> Path | None:
     return None
 
 
+def official_package_dir(path: str | os.PathLike | None = None) -> Path | None:
+    """The badam 1.4 package folder under `path` (default: default_official_path()), or None when it is not there."""
+    return _package_dir(Path(path) if path is not None else default_official_path())
+
+
 def load_official(path: str | os.PathLike | None = None, module_name: str = OFFICIAL_MODULE_NAME) -> ModuleType:
     """Import badam 1.4 from `path` as `module_name` (cached in sys.modules) and return the module.
 

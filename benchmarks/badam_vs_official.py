@@ -318,9 +318,37 @@ def _stem(name: str, args, repeat: int) -> str:
     return name if args.repeats == 1 else f"{name}_rep{repeat}"
 
 
+def settings_of(args) -> dict:
+    """What a worker's numbers depend on besides the optimizer: a repeat is kept only for the same settings."""
+    return {"tiny": bool(args.tiny), "batch_size": args.batch_size, "seq_len": args.seq_len, "phases": args.phases,
+            "steady_steps": args.steady_steps, "accum_steps": args.accum_steps, "ratio_steps": args.ratio_steps,
+            "update_ratio": args.update_ratio, "before_rev": args.before_rev,
+            "cudnn_attention": bool(args.cudnn_attention)}
+
+
+class SettingsMismatch(RuntimeError):
+    """--out holds finished repeats of other settings (they would be kept as if they were of these)."""
+
+
+def _differences(result: dict, args) -> list[str]:
+    """The settings in which a finished result differs from this invocation's. A result without a settings record
+    (written before it had one) is compared on what it holds: model, batch size, sequence length and phases."""
+    ours = settings_of(args)
+    theirs = result.get("settings")
+    if not isinstance(theirs, dict):
+        kind = "block" if result.get("optimizer") in BLOCK_WORKERS else "ratio"
+        theirs = {"tiny": result.get("model") == "tiny-llama", "batch_size": result.get("batch_size"),
+                  "seq_len": result.get("seq_len"), "phases": sorted(result.get("phases") or {})}
+        ours = {**{key: ours[key] for key in theirs},
+                "phases": sorted(phase for phase in args.phases if phase in PHASES[kind])}
+    return [f"{key} {theirs.get(key)!r} there, {ours[key]!r} now" for key in ours if theirs.get(key) != ours[key]]
+
+
 def finished_repeat(args, out: Path, repeat: int) -> dict[str, dict] | None:
     """The results of a repeat an earlier invocation finished (every worker without error), else None: an incomplete
-    repeat runs again whole, so that the two workers of a paired ratio always come from one session."""
+    repeat runs again whole, so that the two workers of a paired ratio always come from one session. A finished
+    repeat of other settings raises SettingsMismatch (keeping it would mix settings; running it again would replace
+    a finished result)."""
     if args.fresh:
         return None
     results = {}
@@ -329,6 +357,10 @@ def finished_repeat(args, out: Path, repeat: int) -> dict[str, dict] | None:
         result = json.loads(path.read_text()) if path.is_file() else None
         if not result or "error" in result:
             return None
+        differences = _differences(result, args)
+        if differences:
+            raise SettingsMismatch(f"{path} is a finished repeat of other settings ({'; '.join(differences)}): use "
+                                   "another --out, or --fresh to run every repeat again and replace it")
         results[name] = result
     return results
 
@@ -359,15 +391,32 @@ def run_worker(name, args, out, env, *, repeat: int = 1, profile: bool = True) -
         except subprocess.TimeoutExpired:
             pass
     if returncode == 0 and result_path.exists():
-        result = json.loads(result_path.read_text())
+        result = {**json.loads(result_path.read_text()), "settings": settings_of(args)}
+        result_path.write_text(json.dumps(result, indent=2))
     else:
         tail = (out / f"{stem}.log").read_text()[-2000:]
         why = f"stopped after {args.worker_timeout:.0f} s" if returncode is None else f"exited with {returncode}"
         result = {"optimizer": name, "error": f"worker {why}"}
         result_path.write_text(json.dumps({**result, "log_tail": tail}, indent=2))
         print(tail, file=sys.stderr)
-    print(f"[bench] {stem}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"[bench] {stem}: {'failed' if 'error' in result else 'done'} in {time.perf_counter() - t0:.0f} s",
+          flush=True)
     return result
+
+
+def check_official(args) -> None:
+    """badam 1.4 is found before any worker starts, when a chosen optimizer needs it (else every repeat's workers
+    would fail the same way, one traceback each)."""
+    from badam.reference import default_official_path, official_package_dir
+
+    if not {"official", "official_ratio"} & set(args.optimizers):
+        return
+    root = Path(args.official_path) if args.official_path else default_official_path()
+    if official_package_dir(root) is None:
+        raise SettingsMismatch(f"official badam 1.4 not found under {root} (needed by "
+                               f"{', '.join(o for o in args.optimizers if o.startswith('official'))}): pass "
+                               "--official-path <folder holding badam/>, set BADAM_OFFICIAL_PATH, or install it with "
+                               f"`pip install --no-deps --target {root} badam==1.4`")
 
 
 def main(argv=None) -> int:
@@ -376,6 +425,13 @@ def main(argv=None) -> int:
         worker(args)
         return 0
     out = Path(args.out)
+    try:
+        check_official(args)
+        for repeat in range(1, args.repeats + 1):   # every kept repeat checked before anything runs
+            finished_repeat(args, out, repeat)
+    except SettingsMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     apply_defaults()  # the harness's allocator and OpenMP settings (experiments/process_env.py), for every worker
     env = dict(os.environ)

@@ -118,7 +118,7 @@ def test_a_session_keeps_finished_repeats_reruns_an_incomplete_one_whole_and_sto
 
     def fake_worker(name, args, out, env, *, repeat=1, profile=True):  # what run_worker leaves behind, without a run
         calls.append((name, repeat))
-        result = {**measured, "optimizer": name}
+        result = {**measured, "optimizer": name, "settings": bench.settings_of(args)}
         (out / f"{name}_rep{repeat}.json").write_text(json.dumps(result))
         return result
 
@@ -136,3 +136,27 @@ def test_a_session_keeps_finished_repeats_reruns_an_incomplete_one_whole_and_sto
     assert bench.main(argv) == 0 and calls == [("ours", 2), ("official", 2)]
     calls.clear()
     assert bench.main([*argv, "--fresh"]) == 0 and len(calls) == 4
+
+
+def test_finished_repeats_of_other_settings_or_a_missing_official_stop_before_any_worker(tmp_path, monkeypatch, capsys):
+    """A later call with other --phases / --seq-len kept the finished repeats as if they were of its settings (the
+    summary showed the old phase, meta.json the new settings); without badam 1.4 every repeat's official worker
+    failed with a traceback of its own. Both are now one line, exit 2, nothing run or replaced."""
+    monkeypatch.setattr(bench, "run_worker", lambda *a, **k: pytest.fail("a worker was started"))
+    out = tmp_path / "bench"
+    out.mkdir()
+    argv = ["--tiny", "--out", str(out), "--optimizers", "ours", "--phases", "k100_steady", "--repeats", "2"]
+    kept = {"optimizer": "ours", "model": "tiny-llama", "batch_size": 2, "seq_len": 32, "phases": {"k100_steady": {}}}
+    (out / "ours_rep1.json").write_text(json.dumps({**kept, "settings": bench.settings_of(bench.parse_args(argv))}))
+    (out / "ours_rep2.json").write_text(json.dumps(kept))   # written before results recorded their settings
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for extra, difference in [(["--phases", "k1_epoch"], "phases ['k100_steady'] there, ['k1_epoch'] now"),
+                              (["--seq-len", "64"], "seq_len 32 there, 64 now"),
+                              (["--steady-steps", "9"], "steady_steps 4 there, 9 now")]:
+        assert bench.main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is a finished repeat of other settings (" in err[0] and difference in err[0]
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert bench.main([*argv, "--optimizers", "ours,official", "--official-path", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: official badam 1.4 not found under {tmp_path / 'none'} "
+                                              "(needed by official): pass --official-path")
