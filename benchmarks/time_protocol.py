@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:  # run as a script from a bare checkout
     sys.path.insert(0, str(REPO))
 
 from experiments import run_all  # noqa: E402  (applies the harness's process defaults before torch loads)
-from experiments.config import ConfigError  # noqa: E402
+from experiments.config import ConfigError, changed_settings  # noqa: E402
 from experiments.repeats import (alternate, band, format_band, ratio_band, repeat_fits, repeat_name,  # noqa: E402
                                 split_repeat)
 from experiments.results import atomic_write_text, read_summary  # noqa: E402
@@ -249,6 +249,14 @@ def main(argv=None) -> int:
                 state = run_state(item.run_dir, fresh=args.fresh)
                 print(f"  repeat {index}: {item.group}/{item.cfg.run_name} ({state}, {item.cfg.train.max_steps} steps)")
         return 0
+    for runs in repeats:   # a kept repeat of other settings would be paired with these in one ratio
+        for item in runs:
+            changed = [] if run_state(item.run_dir, fresh=args.fresh) != "done" else \
+                changed_settings(read_summary(item.run_dir).get("config") or {}, item.cfg)
+            if changed:
+                print(f"error: {item.run_dir} is a finished repeat of other settings ({'; '.join(changed)}): use "
+                      "another --output-dir, or --fresh to run every repeat again and replace it", file=sys.stderr)
+                return 2
     log: list[dict] = []
     pending = any(run_state(item.run_dir, fresh=args.fresh) != "done" for runs in repeats for item in runs)
     warmup = None if args.no_warmup or not pending else warm_up(configs, not args.no_progress)

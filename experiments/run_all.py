@@ -25,11 +25,12 @@ evaluator package's evaluate_runs(run_dirs, **options), so this module imports n
 whose config is SuperGLUE is trained and scored per task by the superglue evaluator. The tables, figures and
 report.md come from `python -m plots.report <output_dir>`, also a child process.
 
-A rerun with the same output directory skips runs that already ended with a final status, resumes runs that left a
-checkpoint and redoes failed ones (`--fresh` redoes everything). `--jobs N` trains N runs at once as child processes,
-spread over the GPUs (`--gpus`); `--launch-deadline` / `--kill-after` fit a suite into a time slot, and what did not
-finish continues on the next invocation. Exit code: 0 when every run ended with a result (ok, oom, diverged,
-unsupported), 1 when a run ended in error, 3 when runs were left unfinished by a deadline, 2 for a bad request.
+A rerun with the same output directory skips runs that already ended with a final status (a note names one trained with
+other settings than this call's), resumes runs that left a checkpoint and redoes failed ones (`--fresh` redoes
+everything). `--jobs N` trains N runs at once as child processes, spread over the GPUs (`--gpus`); `--launch-deadline` /
+`--kill-after` fit a suite into a time slot, and what did not finish continues on the next invocation. Exit code: 0 when
+every run ended with a result (ok, oom, diverged, unsupported), 1 when a run ended in error, 3 when runs were left
+unfinished by a deadline, 2 for a bad request.
 
     python -m experiments.run_all                      # the "cpu" profile: <= 10 minutes on 2 CPU cores
     python -m experiments.run_all --profile cpu-smoke  # every registered method, 3 steps, tiny model
@@ -385,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(outcomes))
     for note in notes:
         print(f"note: {note}")
+    for o in outcomes:   # the table cuts notes to its column
+        if o.reused and o.note.startswith("kept, though"):
+            print(f"note: {_run_label(o)}: {o.note}")
     elapsed = time.perf_counter() - started
     budget = profile.get("time_budget_s")
     over = f" (over the profile's budget of {budget} s)" if budget and elapsed > budget else ""

@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.config import ConfigError
+from experiments.config import ConfigError, changed_settings
 from experiments.lr_extension import (new_extensions, resolve_lr, stale_lr, stale_notice, supersede,  # noqa: F401
                                       trained_by_evaluator, with_lr, with_recorded_extensions)
 from experiments.lr_selection import LrSelectionError, select_lr  # noqa: F401 (suite.select_lr: the rule's entry)
@@ -155,7 +155,10 @@ def outcome_from_summary(item: PlannedRun, summary: dict | None, run_dir: Path, 
     if status == "interrupted":
         return Outcome(item, status, summary, run_dir, "stopped on request; rerun to resume from its checkpoint",
                        reused=reused)
-    return Outcome(item, status, summary, run_dir, summary.get("error") or "", reused=reused)
+    changed = changed_settings(summary.get("config") or {}, item.cfg) if reused and item.cfg is not None else []
+    note = (f"kept, though trained with other settings than this call's ({'; '.join(changed)}): --fresh, or delete "
+            "it, to train it again" if changed else "")
+    return Outcome(item, status, summary, run_dir, note or summary.get("error") or "", reused=reused)
 
 
 # --- learning rate chosen by a sweep (the rules: experiments/lr_selection.py, lr_extension.py) -------------------

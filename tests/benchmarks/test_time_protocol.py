@@ -70,6 +70,21 @@ def test_deadline_stops_between_repeats_and_once_keeps_plain_names(profile, tmp_
     assert (out / "paper_time_tiny" / "tiny-sgd" / "summary.json").is_file()
 
 
+def test_finished_repeats_of_other_settings_stop_the_call_in_one_line(profile, tmp_path, capsys, monkeypatch):
+    """A continued session with another --set kept the finished repeats of the old settings and paired them with
+    the new ones in one ratio; the summaries are left as they are."""
+    out = tmp_path / "results"
+    assert run(profile, out, "--repeats", "3", "--no-warmup", "--launch-deadline", "0.001") == 3
+    kept = (out / "paper_time_tiny" / "tiny-badam-rep1" / "summary.json").read_bytes()
+    capsys.readouterr()
+    monkeypatch.setattr(time_protocol, "run_in_process", lambda *a, **k: pytest.fail("a run was started"))
+    assert run(profile, out, "--repeats", "3", "--no-warmup", "--set", "data.max_length=48") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tiny-badam-rep1 is a finished repeat of other settings (data.max_length: 32 -> 48)" \
+        in err[0] and "use another --output-dir, or --fresh" in err[0]
+    assert (out / "paper_time_tiny" / "tiny-badam-rep1" / "summary.json").read_bytes() == kept
+
+
 def test_bad_requests(profile, tmp_path, capsys):
     with pytest.raises(SystemExit):
         time_protocol.parse_args(["--profile", "x", "--groups", "g", "--repeats", "0"])

@@ -196,3 +196,20 @@ def test_a_stop_request_checkpoints_and_a_rerun_resumes_to_the_same_result(tmp_p
     resumed = [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     straight = [json.loads(x)["loss"] for x in (reference / "g" / "t-adam" / "metrics.jsonl").read_text().splitlines()]
     assert resumed == straight and read_summary(run_dir)["status"] == "ok"
+
+
+def test_a_finished_run_kept_by_a_call_with_other_settings_says_so(tmp_path, capsys):
+    """README: a rerun skips runs that already ended. With another --set (train.max_steps=1 -> 2) the finished run
+    was kept under the old settings in silence, its numbers reported as this call's."""
+    profile = write_profile(tmp_path, [{**group("g", ["sgd"]), "overrides": [*TINY, "train.max_steps=1"]}])
+    assert run_all.main(["--profile", profile, "--no-progress", "--no-plots", "--no-eval"]) == 0
+    run_dir = tmp_path / "out" / "g" / "t-sgd"
+    kept = (run_dir / "summary.json").read_bytes()
+    assert run_all.main(["--profile", profile, "--no-progress", "--no-plots", "--no-eval"]) == 0
+    assert "other settings" not in capsys.readouterr().out
+    assert run_all.main(["--profile", profile, "--no-progress", "--no-plots", "--no-eval",
+                         "--set", "train.max_steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: g/t-sgd: kept, though trained with other settings than this call's (train.max_steps: 1 -> 2): "
+            "--fresh, or delete it, to train it again") in out
+    assert (run_dir / "summary.json").read_bytes() == kept
