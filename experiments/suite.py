@@ -156,6 +156,7 @@ def outcome_from_summary(item: PlannedRun, summary: dict | None, run_dir: Path, 
         return Outcome(item, status, summary, run_dir, "stopped on request; rerun to resume from its checkpoint",
                        reused=reused)
     changed = changed_settings(summary.get("config") or {}, item.cfg) if reused and item.cfg is not None else []
+    changed = [c for c in changed if not (item.lr_from and c.startswith("method.lr:"))]  # stale lrs: lr_extension
     note = (f"kept, though trained with other settings than this call's ({'; '.join(changed)}): --fresh, or delete "
             "it, to train it again" if changed else "")
     return Outcome(item, status, summary, run_dir, note or summary.get("error") or "", reused=reused)
