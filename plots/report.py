@@ -1,7 +1,8 @@
 """python -m plots.report <results> [--title T]: the tables and figures of a results folder (python -m plots) and
 report.md, one page saying what the runs show.
 
-report.md holds, per model: each method's final eval loss (mean over seeds, ± half the seed range), learning rate,
+report.md holds, per model: each method's final eval loss (mean over the seeds of one setting, the one with the
+most runs: never over an lr sweep or an ablation, plots.report_results.one_setting; ± half the seed range), lr,
 peak memory, the memory split, median step / backward time and the effective rank of its update over the matrices it
 changed (eval/rank.json); two figures of its own (eval loss against steps with the seed range as a band; the memory
 split per method) and the paper's figures as `python -m plots` drew them; and the paper's qualitative claims, each
@@ -269,6 +270,11 @@ def render(root: Path, title: str, collected: dict[str, dict[str, MethodResult]]
                   f"{len(runs)} run(s) of {len(results)} method(s) on {', '.join(devices)}. "
                   "Differences count only beyond the seed range (module docstring of plots/report.py).", ""]
         lines += method_table(results) + [""]
+        others = {name: r.other_settings for name, r in results.items() if r.other_settings}
+        if others:
+            lines += ["Each row holds the runs of one setting of its method, its seeds only differing (the setting "
+                      "with the most runs); runs of other settings (lr sweeps, ablations) are in the tables, not "
+                      "pooled here: " + ", ".join(f"{name} {len(runs)}" for name, runs in others.items()) + ".", ""]
         if failed.get(model):
             lines += ["Runs that ended without a result (not in the tables above):", ""]
             lines += [f"- {x}" for x in failed[model]] + [""]

@@ -71,6 +71,7 @@ class MethodResult:
     model: str
     method: str
     runs: list[Run] = field(default_factory=list)
+    other_settings: list[Run] = field(default_factory=list)   # runs of the method at other settings (not pooled)
 
     def _summaries(self) -> list[dict]:
         return [r.summary for r in self.runs]
@@ -149,7 +150,37 @@ def collect(runs: list[Run]) -> dict[str, dict[str, MethodResult]]:
                 result.runs = [r for r in result.runs if _has_eval_loss(r)]
         for name in [m for m, result in methods.items() if not result.runs]:
             del methods[name]
+        for result in methods.values():
+            result.runs, result.other_settings = one_setting(result.runs)
     return {model: methods for model, methods in by_model.items() if methods}
+
+
+# Config keys that say where a run's files are or what it only measured, not what it trained.
+NOT_SETTINGS = ("seed", "run_name", "description", "train.resume_from", "train.stop_after_steps",
+                "method.measure_rounding", "model.tokenizer")
+
+
+def settings_key(run: Run) -> str:
+    """What a run trained, up to its seed: its recorded config without NOT_SETTINGS and output.*."""
+    def flat(data: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in data.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    kept = {k: v for k, v in flat(run.config).items() if k not in NOT_SETTINGS and not k.startswith("output.")}
+    return repr(sorted(kept.items(), key=lambda item: item[0]))
+
+
+def one_setting(runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    """(the runs of the setting with the most runs, the rest): a row's mean ± half range is over seeds of one
+    setting, never over an lr sweep or an ablation's settings (quality-gpu's lora read 2.61 ± 3.03 over 4 lrs). Ties
+    go to the setting whose first run comes first by group and name."""
+    by_setting: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: (r.group, r.name)):
+        by_setting.setdefault(settings_key(run), []).append(run)
+    chosen = max(by_setting.values(), key=len)   # max keeps the first of equals
+    return chosen, [r for r in runs if r not in chosen]
 
 
 def _outcome(run: Run) -> str:
