@@ -7,7 +7,9 @@ package), the moments are 8-bit (bitsandbytes), and each matrix's projection is 
 projections agree (cosine similarity of their leading vectors >= 0.4 over the last 5 refreshes doubles the
 interval). What is NOT included: Q-GaLore's INT8 weights with stochastic rounding, whose layers (QGaLoreLinear) live
 in the authors' repository, not in the pip package; the weights stay bf16 with fp32 masters, as for every method here.
-CUDA only: the package calls torch.cuda.synchronize() in every step (MethodUnsupportedError elsewhere).
+CUDA only: the package calls torch.cuda.synchronize() in every step (MethodUnsupportedError elsewhere). And only with
+a bitsandbytes whose 8-bit optimizer base class still takes `percentile_clipping` (bitsandbytes_api_problem): the
+package passes its base class's arguments by position and reads config["percentile_clipping"] in every update.
 
 Defaults: the Q-GaLore-specific settings of the authors' run_pretrain.py (4-bit projections in groups of 256,
 cos_threshold 0.4, gamma_proj 2, queue_size 5); rank, refresh interval and scale as this suite's `galore`
@@ -50,6 +52,26 @@ class QGaLoreOptions(GaLoreOptions):
             raise ValueError(f"cos_threshold must be in [-1, 1]; got {self.cos_threshold}")
 
 
+def bitsandbytes_api_problem() -> str | None:
+    """Why q_galore_torch 1.0 cannot run on the installed bitsandbytes, or None. The package subclasses bitsandbytes'
+    Optimizer2State, passing (..., min_8bit_size, percentile_clipping, block_wise) by position, and its update reads
+    config["percentile_clipping"] and calls F.percentile_clipping. bitsandbytes 0.50.2 has neither: the positions land
+    on max_unorm / skip_zeros and the first step fails with KeyError 'percentile_clipping' (Llama 3-8B on an H200,
+    2026-11-26, results/paper_memtime_llama3_8b). A wrong update in silence would be worse than no run."""
+    import inspect
+
+    try:
+        import bitsandbytes
+        from bitsandbytes.optim.optimizer import Optimizer2State
+    except ImportError as exc:
+        return f"needs bitsandbytes ({exc})"
+    if "percentile_clipping" in inspect.signature(Optimizer2State.__init__).parameters:
+        return None
+    return (f"q-galore-torch 1.0 is written against an older bitsandbytes optimizer API (percentile_clipping, "
+            f"block_wise); bitsandbytes {getattr(bitsandbytes, '__version__', '?')} here has no percentile_clipping, "
+            "so the package's update cannot run (install a bitsandbytes whose Optimizer2State takes "
+            "percentile_clipping in its own environment, or use galore_8bit)")
+
 class QGaLore(ProjectorCheckpointing, GaLore):
     """q_galore_torch.QGaLoreAdamW8bit on fp32 masters. memory_split: optimizer_states = masters + 8-bit moments
     (with their block scales) + the quantized projections, their scales and zero points."""
@@ -70,6 +92,9 @@ class QGaLore(ProjectorCheckpointing, GaLore):
         except ImportError as exc:
             raise MethodUnsupportedError(f"q_galore needs the optional package q-galore-torch ({exc}); "
                                          f"{self.install_hint()}") from exc
+        problem = bitsandbytes_api_problem()
+        if problem:
+            raise MethodUnsupportedError(f"q_galore: {problem}")
         require_cuda(self.name, model, self.cuda_only)
         return super().prepare_model(model)
 

@@ -43,7 +43,9 @@ export BADAM_SOURCE_COMMIT="${BADAM_SOURCE_COMMIT:-unknown}" PYTHONUNBUFFERED=1
 out="${OUT:?OUT must name the folder that comes back}"
 tok="$here/.gpu/tok/smollm2"
 unpacked=(--set data.packing=false --set data.pad_to_max_length=false --set "model.tokenizer=$tok")
-python3() { "${PYTHON:-python3}" "$@"; }   # the GPU machine's python3 has torch; PYTHON names another
+# the GPU machine's python3 has torch; PYTHON names another. `command`: without it, PYTHON unset made the function
+# call itself until bash crashed (segmentation fault, exit 139, on the H200 of 2026-11-26)
+python3() { command "${PYTHON:-python3}" "$@"; }
 repeats=3 tiny=() bench_tiny=() profile_steps=() middle_block=16 work="$here/runs/time_session"  # Llama 3-8B: 32 layers
 if [ -n "${TIME_SESSION_SMOKE:-}" ]; then   # the same commands at tiny size on the CPU (see the top)
   repeats=2 bench_tiny=(--tiny) profile_steps=(--steps 1) middle_block=1 work="$here/runs/time_session_smoke"

@@ -27,8 +27,37 @@ def test_missing_package_is_recorded_as_unsupported(monkeypatch):
 def test_cpu_is_recorded_as_unsupported():
     if torch.cuda.is_available():
         pytest.skip("CUDA present: q_galore runs here")
-    with pytest.raises(MethodUnsupportedError, match="needs CUDA"):
+    from baselines.q_galore import bitsandbytes_api_problem
+
+    reason = "percentile_clipping" if bitsandbytes_api_problem() else "needs CUDA"
+    with pytest.raises(MethodUnsupportedError, match=reason):
         build("q_galore", make_llama())
+
+
+def test_a_bitsandbytes_without_percentile_clipping_is_named_as_the_reason(monkeypatch):
+    """q_galore_torch 1.0 passes percentile_clipping / block_wise to bitsandbytes' Optimizer2State by position and
+    reads config['percentile_clipping'] in its update: with a bitsandbytes that has no such argument (0.50.2: the
+    first step failed with KeyError on an H200) the run is unsupported, with the reason, before anything trains."""
+    pytest.importorskip("bitsandbytes")
+    from bitsandbytes.optim import optimizer as bnb_optimizer
+
+    from baselines.q_galore import bitsandbytes_api_problem
+
+    class OldApi:
+        def __init__(self, optimizer_name, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                     optim_bits=32, args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True):
+            pass
+
+    class NewApi:
+        def __init__(self, optimizer_name, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                     optim_bits=32, args=None, min_8bit_size=4096, max_unorm=0.0, skip_zeros=False):
+            pass
+
+    monkeypatch.setattr(bnb_optimizer, "Optimizer2State", OldApi)
+    assert bitsandbytes_api_problem() is None
+    monkeypatch.setattr(bnb_optimizer, "Optimizer2State", NewApi)
+    problem = bitsandbytes_api_problem()
+    assert "percentile_clipping" in problem and "galore_8bit" in problem
 
 
 @needs_q_galore
