@@ -59,6 +59,7 @@ def test_rank_through_the_runner_analyses_saved_runs_and_names_what_it_skips(tmp
 # module runs as __main__), so the test does not depend on when a signal lands.
 _CTRL_C_INSIDE = """
 import os, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a test run in the background inherits SIGINT ignored
 import {module} as target
 setattr(target, {name!r}, lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGINT))
 sys.argv = [{entry!r}, *sys.argv[1:]]
