@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from experiments import distributed_checkpoint as dist_ckpt
-from experiments.results import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SHARDED_CHECKPOINT_DIR, fsync_dir,
+from experiments.results import (CHECKPOINT_FILE, CONFIG_FILE, SHARDED_CHECKPOINT_DIR, RunDir, fsync_dir,
                                  read_metrics, replace_durably, truncate_metrics, write_metrics)
 
 # Keys (dotted, as in config.yaml) a resume may change: how many steps, where the files go. train.resume_from is what
@@ -194,7 +194,7 @@ def carry_metrics(source_dir: Path, run_dir: Path, step: int) -> None:
     source_dir = source_dir.resolve()
     if source_dir == run_dir.resolve():
         truncate_metrics(run_dir, step)
-    elif (source_dir / METRICS_FILE).exists():
+    elif RunDir(source_dir).has_metrics():
         # resuming into another directory (the loop allows it): its metrics start as the history up to the checkpoint
         # (replacing anything there), so the summary covers the whole run
         write_metrics(run_dir, [r for r in read_metrics(source_dir) if int(r["step"]) <= step])

@@ -6,6 +6,8 @@ optionally checkpoint.pt, error.txt) and its names are re-exported here.
 Every whole-file write goes through a temporary file in the same directory, an fsync of that file,
 `os.replace` and an fsync of the directory, so a reader never sees half a file and a power cut after the write
 returned loses nothing; metrics.jsonl is appended line by line with a flush, and readers skip a torn last line.
+Committed results may hold metrics.jsonl.gz instead (experiments.results_pack): readers read either, and training
+unpacks it before appending (unpack_metrics), so a resumed run keeps its history.
 
 JSON is strict: a non-finite float (NaN, +-Infinity, which Python's json module would write as bare `NaN` and strict
 parsers reject) is written as null, and the object gets a "nonfinite" map from the value's dotted path to "nan",
@@ -32,9 +34,9 @@ import yaml
 
 from experiments.paths import REPO_ROOT
 # the run-directory names are re-exported: plots/ and older callers read run directories through this module
-from experiments.rundir import (CHECKPOINT_FILE, CONFIG_FILE, ERROR_FILE, METRICS_FILE, RUN_FILES,  # noqa: F401
-                                RUN_SUBDIRS, SHARDED_CHECKPOINT_DIR, SUMMARY_FILE, SUPERSEDED_DIR, RunDir, RunSummary,
-                                read_jsonl)
+from experiments.rundir import (CHECKPOINT_FILE, CONFIG_FILE, ERROR_FILE, METRICS_FILE,  # noqa: F401
+                                PACKED_METRICS_FILE, RUN_FILES, RUN_SUBDIRS, SHARDED_CHECKPOINT_DIR, SUMMARY_FILE,
+                                SUPERSEDED_DIR, RunDir, RunSummary, read_jsonl, read_maybe_gzipped)
 
 # ok: trained to the end (or to train.stop_after_steps); oom: an allocation failed; diverged: a non-finite loss or
 # gradient norm ended the run (summary.diverged_at_step); error: anything else (summary.error_kind says what);
@@ -254,9 +256,11 @@ def prepare_run_dir(base_dir: str | os.PathLike, run_name: str, *, overwrite: bo
 
 # --- metrics.jsonl ------------------------------------------------------------------------------------------------
 class MetricsWriter:
-    """Appends one JSON object per line and flushes it, so a crash loses at most the line being written."""
+    """Appends one JSON object per line and flushes it, so a crash loses at most the line being written. A run whose
+    metrics were packed (metrics.jsonl.gz only) is unpacked first, so the old lines stay in front of the new ones."""
 
     def __init__(self, run_dir: str | os.PathLike):
+        unpack_metrics(run_dir)
         self.path = RunDir(run_dir).metrics
         self._handle = open(self.path, "a", encoding="utf-8")
 
@@ -277,14 +281,29 @@ class MetricsWriter:
         self.close()
 
 
+def unpack_metrics(run_dir: str | os.PathLike) -> bool:
+    """metrics.jsonl from metrics.jsonl.gz, when only the packed file is there, before anything is appended or
+    rewritten: lines appended to a new plain file would hide the packed ones from every reader (the plain file is read
+    first). Byte for byte, so a torn last line is handled as in any plain file; the packed file is removed once the
+    plain one is durably in place. Returns whether it unpacked."""
+    run = RunDir(run_dir)
+    if run.metrics.exists() or not run.packed_metrics.is_file():
+        return False
+    atomic_write_bytes(run.metrics, read_maybe_gzipped(run.packed_metrics))
+    run.packed_metrics.unlink()
+    fsync_dir(run.path)
+    return True
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """Every complete record of metrics.jsonl; a torn (half-written) last line is skipped, a torn line elsewhere
+    """Every complete record of metrics.jsonl (or of metrics.jsonl.gz when only that is there); a torn (half-written) last line is skipped, a torn line elsewhere
     is an error because it means the file was corrupted, not merely interrupted (experiments.rundir.read_jsonl)."""
     return RunDir(run_dir).read_metrics()
 
 
 def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
     """Keep only records with step <= last_step (used when resuming from a checkpoint taken at last_step)."""
+    unpack_metrics(run_dir)
     if not RunDir(run_dir).metrics.exists():
         return
     kept = [r for r in read_metrics(run_dir) if int(r.get("step", 0)) <= last_step]
@@ -292,8 +311,13 @@ def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
 
 
 def write_metrics(run_dir: str | os.PathLike, records: list[dict]) -> None:
-    """Replace metrics.jsonl as a whole (atomically) with `records`."""
-    atomic_write_text(RunDir(run_dir).metrics, "".join(dumps_strict(r) + "\n" for r in records))
+    """Replace metrics.jsonl as a whole (atomically) with `records`; a packed metrics.jsonl.gz there, which it
+    replaces too, is removed (it would no longer say what the run did)."""
+    run = RunDir(run_dir)
+    atomic_write_text(run.metrics, "".join(dumps_strict(r) + "\n" for r in records))
+    if run.packed_metrics.exists():
+        run.packed_metrics.unlink()
+        fsync_dir(run.path)
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict | None:
@@ -302,10 +326,10 @@ def read_summary(run_dir: str | os.PathLike) -> dict | None:
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
-    """Every run directory (one holding summary.json or metrics.jsonl) under `root`, sorted; runs moved aside under
+    """Every run directory (one holding summary.json, metrics.jsonl or metrics.jsonl.gz) under `root`, sorted; runs moved aside under
     a superseded/ folder are not among them."""
     root = Path(root)
-    found = {p.parent for pattern in (SUMMARY_FILE, METRICS_FILE) for p in root.rglob(pattern)
+    found = {p.parent for pattern in (SUMMARY_FILE, METRICS_FILE, PACKED_METRICS_FILE) for p in root.rglob(pattern)
              if SUPERSEDED_DIR not in p.relative_to(root).parts}
     return sorted(found)
 

@@ -2,6 +2,8 @@
 
     <run_dir>/config.yaml        resolved config (experiments.run)
     <run_dir>/metrics.jsonl      one JSON object per optimizer step (experiments.loop)
+    <run_dir>/metrics.jsonl.gz   the same lines gzipped, for committed results (python -m experiments.results_pack);
+                                 readers take metrics.jsonl if present, else this (RunDir.metrics_to_read)
     <run_dir>/summary.json       final figures + environment (RunSummary below)
     <run_dir>/checkpoint.pt      train.save_every (experiments.checkpoint); checkpoint.dcp/ when sharded
     <run_dir>/error.txt          the traceback of a failed run (error_rank<N>.txt from another rank)
@@ -15,7 +17,9 @@ suite, so the table builders may use it too.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
+import zlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +28,9 @@ from typing import Any
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+# committed results keep a finished run's metrics gzipped (a checkout must travel to the GPU machine in 64 MiB calls);
+# training always writes the plain file and unpacks a packed one before appending (experiments.results)
+PACKED_METRICS_FILE = METRICS_FILE + ".gz"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 SHARDED_CHECKPOINT_DIR = "checkpoint.dcp"  # train.distributed=fsdp2: experiments/distributed_checkpoint.py
@@ -31,7 +38,7 @@ ERROR_FILE = "error.txt"
 MODEL_DIR = "model"
 EVAL_DIR = "eval"
 # What a run directory may hold (besides hidden temporary files); --overwrite replaces only directories made of these.
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ERROR_FILE)
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ERROR_FILE)
 RUN_SUBDIRS = (EVAL_DIR, MODEL_DIR, SHARDED_CHECKPOINT_DIR)
 # <group>/superseded/<run>-lr<old lr>/: a run whose sweep-chosen lr (lr_from) changed, moved aside by run_all and
 # trained again (experiments/lr_extension.py); kept, never read as a run (plots, restore, find_runs skip it).
@@ -55,7 +62,22 @@ class RunDir:
 
     @property
     def metrics(self) -> Path:
+        """metrics.jsonl, the file training writes (readers use metrics_to_read)."""
         return self.path / METRICS_FILE
+
+    @property
+    def packed_metrics(self) -> Path:
+        return self.path / PACKED_METRICS_FILE
+
+    def metrics_to_read(self) -> Path:
+        """The one metrics file readers read: metrics.jsonl if it is there (a run that trained on after packing, or
+        one never packed), else metrics.jsonl.gz if that is there, else metrics.jsonl (absent: no records)."""
+        if not self.metrics.is_file() and self.packed_metrics.is_file():
+            return self.packed_metrics
+        return self.metrics
+
+    def has_metrics(self) -> bool:
+        return self.metrics.is_file() or self.packed_metrics.is_file()
 
     @property
     def summary(self) -> Path:
@@ -110,7 +132,7 @@ class RunDir:
         return data
 
     def read_metrics(self) -> list[dict]:
-        return read_jsonl(self.metrics)
+        return read_jsonl(self.metrics_to_read())
 
 
 class RunFileError(ValueError):
@@ -121,11 +143,12 @@ def read_jsonl(path: str | os.PathLike, *, warn_torn_last: bool = False) -> list
     """Every complete record of a JSONL file ([] if absent). A broken LAST line (a writer killed mid-line, also in the
     middle of a multi-byte character) is skipped, with a warning if asked; a broken line anywhere else is corruption,
     not an interruption, and raises ValueError naming the file and the line, as does a line that is not a JSON object.
-    Lines are decoded one by one, so a bad byte is named with its line."""
+    Lines are decoded one by one, so a bad byte is named with its line. A path ending in .gz is read decompressed
+    (the same rules apply to its lines); a gzip stream that is cut short or damaged raises ValueError naming it."""
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_bytes().split(b"\n")
+    lines = read_maybe_gzipped(path).split(b"\n")
     records = []
     for index, raw in enumerate(lines):
         if not raw.strip():
@@ -143,6 +166,18 @@ def read_jsonl(path: str | os.PathLike, *, warn_torn_last: bool = False) -> list
             raise ValueError(f"{path}: line {index + 1} holds a JSON {type(record).__name__}, not an object")
         records.append(record)
     return records
+
+
+def read_maybe_gzipped(path: Path) -> bytes:
+    """The bytes of `path`, decompressed when its name ends in .gz (ValueError naming it if that stream is broken:
+    a packed file is written whole, so a broken one is damage, not an interrupted writer)."""
+    data = path.read_bytes()
+    if path.suffix != ".gz":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: not a complete gzip stream ({exc})") from exc
 
 
 def _empty_timing() -> dict:

@@ -1,7 +1,7 @@
 """Reading run directories: summary.json, metrics.jsonl and the evaluators' JSON files (no torch here).
 
-Layout (docs/DESIGN.md): results/<group>/<run>/summary.json, metrics.jsonl, config.yaml, eval/*.json. Every field
-used by the tables is read through this module, so a schema change is fixed in one place.
+Layout (docs/DESIGN.md): results/<group>/<run>/summary.json, metrics.jsonl (or metrics.jsonl.gz), config.yaml,
+eval/*.json. Every field used by the tables is read through this module, so a schema change is fixed in one place.
 
 Bad files never stop the tables: a summary.json that is not valid JSON, lacks status / method / model or has an unknown
 status skips its run; an evaluator file (eval/*.json) of the wrong shape, or a torn line inside metrics.jsonl, leaves
@@ -236,16 +236,18 @@ class Run:
     # --- files -----------------------------------------------------------------------------------------------
     @cached_property
     def metrics(self) -> pd.DataFrame:
-        """metrics.jsonl as a frame (empty if absent); a torn last line is skipped (the harness's own reader); a torn
-        line before the last means the file is corrupt: the run's curves are left out (Run.problems says so)."""
+        """metrics.jsonl (or metrics.jsonl.gz when only that is there: RunDir.metrics_to_read) as a frame (empty if
+        absent); a torn last line is skipped (the harness's own reader); a torn line before the last means the file is
+        corrupt: the run's curves are left out (Run.problems says so)."""
+        path = RunDir(self.path).metrics_to_read()
         try:
             records = read_metrics(self.path)
             check_metric_types(records)
-            if not records and self.summary.get("steps") and (self.path / "metrics.jsonl").is_file():
+            if not records and self.summary.get("steps") and path.is_file():
                 raise ValueError(f"it holds no step record, though summary.json says {self.summary['steps']} steps")
             return pd.DataFrame(records)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            self._left_out("metrics.jsonl (its curves)", str(exc).replace(f"{self.path / 'metrics.jsonl'}: ", ""))
+            self._left_out(f"{path.name} (its curves)", str(exc).replace(f"{path}: ", ""))
             return pd.DataFrame()
 
     def curve(self) -> pd.DataFrame:

@@ -141,3 +141,19 @@ def test_without_the_sweeps_evaluator_the_group_is_left_unfinished(tmp_path, cap
     printed = capsys.readouterr().out
     assert "skipped" in printed and f"SuperGLUE sweep {SWEEP} has not finished for badam: sg-badam-lr0.0001-s0 " \
         "lacks copa" in printed
+
+
+def test_a_packed_sweep_chooses_the_same_lr(tmp_path):
+    """Committed sweeps hold metrics.jsonl.gz (experiments.results_pack): the choice, read from summary.json and
+    eval/superglue.json, is the same before and after packing, for training runs and SuperGLUE run directories."""
+    from experiments.results_pack import pack_tree
+    from tests.plots.synthetic import write_run
+
+    for lr, loss in {1e-5: 1.3, 1e-4: 1.1, 3e-4: 1.2}.items():
+        write_run(tmp_path, "lr_sweep_tiny", f"tiny-adam-lr{lr:g}", method="adam", lr=lr, final_eval_loss=loss)
+    _sweep(tmp_path, "badam", {1e-5: ({"rte": 60.0}, {"rte": 60.0}), 3e-5: ({"rte": 70.0}, {"rte": 50.0})})
+    before = select_lr(tmp_path, "lr_sweep_tiny", "adam"), select_lr(tmp_path, SWEEP, "badam")
+    assert len(pack_tree(tmp_path).packed) == 3
+    assert not list(tmp_path.rglob("metrics.jsonl")) and len(list(tmp_path.rglob("metrics.jsonl.gz"))) == 3
+    assert (select_lr(tmp_path, "lr_sweep_tiny", "adam"), select_lr(tmp_path, SWEEP, "badam")) == before
+    assert before[0]["chosen_lr"] == 1e-4 and before[1]["chosen_lr"] == 3e-5

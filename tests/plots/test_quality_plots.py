@@ -38,6 +38,31 @@ def built(tree, tmp_path_factory) -> Path:
     return out
 
 
+def test_packed_metrics_give_the_same_curves_and_tables(tree, built, tmp_path):
+    """Committed results hold metrics.jsonl.gz (experiments.results_pack): every curve and table is the same, and a
+    torn line inside a packed file is named with the packed file."""
+    from experiments.results_pack import pack_tree
+
+    res, out = tmp_path / "results", tmp_path / "out"
+    shutil.copytree(tree, res)
+    assert len(pack_tree(res).packed) == len(list(tree.rglob("metrics.jsonl"))) > 10
+    before = {run.name: run.curve() for run in discover_runs(tree)}
+    after = {run.name: run.curve() for run in discover_runs(res)}
+    assert before.keys() == after.keys()
+    for name, curve in before.items():
+        pd.testing.assert_frame_equal(curve, after[name])
+    assert main(["--results", str(res), "--out", str(out), "--dpi", "20"]) == 0
+    tables = sorted(p.relative_to(built) for p in (built / "tables").iterdir())
+    assert tables == sorted(p.relative_to(out) for p in (out / "tables").iterdir())
+    assert all((built / p).read_bytes() == (out / p).read_bytes() for p in tables)
+    import gzip
+    packed = res / "ablation_bsgd_tiny" / "tiny-sgd" / "metrics.jsonl.gz"
+    packed.write_bytes(gzip.compress(b'{"step": 1, "lo\n' + gzip.decompress(packed.read_bytes())))
+    (run,) = [r for r in discover_runs(res) if r.name == "tiny-sgd"]
+    assert run.metrics.empty
+    assert any("metrics.jsonl.gz (its curves)" in p and "line 1 is not valid JSON" in p for p in run.problems)
+
+
 # --- seeds -------------------------------------------------------------------------------------------------------
 
 def test_seeds_of_one_setting_are_one_group(tree, tmp_path):
