@@ -19,6 +19,7 @@ import yaml
 
 from experiments import run_all
 from experiments.results import read_summary
+from tests.signals import default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ("adam", "sgd")
@@ -101,7 +102,8 @@ def test_ctrl_c_ends_the_suite_in_one_line_and_the_rerun_redoes_the_stopped_run(
     args = ["--profile", str(profile), "--no-progress", "--no-eval", "--no-plots"]
     metrics = out / "g" / "t-sgd" / "metrics.jsonl"
     child = subprocess.Popen([sys.executable, "-m", "experiments.run_all", *args], cwd=REPO, text=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                             preexec_fn=default_sigint)
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and child.poll() is None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.signals import default_sigint
+
 from experiments import checkpoint, loop
 from experiments import run as run_cli
 from experiments.results import read_summary
@@ -54,7 +56,7 @@ def test_ctrl_c_ends_a_run_in_one_line_and_the_line_says_how_to_resume(tmp_path)
     command = [sys.executable, "-m", "experiments.run", *TINY, f"output.dir={tmp_path}", "train.max_steps=400",
                "train.save_every=2"]
     child = subprocess.Popen(command, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and child.poll() is None:
@@ -154,7 +156,8 @@ def test_ctrl_c_while_the_libraries_import_is_one_line_too():
             "quiet_ctrl_c_while_starting()\n"
             "os.kill(os.getpid(), signal.SIGINT)\n"
             "time.sleep(30)\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          preexec_fn=default_sigint)
     assert done.returncode == 130 and done.stderr.strip() == "stopped by Ctrl-C while starting: nothing was written"
     from experiments.process_env import ctrl_c_raises, quiet_ctrl_c_while_starting
 
