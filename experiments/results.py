@@ -296,8 +296,9 @@ def unpack_metrics(run_dir: str | os.PathLike) -> bool:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """Every complete record of metrics.jsonl (or of metrics.jsonl.gz when only that is there); a torn (half-written) last line is skipped, a torn line elsewhere
-    is an error because it means the file was corrupted, not merely interrupted (experiments.rundir.read_jsonl)."""
+    """Every complete record of metrics.jsonl (or of metrics.jsonl.gz when only that is there); a torn (half-written)
+    last line is skipped, a torn line elsewhere is an error because it means the file was corrupted, not merely
+    interrupted (experiments.rundir.read_jsonl)."""
     return RunDir(run_dir).read_metrics()
 
 
@@ -326,8 +327,8 @@ def read_summary(run_dir: str | os.PathLike) -> dict | None:
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
-    """Every run directory (one holding summary.json, metrics.jsonl or metrics.jsonl.gz) under `root`, sorted; runs moved aside under
-    a superseded/ folder are not among them."""
+    """Every run directory (one holding summary.json, metrics.jsonl or metrics.jsonl.gz) under `root`, sorted; runs
+    moved aside under a superseded/ folder are not among them."""
     root = Path(root)
     found = {p.parent for pattern in (SUMMARY_FILE, METRICS_FILE, PACKED_METRICS_FILE) for p in root.rglob(pattern)
              if SUPERSEDED_DIR not in p.relative_to(root).parts}

@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import zlib
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

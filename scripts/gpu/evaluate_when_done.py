@@ -73,15 +73,13 @@ def at_chosen_lr(item, planned: list, output_root: Path) -> bool:
     return trained is not None and same_lr(trained, chosen)
 
 
-def final_runs(wanted: list, planned: list, output_root: Path) -> list:
-    """The awaited runs that are final now (at the lr their sweep chooses, where they take it from one)."""
+def final_runs(wanted: list, profile_plan: list, output_root: Path) -> list:
+    """The awaited runs that are final now (at the lr their sweep chooses, where they take it from one).
+    `profile_plan`: the whole profile's plan (plan_runs, made once); the runs of the extensions its sweeps recorded
+    so far are added here, on every look, since a sweep may record one while this waits."""
+    planned = with_recorded_extensions(profile_plan, output_root)
     return [item for item in wanted
             if is_final(read_summary(item.run_dir)) and at_chosen_lr(item, planned, output_root)]
-
-
-def sweep_plan(profile: dict, output_root: Path) -> list:
-    """The whole profile's plan with the runs of the extensions its sweeps recorded so far (at_chosen_lr's sweeps)."""
-    return with_recorded_extensions(plan_runs(profile, output_root=output_root), output_root)
 
 
 def _reads(spec: dict, item) -> bool:
@@ -110,8 +108,9 @@ def evaluate_each(profile: dict, wanted: list, output_root: Path, pool: GpuPool,
             if (spec["name"], base_dir) not in handed:
                 handed[(spec["name"], base_dir)] = pool.submit(_command(spec, base_dir))
     started, waiting = time.monotonic(), list(wanted)
+    profile_plan = plan_runs(profile, output_root=output_root)
     while True:
-        for item in final_runs(waiting, sweep_plan(profile, output_root), output_root):
+        for item in final_runs(waiting, profile_plan, output_root):
             waiting.remove(item)
             for spec in (s for s in specs if _reads(s, item)):
                 handed[(spec["name"], item.run_dir)] = pool.submit(_command(spec, item.run_dir))
@@ -154,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return evaluate_each(profile, wanted, args.output_dir, GpuPool(gpus, per_gpu=args.per_gpu), poll=args.poll,
                              timeout=args.timeout)
-    started = time.monotonic()
+    started, profile_plan = time.monotonic(), plan_runs(profile, output_root=args.output_dir)
     while True:
-        final = final_runs(wanted, sweep_plan(profile, args.output_dir), args.output_dir)
+        final = final_runs(wanted, profile_plan, args.output_dir)
         waiting = [item for item in wanted if item not in final]
         if not waiting:
             break

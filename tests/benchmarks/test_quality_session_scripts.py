@@ -334,7 +334,7 @@ def test_each_run_goes_to_its_evaluator_when_final_and_the_base_model_at_once(tm
     assert [c[3:5] for c in pool.commands] == [["math", str(base)]]
     options = json.loads(pool.commands[0][-1])
     assert "base" not in options and "jobs_per_gpu" not in options and options["limit"] == {"math": 1000}
-    chosen = _settle_sweep(evaluate_when_done, profile, tmp_path, wanted)
+    chosen = _settle_sweep(profile, tmp_path, wanted)
     for item in wanted:
         _final(item, chosen[item.method])
     pool = _RecordingPool()
@@ -349,16 +349,17 @@ def _final(item, lr: float, loss: float = 1.0) -> None:
                                                             "config": {"method": {"lr": lr}}}))
 
 
-def _settle_sweep(evaluate_when_done, profile: dict, root: Path, wanted: list, *, edge_method: str | None = None):
+def _settle_sweep(profile: dict, root: Path, wanted: list, *, edge_method: str | None = None):
     """Final runs at every lr of the sweep the `wanted` runs take their lr from, the best loss at the grid's second
     lr (inside: no extension due), or for `edge_method` at its lowest lr (an extension due, not yet run); returns
     {method: the lr its sweep chooses}."""
+    from experiments.run_all import plan_runs
+
     sweep = {item.lr_from for item in wanted}
     assert len(sweep) == 1
-    chosen = {}
-    for item in (p for p in evaluate_when_done.sweep_plan(profile, root) if p.group in sweep):
-        lrs = sorted(p.cfg.method.lr for p in evaluate_when_done.sweep_plan(profile, root)
-                     if p.group in sweep and p.method == item.method)
+    chosen, runs = {}, [p for p in plan_runs(profile, output_root=root) if p.group in sweep]
+    for item in runs:
+        lrs = sorted(p.cfg.method.lr for p in runs if p.method == item.method)
         best = lrs[0] if item.method == edge_method else lrs[1]
         _final(item, item.cfg.method.lr, loss=1.0 if item.cfg.method.lr == best else 2.0)
         chosen[item.method] = best
@@ -369,24 +370,24 @@ def test_a_run_restored_at_an_lr_its_sweep_no_longer_chooses_is_not_evaluated(tm
     """A follow-up run restored from an earlier session at another lr (its sweep's choice moved) is not final: run_all
     moves it aside and trains it again, and evaluating it first scored the superseded run; nor is one whose sweep
     still has an extension to run at the edge of its grid."""
-    from experiments.run_all import load_profile
+    from experiments.run_all import load_profile, plan_runs
 
     evaluate_when_done = _script("evaluate_when_done")
     profile = load_profile("quality-gpu")
     wanted = evaluate_when_done.awaited_runs(profile, tmp_path, ["*_qwen25_coder_05b"])
-    plan = evaluate_when_done.sweep_plan(profile, tmp_path)
+    plan = plan_runs(profile, output_root=tmp_path)
     for item in wanted:          # restored runs, all final, none yet with a sweep to compare with
         _final(item, 1e-3)
     assert evaluate_when_done.final_runs(wanted, plan, tmp_path) == []
-    chosen = _settle_sweep(evaluate_when_done, profile, tmp_path, wanted, edge_method="lora")
+    chosen = _settle_sweep(profile, tmp_path, wanted, edge_method="lora")
     stale, *others = [i for i in wanted if i.method != "lora"]
     for item in others:
         _final(item, chosen[item.method])
     lora = next(i for i in wanted if i.method == "lora")
     _final(lora, chosen["lora"])                         # at the choice, but an extension past the edge is due
     names = lambda runs: sorted(i.run_dir.name for i in runs)  # noqa: E731
-    plan = evaluate_when_done.sweep_plan(profile, tmp_path)
-    assert chosen[stale.method] != 1e-3 and names(evaluate_when_done.final_runs(wanted, plan, tmp_path)) == names(others)
+    assert chosen[stale.method] != 1e-3
+    assert names(evaluate_when_done.final_runs(wanted, plan, tmp_path)) == names(others)
     _final(stale, chosen[stale.method])                  # trained again at the chosen lr
     assert names(evaluate_when_done.final_runs(wanted, plan, tmp_path)) == names([stale, *others])
 

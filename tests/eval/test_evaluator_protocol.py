@@ -11,6 +11,7 @@ import torch
 
 from eval.__main__ import evaluator_names, main
 from experiments.paths import REPO_ROOT
+from tests.signals import default_sigint
 
 
 def test_every_evaluator_has_the_common_entry():
@@ -59,7 +60,6 @@ def test_rank_through_the_runner_analyses_saved_runs_and_names_what_it_skips(tmp
 # module runs as __main__), so the test does not depend on when a signal lands.
 _CTRL_C_INSIDE = """
 import os, runpy, signal, sys
-signal.signal(signal.SIGINT, signal.default_int_handler)  # a test run in the background inherits SIGINT ignored
 import {module} as target
 setattr(target, {name!r}, lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGINT))
 sys.argv = [{entry!r}, *sys.argv[1:]]
@@ -70,7 +70,7 @@ runpy.run_module({entry!r}, run_name="__main__", alter_sys=True)
 def _ctrl_c_in(entry: str, module: str, name: str, *args: str) -> subprocess.CompletedProcess:
     code = _CTRL_C_INSIDE.format(module=module, name=name, entry=entry)
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, preexec_fn=default_sigint)
 
 
 def test_ctrl_c_in_an_evaluator_or_the_plots_is_one_line_not_a_traceback(tmp_path):
