@@ -55,6 +55,9 @@ judge_phase() {
   local limit="$1" started=$SECONDS answered
   judge_ready
   [ -f "$out_root/DONE" ] || echo "note: the background suite is not done; judging the answers that are complete"
+  # a machine of its own (no suite ran here): the committed runs with their answers and earlier judgments (judged
+  # items are skipped), restored where missing; runs already here are kept as they are
+  restore_finished_runs --groups 'paper_mtbench_*'
   mapfile -t answered < <(python3 -m eval.mtbench.runs "$out_root" 'paper_mtbench_*')
   if [ "${#answered[@]}" = 0 ]; then
     echo "no run directory under $out_root/paper_mtbench_*/ has all its MT-bench answers" >&2

@@ -50,6 +50,8 @@
 #                 every run already evaluated (weights never come back)
 #   math-wait S   follow it for up to S seconds, then pack the math groups into $OUT/quality-math.tgz (no weights, no
 #                 samples) and their eval.math samples into $OUT/quality-math-samples.tar.xz (split at 15 MiB)
+#   math-bench [S], math-bench-wait S  issue 15's benchmarks/math_generation.py on the joined model, alone on the GPU
+#                 (run it before math-start), in the background; -wait packs it into $OUT/math-bench.tgz (no samples)
 # Finished runs committed under results/ are restored first, so a second session goes on where the first stopped.
 # Every phase but check packs runs/quality-gpu (no model weights, no checkpoints, no eval.math samples) into
 # $OUT/quality-*.tgz.
@@ -58,6 +60,7 @@ set -euo pipefail
 usage="usage: quality_session.sh check|pieces|attention|start|wait S|judge [S]|validate-judge [S]|run S1 S2"
 usage+="|finish S1 S2"
 usage+="|mpnet|superglue|superglue-wait S|superglue-sweep|superglue-sweep-wait S|math-start|math-wait S"
+usage+="|math-bench [S]|math-bench-wait S"
 phase="${1:?$usage}"
 here="$(pwd)"
 export PYTHONPATH="$here/.gpu/site:$here${PYTHONPATH:+:$PYTHONPATH}"
@@ -73,6 +76,7 @@ gemma_groups="${GEMMA_GROUPS:-*_gemma3_270m}"
 math_groups="${MATH_GROUPS:-*_qwen25_coder_05b}"
 math_alias=qwen2.5-coder-0.5b-instruct
 math_config=quality/qwen25_coder_05b_gsm8k.yaml
+bench_name="${BENCH_NAME:-math_generation_h100}"   # math-bench's output folder (results/bench/<name> once committed)
 # the SuperGLUE lr sweep and the seeds at its chosen lrs (superglue-sweep; SWEEP_GROUPS picks which of the two run)
 sweep_seeds=paper_superglue_mpnet_sweptlr
 sweep_groups="${SWEEP_GROUPS:-lr_sweep_superglue_mpnet}"
@@ -460,6 +464,22 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     attention_ok "$OUT/attention_check_math.json" || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
     restore_finished_runs --groups "$math_groups"   # the Gemma groups' MT-bench data is not carried here
     in_background "$math_groups" math MATH_DONE math_evaluators --each --per-gpu 3 --poll 10 --timeout 7200
+    ;;
+  math-bench)   # issue 15's generation benchmark, alone on the GPU (before math-start): join, convert, start it
+    join_packaged "$math_alias" .gpu/math
+    convert_model "$math_alias" "$(math_tokenizer)"
+    mkdir -p "$out_root" && rm -f "$out_root/MATH_BENCH_DONE"
+    setsid nohup bash -c "python3 benchmarks/math_generation.py --model $math_alias --out '$out_root/$bench_name' \
+        --batch-size ${BENCH_BATCH:-512} --max-batch-tokens 196608 --prompt-style chat_question ${BENCH_ARGS:-} \
+        > '$out_root/math_bench.log' 2>&1; echo \$? > '$out_root/math_bench.exit'; touch '$out_root/MATH_BENCH_DONE'" \
+        > /dev/null 2>&1 < /dev/null &
+    follow "$out_root/math_bench.log" "$out_root/MATH_BENCH_DONE" "${2:-30}"
+    ;;
+  math-bench-wait)   # follow it for up to S seconds; pack its results (no samples) into $OUT/math-bench.tgz
+    follow "$out_root/math_bench.log" "$out_root/MATH_BENCH_DONE" "${2:?seconds to wait}"
+    mkdir -p "$OUT"
+    tar -C "$out_root" --exclude='*.jsonl' -czf "$OUT/math-bench.tgz" "$bench_name" math_bench.log
+    [ -f "$out_root/MATH_BENCH_DONE" ] && echo "math bench done, exit code $(cat "$out_root/math_bench.exit")"
     ;;
   math-wait)
     follow "$out_root/math.log" "$out_root/MATH_DONE" "${2:?seconds to wait}"
