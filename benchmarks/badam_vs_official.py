@@ -42,7 +42,9 @@ gradients with their int64 indices). Optimizer memory is reported two ways:
 
 --profile-dir: torch.profiler over the last 3 steps of each K=100 phase (last repeat only), with forward / backward /
 update ranges; per worker a table (.txt) and records (.json), and per pair (ours vs 1.4, ours vs ours_nockpt) a diff
-of phase and op times per step, also appended to summary.md: where the steady-state step loses or gains time.
+of phase and op times per step, also appended to summary.md: where the steady-state step loses or gains time
+(benchmarks/profiling.py says how each figure is read; benchmarks/profile_summaries.py writes them again from the
+records).
 
 Usage (GPU; about 3 minutes per repeat for ours + official at all phases on one H100):
     python benchmarks/badam_vs_official.py --out results/bench/badam_vs_official_v3 --official-path DIR \
@@ -314,6 +316,16 @@ def profile_diffs(folder: Path) -> str:
     return "\n".join(out)
 
 
+PROFILE_SECTION = ("\n## Where the steady-state steps differ (torch.profiler, the last 3 steps of each K=100 phase of "
+                   "the last repeat)\n\n")
+
+
+def with_profile_section(summary: str, diffs: str) -> str:
+    """summary.md's text with its profile section (the diffs) replacing any earlier one (none when diffs is empty)."""
+    kept = summary.split(PROFILE_SECTION, 1)[0]
+    return kept + PROFILE_SECTION + diffs if diffs else kept
+
+
 def _stem(name: str, args, repeat: int) -> str:
     return name if args.repeats == 1 else f"{name}_rep{repeat}"
 
@@ -474,10 +486,7 @@ def main(argv=None) -> int:
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     table = markdown(results, meta)
     if args.profile_dir:
-        diffs = profile_diffs(Path(args.profile_dir))
-        if diffs:
-            table += ("\n## Where the steady-state steps differ (torch.profiler, the last 3 steps of each K=100 "
-                      "phase of the last repeat)\n\n" + diffs)
+        table = with_profile_section(table, profile_diffs(Path(args.profile_dir)))
     (out / "summary.md").write_text(table)
     print(table)
     if not all("error" not in r for runs in results.values() for r in runs):

@@ -120,41 +120,63 @@ def profiled_batches(batches_fn, profiler, grad_accum: int):
     return wrapped
 
 
-def where_time_goes(method: str, doc: dict, summary: dict, scan: float | None, params: int) -> str:
-    timing = summary.get("timing_ms") or {}
-    phases = doc["phases"]
-    mfu = (summary.get("compute") or {}).get("mfu")  # None: no dense bf16 peak known for this device (e.g. a CPU)
+def facts_of(summary: dict, scan: float | None, params: int) -> dict:
+    """What where_time_goes needs from the run besides the profile (kept in where_time_goes_<method>.json, so that
+    profile_summaries.py can write the summary again from committed files alone)."""
+    return {"run_name": summary.get("run_name"), "model": summary.get("model"),
+            "device_name": (summary.get("environment") or {}).get("device_name"),
+            "timing_ms": summary.get("timing_ms"), "compute": summary.get("compute"), "lomo_scan_ms": scan,
+            "parameters": params}
+
+
+def where_time_goes(method: str, doc: dict, facts: dict) -> str:
+    """The summary of one profile (doc: its records, any age) with the run's facts (facts_of)."""
+    timing = facts.get("timing_ms") or {}
+    summary = profiling.summarise(doc)
+    phases, steps = summary["phases"], max(1, doc["steps"])
+    mfu = (facts.get("compute") or {}).get("mfu")  # None: no dense bf16 peak known for this device (e.g. a CPU)
+    device_name = facts.get("device_name") or (facts.get("compute") or {}).get("device_name")
+    model = f", model {facts['model']}" if facts.get("model") else ""
     lines = [f"# Where the step's time goes: {method}", "",
-             f"- run: {summary.get('run_name')}, model {summary.get('model')}, device "
-             f"{(summary.get('environment') or {}).get('device_name')}",
+             f"- run: {facts.get('run_name') or 'profile-' + method}{model}, device {device_name}",
              f"- step (CUDA events / perf_counter, median over the run's timed steps): forward "
              f"{timing.get('forward', 0):.1f} ms, backward {timing.get('backward', 0):.1f} ms, update "
              f"{timing.get('update', 0):.1f} ms, step {timing.get('step', 0):.1f} ms; MFU "
              + (f"{100 * mfu:.1f} %" if mfu is not None else "not known (no bf16 peak for this device)"), "",
              "| range | host ms/step | device ms/step | calls/step |", "|---|---|---|---|"]
-    steps = max(1, doc["steps"])
     for name, p in sorted(phases.items()):
-        lines.append(f"| {name} | {p['cpu_ms_per_step']:.1f} | {p['device_ms_per_step']:.1f} | "
+        lines.append(f"| {name} | {p['cpu_ms_per_step']:.1f} | {profiling.device_cell(p, doc.get('device'))} | "
                      f"{p['calls'] / steps:.0f} |")
+    lines += ["", profiling.LEGEND]
     if doc.get("device") == "cuda" and timing.get("step"):
-        kernels, forward = doc["kernel_ms_per_step"], phases.get("forward", {}).get("device_ms_per_step", 0.0)
-        idle = max(0.0, timing["step"] - kernels)
-        lines += ["", f"Kernels: {doc['kernels_per_step']:.0f} launches and {kernels:.1f} ms per step in all "
-                      f"({forward:.1f} ms launched by the forward, "
-                      f"{kernels - forward:.1f} ms by backward and update), against a step of {timing['step']:.1f} "
-                      f"ms: the GPU sat idle {idle:.1f} ms ({100 * idle / timing['step']:.0f} %), waiting for the "
-                      f"host (Python, launches, synchronisation). Host time inside backward: "
-                      f"{phases.get('backward', {}).get('cpu_ms_per_step', 0.0):.1f} ms per step."]
-    hook = phases.get("lomo hook")
+        kernels, step = summary["kernel_ms_per_step"], timing["step"]
+        forward = (phases.get("forward") or {}).get("device_ms_per_step") or 0.0
+        idle = max(0.0, step - kernels)
+        lines += ["", f"Kernels: {summary['kernels_per_step']:.0f} launches and {kernels:.1f} ms per step in all "
+                      f"({forward:.1f} ms launched by the forward, {kernels - forward:.1f} ms by backward, update and "
+                      f"anything outside the ranges), against a measured step of {step:.1f} ms (not profiled): the "
+                      f"GPU sat idle about {idle:.1f} ms ({100 * idle / step:.0f} %), waiting for the host (Python, "
+                      f"launches, synchronisation). Host time inside backward: "
+                      f"{(phases.get('backward') or {}).get('cpu_ms_per_step', 0.0):.1f} ms per step (profiled)."]
+    hook, scan = phases.get("lomo hook"), facts.get("lomo_scan_ms")
     if hook and scan is not None:
         calls = hook["calls"] / steps
         lines += [f"LOMO's hooks: {calls:.0f} calls per step, {hook['cpu_ms_per_step']:.1f} ms of host time per step. "
-                  f"Each call searches every one of the {params} parameters for a finished gradient "
+                  f"Each call searches every one of the {facts.get('parameters')} parameters for a finished gradient "
                   f"(named_parameters() in Python): one scan takes {scan:.2f} ms here, so {calls:.0f} calls cost "
                   f"about {calls * scan:.0f} ms per step before any update kernel runs; the updates themselves "
-                  f"launch {hook['device_ms_per_step']:.1f} ms of device work (the hooks run on autograd's "
-                  f"thread, so this range sees their own kernels)."]
+                  f"launch {profiling.device_cell(hook)} ms of device work (the hooks run on autograd's thread, so "
+                  f"this range sees their own kernels)."]
     return "\n".join(lines) + "\n"
+
+
+def write_where_time_goes(folder: Path, method: str, doc: dict, facts: dict) -> str:
+    """where_time_goes_<method>.md and .json (the facts, with the phases as summarised now)."""
+    text = where_time_goes(method, doc, facts)
+    (folder / f"where_time_goes_{method}.md").write_text(text)
+    (folder / f"where_time_goes_{method}.json").write_text(json.dumps(
+        {"phases": profiling.summarise(doc)["phases"], "steps": doc["steps"], **facts}, indent=1))
+    return text
 
 
 def main(argv=None) -> int:
@@ -203,11 +225,8 @@ def main(argv=None) -> int:
                           device_type="cuda" if device.startswith("cuda") else "cpu")
     trained = method.model if lomo else model
     scan = scan_ms(trained) if lomo else None
-    text = where_time_goes(cfg.method.name, doc, summary, scan, sum(1 for _ in trained.parameters()))
-    (args.out / f"where_time_goes_{cfg.method.name}.md").write_text(text)
-    (args.out / f"where_time_goes_{cfg.method.name}.json").write_text(json.dumps(
-        {"phases": doc["phases"], "steps": doc["steps"], "timing_ms": summary.get("timing_ms"),
-         "compute": summary.get("compute"), "lomo_scan_ms": scan}, indent=1))
+    text = write_where_time_goes(args.out, cfg.method.name, doc,
+                                 facts_of(summary, scan, sum(1 for _ in trained.parameters())))
     print(text)
     return 0
 
