@@ -16,6 +16,8 @@
 #              then torch.profiler summaries of LOMO (with and without its norm pass), LoRA (fp32 and bf16 adapters)
 #              and BAdam                              -> paper_memtime_llama3_8b/<3 runs>, bench/profiles_issue17
 #   time7b     optional: the Llama 2-7B time group (BAdam, LOMO, LoRA r8; batch 8), 3 repeats -> paper_time_llama2_7b
+#   backward   T4 / T14 (the backward by scheme: BAdam with the input or the output block active, Adam bf16) at
+#              Llama 3-8B and 2-7B, 3 alternating repeats       -> paper_backward_llama3_8b, paper_backward_llama2_7b
 # Carry .gpu/site, .gpu/ref, .gpu/shared and .gpu/tok (scripts/gpu/prepare_carry.sh, then `prepare`). On a fresh
 # machine a phase can also continue from an earlier call's pack: carry it as .gpu/resume/<phase>.tgz.
 # Check the phases here before spending GPU time: TIME_SESSION_SMOKE=1 runs every phase's commands on the CPU with a
@@ -23,7 +25,7 @@
 #   PYTHON=.venv/bin/python scripts/gpu/time_session.sh prepare
 #   TIME_SESSION_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/ts bash scripts/gpu/time_session.sh time
 set -euo pipefail
-phase="${1:?usage: time_session.sh prepare|check|bench|time|profiles|time7b}"
+phase="${1:?usage: time_session.sh prepare|check|bench|time|profiles|time7b|backward}"
 here="$(pwd)"
 if [ "$phase" = prepare ]; then
   py="${PYTHON:-.venv/bin/python}"
@@ -59,9 +61,10 @@ case "$phase" in
   bench) keep=(bench/badam_vs_official_v3) ;;
   time) keep=(paper_time_llama3_8b) ;;
   time7b) keep=(paper_time_llama2_7b) ;;
+  backward) keep=(paper_backward_llama3_8b paper_backward_llama2_7b) ;;
   profiles) keep=(paper_memtime_llama3_8b bench/profiles_issue17) ;;
   check) keep=() ;;
-  *) echo "unknown phase $phase (valid: prepare, check, bench, time, profiles, time7b)" >&2; exit 2 ;;
+  *) echo "unknown phase $phase (valid: prepare, check, bench, time, profiles, time7b, backward)" >&2; exit 2 ;;
 esac
 mkdir -p "$work" "$out"
 if [ -f "$here/.gpu/resume/$phase.tgz" ] && [ ! -e "$work/${keep[0]}" ]; then   # a fresh machine, an earlier pack
@@ -115,6 +118,13 @@ transformers.__version__, 'peft', peft.__version__, 'gpus', torch.cuda.device_co
     ;;
   time7b)
     python3 benchmarks/time_protocol.py --profile paper-gpu-1 --groups paper_time_llama2_7b --repeats $repeats \
+        --output-dir "$work" --set "model.tokenizer=$here/.gpu/tok/minilm" --launch-deadline 480 --no-progress \
+        "${tiny[@]}"
+    ;;
+  backward)   # T4 / T14 under the protocol: the backward by scheme (input / output block active, all) 3 times, alternating
+    python3 benchmarks/time_protocol.py --profile paper-gpu-1 --groups paper_backward_llama3_8b --repeats $repeats \
+        --output-dir "$work" --set "model.tokenizer=$tok" --launch-deadline 240 --no-progress "${tiny[@]}"
+    python3 benchmarks/time_protocol.py --profile paper-gpu-1 --groups paper_backward_llama2_7b --repeats $repeats \
         --output-dir "$work" --set "model.tokenizer=$here/.gpu/tok/minilm" --launch-deadline 480 --no-progress \
         "${tiny[@]}"
     ;;
