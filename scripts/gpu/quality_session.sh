@@ -315,7 +315,8 @@ math_bench_phase() {
 # follow LOG DONE S: wait up to S seconds for the file DONE, then show the GPUs, the end of LOG and every run's state
 follow() {
   local log="$1" done_file="$2" limit="$3" waited=0
-  while [ ! -f "$done_file" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
+  local poll="${FOLLOW_POLL_S:-10}"
+  while [ ! -f "$done_file" ] && [ "$waited" -lt "$limit" ]; do sleep "$poll"; waited=$((waited + poll)); done
   nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
   tail -25 "$log" || true
   python3 - "$out_root" <<'PY' || true

@@ -497,7 +497,7 @@ def test_math_bench_phase_runs_the_generation_benchmark_alone_and_packs_it_witho
     math-bench on the same folder is refused by the benchmark (a resumed run would not be timed)."""
     import tarfile
 
-    env = {**_session_env(tmp_path), "BENCH_BATCH": "2",
+    env = {**_session_env(tmp_path), "BENCH_BATCH": "2", "FOLLOW_POLL_S": "1",
            "BENCH_ARGS": "--limit 1 --device cpu --max-new-tokens 4 --threads 1"}
     (tmp_path / ".gpu" / "shared" / "data").mkdir(parents=True)
     (tmp_path / ".gpu" / "shared" / "data" / "math_eval").symlink_to(REPO.parent / "shared" / "data" / "math_eval")
