@@ -14,7 +14,8 @@ How a step's gradient is averaged (``BlockGradientSync``):
     asynchronously at once, so the transfer overlaps the rest of the backward (buckets are launched strictly in
     bucket order, so every rank issues the same collectives in the same order);
   * at the end of the backward (an autograd final callback) the remaining buckets are launched, every bucket is
-    awaited and divided by the world size and written back, so that when ``loss.backward()`` returns ``p.grad``
+    awaited and written back divided by the world size (one kernel: the division is the copy back, except for a
+    gradient all-reduced in place, which is divided where it lies), so that when ``loss.backward()`` returns ``p.grad``
     holds the average on every rank, as with torch's DistributedDataParallel: a clip or any edit of ``p.grad``
     before ``step()`` sees the same numbers on all ranks, and the replicas stay identical;
   * the gradient reduced is the one ``step()`` would use, in place where it lives: the bf16 ``p.grad`` after one
@@ -27,8 +28,13 @@ How a step's gradient is averaged (``BlockGradientSync``):
     after backward passes that all ran inside ``no_sync()`` averages there (with a warning: anything that read
     ``p.grad`` before it saw this rank's local gradient);
   * a parameter that received no gradient on any rank keeps none (``step()`` skips it, as in one process); one that
-    received one on some ranks only gets the average with zeros for the others (one small all-reduce of flags per
-    step tells which).
+    received one on some ranks only gets the average with zeros for the others. Which is which travels as one flag per
+    parameter at the end of the last bucket when that bucket holds several tensors (a Llama layer's norm weights), so
+    no collective is added; otherwise (a block of one tensor) as one small all-reduce of its own. The flags are read
+    back (a device wait) only on a rank that lacked a gradient;
+  * ``record_timing = True`` records, per syncing backward, CUDA events (on the CPU: clock readings) at the first
+    launch, at the end of the backward's own work and once every gradient is averaged: ``take_timing()`` then gives
+    the window the all-reduce could overlap and the exposed tail (benchmarks/multi_gpu.py reports both per rank).
 
 Every rank must run the same number of backward passes through the active block per step (as with DDP); a rank whose
 backward never reaches the active block would leave the others waiting. The fp32 master and AdamW states of the
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 import warnings
 from typing import Any
 
@@ -71,14 +78,16 @@ def resolve_reduce_dtype(value: Any) -> torch.dtype:
 
 
 class _Bucket:
-    """Indices (into the masters) of the parameters all-reduced together, their offsets in the flat buffer."""
+    """Indices (into the masters) of the parameters all-reduced together, their offsets in the flat buffer, and how
+    many presence flags follow the gradients in the buffer (the last bucket of several tensors carries them)."""
 
-    __slots__ = ("members", "offsets", "numel")
+    __slots__ = ("members", "offsets", "numel", "flags")
 
     def __init__(self, members: list[int], sizes: list[int]):
         self.members = members
         self.offsets = [sum(sizes[:k]) for k in range(len(sizes))]
         self.numel = sum(sizes)
+        self.flags = 0
 
 
 class _InFlight:
@@ -113,6 +122,8 @@ class BlockGradientSync:
         self.unreduced = False  # a no_sync backward left gradients that no reduction has averaged yet
         self.reductions = 0     # completed averagings (tests and logs)
         self._warned_late = False
+        self.record_timing = False  # see take_timing()
+        self._timing: dict | None = None
 
     # --- one-time agreement between ranks ------------------------------------------------------------------------
     def _source_rank(self) -> int:
@@ -167,6 +178,10 @@ class BlockGradientSync:
                 current.append(i)
             if current:
                 self._buckets.append(_Bucket(current, [params[j].numel() for j in current]))
+        # a bucket of several tensors is always copied into a flat buffer: the presence flags ride along at no cost.
+        # Decided from the partition alone, which every rank shares, so every rank issues the same collectives.
+        if self._buckets and len(self._buckets[-1].members) > 1:
+            self._buckets[-1].flags = len(params)
         self._hooks = [p.register_post_accumulate_grad_hook(self._ready_hook(i)) for i, p in enumerate(params)]
         self._reset_backward()
         self.unreduced = False
@@ -188,6 +203,8 @@ class BlockGradientSync:
         self._in_flight: list[_InFlight] = []
         self._missing_local: list[int] = []
         self._pending_missing: dict[int, torch.Tensor] = {}  # averages for parameters this rank had no gradient for
+        self._presence: torch.Tensor | None = None  # per parameter: > 0 where some rank had a gradient
+        self._marks: dict[str, Any] = {}  # record_timing: events (CUDA) or clock readings (CPU) of this backward
 
     @property
     def buckets(self) -> list[list[int]]:
@@ -221,6 +238,8 @@ class BlockGradientSync:
     def _launch_ready_buckets(self) -> None:
         while self._next_launch < len(self._buckets) and \
                 all(i in self._ready for i in self._buckets[self._next_launch].members):
+            if self.record_timing and "first_launch" not in self._marks:
+                self._mark("first_launch")
             self._launch(self._buckets[self._next_launch], in_backward=True)
             self._next_launch += 1
             if len(self._in_flight) > MAX_IN_FLIGHT:
@@ -238,7 +257,8 @@ class BlockGradientSync:
         if only is not None and only.dtype == self.reduce_dtype and only.is_contiguous():
             buffer, in_place = only, True  # the gradient itself goes on the wire: no copy, no extra memory
         else:
-            buffer = torch.empty(bucket.numel, dtype=self.reduce_dtype, device=params[bucket.members[0]].device)
+            buffer = torch.empty(bucket.numel + bucket.flags, dtype=self.reduce_dtype,
+                                 device=params[bucket.members[0]].device)
             in_place = False
             for i, offset, g in zip(bucket.members, bucket.offsets, grads):
                 part = buffer[offset:offset + params[i].numel()]
@@ -246,50 +266,97 @@ class BlockGradientSync:
                     part.zero_()
                 else:
                     part.copy_(g.reshape(-1))
+            if bucket.flags:  # the last bucket: every earlier one was launched, so _missing_local is complete
+                self._write_presence(buffer[bucket.numel:])
         work = self.dist.all_reduce(buffer, group=self.group, async_op=True)
         self._in_flight.append(_InFlight(bucket, buffer, in_place, grads, work))
+
+    def _write_presence(self, flags: torch.Tensor) -> None:
+        """1 per parameter that has a gradient on this rank, 0 where it has none (summed over the ranks)."""
+        flags.fill_(1.0)
+        if self._missing_local:
+            flags[torch.tensor(self._missing_local, device=flags.device)] = 0.0
 
     @torch.no_grad()
     def _complete(self, entry: _InFlight) -> None:
         entry.work.wait()  # NCCL: the current stream waits for the collective; gloo: the CPU waits
-        entry.buffer.div_(self.world_size)
-        params = self._masters.params
+        params, ranks = self._masters.params, self.world_size
+        if entry.in_place:
+            entry.buffer.div_(ranks)
         for i, offset, g in zip(entry.bucket.members, entry.bucket.offsets, entry.grads):
+            summed = entry.buffer[offset:offset + params[i].numel()].view_as(params[i])
             if g is None:
-                self._pending_missing[i] = entry.buffer[offset:offset + params[i].numel()].view_as(params[i])
+                self._pending_missing[i] = summed / ranks
                 continue
             if not entry.in_place:
-                g.copy_(entry.buffer[offset:offset + params[i].numel()].view_as(g))
+                # divided in the wire dtype and cast into the gradient by one kernel: the same numbers as dividing
+                # the buffer and copying it back, one pass over the buffer fewer
+                torch.div(summed, ranks, out=g)
             self._masters.show_grad(i)
+        if entry.bucket.flags:
+            self._presence = entry.buffer[entry.bucket.numel:]
 
     @torch.no_grad()
     def _end_of_backward(self) -> None:
         """Autograd final callback of a syncing backward: launch what is left, wait for everything, write back."""
         self._callback_queued = False
+        if self.record_timing:
+            self._mark("backward_done")
         self._reduce_all(in_backward=True)
 
     def _reduce_all(self, in_backward: bool) -> None:
         while self._next_launch < len(self._buckets):
             self._launch(self._buckets[self._next_launch], in_backward)
             self._next_launch += 1
-        # which parameters had a gradient on some rank: one small all-reduce, always issued (a collective must be
-        # called by every rank), read back only on a rank that lacked one (the read waits for the device)
-        device = self._masters.params[0].device if self._masters.params else torch.device("cpu")
-        present = torch.ones(len(self._masters.params), dtype=torch.float32, device=device)  # no host copy
-        if self._missing_local:
-            present[torch.tensor(self._missing_local, device=device)] = 0.0
-        work = self.dist.all_reduce(present, group=self.group, async_op=True)
+        work = None
+        if not self._buckets or not self._buckets[-1].flags:
+            # no bucket carries the presence flags: one small all-reduce of them, issued by every rank alike
+            device = self._masters.params[0].device if self._masters.params else torch.device("cpu")
+            self._presence = torch.empty(len(self._masters.params), dtype=torch.float32, device=device)
+            self._write_presence(self._presence)
+            work = self.dist.all_reduce(self._presence, group=self.group, async_op=True)
         for entry in self._in_flight:
             self._complete(entry)
-        work.wait()
-        if self._missing_local:
-            counts = present.cpu()
+        if work is not None:
+            work.wait()
+        if self._missing_local:  # read back only here: the read waits for the device
+            counts = self._presence.cpu()
             for i in self._missing_local:
                 if counts[i] > 0:  # another rank had one: this rank takes the average too
                     self._masters.set_grad(i, self._pending_missing[i])
+        if self.record_timing and in_backward:
+            self._mark("averaged")
+            self._timing = self._marks
         self._reset_backward()
         self.unreduced = False
         self.reductions += 1
+
+    # --- timing (record_timing) ----------------------------------------------------------------------------------
+    def _mark(self, name: str) -> None:
+        device = self._masters.params[0].device if self._masters and self._masters.params else None
+        if device is not None and device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()  # on the current stream: reached once the work queued before it is done
+            self._marks[name] = event
+        else:
+            self._marks[name] = time.perf_counter()
+
+    def take_timing(self) -> dict[str, float] | None:
+        """Milliseconds of the last syncing backward (record_timing must be on; call after the device is synchronised),
+        then forgets them: ``reduce_window_ms`` from the first bucket's launch to the end of the backward's own work
+        (what the all-reduce could overlap; 0 when every bucket waited for the end) and ``reduce_tail_ms`` from there
+        until every gradient is averaged (the exposed all-reduce, waiting for the slowest rank included). None when
+        no syncing backward ran since the last call."""
+        marks, self._timing = self._timing, None
+        if not marks:
+            return None
+
+        def between(a: str, b: str) -> float:
+            start, end = marks[a], marks[b]
+            return start.elapsed_time(end) if hasattr(start, "elapsed_time") else (end - start) * 1000.0
+
+        window = between("first_launch", "backward_done") if "first_launch" in marks else 0.0
+        return {"reduce_window_ms": window, "reduce_tail_ms": between("backward_done", "averaged")}
 
     # --- at the update -----------------------------------------------------------------------------------------
     def before_step(self) -> None:

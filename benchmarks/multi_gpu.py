@@ -54,8 +54,9 @@ from experiments import distributed as dist_mod  # noqa: E402
 from experiments.measure import synchronize  # noqa: E402
 from experiments.memory_model import sharded_bytes_per_device  # noqa: E402
 from experiments.results import source_commit  # noqa: E402
-from multi_gpu_ddp import (best_single, combine_replicated, replicated_table, run_replicated,  # noqa: E402
-                           start_profiler, timed_steps, write_profile)
+from multi_gpu_ddp import (best_single, bind_to_cpu_share, combine_replicated, host_facts,  # noqa: E402
+                           replicated_table, run_replicated, start_profiler, timed_steps, utilization,
+                           write_profile)
 
 GIB = 1024 ** 3
 
@@ -98,6 +99,15 @@ def parse_args(argv=None):
                    help="ddp: R alternating rounds of rank 0 alone (the plain single-GPU path) and all ranks")
     p.add_argument("--reduce-dtype", choices=("fp32", "bf16"), default="fp32",
                    help="ddp: dtype of the gradient all-reduce (train.ddp_reduce_dtype)")
+    p.add_argument("--alone-phase", action="store_true",
+                   help="ddp with --compare-single: each round also runs every rank on its own at the same time, "
+                        "nothing averaged (host contention without communication; name gets _alone)")
+    p.add_argument("--single-every-rank", action="store_true",
+                   help="ddp with --compare-single: the single phase runs on every rank in turn, not only rank 0 "
+                        "(each GPU's own baseline; name gets _solo)")
+    p.add_argument("--cpu-affinity", choices=("none", "split"), default="none",
+                   help="split: each local rank is pinned to its own share of the machine's physical cores before "
+                        "anything starts (name gets _pinned); none: the OS places the threads (default)")
     p.add_argument("--tag", default="", help="appended to the result name (repeats of one setting side by side)")
     p.add_argument("--tiny", action="store_true", help="CPU/gloo check: tiny-llama, length 32, 4 steps")
     args = p.parse_args(argv)
@@ -113,6 +123,9 @@ def parse_args(argv=None):
         p.error("--compare-single alternates single-GPU and data-parallel phases: it needs --mode ddp")
     if args.compare_single < 0:
         p.error(f"--compare-single must be >= 0; got {args.compare_single}")
+    if (args.alone_phase or args.single_every_rank) and not args.compare_single:
+        p.error("--alone-phase and --single-every-rank add phases to the rounds of --compare-single R (with --mode "
+                "ddp)")
     if args.tiny:
         args.model = "tiny-llama"
         args.seq_len = min(args.seq_len, 32)
@@ -192,12 +205,17 @@ def run(args, ctx) -> dict:
     reserved = int(torch.cuda.max_memory_reserved(ctx.device)) if ctx.device.type == "cuda" else None
     split = method.memory_split(model)
     return {"rank": ctx.rank, "init_s": init_s, "weights_bytes": weights_bytes, "peak_allocated_bytes": peak,
-            "peak_reserved_bytes": reserved, "memory_split_end": split, "steps": steps, "sizes": sizes}
+            "peak_reserved_bytes": reserved, "memory_split_end": split, "steps": steps, "sizes": sizes,
+            "host": host_facts()}
 
 
 def nccl_version() -> str:
     version = torch.cuda.nccl.version()  # a tuple in recent torch, an int in older ones
     return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
+def device_name(ctx) -> str | None:
+    return torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None
 
 
 def environment(ctx) -> dict:
@@ -246,6 +264,7 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
         "predicted_formula": None if estimate is None else estimate.formula,
         **sizes, "init_s_max": max(r["init_s"] for r in per_rank),
         "losses_rank0": [s["loss"] for s in per_rank[0]["steps"]],
+        **utilization([r["steps"] for r in per_rank], args.warmup, device_name(ctx)),
         "per_rank": per_rank, "environment": environment(ctx),
     }
 
@@ -253,14 +272,16 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
 def result_stem(args, world_size: int) -> str:
     batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
     tag = f"_{args.tag}" if args.tag else ""
+    pinned = "_pinned" if args.cpu_affinity == "split" else ""
     if args.mode == "ddp":
-        return f"{args.model}_{args.method}_n{world_size}{batch}_ddp_{args.reduce_dtype}" + (
-            f"_vs1x{args.compare_single}" if args.compare_single else "") + tag
+        phases = (f"_vs1x{args.compare_single}" if args.compare_single else "") \
+            + ("_solo" if args.single_every_rank else "") + ("_alone" if args.alone_phase else "")
+        return f"{args.model}_{args.method}_n{world_size}{batch}_ddp_{args.reduce_dtype}{phases}{pinned}{tag}"
     layout = ("_separate-ends" if args.separate_ends else "") + ("_keep-gathered" if args.keep_gathered else "") \
         + (f"_keep{args.keep_gathered_layers if args.keep_gathered_layers > 0 else 'all'}"
            if args.keep_gathered_layers else "") \
         + (f"_prefetch{args.forward_prefetch}" if args.forward_prefetch else "")
-    return f"{args.model}_{args.method}_n{world_size}{batch}{layout}{tag}"
+    return f"{args.model}_{args.method}_n{world_size}{batch}{layout}{pinned}{tag}"
 
 
 def _gib(n) -> str:
@@ -276,8 +297,8 @@ def summary_markdown(out: Path) -> str:
         lines += ["", "## FSDP2 (`--mode fsdp2`, as `train.distributed=fsdp2`)", "",
                   "| model | method | FSDP groups | GPUs | batch/GPU x len | step ms (median) | forward / backward / "
                   "update ms | tokens/s | tokens/s/GPU | scaling vs best 1-GPU | peak GiB/GPU (max) | "
-                  "predicted GiB/GPU | weights GiB/GPU |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "predicted GiB/GPU | weights GiB/GPU | MFU |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sharded:
         base = best_single(results, r)
         eff = f"{r['tokens_per_s'] / (r['gpus'] * base):.2f}" if base else "n/a (no 1-GPU run)"
@@ -287,7 +308,8 @@ def summary_markdown(out: Path) -> str:
         lines.append(f"| {r['model']} | {r['method']} | {r.get('fsdp_groups', 'layers + root')} | {r['gpus']} | "
                      f"{r['batch_per_gpu']} x {r['seq_len']} | {r['median_step_ms']:.0f} | {phases} | "
                      f"{r['tokens_per_s']:.0f} | {r['tokens_per_s_per_gpu']:.0f} | {eff} | "
-                     f"{_gib(r['peak_allocated_bytes_max'])} | {_gib(r['predicted_bytes_per_gpu'])} | {_gib(weights)} |")
+                     f"{_gib(r['peak_allocated_bytes_max'])} | {_gib(r['predicted_bytes_per_gpu'])} | "
+                     f"{_gib(weights)} | {'n/a' if r.get('mfu') is None else format(r['mfu'], '.3f')} |")
     lines += replicated_table(results)
     lines += ["", "Runs:", ""]
     for r in results:
@@ -303,6 +325,9 @@ def summary_markdown(out: Path) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.cpu_affinity == "split":  # before the process group's and CUDA's threads start (they inherit it)
+        cpus = bind_to_cpu_share(int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        print(f"rank {os.environ.get('RANK', 0)}: pinned to CPUs {cpus}", flush=True)
     ctx = dist_mod.init_distributed("cpu" if args.tiny else "cuda")
     try:
         replicated = args.mode == "ddp"
@@ -313,7 +338,7 @@ def main(argv=None) -> int:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             if replicated:
-                result = {**combine_replicated(args, ctx, per_rank), "environment": environment(ctx)}
+                result = {**combine_replicated(args, ctx, per_rank, device_name(ctx)), "environment": environment(ctx)}
             else:
                 result = combine(args, ctx, per_rank)
             path = out / f"{result_stem(args, ctx.world_size)}.json"

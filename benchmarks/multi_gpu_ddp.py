@@ -2,55 +2,137 @@
 
 `--mode ddp`: every rank builds the whole random-init model on its GPU (same seed; rank 0's weights are broadcast
 anyway), and the method's gradients are averaged as under `train.distributed=ddp` (experiments/ddp.py; BAdam: only the
-active block's gradient travels). `--compare-single R` alternates R rounds of two phases in the same processes:
+active block's gradient travels). `--compare-single R` alternates R rounds of phases in the same processes:
   single: rank 0 trains alone with no process group attached (the plain one-GPU path of the harness: the same model,
-          method and step as `train.distributed=none`), the other ranks wait at a barrier;
+          method and step as `train.distributed=none`), the other ranks wait at a barrier; with --single-every-rank
+          every rank in turn (each GPU's own baseline; scaling stays against rank 0's);
+  alone:  (with --alone-phase) every rank trains at the same time, each on its own, nothing averaged: the host and the
+          GPUs as busy as under ddp, without communication, so alone vs single shows what two processes cost each
+          other (host contention) and ddp vs alone what the averaging and the ranks' waiting for each other cost;
   ddp:    every rank trains, gradients averaged.
-Each phase builds a fresh optimizer (BAdam restarts its schedule), runs --warmup untimed steps and then the timed
-ones; scaling = ddp tokens/s / (N x single tokens/s), per round and for the medians, so the single-GPU baseline is
-measured on the same GPU, in the same process, in the same minutes.
+Each phase builds a fresh optimizer (BAdam restarts its schedule, so step i trains the same block in every phase),
+runs --warmup untimed steps and then the timed ones; scaling = ddp tokens/s / (N x single tokens/s), per round and
+for the medians, so the single-GPU baseline is measured on the same GPU, in the same process, in the same minutes.
+
+Per step and rank, besides the GPU time of each phase (CUDA events), the host side: the wall time the Python thread
+spent issuing each phase (``host_*_ms``; close to the GPU time when the step is launch-bound), the main thread's CPU
+time in the forward (``cpu_forward_ms``; well below the host wall time when the thread was descheduled), the
+process's involuntary context switches, and under ddp the all-reduce's overlap window and exposed tail
+(BlockGradientSync.take_timing). benchmarks/multi_gpu_diagnostics.py turns them into the comparisons.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from multi_gpu_diagnostics import diagnose
+from multi_gpu_diagnostics import markdown as diagnostics_markdown
 
 GIB = 1024 ** 3
 
 
-def timed_steps(args, ctx, model, method, gen, profile=None) -> list[dict]:
+def _involuntary_switches() -> int | None:
+    """Involuntary context switches of this process so far (every thread; Linux/macOS), None where unknown."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+    except (ImportError, AttributeError, OSError):
+        return None
+
+
+class HostClock:
+    """Host-side time of each phase of a step: wall time of the issuing thread (no device synchronisation) and, for
+    the phases run on this thread, its CPU time."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = (time.perf_counter() - wall) * 1000.0
+            self.cpu[name] = (time.thread_time() - cpu) * 1000.0
+
+
+def timed_steps(args, ctx, model, method, gen, profile=None, sync=None) -> list[dict]:
     """args.steps optimizer steps of batch args.batch_size x args.seq_len random ids (labels = inputs) under bf16
-    autocast, each timed with the harness's StepTimer (CUDA events per phase); `profile(step)` is called before each
-    step (the caller starts/stops a profiler there)."""
+    autocast, each timed with the harness's StepTimer (CUDA events per phase) and a HostClock; `profile(step)` is
+    called before each step (the caller starts/stops a profiler there); `sync` (a BlockGradientSync) adds the
+    all-reduce's window and tail."""
     from experiments.measure import StepTimer
 
     vocab = model.config.vocab_size
     autocast = torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
     timer = StepTimer(ctx.device)
+    counter = flop_counter(model)
+    if sync is not None:
+        sync.record_timing = True
     steps = []
     for step in range(args.steps):
         ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=gen).to(ctx.device)
         if profile is not None:
             profile(step)
+        flops = counter.count(counter.snapshot(), [{"input_ids": ids}]) if counter is not None else None
+        host = HostClock()
         timer.start_step()
-        with timer.phase("forward"), autocast:
+        switches = _involuntary_switches()
+        with timer.phase("forward"), host.phase("forward"), autocast:
             loss = model(input_ids=ids, labels=ids).loss
-        with timer.phase("backward"):
+        with timer.phase("backward"), host.phase("backward"):
             method.backward(loss)
-        with timer.phase("update"):
+        with timer.phase("update"), host.phase("update"):
             norm = method.clip_and_norm(1.0)
             method.step()
             method.zero_grad()
         times = timer.end_step()
+        after = _involuntary_switches()
+        reduce = sync.take_timing() if sync is not None else None
         steps.append({"step": step + 1, "ms": times["step"], "forward_ms": times["forward"],
                       "backward_ms": times["backward"], "update_ms": times["update"], "loss": float(loss.detach()),
-                      "grad_norm": norm, **{k: v for k, v in method.describe().items() if k == "active_block"}})
+                      "grad_norm": norm, **{k: v for k, v in method.describe().items() if k == "active_block"},
+                      **{f"host_{name}_ms": ms for name, ms in host.wall.items()},
+                      "cpu_forward_ms": host.cpu["forward"],
+                      "involuntary_switches": None if switches is None else after - switches, **(reduce or {}),
+                      "model_flops": flops.model if flops else None,
+                      "hardware_flops": flops.hardware if flops else None})
         if ctx.is_main:
             print(f"step {step + 1}/{args.steps}: {steps[-1]['ms']:.0f} ms, loss {steps[-1]['loss']:.4f}", flush=True)
     return steps
+
+
+def flop_counter(model):
+    """experiments.flops' model of this model's matmul FLOPs (what trains is read before each step), None for a
+    model it cannot read."""
+    from experiments.flops import FlopCounter
+
+    try:
+        return FlopCounter(model)
+    except (ValueError, KeyError, AttributeError, TypeError, StopIteration):
+        return None
+
+
+def utilization(steps_per_rank: list[list[dict]], warmup: int, device_name: str | None) -> dict:
+    """Model FLOP/s per GPU over the timed steps (this rank's matmul FLOPs per step over the slowest rank's step
+    time, summed) and MFU against the device's dense bf16 peak (experiments/flops.py; None on a CPU)."""
+    from experiments.flops import device_peak
+
+    timed = list(zip(*(steps[warmup:] for steps in steps_per_rank)))
+    flops = [max(s.get("model_flops") or 0 for s in step) for step in timed]
+    seconds = sum(max(s["ms"] for s in step) for step in timed) / 1000.0
+    if not timed or not all(flops) or seconds <= 0:
+        return {"model_tflops_per_s_per_gpu": None, "mfu": None}
+    rate = sum(flops) / seconds
+    peak, _ = device_peak(device_name)
+    return {"model_tflops_per_s_per_gpu": rate / 1e12, "mfu": None if peak is None else rate / peak}
 
 
 def start_profiler(device):
@@ -94,8 +176,11 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
     synchronize(ctx.device)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
+    if kind != "single":
+        ctx.barrier()  # every rank starts its timed steps together (alone: busy side by side, as under ddp)
     if ctx.is_main:
-        print(f"--- round {round_ + 1}, {kind} ({ctx.world_size if kind == 'ddp' else 1} GPU)", flush=True)
+        gpus = 1 if kind == "single" else ctx.world_size
+        print(f"--- round {round_ + 1}, {kind} ({gpus} GPU{'s' if gpus > 1 else ''})", flush=True)
     profiler = None
 
     def profile(step: int) -> None:
@@ -103,7 +188,7 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
         if profile_stem and ctx.is_main and step == args.steps - 3:
             profiler = start_profiler(ctx.device)
 
-    steps = timed_steps(args, ctx, model, method, gen, profile)
+    steps = timed_steps(args, ctx, model, method, gen, profile, data_parallel.sync if data_parallel else None)
     if profiler is not None:
         write_profile(profiler, Path(args.profile_dir), profile_stem, ctx.device)
     peak = int(torch.cuda.max_memory_allocated(ctx.device)) if ctx.device.type == "cuda" else None
@@ -139,16 +224,67 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
     for round_ in range(rounds):
         last = args.profile_dir and round_ == rounds - 1
         if args.compare_single:
-            if ctx.is_main:
-                phases.append(_phase("single", round_, args, ctx, model, method, gen, last and f"{stem}_single"))
-            ctx.barrier()
+            for solo in range(ctx.world_size if args.single_every_rank else 1):
+                if ctx.rank == solo:
+                    phases.append(_phase("single", round_, args, ctx, model, method, gen,
+                                         last and ctx.is_main and f"{stem}_single"))
+                ctx.barrier()
+        if args.alone_phase:
+            phases.append(_phase("alone", round_, args, ctx, model, method, gen, last and f"{stem}_alone"))
         phases.append(_phase("ddp", round_, args, ctx, model, method, gen, last and f"{stem}_ddp"))
     total = sum(p.numel() for p in model.parameters())
     return {"rank": ctx.rank, "init_s": init_s, "weights_bytes": weights, "phases": phases,
-            "sizes": {"total_params": total}}
+            "sizes": {"total_params": total}, "host": host_facts()}
 
 
-def _phase_summary(args, phase_per_rank: list[dict], gpus: int) -> dict:
+def split_cpus(cpus: list[int], core_of: dict[int, object], parts: int) -> list[list[int]]:
+    """`cpus` divided into `parts` shares of whole physical cores (hyperthread siblings stay together), as even as
+    the cores allow, in CPU order; ValueError when there are fewer cores than parts."""
+    cores: dict[object, list[int]] = {}
+    for cpu in sorted(cpus):
+        cores.setdefault(core_of.get(cpu, cpu), []).append(cpu)
+    groups = list(cores.values())
+    if len(groups) < parts:
+        raise ValueError(f"--cpu-affinity split: {len(groups)} physical cores for {parts} processes on this machine; "
+                         "use --cpu-affinity none")
+    bounds = [round(k * len(groups) / parts) for k in range(parts + 1)]
+    return [sorted(c for group in groups[bounds[k]:bounds[k + 1]] for c in group) for k in range(parts)]
+
+
+def _core_ids(cpus: list[int]) -> dict[int, object]:
+    """CPU -> (package, core) from sysfs; CPUs it does not describe count as cores of their own."""
+    out = {}
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            out[cpu] = ((topology / "physical_package_id").read_text().strip(),
+                        (topology / "core_id").read_text().strip())
+        except OSError:
+            continue
+    return out
+
+
+def bind_to_cpu_share(local_rank: int, local_world: int) -> list[int]:
+    """Pin this process (every thread it has now; later ones inherit it) to its share of the allowed CPUs:
+    split_cpus over the physical cores, share number local_rank. Linux only."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError("--cpu-affinity split needs Linux (os.sched_setaffinity); use --cpu-affinity none")
+    allowed = sorted(os.sched_getaffinity(0))
+    mine = split_cpus(allowed, _core_ids(allowed), local_world)[local_rank]
+    for thread in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(thread), mine)
+    return mine
+
+
+def host_facts() -> dict:
+    """The CPUs this rank may run on, the machine's count, torch's intra-op threads (where contention would come
+    from)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"cpus": cpus, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def _phase_summary(args, phase_per_rank: list[dict], gpus: int, device_name: str | None = None) -> dict:
     timed = range(args.warmup, args.steps)
     step_ms = statistics.median(max(p["steps"][i]["ms"] for p in phase_per_rank) for i in timed)
     phases = {f"median_{name}_ms": statistics.median(max(p["steps"][i][f"{name}_ms"] for p in phase_per_rank)
@@ -157,6 +293,7 @@ def _phase_summary(args, phase_per_rank: list[dict], gpus: int) -> dict:
     peaks = [p["peak_allocated_bytes"] for p in phase_per_rank]
     return {"kind": phase_per_rank[0]["kind"], "round": phase_per_rank[0]["round"], "gpus": gpus,
             "median_step_ms": step_ms, **phases, "tokens_per_s": tokens / (step_ms / 1000.0),
+            **utilization([p["steps"] for p in phase_per_rank], args.warmup, device_name),
             "peak_allocated_bytes_max": max(peaks) if all(x is not None for x in peaks) else None,
             "losses_rank0": [s["loss"] for s in phase_per_rank[0]["steps"]]}
 
@@ -165,25 +302,26 @@ def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def combine_replicated(args, ctx, per_rank: list[dict]) -> dict:
-    """The run's JSON: per-phase figures (step time: slowest rank), medians and spreads over the rounds, scaling."""
-    rank0 = per_rank[0]["phases"]
-    ddp_index = 0
+def combine_replicated(args, ctx, per_rank: list[dict], device_name: str | None = None) -> dict:
+    """The run's JSON: per-phase figures (step time: slowest rank), medians and spreads over the rounds, scaling;
+    device_name (CUDA) gives MFU."""
     summaries = []
-    for phase in rank0:
+    for phase in per_rank[0]["phases"]:
         if phase["kind"] == "single":
-            summaries.append(_phase_summary(args, [phase], 1))
+            summaries.append(_phase_summary(args, [phase], 1, device_name))
             continue
-        others = [[p for p in r["phases"] if p["kind"] == "ddp"][ddp_index] for r in per_rank]
-        summaries.append(_phase_summary(args, others, ctx.world_size))
-        ddp_index += 1
+        same = [next(p for p in r["phases"] if (p["kind"], p["round"]) == (phase["kind"], phase["round"]))
+                for r in per_rank]  # this phase on every rank
+        summaries.append(_phase_summary(args, same, ctx.world_size, device_name))
     ddp = [s for s in summaries if s["kind"] == "ddp"]
     single = [s for s in summaries if s["kind"] == "single"]
+    alone = [s for s in summaries if s["kind"] == "alone"]
     result = {
         "model": args.model, "method": args.method, "mode": "ddp", "gpus": ctx.world_size,
         "batch_per_gpu": args.batch_size, "seq_len": args.seq_len, "gradient_checkpointing": not args.no_checkpointing,
         "steps": args.steps, "warmup": args.warmup, "switch_every": args.switch_every,
         "reduce_dtype": args.reduce_dtype, "rounds": max(1, args.compare_single), "phases": summaries,
+        "cpu_affinity": args.cpu_affinity, "tag": args.tag,
         "ddp_tokens_per_s": _spread([s["tokens_per_s"] for s in ddp]),
         "ddp_median_step_ms": statistics.median(s["median_step_ms"] for s in ddp),
         **{f"ddp_median_{name}_ms": statistics.median(s[f"median_{name}_ms"] for s in ddp)
@@ -193,6 +331,11 @@ def combine_replicated(args, ctx, per_rank: list[dict]) -> dict:
         "init_s_max": max(r["init_s"] for r in per_rank), "total_params": per_rank[0]["sizes"]["total_params"],
         "per_rank": per_rank,
     }
+    if alone:  # as if the ranks had waited for each other every step (slowest rank per step), nothing averaged
+        result["alone_tokens_per_s"] = _spread([s["tokens_per_s"] for s in alone])
+    for kind, rows in (("single", single), ("ddp", ddp)):
+        if rows and all(s["mfu"] is not None for s in rows):
+            result[f"{kind}_mfu"] = _spread([s["mfu"] for s in rows])
     if single:
         result["single_tokens_per_s"] = _spread([s["tokens_per_s"] for s in single])
         result["single_peak_allocated_bytes_max"] = max((s["peak_allocated_bytes_max"] or 0) for s in single) or None
@@ -201,6 +344,7 @@ def combine_replicated(args, ctx, per_rank: list[dict]) -> dict:
                                                for s, d in zip(single, ddp)])
         result["scaling_of_medians"] = result["ddp_tokens_per_s"]["median"] / (
             ctx.world_size * result["single_tokens_per_s"]["median"])
+    result["diagnostics"] = diagnose(result)
     return result
 
 
@@ -222,22 +366,36 @@ def replicated_table(results: list[dict]) -> list[str]:
     if not rows:
         return []
     lines = ["", "## Data parallel (`--mode ddp`, as `train.distributed=ddp`) against the plain single-GPU path", "",
-             "Alternating rounds in the same processes: rank 0 alone without a process group (single), then every "
-             "rank data parallel (ddp). Median [min-max] over the rounds.", "",
-             "| model | method | GPUs | batch/GPU x len | reduce | rounds | single tokens/s | ddp tokens/s | "
+             "Alternating rounds in the same processes: rank 0 alone without a process group (single; with "
+             "--single-every-rank each rank in turn), with --alone-phase every rank on its own at the same time "
+             "(alone), then every rank data parallel (ddp). Median [min-max] over the rounds; scaling against rank "
+             "0's single phases.", "",
+             "| model | method | GPUs | batch/GPU x len | reduce (setting) | rounds | single tokens/s | ddp tokens/s | "
              "scaling per round | scaling of medians | ddp forward / backward / update ms | "
-             "peak GiB/GPU single / ddp |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "peak GiB/GPU single / ddp | MFU single / ddp |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def spread(s, fmt="{:.0f}"):
         return "n/a" if not s else f"{fmt.format(s['median'])} [{fmt.format(s['min'])}-{fmt.format(s['max'])}]"
 
-    for r in sorted(rows, key=lambda r: (r["model"], r["method"], r["batch_per_gpu"], r["gpus"])):
+    for r in sorted(rows, key=lambda r: (r["model"], r["method"], r["batch_per_gpu"], r["gpus"], variant(r))):
         phases = " / ".join(f"{r[f'ddp_median_{p}_ms']:.0f}" for p in ("forward", "backward", "update"))
         scaling = f"{r['scaling_of_medians']:.3f}" if "scaling_of_medians" in r else "n/a"
         lines.append(f"| {r['model']} | {r['method']} | {r['gpus']} | {r['batch_per_gpu']} x {r['seq_len']} | "
-                     f"{r['reduce_dtype']} | {r['rounds']} | {spread(r.get('single_tokens_per_s'))} | "
+                     f"{variant(r)} | {r['rounds']} | {spread(r.get('single_tokens_per_s'))} | "
                      f"{spread(r['ddp_tokens_per_s'])} | {spread(r.get('scaling_per_round'), '{:.3f}')} | "
                      f"{scaling} | {phases} | {_gib(r.get('single_peak_allocated_bytes_max'))} / "
-                     f"{_gib(r['ddp_peak_allocated_bytes_max'])} |")
-    return lines
+                     f"{_gib(r['ddp_peak_allocated_bytes_max'])} | {_mfu(r.get('single_mfu'))} / "
+                     f"{_mfu(r.get('ddp_mfu'))} |")
+    return lines + diagnostics_markdown(rows)
+
+
+def _mfu(spread: dict | None) -> str:
+    return "n/a" if not spread else f"{spread['median']:.3f}"
+
+
+def variant(result: dict) -> str:
+    """The reduce dtype, then what else set this run apart (CPU pinning, tag)."""
+    extra = [", CPUs split" if result.get("cpu_affinity") == "split" else "",
+             f", {result['tag']}" if result.get("tag") else ""]
+    return result["reduce_dtype"] + "".join(extra)

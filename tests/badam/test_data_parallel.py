@@ -68,6 +68,37 @@ def test_one_rank_trains_bitwise_like_one_process(group, dtype, gradients, accum
     assert opt.gradient_sync.reductions == 5  # one averaging per step: the last micro-batch's backward
 
 
+@pytest.mark.parametrize("dtype,gradients,accum,reduce_dtype", [
+    (torch.bfloat16, "param", 1, "fp32"), (torch.bfloat16, "param", 1, "bf16"), (torch.bfloat16, "param", 3, "fp32"),
+    (torch.bfloat16, "param", 3, "bf16"), (torch.bfloat16, "master", 2, "fp32"), (torch.float32, "param", 2, "bf16"),
+])
+def test_division_by_the_world_size_rounds_like_divide_then_copy(group, dtype, gradients, accum, reduce_dtype):
+    """With the group's size taken as 3, the sum over this one rank is the local gradient, so every held gradient
+    must come out as (local in the wire dtype) / 3, cast back where it lives: the result of dividing the buffer in
+    place and copying it back, which the fused division-into-the-gradient replaced."""
+    wire = resolve_reduce_dtype(reduce_dtype)
+    plain, parallel = tiny_llama(dtype), tiny_llama(dtype)
+    reference, opt = build(plain, gradients=gradients), build(parallel, gradients=gradients, process_group=group,
+                                                             reduce_dtype=reduce_dtype)
+    opt.gradient_sync.world_size = 3
+    opt.gradient_sync.record_timing = True
+    for k in range(accum):
+        with opt.no_sync() if k < accum - 1 else contextlib.nullcontext():
+            (parallel(**lm_batch(k)).loss / accum).backward()
+        (plain(**lm_batch(k)).loss / accum).backward()
+    timing = opt.gradient_sync.take_timing()
+    assert timing["reduce_tail_ms"] >= 0 and timing["reduce_window_ms"] >= 0
+    assert opt.gradient_sync.take_timing() is None  # taken once
+    masters, plain_masters = opt._masters, reference._masters
+    assert len(masters.params) > 2 and opt.gradient_sync.buckets[-1] != [] and opt.gradient_sync._buckets[-1].flags
+    for i in range(len(masters.params)):
+        local = plain_masters.held_grad(i)
+        want = (local.to(wire) / 3).to(local.dtype)
+        assert torch.equal(masters.held_grad(i), want), i
+        if masters.params[i].grad is not None and gradients == "param":
+            assert torch.equal(masters.params[i].grad, want.to(masters.params[i].dtype)), i  # p.grad shows it
+
+
 def test_averaging_every_backward_also_matches(group):
     plain, parallel = tiny_llama(), tiny_llama()
     train(plain, build(plain), accum=2)

@@ -149,19 +149,63 @@ def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
 
 
 def bench(ctx, out_dir: Path) -> dict:
-    """benchmarks/multi_gpu.py --mode ddp --compare-single 2 on the tiny Llama, inside this process group (the CLI's
-    arguments and summary are tested in test_multi_gpu_benchmark.py)."""
+    """benchmarks/multi_gpu.py --mode ddp --compare-single 2 --alone-phase --single-every-rank on the tiny Llama, inside
+    this process group (the CLI's arguments and summary are tested in test_multi_gpu_benchmark.py)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import multi_gpu
 
     args = multi_gpu.parse_args(["--out", str(out_dir), "--tiny", "--mode", "ddp", "--compare-single", "2",
-                                 "--steps", "3"])
+                                 "--alone-phase", "--single-every-rank", "--steps", "2"])
     mine = multi_gpu.run_replicated(args, ctx, multi_gpu.build_method, multi_gpu.result_stem(args, ctx.world_size))
     return multi_gpu.combine_replicated(args, ctx, D.gather_objects(mine, ctx))
 
 
+PARTIAL_LAYOUTS = {  # parameter names of a hand-made block; *_rank0 get a gradient on rank 0 only, *_none on none
+    "flags in the last bucket": ["w_all", "w_rank0", "w_none", "b_all", "b_rank0", "b_none"],  # last bucket: 3 norms
+    "flags alone": ["w_all", "w_rank0", "w_none", "b_all"],  # last bucket holds one tensor: a separate all-reduce
+}
+
+
+def partial_gradients(ctx) -> dict:
+    """BlockGradientSync (bf16 parameters, fp32 wire) on blocks where some parameters get a gradient on rank 0 only
+    or on no rank: each rank's local gradients (a copy without averaging) and what it holds after the averaging
+    backward, for both ways the presence flags travel."""
+    from badam.data_parallel import BlockGradientSync
+    from badam.mixed_precision import FP32MasterWeights
+
+    def block(names):
+        torch.manual_seed(0)
+        return {n: (torch.randn(4, 4) if n[0] == "w" else torch.randn(4)).to(torch.bfloat16) for n in names}
+
+    def backward(params):
+        x = torch.full((3, 4), 0.5 + ctx.rank, dtype=torch.bfloat16)  # a different batch on every rank
+        users = [n for n in params if n.endswith("_all") or (n.endswith("_rank0") and ctx.rank == 0)]
+        out = sum(x @ params[n] if n[0] == "w" else params[n].expand(3, 4) for n in users)
+        (out.float() ** 2).sum().backward()
+
+    def leaves(names):
+        return {n: torch.nn.Parameter(t) for n, t in block(names).items()}
+
+    results = {}
+    for layout, names in PARTIAL_LAYOUTS.items():
+        local = leaves(names)
+        backward(local)
+        synced = leaves(names)
+        masters = FP32MasterWeights(list(synced.values()), gradients="param")
+        sync = BlockGradientSync(None, reduce_dtype="fp32")
+        sync.attach(masters)
+        backward(synced)
+        every = D.gather_objects({"local": {n: p.grad for n, p in local.items()},
+                                  "synced": {n: p.grad for n, p in synced.items()}}, ctx)
+        results[layout] = {"flags_in_bucket": bool(sync._buckets[-1].flags), "ranks": every}
+        sync.detach()
+        masters.release()
+    return results
+
+
 def all_ddp_cases(ctx, out_dir: Path, model_dir: Path) -> dict:
     return {"equivalence": equivalence(ctx), "library": library(ctx), "resume": resume(ctx, out_dir / "resume"),
-            "harness": harness(ctx, out_dir / "harness", model_dir), "bench": bench(ctx, out_dir / "bench")}
+            "harness": harness(ctx, out_dir / "harness", model_dir), "bench": bench(ctx, out_dir / "bench"),
+            "partial": partial_gradients(ctx)}

@@ -131,17 +131,55 @@ def test_experiments_run_ddp_equals_fsdp2_and_resumes(fsdp2_run):
     assert diffs.max() <= 1e-2 * LR and (diffs > 1e-7).float().mean() <= 1e-3
 
 
-def test_benchmark_alternates_single_and_data_parallel_phases(ddp):
-    """benchmarks/multi_gpu.py --mode ddp --compare-single 2 (tiny Llama): rank 0 alone, then both ranks, twice;
-    the scaling figures are the ratios of those phases; BAdam's schedule is the same on both ranks."""
+def test_benchmark_alternates_single_alone_and_data_parallel_phases(ddp):
+    """benchmarks/multi_gpu.py --mode ddp --compare-single 2 --alone-phase --single-every-rank (tiny Llama): each rank
+    alone in turn, both ranks on their own at once, then both ranks averaging, twice; the scaling figures are the
+    ratios of rank 0's single and the ddp phases; BAdam's schedule is the same on both ranks in every phase; every
+    step records the host side, and the ddp steps the all-reduce's window and tail."""
     result = ddp["bench"]
     assert [(p["kind"], p["round"], p["gpus"]) for p in result["phases"]] == [
-        ("single", 1, 1), ("ddp", 1, 2), ("single", 2, 1), ("ddp", 2, 2)]
-    single, data_parallel = result["phases"][0::2], result["phases"][1::2]
+        ("single", 1, 1), ("alone", 1, 2), ("ddp", 1, 2), ("single", 2, 1), ("alone", 2, 2), ("ddp", 2, 2)]
+    single, data_parallel = result["phases"][0::3], result["phases"][2::3]
     ratios = [d["tokens_per_s"] / (WORLD * s["tokens_per_s"]) for s, d in zip(single, data_parallel)]
     assert result["scaling_per_round"]["min"] == min(ratios) and result["scaling_per_round"]["max"] == max(ratios)
     assert result["scaling_of_medians"] == pytest.approx(
         result["ddp_tokens_per_s"]["median"] / (WORLD * result["single_tokens_per_s"]["median"]))
-    ranks = [[p for p in r["phases"] if p["kind"] == "ddp"] for r in result["per_rank"]]
-    for phase0, phase1 in zip(*ranks, strict=True):
-        assert [s["active_block"] for s in phase0["steps"]] == [s["active_block"] for s in phase1["steps"]]
+    assert result["alone_tokens_per_s"]["n"] == 2
+    for rank in result["per_rank"]:  # rank 1 ran its own single phases too
+        assert [(p["kind"], p["round"]) for p in rank["phases"]] == [
+            ("single", 1), ("alone", 1), ("ddp", 1), ("single", 2), ("alone", 2), ("ddp", 2)]
+        assert rank["host"]["cpus"] and rank["host"]["torch_threads"] >= 1
+        for phase in rank["phases"]:
+            for step in phase["steps"]:
+                assert step["host_forward_ms"] > 0 and step["cpu_forward_ms"] >= 0 and step["host_backward_ms"] > 0
+                assert ("reduce_tail_ms" in step) == (phase["kind"] == "ddp")
+    for kind in ("alone", "ddp"):
+        ranks = [[p for p in r["phases"] if p["kind"] == kind] for r in result["per_rank"]]
+        for phase0, phase1 in zip(*ranks, strict=True):
+            assert [s["active_block"] for s in phase0["steps"]] == [s["active_block"] for s in phase1["steps"]]
+    diagnostics = result["diagnostics"]
+    assert diagnostics["paired"]["ddp"]["same_blocks"] and diagnostics["paired"]["alone"]["same_blocks"]
+    assert diagnostics["paired"]["ddp"]["rank1_reference"] == "own single"
+    assert {(m["kind"], m["rank"]) for m in diagnostics["rank_medians"]} == {
+        (k, r) for k in ("single", "alone", "ddp") for r in range(WORLD)}
+
+
+@pytest.mark.parametrize("layout", ["flags in the last bucket", "flags alone"])
+def test_gradients_present_on_some_ranks_only(ddp, layout):
+    """A parameter with a gradient on rank 0 only gets (g0 + 0) / 2 on both ranks, one with a gradient nowhere keeps
+    none, the others the fp32 average of the ranks' bf16 gradients, whether the presence flags ride in the last
+    bucket (several tensors there) or travel in an all-reduce of their own."""
+    got = ddp["partial"][layout]
+    assert got["flags_in_bucket"] == (layout == "flags in the last bucket")
+    local = [r["local"] for r in got["ranks"]]
+    for name in local[0]:
+        held = [r["synced"][name] for r in got["ranks"]]
+        if name.endswith("_none"):
+            assert held == [None, None] and local[0][name] is None
+            continue
+        theirs = [loc[name].float() if loc[name] is not None else torch.zeros(4 if name[0] == "b" else (4, 4))
+                  for loc in local]
+        if name.endswith("_rank0"):
+            assert local[1][name] is None and local[0][name] is not None
+        want = ((theirs[0] + theirs[1]) / 2).to(torch.bfloat16)
+        assert torch.equal(held[0], want) and torch.equal(held[1], want), name

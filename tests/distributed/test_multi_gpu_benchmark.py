@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import multi_gpu  # noqa: E402
+import multi_gpu_diagnostics  # noqa: E402
+from multi_gpu_ddp import bind_to_cpu_share, split_cpus  # noqa: E402
 
 
 def run_benchmark(out: Path, processes: int, *options: str) -> None:
@@ -78,8 +80,12 @@ def test_result_names_carry_batch_and_layout():
     assert multi_gpu.result_stem(ddp, 2) == "llama3-8b_badam_n2_ddp_bf16_vs1x5"
     kept = multi_gpu.parse_args(["--out", "x", "--keep-gathered-layers", "-1", "--tag", "r2"])
     assert multi_gpu.result_stem(kept, 2) == "llama3-8b_badam_n2_keepall_r2"
+    every = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "5", "--alone-phase",
+                                  "--single-every-rank", "--cpu-affinity", "split", "--tag", "r1"])
+    assert multi_gpu.result_stem(every, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x5_solo_alone_pinned_r1"
     for wrong in (["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"], ["--keep-gathered-layers", "-2"],
-                  ["--keep-gathered", "--keep-gathered-layers", "4"]):
+                  ["--keep-gathered", "--keep-gathered-layers", "4"], ["--mode", "ddp", "--alone-phase"],
+                  ["--mode", "ddp", "--single-every-rank"], ["--cpu-affinity", "half"]):
         with pytest.raises(SystemExit):
             multi_gpu.parse_args(["--out", "x", *wrong])
 
@@ -92,3 +98,46 @@ def test_forward_prefetch_changes_timing_not_numbers(tmp_path):
     ahead = json.loads((tmp_path / "tiny-llama_badam_n2_keep-gathered_prefetch2.json").read_text())
     assert ahead["fsdp_groups"].endswith("layers kept gathered after forward, forward prefetch 2")
     assert ahead["losses_rank0"] == plain["losses_rank0"] and len(plain["losses_rank0"]) == 4
+
+
+def test_cpu_shares_keep_hyperthread_siblings_together():
+    siblings = {0: "a", 1: "b", 2: "c", 3: "d", 4: "a", 5: "b", 6: "c", 7: "d"}  # 4 cores, 2 threads each
+    assert split_cpus(list(range(8)), siblings, 2) == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    assert split_cpus([0, 1, 2], {}, 2) == [[0, 1], [2]]  # unknown topology: every CPU a core; uneven but whole
+    with pytest.raises(ValueError, match="2 physical cores for 3 processes"):
+        split_cpus([0, 4, 1, 5], siblings, 3)
+    if hasattr(os, "sched_getaffinity"):
+        allowed = sorted(os.sched_getaffinity(0))
+        assert bind_to_cpu_share(0, 1) == allowed == sorted(os.sched_getaffinity(0))  # one share: all, unchanged
+
+
+def _phase(kind, round_, ms, shift=0.0):
+    return {"kind": kind, "round": round_, "steps": [
+        {"ms": t, "forward_ms": t / 2 + shift, "backward_ms": t / 2 - 1, "update_ms": 1.0, "active_block": i}
+        for i, t in enumerate(ms)]}
+
+
+def test_diagnostics_pair_steps_and_separate_coupling_from_noise():
+    """Hand-computed: per-step excess, the slower rank per step vs the ranks' own medians, the mean cost of waiting
+    for the slower of two single draws of the same step, and epoch throughput ratios per round."""
+    result = {"mode": "ddp", "model": "m", "method": "badam", "batch_per_gpu": 2, "seq_len": 8, "reduce_dtype": "fp32",
+              "warmup": 0, "per_rank": [
+                  {"phases": [_phase("single", 1, [10, 20]), _phase("ddp", 1, [13, 22], shift=2.0),
+                              _phase("single", 2, [14, 20]), _phase("ddp", 2, [15, 24], shift=2.0)]},
+                  {"phases": [_phase("ddp", 1, [13, 23]), _phase("ddp", 2, [15, 24])]}]}
+    d = multi_gpu_diagnostics.diagnose(result)
+    ddp = d["paired"]["ddp"]
+    assert ddp["same_blocks"] and ddp["steps"] == 4 and d["paired"]["alone"] is None
+    assert ddp["step_ms"] == 3.0  # median of 3, 3, 1, 4
+    assert ddp["rank0_forward_ms"] == 3.25 and ddp["rank1_forward_ms"] == 1.5  # fw = ms / 2 (+ 2 on rank 0)
+    assert ddp["rank1_reference"] == "rank 0 single"  # rank 1 ran no single phase
+    assert ddp["backward_min_ms"] == 1.25  # min over ranks of (13, 22 | 13, 23) / 2 - 1 against single, median
+    assert d["coupling"] == {"median_of_max_ms": 19.0, "max_of_medians_ms": 19.0}
+    assert d["noise_cost"]["ms"] == 1.0  # step 0: max(10, 14) - 10 = 4, max(14, 10) - 14 = 0; step 1: 0, 0
+    rate = d["throughput"]["ddp"]
+    assert rate["ratio_of_means"]["min"] == pytest.approx(15 / 18)
+    assert rate["ratio_of_means"]["max"] == pytest.approx(17 / 19.5)
+    rank0 = next(m for m in d["rank_medians"] if (m["kind"], m["rank"]) == ("single", 0))
+    assert rank0["ms"] == 17.0 and rank0["host_forward_ms"] is None  # an older result: no host fields
+    table = "\n".join(multi_gpu_diagnostics.markdown([result]))
+    assert "| m badam 2x8 fp32 | 3.0 | 3.2 / 1.5 | 1.2 | - / - | 1.0 / 0.5 | 19.0 / 19.0 |" in table

@@ -1,0 +1,219 @@
+"""Where a data-parallel step's time goes, from the per-rank, per-step timings that a `benchmarks/multi_gpu.py --mode
+ddp --compare-single R` result keeps (every step of every phase on every rank).
+
+    python benchmarks/multi_gpu_diagnostics.py results/bench/multi_gpu_h100x2_ddp/*_vs1x5.json
+
+Every phase restarts BAdam's schedule, so step i trains the same block in every phase and round; comparisons are
+made step by step ("paired"), which takes the block-to-block spread of the backward (8-100 ms at Llama 3-8B, batch 2,
+K = 1) out of the differences. Medians over all timed steps of all rounds unless said otherwise:
+  * per phase kind and rank: step, forward, backward, update (GPU time, CUDA events); host forward / backward (wall
+    time of the issuing thread: about the GPU time when the step is launch-bound, well below it when the GPU is the
+    bottleneck); CPU forward (that thread's CPU time: below its wall time when it was descheduled); involuntary context
+    switches per step; under ddp the all-reduce's window (first bucket launched -> end of the backward's own work) and
+    tail (end of backward work -> every gradient averaged: the exposed all-reduce, waiting for the other rank included);
+  * coupling: the ddp step as reported (per step the slower rank, then the median) against the larger of the ranks'
+    own medians: equal when the ranks wait for each other every step (they meet in the all-reduce), so the reported
+    figure is not a max taken over independent noise;
+  * paired excess over single (rank 0 alone): ddp step - single step; each rank's forward; the smaller of the ranks'
+    backward (the rank that arrives last waits least: the communication it could not hide plus its own slowdown);
+    alone (every rank on its own, at the same time, nothing averaged) - single: what the processes cost each other
+    without communicating;
+  * noise cost of waiting: for the same step of two different single rounds, the mean of max(a, b) - a: what waiting
+    for the slower of two ranks costs on average if each rank's noise were like rank 0's between single rounds;
+  * throughput: per round single / ddp of the mean step times (an epoch's tokens/s ratio, spikes included), of the
+    median step times, and the median per-step ratio; median [min-max] over rounds.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+KINDS = ("single", "alone", "ddp")
+FIELDS = ("ms", "forward_ms", "backward_ms", "update_ms", "host_forward_ms", "host_backward_ms", "cpu_forward_ms",
+          "involuntary_switches", "reduce_window_ms", "reduce_tail_ms")
+
+
+def _median(values) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _spread(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _timed(result: dict, kind: str, rank: int) -> list[list[dict]]:
+    """Per round, in round order: the timed steps of phase `kind` on `rank`."""
+    phases = sorted((p for p in result["per_rank"][rank]["phases"] if p["kind"] == kind), key=lambda p: p["round"])
+    return [p["steps"][result["warmup"]:] for p in phases]
+
+
+def rank_medians(result: dict) -> list[dict]:
+    rows = []
+    for kind in KINDS:
+        for rank in range(len(result["per_rank"])):
+            steps = [s for round_steps in _timed(result, kind, rank) for s in round_steps]
+            if steps:
+                rows.append({"kind": kind, "rank": rank, "steps": len(steps),
+                             **{field: _median(s.get(field) for s in steps) for field in FIELDS}})
+    return rows
+
+
+def _pairs(result: dict, kind: str) -> list[tuple[dict, list[dict]]]:
+    """(rank 0's single step, that step of `kind` on every rank), over the rounds that ran both."""
+    single = _timed(result, "single", 0)
+    other = [_timed(result, kind, rank) for rank in range(len(result["per_rank"]))]
+    rounds = min([len(single)] + [len(o) for o in other])
+    return [(single[r][i], [o[r][i] for o in other]) for r in range(rounds) for i in range(len(single[r]))]
+
+
+def paired_excess(result: dict, kind: str) -> dict | None:
+    """Medians of `kind` - single, step by step (see the module docstring)."""
+    pairs = _pairs(result, kind)
+    if not pairs:
+        return None
+
+    def median(diff) -> float | None:
+        return _median(diff(s, ranks) for s, ranks in pairs)
+
+    out = {"steps": len(pairs),
+           "same_blocks": all(s.get("active_block") == x.get("active_block") for s, ranks in pairs for x in ranks),
+           "step_ms": median(lambda s, ranks: max(x["ms"] for x in ranks) - s["ms"]),
+           "forward_max_ms": median(lambda s, ranks: max(x["forward_ms"] for x in ranks) - s["forward_ms"]),
+           "backward_min_ms": median(lambda s, ranks: min(x["backward_ms"] for x in ranks) - s["backward_ms"])}
+    for rank in range(len(pairs[0][1])):
+        own = _timed(result, "single", rank)  # this GPU's own single phases (--single-every-rank), else rank 0's
+        reference, steps = own or _timed(result, "single", 0), _timed(result, kind, rank)
+        out[f"rank{rank}_reference"] = "own single" if own else "rank 0 single"
+        for name in ("ms", "forward_ms", "backward_ms", "host_forward_ms", "host_backward_ms"):
+            out[f"rank{rank}_{name}"] = _median(
+                b[name] - a[name] for ref, this in zip(reference, steps) for a, b in zip(ref, this)
+                if a.get(name) is not None and b.get(name) is not None)
+    return out
+
+
+def coupling(result: dict, kind: str = "ddp") -> dict | None:
+    per_rank = [[s["ms"] for round_steps in _timed(result, kind, rank) for s in round_steps]
+                for rank in range(len(result["per_rank"]))]
+    if not per_rank[0]:
+        return None
+    return {"median_of_max_ms": statistics.median(max(step) for step in zip(*per_rank)),
+            "max_of_medians_ms": max(statistics.median(times) for times in per_rank)}
+
+
+def noise_cost(result: dict) -> dict | None:
+    """Mean of max(a, b) - a over the same step of two different single rounds (step and forward; a median would be
+    0, as a is the larger one half of the time)."""
+    single = _timed(result, "single", 0)
+    if len(single) < 2:
+        return None
+    out = {}
+    for name in ("ms", "forward_ms"):
+        diffs = [max(a[i][name], b[i][name]) - a[i][name]
+                 for x, a in enumerate(single) for y, b in enumerate(single) if x != y for i in range(len(a))]
+        out[name] = statistics.fmean(diffs)
+    return out
+
+
+def throughput(result: dict, kind: str = "ddp") -> dict | None:
+    """single / kind per round: ratio of mean step times, of median step times, and the median per-step ratio (the
+    slower rank's step for kind)."""
+    single = _timed(result, "single", 0)
+    other = [_timed(result, kind, rank) for rank in range(len(result["per_rank"]))]
+    rounds = min([len(single)] + [len(o) for o in other])
+    if not rounds:
+        return None
+    of_means, of_medians, per_step = [], [], []
+    for r in range(rounds):
+        one = [s["ms"] for s in single[r]]
+        many = [max(steps) for steps in zip(*([s["ms"] for s in o[r]] for o in other))]
+        of_means.append(statistics.fmean(one) / statistics.fmean(many))
+        of_medians.append(statistics.median(one) / statistics.median(many))
+        per_step += [a / b for a, b in zip(one, many)]
+    return {"ratio_of_means": _spread(of_means), "ratio_of_medians": _spread(of_medians),
+            "per_step_ratio_median": statistics.median(per_step)}
+
+
+def diagnose(result: dict) -> dict:
+    """Everything above for one result (the JSON keeps it under "diagnostics")."""
+    return {"rank_medians": rank_medians(result),
+            "paired": {kind: paired_excess(result, kind) for kind in ("alone", "ddp")},
+            "coupling": coupling(result), "noise_cost": noise_cost(result),
+            "throughput": {kind: throughput(result, kind) for kind in ("alone", "ddp")}}
+
+
+def _label(result: dict) -> str:
+    extra = (" CPUs split" if result.get("cpu_affinity") == "split" else "") + (
+        f" {result['tag']}" if result.get("tag") else "")
+    return f"{result['model']} {result['method']} {result['batch_per_gpu']}x{result['seq_len']} " \
+           f"{result['reduce_dtype']}{extra}"
+
+
+def _f(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _s(spread: dict | None) -> str:
+    return "-" if not spread else f"{spread['median']:.3f} [{spread['min']:.3f}-{spread['max']:.3f}]"
+
+
+def markdown(results: list[dict]) -> list[str]:
+    """The two diagnostics tables of summary.md for the ddp results that keep per-rank steps."""
+    rows = [(r, r.get("diagnostics") or diagnose(r)) for r in results if r.get("mode") == "ddp" and r.get("per_rank")]
+    if not rows:
+        return []
+    lines = ["", "### Where the ddp step's time goes (benchmarks/multi_gpu_diagnostics.py)", "",
+             "Medians over all timed steps of all rounds, per phase kind and rank; GPU ms from CUDA events, host ms "
+             "the issuing thread's wall time, CPU the forward thread's CPU time; '-' where this run did not record it.",
+             "", "| run | phase | rank | step | forward | backward | update | host forward | CPU forward | "
+             "host backward | invol. switches/step | reduce window | reduce tail |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r, d in rows:
+        for m in d["rank_medians"]:
+            lines.append(f"| {_label(r)} | {m['kind']} | {m['rank']} | {_f(m['ms'])} | {_f(m['forward_ms'])} | "
+                         f"{_f(m['backward_ms'])} | {_f(m['update_ms'])} | {_f(m['host_forward_ms'])} | "
+                         f"{_f(m['cpu_forward_ms'])} | {_f(m['host_backward_ms'])} | "
+                         f"{_f(m['involuntary_switches'])} | {_f(m['reduce_window_ms'], 2)} | "
+                         f"{_f(m['reduce_tail_ms'], 2)} |")
+    lines += ["", "Paired per step against rank 0 alone (same block), ms: ddp step (slower rank) - single; each "
+                  "rank's forward (against its own single phases when measured); the smaller backward of the two "
+                  "ranks; alone (every rank on its own at once) - single. Noise cost: the mean of max(a, b) - a for "
+                  "the same step of two single rounds. Throughput single/ddp per round (x N = scaling): of mean step "
+                  "times | of medians.", "",
+              "| run | ddp - single step | forward r0 / r1 | min backward | alone - single step / forward r0 | "
+              "noise cost step / forward | median of max / max of medians | ratio of means | ratio of medians |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r, d in rows:
+        ddp, alone = d["paired"]["ddp"] or {}, d["paired"]["alone"] or {}
+        noise, coupled, rate = d["noise_cost"] or {}, d["coupling"] or {}, d["throughput"]["ddp"] or {}
+        lines.append(f"| {_label(r)} | {_f(ddp.get('step_ms'))} | {_f(ddp.get('rank0_forward_ms'))} / "
+                     f"{_f(ddp.get('rank1_forward_ms'))} | {_f(ddp.get('backward_min_ms'))} | "
+                     f"{_f(alone.get('step_ms'))} / {_f(alone.get('rank0_forward_ms'))} | {_f(noise.get('ms'))} / "
+                     f"{_f(noise.get('forward_ms'))} | {_f(coupled.get('median_of_max_ms'))} / "
+                     f"{_f(coupled.get('max_of_medians_ms'))} | {_s(rate.get('ratio_of_means'))} | "
+                     f"{_s(rate.get('ratio_of_medians'))} |")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("usage: python benchmarks/multi_gpu_diagnostics.py RESULT.json [...] (results of --mode ddp "
+              "--compare-single R)", file=sys.stderr)
+        return 2
+    results = []
+    for name in argv:
+        result = json.loads(Path(name).read_text())
+        if result.get("mode") != "ddp" or not result.get("per_rank"):
+            print(f"{name}: not a --mode ddp result with per-rank steps; skipped", file=sys.stderr)
+            continue
+        results.append(result)
+    print("\n".join(markdown(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

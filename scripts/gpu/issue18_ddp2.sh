@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 18, second 2-GPU session: why BAdam data parallelism at batch 2 x 728 per GPU stays below 1.9x one GPU, and the
+# FSDP2 runs. One device call per PHASE (each under 10 minutes), each packing runs/mg into ONE file, $OUT/<PHASE>.tgz:
+#   diag   (nvidia-h100-x2, ~8 min) batch 2, fp32 all-reduce: every rank alone in turn (--single-every-rank), both ranks
+#          on their own at once (--alone-phase), ddp; 5 rounds; once as the OS places the threads, once with each rank
+#          pinned to its own half of the physical cores (--cpu-affinity split)
+#   wire   (nvidia-h100-x2, ~7 min) the same diagnosis with the bf16 all-reduce (5 rounds) and for LoRA rank 100 (3)
+#   b8     (nvidia-h100-x2, ~5 min) batch 8 per GPU, fp32, single / alone / ddp, 5 rounds
+#   fsdp   (nvidia-h100-x2, ~6 min) FSDP2 at 8B, BAdam, FSDP2's default vs every reached layer kept gathered, 3 x
+#          alternating (--switch-every 1 --steps 35)
+#   adam   (nvidia-h100-x2, ~2 min) Adam under FSDP2 at 8B (its only multi-GPU mode there; 18 B/param = 67 GiB per GPU
+#          on 2 GPUs: may not fit 80 GB, the log then says so)
+#   70b    (nvidia-h200-x2, needs_h200, ~4 min) Llama 3-70B BAdam under FSDP2: default vs 24 reached layers kept
+#          gathered, 2 x alternating, 8 steps (step time, tokens/s, MFU, memory per GPU)
+# Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
+# Afterwards: benchmarks/multi_gpu_diagnostics.py on the JSONs prints the per-rank and paired comparisons (also in
+# each folder's summary.md).
+set -u
+phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b}
+export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4 BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
+out=runs/mg_$phase
+mkdir -p "$out" "$OUT"; trap 'tar -C runs -czf "$OUT/$phase.tgz" "mg_$phase"' EXIT
+nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader; nvidia-smi topo -m | head -4
+echo "cpus: $(nproc) allowed, $(lscpu | grep -E '^(Thread|Core|Socket|NUMA node\(s\))' | tr -s ' ' | paste -sd';')"
+run() {  # run LOG [benchmark arguments...]: one torchrun under a time limit, its log next to the JSONs
+    local log=$1; shift
+    timeout "${LIMIT:-290}" torchrun --nproc_per_node 2 benchmarks/multi_gpu.py --out "$out" "$@" > "$out/$log.txt" 2>&1
+    local rc=$?; echo "== $log rc $rc"; tail -n 3 "$out/$log.txt"; return $rc
+}
+diag=(--mode ddp --compare-single 5 --single-every-rank --alone-phase --switch-every 1 --steps 35)
+case $phase in
+    diag)
+        run ddp_b2_fp32_diag "${diag[@]}" --reduce-dtype fp32 || exit 1
+        run ddp_b2_fp32_diag_pinned "${diag[@]}" --reduce-dtype fp32 --cpu-affinity split ;;
+    wire)
+        run ddp_b2_bf16_diag "${diag[@]}" --reduce-dtype bf16 || exit 1
+        run lora_ddp_diag --method lora --mode ddp --compare-single 3 --single-every-rank --alone-phase --steps 23 ;;
+    b8)
+        LIMIT=400 run ddp_b8_fp32_alone --mode ddp --compare-single 5 --alone-phase --switch-every 1 --steps 35 --batch-size 8 ;;
+    fsdp)
+        for r in 1 2 3; do
+            run fsdp_r$r --switch-every 1 --steps 35 --tag r$r || exit 1
+            run fsdp_keepall_r$r --switch-every 1 --steps 35 --keep-gathered-layers -1 --tag r$r || exit 1
+        done ;;
+    adam)
+        LIMIT=150 run adam_fsdp --method adam --steps 12 ;;
+    70b)
+        for r in 1 2; do
+            LIMIT=140 run fsdp70b_r$r --model llama3-70b --steps 8 --tag r$r || exit 1
+            LIMIT=140 run fsdp70b_keep24_r$r --model llama3-70b --steps 8 --keep-gathered-layers 24 --tag r$r || exit 1
+        done ;;
+    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam or 70b" >&2; exit 2 ;;
+esac
