@@ -109,6 +109,8 @@ def parse_args(argv=None):
                    help="split: each local rank is pinned to its own share of the machine's physical cores before "
                         "anything starts (name gets _pinned); none: the OS places the threads (default)")
     p.add_argument("--tag", default="", help="appended to the result name (repeats of one setting side by side)")
+    p.add_argument("--rewrite-summary", action="store_true",
+                   help="only rewrite <out>/summary.md from the JSONs in <out> (e.g. after merging folders); no run")
     p.add_argument("--tiny", action="store_true", help="CPU/gloo check: tiny-llama, length 32, 4 steps")
     args = p.parse_args(argv)
     if args.mode == "ddp" and (args.separate_ends or args.keep_gathered or args.forward_prefetch
@@ -325,6 +327,14 @@ def summary_markdown(out: Path) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.rewrite_summary:
+        out = Path(args.out)
+        if not any(out.glob("*_n*.json")):
+            print(f"--rewrite-summary: no result JSONs (*_n*.json) in {out}", file=sys.stderr)
+            return 2
+        (out / "summary.md").write_text(summary_markdown(out))
+        print(f"wrote {out / 'summary.md'}")
+        return 0
     if args.cpu_affinity == "split":  # before the process group's and CUDA's threads start (they inherit it)
         cpus = bind_to_cpu_share(int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         print(f"rank {os.environ.get('RANK', 0)}: pinned to CPUs {cpus}", flush=True)

@@ -21,7 +21,10 @@ K = 1) out of the differences. Medians over all timed steps of all rounds unless
   * noise cost of waiting: for the same step of two different single rounds, the mean of max(a, b) - a: what waiting
     for the slower of two ranks costs on average if each rank's noise were like rank 0's between single rounds;
   * throughput: per round single / ddp of the mean step times (an epoch's tokens/s ratio, spikes included), of the
-    median step times, and the median per-step ratio; median [min-max] over rounds.
+    median step times, and the median per-step ratio; median [min-max] over rounds;
+  * by active block: forward and backward medians per quarter of the block indices (BAdam's backward reaches the
+    active layer and those above it; layers below it run forward without autograd, which is less host work: a
+    forward that changes with the active block while its matmuls do not is launch-bound).
 """
 from __future__ import annotations
 
@@ -138,9 +141,29 @@ def throughput(result: dict, kind: str = "ddp") -> dict | None:
             "per_step_ratio_median": statistics.median(per_step)}
 
 
+def by_block_range(result: dict, parts: int = 4) -> list[dict]:
+    """Per phase kind and rank, forward and backward medians for each `parts`-th of the active block indices."""
+    rows = []
+    for kind in KINDS:
+        for rank in range(len(result["per_rank"])):
+            steps = [s for round_steps in _timed(result, kind, rank) for s in round_steps
+                     if isinstance(s.get("active_block"), int)]
+            if not steps:
+                continue
+            blocks = max(s["active_block"] for s in steps) + 1
+            for k in range(parts):
+                low, high = k * blocks // parts, (k + 1) * blocks // parts
+                part = [s for s in steps if low <= s["active_block"] < high]
+                if part:
+                    rows.append({"kind": kind, "rank": rank, "blocks": [low, high - 1],
+                                 "forward_ms": _median(s["forward_ms"] for s in part),
+                                 "backward_ms": _median(s["backward_ms"] for s in part)})
+    return rows
+
+
 def diagnose(result: dict) -> dict:
     """Everything above for one result (the JSON keeps it under "diagnostics")."""
-    return {"rank_medians": rank_medians(result),
+    return {"rank_medians": rank_medians(result), "by_block_range": by_block_range(result),
             "paired": {kind: paired_excess(result, kind) for kind in ("alone", "ddp")},
             "coupling": coupling(result), "noise_cost": noise_cost(result),
             "throughput": {kind: throughput(result, kind) for kind in ("alone", "ddp")}}
@@ -163,7 +186,7 @@ def _s(spread: dict | None) -> str:
 
 def markdown(results: list[dict]) -> list[str]:
     """The two diagnostics tables of summary.md for the ddp results that keep per-rank steps."""
-    rows = [(r, r.get("diagnostics") or diagnose(r)) for r in results if r.get("mode") == "ddp" and r.get("per_rank")]
+    rows = [(r, diagnose(r)) for r in results if r.get("mode") == "ddp" and r.get("per_rank")]  # as of this code
     if not rows:
         return []
     lines = ["", "### Where the ddp step's time goes (benchmarks/multi_gpu_diagnostics.py)", "",
@@ -196,7 +219,22 @@ def markdown(results: list[dict]) -> list[str]:
                      f"{_f(noise.get('forward_ms'))} | {_f(coupled.get('median_of_max_ms'))} / "
                      f"{_f(coupled.get('max_of_medians_ms'))} | {_s(rate.get('ratio_of_means'))} | "
                      f"{_s(rate.get('ratio_of_medians'))} |")
+    lines += ["", "Forward / backward ms (medians) by active block, per phase kind and rank:", "",
+              "| run | phase | rank | " + " | ".join(f"blocks {low}-{high}" for low, high in
+                                                   _ranges(rows[0][1]["by_block_range"])) + " |",
+              "|---|---|---|" + "---|" * len(_ranges(rows[0][1]["by_block_range"]))]
+    for r, d in rows:
+        groups: dict = {}
+        for m in d.get("by_block_range", []):
+            groups.setdefault((m["kind"], m["rank"]), []).append(f"{_f(m['forward_ms'])} / {_f(m['backward_ms'])}")
+        for (kind, rank), cells in groups.items():
+            lines.append(f"| {_label(r)} | {kind} | {rank} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _ranges(rows: list[dict]) -> list[tuple[int, int]]:
+    first = rows[0] if rows else None
+    return [tuple(m["blocks"]) for m in rows if first and (m["kind"], m["rank"]) == (first["kind"], first["rank"])]
 
 
 def main(argv: list[str]) -> int:

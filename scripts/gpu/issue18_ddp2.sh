@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 18, second 2-GPU session: why BAdam data parallelism at batch 2 x 728 per GPU stays below 1.9x one GPU, and the
-# FSDP2 runs. One device call per PHASE (each under 10 minutes), each packing runs/mg into ONE file, $OUT/<PHASE>.tgz:
+# FSDP2 runs. One device call per PHASE (each under 10 minutes). The 2 x H100 phases write into one folder, runs/mg
+# (kept on a warm machine between calls, so summary.md compares the FSDP2 rows with the single-GPU phases), and each
+# call packs it whole into ONE file, $OUT/<PHASE>.tgz (the last call's file holds everything; 70b: runs/mg70):
 #   diag   (nvidia-h100-x2, ~8 min) batch 2, fp32 all-reduce: every rank alone in turn (--single-every-rank), both ranks
 #          on their own at once (--alone-phase), ddp; 5 rounds; once as the OS places the threads, once with each rank
 #          pinned to its own half of the physical cores (--cpu-affinity split)
@@ -14,12 +16,16 @@
 #          gathered, 2 x alternating, 8 steps (step time, tokens/s, MFU, memory per GPU)
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
 # Afterwards: benchmarks/multi_gpu_diagnostics.py on the JSONs prints the per-rank and paired comparisons (also in
-# each folder's summary.md).
+# summary.md); folders merged from several machines: benchmarks/multi_gpu.py --out DIR --rewrite-summary.
 set -u
 phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b}
-export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4 BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
-out=runs/mg_$phase
-mkdir -p "$out" "$OUT"; trap 'tar -C runs -czf "$OUT/$phase.tgz" "mg_$phase"' EXIT
+case $phase in diag|wire|b8|fsdp|adam|70b) ;; *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam or 70b" >&2
+    exit 2 ;; esac
+export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
+export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
+folder=mg; [ "$phase" = 70b ] && folder=mg70
+out=runs/$folder
+mkdir -p "$out" "$OUT"; trap 'tar -C runs -czf "$OUT/$phase.tgz" "$folder"' EXIT
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader; nvidia-smi topo -m | head -4
 echo "cpus: $(nproc) allowed, $(lscpu | grep -E '^(Thread|Core|Socket|NUMA node\(s\))' | tr -s ' ' | paste -sd';')"
 run() {  # run LOG [benchmark arguments...]: one torchrun under a time limit, its log next to the JSONs
@@ -36,7 +42,8 @@ case $phase in
         run ddp_b2_bf16_diag "${diag[@]}" --reduce-dtype bf16 || exit 1
         run lora_ddp_diag --method lora --mode ddp --compare-single 3 --single-every-rank --alone-phase --steps 23 ;;
     b8)
-        LIMIT=400 run ddp_b8_fp32_alone --mode ddp --compare-single 5 --alone-phase --switch-every 1 --steps 35 --batch-size 8 ;;
+        LIMIT=400 run ddp_b8_fp32_alone --mode ddp --compare-single 5 --alone-phase --switch-every 1 --steps 35 \
+            --batch-size 8 ;;
     fsdp)
         for r in 1 2 3; do
             run fsdp_r$r --switch-every 1 --steps 35 --tag r$r || exit 1
@@ -49,5 +56,4 @@ case $phase in
             LIMIT=140 run fsdp70b_r$r --model llama3-70b --steps 8 --tag r$r || exit 1
             LIMIT=140 run fsdp70b_keep24_r$r --model llama3-70b --steps 8 --keep-gathered-layers 24 --tag r$r || exit 1
         done ;;
-    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam or 70b" >&2; exit 2 ;;
 esac

@@ -139,5 +139,7 @@ def test_diagnostics_pair_steps_and_separate_coupling_from_noise():
     assert rate["ratio_of_means"]["max"] == pytest.approx(17 / 19.5)
     rank0 = next(m for m in d["rank_medians"] if (m["kind"], m["rank"]) == ("single", 0))
     assert rank0["ms"] == 17.0 and rank0["host_forward_ms"] is None  # an older result: no host fields
+    single_by_block = [m for m in d["by_block_range"] if (m["kind"], m["rank"]) == ("single", 0)]
+    assert [(m["blocks"], m["forward_ms"]) for m in single_by_block] == [([0, 0], 6.0), ([1, 1], 10.0)]
     table = "\n".join(multi_gpu_diagnostics.markdown([result]))
     assert "| m badam 2x8 fp32 | 3.0 | 3.2 / 1.5 | 1.2 | - / - | 1.0 / 0.5 | 19.0 / 19.0 |" in table

@@ -1,0 +1,49 @@
+"""scripts/gpu/issue18_ddp2.sh: every phase's benchmark command line is one that benchmarks/multi_gpu.py accepts (a
+stand-in torchrun records the arguments; one process parses them all), each phase packs one file, and a bad phase
+gets one line naming the valid ones."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "gpu" / "issue18_ddp2.sh"
+PHASES = ("diag", "wire", "b8", "fsdp", "adam", "70b")
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import multi_gpu  # noqa: E402
+
+
+def test_every_phase_passes_arguments_the_benchmark_accepts(tmp_path):
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    stand_ins = {"torchrun": f'printf "%s\\n" "$*" >> {calls}; echo "wrote x"',  # arguments, one call a line
+                 "nvidia-smi": "echo 'NVIDIA H100 80GB HBM3, 1980 MHz, 700.00 W'"}
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "BADAM_SOURCE_COMMIT": "0" * 40,
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for phase in PHASES:
+        done = subprocess.run(["bash", str(SCRIPT), phase], capture_output=True, text=True, cwd=tmp_path, env=env,
+                              timeout=60)
+        assert done.returncode == 0, (phase, done.stderr[-500:])
+        assert (tmp_path / "out" / f"{phase}.tgz").is_file()
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 2 + 2 + 1 + 6 + 1 + 4
+    for line in lines:
+        words = line.split()
+        assert words[:3] == ["--nproc_per_node", "2", "benchmarks/multi_gpu.py"], line
+        multi_gpu.parse_args(words[3:])  # exits (fails the test) on an argument the benchmark refuses
+    assert sum("--cpu-affinity split" in line for line in lines) == 1
+    assert sum("llama3-70b" in line and "runs/mg70" in line for line in lines) == 4
+
+
+def test_a_bad_phase_is_named_and_writes_nothing(tmp_path):
+    done = subprocess.run(["bash", str(SCRIPT), "b2"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "OUT": str(tmp_path / "out"), "BADAM_SOURCE_COMMIT": "x"})
+    assert done.returncode == 2
+    assert "unknown phase b2; choose diag, wire, b8, fsdp, adam or 70b" in done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
