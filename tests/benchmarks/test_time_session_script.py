@@ -15,7 +15,7 @@ def test_the_script_parses_and_names_its_phases(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "timings"], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "OUT": str(tmp_path / "out")})
     assert done.returncode == 2
-    assert "unknown phase timings (valid: prepare, check, bench, time, profiles, time7b)" in done.stderr
+    assert "unknown phase timings (valid: prepare, check, bench, time, profiles, time7b, backward)" in done.stderr
     assert not (tmp_path / "runs").exists()  # nothing written for a bad phase
 
 
