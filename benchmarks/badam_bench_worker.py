@@ -95,6 +95,60 @@ class Clock:
         return out
 
 
+class GcWatch:
+    """Cyclic-GC collections while a phase's measured steps run: count per generation, milliseconds, and the
+    milliseconds that fell inside each timed forward. A full (generation 2) collection traverses every live object
+    (0.1-0.4 s in a process holding torch and transformers) and lands in whichever phase allocates at that moment."""
+
+    def __init__(self):
+        self.collections = {0: 0, 1: 0, 2: 0}
+        self.total_ms = 0.0
+        self._started = None
+        self._span_ms = None  # accumulates while a span (a timed forward) is open
+
+    def _callback(self, stage, info):
+        if stage == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            ms = (time.perf_counter() - self._started) * 1000.0
+            self.collections[info["generation"]] += 1
+            self.total_ms += ms
+            if self._span_ms is not None:
+                self._span_ms += ms
+            self._started = None
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+    def open_span(self):
+        self._span_ms = 0.0
+
+    def close_span(self) -> float:
+        ms, self._span_ms = self._span_ms, None
+        return ms
+
+    def summary(self, forward_ms: list[float]) -> dict:
+        return {"collections": {f"gen{g}": n for g, n in self.collections.items()}, "ms": self.total_ms,
+                "in_forward_ms": sum(forward_ms), "in_forward_ms_max": max(forward_ms, default=0.0)}
+
+
+def settle(device) -> None:
+    """The state every worker's timed loop starts from, as in the harness (experiments/loop.py): collect, then move
+    everything alive (model, libraries, optimizer) out of the collector's view, and hand cached GPU memory back.
+    Without it the workers started from different states: badam 1.4's constructor runs gc.collect() (its switch)
+    and its step torch.cuda.empty_cache(); ours does neither, so its timed steps inherited the model build's and the
+    activation baseline's uncollected heap and allocator cache (see notes/issue-17.md, 2026-11-26 forward gap)."""
+    gc.collect()
+    gc.freeze()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
 def build_model(tiny, device, checkpointing=True):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -244,6 +298,11 @@ def run_phase(name, model, args, device, *, warmup, measured, first_step, K=None
     if name in BLOCK_WORKERS:
         time_switches(name, opt, device, switches)
     clock = Clock(device)
+    settled = bool(getattr(args, "settle", True))
+    if settled:
+        settle(device)
+    gc_watch = GcWatch().__enter__()
+    gc_forward_ms = []
     step_ms, step_peaks, update_peaks, held_backward, held_after_step, losses, flops = [], [], [], [], [], [], []
     reset_peak(device)
     profiler, profiled_steps = None, 3
@@ -259,9 +318,11 @@ def run_phase(name, model, args, device, *, warmup, measured, first_step, K=None
             data = batch(first_step + i * micro + m, args, model.config.vocab_size, device)
             batches.append(data)
             clock.mark()
+            gc_watch.open_span()
             with ranges("forward"):
                 loss = model(**data).loss
             clock.mark()
+            forward_gc = gc_watch.close_span()
             with ranges("backward"):
                 (loss / micro).backward()
             clock.mark()
@@ -269,6 +330,8 @@ def run_phase(name, model, args, device, *, warmup, measured, first_step, K=None
             del loss  # the graph is gone after backward; drop the handle before measuring the update
             f, b = clock.intervals_ms()
             forward, backward = forward + f, backward + b
+            if i >= warmup:
+                gc_forward_ms.append(forward_gc)
         held_backward.append(held_bytes(name, opt, model))
         forward_backward_peak = peak(device)
         reset_peak(device)  # from here on the peak belongs to the update alone (no activations alive)
@@ -288,6 +351,7 @@ def run_phase(name, model, args, device, *, warmup, measured, first_step, K=None
         if i >= warmup:
             step_ms.append({"forward": forward, "backward": backward, "update": u, "step": forward + backward + u})
             flops.append(counter.count(trainable, batches).model)
+    gc_watch.__exit__(None, None, None)
     if profiler is not None:
         profiler.__exit__(None, None, None)
         profiling.write(profiler, Path(args.profile_dir), f"profile_{name}_K{K}_micro{micro}", steps=profiled_steps,
@@ -296,6 +360,8 @@ def run_phase(name, model, args, device, *, warmup, measured, first_step, K=None
         "K": K, "start_block": start_block, "micro_batches": micro, "warmup_steps": warmup, "measured_steps": measured,
         "median_ms": {k: statistics.median(r[k] for r in step_ms) for k in ("forward", "backward", "update", "step")},
         "spread_ms": {"step_min": min(r["step"] for r in step_ms), "step_max": max(r["step"] for r in step_ms)},
+        "forward_ms_per_step": [r["forward"] for r in step_ms],
+        "settled": settled, "gc": gc_watch.summary(gc_forward_ms),
         "switch_ms": {"median": statistics.median(switches) if switches else None,
                       "max": max(switches) if switches else None, "count": len(switches)},
         "compute": utilization(flops, [r["step"] for r in step_ms], device),
@@ -311,6 +377,8 @@ def run_phase(name, model, args, device, *, warmup, measured, first_step, K=None
     if hasattr(opt, "release"):
         opt.release()  # unhook the model's parameters before the next phase builds a new optimizer
     del opt
+    if settled:
+        gc.unfreeze()  # the next phase's optimizer replaces this one's objects
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

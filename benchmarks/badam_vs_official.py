@@ -25,6 +25,10 @@ finished in --out is kept by a later invocation (--fresh runs it again); an inco
 sides of a ratio come from one session. With --launch-deadline a repeat starts only if the previous repeat's duration
 still fits; the exit code is then 3 and the same command continues (a device call has a time limit).
 
+Before each phase's timed loop every worker collects and freezes its heap (gc.collect + gc.freeze, as the harness's
+loop does) and empties the CUDA cache, so all start from the same state (--no-settle: the former behaviour, under
+which badam 1.4's constructor collected and ours did not); each phase's JSON records the cyclic-GC collections of
+its measured steps (per generation, ms, ms inside the timed forwards) and the forward of every measured step.
 Per step, CUDA events time forward, backward and update (optimizer.step + zero_grad, including any block switch).
 Block switches are timed separately (synchronize around ours / before's `_activate`, 1.4's
 `switch_trainable_params`). Model FLOPs per step come from experiments/flops.py (BAdam's backward depends on the active
@@ -116,6 +120,9 @@ def parse_args(argv=None):
     parser.add_argument("--launch-deadline", type=float, metavar="SECONDS",
                         help="start no repeat that would, at the previous repeat's pace, end after this many seconds "
                              "(exit code 3; the same command continues, keeping the finished repeats)")
+    parser.add_argument("--no-settle", dest="settle", action="store_false",
+                        help="do not collect/freeze the heap and empty the CUDA cache before each phase's timed loop "
+                             "(the state before 2026-11-26's fix: reproduces the forward gap of bench v3)")
     parser.add_argument("--fresh", action="store_true",
                         help="run every repeat again (default: a repeat whose workers all finished in --out is kept)")
     parser.add_argument("--worker", choices=OPTIMIZERS, help=argparse.SUPPRESS)  # internal: run one optimizer here
@@ -335,7 +342,7 @@ def settings_of(args) -> dict:
     return {"tiny": bool(args.tiny), "batch_size": args.batch_size, "seq_len": args.seq_len, "phases": args.phases,
             "steady_steps": args.steady_steps, "accum_steps": args.accum_steps, "ratio_steps": args.ratio_steps,
             "update_ratio": args.update_ratio, "before_rev": args.before_rev,
-            "cudnn_attention": bool(args.cudnn_attention)}
+            "cudnn_attention": bool(args.cudnn_attention), "settle": bool(args.settle)}
 
 
 class SettingsMismatch(RuntimeError):
@@ -347,7 +354,9 @@ def _differences(result: dict, args) -> list[str]:
     (written before it had one) is compared on what it holds: model, batch size, sequence length and phases."""
     ours = settings_of(args)
     theirs = result.get("settings")
-    if not isinstance(theirs, dict):
+    if isinstance(theirs, dict):
+        theirs = {"settle": False, **theirs}  # written before settling existed: run without it
+    else:
         kind = "block" if result.get("optimizer") in BLOCK_WORKERS else "ratio"
         theirs = {"tiny": result.get("model") == "tiny-llama", "batch_size": result.get("batch_size"),
                   "seq_len": result.get("seq_len"), "phases": sorted(result.get("phases") or {})}
@@ -387,6 +396,8 @@ def run_worker(name, args, out, env, *, repeat: int = 1, profile: bool = True) -
            "--before-rev", args.before_rev, "--phases", ",".join(args.phases)]
     if args.cudnn_attention:
         cmd.append("--cudnn-attention")
+    if not args.settle:
+        cmd.append("--no-settle")
     if args.tiny:
         cmd.append("--tiny")
     if args.profile_dir and profile:

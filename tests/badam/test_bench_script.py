@@ -160,3 +160,55 @@ def test_finished_repeats_of_other_settings_or_a_missing_official_stop_before_an
     assert bench.main([*argv, "--optimizers", "ours,official", "--official-path", str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.startswith(f"error: official badam 1.4 not found under {tmp_path / 'none'} "
                                               "(needed by official): pass --official-path")
+
+
+def test_timed_steps_start_from_a_collected_frozen_heap_and_record_the_collector(tmp_path, monkeypatch):
+    """Every worker's timed loop starts from the same state (bench v3's forward gap: 1.4's constructor collected the
+    heap, ours did not); --no-settle keeps the former behaviour; the collector's work inside the timed forwards is
+    recorded."""
+    import gc
+
+    frozen_during_forward = []
+    real_build = bench_worker.build_model
+
+    def build_with_probe(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.register_forward_pre_hook(lambda module, inputs: frozen_during_forward.append(gc.get_freeze_count()))
+        return model
+
+    monkeypatch.setattr(bench_worker, "build_model", build_with_probe)
+    phase = run_worker(tmp_path, "ours", "--phases", "k100_steady")["phases"]["k100_steady"]
+    baseline_forwards = 2  # activation_baseline, before any phase
+    assert frozen_during_forward[:baseline_forwards] == [0, 0]
+    timed = frozen_during_forward[baseline_forwards:]
+    assert len(timed) == 3 + 2 and min(timed) > 0  # warm-up + measured steps ran with the heap frozen
+    assert gc.get_freeze_count() == 0  # unfrozen when the phase ends
+    assert phase["settled"] is True and len(phase["forward_ms_per_step"]) == 2
+    assert set(phase["gc"]["collections"]) == {"gen0", "gen1", "gen2"} and phase["gc"]["ms"] >= 0.0
+
+    frozen_during_forward.clear()
+    phase = run_worker(tmp_path, "official", "--phases", "k100_steady", "--no-settle")["phases"]["k100_steady"]
+    assert phase["settled"] is False and frozen_during_forward == [0] * 7
+
+
+def test_gc_watch_counts_collections_and_the_part_inside_a_timed_span():
+    import gc
+
+    with bench_worker.GcWatch() as watch:
+        gc.collect()  # outside any span
+        watch.open_span()
+        gc.collect()
+        inside = watch.close_span()
+    assert watch.collections[2] == 2 and inside > 0.0 and watch.total_ms > inside
+    gc.collect()  # after __exit__: not counted
+    assert watch.collections[2] == 2
+    summary = watch.summary([inside, 0.0])
+    assert summary["in_forward_ms"] == inside == summary["in_forward_ms_max"]
+
+
+def test_results_from_before_settling_count_as_unsettled(tmp_path):
+    args = bench.parse_args(["--tiny", "--out", str(tmp_path)])
+    old = {k: v for k, v in bench.settings_of(args).items() if k != "settle"}
+    assert bench._differences({"settings": old}, args) == ["settle False there, True now"]
+    args = bench.parse_args(["--tiny", "--out", str(tmp_path), "--no-settle"])
+    assert bench._differences({"settings": old}, args) == []
