@@ -25,10 +25,8 @@ finished in --out is kept by a later invocation (--fresh runs it again); an inco
 sides of a ratio come from one session. With --launch-deadline a repeat starts only if the previous repeat's duration
 still fits; the exit code is then 3 and the same command continues (a device call has a time limit).
 
-Before each phase's timed loop every worker collects and freezes its heap (gc.collect + gc.freeze, as the harness's
-loop does) and empties the CUDA cache, so all start from the same state (--no-settle: the former behaviour, under
-which badam 1.4's constructor collected and ours did not); each phase's JSON records the cyclic-GC collections of
-its measured steps (per generation, ms, ms inside the timed forwards) and the forward of every measured step.
+Every worker times each phase from a collected, frozen heap and an empty CUDA cache, as the harness (--no-settle: not;
+badam_bench_worker.settle says why); a phase's JSON also has the GC collections of its measured steps and each forward.
 Per step, CUDA events time forward, backward and update (optimizer.step + zero_grad, including any block switch).
 Block switches are timed separately (synchronize around ours / before's `_activate`, 1.4's
 `switch_trainable_params`). Model FLOPs per step come from experiments/flops.py (BAdam's backward depends on the active
@@ -46,9 +44,8 @@ gradients with their int64 indices). Optimizer memory is reported two ways:
 
 --profile-dir: torch.profiler over the last 3 steps of each K=100 phase (last repeat only), with forward / backward /
 update ranges; per worker a table (.txt) and records (.json), and per pair (ours vs 1.4, ours vs ours_nockpt) a diff
-of phase and op times per step, also appended to summary.md: where the steady-state step loses or gains time
-(benchmarks/profiling.py says how each figure is read; benchmarks/profile_summaries.py writes them again from the
-records).
+of phase and op times per step, also in summary.md: where the steady-state step loses or gains time (profiling.py
+says how each figure is read; profile_summaries.py writes them again from the records).
 
 Usage (GPU; about 3 minutes per repeat for ours + official at all phases on one H100):
     python benchmarks/badam_vs_official.py --out results/bench/badam_vs_official_v3 --official-path DIR \
@@ -121,8 +118,7 @@ def parse_args(argv=None):
                         help="start no repeat that would, at the previous repeat's pace, end after this many seconds "
                              "(exit code 3; the same command continues, keeping the finished repeats)")
     parser.add_argument("--no-settle", dest="settle", action="store_false",
-                        help="do not collect/freeze the heap and empty the CUDA cache before each phase's timed loop "
-                             "(the state before 2026-11-26's fix: reproduces the forward gap of bench v3)")
+                        help="time each phase from the state the worker is in (before 2026-11-26: bench v3's gap)")
     parser.add_argument("--fresh", action="store_true",
                         help="run every repeat again (default: a repeat whose workers all finished in --out is kept)")
     parser.add_argument("--worker", choices=OPTIMIZERS, help=argparse.SUPPRESS)  # internal: run one optimizer here
@@ -350,13 +346,11 @@ class SettingsMismatch(RuntimeError):
 
 
 def _differences(result: dict, args) -> list[str]:
-    """The settings in which a finished result differs from this invocation's. A result without a settings record
-    (written before it had one) is compared on what it holds: model, batch size, sequence length and phases."""
+    """The settings in which a finished result differs from this invocation's (one without "settle" ran unsettled).
+    A result without a settings record is compared on what it holds: model, batch size, sequence length and phases."""
     ours = settings_of(args)
-    theirs = result.get("settings")
-    if isinstance(theirs, dict):
-        theirs = {"settle": False, **theirs}  # written before settling existed: run without it
-    else:
+    theirs = {"settle": False, **result["settings"]} if isinstance(result.get("settings"), dict) else None
+    if theirs is None:
         kind = "block" if result.get("optimizer") in BLOCK_WORKERS else "ratio"
         theirs = {"tiny": result.get("model") == "tiny-llama", "batch_size": result.get("batch_size"),
                   "seq_len": result.get("seq_len"), "phases": sorted(result.get("phases") or {})}
@@ -394,12 +388,8 @@ def run_worker(name, args, out, env, *, repeat: int = 1, profile: bool = True) -
            "--steady-steps", str(args.steady_steps), "--accum-steps", str(args.accum_steps),
            "--ratio-steps", str(args.ratio_steps), "--update-ratio", str(args.update_ratio),
            "--before-rev", args.before_rev, "--phases", ",".join(args.phases)]
-    if args.cudnn_attention:
-        cmd.append("--cudnn-attention")
-    if not args.settle:
-        cmd.append("--no-settle")
-    if args.tiny:
-        cmd.append("--tiny")
+    cmd += [flag for flag, on in (("--cudnn-attention", args.cudnn_attention), ("--no-settle", not args.settle),
+                                  ("--tiny", args.tiny)) if on]
     if args.profile_dir and profile:
         cmd += ["--profile-dir", str(Path(args.profile_dir).resolve())]
     if args.official_path:
