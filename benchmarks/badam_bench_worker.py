@@ -390,15 +390,12 @@ def run_phase(name, model, args, device, *, warmup, measured, first_step, K=None
 
 def utilization(flops: list[int], step_ms: list[float], device) -> dict:
     """Model FLOPs per measured step (experiments/flops.py) and the achieved fraction of the device's bf16 peak."""
-    from experiments.flops import device_peak
+    from experiments.flops import utilization_summary
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    peak, source = device_peak(name)
-    seconds = sum(step_ms) / 1e3
-    rate = sum(flops) / seconds if seconds > 0 else None
-    return {"model_flops_per_step": statistics.median(flops) if flops else None,
-            "model_tflops_per_s": None if rate is None else rate / 1e12,
-            "mfu": None if rate is None or peak is None else rate / peak, "peak_source": source}
+    records = [{"step": i + 1, "model_flops": f, "t_step_ms": ms} for i, (f, ms) in enumerate(zip(flops, step_ms))]
+    compute = utilization_summary(records, 0, name)
+    return {key: compute[key] for key in ("model_flops_per_step", "model_tflops_per_s", "mfu", "peak_source")}
 
 
 def worker(args) -> None:

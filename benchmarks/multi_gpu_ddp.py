@@ -123,16 +123,15 @@ def flop_counter(model):
 def utilization(steps_per_rank: list[list[dict]], warmup: int, device_name: str | None) -> dict:
     """Model FLOP/s per GPU over the timed steps (this rank's matmul FLOPs per step over the slowest rank's step
     time, summed) and MFU against the device's dense bf16 peak (experiments/flops.py; None on a CPU)."""
-    from experiments.flops import device_peak
+    from experiments.flops import utilization_summary
 
-    timed = list(zip(*(steps[warmup:] for steps in steps_per_rank)))
-    flops = [max(s.get("model_flops") or 0 for s in step) for step in timed]
-    seconds = sum(max(s["ms"] for s in step) for step in timed) / 1000.0
-    if not timed or not all(flops) or seconds <= 0:
+    per_step = [{"step": i + 1, "model_flops": max(s.get("model_flops") or 0 for s in step) or None,
+                 "t_step_ms": max(s["ms"] for s in step)} for i, step in enumerate(zip(*steps_per_rank))]
+    timed = per_step[warmup:]
+    if not timed or not all(r["model_flops"] for r in timed):
         return {"model_tflops_per_s_per_gpu": None, "mfu": None}
-    rate = sum(flops) / seconds
-    peak, _ = device_peak(device_name)
-    return {"model_tflops_per_s_per_gpu": rate / 1e12, "mfu": None if peak is None else rate / peak}
+    compute = utilization_summary(per_step, warmup, device_name)
+    return {"model_tflops_per_s_per_gpu": compute["model_tflops_per_s"], "mfu": compute["mfu"]}
 
 
 def start_profiler(device):
