@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from multi_gpu_diagnostics import diagnose
+from multi_gpu_diagnostics import diagnose, spread
 from multi_gpu_diagnostics import markdown as diagnostics_markdown
 
 GIB = 1024 ** 3
@@ -297,10 +297,6 @@ def _phase_summary(args, phase_per_rank: list[dict], gpus: int, device_name: str
             "losses_rank0": [s["loss"] for s in phase_per_rank[0]["steps"]]}
 
 
-def _spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
 def combine_replicated(args, ctx, per_rank: list[dict], device_name: str | None = None) -> dict:
     """The run's JSON: per-phase figures (step time: slowest rank), medians and spreads over the rounds, scaling;
     device_name (CUDA) gives MFU."""
@@ -321,7 +317,7 @@ def combine_replicated(args, ctx, per_rank: list[dict], device_name: str | None 
         "steps": args.steps, "warmup": args.warmup, "switch_every": args.switch_every,
         "reduce_dtype": args.reduce_dtype, "rounds": max(1, args.compare_single), "phases": summaries,
         "cpu_affinity": args.cpu_affinity, "tag": args.tag,
-        "ddp_tokens_per_s": _spread([s["tokens_per_s"] for s in ddp]),
+        "ddp_tokens_per_s": spread([s["tokens_per_s"] for s in ddp]),
         "ddp_median_step_ms": statistics.median(s["median_step_ms"] for s in ddp),
         **{f"ddp_median_{name}_ms": statistics.median(s[f"median_{name}_ms"] for s in ddp)
            for name in ("forward", "backward", "update")},
@@ -331,15 +327,15 @@ def combine_replicated(args, ctx, per_rank: list[dict], device_name: str | None 
         "per_rank": per_rank,
     }
     if alone:  # as if the ranks had waited for each other every step (slowest rank per step), nothing averaged
-        result["alone_tokens_per_s"] = _spread([s["tokens_per_s"] for s in alone])
+        result["alone_tokens_per_s"] = spread([s["tokens_per_s"] for s in alone])
     for kind, rows in (("single", single), ("ddp", ddp)):
         if rows and all(s["mfu"] is not None for s in rows):
-            result[f"{kind}_mfu"] = _spread([s["mfu"] for s in rows])
+            result[f"{kind}_mfu"] = spread([s["mfu"] for s in rows])
     if single:
-        result["single_tokens_per_s"] = _spread([s["tokens_per_s"] for s in single])
+        result["single_tokens_per_s"] = spread([s["tokens_per_s"] for s in single])
         result["single_peak_allocated_bytes_max"] = max((s["peak_allocated_bytes_max"] or 0) for s in single) or None
         # per round: this round's ddp phase against the single phase just before it
-        result["scaling_per_round"] = _spread([d["tokens_per_s"] / (ctx.world_size * s["tokens_per_s"])
+        result["scaling_per_round"] = spread([d["tokens_per_s"] / (ctx.world_size * s["tokens_per_s"])
                                                for s, d in zip(single, ddp)])
         result["scaling_of_medians"] = result["ddp_tokens_per_s"]["median"] / (
             ctx.world_size * result["single_tokens_per_s"]["median"])
@@ -374,23 +370,23 @@ def replicated_table(results: list[dict]) -> list[str]:
              "peak GiB/GPU single / ddp | MFU single / ddp |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def spread(s, fmt="{:.0f}"):
+    def cell(s, fmt="{:.0f}"):  # a spread as "median [min-max]"
         return "n/a" if not s else f"{fmt.format(s['median'])} [{fmt.format(s['min'])}-{fmt.format(s['max'])}]"
 
     for r in sorted(rows, key=lambda r: (r["model"], r["method"], r["batch_per_gpu"], r["gpus"], variant(r))):
         phases = " / ".join(f"{r[f'ddp_median_{p}_ms']:.0f}" for p in ("forward", "backward", "update"))
         scaling = f"{r['scaling_of_medians']:.3f}" if "scaling_of_medians" in r else "n/a"
         lines.append(f"| {r['model']} | {r['method']} | {r['gpus']} | {r['batch_per_gpu']} x {r['seq_len']} | "
-                     f"{variant(r)} | {r['rounds']} | {spread(r.get('single_tokens_per_s'))} | "
-                     f"{spread(r['ddp_tokens_per_s'])} | {spread(r.get('scaling_per_round'), '{:.3f}')} | "
+                     f"{variant(r)} | {r['rounds']} | {cell(r.get('single_tokens_per_s'))} | "
+                     f"{cell(r['ddp_tokens_per_s'])} | {cell(r.get('scaling_per_round'), '{:.3f}')} | "
                      f"{scaling} | {phases} | {_gib(r.get('single_peak_allocated_bytes_max'))} / "
                      f"{_gib(r['ddp_peak_allocated_bytes_max'])} | {_mfu(r.get('single_mfu'))} / "
                      f"{_mfu(r.get('ddp_mfu'))} |")
     return lines + diagnostics_markdown(rows)
 
 
-def _mfu(spread: dict | None) -> str:
-    return "n/a" if not spread else f"{spread['median']:.3f}"
+def _mfu(band: dict | None) -> str:
+    return "n/a" if not band else f"{band['median']:.3f}"
 
 
 def variant(result: dict) -> str:

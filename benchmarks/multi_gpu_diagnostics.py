@@ -43,7 +43,8 @@ def _median(values) -> float | None:
     return statistics.median(present) if present else None
 
 
-def _spread(values: list[float]) -> dict | None:
+def spread(values: list[float]) -> dict | None:
+    """median, min, max and count of values (None when there are none)."""
     if not values:
         return None
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
@@ -137,7 +138,7 @@ def throughput(result: dict, kind: str = "ddp") -> dict | None:
         of_means.append(statistics.fmean(one) / statistics.fmean(many))
         of_medians.append(statistics.median(one) / statistics.median(many))
         per_step += [a / b for a, b in zip(one, many)]
-    return {"ratio_of_means": _spread(of_means), "ratio_of_medians": _spread(of_medians),
+    return {"ratio_of_means": spread(of_means), "ratio_of_medians": spread(of_medians),
             "per_step_ratio_median": statistics.median(per_step)}
 
 
