@@ -24,7 +24,7 @@ from pathlib import Path
 
 from eval.mtbench.data import (MTBenchError, answer_file_path, answer_output_dir, judgment_file_path, load_answers,
                                load_judge_prompts, load_questions, model_name_of_answer_file, output_dir,
-                               scores_file_path, write_json_atomic)
+                               scores_file_path, unpack_judgments, write_json_atomic)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -246,7 +246,9 @@ def run_validate_judge(args) -> dict:
 def run_show(args) -> dict:
     from eval.mtbench.aggregate import format_summary, summarize_single
 
-    summary = summarize_single(args.judgment, load_questions(args.question_file), judge_model=args.judge_model,
+    judgment = Path(args.judgment)   # a committed <name>.jsonl.gz is restored beside itself first
+    judgment = unpack_judgments(judgment.with_suffix("") if judgment.suffix == ".gz" else judgment)
+    summary = summarize_single(judgment, load_questions(args.question_file), judge_model=args.judge_model,
                                models=args.model_list)
     print(f"Input file: {args.judgment}")
     print(format_summary(summary))

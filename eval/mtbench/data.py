@@ -6,8 +6,10 @@ question.jsonl, judge_prompts.jsonl, model_answer/<model>.jsonl and model_judgme
 """
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import shutil
 from pathlib import Path
 
 from eval import common
@@ -82,6 +84,18 @@ def answer_file_path(out: Path, model_id: str) -> Path:
 
 def judgment_file_path(out: Path, judge_name: str) -> Path:
     return out / "model_judgment" / f"{safe_name(judge_name)}_single.jsonl"
+
+
+def unpack_judgments(judgment_file: Path) -> Path:
+    """A judgment file committed gzipped (results/ keeps large ones as <name>.jsonl.gz) is restored in place before it is
+    read or appended to, so rerunning a command goes on from the committed judgments instead of judging them again."""
+    packed = judgment_file.with_name(judgment_file.name + ".gz")
+    if not judgment_file.exists() and packed.is_file():
+        partial = judgment_file.with_name(judgment_file.name + ".unpacking")
+        with gzip.open(packed, "rb") as src, partial.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(partial, judgment_file)
+    return judgment_file
 
 
 def scores_file_path(out: Path, judge_name: str) -> Path:

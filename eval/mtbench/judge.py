@@ -19,7 +19,8 @@ from typing import Protocol
 from tqdm.auto import tqdm
 
 from eval.mtbench.chat_api import OpenAIChatClient
-from eval.mtbench.data import NEED_REF_CATS, MTBenchError, append_jsonl, load_judge_prompts, read_jsonl
+from eval.mtbench.data import (NEED_REF_CATS, MTBenchError, append_jsonl, load_judge_prompts, read_jsonl,
+                               unpack_judgments)
 from eval.mtbench.generation import generate_chat_batch
 
 # common.py: `one_score_pattern` and its fallback `one_score_pattern_backup`.
@@ -165,7 +166,7 @@ def judge_answers(model_answers: dict[str, dict[int, dict]], questions: list[dic
     if not set(turns) <= {1, 2} or not turns:
         raise MTBenchError(f"turns must be a non-empty subset of (1, 2), got {turns}")
     judges = make_single_judges(backend.name, judge_prompts or load_judge_prompts())
-    judgment_file = Path(judgment_file)
+    judgment_file = unpack_judgments(Path(judgment_file))
     done = _done_keys(judgment_file)
 
     pending, skipped_done, missing = [], 0, {}

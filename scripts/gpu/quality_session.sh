@@ -54,11 +54,9 @@
 #                 (run it before math-start), in the background; -wait packs it into $OUT/math-bench.tgz (no samples)
 # Finished runs committed under results/ are restored first, so a second session goes on where the first stopped.
 # Every phase but check packs runs/quality-gpu (no model weights, no checkpoints, no eval.math samples) into
-# $OUT/quality-*.tgz.
-# Reproduce on any CUDA machine with the packages installed: ./run_all.sh --profile quality-gpu --jobs 8
+# $OUT/quality-*.tgz. Reproduce on any CUDA machine with the packages installed: ./run_all.sh --profile quality-gpu
 set -euo pipefail
-usage="usage: quality_session.sh check|pieces|attention|start|wait S|judge [S]|validate-judge [S]|run S1 S2"
-usage+="|finish S1 S2"
+usage="usage: quality_session.sh check|pieces|attention|start|wait S|judge [S]|validate-judge [S]|run S1 S2|finish S1 S2"
 usage+="|mpnet|superglue|superglue-wait S|superglue-sweep|superglue-sweep-wait S|math-start|math-wait S"
 usage+="|math-bench [S]|math-bench-wait S"
 phase="${1:?$usage}"
@@ -71,8 +69,10 @@ out_root="$here/runs/quality-gpu"
 
 # shellcheck source=scripts/gpu/judge_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/judge_lib.sh"   # the judge: $judge, judge_pieces, judge_phase, validate_judge_phase
-# the profile's parts by model (run_all --groups patterns): the Gemma phases train only theirs
-gemma_groups="${GEMMA_GROUPS:-*_gemma3_270m}"
+# the profile's parts by model (run_all --groups patterns): the Gemma phases train only theirs. RESTORE_GROUPS: what
+# `start` restores (default the same); GEMMA_GROUPS=time_solo_gemma3_270m RESTORE_GROUPS=lr_sweep_gemma3_270m retimes
+# every solo run on this machine (solo runs are compared only on one device kind)
+gemma_groups="${GEMMA_GROUPS:-*_gemma3_270m}" restore_groups="${RESTORE_GROUPS:-${GEMMA_GROUPS:-*_gemma3_270m}}"
 math_groups="${MATH_GROUPS:-*_qwen25_coder_05b}"
 math_alias=qwen2.5-coder-0.5b-instruct
 math_config=quality/qwen25_coder_05b_gsm8k.yaml
@@ -418,7 +418,7 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     attention
     attention_ok "$OUT/attention_check.json" || { echo "the GPU's loss is not the CPU's: not started" >&2; exit 1; }
     mkdir -p "$out_root"
-    restore_finished_runs --groups "$gemma_groups"   # the math and SuperGLUE groups' data is not carried here
+    restore_finished_runs --groups "$restore_groups"   # the math and SuperGLUE groups' data is not carried here
     in_background "$gemma_groups" run_all DONE evaluators --timeout 7200
     ;;
   wait)

@@ -3,6 +3,7 @@ path (DeferredJudge -> LocalHFJudge -> generate_chat_batch, the only function re
 chose per reference model from the answers it wrote, so every correlation below is known in advance."""
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import statistics
@@ -132,6 +133,26 @@ def test_validation_resumes_and_measures_the_agreement(tmp_path, answers_dir, fa
     assert _validate(out, answers_dir) == 0
     assert fake_judge["loads"] == 2 and fake_judge["judged"] == 30
     assert json.loads((out / "judge_validation.json").read_text())["agreement"] == agree
+
+
+def test_committed_gzipped_judgments_are_restored_and_not_judged_again(tmp_path, answers_dir, fake_judge, capsys):
+    """results/ keeps a large judgment file as <name>.jsonl.gz: rerunning validate-judge or show on that folder
+    restores it in place and judges nothing again."""
+    out = tmp_path / "validation"
+    assert _validate(out, answers_dir) == 0 and fake_judge["judged"] == 30
+    judgment_file = out / "model_judgment" / f"{JUDGE}_single.jsonl"
+    original = judgment_file.read_bytes()
+    with gzip.open(judgment_file.with_name(judgment_file.name + ".gz"), "wb") as fh:
+        fh.write(original)
+    judgment_file.unlink()
+    (out / "judge_validation.json").unlink()
+    assert _validate(out, answers_dir) == 0
+    assert fake_judge["judged"] == 30 and fake_judge["loads"] == 1        # nothing judged a second time
+    assert judgment_file.read_bytes() == original and json.loads((out / "judge_validation.json").read_text())
+    judgment_file.unlink()
+    capsys.readouterr()
+    assert main(["show", "--judgment", str(judgment_file) + ".gz"]) == 0   # the packed name is accepted too
+    assert judgment_file.read_bytes() == original and "llama-13b" in capsys.readouterr().out
 
 
 def _scores(overall: dict[str, float | None], unrated: int = 0) -> dict:
