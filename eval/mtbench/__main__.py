@@ -20,6 +20,7 @@ import glob
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from eval.mtbench.data import (MTBenchError, answer_file_path, answer_output_dir, judgment_file_path, load_answers,
@@ -246,10 +247,15 @@ def run_validate_judge(args) -> dict:
 def run_show(args) -> dict:
     from eval.mtbench.aggregate import format_summary, summarize_single
 
-    judgment = Path(args.judgment)   # a committed <name>.jsonl.gz is restored beside itself first
-    judgment = unpack_judgments(judgment.with_suffix("") if judgment.suffix == ".gz" else judgment)
-    summary = summarize_single(judgment, load_questions(args.question_file), judge_model=args.judge_model,
-                               models=args.model_list)
+    given = Path(args.judgment)
+    plain = given.with_suffix("") if given.suffix == ".gz" else given
+    packed = plain.with_name(plain.name + ".gz")
+    if not plain.is_file() and not packed.is_file():
+        raise MTBenchError(f"judgment file not found: {plain}, nor packed as {packed.name}")
+    with tempfile.TemporaryDirectory() as scratch:   # a committed <name>.jsonl.gz is read without unpacking it there
+        judgment = plain if plain.is_file() else unpack_judgments(Path(scratch) / plain.name, packed)
+        summary = summarize_single(judgment, load_questions(args.question_file), judge_model=args.judge_model,
+                                   models=args.model_list)
     print(f"Input file: {args.judgment}")
     print(format_summary(summary))
     if args.output:

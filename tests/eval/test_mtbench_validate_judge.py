@@ -151,8 +151,11 @@ def test_committed_gzipped_judgments_are_restored_and_not_judged_again(tmp_path,
     assert judgment_file.read_bytes() == original and json.loads((out / "judge_validation.json").read_text())
     judgment_file.unlink()
     capsys.readouterr()
-    assert main(["show", "--judgment", str(judgment_file) + ".gz"]) == 0   # the packed name is accepted too
-    assert judgment_file.read_bytes() == original and "llama-13b" in capsys.readouterr().out
+    for name in (judgment_file, judgment_file.with_name(judgment_file.name + ".gz")):   # either name; read-only
+        assert main(["show", "--judgment", str(name)]) == 0 and "llama-13b" in capsys.readouterr().out
+    assert not judgment_file.exists()                                                    # show unpacks nothing there
+    assert main(["show", "--judgment", str(tmp_path / "none.jsonl")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def _scores(overall: dict[str, float | None], unrated: int = 0) -> dict:
