@@ -41,7 +41,8 @@ EVAL_DIR = "eval"
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ERROR_FILE)
 RUN_SUBDIRS = (EVAL_DIR, MODEL_DIR, SHARDED_CHECKPOINT_DIR)
 # <group>/superseded/<run>-lr<old lr>/: a run whose sweep-chosen lr (lr_from) changed, moved aside by run_all and
-# trained again (experiments/lr_extension.py); kept, never read as a run (plots, restore, find_runs skip it).
+# trained again (experiments/lr_extension.py); <group>/superseded/<run>/: a single run replaced by the group's
+# repeats (<run>-rep<i>), moved aside by hand; kept, never read as a run (plots, restore, find_runs skip it).
 SUPERSEDED_DIR = "superseded"
 # Either file marks a directory as a run of this suite.
 RUN_MARKERS = (CONFIG_FILE, SUMMARY_FILE)
