@@ -9,7 +9,8 @@
 #   check      (GPU machine) packages, GPU and the carried files: one line each
 #   bench      badam vs badam 1.4 (and ours without checkpointing) at K=100 and K=1, 3 alternating repeats, with
 #              torch.profiler diffs of the steady-state step (BENCH_PHASES=k100_steady: K=100 only, about half the
-#              time)                                                             -> bench/badam_vs_official_v3
+#              time; BENCH_NAME names the folder: v3 (H200, unsettled) and v4 (H100, settled) are committed)
+#              -> bench/${BENCH_NAME:-badam_vs_official_v5}
 #   time       the paper-gpu-1 time comparison (BAdam, 1.4, LOMO with and without its norm pass, LoRA r8 in the paper's
 #              setting and 3 variants), 3 alternating repeats in one warm process    -> paper_time_llama3_8b
 #   profiles   the paper_memtime runs whose paper setting changed (LOMO without norm pass, LoRA with 16-bit adapters),
@@ -58,7 +59,7 @@ if [ -n "${TIME_SESSION_SMOKE:-}" ]; then   # the same commands at tiny size on 
 fi
 
 case "$phase" in
-  bench) keep=(bench/badam_vs_official_v3) ;;
+  bench) keep=("bench/${BENCH_NAME:-badam_vs_official_v5}") ;;
   time) keep=(paper_time_llama3_8b) ;;
   time7b) keep=(paper_time_llama2_7b) ;;
   backward) keep=(paper_backward_llama3_8b paper_backward_llama2_7b) ;;
@@ -106,7 +107,7 @@ transformers.__version__, 'peft', peft.__version__, 'gpus', torch.cuda.device_co
     ls "$work"
     ;;
   bench)
-    dest="$work/bench/badam_vs_official_v3"
+    dest="$work/bench/${BENCH_NAME:-badam_vs_official_v5}"
     python3 benchmarks/badam_vs_official.py --out "$dest" --official-path "$BADAM_OFFICIAL_PATH" \
         --optimizers ours,official,ours_nockpt --phases "${BENCH_PHASES:-k100_steady,k1_epoch}" --repeats $repeats \
         --worker-timeout 200 \
