@@ -23,6 +23,7 @@ process's involuntary context switches, and under ddp the all-reduce's overlap w
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import statistics
 import time
@@ -67,7 +68,14 @@ def timed_steps(args, ctx, model, method, gen, profile=None, sync=None) -> list[
     """args.steps optimizer steps of batch args.batch_size x args.seq_len random ids (labels = inputs) under bf16
     autocast, each timed with the harness's StepTimer (CUDA events per phase) and a HostClock; `profile(step)` is
     called before each step (the caller starts/stops a profiler there); `sync` (a BlockGradientSync) adds the
-    all-reduce's window and tail."""
+    all-reduce's window and tail.
+
+    The steps run on a collected, frozen heap, as the harness's training loop does (experiments/loop.py); without it
+    a full (generation-2) collection traverses everything torch and transformers keep alive (0.1-0.4 s, measured for
+    issue 17) in whichever step allocates at that moment, a pause the harness does not have (the CPU-bound 0.25-0.45 s
+    forward stalls, one per 100-150 steps, of the 2026-11-26 2-GPU runs look like it; under ddp the other rank waits).
+    Each step records the collector's milliseconds and full collections inside it (``gc_ms``, ``gc_full``)."""
+    from badam_bench_worker import GcWatch
     from experiments.measure import StepTimer
 
     vocab = model.config.vocab_size
@@ -77,36 +85,52 @@ def timed_steps(args, ctx, model, method, gen, profile=None, sync=None) -> list[
     if sync is not None:
         sync.record_timing = True
     steps = []
-    for step in range(args.steps):
-        ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=gen).to(ctx.device)
-        if profile is not None:
-            profile(step)
-        flops = counter.count(counter.snapshot(), [{"input_ids": ids}]) if counter is not None else None
-        host = HostClock()
-        timer.start_step()
-        switches = _involuntary_switches()
-        with timer.phase("forward"), host.phase("forward"), autocast:
-            loss = model(input_ids=ids, labels=ids).loss
-        with timer.phase("backward"), host.phase("backward"):
-            method.backward(loss)
-        with timer.phase("update"), host.phase("update"):
-            norm = method.clip_and_norm(1.0)
-            method.step()
-            method.zero_grad()
-        times = timer.end_step()
-        after = _involuntary_switches()
-        reduce = sync.take_timing() if sync is not None else None
-        steps.append({"step": step + 1, "ms": times["step"], "forward_ms": times["forward"],
-                      "backward_ms": times["backward"], "update_ms": times["update"], "loss": float(loss.detach()),
-                      "grad_norm": norm, **{k: v for k, v in method.describe().items() if k == "active_block"},
-                      **{f"host_{name}_ms": ms for name, ms in host.wall.items()},
-                      "cpu_forward_ms": host.cpu["forward"],
-                      "involuntary_switches": None if switches is None else after - switches, **(reduce or {}),
-                      "model_flops": flops.model if flops else None,
-                      "hardware_flops": flops.hardware if flops else None})
-        if ctx.is_main:
-            print(f"step {step + 1}/{args.steps}: {steps[-1]['ms']:.0f} ms, loss {steps[-1]['loss']:.4f}", flush=True)
+    gc.collect()
+    gc.freeze()
+    try:
+        with GcWatch() as collector:
+            for step in range(args.steps):
+                steps.append(_timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, collector,
+                                         profile, sync, step))
+    finally:
+        gc.unfreeze()
     return steps
+
+
+def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, collector, profile, sync,
+                step: int) -> dict:
+    """One timed step of timed_steps (its record)."""
+    ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=gen).to(ctx.device)
+    if profile is not None:
+        profile(step)
+    flops = counter.count(counter.snapshot(), [{"input_ids": ids}]) if counter is not None else None
+    host = HostClock()
+    full_before = collector.collections[2]
+    collector.open_span()
+    timer.start_step()
+    switches = _involuntary_switches()
+    with timer.phase("forward"), host.phase("forward"), autocast:
+        loss = model(input_ids=ids, labels=ids).loss
+    with timer.phase("backward"), host.phase("backward"):
+        method.backward(loss)
+    with timer.phase("update"), host.phase("update"):
+        norm = method.clip_and_norm(1.0)
+        method.step()
+        method.zero_grad()
+    times = timer.end_step()
+    after = _involuntary_switches()
+    gc_ms = collector.close_span()
+    reduce = sync.take_timing() if sync is not None else None
+    record = {"step": step + 1, "ms": times["step"], "forward_ms": times["forward"], "backward_ms": times["backward"],
+              "update_ms": times["update"], "loss": float(loss.detach()), "grad_norm": norm,
+              **{k: v for k, v in method.describe().items() if k == "active_block"},
+              **{f"host_{name}_ms": ms for name, ms in host.wall.items()}, "cpu_forward_ms": host.cpu["forward"],
+              "involuntary_switches": None if switches is None else after - switches, **(reduce or {}),
+              "gc_ms": gc_ms, "gc_full": collector.collections[2] - full_before,
+              "model_flops": flops.model if flops else None, "hardware_flops": flops.hardware if flops else None}
+    if ctx.is_main:
+        print(f"step {step + 1}/{args.steps}: {record['ms']:.0f} ms, loss {record['loss']:.4f}", flush=True)
+    return record
 
 
 def flop_counter(model):

@@ -11,6 +11,7 @@ K = 1) out of the differences. Medians over all timed steps of all rounds unless
     bottleneck); CPU forward (that thread's CPU time: below its wall time when it was descheduled); involuntary context
     switches per step; under ddp the all-reduce's window (first bucket launched -> end of the backward's own work) and
     tail (end of backward work -> every gradient averaged: the exposed all-reduce, waiting for the other rank included);
+    the cyclic garbage collector's full collections and milliseconds inside the timed steps (totals);
   * coupling: the ddp step as reported (per step the slower rank, then the median) against the larger of the ranks'
     own medians: equal when the ranks wait for each other every step (they meet in the all-reduce), so the reported
     figure is not a max taken over independent noise;
@@ -21,7 +22,8 @@ K = 1) out of the differences. Medians over all timed steps of all rounds unless
   * noise cost of waiting: for the same step of two different single rounds, the mean of max(a, b) - a: what waiting
     for the slower of two ranks costs on average if each rank's noise were like rank 0's between single rounds;
   * throughput: per round single / ddp of the mean step times (an epoch's tokens/s ratio, spikes included), of the
-    median step times, and the median per-step ratio; median [min-max] over rounds;
+    median step times, and the median per-step ratio; median [min-max] over rounds. Each ratio is already the scaling
+    (ddp tokens/s over N x single tokens/s); times N it is the speed-up;
   * by active block: forward and backward medians per quarter of the block indices (BAdam's backward reaches the
     active layer and those above it; layers below it run forward without autograd, which is less host work: a
     forward that changes with the active block while its matmuls do not is launch-bound).
@@ -41,6 +43,12 @@ FIELDS = ("ms", "forward_ms", "backward_ms", "update_ms", "host_forward_ms", "ho
 def _median(values) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
+
+
+def _total(values) -> float | None:
+    """Sum of the recorded values, None when no step recorded any (a result from before the field existed)."""
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
 
 
 def spread(values: list[float]) -> dict | None:
@@ -63,7 +71,9 @@ def rank_medians(result: dict) -> list[dict]:
             steps = [s for round_steps in _timed(result, kind, rank) for s in round_steps]
             if steps:
                 rows.append({"kind": kind, "rank": rank, "steps": len(steps),
-                             **{field: _median(s.get(field) for s in steps) for field in FIELDS}})
+                             **{field: _median(s.get(field) for s in steps) for field in FIELDS},
+                             "gc_full_total": _total(s.get("gc_full") for s in steps),
+                             "gc_ms_total": _total(s.get("gc_ms") for s in steps)})
     return rows
 
 
@@ -181,6 +191,11 @@ def _f(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _gc(row: dict) -> str:
+    full, ms = row.get("gc_full_total"), row.get("gc_ms_total")
+    return "-" if full is None else f"{full:.0f} ({_f(ms, 0)})"
+
+
 def _s(spread: dict | None) -> str:
     return "-" if not spread else f"{spread['median']:.3f} [{spread['min']:.3f}-{spread['max']:.3f}]"
 
@@ -192,22 +207,23 @@ def markdown(results: list[dict]) -> list[str]:
         return []
     lines = ["", "### Where the ddp step's time goes (benchmarks/multi_gpu_diagnostics.py)", "",
              "Medians over all timed steps of all rounds, per phase kind and rank; GPU ms from CUDA events, host ms "
-             "the issuing thread's wall time, CPU the forward thread's CPU time; '-' where this run did not record it.",
+             "the issuing thread's wall time, CPU the forward thread's CPU time; full GCs: the garbage collector's "
+             "full collections in all timed steps (their ms); '-' where this run did not record it.",
              "", "| run | phase | rank | step | forward | backward | update | host forward | CPU forward | "
-             "host backward | invol. switches/step | reduce window | reduce tail |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "host backward | invol. switches/step | reduce window | reduce tail | full GCs (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, d in rows:
         for m in d["rank_medians"]:
             lines.append(f"| {_label(r)} | {m['kind']} | {m['rank']} | {_f(m['ms'])} | {_f(m['forward_ms'])} | "
                          f"{_f(m['backward_ms'])} | {_f(m['update_ms'])} | {_f(m['host_forward_ms'])} | "
                          f"{_f(m['cpu_forward_ms'])} | {_f(m['host_backward_ms'])} | "
                          f"{_f(m['involuntary_switches'])} | {_f(m['reduce_window_ms'], 2)} | "
-                         f"{_f(m['reduce_tail_ms'], 2)} |")
+                         f"{_f(m['reduce_tail_ms'], 2)} | {_gc(m)} |")
     lines += ["", "Paired per step against rank 0 alone (same block), ms: ddp step (slower rank) - single; each "
                   "rank's forward (against its own single phases when measured); the smaller backward of the two "
                   "ranks; alone (every rank on its own at once) - single. Noise cost: the mean of max(a, b) - a for "
-                  "the same step of two single rounds. Throughput single/ddp per round (x N = scaling): of mean step "
-                  "times | of medians.", "",
+                  "the same step of two single rounds. Throughput single/ddp per round (= scaling; x N = speed-up): of "
+                  "mean step times | of medians.", "",
               "| run | ddp - single step | forward r0 / r1 | min backward | alone - single step / forward r0 | "
               "noise cost step / forward | median of max / max of medians | ratio of means | ratio of medians |",
               "|---|---|---|---|---|---|---|---|---|"]

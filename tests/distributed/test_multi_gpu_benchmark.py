@@ -1,20 +1,23 @@
 """benchmarks/multi_gpu.py: a real one-process run of the tiny setting, and the summary's scaling arithmetic."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import multi_gpu  # noqa: E402
 import multi_gpu_diagnostics  # noqa: E402
-from multi_gpu_ddp import bind_to_cpu_share, split_cpus  # noqa: E402
+from multi_gpu_ddp import bind_to_cpu_share, split_cpus, timed_steps  # noqa: E402
 
 
 def run_benchmark(out: Path, processes: int, *options: str) -> None:
@@ -143,3 +146,62 @@ def test_diagnostics_pair_steps_and_separate_coupling_from_noise():
     assert [(m["blocks"], m["forward_ms"]) for m in single_by_block] == [([0, 0], 6.0), ([1, 1], 10.0)]
     table = "\n".join(multi_gpu_diagnostics.markdown([result]))
     assert "| m badam 2x8 fp32 | 3.0 | 3.2 / 1.5 | 1.2 | - / - | 1.0 / 0.5 | 19.0 / 19.0 |" in table
+    assert "| m badam 2x8 fp32 | single | 0 | 17.0 | 8.5 | 7.5 | 1.0 | - | - | - | - | - | - | - |" in table  # old
+    assert "(= scaling; x N = speed-up)" in table  # single/ddp of step times is the scaling itself
+    result["per_rank"][0]["phases"][0]["steps"][1].update(gc_full=1, gc_ms=312.4)
+    for step in (result["per_rank"][0]["phases"][0]["steps"][0], *result["per_rank"][0]["phases"][2]["steps"]):
+        step.update(gc_full=0, gc_ms=0.5)
+    single = next(m for m in multi_gpu_diagnostics.rank_medians(result) if (m["kind"], m["rank"]) == ("single", 0))
+    assert (single["gc_full_total"], single["gc_ms_total"]) == (1, 313.9)
+    assert "| m badam 2x8 fp32 | single | 0 | 17.0 | 8.5 | 7.5 | 1.0 | - | - | - | - | - | - | 1 (314) |" in \
+        "\n".join(multi_gpu_diagnostics.markdown([result]))
+
+
+class _ToyModel(torch.nn.Module):
+    config = SimpleNamespace(vocab_size=7)
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, input_ids, labels):
+        return SimpleNamespace(loss=(self.scale * input_ids.float().mean()).sum())
+
+
+class _ToyMethod:
+    """Records how many objects the collector had frozen while each backward ran; collects in the second one."""
+
+    def __init__(self):
+        self.frozen = []
+
+    def backward(self, loss):
+        self.frozen.append(gc.get_freeze_count())
+        loss.backward()
+        if len(self.frozen) == 2:
+            gc.collect()
+
+    def clip_and_norm(self, max_norm):
+        return 0.0
+
+    def step(self):
+        pass
+
+    def zero_grad(self):
+        pass
+
+    def describe(self):
+        return {}
+
+
+def test_timed_steps_run_on_a_frozen_heap_and_record_the_collector():
+    """As the harness's loop: a collected, frozen heap while the steps run (no full collection traversing torch's and
+    transformers' objects mid-step), unfrozen afterwards; each step's full collections and their ms are recorded."""
+    method = _ToyMethod()
+    args = SimpleNamespace(steps=3, batch_size=2, seq_len=4)
+    ctx = SimpleNamespace(device=torch.device("cpu"), is_main=False)
+    assert gc.get_freeze_count() == 0
+    steps = timed_steps(args, ctx, _ToyModel(), method, torch.Generator().manual_seed(0))
+    assert len(method.frozen) == 3 and min(method.frozen) > 1000  # torch's modules and more: out of the GC's view
+    assert gc.get_freeze_count() == 0  # handed back
+    assert steps[1]["gc_full"] >= 1 and steps[1]["gc_ms"] > 0  # the collection inside the second step
+    assert all(isinstance(s["gc_full"], int) and s["gc_ms"] >= 0 for s in steps)
