@@ -46,6 +46,33 @@ def _involuntary_switches() -> int | None:
         return None
 
 
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def host_cpu_state() -> dict:
+    """What the machine below the process did to its CPUs (Linux; {} elsewhere), to name the cause of the batch-2 host
+    stretches of issue 18 (a thread running slower with CPU time = wall time and no context switches: the hypervisor
+    taking the vCPUs, or a lower clock):
+      steal_ms  CPU time the hypervisor gave to others so far, all vCPUs together (/proc/stat, the 'cpu' line's 8th
+                value, in clock ticks)
+      cpu       the CPU this thread last ran on (/proc/thread-self/stat, field 39)
+      cpu_mhz   that CPU's current clock (cpufreq's scaling_cur_freq; many VMs do not expose it)"""
+    state = {}
+    try:
+        with open("/proc/stat") as fh:
+            state["steal_ms"] = int(fh.readline().split()[8]) * 1000.0 / _TICKS_PER_S
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        with open("/proc/thread-self/stat") as fh:
+            state["cpu"] = int(fh.read().rsplit(")", 1)[1].split()[36])   # fields after the name start at field 3
+        with open(f"/sys/devices/system/cpu/cpu{state['cpu']}/cpufreq/scaling_cur_freq") as fh:
+            state["cpu_mhz"] = int(fh.read()) / 1000.0
+    except (OSError, IndexError, ValueError):
+        pass
+    return state
+
+
 class HostClock:
     """Host-side time of each phase of a step: wall time of the issuing thread (no device synchronisation) and, for
     the phases run on this thread, its CPU time."""
@@ -74,7 +101,8 @@ def timed_steps(args, ctx, model, method, gen, profile=None, sync=None) -> list[
     a full (generation-2) collection traverses everything torch and transformers keep alive (0.1-0.4 s, measured for
     issue 17) in whichever step allocates at that moment, a pause the harness does not have (the CPU-bound 0.25-0.45 s
     forward stalls, one per 100-150 steps, of the 2026-11-26 2-GPU runs look like it; under ddp the other rank waits).
-    Each step records the collector's milliseconds and full collections inside it (``gc_ms``, ``gc_full``)."""
+    Each step records the collector's milliseconds and full collections inside it (``gc_ms``, ``gc_full``) and what
+    the host did meanwhile (``steal_ms``, ``cpu``, ``cpu_mhz``: host_cpu_state)."""
     from badam_bench_worker import GcWatch
     from experiments.measure import StepTimer
 
@@ -108,7 +136,7 @@ def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, 
     full_before = collector.collections[2]
     collector.open_span()
     timer.start_step()
-    switches = _involuntary_switches()
+    switches, cpu_before = _involuntary_switches(), host_cpu_state()
     with timer.phase("forward"), host.phase("forward"), autocast:
         loss = model(input_ids=ids, labels=ids).loss
     with timer.phase("backward"), host.phase("backward"):
@@ -118,7 +146,9 @@ def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, 
         method.step()
         method.zero_grad()
     times = timer.end_step()
-    after = _involuntary_switches()
+    after, cpu_after = _involuntary_switches(), host_cpu_state()
+    steal = cpu_after["steal_ms"] - cpu_before["steal_ms"] if "steal_ms" in cpu_before and "steal_ms" in cpu_after \
+        else None
     gc_ms = collector.close_span()
     reduce = sync.take_timing() if sync is not None else None
     record = {"step": step + 1, "ms": times["step"], "forward_ms": times["forward"], "backward_ms": times["backward"],
@@ -127,6 +157,7 @@ def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, 
               **{f"host_{name}_ms": ms for name, ms in host.wall.items()}, "cpu_forward_ms": host.cpu["forward"],
               "involuntary_switches": None if switches is None else after - switches, **(reduce or {}),
               "gc_ms": gc_ms, "gc_full": collector.collections[2] - full_before,
+              "steal_ms": steal, "cpu": cpu_after.get("cpu"), "cpu_mhz": cpu_after.get("cpu_mhz"),
               "model_flops": flops.model if flops else None, "hardware_flops": flops.hardware if flops else None}
     if ctx.is_main:
         print(f"step {step + 1}/{args.steps}: {record['ms']:.0f} ms, loss {record['loss']:.4f}", flush=True)

@@ -11,7 +11,9 @@ K = 1) out of the differences. Medians over all timed steps of all rounds unless
     bottleneck); CPU forward (that thread's CPU time: below its wall time when it was descheduled); involuntary context
     switches per step; under ddp the all-reduce's window (first bucket launched -> end of the backward's own work) and
     tail (end of backward work -> every gradient averaged: the exposed all-reduce, waiting for the other rank included);
-    the cyclic garbage collector's full collections and milliseconds inside the timed steps (totals);
+    the cyclic garbage collector's full collections and milliseconds inside the timed steps (totals); the hypervisor's
+    steal time during the timed steps (total, and per step in the slower and the faster half of the forwards) and the
+    issuing CPU's clock (median), where the host exposes them;
   * coupling: the ddp step as reported (per step the slower rank, then the median) against the larger of the ranks'
     own medians: equal when the ranks wait for each other every step (they meet in the all-reduce), so the reported
     figure is not a max taken over independent noise;
@@ -37,7 +39,7 @@ from pathlib import Path
 
 KINDS = ("single", "alone", "ddp")
 FIELDS = ("ms", "forward_ms", "backward_ms", "update_ms", "host_forward_ms", "host_backward_ms", "cpu_forward_ms",
-          "involuntary_switches", "reduce_window_ms", "reduce_tail_ms")
+          "involuntary_switches", "reduce_window_ms", "reduce_tail_ms", "cpu_mhz")
 
 
 def _median(values) -> float | None:
@@ -73,8 +75,20 @@ def rank_medians(result: dict) -> list[dict]:
                 rows.append({"kind": kind, "rank": rank, "steps": len(steps),
                              **{field: _median(s.get(field) for s in steps) for field in FIELDS},
                              "gc_full_total": _total(s.get("gc_full") for s in steps),
-                             "gc_ms_total": _total(s.get("gc_ms") for s in steps)})
+                             "gc_ms_total": _total(s.get("gc_ms") for s in steps),
+                             "steal_ms_total": _total(s.get("steal_ms") for s in steps), **_steal_by_speed(steps)})
     return rows
+
+
+def _steal_by_speed(steps: list[dict]) -> dict:
+    """Median hypervisor steal per step in the steps whose forward is slower than the median forward, and in the
+    others: a host stretch the hypervisor causes shows as more steal in the slow half."""
+    timed = [s for s in steps if s.get("steal_ms") is not None and s.get("forward_ms") is not None]
+    if not timed:
+        return {"steal_slow_ms": None, "steal_fast_ms": None}
+    middle = statistics.median(s["forward_ms"] for s in timed)
+    return {"steal_slow_ms": _median(s["steal_ms"] for s in timed if s["forward_ms"] > middle),
+            "steal_fast_ms": _median(s["steal_ms"] for s in timed if s["forward_ms"] <= middle)}
 
 
 def _pairs(result: dict, kind: str) -> list[tuple[dict, list[dict]]]:
@@ -196,6 +210,12 @@ def _gc(row: dict) -> str:
     return "-" if full is None else f"{full:.0f} ({_f(ms, 0)})"
 
 
+def _steal(row: dict) -> str:
+    total = row.get("steal_ms_total")
+    return "-" if total is None else \
+        f"{total:.0f} ({_f(row.get('steal_slow_ms'), 2)} / {_f(row.get('steal_fast_ms'), 2)})"
+
+
 def _s(spread: dict | None) -> str:
     return "-" if not spread else f"{spread['median']:.3f} [{spread['min']:.3f}-{spread['max']:.3f}]"
 
@@ -208,17 +228,20 @@ def markdown(results: list[dict]) -> list[str]:
     lines = ["", "### Where the ddp step's time goes (benchmarks/multi_gpu_diagnostics.py)", "",
              "Medians over all timed steps of all rounds, per phase kind and rank; GPU ms from CUDA events, host ms "
              "the issuing thread's wall time, CPU the forward thread's CPU time; full GCs: the garbage collector's "
-             "full collections in all timed steps (their ms); '-' where this run did not record it.",
+             "full collections in all timed steps (their ms); steal: CPU time the hypervisor gave to others during "
+             "the timed steps, all vCPUs (ms; per step median in the slower / faster half of the forwards); CPU MHz: "
+             "the issuing CPU's clock; '-' where this run did not record it.",
              "", "| run | phase | rank | step | forward | backward | update | host forward | CPU forward | "
-             "host backward | invol. switches/step | reduce window | reduce tail | full GCs (ms) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "host backward | invol. switches/step | reduce window | reduce tail | full GCs (ms) | steal (slow / "
+             "fast) | CPU MHz |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, d in rows:
         for m in d["rank_medians"]:
             lines.append(f"| {_label(r)} | {m['kind']} | {m['rank']} | {_f(m['ms'])} | {_f(m['forward_ms'])} | "
                          f"{_f(m['backward_ms'])} | {_f(m['update_ms'])} | {_f(m['host_forward_ms'])} | "
                          f"{_f(m['cpu_forward_ms'])} | {_f(m['host_backward_ms'])} | "
                          f"{_f(m['involuntary_switches'])} | {_f(m['reduce_window_ms'], 2)} | "
-                         f"{_f(m['reduce_tail_ms'], 2)} | {_gc(m)} |")
+                         f"{_f(m['reduce_tail_ms'], 2)} | {_gc(m)} | {_steal(m)} | {_f(m['cpu_mhz'], 0)} |")
     lines += ["", "Paired per step against rank 0 alone (same block), ms: ddp step (slower rank) - single; each "
                   "rank's forward (against its own single phases when measured); the smaller backward of the two "
                   "ranks; alone (every rank on its own at once) - single. Noise cost: the mean of max(a, b) - a for "

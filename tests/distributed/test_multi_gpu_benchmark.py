@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import multi_gpu  # noqa: E402
 import multi_gpu_diagnostics  # noqa: E402
-from multi_gpu_ddp import bind_to_cpu_share, split_cpus, timed_steps  # noqa: E402
+from multi_gpu_ddp import bind_to_cpu_share, host_cpu_state, split_cpus, timed_steps  # noqa: E402
 
 
 def run_benchmark(out: Path, processes: int, *options: str) -> None:
@@ -146,15 +146,22 @@ def test_diagnostics_pair_steps_and_separate_coupling_from_noise():
     assert [(m["blocks"], m["forward_ms"]) for m in single_by_block] == [([0, 0], 6.0), ([1, 1], 10.0)]
     table = "\n".join(multi_gpu_diagnostics.markdown([result]))
     assert "| m badam 2x8 fp32 | 3.0 | 3.2 / 1.5 | 1.2 | - / - | 1.0 / 0.5 | 19.0 / 19.0 |" in table
-    assert "| m badam 2x8 fp32 | single | 0 | 17.0 | 8.5 | 7.5 | 1.0 | - | - | - | - | - | - | - |" in table  # old
+    assert "| m badam 2x8 fp32 | single | 0 | 17.0 | 8.5 | 7.5 | 1.0 | - | - | - | - | - | - | - | - | - |" in table
     assert "(= scaling; x N = speed-up)" in table  # single/ddp of step times is the scaling itself
     result["per_rank"][0]["phases"][0]["steps"][1].update(gc_full=1, gc_ms=312.4)
     for step in (result["per_rank"][0]["phases"][0]["steps"][0], *result["per_rank"][0]["phases"][2]["steps"]):
         step.update(gc_full=0, gc_ms=0.5)
     single = next(m for m in multi_gpu_diagnostics.rank_medians(result) if (m["kind"], m["rank"]) == ("single", 0))
     assert (single["gc_full_total"], single["gc_ms_total"]) == (1, 313.9)
-    assert "| m badam 2x8 fp32 | single | 0 | 17.0 | 8.5 | 7.5 | 1.0 | - | - | - | - | - | - | 1 (314) |" in \
+    assert "| m badam 2x8 fp32 | single | 0 | 17.0 | 8.5 | 7.5 | 1.0 | - | - | - | - | - | - | 1 (314) | - | - |" in \
         "\n".join(multi_gpu_diagnostics.markdown([result]))
+    # steal: forwards 5, 10 | 7, 10 (ms / 2): the slower half (10, 10) had 4 and 6 ms of steal, the faster 0 and 1
+    for step, steal in zip((*result["per_rank"][0]["phases"][0]["steps"], *result["per_rank"][0]["phases"][2]["steps"]),
+                           (0.0, 4.0, 1.0, 6.0)):
+        step.update(steal_ms=steal, cpu_mhz=2000.0)
+    single = next(m for m in multi_gpu_diagnostics.rank_medians(result) if (m["kind"], m["rank"]) == ("single", 0))
+    assert (single["steal_ms_total"], single["steal_slow_ms"], single["steal_fast_ms"]) == (11.0, 5.0, 0.5)
+    assert "| 1 (314) | 11 (5.00 / 0.50) | 2000 |" in "\n".join(multi_gpu_diagnostics.markdown([result]))
 
 
 class _ToyModel(torch.nn.Module):
@@ -205,3 +212,6 @@ def test_timed_steps_run_on_a_frozen_heap_and_record_the_collector():
     assert gc.get_freeze_count() == 0  # handed back
     assert steps[1]["gc_full"] >= 1 and steps[1]["gc_ms"] > 0  # the collection inside the second step
     assert all(isinstance(s["gc_full"], int) and s["gc_ms"] >= 0 for s in steps)
+    state = host_cpu_state()   # this Linux machine: steal time always, the clock where cpufreq is exposed
+    assert state["steal_ms"] >= 0 and 0 <= state["cpu"] < os.cpu_count()
+    assert all(s["steal_ms"] >= 0 and s["cpu"] in range(os.cpu_count()) and "cpu_mhz" in s for s in steps)
