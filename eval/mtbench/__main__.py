@@ -20,12 +20,11 @@ import glob
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from eval.mtbench.data import (MTBenchError, answer_file_path, answer_output_dir, judgment_file_path, load_answers,
                                load_judge_prompts, load_questions, model_name_of_answer_file, output_dir,
-                               scores_file_path, unpack_judgments, write_json_atomic)
+                               scores_file_path, write_json_atomic)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -250,12 +249,11 @@ def run_show(args) -> dict:
     given = Path(args.judgment)
     plain = given.with_suffix("") if given.suffix == ".gz" else given
     packed = plain.with_name(plain.name + ".gz")
-    if not plain.is_file() and not packed.is_file():
+    judgment = plain if plain.is_file() else packed   # a committed <name>.jsonl.gz: the reader decompresses it
+    if not judgment.is_file():
         raise MTBenchError(f"judgment file not found: {plain}, nor packed as {packed.name}")
-    with tempfile.TemporaryDirectory() as scratch:   # a committed <name>.jsonl.gz is read without unpacking it there
-        judgment = plain if plain.is_file() else unpack_judgments(Path(scratch) / plain.name, packed)
-        summary = summarize_single(judgment, load_questions(args.question_file), judge_model=args.judge_model,
-                                   models=args.model_list)
+    summary = summarize_single(judgment, load_questions(args.question_file), judge_model=args.judge_model,
+                               models=args.model_list)
     print(f"Input file: {args.judgment}")
     print(format_summary(summary))
     if args.output:

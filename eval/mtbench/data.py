@@ -86,11 +86,11 @@ def judgment_file_path(out: Path, judge_name: str) -> Path:
     return out / "model_judgment" / f"{safe_name(judge_name)}_single.jsonl"
 
 
-def unpack_judgments(judgment_file: Path, packed: Path | None = None) -> Path:
-    """A judgment file committed gzipped (results/ keeps large ones as <name>.jsonl.gz) is restored in place before it is
-    read or appended to, so rerunning a command goes on from the committed judgments instead of judging them again.
-    packed: the gzipped file when it lies elsewhere (default: <judgment_file>.gz)."""
-    packed = packed or judgment_file.with_name(judgment_file.name + ".gz")
+def unpack_judgments(judgment_file: Path) -> Path:
+    """A judgment file committed gzipped (results/ keeps large ones as <name>.jsonl.gz) is restored in place before a
+    judge appends to it, so rerunning a command goes on from the committed judgments instead of judging them again
+    (a reader alone needs no copy: read_jsonl decompresses a .gz)."""
+    packed = judgment_file.with_name(judgment_file.name + ".gz")
     if not judgment_file.exists() and packed.is_file():
         partial = judgment_file.with_name(judgment_file.name + ".unpacking")
         with gzip.open(packed, "rb") as src, partial.open("wb") as dst:
