@@ -72,7 +72,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/judge_lib.sh"   # the judge: $judge, judg
 # the profile's parts by model (run_all --groups patterns): the Gemma phases train only theirs. RESTORE_GROUPS: what
 # `start` restores (default the same); GEMMA_GROUPS=time_solo_gemma3_270m RESTORE_GROUPS=lr_sweep_gemma3_270m retimes
 # every solo run on this machine (solo runs are compared only on one device kind)
-gemma_groups="${GEMMA_GROUPS:-*_gemma3_270m}" restore_groups="${RESTORE_GROUPS:-${GEMMA_GROUPS:-*_gemma3_270m}}"
+gemma_groups="${GEMMA_GROUPS:-*_gemma3_270m}" restore_groups="${RESTORE_GROUPS:-$gemma_groups}"
 math_groups="${MATH_GROUPS:-*_qwen25_coder_05b}"
 math_alias=qwen2.5-coder-0.5b-instruct
 math_config=quality/qwen25_coder_05b_gsm8k.yaml

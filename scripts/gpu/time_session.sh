@@ -58,8 +58,9 @@ if [ -n "${TIME_SESSION_SMOKE:-}" ]; then   # the same commands at tiny size on 
   done
 fi
 
+bench_dir="bench/${BENCH_NAME:-badam_vs_official_v5}"   # the bench phase's folder under $work
 case "$phase" in
-  bench) keep=("bench/${BENCH_NAME:-badam_vs_official_v5}") ;;
+  bench) keep=("$bench_dir") ;;
   time) keep=(paper_time_llama3_8b) ;;
   time7b) keep=(paper_time_llama2_7b) ;;
   backward) keep=(paper_backward_llama3_8b paper_backward_llama2_7b) ;;
@@ -107,7 +108,7 @@ transformers.__version__, 'peft', peft.__version__, 'gpus', torch.cuda.device_co
     ls "$work"
     ;;
   bench)
-    dest="$work/bench/${BENCH_NAME:-badam_vs_official_v5}"
+    dest="$work/$bench_dir"
     python3 benchmarks/badam_vs_official.py --out "$dest" --official-path "$BADAM_OFFICIAL_PATH" \
         --optimizers ours,official,ours_nockpt --phases "${BENCH_PHASES:-k100_steady,k1_epoch}" --repeats $repeats \
         --worker-timeout 200 \
