@@ -135,8 +135,8 @@ def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, 
     host = HostClock()
     full_before = collector.collections[2]
     collector.open_span()
+    switches, cpu_before = _involuntary_switches(), host_cpu_state()   # read outside the step's clock (~0.1 ms)
     timer.start_step()
-    switches, cpu_before = _involuntary_switches(), host_cpu_state()
     with timer.phase("forward"), host.phase("forward"), autocast:
         loss = model(input_ids=ids, labels=ids).loss
     with timer.phase("backward"), host.phase("backward"):

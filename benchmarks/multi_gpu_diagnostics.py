@@ -37,6 +37,9 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for the protocol's statistics
+from experiments.repeats import band  # noqa: E402
+
 KINDS = ("single", "alone", "ddp")
 FIELDS = ("ms", "forward_ms", "backward_ms", "update_ms", "host_forward_ms", "host_backward_ms", "cpu_forward_ms",
           "involuntary_switches", "reduce_window_ms", "reduce_tail_ms", "cpu_mhz")
@@ -54,10 +57,10 @@ def _total(values) -> float | None:
 
 
 def spread(values: list[float]) -> dict | None:
-    """median, min, max and count of values (None when there are none)."""
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+    """median, min, max and count of values (None when there are none): the protocol's band (experiments.repeats)
+    under this benchmark's JSON keys."""
+    b = band(values)
+    return None if b is None else {"median": b.median, "min": b.low, "max": b.high, "n": b.n}
 
 
 def _timed(result: dict, kind: str, rank: int) -> list[list[dict]]:
