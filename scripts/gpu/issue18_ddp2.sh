@@ -14,23 +14,33 @@
 #          on 2 GPUs: may not fit 80 GB, the log then says so)
 #   70b    (nvidia-h200-x2, needs_h200, ~4 min) Llama 3-70B BAdam under FSDP2: default vs 24 reached layers kept
 #          gathered, 2 x alternating, 8 steps (step time, tokens/s, MFU, memory per GPU)
+#   fsdp1  (nvidia-h100-x1, ~6 min) ONE GPU, 8B, batch 2: the plain path (the ddp benchmark's single phase) against
+#          FSDP2 on one GPU, 3 x alternating (issue 18's target: FSDP2 on 1 GPU within 15 % of plain), then one more
+#          FSDP2 run with rank 0's profiler table (runs/mg1)
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
 # Afterwards: benchmarks/multi_gpu_diagnostics.py on the JSONs prints the per-rank and paired comparisons (also in
 # summary.md); folders merged from several machines: benchmarks/multi_gpu.py --out DIR --rewrite-summary.
 set -u
-phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b}
-case $phase in diag|wire|b8|fsdp|adam|70b) ;; *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam or 70b" >&2
-    exit 2 ;; esac
+phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1}
+case $phase in diag|wire|b8|fsdp|adam|70b|fsdp1) ;; *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b or fsdp1" >&2
+    exit 2 ;;     fsdp1)
+        export NPROC=1 LIMIT=150
+        for r in 1 2 3; do
+            run plain_r$r --mode ddp --compare-single 1 --switch-every 1 --steps 35 --tag r$r || exit 1
+            run fsdp1_r$r --switch-every 1 --steps 35 --tag r$r || exit 1
+        done
+        run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
+esac
 export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
-folder=mg; [ "$phase" = 70b ] && folder=mg70
+folder=mg; [ "$phase" = 70b ] && folder=mg70; [ "$phase" = fsdp1 ] && folder=mg1
 out=runs/$folder
 mkdir -p "$out" "$OUT"; trap 'tar -C runs -czf "$OUT/$phase.tgz" "$folder"' EXIT
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader; nvidia-smi topo -m | head -4
 echo "cpus: $(nproc) allowed, $(lscpu | grep -E '^(Thread|Core|Socket|NUMA node\(s\))' | tr -s ' ' | paste -sd';')"
 run() {  # run LOG [benchmark arguments...]: one torchrun under a time limit, its log next to the JSONs
     local log=$1; shift
-    timeout "${LIMIT:-290}" torchrun --nproc_per_node 2 benchmarks/multi_gpu.py --out "$out" "$@" > "$out/$log.txt" 2>&1
+    timeout "${LIMIT:-290}" torchrun --nproc_per_node "${NPROC:-2}" benchmarks/multi_gpu.py --out "$out" "$@" > "$out/$log.txt" 2>&1
     local rc=$?; echo "== $log rc $rc"; tail -n 3 "$out/$log.txt"; return $rc
 }
 diag=(--mode ddp --compare-single 5 --single-every-rank --alone-phase --switch-every 1 --steps 35)
@@ -56,4 +66,11 @@ case $phase in
             LIMIT=140 run fsdp70b_r$r --model llama3-70b --steps 8 --tag r$r || exit 1
             LIMIT=140 run fsdp70b_keep24_r$r --model llama3-70b --steps 8 --keep-gathered-layers 24 --tag r$r || exit 1
         done ;;
+    fsdp1)
+        export NPROC=1 LIMIT=150
+        for r in 1 2 3; do
+            run plain_r$r --mode ddp --compare-single 1 --switch-every 1 --steps 35 --tag r$r || exit 1
+            run fsdp1_r$r --switch-every 1 --steps 35 --tag r$r || exit 1
+        done
+        run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
 esac
