@@ -197,16 +197,20 @@ def _hours(run: Run) -> float | None:
 
 def _solo_faster(groups: dict[str, SeedGroup], block: str, full: str, shared: int) -> str:
     """'BAdam faster than Adam (median step time of solo timing runs on <device>): holds (0.61×: ...)' for runs that
-    shared their GPU (plots.timing); not checked without a solo timing run of both on one device."""
-    found = {m: next((t for r in groups[m].ok_runs if (t := timing.step_time(r)) is not None), None)
+    shared their GPU (plots.timing); of several timings the pair on one device measured closest in time
+    (timing.closest_pair); not checked without a solo timing run of both on one device."""
+    found = {m: list({t.run: t for r in groups[m].ok_runs for t in r.step_timings}.values())
              for m in (block, full) if m in groups}
-    a, b = found.get(block), found.get(full)
     claim = f"{name(block)} faster than {name(full)}"
-    if a is None or b is None or a.device != b.device:
-        why = (f"solo timing runs on different devices ({a.device}, {b.device})" if a is not None and b is not None
-               else "no solo timing run of " + " and ".join(name(m) for m in (block, full) if found.get(m) is None))
+    pair = timing.closest_pair(found.get(block, []), found.get(full, []))
+    if pair is None:
+        devices = lambda m: "/".join(sorted({t.device for t in found.get(m, [])}))  # noqa: E731
+        why = (f"solo timing runs on different devices ({devices(block)}, {devices(full)})"
+               if found.get(block) and found.get(full)
+               else "no solo timing run of " + " and ".join(name(m) for m in (block, full) if not found.get(m)))
         return (f"{claim}: not checked (up to {shared} runs shared a GPU: their step times are not measurements; "
                 f"{why})")
+    a, b = pair
     ratio = a.step_ms / b.step_ms
     verdict = "holds" if ratio < 1 else "does not hold"
     return (f"{claim} (median step time of solo timing runs on {a.device}): {verdict} "

@@ -169,6 +169,37 @@ def test_a_matching_solo_run_gives_an_estimated_and_labelled_time_axis(tmp_path)
     assert "estimated: steps × median step time of a solo run on Test GPU" in label
 
 
+def test_a_solo_run_that_also_measured_rounding_times_the_same_step(tmp_path):
+    # measure_rounding only reads the leaving block at a switch (one step in K): the quality profile's solo runs set
+    # it, the ablation runs trained before it existed did not; every other option still has to match
+    root = shared_tree(tmp_path)
+    solo_run(root, "ablation_bsgd_tiny/tiny-sgd", "solo-sgd", 100.0)
+    solo_run(root, "ablation_bsgd_tiny/tiny-bsgd", "solo-bsgd", 60.0, **{"config.method.measure_rounding": True})
+    line = claims.f3(discover_runs(root))
+    assert "BSGD faster than SGD (median step time of solo timing runs on Test GPU): holds (0.60×: 60.0 vs " \
+           "100.0 ms)" in line
+    solo_run(root, "ablation_bsgd_tiny/tiny-bsgd", "solo-bsgd-other-k", 5.0,
+             **{"config.method.switch_block_every": 999, "environment.date": "2099-01-01"})
+    assert "holds (0.60×: 60.0 vs 100.0 ms)" in claims.f3(discover_runs(root))   # K differs: not the same step
+
+
+def test_step_times_are_compared_from_one_device_and_the_closest_session(tmp_path):
+    # lent machines of one GPU kind differ in host speed: of several timings, the two methods' pair measured closest
+    # in time on one device is compared, never one of today's with one of another machine's
+    root = shared_tree(tmp_path)
+    solo_run(root, "ablation_bsgd_tiny/tiny-sgd", "solo-sgd-old", 80.0, **{"environment.date": "2026-01-01T10:00:00"})
+    solo_run(root, "ablation_bsgd_tiny/tiny-sgd", "solo-sgd-new", 120.0, **{"environment.date": "2026-03-01T10:00:00"})
+    solo_run(root, "ablation_bsgd_tiny/tiny-bsgd", "solo-bsgd", 90.0, **{"environment.date": "2026-01-01T10:05:00"})
+    line = claims.f3(discover_runs(root))      # the most recent SGD timing (120 ms) would have read "holds"
+    assert "BSGD faster than SGD (median step time of solo timing runs on Test GPU): does not hold (1.12×: 90.0 vs " \
+           "80.0 ms)" in line
+    for run in (root / "timing_whatever").glob("solo-sgd-*"):
+        edit_summary(run, {"environment.device_name": "Other GPU"})
+    line = claims.f3(discover_runs(root))
+    assert "BSGD faster than SGD: not checked" in line
+    assert "solo timing runs on different devices (Test GPU, Other GPU)" in line
+
+
 def _validation(results: Path, ratings: dict[str, float], unrated: int = 16) -> Path:
     """A judge_validation.json of JUDGE as eval.mtbench's validate-judge writes it (its own functions), from a
     scores summary with the chosen means (each model 160 judgments, `unrated` of them without a rating)."""
