@@ -16,7 +16,7 @@
 #          gathered, 2 x alternating, 8 steps (step time, tokens/s, MFU, memory per GPU)
 #   fsdp1  (nvidia-h100-x1, ~6 min) ONE GPU, 8B, batch 2: the plain path (the ddp benchmark's single phase) against
 #          FSDP2 on one GPU, 3 x alternating (issue 18's target: FSDP2 on 1 GPU within 15 % of plain), then one more
-#          FSDP2 run with rank 0's profiler table (runs/mg1)
+#          FSDP2 run with rank 0's profiler table (runs/mg1); REPEATS="4 5 6" PROFILE=0 adds repeats to the folder
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
 # Afterwards: benchmarks/multi_gpu_diagnostics.py on the JSONs prints the per-rank and paired comparisons (also in
 # summary.md); folders merged from several machines: benchmarks/multi_gpu.py --out DIR --rewrite-summary.
@@ -25,11 +25,11 @@ phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1}
 case $phase in diag|wire|b8|fsdp|adam|70b|fsdp1) ;; *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b or fsdp1" >&2
     exit 2 ;;     fsdp1)
         export NPROC=1 LIMIT=150
-        for r in 1 2 3; do
+        for r in ${REPEATS:-1 2 3}; do
             run plain_r$r --mode ddp --compare-single 1 --switch-every 1 --steps 35 --tag r$r || exit 1
             run fsdp1_r$r --switch-every 1 --steps 35 --tag r$r || exit 1
         done
-        run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
+        [ "${PROFILE:-1}" = 0 ] || run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
 esac
 export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
@@ -68,9 +68,9 @@ case $phase in
         done ;;
     fsdp1)
         export NPROC=1 LIMIT=150
-        for r in 1 2 3; do
+        for r in ${REPEATS:-1 2 3}; do
             run plain_r$r --mode ddp --compare-single 1 --switch-every 1 --steps 35 --tag r$r || exit 1
             run fsdp1_r$r --switch-every 1 --steps 35 --tag r$r || exit 1
         done
-        run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
+        [ "${PROFILE:-1}" = 0 ] || run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
 esac
