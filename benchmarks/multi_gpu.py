@@ -53,6 +53,7 @@ import torch  # noqa: E402
 from experiments import distributed as dist_mod  # noqa: E402
 from experiments.measure import synchronize  # noqa: E402
 from experiments.memory_model import sharded_bytes_per_device  # noqa: E402
+from experiments.repeats import band  # noqa: E402
 from experiments.results import source_commit  # noqa: E402
 from multi_gpu_ddp import (best_single, bind_to_cpu_share, combine_replicated, host_facts,  # noqa: E402
                            replicated_table, run_replicated, start_profiler, timed_steps, utilization,
@@ -256,6 +257,7 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
            + " reached by backward kept gathered" if args.keep_gathered_layers else "")
         + (f", forward prefetch {args.forward_prefetch}" if args.forward_prefetch else "")
         + (f" [{args.tag}]" if args.tag else ""),
+        "tag": args.tag or None,
         "tokens_per_s": tokens_per_step / (step_ms / 1000.0),
         "tokens_per_s_per_gpu": tokens_per_step / (step_ms / 1000.0) / ctx.world_size,
         "peak_allocated_bytes_max": max(peaks) if all(p is not None for p in peaks) else None,
@@ -312,6 +314,7 @@ def summary_markdown(out: Path) -> str:
                      f"{r['tokens_per_s']:.0f} | {r['tokens_per_s_per_gpu']:.0f} | {eff} | "
                      f"{_gib(r['peak_allocated_bytes_max'])} | {_gib(r['predicted_bytes_per_gpu'])} | "
                      f"{_gib(weights)} | {'n/a' if r.get('mfu') is None else format(r['mfu'], '.3f')} |")
+    lines += paired_with_plain(results)
     lines += replicated_table(results)
     lines += ["", "Runs:", ""]
     for r in results:
@@ -323,6 +326,40 @@ def summary_markdown(out: Path) -> str:
                   "single-GPU tokens/s of the same model, method and batch in this folder: a 1-GPU FSDP2 run or the "
                   "median of a ddp run's single-GPU phases, measured alternately in the same processes)."]
     return "\n".join(lines) + "\n"
+
+
+def paired_with_plain(results: list[dict]) -> list[str]:
+    """FSDP2 runs against the plain path measured right before them: an FSDP2 run and a `--mode ddp
+    --compare-single` run with the same --tag, model, method and batch form one repeat (scripts/gpu/issue18_ddp2.sh
+    fsdp1 alternates them). Ratio = FSDP2 tokens/s / (N x that run's median single-GPU tokens/s); median [min-max]
+    over the repeats. A host-bound step drifts between minutes-apart runs, so this pairing is the fair comparison
+    where the best-of-folder baseline is not."""
+    def tagged(r: dict) -> tuple[str | None, str]:  # (tag, FSDP groups without it); older JSONs: from the groups
+        layout = r.get("fsdp_groups", "layers + root")
+        tag = r.get("tag") or (layout[layout.rindex(" [") + 2:-1] if layout.endswith("]") else None)
+        return tag, layout.removesuffix(f" [{tag}]") if tag else layout
+
+    same = ("model", "method", "seq_len", "batch_per_gpu")
+    plain = {(*(r.get(k) for k in same), r["tag"]): r["single_tokens_per_s"]["median"] for r in results
+             if r.get("mode") == "ddp" and r.get("tag") and r.get("single_tokens_per_s")}
+    groups: dict[tuple, list[tuple[str, float]]] = {}
+    for r in results:
+        tag, layout = tagged(r)
+        base = plain.get((*(r.get(k) for k in same), tag)) if r.get("mode", "fsdp2") == "fsdp2" and tag else None
+        if base:
+            what = (r["model"], r["method"], layout, r["gpus"], r["batch_per_gpu"], r["seq_len"])
+            groups.setdefault(what, []).append((tag, r["tokens_per_s"] / (r["gpus"] * base)))
+    if not groups:
+        return []
+    lines = ["", "FSDP2 against the plain path of the same repeat (same --tag; tokens/s ratio, median [min-max]):", "",
+             "| model | method | FSDP groups | GPUs | batch/GPU x len | repeats | FSDP2 / plain | per repeat |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (model, method, layout, gpus, batch, seq_len), pairs in sorted(groups.items()):
+        spread = band(ratio for _, ratio in pairs)
+        each = ", ".join(f"{tag} {ratio:.3f}" for tag, ratio in sorted(pairs))
+        lines.append(f"| {model} | {method} | {layout} | {gpus} | {batch} x {seq_len} | {spread.n} | "
+                     f"{spread.median:.3f} [{spread.low:.3f}-{spread.high:.3f}] | {each} |")
+    return lines
 
 
 def main(argv=None) -> int:

@@ -75,6 +75,28 @@ def test_scaling_compares_with_the_best_single_gpu_path(tmp_path):
             "3 / 6 / 1 | n/a / n/a |") in table
 
 
+def test_fsdp2_runs_are_paired_with_the_plain_path_of_their_repeat(tmp_path):
+    # issue18_ddp2.sh fsdp1: plain (a 1-GPU ddp run's single phase) and FSDP2 alternate, one --tag per repeat; each
+    # FSDP2 run is compared with its own repeat's plain path, not with the folder's best (a drifting host)
+    ddp = {"model": "m", "method": "badam", "mode": "ddp", "gpus": 1, "batch_per_gpu": 2, "seq_len": 8,
+           "rounds": 1, "reduce_dtype": "fp32", "ddp_tokens_per_s": {"median": 1.0, "min": 1.0, "max": 1.0},
+           "ddp_median_forward_ms": 3.0, "ddp_median_backward_ms": 6.0, "ddp_median_update_ms": 1.0,
+           "scaling_per_round": {"median": 1.0, "min": 1.0, "max": 1.0}, "scaling_of_medians": 1.0,
+           "single_peak_allocated_bytes_max": None, "ddp_peak_allocated_bytes_max": None,
+           "environment": _result(1, 1.0, "")["environment"]}
+    for tag, plain, fsdp in (("r1", 100.0, 80.0), ("r2", 120.0, 108.0), ("r3", 90.0, 81.0), ("r4", 50.0, None)):
+        (tmp_path / f"m_badam_n1_ddp_{tag}.json").write_text(json.dumps(
+            {**ddp, "tag": tag, "single_tokens_per_s": {"median": plain, "min": plain, "max": plain}}))
+        if fsdp is not None:   # r4: a plain run without its FSDP2 partner pairs with nothing; r3: an older JSON,
+            # its tag only in the groups' name
+            run = {**_result(1, fsdp, "A"), "tag": tag} if tag != "r3" else _result(1, fsdp, "A [r3]")
+            (tmp_path / f"m_badam_n1_{tag}.json").write_text(json.dumps(run))
+    (tmp_path / "m_badam_n1_untagged.json").write_text(json.dumps(_result(1, 10.0, "A")))   # no repeat: left out
+    table = multi_gpu.summary_markdown(tmp_path)
+    assert "| m | badam | A | 1 | 2 x 8 | 3 | 0.900 [0.800-0.900] | r1 0.800, r2 0.900, r3 0.900 |" in table
+    assert "| m | badam | A [r3] | 1 | 2 x 8 | 10 | 3 / 6 / 1 | 81 | 81 | 0.68 |" in table  # best of folder: 120
+
+
 def test_result_names_carry_batch_and_layout():
     args = multi_gpu.parse_args(["--out", "x", "--batch-size", "8", "--separate-ends", "--keep-gathered"])
     assert multi_gpu.result_stem(args, 2) == "llama3-8b_badam_n2_b8_separate-ends_keep-gathered"
