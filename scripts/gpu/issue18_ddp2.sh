@@ -22,14 +22,9 @@
 # summary.md); folders merged from several machines: benchmarks/multi_gpu.py --out DIR --rewrite-summary.
 set -u
 phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1}
-case $phase in diag|wire|b8|fsdp|adam|70b|fsdp1) ;; *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b or fsdp1" >&2
-    exit 2 ;;     fsdp1)
-        export NPROC=1 LIMIT=150
-        for r in ${REPEATS:-1 2 3}; do
-            run plain_r$r --mode ddp --compare-single 1 --switch-every 1 --steps 35 --tag r$r || exit 1
-            run fsdp1_r$r --switch-every 1 --steps 35 --tag r$r || exit 1
-        done
-        [ "${PROFILE:-1}" = 0 ] || run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
+case $phase in
+    diag|wire|b8|fsdp|adam|70b|fsdp1) ;;
+    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b or fsdp1" >&2; exit 2 ;;
 esac
 export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
@@ -40,7 +35,8 @@ nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader; nvi
 echo "cpus: $(nproc) allowed, $(lscpu | grep -E '^(Thread|Core|Socket|NUMA node\(s\))' | tr -s ' ' | paste -sd';')"
 run() {  # run LOG [benchmark arguments...]: one torchrun under a time limit, its log next to the JSONs
     local log=$1; shift
-    timeout "${LIMIT:-290}" torchrun --nproc_per_node "${NPROC:-2}" benchmarks/multi_gpu.py --out "$out" "$@" > "$out/$log.txt" 2>&1
+    timeout "${LIMIT:-290}" torchrun --nproc_per_node "${NPROC:-2}" benchmarks/multi_gpu.py --out "$out" "$@" \
+        > "$out/$log.txt" 2>&1
     local rc=$?; echo "== $log rc $rc"; tail -n 3 "$out/$log.txt"; return $rc
 }
 diag=(--mode ddp --compare-single 5 --single-every-rank --alone-phase --switch-every 1 --steps 35)
@@ -72,5 +68,6 @@ case $phase in
             run plain_r$r --mode ddp --compare-single 1 --switch-every 1 --steps 35 --tag r$r || exit 1
             run fsdp1_r$r --switch-every 1 --steps 35 --tag r$r || exit 1
         done
-        [ "${PROFILE:-1}" = 0 ] || run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
+        [ "${PROFILE:-1}" = 0 ] ||
+            run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
 esac
