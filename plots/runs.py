@@ -107,7 +107,7 @@ class Run:
     problems: list[str] = field(default_factory=list, repr=False)  # parts of the run left out, with the reason
     # a run that shared its device: the median step time of a solo timing run of its setting (plots.timing)
     solo_timing: SoloTiming | None = field(default=None, repr=False)
-    # every solo timing run of the run's step key, its own included when it ran alone (plots.timing.all_timings)
+    # every solo timing of the run's step key, its own included when it ran alone (plots.timing.attach_solo_timings)
     step_timings: list = field(default_factory=list, repr=False)
 
     def _left_out(self, what: str, why: str) -> None:

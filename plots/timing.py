@@ -98,12 +98,15 @@ def estimate_note(devices) -> str:
 
 def closest_pair(first: list[SoloTiming], second: list[SoloTiming]) -> tuple[SoloTiming, SoloTiming] | None:
     """Of two methods' step timings, the pair on one device measured closest in time (module docstring); None when
-    no device has both."""
+    no device has both. A timing without a readable date ranks after every dated pair."""
     def seconds(timing: SoloTiming) -> float:
         try:
             return datetime.fromisoformat(timing.date).timestamp()
-        except ValueError:      # no date recorded: such a pair ranks after every dated one
-            return math.inf
-    pairs = [(a, b) for a in first for b in second if a.device == b.device]
-    return min(pairs, key=lambda p: abs(seconds(p[0]) - seconds(p[1])) if math.isfinite(seconds(p[0]) + seconds(p[1]))
-               else math.inf, default=None)
+        except ValueError:
+            return math.nan
+
+    def gap(pair: tuple[SoloTiming, SoloTiming]) -> float:
+        apart = abs(seconds(pair[0]) - seconds(pair[1]))
+        return math.inf if math.isnan(apart) else apart
+
+    return min(((a, b) for a in first for b in second if a.device == b.device), key=gap, default=None)
