@@ -51,13 +51,14 @@ apply_defaults()  # the harness's allocator setting, before torch is imported, s
 import torch  # noqa: E402
 
 from experiments import distributed as dist_mod  # noqa: E402
+from experiments.layer_compile import BACKENDS, compile_decoder_layers  # noqa: E402
 from experiments.measure import synchronize  # noqa: E402
 from experiments.memory_model import sharded_bytes_per_device  # noqa: E402
 from experiments.repeats import band  # noqa: E402
 from experiments.results import source_commit  # noqa: E402
-from multi_gpu_ddp import (best_single, bind_to_cpu_share, combine_replicated, host_facts,  # noqa: E402
-                           replicated_table, run_replicated, start_profiler, timed_steps, utilization,
-                           write_profile)
+from multi_gpu_ddp import (best_single, bind_to_cpu_share, combine_replicated, compile_backend,  # noqa: E402
+                           compiled_note, compiled_suffix, host_facts, replicated_table, run_replicated,
+                           start_profiler, timed_steps, utilization, write_profile)
 
 GIB = 1024 ** 3
 
@@ -109,6 +110,11 @@ def parse_args(argv=None):
     p.add_argument("--cpu-affinity", choices=("none", "split"), default="none",
                    help="split: each local rank is pinned to its own share of the machine's physical cores before "
                         "anything starts (name gets _pinned); none: the OS places the threads (default)")
+    p.add_argument("--compile-layers", nargs="?", const="inductor", default=None, choices=BACKENDS,
+                   metavar="BACKEND",
+                   help="compile every decoder layer's forward with torch.compile (BACKEND, default inductor; "
+                        "aot_eager/eager check Dynamo alone), checkpointing and everything else eager "
+                        "(experiments/layer_compile.py); name gets _compiled (_compiled-BACKEND)")
     p.add_argument("--tag", default="", help="appended to the result name (repeats of one setting side by side)")
     p.add_argument("--rewrite-summary", action="store_true",
                    help="only rewrite <out>/summary.md from the JSONs in <out> (e.g. after merging folders); no run")
@@ -184,6 +190,7 @@ def run(args, ctx) -> dict:
         tokenizer=False, seed=0, prepare=method.prepare_model, separate_ends=args.separate_ends,
         reshard_after_forward=not args.keep_gathered, forward_prefetch=args.forward_prefetch,
         keep_gathered_layers=args.keep_gathered_layers)
+    compiled = compile_decoder_layers(model, args.compile_layers) if args.compile_layers else None
     method.build_optimizer(model)
     model.train()
     model.config.use_cache = False
@@ -209,7 +216,7 @@ def run(args, ctx) -> dict:
     split = method.memory_split(model)
     return {"rank": ctx.rank, "init_s": init_s, "weights_bytes": weights_bytes, "peak_allocated_bytes": peak,
             "peak_reserved_bytes": reserved, "memory_split_end": split, "steps": steps, "sizes": sizes,
-            "host": host_facts()}
+            "host": host_facts(), "compile_layers": compiled.stats() if compiled else None}
 
 
 def nccl_version() -> str:
@@ -256,8 +263,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
         + ((f", up to {args.keep_gathered_layers} layers" if args.keep_gathered_layers > 0 else ", every layer")
            + " reached by backward kept gathered" if args.keep_gathered_layers else "")
         + (f", forward prefetch {args.forward_prefetch}" if args.forward_prefetch else "")
-        + (f" [{args.tag}]" if args.tag else ""),
-        "tag": args.tag or None,
+        + compiled_note(args.compile_layers) + (f" [{args.tag}]" if args.tag else ""),
+        "tag": args.tag or None, "compile_layers": per_rank[0]["compile_layers"],
         "tokens_per_s": tokens_per_step / (step_ms / 1000.0),
         "tokens_per_s_per_gpu": tokens_per_step / (step_ms / 1000.0) / ctx.world_size,
         "peak_allocated_bytes_max": max(peaks) if all(p is not None for p in peaks) else None,
@@ -276,7 +283,7 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
 def result_stem(args, world_size: int) -> str:
     batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
     tag = f"_{args.tag}" if args.tag else ""
-    pinned = "_pinned" if args.cpu_affinity == "split" else ""
+    pinned = ("_pinned" if args.cpu_affinity == "split" else "") + compiled_suffix(args.compile_layers)
     if args.mode == "ddp":
         phases = (f"_vs1x{args.compare_single}" if args.compare_single else "") \
             + ("_solo" if args.single_every_rank else "") + ("_alone" if args.alone_phase else "")
@@ -340,12 +347,14 @@ def paired_with_plain(results: list[dict]) -> list[str]:
         return tag, layout.removesuffix(f" [{tag}]") if tag else layout
 
     same = ("model", "method", "seq_len", "batch_per_gpu")
-    plain = {(*(r.get(k) for k in same), r["tag"]): r["single_tokens_per_s"]["median"] for r in results
+    plain = {(*(r.get(k) for k in same), compile_backend(r), r["tag"]): r["single_tokens_per_s"]["median"]
+             for r in results
              if r.get("mode") == "ddp" and r.get("tag") and r.get("single_tokens_per_s")}
     groups: dict[tuple, list[tuple[str, float]]] = {}
     for r in results:
         tag, layout = tagged(r)
-        base = plain.get((*(r.get(k) for k in same), tag)) if r.get("mode", "fsdp2") == "fsdp2" and tag else None
+        fsdp2 = r.get("mode", "fsdp2") == "fsdp2"
+        base = plain.get((*(r.get(k) for k in same), compile_backend(r), tag)) if fsdp2 and tag else None
         if base:
             what = (r["model"], r["method"], layout, r["gpus"], r["batch_per_gpu"], r["seq_len"])
             groups.setdefault(what, []).append((tag, r["tokens_per_s"] / (r["gpus"] * base)))

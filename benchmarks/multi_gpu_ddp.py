@@ -127,7 +127,9 @@ def timed_steps(args, ctx, model, method, gen, profile=None, sync=None) -> list[
 
 def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, collector, profile, sync,
                 step: int) -> dict:
-    """One timed step of timed_steps (its record)."""
+    """One timed step of timed_steps (its record; ``new_graphs``: graphs Dynamo compiled in it, --compile-layers)."""
+    from experiments.layer_compile import compiled_graphs
+
     ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=gen).to(ctx.device)
     if profile is not None:
         profile(step)
@@ -136,6 +138,7 @@ def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, 
     full_before = collector.collections[2]
     collector.open_span()
     switches, cpu_before = _involuntary_switches(), host_cpu_state()   # read outside the step's clock (~0.1 ms)
+    graphs = compiled_graphs()
     timer.start_step()
     with timer.phase("forward"), host.phase("forward"), autocast:
         loss = model(input_ids=ids, labels=ids).loss
@@ -157,6 +160,7 @@ def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, 
               **{f"host_{name}_ms": ms for name, ms in host.wall.items()}, "cpu_forward_ms": host.cpu["forward"],
               "involuntary_switches": None if switches is None else after - switches, **(reduce or {}),
               "gc_ms": gc_ms, "gc_full": collector.collections[2] - full_before,
+              "new_graphs": compiled_graphs() - graphs,
               "steal_ms": steal, "cpu": cpu_after.get("cpu"), "cpu_mhz": cpu_after.get("cpu_mhz"),
               "model_flops": flops.model if flops else None, "hardware_flops": flops.hardware if flops else None}
     if ctx.is_main:
@@ -257,6 +261,7 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
     """One rank's part of a --mode ddp run (see the module docstring); with args.profile_dir, the last round's
     phases are profiled (<stem>_single / <stem>_ddp)."""
     from experiments import ddp as ddp_mod
+    from experiments.layer_compile import compile_decoder_layers
     from experiments.measure import synchronize
     from experiments.models import load_model
 
@@ -267,6 +272,7 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
     model, _ = load_model(f"random:{args.model}", dtype="bf16", device=str(ctx.device),
                           gradient_checkpointing=not args.no_checkpointing, tokenizer=False, seed=0)
     model = ddp_mod.replicate(method.prepare_model(model), ctx)
+    compiled = compile_decoder_layers(model, args.compile_layers) if args.compile_layers else None
     model.train()
     model.config.use_cache = False
     synchronize(ctx.device)
@@ -288,7 +294,8 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
         phases.append(_phase("ddp", round_, args, ctx, model, method, gen, last and f"{stem}_ddp"))
     total = sum(p.numel() for p in model.parameters())
     return {"rank": ctx.rank, "init_s": init_s, "weights_bytes": weights, "phases": phases,
-            "sizes": {"total_params": total}, "host": host_facts()}
+            "sizes": {"total_params": total}, "host": host_facts(),
+            "compile_layers": compiled.stats() if compiled else None}
 
 
 def split_cpus(cpus: list[int], core_of: dict[int, object], parts: int) -> list[list[int]]:
@@ -371,7 +378,7 @@ def combine_replicated(args, ctx, per_rank: list[dict], device_name: str | None 
         "batch_per_gpu": args.batch_size, "seq_len": args.seq_len, "gradient_checkpointing": not args.no_checkpointing,
         "steps": args.steps, "warmup": args.warmup, "switch_every": args.switch_every,
         "reduce_dtype": args.reduce_dtype, "rounds": max(1, args.compare_single), "phases": summaries,
-        "cpu_affinity": args.cpu_affinity, "tag": args.tag,
+        "cpu_affinity": args.cpu_affinity, "tag": args.tag, "compile_layers": per_rank[0]["compile_layers"],
         "ddp_tokens_per_s": spread([s["tokens_per_s"] for s in ddp]),
         "ddp_median_step_ms": statistics.median(s["median_step_ms"] for s in ddp),
         **{f"ddp_median_{name}_ms": statistics.median(s[f"median_{name}_ms"] for s in ddp)
@@ -445,7 +452,22 @@ def _mfu(band: dict | None) -> str:
 
 
 def variant(result: dict) -> str:
-    """The reduce dtype, then what else set this run apart (CPU pinning, tag)."""
-    extra = [", CPUs split" if result.get("cpu_affinity") == "split" else "",
+    """The reduce dtype, then what else set this run apart (CPU pinning, compiled layers, tag)."""
+    extra = [", CPUs split" if result.get("cpu_affinity") == "split" else "", compiled_note(compile_backend(result)),
              f", {result['tag']}" if result.get("tag") else ""]
     return result["reduce_dtype"] + "".join(extra)
+
+
+def compile_backend(result: dict) -> str | None:
+    """The --compile-layers backend a result JSON records (None: eager layers, also for JSONs from before the flag)."""
+    return (result.get("compile_layers") or {}).get("backend")
+
+
+def compiled_suffix(backend: str | None) -> str:
+    """Result-name part of --compile-layers: _compiled for inductor, _compiled-<backend> for a checking backend."""
+    return "" if not backend else "_compiled" if backend == "inductor" else f"_compiled-{backend}"
+
+
+def compiled_note(backend: str | None) -> str:
+    """What the summary's FSDP groups / reduce columns add for --compile-layers."""
+    return "" if not backend else ", layers compiled" + ("" if backend == "inductor" else f" ({backend})")

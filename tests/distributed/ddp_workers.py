@@ -162,6 +162,20 @@ def bench(ctx, out_dir: Path) -> dict:
     return multi_gpu.combine_replicated(args, ctx, D.gather_objects(mine, ctx))
 
 
+def bench_compiled(ctx, out_dir: Path) -> dict:
+    """bench() with --compile-layers aot_eager (Dynamo's capture and guards without inductor's code generation): one
+    round of single and ddp phases over one block-epoch."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import multi_gpu
+
+    args = multi_gpu.parse_args(["--out", str(out_dir), "--tiny", "--mode", "ddp", "--compare-single", "1",
+                                 "--compile-layers", "aot_eager"])
+    mine = multi_gpu.run_replicated(args, ctx, multi_gpu.build_method, multi_gpu.result_stem(args, ctx.world_size))
+    return multi_gpu.combine_replicated(args, ctx, D.gather_objects(mine, ctx))
+
+
 PARTIAL_LAYOUTS = {  # parameter names of a hand-made block; *_rank0 get a gradient on rank 0 only, *_none on none
     "flags in the last bucket": ["w_all", "w_rank0", "w_none", "b_all", "b_rank0", "b_none"],  # last bucket: 3 norms
     "flags alone": ["w_all", "w_rank0", "w_none", "b_all"],  # last bucket holds one tensor: a separate all-reduce
@@ -208,4 +222,4 @@ def partial_gradients(ctx) -> dict:
 def all_ddp_cases(ctx, out_dir: Path, model_dir: Path) -> dict:
     return {"equivalence": equivalence(ctx), "library": library(ctx), "resume": resume(ctx, out_dir / "resume"),
             "harness": harness(ctx, out_dir / "harness", model_dir), "bench": bench(ctx, out_dir / "bench"),
-            "partial": partial_gradients(ctx)}
+            "partial": partial_gradients(ctx), "bench_compiled": bench_compiled(ctx, out_dir / "bench_compiled")}

@@ -183,3 +183,20 @@ def test_gradients_present_on_some_ranks_only(ddp, layout):
             assert local[1][name] is None and local[0][name] is not None
         want = ((theirs[0] + theirs[1]) / 2).to(torch.bfloat16)
         assert torch.equal(held[0], want) and torch.equal(held[1], want), name
+
+
+def test_benchmark_with_compiled_layers_reuses_its_graphs_and_keeps_the_eager_losses(ddp):
+    """--mode ddp --compare-single 1 --compile-layers aot_eager (tiny Llama, one block-epoch): three graphs on each
+    rank, compiled in the single phase and reused by the ddp phase; rank 0's single phase starts with the same
+    batches and weights as the eager benchmark's, and aot_eager gives its losses bit for bit."""
+    result, eager = ddp["bench_compiled"], ddp["bench"]
+    assert [(p["kind"], p["gpus"]) for p in result["phases"]] == [("single", 1), ("ddp", 2)]
+    assert result["compile_layers"]["backend"] == "aot_eager"
+    for rank in result["per_rank"]:
+        stats = rank["compile_layers"]
+        assert (stats["graphs"], stats["recompiles"], stats["graph_breaks"]) == (3, 2, 0), stats
+        new = {p["kind"]: [s["new_graphs"] for s in p["steps"]] for p in rank["phases"]}
+        assert sum(new.get("single", [])) == (3 if rank["rank"] == 0 else 0)  # rank 1 first compiles under ddp
+        assert sum(new["ddp"]) == (0 if rank["rank"] == 0 else 3)
+    steps = len(eager["phases"][0]["losses_rank0"])
+    assert result["phases"][0]["losses_rank0"][:steps] == eager["phases"][0]["losses_rank0"]

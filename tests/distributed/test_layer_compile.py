@@ -1,0 +1,137 @@
+"""experiments/layer_compile.py and benchmarks/multi_gpu.py --compile-layers: BAdam's block switches reuse three
+Dynamo graphs for the whole model (no recompilation per layer or per step), the compiled layers give the eager
+losses, and the flag reaches the result's name and JSON.
+
+The tests compile with backend "aot_eager": the same Dynamo capture and guards as inductor (the graphs and recompiles
+counted here), without inductor's C++ code generation (about 50 s for the three graphs on this 2-core CPU box)."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import multi_gpu  # noqa: E402
+
+LAYERS = 3  # more layers than graphs: a guard on the layer (its index, its parameters' identity) would show
+
+
+def _tiny_llama(monkeypatch, layers: int):
+    from experiments import model_configs
+    from experiments.models import load_model
+
+    spec = model_configs.RANDOM_MODELS["tiny-llama"]
+    monkeypatch.setitem(model_configs.RANDOM_MODELS, "tiny-llama",
+                        dataclasses.replace(spec, config={**spec.config, "num_hidden_layers": layers}))
+    model, _ = load_model("random:tiny-llama", dtype="fp32", gradient_checkpointing=True, tokenizer=False, seed=0)
+    return model
+
+
+def _train(model, steps: int, compile_backend: str | None):
+    """BAdam, one block per layer, a switch every step (the most switches); losses of `steps` steps."""
+    from baselines.registry import get_method_class
+    from experiments.layer_compile import compile_decoder_layers
+
+    cls = get_method_class("badam")
+    method = cls(cls.Options(switch_block_every=1, switch_mode="ascending", start_block=0, seed=0), lr=1e-3,
+                 weight_decay=0.0)
+    model = method.prepare_model(model)
+    compiled = compile_decoder_layers(model, compile_backend) if compile_backend else None
+    method.build_optimizer(model)
+    model.train()
+    model.config.use_cache = False
+    gen = torch.Generator().manual_seed(1)
+    losses, blocks = [], []
+    for _ in range(steps):
+        ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=gen)
+        blocks.append(method.describe()["active_block"])
+        loss = model(input_ids=ids, labels=ids).loss
+        method.backward(loss)
+        method.clip_and_norm(1.0)
+        method.step()
+        method.zero_grad()
+        losses.append(float(loss.detach()))
+    return losses, blocks, compiled
+
+
+@pytest.fixture
+def fresh_dynamo(monkeypatch):
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", False)  # restored afterwards
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
+def test_block_switches_reuse_three_graphs_and_keep_the_eager_losses(monkeypatch, fresh_dynamo):
+    steps = LAYERS + 2  # a block-epoch (every layer active once), then two more switches from the first block again
+    eager, blocks, _ = _train(_tiny_llama(monkeypatch, LAYERS), steps, None)
+    losses, compiled_blocks, compiled = _train(_tiny_llama(monkeypatch, LAYERS), steps, "aot_eager")
+    assert blocks == compiled_blocks and sorted(set(blocks)) == list(range(LAYERS))
+    stats = compiled.stats()
+    # below the active block / the active layer / above it: three graphs for all layers, i.e. two recompiles
+    assert (stats["graphs"], stats["recompiles"], stats["graph_breaks"]) == (3, 2, 0), stats
+    assert stats["layers"] == LAYERS and stats["backend"] == "aot_eager" and stats["compile_s"] > 0
+    assert losses == eager  # aot_eager runs the captured graphs with eager kernels: the same fp32 numbers
+
+
+def test_a_model_without_decoder_layers_is_refused():
+    from experiments.layer_compile import compile_decoder_layers
+
+    with pytest.raises(ValueError, match="no decoder layers at model.model.layers"):
+        compile_decoder_layers(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="unknown compile backend 'tvm'; choose one of inductor, aot_eager, eager"):
+        compile_decoder_layers(torch.nn.Linear(2, 2), "tvm")
+
+
+def test_the_flag_is_parsed_and_named():
+    plain = multi_gpu.parse_args(["--out", "x"])
+    assert plain.compile_layers is None
+    compiled = multi_gpu.parse_args(["--out", "x", "--compile-layers", "--tag", "r1"])
+    assert compiled.compile_layers == "inductor"
+    assert multi_gpu.result_stem(compiled, 2) == "llama3-8b_badam_n2_compiled_r1"
+    ddp = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "3", "--compile-layers",
+                                "aot_eager", "--cpu-affinity", "split"])
+    assert multi_gpu.result_stem(ddp, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_pinned_compiled-aot_eager"
+    with pytest.raises(SystemExit):
+        multi_gpu.parse_args(["--out", "x", "--compile-layers", "tvm"])
+
+
+def test_the_summary_marks_compiled_runs_and_pairs_like_with_like(tmp_path):
+    import json
+
+    env = {"command": "c", "world_size": 1, "device": "d", "torch": "t", "cuda": None, "nccl": None,
+           "transformers": "x", "date": "now"}
+
+    def ddp(tokens, compile_layers):
+        return {"model": "m", "method": "badam", "mode": "ddp", "gpus": 1, "batch_per_gpu": 2, "seq_len": 8,
+                "reduce_dtype": "fp32", "rounds": 1, "tag": "r1", "compile_layers": compile_layers,
+                "single_tokens_per_s": {"median": tokens, "min": tokens, "max": tokens},
+                "ddp_tokens_per_s": {"median": tokens, "min": tokens, "max": tokens},
+                "ddp_median_forward_ms": 3.0, "ddp_median_backward_ms": 6.0, "ddp_median_update_ms": 1.0,
+                "ddp_peak_allocated_bytes_max": None, "environment": env}
+
+    def fsdp(tokens, groups, compile_layers):
+        return {"model": "m", "method": "badam", "gpus": 1, "batch_per_gpu": 2, "seq_len": 8, "tag": "r1",
+                "fsdp_groups": groups, "compile_layers": compile_layers, "median_step_ms": 10.0,
+                "median_forward_ms": 3.0, "median_backward_ms": 6.0, "median_update_ms": 1.0, "tokens_per_s": tokens,
+                "tokens_per_s_per_gpu": tokens, "peak_allocated_bytes_max": None, "predicted_bytes_per_gpu": None,
+                "weights_bytes_per_rank": [None], "environment": env}
+
+    stats = {"backend": "inductor", "layers": 2, "graphs": 3, "graph_breaks": 0, "recompiles": 2, "compile_s": 1.0}
+    runs = {"m_badam_n1_ddp_fp32_vs1x1_r1": ddp(100.0, None),
+            "m_badam_n1_ddp_fp32_vs1x1_compiled_r1": ddp(125.0, stats),
+            "m_badam_n1_r1": fsdp(80.0, "A [r1]", None),
+            "m_badam_n1_compiled_r1": fsdp(110.0, "A, layers compiled [r1]", stats)}
+    for name, r in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    table = multi_gpu.summary_markdown(tmp_path)
+    assert "| fp32, layers compiled, r1 | 1 | 125 [125-125] |" in table and "| fp32, r1 | 1 | 100 [100-100] |" in table
+    assert "| m | badam | A | 1 | 2 x 8 | 1 | 0.800 [0.800-0.800] |" in table  # eager FSDP2 / eager plain
+    assert "| m | badam | A, layers compiled | 1 | 2 x 8 | 1 | 0.880 [0.880-0.880] |" in table  # compiled / compiled
