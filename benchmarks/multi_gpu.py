@@ -8,6 +8,9 @@ Launch one run per GPU count (each run < 5 minutes at the defaults):
     # data parallel (train.distributed=ddp) against the plain single-GPU path, 5 alternating rounds, one block-epoch
     torchrun --nproc_per_node 2 benchmarks/multi_gpu.py --out results/bench/multi_gpu --mode ddp --compare-single 5 \
         --switch-every 1 --steps 35
+    # the same with every decoder layer compiled (torch.compile, checkpointing and the rest eager; name gets _compiled)
+    torchrun --nproc_per_node 2 benchmarks/multi_gpu.py --out results/bench/multi_gpu --mode ddp --compare-single 5 \
+        --switch-every 1 --steps 35 --compile-layers
     # CPU check of the script itself (2 gloo processes, tiny Llama):
     torchrun --nproc_per_node 2 benchmarks/multi_gpu.py --out /tmp/bench_multi --tiny
 

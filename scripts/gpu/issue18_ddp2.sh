@@ -17,18 +17,24 @@
 #   fsdp1  (nvidia-h100-x1, ~6 min) ONE GPU, 8B, batch 2: the plain path (the ddp benchmark's single phase) against
 #          FSDP2 on one GPU, 3 x alternating (issue 18's target: FSDP2 on 1 GPU within 15 % of plain), then one more
 #          FSDP2 run with rank 0's profiler table (runs/mg1); REPEATS="4 5 6" PROFILE=0 adds repeats to the folder
+#   compile1 (nvidia-h100-x1, ~8 min) ONE GPU, 8B, batch 2: the plain path with eager layers against the same with every
+#          decoder layer compiled (--compile-layers, inductor), 3 x alternating (runs/mg1c; each compiled run compiles
+#          its three graphs in the first two steps, inductor's on-disk cache makes the later runs' compiles short);
+#          FSDP=1 adds an FSDP2 run with compiled layers per repeat; REPEATS="1 2" / "3" split it over two calls
+#   compile2 (nvidia-h100-x2, ~8 min) batch 2, fp32 all-reduce, ddp against single with eager / compiled layers, 2 x
+#          alternating, 3 rounds each (runs/mg, next to the diag runs)
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
 # Afterwards: benchmarks/multi_gpu_diagnostics.py on the JSONs prints the per-rank and paired comparisons (also in
 # summary.md); folders merged from several machines: benchmarks/multi_gpu.py --out DIR --rewrite-summary.
 set -u
-phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1}
+phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2}
 case $phase in
-    diag|wire|b8|fsdp|adam|70b|fsdp1) ;;
-    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b or fsdp1" >&2; exit 2 ;;
+    diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2) ;;
+    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1 or compile2" >&2; exit 2 ;;
 esac
 export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
-folder=mg; [ "$phase" = 70b ] && folder=mg70; [ "$phase" = fsdp1 ] && folder=mg1
+folder=mg; [ "$phase" = 70b ] && folder=mg70; [ "$phase" = fsdp1 ] && folder=mg1; [ "$phase" = compile1 ] && folder=mg1c
 out=runs/$folder
 mkdir -p "$out" "$OUT"; trap 'tar -C runs -czf "$OUT/$phase.tgz" "$folder"' EXIT
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader; nvidia-smi topo -m | head -4
@@ -70,4 +76,20 @@ case $phase in
         done
         [ "${PROFILE:-1}" = 0 ] ||
             run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
+    compile1)
+        export NPROC=1 LIMIT=150
+        for r in ${REPEATS:-1 2 3}; do
+            run plain_r$r --mode ddp --compare-single 1 --switch-every 1 --steps 35 --tag r$r || exit 1
+            LIMIT=240 run plain_compiled_r$r --mode ddp --compare-single 1 --switch-every 1 --steps 35 --tag r$r \
+                --compile-layers || exit 1
+            [ "${FSDP:-0}" = 0 ] ||
+                LIMIT=240 run fsdp1_compiled_r$r --switch-every 1 --steps 35 --tag r$r --compile-layers || exit 1
+        done ;;
+    compile2)
+        export LIMIT=240
+        for r in ${REPEATS:-1 2}; do
+            run ddp_b2_r$r --mode ddp --compare-single 3 --switch-every 1 --steps 35 --tag r$r || exit 1
+            run ddp_b2_compiled_r$r --mode ddp --compare-single 3 --switch-every 1 --steps 35 --tag r$r \
+                --compile-layers || exit 1
+        done ;;
 esac

@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu" / "issue18_ddp2.sh"
-PHASES = ("diag", "wire", "b8", "fsdp", "adam", "70b", "fsdp1")
+PHASES = ("diag", "wire", "b8", "fsdp", "adam", "70b", "fsdp1", "compile1", "compile2")
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import multi_gpu  # noqa: E402
@@ -32,20 +32,22 @@ def test_every_phase_passes_arguments_the_benchmark_accepts(tmp_path):
         assert done.returncode == 0, (phase, done.stderr[-500:])
         assert (tmp_path / "out" / f"{phase}.tgz").is_file()
     lines = calls.read_text().splitlines()
-    assert len(lines) == 2 + 2 + 1 + 6 + 1 + 4 + 7
+    assert len(lines) == 2 + 2 + 1 + 6 + 1 + 4 + 7 + 6 + 4
     for line in lines:
         words = line.split()
-        gpus = "1" if "runs/mg1 " in line else "2"   # fsdp1: one GPU, plain against FSDP2
+        gpus = "1" if "runs/mg1 " in line or "runs/mg1c " in line else "2"   # fsdp1, compile1: one GPU
         assert words[:3] == ["--nproc_per_node", gpus, "benchmarks/multi_gpu.py"], line
         multi_gpu.parse_args(words[3:])  # exits (fails the test) on an argument the benchmark refuses
     assert sum("--cpu-affinity split" in line for line in lines) == 1
     assert sum("llama3-70b" in line and "runs/mg70" in line for line in lines) == 4
-    assert sum(line.startswith("--nproc_per_node 1 ") for line in lines) == 7
+    assert sum(line.startswith("--nproc_per_node 1 ") for line in lines) == 7 + 6
+    compiled = [line for line in lines if "--compile-layers" in line]
+    assert len(compiled) == 3 + 2 and all("--mode ddp --compare-single" in line for line in compiled)
 
 
 def test_a_bad_phase_is_named_and_writes_nothing(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "b2"], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "OUT": str(tmp_path / "out"), "BADAM_SOURCE_COMMIT": "x"})
     assert done.returncode == 2
-    assert "unknown phase b2; choose diag, wire, b8, fsdp, adam, 70b or fsdp1" in done.stderr
+    assert "unknown phase b2; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1 or compile2" in done.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()

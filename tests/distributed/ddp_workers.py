@@ -170,6 +170,8 @@ def bench_compiled(ctx, out_dir: Path) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import multi_gpu
 
+    torch._dynamo.reset()  # this process's first compilation: counted from zero
+    torch._dynamo.utils.counters.clear()
     args = multi_gpu.parse_args(["--out", str(out_dir), "--tiny", "--mode", "ddp", "--compare-single", "1",
                                  "--compile-layers", "aot_eager"])
     mine = multi_gpu.run_replicated(args, ctx, multi_gpu.build_method, multi_gpu.result_stem(args, ctx.world_size))

@@ -135,3 +135,15 @@ def test_the_summary_marks_compiled_runs_and_pairs_like_with_like(tmp_path):
     assert "| fp32, layers compiled, r1 | 1 | 125 [125-125] |" in table and "| fp32, r1 | 1 | 100 [100-100] |" in table
     assert "| m | badam | A | 1 | 2 x 8 | 1 | 0.800 [0.800-0.800] |" in table  # eager FSDP2 / eager plain
     assert "| m | badam | A, layers compiled | 1 | 2 x 8 | 1 | 0.880 [0.880-0.880] |" in table  # compiled / compiled
+
+
+def test_fsdp2_layers_compile_with_their_hooks_outside_and_keep_the_eager_numbers(fsdp2_run):
+    """2 gloo processes, FSDP2's default layout, BAdam across a block switch: compiled (aot_eager) and checkpointed
+    layers give the eager, uncheckpointed run's losses and weights bit for bit (tests/distributed/workers.py)."""
+    got, eager = fsdp2_run["compiled_layers"], fsdp2_run["keep_gathered"][0]
+    assert got["losses"] == eager["losses"] and len(got["losses"]) == 4
+    assert got["weights"].keys() == eager["weights"].keys()
+    assert all(torch.equal(got["weights"][k], eager["weights"][k]) for k in eager["weights"])
+    # three requires_grad states x two attention masks (some micro-batches are padded and carry a mask tensor, the
+    # others none; Dynamo guards on which): six graphs, still none per layer or per step
+    assert (got["stats"]["graphs"], got["stats"]["graph_breaks"]) == (6, 0), got["stats"]

@@ -115,7 +115,7 @@ def all_cases(out_dir: Path, cases: list[tuple[str, str]], steps: int, resume_ar
 
         result = {"equivalence": equivalence(ctx, cases, steps), "resume": resume(ctx, out_dir, *resume_args),
                   "meta_init": meta_init(ctx), "ddp": all_ddp_cases(ctx, out_dir / "ddp", model_dir),
-                  "keep_gathered": keep_gathered(ctx)}
+                  "keep_gathered": keep_gathered(ctx), "compiled_layers": compiled_layers(ctx)}
         result["harness"] = harness(ctx, out_dir / "harness", model_dir)  # last: main() ends the process group
     finally:
         D.shutdown()
@@ -152,3 +152,24 @@ def keep_gathered(ctx, steps: int = 4) -> dict:
     finally:
         group_module.foreach_all_gather = original
     return out
+
+
+def compiled_layers(ctx, steps: int = 4) -> dict:
+    """keep_gathered's FSDP2-default run (budget 0) with gradient checkpointing on and every decoder layer compiled
+    after sharding (experiments/layer_compile.py, backend aot_eager): FSDP2's hooks stay outside the compiled forward."""
+    from badam.hf import enable_block_checkpointing
+    from experiments.layer_compile import compile_decoder_layers
+
+    torch._dynamo.reset()  # graphs of earlier cases (the ddp benchmark's bf16 layers) are not this model's
+    torch._dynamo.utils.counters.clear()
+    method = make_method("badam")
+    method.options.switch_mode, method.options.start_block = "ascending", 0
+    model = method.prepare_model(tiny_llama(torch.float32))
+    enable_block_checkpointing(model)  # as load_model(gradient_checkpointing=True) does
+    D.shard_model(model, ctx)
+    compiled = compile_decoder_layers(model, "aot_eager")
+    method.build_optimizer(model)
+    losses = []
+    for micro in rank_steps(ctx, steps):
+        losses += train_steps(model, method, [micro])
+    return {"losses": losses, "weights": full_weights(model), "stats": compiled.stats()}
