@@ -20,7 +20,8 @@ def test_every_phase_passes_arguments_the_benchmark_accepts(tmp_path):
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
     bin_dir.mkdir()
     stand_ins = {"torchrun": f'printf "%s\\n" "$*" >> {calls}; echo "wrote x"',  # arguments, one call a line
-                 "nvidia-smi": "echo 'NVIDIA H100 80GB HBM3, 1980 MHz, 700.00 W'"}
+                 "nvidia-smi": "echo 'NVIDIA H100 80GB HBM3, 1980 MHz, 700.00 W'",
+                 "python": "echo 'torch 2.11.0+cu128 triton 3.5.0'"}  # compile phases: the Triton check
     for name, body in stand_ins.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
