@@ -155,21 +155,28 @@ def keep_gathered(ctx, steps: int = 4) -> dict:
 
 
 def compiled_layers(ctx, steps: int = 4) -> dict:
-    """keep_gathered's FSDP2-default run (budget 0) with gradient checkpointing on and every decoder layer compiled
-    after sharding (experiments/layer_compile.py, backend aot_eager): FSDP2's hooks stay outside the compiled forward."""
+    """FSDP2's default layout, checkpointing on, BAdam (ascending, K = 2: one block switch), micro-batches without
+    attention masks (one graph per requires_grad state; masks would double them): eager, then every decoder layer
+    compiled after sharding (experiments/layer_compile.py, backend aot_eager; FSDP2's hooks stay outside the compiled
+    forward). Losses, weights and the compiled run's graph counts."""
     from badam.hf import enable_block_checkpointing
     from experiments.layer_compile import compile_decoder_layers
 
     torch._dynamo.reset()  # graphs of earlier cases (the ddp benchmark's bf16 layers) are not this model's
     torch._dynamo.utils.counters.clear()
-    method = make_method("badam")
-    method.options.switch_mode, method.options.start_block = "ascending", 0
-    model = method.prepare_model(tiny_llama(torch.float32))
-    enable_block_checkpointing(model)  # as load_model(gradient_checkpointing=True) does
-    D.shard_model(model, ctx)
-    compiled = compile_decoder_layers(model, "aot_eager")
-    method.build_optimizer(model)
-    losses = []
-    for micro in rank_steps(ctx, steps):
-        losses += train_steps(model, method, [micro])
-    return {"losses": losses, "weights": full_weights(model), "stats": compiled.stats()}
+    out = {}
+    for backend in (None, "aot_eager"):
+        method = make_method("badam")
+        method.options.switch_mode, method.options.start_block = "ascending", 0
+        model = method.prepare_model(tiny_llama(torch.float32))
+        enable_block_checkpointing(model)  # as load_model(gradient_checkpointing=True) does
+        D.shard_model(model, ctx)
+        compiled = compile_decoder_layers(model, backend) if backend else None
+        method.build_optimizer(model)
+        losses = []
+        for micro in rank_steps(ctx, steps):
+            losses += train_steps(model, method, [[{k: v for k, v in batch.items() if k != "attention_mask"}
+                                                   for batch in micro]])
+        out[backend or "eager"] = {"losses": losses, "weights": full_weights(model),
+                                   "stats": compiled.stats() if compiled else None}
+    return out
