@@ -198,7 +198,9 @@ def diagnose(result: dict) -> dict:
 
 
 def _label(result: dict) -> str:
-    extra = (" CPUs split" if result.get("cpu_affinity") == "split" else "") + (
+    backend = (result.get("compile_layers") or {}).get("backend")   # --compile-layers (multi_gpu_ddp.compile_backend)
+    compiled = "" if not backend else " compiled" + ("" if backend == "inductor" else f" ({backend})")
+    extra = (" CPUs split" if result.get("cpu_affinity") == "split" else "") + compiled + (
         f" {result['tag']}" if result.get("tag") else "")
     return f"{result['model']} {result['method']} {result['batch_per_gpu']}x{result['seq_len']} " \
            f"{result['reduce_dtype']}{extra}"
