@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from multi_gpu_diagnostics import diagnose, spread
+from multi_gpu_diagnostics import compile_backend, diagnose, spread
 from multi_gpu_diagnostics import markdown as diagnostics_markdown
 
 GIB = 1024 ** 3
@@ -456,11 +456,6 @@ def variant(result: dict) -> str:
     extra = [", CPUs split" if result.get("cpu_affinity") == "split" else "", compiled_note(compile_backend(result)),
              f", {result['tag']}" if result.get("tag") else ""]
     return result["reduce_dtype"] + "".join(extra)
-
-
-def compile_backend(result: dict) -> str | None:
-    """The --compile-layers backend a result JSON records (None: eager layers, also for JSONs from before the flag)."""
-    return (result.get("compile_layers") or {}).get("backend")
 
 
 def compiled_suffix(backend: str | None) -> str:

@@ -197,8 +197,13 @@ def diagnose(result: dict) -> dict:
             "throughput": {kind: throughput(result, kind) for kind in ("alone", "ddp")}}
 
 
+def compile_backend(result: dict) -> str | None:
+    """The --compile-layers backend a result JSON records (None: eager layers, also for JSONs from before the flag)."""
+    return (result.get("compile_layers") or {}).get("backend")
+
+
 def _label(result: dict) -> str:
-    backend = (result.get("compile_layers") or {}).get("backend")   # --compile-layers (multi_gpu_ddp.compile_backend)
+    backend = compile_backend(result)
     compiled = "" if not backend else " compiled" + ("" if backend == "inductor" else f" ({backend})")
     extra = (" CPUs split" if result.get("cpu_affinity") == "split" else "") + compiled + (
         f" {result['tag']}" if result.get("tag") else "")
