@@ -46,6 +46,7 @@ run() {  # run LOG [benchmark arguments...]: one torchrun under a time limit, it
     local rc=$?; echo "== $log rc $rc"; tail -n 3 "$out/$log.txt"; return $rc
 }
 diag=(--mode ddp --compare-single 5 --single-every-rank --alone-phase --switch-every 1 --steps 35)
+plain1=(--mode ddp --compare-single 1 --switch-every 1 --steps 35)  # one GPU: the plain path (single phase)
 case $phase in
     diag)
         run ddp_b2_fp32_diag "${diag[@]}" --reduce-dtype fp32 || exit 1
@@ -71,7 +72,7 @@ case $phase in
     fsdp1)
         export NPROC=1 LIMIT=150
         for r in ${REPEATS:-1 2 3}; do
-            run plain_r$r --mode ddp --compare-single 1 --switch-every 1 --steps 35 --tag r$r || exit 1
+            run plain_r$r "${plain1[@]}" --tag r$r || exit 1
             run fsdp1_r$r --switch-every 1 --steps 35 --tag r$r || exit 1
         done
         [ "${PROFILE:-1}" = 0 ] ||
@@ -81,9 +82,8 @@ case $phase in
     compile1)
         export NPROC=1 LIMIT=150
         for r in ${REPEATS:-1 2 3}; do
-            run plain_r$r --mode ddp --compare-single 1 --switch-every 1 --steps 35 --tag r$r || exit 1
-            LIMIT=240 run plain_compiled_r$r --mode ddp --compare-single 1 --switch-every 1 --steps 35 --tag r$r \
-                --compile-layers || exit 1
+            run plain_r$r "${plain1[@]}" --tag r$r || exit 1
+            LIMIT=240 run plain_compiled_r$r "${plain1[@]}" --tag r$r --compile-layers || exit 1
             [ "${FSDP:-0}" = 0 ] ||
                 LIMIT=240 run fsdp1_compiled_r$r --switch-every 1 --steps 35 --tag r$r --compile-layers || exit 1
         done ;;
