@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import multi_gpu  # noqa: E402
+from tests.distributed.bench_results import replicated_result, sharded_result, spread_of  # noqa: E402
 
 LAYERS = 3  # more layers than graphs: a guard on the layer (its index, its parameters' identity) would show
 
@@ -106,23 +107,12 @@ def test_the_flag_is_parsed_and_named():
 def test_the_summary_marks_compiled_runs_and_pairs_like_with_like(tmp_path):
     import json
 
-    env = {"command": "c", "world_size": 1, "device": "d", "torch": "t", "cuda": None, "nccl": None,
-           "transformers": "x", "date": "now"}
-
     def ddp(tokens, compile_layers):
-        return {"model": "m", "method": "badam", "mode": "ddp", "gpus": 1, "batch_per_gpu": 2, "seq_len": 8,
-                "reduce_dtype": "fp32", "rounds": 1, "tag": "r1", "compile_layers": compile_layers,
-                "single_tokens_per_s": {"median": tokens, "min": tokens, "max": tokens},
-                "ddp_tokens_per_s": {"median": tokens, "min": tokens, "max": tokens},
-                "ddp_median_forward_ms": 3.0, "ddp_median_backward_ms": 6.0, "ddp_median_update_ms": 1.0,
-                "ddp_peak_allocated_bytes_max": None, "environment": env}
+        return replicated_result(1, spread_of(tokens), tag="r1", compile_layers=compile_layers,
+                                 single_tokens_per_s=spread_of(tokens))
 
     def fsdp(tokens, groups, compile_layers):
-        return {"model": "m", "method": "badam", "gpus": 1, "batch_per_gpu": 2, "seq_len": 8, "tag": "r1",
-                "fsdp_groups": groups, "compile_layers": compile_layers, "median_step_ms": 10.0,
-                "median_forward_ms": 3.0, "median_backward_ms": 6.0, "median_update_ms": 1.0, "tokens_per_s": tokens,
-                "tokens_per_s_per_gpu": tokens, "peak_allocated_bytes_max": None, "predicted_bytes_per_gpu": None,
-                "weights_bytes_per_rank": [None], "environment": env}
+        return sharded_result(1, tokens, groups, tag="r1", compile_layers=compile_layers)
 
     stats = {"backend": "inductor", "layers": 2, "graphs": 3, "graph_breaks": 0, "recompiles": 2, "compile_s": 1.0}
     runs = {"m_badam_n1_ddp_fp32_vs1x1_r1": ddp(100.0, None),

@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import multi_gpu  # noqa: E402
 import multi_gpu_diagnostics  # noqa: E402
+from tests.distributed.bench_results import replicated_result, sharded_result, spread_of  # noqa: E402
 from multi_gpu_ddp import bind_to_cpu_share, host_cpu_state, split_cpus, timed_steps  # noqa: E402
 
 
@@ -42,18 +43,9 @@ def test_tiny_run_writes_phases_profile_and_summary(tmp_path):
     assert row in (out / "summary.md").read_text()
 
 
-def _result(gpus, tokens_per_s, groups):
-    return {"model": "m", "method": "badam", "gpus": gpus, "batch_per_gpu": 2, "seq_len": 8, "fsdp_groups": groups,
-            "median_step_ms": 10.0, "median_forward_ms": 3.0, "median_backward_ms": 6.0, "median_update_ms": 1.0,
-            "tokens_per_s": tokens_per_s, "tokens_per_s_per_gpu": tokens_per_s / gpus, "peak_allocated_bytes_max": None,
-            "predicted_bytes_per_gpu": None, "weights_bytes_per_rank": [None],
-            "environment": {"command": "c", "world_size": gpus, "device": "d", "torch": "t", "cuda": None,
-                            "nccl": None, "transformers": "x", "date": "now"}}
-
-
 def test_scaling_compares_with_the_best_single_gpu_path(tmp_path):
-    runs = {"a_n1": _result(1, 100.0, "A"), "a_n2": _result(2, 180.0, "A"), "b_n2": _result(2, 150.0, "B"),
-            "c_n2": {**_result(2, 150.0, "C"), "batch_per_gpu": 8}}
+    runs = {"a_n1": sharded_result(1, 100.0, "A"), "a_n2": sharded_result(2, 180.0, "A"),
+            "b_n2": sharded_result(2, 150.0, "B"), "c_n2": sharded_result(2, 150.0, "C", batch_per_gpu=8)}
     for name, r in runs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(r))
     table = multi_gpu.summary_markdown(tmp_path)
@@ -61,13 +53,10 @@ def test_scaling_compares_with_the_best_single_gpu_path(tmp_path):
     assert "| m | badam | B | 2 | 2 x 8 | 10 | 3 / 6 / 1 | 150 | 75 | 0.75 |" in table  # A's 1-GPU run: any layout
     assert "| m | badam | C | 2 | 8 x 8 |" in table and "n/a (no 1-GPU run)" in table  # no 1-GPU run at batch 8
     # a ddp run's single-GPU phases, faster than 1-GPU FSDP2, become the baseline of every row
-    ddp = {"model": "m", "method": "badam", "mode": "ddp", "gpus": 2, "batch_per_gpu": 2, "seq_len": 8,
-           "reduce_dtype": "fp32", "rounds": 3, "single_tokens_per_s": {"median": 120.0, "min": 110.0, "max": 125.0},
-           "ddp_tokens_per_s": {"median": 228.0, "min": 220.0, "max": 230.0},
-           "scaling_per_round": {"median": 0.95, "min": 0.93, "max": 0.97}, "scaling_of_medians": 0.95,
-           "ddp_median_forward_ms": 3.0, "ddp_median_backward_ms": 6.0, "ddp_median_update_ms": 1.0,
-           "single_peak_allocated_bytes_max": None, "ddp_peak_allocated_bytes_max": None,
-           "environment": _result(2, 1.0, "")["environment"]}
+    ddp = replicated_result(2, spread_of(228.0, 220.0, 230.0), rounds=3,
+                            single_tokens_per_s=spread_of(120.0, 110.0, 125.0),
+                            scaling_per_round=spread_of(0.95, 0.93, 0.97), scaling_of_medians=0.95,
+                            single_peak_allocated_bytes_max=None)
     (tmp_path / "m_badam_n2_ddp_fp32_vs1x3.json").write_text(json.dumps(ddp))
     table = multi_gpu.summary_markdown(tmp_path)
     assert "| m | badam | A | 2 | 2 x 8 | 10 | 3 / 6 / 1 | 180 | 90 | 0.75 |" in table
@@ -78,20 +67,15 @@ def test_scaling_compares_with_the_best_single_gpu_path(tmp_path):
 def test_fsdp2_runs_are_paired_with_the_plain_path_of_their_repeat(tmp_path):
     # issue18_ddp2.sh fsdp1: plain (a 1-GPU ddp run's single phase) and FSDP2 alternate, one --tag per repeat; each
     # FSDP2 run is compared with its own repeat's plain path, not with the folder's best (a drifting host)
-    ddp = {"model": "m", "method": "badam", "mode": "ddp", "gpus": 1, "batch_per_gpu": 2, "seq_len": 8,
-           "rounds": 1, "reduce_dtype": "fp32", "ddp_tokens_per_s": {"median": 1.0, "min": 1.0, "max": 1.0},
-           "ddp_median_forward_ms": 3.0, "ddp_median_backward_ms": 6.0, "ddp_median_update_ms": 1.0,
-           "scaling_per_round": {"median": 1.0, "min": 1.0, "max": 1.0}, "scaling_of_medians": 1.0,
-           "single_peak_allocated_bytes_max": None, "ddp_peak_allocated_bytes_max": None,
-           "environment": _result(1, 1.0, "")["environment"]}
     for tag, plain, fsdp in (("r1", 100.0, 80.0), ("r2", 120.0, 108.0), ("r3", 90.0, 81.0), ("r4", 50.0, None)):
-        (tmp_path / f"m_badam_n1_ddp_{tag}.json").write_text(json.dumps(
-            {**ddp, "tag": tag, "single_tokens_per_s": {"median": plain, "min": plain, "max": plain}}))
+        (tmp_path / f"m_badam_n1_ddp_{tag}.json").write_text(json.dumps(replicated_result(
+            1, spread_of(1.0), tag=tag, single_tokens_per_s=spread_of(plain), scaling_per_round=spread_of(1.0),
+            scaling_of_medians=1.0, single_peak_allocated_bytes_max=None)))
         if fsdp is not None:   # r4: a plain run without its FSDP2 partner pairs with nothing; r3: an older JSON,
             # its tag only in the groups' name
-            run = {**_result(1, fsdp, "A"), "tag": tag} if tag != "r3" else _result(1, fsdp, "A [r3]")
+            run = sharded_result(1, fsdp, "A", tag=tag) if tag != "r3" else sharded_result(1, fsdp, "A [r3]")
             (tmp_path / f"m_badam_n1_{tag}.json").write_text(json.dumps(run))
-    (tmp_path / "m_badam_n1_untagged.json").write_text(json.dumps(_result(1, 10.0, "A")))   # no repeat: left out
+    (tmp_path / "m_badam_n1_untagged.json").write_text(json.dumps(sharded_result(1, 10.0, "A")))  # no repeat: left out
     table = multi_gpu.summary_markdown(tmp_path)
     assert "| m | badam | A | 1 | 2 x 8 | 3 | 0.900 [0.800-0.900] | r1 0.800, r2 0.900, r3 0.900 |" in table
     assert "| m | badam | A [r3] | 1 | 2 x 8 | 10 | 3 / 6 / 1 | 81 | 81 | 0.68 |" in table  # best of folder: 120
