@@ -16,7 +16,9 @@
 #          gathered, 2 x alternating, 8 steps (step time, tokens/s, MFU, memory per GPU)
 #   fsdp1  (nvidia-h100-x1, ~6 min) ONE GPU, 8B, batch 2: the plain path (the ddp benchmark's single phase) against
 #          FSDP2 on one GPU, 3 x alternating (issue 18's target: FSDP2 on 1 GPU within 15 % of plain), then one more
-#          FSDP2 run with rank 0's profiler table (runs/mg1); REPEATS="4 5 6" PROFILE=0 adds repeats to the folder
+#          FSDP2 run with rank 0's profiler table (runs/mg1); REPEATS="4 5 6" PROFILE=0 adds repeats to the folder;
+#          KEEPALL=1 adds per repeat an FSDP2 run that keeps every layer backward reaches gathered from forward on
+#          (--keep-gathered-layers -1: no second all-gather in backward, for up to the model's bf16 bytes more)
 #   compile1 (nvidia-h100-x1, ~8 min) ONE GPU, 8B, batch 2: the plain path with eager layers against the same with every
 #          decoder layer compiled (--compile-layers, inductor), 3 x alternating (runs/mg1c; each compiled run compiles
 #          its three graphs in the first two steps, inductor's on-disk cache makes the later runs' compiles short);
@@ -74,6 +76,8 @@ case $phase in
         for r in ${REPEATS:-1 2 3}; do
             run plain_r$r "${plain1[@]}" --tag r$r || exit 1
             run fsdp1_r$r --switch-every 1 --steps 35 --tag r$r || exit 1
+            [ "${KEEPALL:-0}" = 0 ] ||
+                run fsdp1_keepall_r$r --switch-every 1 --steps 35 --tag r$r --keep-gathered-layers -1 || exit 1
         done
         [ "${PROFILE:-1}" = 0 ] ||
             run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
