@@ -107,6 +107,14 @@ class BAdam(Method):
     description = "block coordinate descent: one block (a layer) trains with AdamW for K steps, then the next (BAdam)"
     grad_norm_over = "active_block"
 
+    @classmethod
+    def compile_layers_problem(cls, options) -> str | None:
+        # layers / attn_mlp: 3 / 4 graphs in training (below the active block, its part(s), above it)
+        if options.partition == "matrix":
+            return ("partition=matrix makes each of a layer's tensors a block: one Dynamo graph per tensor, more than "
+                    "torch's recompile limit allows (use partition=layers or attn_mlp)")
+        return super().compile_layers_problem(options)
+
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model  # BlockOptimizer freezes everything but the active block
 

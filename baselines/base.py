@@ -106,6 +106,17 @@ class Method:
                                              "update inside backward cannot average first; methods whose trainable "
                                              "subset changes or that communicate themselves need their own handling)")
 
+    # Why the method cannot train with compiled decoder layers (train.compile_layers; None: it can). Dynamo guards
+    # each layer's parameters' requires_grad: a method that trains changing subsets of a layer's tensors needs a graph
+    # per subset, until torch's recompile limit ends the run (experiments/layer_compile.py).
+    compile_layers_unsupported: ClassVar[str | None] = None
+
+    @classmethod
+    def compile_layers_problem(cls, options) -> str | None:
+        """Why this method with these options cannot train with compiled decoder layers (None: it can); a class
+        whose options decide it overrides this."""
+        return cls.compile_layers_unsupported
+
     @classmethod
     def supports_fsdp2(cls) -> bool:
         return cls.fsdp2_unsupported is None

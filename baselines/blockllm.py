@@ -77,6 +77,9 @@ class BlockLLM(SubsetMethod):
     description = "the layer tensors of largest normalised gradient norm train with AdamW, reselected on plateaus"
     fsdp2_note = ("the scoring step's gradient norms are summed over the ranks' shards and the step loss averaged "
                   "over ranks, so every rank selects the same tensors")
+    compile_layers_unsupported = ("each reselection gives the layers new sets of trainable tensors, each a new Dynamo "
+                                  "graph, until torch's recompile limit stops the run (after 19 steps on a 6-layer "
+                                  "test model)")
 
     def setup_subset(self, model: nn.Module) -> None:
         o = self.options

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from baselines.registry import get_method_class, method_names
+from experiments.layer_compile import BACKENDS as COMPILE_BACKENDS
 from experiments.results import check_run_name
 from experiments.schedule import SCHEDULES
 
@@ -40,6 +41,7 @@ DATA_FORMATS = ("alpaca", "math", "text", "superglue")
 AUTOCAST = ("auto", "bf16", "none")
 DISTRIBUTED = ("none", "fsdp2", "ddp")  # launch with torchrun: experiments/distributed.py (fsdp2), experiments/ddp.py
 DDP_REDUCE_DTYPES = ("fp32", "bf16")  # train.ddp_reduce_dtype: the dtype gradients are all-reduced in
+COMPILE_LAYERS = ("none", *COMPILE_BACKENDS)  # train.compile_layers
 COMMON_METHOD_KEYS = ("name", "lr", "weight_decay")
 FP16_UNSUPPORTED = ("fp16 is not supported: it needs a dynamic loss scaler that every method (including fused LOMO "
                     "updates and BAdam's block optimizer) would have to honour; use bf16 (or fp32)")
@@ -117,6 +119,7 @@ class TrainConfig:
                                              # never materialising the full logits (experiments/lm_loss.py); 0: the
                                              # model's own loss
     track_memory: bool = True
+    compile_layers: str = "none"             # torch.compile each decoder layer: shorter launch-bound steps (issue 18)
 
 
 @dataclass
@@ -393,6 +396,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.device={device!r} with train.distributed={cfg.train.distributed}: each process "
                           "takes the GPU torchrun gives it (cuda:LOCAL_RANK); valid values: auto, cpu, cuda")
     _choice(cfg.train.ddp_reduce_dtype, DDP_REDUCE_DTYPES, "train.ddp_reduce_dtype")
+    _choice(cfg.train.compile_layers, COMPILE_LAYERS, "train.compile_layers")
     if cfg.train.fsdp_keep_gathered_layers < -1:
         raise ConfigError(f"train.fsdp_keep_gathered_layers must be >= -1 (layers kept gathered from forward to "
                           f"backward; -1: all that backward reaches, 0: FSDP2's default), got "
@@ -422,7 +426,17 @@ def validate(cfg: RunConfig) -> None:
                           "the run in its own directory; drop one of them")
     if cfg.data.eval_samples < 0:
         raise ConfigError(f"data.eval_samples must be >= 0, got {cfg.data.eval_samples}")
-    build_method_options(cfg.method)  # the method's own checks of its options (ranges, choices)
+    options = build_method_options(cfg.method)  # the method's own checks of its options (ranges, choices)
+    check_compile_layers(cfg.train.compile_layers, get_method_class(cfg.method.name), options)
+
+
+def check_compile_layers(backend: str, method_class, options) -> None:
+    """ConfigError when train.compile_layers names a backend for a method that, with these options, cannot train
+    with compiled layers (Method.compile_layers_problem says why)."""
+    problem = method_class.compile_layers_problem(options) if backend != "none" else None
+    if problem:
+        raise ConfigError(f"train.compile_layers={backend} is not offered for method {method_class.name!r}: {problem}; "
+                          "set train.compile_layers=none for it")
 
 
 def load_config(path: str | Path, overrides=()) -> RunConfig:

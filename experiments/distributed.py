@@ -350,7 +350,7 @@ def shard_batches_fn(batches_fn: Callable[[int], Iterable], ctx: DistContext) ->
 MEAN_KEYS = ("loss", "eval_loss")
 SUM_KEYS = ("tokens",)
 MAX_KEYS = ("t_forward_ms", "t_backward_ms", "t_update_ms", "t_step_ms", "mem_allocated_bytes",
-            "mem_peak_allocated_bytes", "mem_peak_reserved_bytes")
+            "mem_peak_allocated_bytes", "mem_peak_reserved_bytes", "compiled_graphs")
 PER_RANK_KEYS = ("mem_peak_allocated_bytes", "mem_peak_reserved_bytes")
 
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from experiments.results import timed_records
+
 # Attention input projections: they read a layer's (normalised) input directly.
 ENTRY_PROJECTIONS = frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn", "query_key_value", "Wqkv",
                                "W_pack", "query", "key", "value"})
@@ -286,7 +288,7 @@ COUNTING_NOTE = ("model FLOPs = matmul FLOPs of the forward and of every backwar
 def utilization_summary(records: list[dict], warmup_steps: int, device_name: str | None) -> dict:
     """summary.json's "compute" block from metrics records carrying model_flops / hardware_flops per step."""
     counted = [r for r in records if isinstance(r.get("model_flops"), (int, float))]
-    timed = [r for r in counted if r["step"] > warmup_steps] or counted
+    timed = timed_records(counted, warmup_steps)
     peak, source = device_peak(device_name)
     out = {"model_flops_per_step": None, "hardware_flops_per_step": None, "model_tflops_per_s": None,
            "hardware_tflops_per_s": None, "mfu": None, "hfu": None, "steps_counted": len(timed),

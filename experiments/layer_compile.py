@@ -33,11 +33,13 @@ BACKENDS = ("inductor", "aot_eager", "eager")  # inductor: the fused kernels; th
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """model.model.layers of a transformers causal LM (Llama, Qwen, Mistral, Gemma, ...); ValueError otherwise."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
+    """model.model.layers of a transformers causal LM (Llama, Qwen, Mistral, Gemma, ...), also inside peft's wrapper
+    (LoRA: the base model's layers, which hold the adapters); ValueError otherwise."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(base, "model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        raise ValueError(f"{type(model).__name__} has no decoder layers at model.model.layers; --compile-layers "
-                         "compiles those (transformers decoder-only models)")
+        raise ValueError(f"{type(base).__name__} has no decoder layers at model.model.layers; compiling layers "
+                         "(--compile-layers, train.compile_layers) needs those (transformers decoder-only models)")
     return layers
 
 

@@ -44,6 +44,7 @@ from experiments.checkpoint import (Position, carry_metrics, load_checkpoint, lo
                                     save_checkpoint, save_sharded_checkpoint)
 from experiments.config import TrainConfig
 from experiments.flops import FlopCounter, backward_passes, utilization_summary
+from experiments.layer_compile_run import LayerCompilation, compile_for_training
 from experiments.lm_loss import model_loss
 from experiments.measure import MemoryProbe, StepTimer, is_oom
 from experiments.results import (MetricsWriter, atomic_write_text, environment_info, json_safe, read_metrics,
@@ -298,7 +299,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     stopped_by_ctrl_c = False
     held_at_oom, diverged = None, None
     main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes files
-    ddp, data_parallel = dist_ctx is not None and dist_ctx.mode == "ddp", None
+    ddp, data_parallel, compiling = dist_ctx is not None and dist_ctx.mode == "ddp", None, LayerCompilation()
     started = on_start is None
     if started:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -319,6 +320,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
                                                 cfg.fsdp_keep_gathered_layers)
         if dist_ctx is not None:
             batches_fn = dist_mod.shard_batches_fn(batches_fn, dist_ctx)
+        compiling = compile_for_training(model, method, cfg.compile_layers)  # sharded, before masters and ddp's sync
         method.build_optimizer(model)
         data_parallel = ddp_mod.DataParallel(model, method, dist_ctx, cfg.ddp_reduce_dtype) if ddp else None
         model.train()
@@ -361,8 +363,10 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
                 micro_batches = stream.next_step()
                 position.epoch = stream.epoch
                 trainable = flop_counter.snapshot() if flop_counter is not None else None  # before a block switch
+                graphs = compiling.graphs()
                 record = _train_step(model, method, micro_batches, cfg, position, total_steps, warmup, device,
                                      autocast_dtype, timer, probe, data_parallel)
+                record.update(compiling.step_record(graphs))  # a compiling step: out of the medians
                 position.step, position.micro = record["step"], stream.micro
                 is_last = position.step == last_step
                 # one device: no evaluation of a diverged model; sharded, every rank must take part in the same
@@ -474,6 +478,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
     environment = environment_info(str(device))
     extras["compute"] = utilization_summary(records, cfg.timing_warmup_steps, environment.get("device_name"))
     extras.update(method.summarize_records(records))
+    extras.update(compiling.summary())
     if dist_ctx is not None:
         extras["distributed"] = {**dist_ctx.describe(), "note": dist_mod.method_note(method.name)}
         if data_parallel is not None:

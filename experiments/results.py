@@ -412,26 +412,35 @@ def _median(values: Iterable[float | None]) -> float | None:
     return statistics.median(clean) if clean else None
 
 
+def timed_records(records: list[dict], warmup_steps: int) -> list[dict]:
+    """The steps timing figures come from: not the first `warmup_steps` (allocator warm-up, lazy optimizer-state
+    creation) nor a step that compiled graphs (train.compile_layers: its time holds the compiling), unless nothing
+    else is left."""
+    return [r for r in records if r["step"] > warmup_steps and not r.get("compiled_graphs")] or records
+
+
 def summarize_metrics(records: list[dict], warmup_steps: int) -> dict:
-    """Final and mean figures plus median timings; the first `warmup_steps` steps are left out of the medians
-    (allocator warm-up, lazy optimizer-state creation) unless nothing else is left."""
+    """Final and mean figures plus median timings over timed_records; with compiled layers, timing_ms also says how
+    many steps after the warm-up were left out for compiling."""
     losses = [r["loss"] for r in records if r.get("loss") is not None]
-    timed = [r for r in records if r["step"] > warmup_steps] or records
+    timed = timed_records(records, warmup_steps)
     excluded = warmup_steps if len(timed) < len(records) else 0
     eval_losses = [r["eval_loss"] for r in records if r.get("eval_loss") is not None]
     last10 = losses[-10:]
+    timing = {"forward": _median(r.get("t_forward_ms") for r in timed),
+              "backward": _median(r.get("t_backward_ms") for r in timed),
+              "update": _median(r.get("t_update_ms") for r in timed),
+              "step": _median(r.get("t_step_ms") for r in timed),
+              "warmup_steps_excluded": excluded}
+    if any("compiled_graphs" in r for r in records):  # train.compile_layers
+        compiling = [r for r in records if r["step"] > warmup_steps and r.get("compiled_graphs")]
+        timing["compiling_steps_excluded"] = len(compiling) if len(timed) < len(records) else 0
     return {
         "steps": records[-1]["step"] if records else 0,
         "final_loss": losses[-1] if losses else None,
         "mean_loss_last_10": sum(last10) / len(last10) if last10 else None,
         "final_eval_loss": eval_losses[-1] if eval_losses else None,
-        "timing_ms": {
-            "forward": _median(r.get("t_forward_ms") for r in timed),
-            "backward": _median(r.get("t_backward_ms") for r in timed),
-            "update": _median(r.get("t_update_ms") for r in timed),
-            "step": _median(r.get("t_step_ms") for r in timed),
-            "warmup_steps_excluded": excluded,
-        },
+        "timing_ms": timing,
         "tokens_per_s": _median(r.get("tokens_per_s") for r in timed),
         "total_tokens": sum(int(r.get("tokens") or 0) for r in records),
     }

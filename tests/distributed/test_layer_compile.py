@@ -61,11 +61,12 @@ def _train(model, steps: int, compile_backend: str | None):
 
 
 @pytest.fixture
-def fresh_dynamo(monkeypatch):
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", False)  # restored afterwards
+def fresh_dynamo():
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    yield
+    # restored afterwards by Dynamo's own patch (monkeypatch's undo would delete the config entry)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=False):
+        yield
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
 
