@@ -108,12 +108,12 @@ class BAdam(Method):
     grad_norm_over = "active_block"
 
     @classmethod
-    def compile_layers_problem(cls, options) -> str | None:
+    def compile_layers_problem(cls, options, backend: str) -> str | None:
         # layers / attn_mlp: 3 / 4 graphs in training (below the active block, its part(s), above it)
         if options.partition == "matrix":
             return ("partition=matrix makes each of a layer's tensors a block: one Dynamo graph per tensor, more than "
                     "torch's recompile limit allows (use partition=layers or attn_mlp)")
-        return super().compile_layers_problem(options)
+        return super().compile_layers_problem(options, backend)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model  # BlockOptimizer freezes everything but the active block

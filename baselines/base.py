@@ -112,9 +112,9 @@ class Method:
     compile_layers_unsupported: ClassVar[str | None] = None
 
     @classmethod
-    def compile_layers_problem(cls, options) -> str | None:
-        """Why this method with these options cannot train with compiled decoder layers (None: it can); a class
-        whose options decide it overrides this."""
+    def compile_layers_problem(cls, options, backend: str) -> str | None:
+        """Why this method with these options cannot train with decoder layers compiled by `backend` (None: it can);
+        a class whose options or backend decide it overrides this."""
         return cls.compile_layers_unsupported
 
     @classmethod

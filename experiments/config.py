@@ -433,7 +433,7 @@ def validate(cfg: RunConfig) -> None:
 def check_compile_layers(backend: str, method_class, options) -> None:
     """ConfigError when train.compile_layers names a backend for a method that, with these options, cannot train
     with compiled layers (Method.compile_layers_problem says why)."""
-    problem = method_class.compile_layers_problem(options) if backend != "none" else None
+    problem = method_class.compile_layers_problem(options, backend) if backend != "none" else None
     if problem:
         raise ConfigError(f"train.compile_layers={backend} is not offered for method {method_class.name!r}: {problem}; "
                           "set train.compile_layers=none for it")
