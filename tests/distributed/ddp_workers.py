@@ -145,7 +145,10 @@ def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
 
     half, half_dir = run("half", "train.stop_after_steps=2", "train.save_every=2")
     resumed, _ = run("half", f"train.resume_from={half_dir}", "train.save_every=2", "output.save_model=true")
-    return {"statuses": [half["status"], resumed["status"]], "distributed": resumed.get("distributed")}
+    compiled, compiled_dir = run("compiled", "train.compile_layers=aot_eager")  # Dynamo on every rank, under ddp
+    return {"statuses": [half["status"], resumed["status"]], "distributed": resumed.get("distributed"),
+            "compiled": {"status": compiled["status"], "dir": str(compiled_dir),
+                         "compile_layers": compiled.get("compile_layers")}}
 
 
 def bench(ctx, out_dir: Path) -> dict:

@@ -9,6 +9,8 @@ tolerance, weights within one bf16 ulp (a master rounded the other way) for all 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -129,6 +131,19 @@ def test_experiments_run_ddp_equals_fsdp2_and_resumes(fsdp2_run):
     diffs = torch.cat([(v - _weights(sharded / "model")[k]).abs().flatten()
                        for k, v in _weights(resumed / "model").items()])
     assert diffs.max() <= 1e-2 * LR and (diffs > 1e-7).float().mean() <= 1e-3
+
+
+def test_experiments_run_ddp_with_compiled_layers_keeps_the_losses(fsdp2_run):
+    """train.distributed=ddp with train.compile_layers=aot_eager (Dynamo's capture on every rank, eager kernels): the
+    uninterrupted fsdp2 run's losses, and the compile stats in the summary (graphs counted, none broken)."""
+    got = fsdp2_run["ddp"]["harness"]["compiled"]
+    assert got["status"] == "ok"
+    stats = got["compile_layers"]
+    assert stats["backend"] == "aot_eager" and stats["graphs"] >= 2 and stats["graph_breaks"] == 0
+    sharded = fsdp2_run["harness_dir"] / "straight" / "smollm2_alpaca-badam"
+    compiled = read_metrics(Path(got["dir"]))
+    assert [m["loss"] for m in compiled] == pytest.approx([m["loss"] for m in read_metrics(sharded)], rel=1e-6)
+    assert len(compiled) == 4
 
 
 def test_benchmark_alternates_single_alone_and_data_parallel_phases(ddp):
