@@ -29,3 +29,33 @@ def replicated_result(gpus: int, ddp_tokens_per_s: dict, **extra) -> dict:
             "reduce_dtype": "fp32", "rounds": 1, "ddp_tokens_per_s": ddp_tokens_per_s,
             "ddp_median_forward_ms": 3.0, "ddp_median_backward_ms": 6.0, "ddp_median_update_ms": 1.0,
             "ddp_peak_allocated_bytes_max": None, "environment": environment(gpus), **extra}
+
+
+LLAMA3_8B_PARAMS = 8_030_261_248  # total_params of random:llama3-8b as the benchmark records it
+
+
+def stepped_ddp_result(single_ms: list[list[float]], ddp_ms: list[list[list[float]]], *,
+                       window_ms: float | list[float] = 3.0, tail_ms: float = 1.0, backward_excess_ms: float = 0.0,
+                       **extra) -> dict:
+    """A --mode ddp --compare-single R run of llama3-8b (BAdam, fp32 all-reduce, no warm-up) with every step, as the
+    diagnostics read it: single_ms[r][i] is rank 0 alone in round r at step i, ddp_ms[r][k][i] rank k under ddp.
+    Each step trains block i; forward = half the step, backward = the other half - 1 ms (+ backward_excess_ms under
+    ddp), update 1 ms; ddp steps record the reduce window (per rank when a list) and tail."""
+    ranks = len(ddp_ms[0])
+    windows = window_ms if isinstance(window_ms, list) else [window_ms] * ranks
+
+    def step(i: int, ms: float, more_backward: float = 0.0, **fields) -> dict:
+        return {"step": i + 1, "ms": ms, "forward_ms": ms / 2, "backward_ms": ms / 2 - 1 + more_backward,
+                "update_ms": 1.0, "active_block": i, **fields}
+
+    per_rank = [{"rank": k, "phases": []} for k in range(ranks)]
+    for r, (alone, together) in enumerate(zip(single_ms, ddp_ms)):
+        per_rank[0]["phases"].append({"kind": "single", "round": r + 1,
+                                      "steps": [step(i, ms) for i, ms in enumerate(alone)]})
+        for k, times in enumerate(together):
+            per_rank[k]["phases"].append({"kind": "ddp", "round": r + 1, "steps": [
+                step(i, ms, backward_excess_ms, reduce_window_ms=windows[k], reduce_tail_ms=tail_ms)
+                for i, ms in enumerate(times)]})
+    return {"model": "llama3-8b", "method": "badam", "mode": "ddp", "gpus": ranks, "batch_per_gpu": 2, "seq_len": 8,
+            "reduce_dtype": "fp32", "warmup": 0, "rounds": len(single_ms), "total_params": LLAMA3_8B_PARAMS,
+            "environment": environment(ranks), "per_rank": per_rank, **extra}
