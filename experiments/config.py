@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -430,11 +432,18 @@ def validate(cfg: RunConfig) -> None:
     check_compile_layers(cfg.train.compile_layers, get_method_class(cfg.method.name), options)
 
 
+ALLOW_REFUSED_COMPILE = "BADAM_ALLOW_REFUSED_COMPILE"  # =1: run a refused method/backend anyway, to investigate it
+
+
 def check_compile_layers(backend: str, method_class, options) -> None:
     """ConfigError when train.compile_layers names a backend for a method that, with these options, cannot train
-    with compiled layers (Method.compile_layers_problem says why)."""
+    with compiled layers (Method.compile_layers_problem says why). With BADAM_ALLOW_REFUSED_COMPILE=1 a warning
+    instead: the GPU probes that study a refusal (scripts/gpu/lora_compile_probe.sh) need the refused runs."""
     problem = method_class.compile_layers_problem(options, backend) if backend != "none" else None
-    if problem:
+    if problem and os.environ.get(ALLOW_REFUSED_COMPILE) == "1":
+        warnings.warn(f"train.compile_layers={backend} for method {method_class.name!r} runs although refused "
+                      f"({ALLOW_REFUSED_COMPILE}=1): {problem}", stacklevel=2)
+    elif problem:
         raise ConfigError(f"train.compile_layers={backend} is not offered for method {method_class.name!r}: {problem}; "
                           "set train.compile_layers=none for it")
 

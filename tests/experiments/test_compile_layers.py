@@ -125,6 +125,16 @@ def test_lora_is_refused_under_inductor_only(tmp_path):
     assert load_config(CONFIG, ["method.name=badam", "train.compile_layers=inductor"]).train.compile_layers == "inductor"
 
 
+def test_a_refused_compile_runs_with_a_warning_only_when_asked(monkeypatch):
+    """BADAM_ALLOW_REFUSED_COMPILE=1 (the GPU probe of the LoRA refusal) turns the refusal into a warning."""
+    monkeypatch.setenv("BADAM_ALLOW_REFUSED_COMPILE", "1")
+    with pytest.warns(UserWarning, match="runs although refused"):
+        assert load_config(CONFIG, ["method.name=lora", "train.compile_layers=inductor"]).method.name == "lora"
+    monkeypatch.setenv("BADAM_ALLOW_REFUSED_COMPILE", "0")
+    with pytest.raises(ConfigError, match="is not offered for method 'lora'"):
+        load_config(CONFIG, ["method.name=lora", "train.compile_layers=inductor"])
+
+
 def test_a_model_without_decoder_layers_is_one_error_line(tmp_path, capsys):
     code = run_cli.main(["--config", CONFIG, "model.source=random:tiny-gpt2", "method.name=adam",
                          "train.compile_layers=aot_eager", "train.max_steps=1", "data.max_samples=2",
