@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
+import warnings
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -114,9 +115,22 @@ def init_distributed(device: str = "auto", mode: str = "fsdp2") -> DistContext:
                                 device_id=dev if use_cuda else None)
     elif dist.get_world_size() != world or dist.get_rank() != rank:
         raise RuntimeError("a process group is already running with another rank/world size than torchrun's")
+    note = single_gpu_fsdp2_note(mode, world, use_cuda)
+    if note:
+        warnings.warn(note, stacklevel=2)
     mesh = init_device_mesh(dev.type, (world,), mesh_dim_names=("shard",))
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev,
                        backend=dist.get_backend(), mesh=mesh, mode=mode)
+
+
+def single_gpu_fsdp2_note(mode: str, world_size: int, cuda: bool) -> str | None:
+    """What to tell a user who runs FSDP2 on a single GPU: it works, but costs throughput the plain path does not
+    (measured, issue 18); None otherwise (CPU runs on gloo are tests and examples)."""
+    if mode != "fsdp2" or world_size != 1 or not cuda:
+        return None
+    return ("train.distributed=fsdp2 with one process: on one H100 FSDP2 made 0.69-0.85x the plain path's tokens/s "
+            "(Llama 3-8B BAdam; benchmarks/README.md, Multi-GPU measurements); on one GPU train.distributed=none "
+            "is faster unless the model does not fit")
 
 
 def shutdown() -> None:

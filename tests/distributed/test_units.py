@@ -109,6 +109,14 @@ def test_init_without_torchrun_says_how_to_launch(monkeypatch):
         D.init_distributed("cpu")
 
 
+def test_fsdp2_on_one_gpu_is_told_the_plain_path_is_faster():
+    note = D.single_gpu_fsdp2_note("fsdp2", 1, cuda=True)
+    assert "train.distributed=none is faster" in note and "0.69-0.85x" in note
+    assert D.single_gpu_fsdp2_note("fsdp2", 2, cuda=True) is None  # sharding over GPUs is what FSDP2 is for
+    assert D.single_gpu_fsdp2_note("ddp", 1, cuda=True) is None
+    assert D.single_gpu_fsdp2_note("fsdp2", 1, cuda=False) is None  # gloo on the CPU: tests and examples
+
+
 def test_transformer_layers_found_by_name():
     from experiments.models import load_model
 
