@@ -70,7 +70,17 @@ def describe_methods() -> list[str]:
         flags = ["CUDA only" if cls.cuda_only else "CPU+CUDA",
                  "fused update" if cls.fused_backward else "", "no accumulation" if not cls.supports_grad_accumulation
                  else "", "no clipping" if not cls.supports_clipping else "",
-                 "FSDP2" if cls.supports_fsdp2() else "no FSDP2", "DDP" if cls.supports_ddp() else ""]
+                 "FSDP2" if cls.supports_fsdp2() else "no FSDP2", "DDP" if cls.supports_ddp() else "",
+                 _compile_flag(cls)]
         needs = f"; needs {', '.join(cls.requirements)}" if cls.requirements else ""
         lines.append(f"{name:<18} [{', '.join(f for f in flags if f)}{needs}] {cls.description}")
     return lines
+
+
+def _compile_flag(cls) -> str:
+    """What train.compile_layers cannot do for the method with its default options: refused with every backend, or
+    with inductor only (empty when it compiles)."""
+    options = cls.Options()
+    if cls.compile_layers_problem(options, "aot_eager"):
+        return "no compiled layers"
+    return "no inductor" if cls.compile_layers_problem(options, "inductor") else ""

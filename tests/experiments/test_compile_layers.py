@@ -143,3 +143,13 @@ def test_a_model_without_decoder_layers_is_one_error_line(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if "train.compile_layers" in line]
     assert len(err) == 1 and ("ConfigError: train.compile_layers=aot_eager: GPT2LMHeadModel has no decoder layers at "
                               "model.model.layers") in err[0], err
+
+
+def test_the_method_list_says_which_methods_cannot_compile():
+    """`python -m baselines list` (and experiments.run --list): a refusal with every backend, or with inductor only."""
+    from baselines.registry import describe_methods
+
+    flags = {line.split()[0]: line[line.index("[") + 1:line.index("]")] for line in describe_methods()}
+    assert "no compiled layers" in flags["blockllm"]
+    assert "no inductor" in flags["lora"] and "no compiled layers" not in flags["lora"]
+    assert "compiled" not in flags["badam"] and "inductor" not in flags["badam"]  # partition=layers by default
