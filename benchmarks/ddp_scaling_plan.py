@@ -58,7 +58,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for experiments.model_configs
 from experiments.model_configs import RANDOM_MODELS  # noqa: E402
-from multi_gpu_diagnostics import _timed, compile_backend, noise_cost, paired_excess, throughput  # noqa: E402
+from multi_gpu_diagnostics import timed_rounds, compile_backend, noise_cost, paired_excess, throughput  # noqa: E402
 
 GB = 1e9  # decimal, as NCCL reports bandwidth
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
@@ -108,9 +108,9 @@ def check_result(result, name: str) -> None:
         bad(f"model {result.get('model')}: layer sizes are read for the Llama configs of experiments/model_configs.py")
     if (result.get("gpus") or 0) < 2 or len(result.get("per_rank") or []) < 2:
         bad(f"{result.get('gpus')} GPU(s) with per-rank steps: no all-reduce between GPUs to time")
-    if len(_timed(result, "single", 0)) < 2:
+    if len(timed_rounds(result, "single", 0)) < 2:
         bad("fewer than 2 single-GPU rounds: no step-to-step noise to measure")
-    ddp = [s for rank in range(len(result["per_rank"])) for steps in _timed(result, "ddp", rank) for s in steps]
+    ddp = [s for rank in range(len(result["per_rank"])) for steps in timed_rounds(result, "ddp", rank) for s in steps]
     if not ddp or any(s.get("reduce_window_ms") is None or s.get("reduce_tail_ms") is None for s in ddp):
         bad("ddp steps without reduce_window_ms / reduce_tail_ms (recorded before the all-reduce timing existed)")
     try:
@@ -133,7 +133,7 @@ def load_result(path: str) -> dict:
 
 def reduce_spans(result: dict) -> list[tuple[float, float]]:
     """(window, tail) ms per timed ddp step, of the rank whose span window + tail is shorter (it arrived last)."""
-    per_rank = [_timed(result, "ddp", rank) for rank in range(len(result["per_rank"]))]
+    per_rank = [timed_rounds(result, "ddp", rank) for rank in range(len(result["per_rank"]))]
     out = []
     for rounds in zip(*per_rank):  # one round on every rank
         for steps in zip(*rounds):  # step i on every rank
@@ -153,7 +153,7 @@ def single_residuals(result: dict) -> list[float]:
     at step i in every round, so the block-to-block spread drops out), times sqrt(R / (R - 1)): a residual from a mean
     fitted to the same R values keeps only (R - 1) / R of their variance."""
     out = []
-    for steps in zip(*_timed(result, "single", 0)):
+    for steps in zip(*timed_rounds(result, "single", 0)):
         times = [s["ms"] for s in steps]
         mean, scale = statistics.fmean(times), (len(times) / (len(times) - 1)) ** 0.5
         out += [(t - mean) * scale for t in times]
@@ -214,7 +214,7 @@ def _pooled_mean(results: list[dict], kind: str) -> float:
     steps = []
     for r in results:
         ranks = [0] if kind == "single" else range(len(r["per_rank"]))
-        for rounds in zip(*(_timed(r, kind, rank) for rank in ranks)):
+        for rounds in zip(*(timed_rounds(r, kind, rank) for rank in ranks)):
             steps += [max(s["ms"] for s in step) for step in zip(*rounds)]
     return statistics.fmean(steps)
 

@@ -63,7 +63,7 @@ def spread(values: list[float]) -> dict | None:
     return None if b is None else {"median": b.median, "min": b.low, "max": b.high, "n": b.n}
 
 
-def _timed(result: dict, kind: str, rank: int) -> list[list[dict]]:
+def timed_rounds(result: dict, kind: str, rank: int) -> list[list[dict]]:
     """Per round, in round order: the timed steps of phase `kind` on `rank`."""
     phases = sorted((p for p in result["per_rank"][rank]["phases"] if p["kind"] == kind), key=lambda p: p["round"])
     return [p["steps"][result["warmup"]:] for p in phases]
@@ -73,7 +73,7 @@ def rank_medians(result: dict) -> list[dict]:
     rows = []
     for kind in KINDS:
         for rank in range(len(result["per_rank"])):
-            steps = [s for round_steps in _timed(result, kind, rank) for s in round_steps]
+            steps = [s for round_steps in timed_rounds(result, kind, rank) for s in round_steps]
             if steps:
                 rows.append({"kind": kind, "rank": rank, "steps": len(steps),
                              **{field: _median(s.get(field) for s in steps) for field in FIELDS},
@@ -96,8 +96,8 @@ def _steal_by_speed(steps: list[dict]) -> dict:
 
 def _pairs(result: dict, kind: str) -> list[tuple[dict, list[dict]]]:
     """(rank 0's single step, that step of `kind` on every rank), over the rounds that ran both."""
-    single = _timed(result, "single", 0)
-    other = [_timed(result, kind, rank) for rank in range(len(result["per_rank"]))]
+    single = timed_rounds(result, "single", 0)
+    other = [timed_rounds(result, kind, rank) for rank in range(len(result["per_rank"]))]
     rounds = min([len(single)] + [len(o) for o in other])
     return [(single[r][i], [o[r][i] for o in other]) for r in range(rounds) for i in range(len(single[r]))]
 
@@ -117,8 +117,8 @@ def paired_excess(result: dict, kind: str) -> dict | None:
            "forward_max_ms": median(lambda s, ranks: max(x["forward_ms"] for x in ranks) - s["forward_ms"]),
            "backward_min_ms": median(lambda s, ranks: min(x["backward_ms"] for x in ranks) - s["backward_ms"])}
     for rank in range(len(pairs[0][1])):
-        own = _timed(result, "single", rank)  # this GPU's own single phases (--single-every-rank), else rank 0's
-        reference, steps = own or _timed(result, "single", 0), _timed(result, kind, rank)
+        own = timed_rounds(result, "single", rank)  # this GPU's own single phases (--single-every-rank), else rank 0's
+        reference, steps = own or timed_rounds(result, "single", 0), timed_rounds(result, kind, rank)
         out[f"rank{rank}_reference"] = "own single" if own else "rank 0 single"
         for name in ("ms", "forward_ms", "backward_ms", "host_forward_ms", "host_backward_ms"):
             out[f"rank{rank}_{name}"] = _median(
@@ -128,7 +128,7 @@ def paired_excess(result: dict, kind: str) -> dict | None:
 
 
 def coupling(result: dict, kind: str = "ddp") -> dict | None:
-    per_rank = [[s["ms"] for round_steps in _timed(result, kind, rank) for s in round_steps]
+    per_rank = [[s["ms"] for round_steps in timed_rounds(result, kind, rank) for s in round_steps]
                 for rank in range(len(result["per_rank"]))]
     if not per_rank[0]:
         return None
@@ -139,7 +139,7 @@ def coupling(result: dict, kind: str = "ddp") -> dict | None:
 def noise_cost(result: dict) -> dict | None:
     """Mean of max(a, b) - a over the same step of two different single rounds (step and forward; a median would be
     0, as a is the larger one half of the time)."""
-    single = _timed(result, "single", 0)
+    single = timed_rounds(result, "single", 0)
     if len(single) < 2:
         return None
     out = {}
@@ -153,8 +153,8 @@ def noise_cost(result: dict) -> dict | None:
 def throughput(result: dict, kind: str = "ddp") -> dict | None:
     """single / kind per round: ratio of mean step times, of median step times, and the median per-step ratio (the
     slower rank's step for kind)."""
-    single = _timed(result, "single", 0)
-    other = [_timed(result, kind, rank) for rank in range(len(result["per_rank"]))]
+    single = timed_rounds(result, "single", 0)
+    other = [timed_rounds(result, kind, rank) for rank in range(len(result["per_rank"]))]
     rounds = min([len(single)] + [len(o) for o in other])
     if not rounds:
         return None
@@ -174,7 +174,7 @@ def by_block_range(result: dict, parts: int = 4) -> list[dict]:
     rows = []
     for kind in KINDS:
         for rank in range(len(result["per_rank"])):
-            steps = [s for round_steps in _timed(result, kind, rank) for s in round_steps
+            steps = [s for round_steps in timed_rounds(result, kind, rank) for s in round_steps
                      if isinstance(s.get("active_block"), int)]
             if not steps:
                 continue
