@@ -55,7 +55,10 @@ from .mixed_precision import FP32MasterWeights
 
 DEFAULT_BUCKET_NUMEL = 25_000_000  # 100 MB of fp32 per bucket: a Llama 3-8B layer's 218M parameters make 7 buckets
 REDUCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MAX_IN_FLIGHT = 2  # buckets whose all-reduce may be pending during backward (bounds the extra fp32 bucket memory)
+# Buckets whose all-reduce may be pending during backward before the oldest is completed, which makes the compute
+# stream wait for it: bounds the extra flat buffers (a bucket of several tensors is copied; a lone tensor goes on the
+# wire in place). More lets the backward run on while the wire catches up (benchmarks/multi_gpu.py --max-in-flight).
+MAX_IN_FLIGHT = 2
 
 
 def _dist():
@@ -104,7 +107,7 @@ class BlockGradientSync:
     docstring. ``attach`` at every block switch, ``detach`` before the block's masters are released."""
 
     def __init__(self, process_group, *, reduce_dtype: Any = torch.float32,
-                 bucket_numel: int = DEFAULT_BUCKET_NUMEL):
+                 bucket_numel: int = DEFAULT_BUCKET_NUMEL, max_in_flight: int = MAX_IN_FLIGHT):
         dist = _dist()
         self.dist = dist
         self.group = process_group
@@ -114,6 +117,10 @@ class BlockGradientSync:
         if isinstance(bucket_numel, bool) or not isinstance(bucket_numel, int) or bucket_numel < 1:
             raise ValueError(f"bucket_numel must be an integer >= 1 (elements per all-reduce), got {bucket_numel!r}")
         self.bucket_numel = bucket_numel
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be an integer >= 1 (all-reduces pending during backward), got "
+                             f"{max_in_flight!r}")
+        self.max_in_flight = max_in_flight
         self._masters: FP32MasterWeights | None = None
         self._buckets: list[_Bucket] = []
         self._hooks: list = []
@@ -242,7 +249,7 @@ class BlockGradientSync:
                 self._mark("first_launch")
             self._launch(self._buckets[self._next_launch], in_backward=True)
             self._next_launch += 1
-            if len(self._in_flight) > MAX_IN_FLIGHT:
+            if len(self._in_flight) > self.max_in_flight:
                 self._complete(self._in_flight.pop(0))
 
     def _held(self, index: int, in_backward: bool) -> torch.Tensor | None:
@@ -385,7 +392,8 @@ class DataParallelMixin:
     _sync: BlockGradientSync | None = None
 
     def enable_data_parallel(self, process_group=None, *, reduce_dtype: Any = "fp32",
-                             bucket_numel: int = DEFAULT_BUCKET_NUMEL, broadcast_weights: bool = True) -> None:
+                             bucket_numel: int = DEFAULT_BUCKET_NUMEL, broadcast_weights: bool = True,
+                             max_in_flight: int = MAX_IN_FLIGHT) -> None:
         """Average the active block's gradients over `process_group` (None: the default group) from now on; what
         ``BlockOptimizer(..., process_group=pg)`` calls. Call it on every rank, before the first backward.
 
@@ -401,7 +409,8 @@ class DataParallelMixin:
         if any(hasattr(p, "_local_tensor") for p in self._all_params):
             raise ValueError("process_group is for a model replicated on every rank; these parameters are sharded "
                              "(FSDP2 DTensors), whose gradients FSDP2 already averages: leave process_group unset")
-        sync = BlockGradientSync(process_group, reduce_dtype=reduce_dtype, bucket_numel=bucket_numel)
+        sync = BlockGradientSync(process_group, reduce_dtype=reduce_dtype, bucket_numel=bucket_numel,
+                                 max_in_flight=max_in_flight)  # when ranks differ here only waits move, not values
         schedule = sync.broadcast_object({"generator": self._generator.get_state(), "order": list(self._order),
                                           "order_pos": self._order_pos})
         reorder = schedule["order"] != self._order

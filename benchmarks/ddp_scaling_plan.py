@@ -58,7 +58,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for experiments.model_configs
 from experiments.model_configs import RANDOM_MODELS  # noqa: E402
-from multi_gpu_diagnostics import timed_rounds, compile_backend, noise_cost, paired_excess, throughput  # noqa: E402
+from multi_gpu_diagnostics import (compile_backend, in_flight_note, noise_cost, paired_excess,  # noqa: E402
+                                   throughput, timed_rounds)
 
 GB = 1e9  # decimal, as NCCL reports bandwidth
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
@@ -199,12 +200,13 @@ def allreduce_ms(grad_bytes: float, gpus: int, nvlink_gbs: float, net_gbs: float
 def setting_key(result: dict, folder: str = "") -> tuple:
     """What makes runs one setting; `folder` (--by-folder) keeps the machines (one folder each) apart."""
     return (result["model"], result["method"], result["gpus"], result["batch_per_gpu"], result["seq_len"],
-            result["reduce_dtype"], compile_backend(result), result.get("cpu_affinity") == "split", folder)
+            result["reduce_dtype"], compile_backend(result), result.get("cpu_affinity") == "split",
+            in_flight_note(result), folder)
 
 
 def setting_label(key: tuple) -> str:
-    model, method, _gpus, batch, seq, dtype, backend, split, folder = key
-    return (f"{model} {method}, batch {batch} x {seq} per GPU, {dtype} all-reduce, "
+    model, method, _gpus, batch, seq, dtype, backend, split, in_flight, folder = key
+    return (f"{model} {method}, batch {batch} x {seq} per GPU, {dtype} all-reduce{in_flight}, "
             f"{'layers compiled (' + backend + ')' if backend else 'eager layers'}{', CPUs split' if split else ''}"
             f"{', ' + folder if folder else ''}")
 
@@ -285,8 +287,8 @@ def setting_markdown(label: str, names: list[str], m: dict, rows: list[dict]) ->
 
 def _order(key: tuple) -> tuple:
     """Tables in reading order: per model and batch, eager before compiled, fp32 before bf16, OS placement first."""
-    model, method, gpus, batch, seq, dtype, backend, split, folder = key
-    return model, method, gpus, batch, seq, backend or "", dtype != "fp32", split, folder
+    model, method, gpus, batch, seq, dtype, backend, split, in_flight, folder = key
+    return model, method, gpus, batch, seq, backend or "", dtype != "fp32", split, in_flight, folder
 
 
 def _short(path: str) -> str:

@@ -54,6 +54,7 @@ apply_defaults()  # the harness's allocator setting, before torch is imported, s
 import torch  # noqa: E402
 
 from experiments import distributed as dist_mod  # noqa: E402
+from badam.data_parallel import MAX_IN_FLIGHT  # noqa: E402
 from experiments.layer_compile import BACKENDS, compile_decoder_layers  # noqa: E402
 from experiments.measure import synchronize  # noqa: E402
 from experiments.memory_model import sharded_bytes_per_device  # noqa: E402
@@ -105,6 +106,9 @@ def parse_args(argv=None):
                    help="ddp: R alternating rounds of rank 0 alone (the plain single-GPU path) and all ranks")
     p.add_argument("--reduce-dtype", choices=("fp32", "bf16"), default="fp32",
                    help="ddp: dtype of the gradient all-reduce (train.ddp_reduce_dtype)")
+    p.add_argument("--max-in-flight", type=int, default=MAX_IN_FLIGHT, metavar="B",
+                   help=f"ddp: bucket all-reduces pending during backward before the compute stream waits for the "
+                        f"oldest (default {MAX_IN_FLIGHT}; name gets _inflightB otherwise)")
     p.add_argument("--alone-phase", action="store_true",
                    help="ddp with --compare-single: each round also runs every rank on its own at the same time, "
                         "nothing averaged (host contention without communication; name gets _alone)")
@@ -128,6 +132,10 @@ def parse_args(argv=None):
                                or args.keep_gathered_layers):
         p.error("--separate-ends, --keep-gathered(-layers) and --forward-prefetch are FSDP2 layouts; not with "
                 "--mode ddp")
+    if args.max_in_flight < 1:
+        p.error(f"--max-in-flight must be >= 1; got {args.max_in_flight}")
+    if args.max_in_flight != MAX_IN_FLIGHT and args.mode != "ddp":
+        p.error("--max-in-flight paces ddp's gradient all-reduces: it needs --mode ddp")
     if args.keep_gathered and args.keep_gathered_layers:
         p.error("--keep-gathered keeps every layer gathered; --keep-gathered-layers chooses some: use one")
     if args.keep_gathered_layers < -1:
@@ -291,7 +299,8 @@ def result_stem(args, world_size: int) -> str:
     if args.mode == "ddp":
         phases = (f"_vs1x{args.compare_single}" if args.compare_single else "") \
             + ("_solo" if args.single_every_rank else "") + ("_alone" if args.alone_phase else "")
-        return f"{args.model}_{args.method}_n{world_size}{batch}_ddp_{args.reduce_dtype}{phases}{pinned}{tag}"
+        inflight = "" if args.max_in_flight == MAX_IN_FLIGHT else f"_inflight{args.max_in_flight}"
+        return f"{args.model}_{args.method}_n{world_size}{batch}_ddp_{args.reduce_dtype}{inflight}{phases}{pinned}{tag}"
     layout = ("_separate-ends" if args.separate_ends else "") + ("_keep-gathered" if args.keep_gathered else "") \
         + (f"_keep{args.keep_gathered_layers if args.keep_gathered_layers > 0 else 'all'}"
            if args.keep_gathered_layers else "") \

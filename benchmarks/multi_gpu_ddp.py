@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from multi_gpu_diagnostics import compile_backend, diagnose, spread
+from multi_gpu_diagnostics import compile_backend, diagnose, in_flight_note, spread
 from multi_gpu_diagnostics import markdown as diagnostics_markdown
 
 GIB = 1024 ** 3
@@ -230,7 +230,8 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
     from experiments.measure import synchronize
 
     method.build_optimizer(model)
-    data_parallel = ddp_mod.DataParallel(model, method, ctx, args.reduce_dtype) if kind == "ddp" else None
+    data_parallel = ddp_mod.DataParallel(model, method, ctx, args.reduce_dtype,
+                                         args.max_in_flight) if kind == "ddp" else None
     synchronize(ctx.device)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -377,7 +378,8 @@ def combine_replicated(args, ctx, per_rank: list[dict], device_name: str | None 
         "model": args.model, "method": args.method, "mode": "ddp", "gpus": ctx.world_size,
         "batch_per_gpu": args.batch_size, "seq_len": args.seq_len, "gradient_checkpointing": not args.no_checkpointing,
         "steps": args.steps, "warmup": args.warmup, "switch_every": args.switch_every,
-        "reduce_dtype": args.reduce_dtype, "rounds": max(1, args.compare_single), "phases": summaries,
+        "reduce_dtype": args.reduce_dtype, "max_in_flight": args.max_in_flight,
+        "rounds": max(1, args.compare_single), "phases": summaries,
         "cpu_affinity": args.cpu_affinity, "tag": args.tag, "compile_layers": per_rank[0]["compile_layers"],
         "ddp_tokens_per_s": spread([s["tokens_per_s"] for s in ddp]),
         "ddp_median_step_ms": statistics.median(s["median_step_ms"] for s in ddp),
@@ -453,8 +455,8 @@ def _mfu(band: dict | None) -> str:
 
 def variant(result: dict) -> str:
     """The reduce dtype, then what else set this run apart (CPU pinning, compiled layers, tag)."""
-    extra = [", CPUs split" if result.get("cpu_affinity") == "split" else "", compiled_note(compile_backend(result)),
-             f", {result['tag']}" if result.get("tag") else ""]
+    extra = [in_flight_note(result), ", CPUs split" if result.get("cpu_affinity") == "split" else "",
+             compiled_note(compile_backend(result)), f", {result['tag']}" if result.get("tag") else ""]
     return result["reduce_dtype"] + "".join(extra)
 
 

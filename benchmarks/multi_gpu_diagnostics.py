@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for the protocol's statistics
+from badam.data_parallel import MAX_IN_FLIGHT  # noqa: E402
 from experiments.repeats import band  # noqa: E402
 
 KINDS = ("single", "alone", "ddp")
@@ -202,10 +203,17 @@ def compile_backend(result: dict) -> str | None:
     return (result.get("compile_layers") or {}).get("backend")
 
 
+def in_flight_note(result: dict) -> str:
+    """', B in flight' for a run whose --max-in-flight was not the library's default (older JSONs: the default)."""
+    value = result.get("max_in_flight", MAX_IN_FLIGHT)
+    return "" if value == MAX_IN_FLIGHT else f", {value} in flight"
+
+
 def _label(result: dict) -> str:
     backend = compile_backend(result)
     compiled = "" if not backend else " compiled" + ("" if backend == "inductor" else f" ({backend})")
-    extra = (" CPUs split" if result.get("cpu_affinity") == "split" else "") + compiled + (
+    extra = in_flight_note(result).replace(",", "") \
+        + (" CPUs split" if result.get("cpu_affinity") == "split" else "") + compiled + (
         f" {result['tag']}" if result.get("tag") else "")
     return f"{result['model']} {result['method']} {result['batch_per_gpu']}x{result['seq_len']} " \
            f"{result['reduce_dtype']}{extra}"

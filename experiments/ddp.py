@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from badam import BlockOptimizer
-from badam.data_parallel import BlockGradientSync
+from badam.data_parallel import MAX_IN_FLIGHT, BlockGradientSync
 from badam.mixed_precision import FP32MasterWeights
 from baselines.errors import MethodUnsupportedError
 
@@ -61,18 +61,19 @@ class DataParallel:
     """What the loop needs for one ddp run: the gradient averaging attached to the method, and the context each
     micro-batch's forward and backward run in (the last one of a step averages, the others accumulate)."""
 
-    def __init__(self, model: nn.Module, method, ctx, reduce_dtype: str = "fp32"):
+    def __init__(self, model: nn.Module, method, ctx, reduce_dtype: str = "fp32", max_in_flight: int = MAX_IN_FLIGHT):
         check_method_supported(method.name)
         self.ctx = ctx
         optimizer = getattr(method, "optimizer", None)
         if isinstance(optimizer, BlockOptimizer):
-            optimizer.enable_data_parallel(None, reduce_dtype=reduce_dtype, broadcast_weights=False)
+            optimizer.enable_data_parallel(None, reduce_dtype=reduce_dtype, broadcast_weights=False,
+                                           max_in_flight=max_in_flight)
             self.sync = optimizer.gradient_sync
         else:
             masters = getattr(method, "master_weights", None)
             if not isinstance(masters, FP32MasterWeights):
                 raise MethodUnsupportedError(f"{method.name} keeps no fp32 masters to average gradients on")
-            self.sync = BlockGradientSync(None, reduce_dtype=reduce_dtype)
+            self.sync = BlockGradientSync(None, reduce_dtype=reduce_dtype, max_in_flight=max_in_flight)
             self.sync.attach(masters)
 
     def micro_batch(self, last: bool):
@@ -81,7 +82,8 @@ class DataParallel:
 
     def describe(self) -> dict:
         return {"reduce_dtype": str(self.sync.reduce_dtype).removeprefix("torch."),
-                "bucket_numel": self.sync.bucket_numel, "optimizer_states": "replicated"}
+                "bucket_numel": self.sync.bucket_numel, "max_in_flight": self.sync.max_in_flight,
+                "optimizer_states": "replicated"}
 
 
 # --- checkpoints and the final model -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@
 #          FSDP=1 adds an FSDP2 run with compiled layers per repeat; REPEATS="1 2" / "3" split it over two calls
 #   compile2 (nvidia-h100-x2, ~5 min) batch 2, fp32 all-reduce, ddp against single with eager / compiled layers, 2 x
 #          alternating, 3 rounds each (runs/mg, next to the diag runs); REDUCE=bf16 all-reduces in bf16, EAGER=0 runs
-#          the compiled runs only (REPEATS as above)
+#          the compiled runs only, INFLIGHT=B lets B bucket all-reduces pend in backward (--max-in-flight; default 2)
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
 # Afterwards: benchmarks/multi_gpu_diagnostics.py on the JSONs prints the per-rank and paired comparisons (also in
 # summary.md); folders merged from several machines: benchmarks/multi_gpu.py --out DIR --rewrite-summary.
@@ -95,10 +95,11 @@ case $phase in
     compile2)
         export LIMIT=240
         reduce=${REDUCE:-fp32}; wire=; [ "$reduce" = fp32 ] || wire=_$reduce   # log names of the bf16 runs: _bf16
+        paced=(); [ -z "${INFLIGHT:-}" ] || { paced=(--max-in-flight "$INFLIGHT"); wire+=_inflight$INFLIGHT; }
         for r in ${REPEATS:-1 2}; do
             [ "${EAGER:-1}" = 0 ] || run ddp_b2${wire}_r$r --mode ddp --compare-single 3 --switch-every 1 --steps 35 \
-                --tag r$r --reduce-dtype "$reduce" || exit 1
+                --tag r$r --reduce-dtype "$reduce" "${paced[@]}" || exit 1
             run ddp_b2${wire}_compiled_r$r --mode ddp --compare-single 3 --switch-every 1 --steps 35 --tag r$r \
-                --reduce-dtype "$reduce" --compile-layers || exit 1
+                --reduce-dtype "$reduce" "${paced[@]}" --compile-layers || exit 1
         done ;;
 esac

@@ -139,6 +139,27 @@ def test_buckets_put_matrices_in_backward_order_and_vectors_last(group):
     small.detach()
 
 
+@pytest.mark.parametrize("max_in_flight", [1, 64])
+def test_pending_all_reduces_are_bounded_and_change_no_value(group, max_in_flight):
+    """max_in_flight only moves when the backward waits for a bucket (the compute stream on NCCL): at most that many
+    all-reduces pend between launches, and the trained weights are those of one process bit for bit."""
+    plain, parallel = tiny_llama(), tiny_llama()
+    train(plain, build(plain))
+    opt = build(parallel)
+    opt.enable_data_parallel(group, bucket_numel=2048, max_in_flight=max_in_flight)
+    sync, pending = opt.gradient_sync, []
+    launch = sync._launch
+
+    def counting_launch(bucket, in_backward):
+        launch(bucket, in_backward)
+        pending.append(len(sync._in_flight))
+
+    sync._launch = counting_launch
+    train(parallel, opt)
+    assert params_equal(plain, parallel) and sync.max_in_flight == max_in_flight
+    assert len(sync.buckets) > 3 and max(pending) == min(max_in_flight + 1, len(sync.buckets))
+
+
 def test_a_parameter_without_gradient_keeps_none(group):
     model = tiny_llama(layers=2)
     opt = build(model, process_group=group, active_modules=["lm_head"])
@@ -153,6 +174,8 @@ def test_arguments_and_misuse_give_one_clear_error(group):
         resolve_reduce_dtype("fp16")
     with pytest.raises(ValueError, match="bucket_numel must be an integer >= 1"):
         BlockGradientSync(group, bucket_numel=0)
+    with pytest.raises(ValueError, match="max_in_flight must be an integer >= 1"):
+        BlockGradientSync(group, max_in_flight=0)
     model = tiny_llama(layers=2)
     opt = build(model)
     model(**lm_batch(0)).loss.backward()

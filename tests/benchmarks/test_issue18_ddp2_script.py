@@ -47,24 +47,25 @@ def test_every_phase_passes_arguments_the_benchmark_accepts(tmp_path):
 
 
 def test_compile2_with_the_bf16_all_reduce_and_compiled_runs_only(tmp_path):
-    """REDUCE=bf16 EAGER=0: every run all-reduces in bf16 and compiles its layers; their logs are named apart from
-    the fp32 runs' in the shared folder."""
+    """REDUCE=bf16 EAGER=0 INFLIGHT=8: every run all-reduces in bf16 with 8 buckets in flight and compiles its layers;
+    their logs are named apart from the fp32 runs' in the shared folder."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
     bin_dir.mkdir()
     for name, body in {"torchrun": f'printf "%s\\n" "$*" >> {calls}', "nvidia-smi": "true", "python": "true"}.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "OUT": str(tmp_path / "out"), "BADAM_SOURCE_COMMIT": "0" * 40, "REDUCE": "bf16", "EAGER": "0",
+           "INFLIGHT": "8",
            "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     done = subprocess.run(["bash", str(SCRIPT), "compile2"], capture_output=True, text=True, cwd=tmp_path, env=env,
                           timeout=60)
     assert done.returncode == 0, done.stderr[-500:]
     lines = calls.read_text().splitlines()
-    assert len(lines) == 2 and all("--reduce-dtype bf16" in x and "--compile-layers" in x for x in lines)
+    assert len(lines) == 2 and all("--reduce-dtype bf16 --max-in-flight 8 --compile-layers" in x for x in lines)
     for line in lines:
         multi_gpu.parse_args(line.split()[3:])
     assert sorted(p.name for p in (tmp_path / "runs" / "mg").glob("*.txt")) == [
-        "ddp_b2_bf16_compiled_r1.txt", "ddp_b2_bf16_compiled_r2.txt"]
+        "ddp_b2_bf16_inflight8_compiled_r1.txt", "ddp_b2_bf16_inflight8_compiled_r2.txt"]
 
 
 def test_a_bad_phase_is_named_and_writes_nothing(tmp_path):

@@ -61,7 +61,8 @@ def test_bf16_badam_sums_in_fp32_and_replicates_its_state(ddp):
     single = method.memory_split(model)
     assert got["split"]["parameters"] == single["parameters"]
     assert got["split"]["optimizer_states"] == single["optimizer_states"] > 0
-    assert got["dp"] == {"reduce_dtype": "float32", "bucket_numel": 25_000_000, "optimizer_states": "replicated"}
+    assert got["dp"] == {"reduce_dtype": "float32", "bucket_numel": 25_000_000, "max_in_flight": 2,
+                         "optimizer_states": "replicated"}
 
 
 def test_library_process_group_schedule_and_weights(ddp):

@@ -92,11 +92,21 @@ def test_result_names_carry_batch_and_layout():
     every = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "5", "--alone-phase",
                                   "--single-every-rank", "--cpu-affinity", "split", "--tag", "r1"])
     assert multi_gpu.result_stem(every, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x5_solo_alone_pinned_r1"
+    paced = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "3", "--max-in-flight", "8"])
+    assert multi_gpu.result_stem(paced, 2) == "llama3-8b_badam_n2_ddp_fp32_inflight8_vs1x3"
     for wrong in (["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"], ["--keep-gathered-layers", "-2"],
+                  ["--max-in-flight", "4"], ["--mode", "ddp", "--max-in-flight", "0"],
                   ["--keep-gathered", "--keep-gathered-layers", "4"], ["--mode", "ddp", "--alone-phase"],
                   ["--mode", "ddp", "--single-every-rank"], ["--cpu-affinity", "half"]):
         with pytest.raises(SystemExit):
             multi_gpu.parse_args(["--out", "x", *wrong])
+
+
+def test_runs_with_more_all_reduces_in_flight_are_labelled_apart():
+    from multi_gpu_diagnostics import in_flight_note
+
+    assert in_flight_note({"max_in_flight": 8}) == ", 8 in flight"
+    assert in_flight_note({"max_in_flight": 2}) == in_flight_note({}) == ""  # the default; JSONs from before the flag
 
 
 def test_forward_prefetch_changes_timing_not_numbers(tmp_path):
