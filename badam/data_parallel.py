@@ -53,7 +53,7 @@ import torch
 
 from .mixed_precision import FP32MasterWeights
 
-DEFAULT_BUCKET_NUMEL = 25_000_000  # 100 MB of fp32 per bucket: a Llama 3-8B layer's 218M parameters make 7 buckets
+DEFAULT_BUCKET_NUMEL = 25_000_000  # 100 MB of fp32 per bucket: a Llama 3-8B layer's 218M parameters make 6 buckets
 REDUCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Buckets whose all-reduce may be pending during backward before the oldest is completed, which makes the compute
 # stream wait for it: bounds the extra flat buffers (a bucket of several tensors is copied; a lone tensor goes on the
