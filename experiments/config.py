@@ -438,7 +438,8 @@ ALLOW_REFUSED_COMPILE = "BADAM_ALLOW_REFUSED_COMPILE"  # =1: run a refused metho
 def check_compile_layers(backend: str, method_class, options) -> None:
     """ConfigError when train.compile_layers names a backend for a method that, with these options, cannot train
     with compiled layers (Method.compile_layers_problem says why). With BADAM_ALLOW_REFUSED_COMPILE=1 a warning
-    instead: the GPU probes that study a refusal (scripts/gpu/lora_compile_probe.sh) need the refused runs."""
+    instead: the GPU probes that study a refusal (scripts/gpu/compile_layers_check.sh lora-probe) need the
+    refused runs."""
     problem = method_class.compile_layers_problem(options, backend) if backend != "none" else None
     if problem and os.environ.get(ALLOW_REFUSED_COMPILE) == "1":
         warnings.warn(f"train.compile_layers={backend} for method {method_class.name!r} runs although refused "

@@ -1,7 +1,8 @@
-"""Issue 18 probe, CPU side of scripts/gpu/lora_compile_probe.sh: does LoRA's first AdamW step lower the loss by the
-same amount with inductor-compiled decoder layers as eager, in fp32 and bf16? A 4-layer random Llama (hidden 256),
-rank-16 LoRA on every linear map, checkpointing, three batches of 2 x 128 random tokens; prints, per dtype and
-backend, the loss at steps 2 and 3 at lr 1e-3 minus the same at lr 1e-12 (adapters stay ~0). About 90 s on 2 cores:
+"""Issue 18 probe, CPU side of `scripts/gpu/compile_layers_check.sh lora-probe`: does LoRA's first AdamW step lower
+the loss by the same amount with inductor-compiled decoder layers as eager, in fp32 and bf16? A 4-layer random Llama
+(hidden 256), rank-16 LoRA on every linear map, checkpointing, three batches of 2 x 128 random tokens; prints, per
+dtype and backend, the loss at steps 2 and 3 at lr 1e-3 minus the same at lr 1e-12 (adapters stay ~0). About 90 s
+on 2 cores:
     .venv/bin/python scripts/gpu/lora_compile_probe_cpu.py
 On 2026-11-26 (torch 2.13 CPU) the effects agreed within 10 % (results/bench/compile_layers_h100x1/README.md)."""
 import copy
