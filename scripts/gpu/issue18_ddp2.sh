@@ -26,18 +26,21 @@
 #   compile2 (nvidia-h100-x2, ~5 min) batch 2, fp32 all-reduce, ddp against single with eager / compiled layers, 2 x
 #          alternating, 3 rounds each (runs/mg, next to the diag runs); REDUCE=bf16 all-reduces in bf16, EAGER=0 runs
 #          the compiled runs only, INFLIGHT=B lets B bucket all-reduces pend in backward (--max-in-flight; default 2)
+#   scale4 (nvidia-h100-x4, ~6 min) 4 GPUs, layers compiled, fp32 all-reduce: ddp against rank 0 alone, batch 2 and
+#          batch 8 per GPU alternating, 3 rounds each (runs/mg4): checks benchmarks/ddp_scaling_plan.py's 4-GPU
+#          prediction from the 2-GPU runs; REPEATS="1 2" by default
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
 # Afterwards: benchmarks/multi_gpu_diagnostics.py on the JSONs prints the per-rank and paired comparisons (also in
 # summary.md); folders merged from several machines: benchmarks/multi_gpu.py --out DIR --rewrite-summary.
 set -u
-phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2}
+phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4}
 case $phase in
-    diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2) ;;
-    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1 or compile2" >&2; exit 2 ;;
+    diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4) ;;
+    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2 or scale4" >&2; exit 2 ;;
 esac
 export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
-folder=mg; [ "$phase" = 70b ] && folder=mg70; [ "$phase" = fsdp1 ] && folder=mg1; [ "$phase" = compile1 ] && folder=mg1c
+folder=mg; [ "$phase" = 70b ] && folder=mg70; [ "$phase" = fsdp1 ] && folder=mg1; [ "$phase" = compile1 ] && folder=mg1c; [ "$phase" = scale4 ] && folder=mg4
 out=runs/$folder
 mkdir -p "$out" "$OUT"; trap 'tar -C runs -czf "$OUT/$phase.tgz" "$folder"' EXIT
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader; nvidia-smi topo -m | head -4
@@ -82,7 +85,7 @@ case $phase in
         done
         [ "${PROFILE:-1}" = 0 ] ||
             run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
-    compile1|compile2)  # inductor needs Triton on the GPU machine: say so at once rather than in every run's log
+    compile1|compile2|scale4)  # inductor needs Triton on the GPU machine: say so at once rather than in every run's log
         python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' || exit 1 ;;&
     compile1)
         export NPROC=1 LIMIT=150
@@ -101,5 +104,13 @@ case $phase in
                 --tag r$r --reduce-dtype "$reduce" "${paced[@]}" || exit 1
             run ddp_b2${wire}_compiled_r$r --mode ddp --compare-single 3 --switch-every 1 --steps 35 --tag r$r \
                 --reduce-dtype "$reduce" "${paced[@]}" --compile-layers || exit 1
+        done ;;
+    scale4)
+        export NPROC=${NPROC:-4}
+        for r in ${REPEATS:-1 2}; do
+            LIMIT=240 run ddp_b2_compiled_n${NPROC}_r$r --mode ddp --compare-single 3 --switch-every 1 --steps 35 \
+                --tag r$r --compile-layers || exit 1
+            LIMIT=300 run ddp_b8_compiled_n${NPROC}_r$r --mode ddp --compare-single 3 --switch-every 1 --steps 35 \
+                --tag r$r --compile-layers --batch-size 8 || exit 1
         done ;;
 esac
