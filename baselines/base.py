@@ -118,6 +118,12 @@ class Method:
         return cls.compile_layers_unsupported
 
     @classmethod
+    def compile_layers_options(cls, backend: str) -> dict:
+        """Inductor settings this method's compiled layers need (torch.compile's ``options``; {}: inductor's
+        defaults); only the inductor backend reads them. summary.json's compile_layers records them."""
+        return {}
+
+    @classmethod
     def supports_fsdp2(cls) -> bool:
         return cls.fsdp2_unsupported is None
 

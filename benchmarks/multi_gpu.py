@@ -202,7 +202,8 @@ def run(args, ctx) -> dict:
         tokenizer=False, seed=0, prepare=method.prepare_model, separate_ends=args.separate_ends,
         reshard_after_forward=not args.keep_gathered, forward_prefetch=args.forward_prefetch,
         keep_gathered_layers=args.keep_gathered_layers)
-    compiled = compile_decoder_layers(model, args.compile_layers) if args.compile_layers else None
+    compiled = (compile_decoder_layers(model, args.compile_layers, method.compile_layers_options(args.compile_layers))
+                if args.compile_layers else None)
     method.build_optimizer(model)
     model.train()
     model.config.use_cache = False

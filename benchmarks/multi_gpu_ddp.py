@@ -273,7 +273,8 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
     model, _ = load_model(f"random:{args.model}", dtype="bf16", device=str(ctx.device),
                           gradient_checkpointing=not args.no_checkpointing, tokenizer=False, seed=0)
     model = ddp_mod.replicate(method.prepare_model(model), ctx)
-    compiled = compile_decoder_layers(model, args.compile_layers) if args.compile_layers else None
+    compiled = (compile_decoder_layers(model, args.compile_layers, method.compile_layers_options(args.compile_layers))
+                if args.compile_layers else None)
     model.train()
     model.config.use_cache = False
     synchronize(ctx.device)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -67,13 +67,15 @@ class CompiledLayers:
     backend: str
     layers: int
     functions: int  # compiled functions: one per decoder-layer class (one for every model here)
+    inductor_options: dict = field(default_factory=dict)  # torch.compile's options for these graphs ({}: defaults)
 
     def stats(self) -> dict:
         """What Dynamo compiled so far in this process: graphs, graph breaks, recompiles (frame compilations after
         the first of each compiled function; exact while there are no graph breaks) and seconds spent compiling."""
         from torch._dynamo.utils import compilation_time_metrics, counters
 
-        return {"backend": self.backend, "layers": self.layers, "graphs": compiled_graphs(),
+        return {"backend": self.backend, "layers": self.layers, "inductor_options": dict(self.inductor_options),
+                "graphs": compiled_graphs(),
                 "graph_breaks": int(sum(counters["graph_break"].values())),
                 "recompiles": max(0, int(counters["frames"]["ok"]) - self.functions),
                 "compile_s": round(sum(compilation_time_metrics.get("_compile.compile_inner", [])), 3)}
@@ -86,17 +88,21 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def compile_decoder_layers(model: nn.Module, backend: str = "inductor") -> CompiledLayers:
+def compile_decoder_layers(model: nn.Module, backend: str = "inductor",
+                           inductor_options: dict | None = None) -> CompiledLayers:
     """Compile every decoder layer's forward in place (see the module docstring); call after the model is built,
-    sharded and prepared (LoRA adapters, FSDP2), before training."""
+    sharded and prepared (LoRA adapters, FSDP2), before training. `inductor_options`: inductor settings for these
+    graphs only (torch.compile's ``options``, e.g. what Method.compile_layers_options asks for); ignored by the
+    other backends, which generate no code."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown compile backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     layers = decoder_layers(model)
     torch._dynamo.config.fail_on_recompile_limit_hit = True
+    options = dict(inductor_options or {}) if backend == "inductor" else {}
     shared: dict[object, object] = {}
     for layer in layers:
         forward = original_forward(type(layer))
         if forward not in shared:
-            shared[forward] = torch.compile(forward, backend=backend)
+            shared[forward] = torch.compile(forward, backend=backend, options=options or None)
         layer.forward = types.MethodType(_compiled_call(shared[forward]), layer)
-    return CompiledLayers(backend, len(layers), len(shared))
+    return CompiledLayers(backend, len(layers), len(shared), options)

@@ -55,7 +55,7 @@ def compile_for_training(model: nn.Module, method, backend: str) -> LayerCompila
     torch._dynamo.utils.counters.clear()
     torch._dynamo.utils.compilation_time_metrics.clear()
     try:
-        return LayerCompilation(compile_decoder_layers(model, backend))
+        return LayerCompilation(compile_decoder_layers(model, backend, method.compile_layers_options(backend)))
     except ValueError as exc:
         raise ConfigError(f"train.compile_layers={backend}: {exc}; set train.compile_layers=none for this "
                           "model") from None

@@ -4,11 +4,11 @@
 #   check       BAdam switching block every step (every layer compiles its graphs in the first block-epoch), none vs
 #               inductor alternating per repeat (REPEATS, default "1 2"), STEPS steps (default 40)
 #               -> runs/compile_layers
-#   lora-probe  LoRA, which the harness refuses under inductor since this probe first ran (run anyway here with
-#               BADAM_ALLOW_REFUSED_COMPILE=1): eager vs inductor at lr 1e-6 with dropout 0.1 / 0 and at lr 1e-12
-#               (adapters stay ~0), five steps each, per-step losses printed -> runs/${PROBE_DIR:-lp}; PROBE_SET adds
-#               overrides to every run (e.g. "model.dtype=fp32"), and TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 makes
-#               inductor round at each cast as eager does (pytorch/pytorch#159239)
+#   lora-probe  LoRA eager vs inductor at lr 1e-6 with dropout 0.1 / 0 and at lr 1e-12 (adapters stay ~0), five
+#               steps each, per-step losses printed -> runs/${PROBE_DIR:-lp}; PROBE_SET adds overrides to every run
+#               (e.g. "model.dtype=fp32"). Its first runs (lora_probe/lp*) found inductor's defaults off in bf16, the
+#               run with TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 (lp_emulate) found that setting to agree with eager,
+#               so LoRA's layers are now compiled with it (baselines/lora.py compile_layers_options)
 # Each run's summary.json holds its step-time medians (steps that compiled left out), the compile stats and its
 # command; the phase's folder is packed whole into $OUT/<folder>.tgz on every exit.
 # Prepare here: scripts/gpu/time_session.sh prepare (the stand-in tokenizer .gpu/tok/smollm2 and the Alpaca-GPT4
@@ -29,7 +29,7 @@ export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
 py=${PYTHON:-python3}
 work=runs/compile_layers compiled=inductor steps=${STEPS:-40} warmup=3
-[ "$phase" = lora-probe ] && { work=runs/${PROBE_DIR:-lp} steps=5 warmup=1; export BADAM_ALLOW_REFUSED_COMPILE=1; }
+[ "$phase" = lora-probe ] && { work=runs/${PROBE_DIR:-lp} steps=5 warmup=1; }
 common=(--config memory/llama3_8b_memory.yaml --refuse-existing --no-progress "model.tokenizer=$here/.gpu/tok/smollm2")
 if [ -n "${COMPILE_CHECK_SMOKE:-}" ]; then   # the same commands on the CPU with a tiny Llama and Dynamo's aot_eager
   work=${work}_smoke compiled=aot_eager steps=4 warmup=1
