@@ -126,3 +126,118 @@ def test_committed_plan_is_what_the_code_writes(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert plan.main(argv[:out] + argv[out + 2:]) == 0
     assert capsys.readouterr().out == committed.replace(f" --out {argv[out + 1]}", "")
+
+
+def _write(path: Path, result: dict) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    return str(path)
+
+
+def _two_gpu_input() -> dict:
+    """Noisy single steps (a straggler cost above 0, so its interval is tested too); ddp 104 / 106 ms, window 3 + tail
+    1 ms (bound 218 GB/s, all-reduce 4 ms on 2 GPUs, 6 ms on 4); exposed 104 / 2 - 100 / 2 = 2 ms."""
+    single = [[100.0, 100.0, 100.0, 100.0], [104.0, 100.0, 96.0, 100.0], [100.0, 108.0, 100.0, 92.0]]
+    return _run(single, [[[104.0] * 4, [106.0] * 4]] * 3, window_ms=3.0, tail_ms=1.0)
+
+
+def _four_gpu_check(**extra) -> dict:
+    """4 ranks; single 100 ms but one 110 ms step in round 2 (mean 101.25), ddp 104 ms but rank 3 at 110 (the slower
+    rank: mean 110): efficiency 101.25 / 110; rounds 100 / 110 and 102.5 / 110. Exposed: rank 0-2's backward 51 against
+    single 49 ms (the 110 ms step: 54) -> median 2 ms; straggler measured 110 - 101.25 - 2 = 6.75 ms."""
+    single = [[100.0] * 4, [100.0, 100.0, 100.0, 110.0]]
+    return _run(single, [[[104.0] * 4] * 3 + [[110.0] * 4]] * 2, window_ms=3.0, tail_ms=1.0, **extra)
+
+
+def _checks_rows(text: str) -> list[str]:
+    """The rows of the checks table, its header first (the |---| line left out)."""
+    return [line for line in text.split("## Checks at other GPU counts\n", 1)[1].splitlines() if line.startswith("| ")]
+
+
+def test_check_run_measured_and_predicted_as_the_plans_own_row(tmp_path, capsys):
+    two = _write(tmp_path / "pair" / "llama3-8b_badam_n2_ddp_fp32_vs1x3.json", _two_gpu_input())
+    four = _write(tmp_path / "quad" / "llama3-8b_badam_n4_ddp_fp32_vs1x2.json", _four_gpu_check())
+    # 4 is not among --gpus: the check is predicted at its own N all the same
+    assert plan.main([two, "--gpus", "2", "8", "--resamples", "50", "--check", four]) == 0
+    text = capsys.readouterr().out
+    args = plan.parse_args([two, "--gpus", "4", "--resamples", "50"])
+    m = plan.measure([plan.load_result(two)])
+    row, = plan.plan_rows(m, args, plan.bus_bandwidth_bound(plan.load_result(two)))
+    est, low, high = row["straggler"]
+    assert est > 0 and row["exposed_ms"] == pytest.approx(4.0)  # 2 ms exposed + (6 - 4) ms more all-reduce
+    rest = m["single_ms"] + row["exposed_ms"]
+    measured = 101.25 / 110
+    own = plan.expected_max_excess(plan.single_residuals(_four_gpu_check()), 4)  # this machine's noise at N = 4
+    header, line = _checks_rows(text)
+    assert line == (
+        f"| llama3-8b badam, batch 2 x 8 per GPU, fp32 all-reduce, eager layers | 4 | 1 | {row['efficiency']:.3f} "
+        f"({4 * row['efficiency']:.2f}x) [{m['single_ms'] / (rest + high):.3f}-{m['single_ms'] / (rest + low):.3f}] | "
+        f"{measured:.3f} ({4 * measured:.2f}x) (rounds {100 / 110:.3f}-{102.5 / 110:.3f}) | "
+        f"{measured - row['efficiency']:+.3f} | 4.00 / 2.00 | {est:.1f} [{low:.1f}-{high:.1f}] / 6.8 | "
+        f"101.2 / 110.0 ({m['single_ms']:.1f} / {row['step_ms']:.1f}) | 1.2 ({own:.1f}) |") and header.startswith("| setting | N |")
+    assert f"predicted from the 1 run(s) on 2 GPUs of \"llama3-8b badam, batch 2 x 8 per GPU" in text
+    assert "Checks (--check; not used for fitting" in text and "quad/llama3-8b_badam_n4_ddp_fp32_vs1x2.json" in text
+    # with 4 among --gpus the plan's own 4-GPU row says the same, and nothing above the checks moves
+    assert plan.main([two, "--gpus", "2", "4", "8", "--resamples", "50", "--check", four]) == 0
+    with_check = capsys.readouterr().out
+    assert f"| {row['step_ms']:.1f} | {row['efficiency']:.3f} | {4 * row['efficiency']:.2f}x |" in with_check
+    assert plan.main([two, "--gpus", "2", "4", "8", "--resamples", "50"]) == 0
+    alone = capsys.readouterr().out
+    tables = "Predicted efficiency (speed-up) per setting"
+    assert with_check.split(tables)[1].split("## Checks")[0] == alone.split(tables)[1]
+    # the figures behind the row, exactly: the prediction is plan_rows' row at N = 4
+    entry, = plan.check_entries({four: plan.load_result(four)}, {plan.setting_key(plan.load_result(two)): ([two], m)},
+                                args, plan.bus_bandwidth_bound(plan.load_result(two)))
+    check = entry["check"]
+    assert check["predicted"]["efficiency"] == row["efficiency"] and check["predicted"]["straggler"] == row["straggler"]
+    assert check["efficiency"] == pytest.approx(measured) and check["straggler_ms"] == pytest.approx(6.75)
+    assert check["exposed_ms"] == pytest.approx(2.0) and check["n"] == 4
+
+
+def test_check_without_input_setting_is_reported_not_predicted(tmp_path, capsys):
+    two = _write(tmp_path / "llama3-8b_badam_n2_ddp_fp32_vs1x3.json", _two_gpu_input())
+    four = _write(tmp_path / "llama3-8b_badam_n4_b8_ddp_fp32_vs1x2.json", _four_gpu_check(batch_per_gpu=8))
+    assert plan.main([two, "--resamples", "20", "--check", four]) == 0
+    text = capsys.readouterr().out
+    _, line = _checks_rows(text)
+    measured = 101.25 / 110
+    assert line.startswith("| llama3-8b badam, batch 8 x 8 per GPU, fp32 all-reduce, eager layers | 4 | 1 | not "
+                           f"predicted: no input run of this setting (at any GPU count) | {measured:.3f} "
+                           f"({4 * measured:.2f}x) ")
+    assert "4 GPUs: " + four.split("/")[-2] + "/llama3-8b_badam_n4_b8_ddp_fp32_vs1x2.json; not predicted: no input " \
+        "run of this setting (at any GPU count)" in text
+
+
+def test_check_with_by_folder_is_set_against_each_input_machine(tmp_path, capsys):
+    """The folder is not matched (a 4-GPU run is never on an input's machine): one row per input folder's plan."""
+    inputs = [_write(tmp_path / name / "llama3-8b_badam_n2_ddp_fp32_vs1x3.json", _two_gpu_input()) for name in "ab"]
+    four = _write(tmp_path / "c" / "llama3-8b_badam_n4_ddp_fp32_vs1x2.json", _four_gpu_check())
+    assert plan.main(inputs + ["--resamples", "20", "--by-folder", "--check", four]) == 0
+    text = capsys.readouterr().out
+    assert len(_checks_rows(text)) == 3  # header, two rows
+    assert all(f'of "llama3-8b badam, batch 2 x 8 per GPU, fp32 all-reduce, eager layers, {name}"' in text
+               for name in "ab")
+
+
+def test_a_file_both_fitted_and_checked_is_refused(tmp_path, capsys):
+    two = _write(tmp_path / "llama3-8b_badam_n2_ddp_fp32_vs1x3.json", _two_gpu_input())
+    (tmp_path / "sub").mkdir()
+    same = str(tmp_path / "sub" / ".." / "llama3-8b_badam_n2_ddp_fp32_vs1x3.json")  # another spelling of the file
+    assert plan.main([two, "--check", same]) == 2
+    captured = capsys.readouterr()
+    line, = captured.err.splitlines()
+    assert captured.out == "" and line == f"error: {same}: given both as an input and with --check; a check run " \
+        "must not be fitted"
+
+
+@pytest.mark.parametrize("case, says", [("not_json", "unreadable"), ("fsdp2", "a fsdp2 result, not --mode ddp"),
+                                        ("one_round", "fewer than 2 single-GPU rounds")])
+def test_bad_check_file_gives_one_line_naming_it(tmp_path, capsys, case, says):
+    two = _write(tmp_path / "llama3-8b_badam_n2_ddp_fp32_vs1x3.json", _two_gpu_input())
+    content = {"fsdp2": sharded_result(4, 100.0, "A"), "one_round": _run([[100.0]], [[[104.0]] * 4])}.get(case)
+    bad = tmp_path / f"{case}.json"
+    bad.write_text("{" if content is None else json.dumps(content))
+    assert plan.main([two, "--check", str(bad)]) == 2
+    captured = capsys.readouterr()
+    line, = captured.err.splitlines()
+    assert captured.out == "" and line.startswith(f"error: {bad}: ") and says in line
