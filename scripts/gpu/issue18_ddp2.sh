@@ -29,18 +29,20 @@
 #   scale4 (nvidia-h100-x4, ~6 min) 4 GPUs, layers compiled, fp32 all-reduce: ddp against rank 0 alone, batch 2 and
 #          batch 8 per GPU alternating, 3 rounds each (runs/mg4): checks benchmarks/ddp_scaling_plan.py's 4-GPU
 #          prediction from the 2-GPU runs; REPEATS="1 2" by default
+#   zero1  (nvidia-h100-x2 or -x4, ~1 min) the active layer's update replicated vs sharded ZeRO-1 style
+#          (benchmarks/zero1_update.py: 30 alternating repeats; NPROC: the GPU counts, default 2, "2 4" on 4) -> runs/mgz
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
 # Afterwards: benchmarks/multi_gpu_diagnostics.py on the JSONs prints the per-rank and paired comparisons (also in
 # summary.md); folders merged from several machines: benchmarks/multi_gpu.py --out DIR --rewrite-summary.
 set -u
-phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4}
+phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|zero1}
 case $phase in
-    diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4) ;;
-    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2 or scale4" >&2; exit 2 ;;
+    diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|zero1) ;;
+    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2, scale4 or zero1" >&2; exit 2 ;;
 esac
 export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
-folder=mg; [ "$phase" = 70b ] && folder=mg70; [ "$phase" = fsdp1 ] && folder=mg1; [ "$phase" = compile1 ] && folder=mg1c; [ "$phase" = scale4 ] && folder=mg4
+folder=mg; [ "$phase" = 70b ] && folder=mg70; [ "$phase" = fsdp1 ] && folder=mg1; [ "$phase" = compile1 ] && folder=mg1c; [ "$phase" = scale4 ] && folder=mg4; [ "$phase" = zero1 ] && folder=mgz
 out=runs/$folder
 mkdir -p "$out" "$OUT"; trap 'tar -C runs -czf "$OUT/$phase.tgz" "$folder"' EXIT
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader; nvidia-smi topo -m | head -4
@@ -112,5 +114,10 @@ case $phase in
                 --tag r$r --compile-layers || exit 1
             LIMIT=300 run ddp_b8_compiled_n${NPROC}_r$r --mode ddp --compare-single 3 --switch-every 1 --steps 35 \
                 --tag r$r --compile-layers --batch-size 8 || exit 1
+        done ;;
+    zero1)
+        for n in ${NPROC:-2}; do
+            timeout 240 torchrun --nproc_per_node "$n" benchmarks/zero1_update.py --out "$out" --repeats 30 \
+                > "$out/zero1_n$n.txt" 2>&1; echo "== zero1_n$n rc $?"; tail -n 12 "$out/zero1_n$n.txt"
         done ;;
 esac
