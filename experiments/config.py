@@ -41,7 +41,8 @@ DTYPES = ("bf16", "fp32")
 TASKS = ("causal_lm", "sequence_classification", "multiple_choice")
 DATA_FORMATS = ("alpaca", "math", "text", "superglue")
 AUTOCAST = ("auto", "bf16", "none")
-DISTRIBUTED = ("none", "fsdp2", "ddp")  # launch with torchrun: experiments/distributed.py (fsdp2), experiments/ddp.py
+# launch with torchrun: experiments/distributed.py (fsdp2), experiments/ddp.py; auto: experiments/launch_mode.py
+DISTRIBUTED = ("auto", "none", "fsdp2", "ddp")
 DDP_REDUCE_DTYPES = ("fp32", "bf16")  # train.ddp_reduce_dtype: the dtype gradients are all-reduced in
 COMPILE_LAYERS = ("none", *COMPILE_BACKENDS)  # train.compile_layers
 COMMON_METHOD_KEYS = ("name", "lr", "weight_decay")
@@ -110,7 +111,8 @@ class TrainConfig:
     resume_from: str | None = None           # checkpoint.pt or a run directory holding one
     autocast: str = "auto"                   # auto: bf16 autocast when the weights are bf16
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
-    distributed: str = "none"                # none | fsdp2 | ddp (torchrun --nproc_per_node N -m experiments.run ...)
+    distributed: str = "auto"                # auto | none | fsdp2 | ddp (auto: none on one process, under torchrun ddp
+    #                                          when the model fits one GPU replicated, else fsdp2; launch_mode.py)
     ddp_reduce_dtype: str = "fp32"           # ddp: dtype of the gradient all-reduce (badam/data_parallel.py)
     fsdp_forward_prefetch: int = 0           # fsdp2: layers whose all-gather is issued ahead (experiments.distributed)
     fsdp_keep_gathered_layers: int = 0       # fsdp2: layers backward reaches that keep their gathered weights (-1: all;
@@ -394,7 +396,7 @@ def validate(cfg: RunConfig) -> None:
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"train.device={device!r} is not valid; valid values: auto, cpu, cuda, cuda:N")
     _choice(cfg.train.distributed, DISTRIBUTED, "train.distributed")
-    if cfg.train.distributed != "none" and device.startswith("cuda:"):
+    if cfg.train.distributed not in ("none", "auto") and device.startswith("cuda:"):  # auto: launch_mode checks
         raise ConfigError(f"train.device={device!r} with train.distributed={cfg.train.distributed}: each process "
                           "takes the GPU torchrun gives it (cuda:LOCAL_RANK); valid values: auto, cpu, cuda")
     _choice(cfg.train.ddp_reduce_dtype, DDP_REDUCE_DTYPES, "train.ddp_reduce_dtype")

@@ -10,7 +10,8 @@ has loaded its model and data (a typo in a path leaves it intact); `train.resume
 its own directory, and is refused, before anything is written, when the config differs from the run's config.yaml in
 anything but train.max_steps / train.stop_after_steps / output settings (experiments/checkpoint.py).
 
-Several GPUs: `torchrun --nproc_per_node N -m experiments.run --config ... train.distributed=ddp` (every GPU holds the
+Several GPUs: `torchrun --nproc_per_node N -m experiments.run --config ...` picks ddp or fsdp2 (train.distributed=auto,
+experiments/launch_mode.py); `... train.distributed=ddp` (every GPU holds the
 whole model, gradients are averaged; BAdam, LoRA, Adam, SGD: experiments/ddp.py) or `train.distributed=fsdp2` (FSDP2,
 experiments/distributed.py: a random-init model is built on the meta device and each rank allocates only its shards);
 rank 0 chooses the run directory and writes every file.
@@ -38,6 +39,7 @@ from experiments.checkpoint import ResumeError
 from experiments.config import (CONFIG_DIR, PROFILE_DIR, ConfigError, RunConfig, build_method_options,
                                 config_from_dict, config_to_dict, list_configs, load_config)
 from experiments.distributed import LaunchError, broadcast_object, init_distributed, shutdown
+from experiments.launch_mode import resolve_distributed
 from experiments.loop import RunNotStartedError, StoppedByCtrlC, error_kind_of, seed_everything, train
 from experiments.measure import held_bytes, is_oom
 from experiments.results import (RunDirExistsError, atomic_write_text, atomic_write_yaml,
@@ -226,6 +228,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
     A data file that cannot be read, or a record without the fields data.format reads, is a ConfigError raised before
     anything is written."""
     check_trainable_here(cfg)
+    cfg = resolve_distributed(cfg, announce=dist_ctx is None)  # auto: the mode this launch gets (recorded as such)
     if cfg.train.distributed != "none" and dist_ctx is None:
         dist_ctx = init_distributed(cfg.train.device, cfg.train.distributed)
     main = dist_ctx is None or dist_ctx.is_main
@@ -314,8 +317,9 @@ def check_launch(cfg: RunConfig) -> None:
 
         ddp_methods = ", ".join(n for n in method_names() if get_method_class(n).supports_ddp())
         raise ConfigError(f"started as {world} processes (torchrun) but train.distributed=none; pass "
-                          f"train.distributed=ddp (each GPU holds the whole model: {ddp_methods}) or "
-                          "train.distributed=fsdp2 (the model is sharded over the GPUs)")
+                          f"train.distributed=ddp (each GPU holds the whole model: {ddp_methods}), "
+                          "train.distributed=fsdp2 (the model is sharded over the GPUs) or train.distributed=auto "
+                          "(one of the two, by whether the model fits one GPU)")
 
 
 def list_everything() -> str:
@@ -392,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             return 0
+        cfg = resolve_distributed(cfg)
         check_launch(cfg)
         if cfg.train.distributed != "none":
             dist_ctx = init_distributed(cfg.train.device, cfg.train.distributed)
