@@ -342,12 +342,18 @@ def header_markdown(results: dict[str, dict], args, argv: list[str], nvlink_gbs:
             f"{args.resamples} resamplings (--resamples), seed {args.seed} (--seed).", ""]
 
 
+def group_settings(results: dict[str, dict], args) -> dict[tuple, list[str]]:
+    """The result paths of each setting (setting_key; with --by-folder also per folder, i.e. lent machine)."""
+    groups: dict[tuple, list[str]] = {}
+    for path, r in results.items():
+        groups.setdefault(setting_key(r, Path(path).parent.name if args.by_folder else ""), []).append(path)
+    return groups
+
+
 def check_entries(checks: dict[str, dict], plans: dict[tuple, tuple], args, nvlink_gbs: float) -> list[dict]:
     """checks_markdown's entries: the check runs grouped into settings as the inputs are, each set against every
     input setting that matches it but for the GPU count and the folder (match_key; plans: key -> (paths, measure))."""
-    groups: dict[tuple, list[str]] = {}
-    for path, r in checks.items():
-        groups.setdefault(setting_key(r, Path(path).parent.name if args.by_folder else ""), []).append(path)
+    groups = group_settings(checks, args)
     entries = []
     for key in sorted(groups, key=_order):
         m = measure([checks[p] for p in groups[key]])
@@ -379,9 +385,7 @@ def plan_markdown(paths: list[str], args, argv: list[str], check_paths: list[str
     bounds = {path: bus_bandwidth_bound(r) for path, r in results.items()}
     best = max(bounds, key=bounds.get)  # each run bounds the bandwidth from below: the largest bound is the tightest
     nvlink_gbs = args.nvlink_gbs or bounds[best]
-    settings: dict[tuple, list[str]] = {}
-    for path, r in results.items():
-        settings.setdefault(setting_key(r, Path(path).parent.name if args.by_folder else ""), []).append(path)
+    settings = group_settings(results, args)
     plans = []
     for key in sorted(settings, key=_order):
         m = measure([results[p] for p in settings[key]])
