@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from experiments import distributed_checkpoint as dist_ckpt
+from experiments.distributed_modes import same_mode
 from experiments.results import (CHECKPOINT_FILE, CONFIG_FILE, SHARDED_CHECKPOINT_DIR, RunDir, fsync_dir,
                                  read_metrics, replace_durably, truncate_metrics, write_metrics)
 
@@ -131,6 +132,8 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_CHANGES or key.split(".", 1)[0] in RESUMABLE_SECTIONS:
             continue
+        if key == "train.distributed" and same_mode(old.get(key), new.get(key)):
+            continue  # a config.yaml older than train.distributed=auto reads as auto
         if old.get(key) != new.get(key):
             out.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return out

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from experiments.distributed_modes import MODES, same_mode
+
 from baselines.registry import get_method_class, method_names
 from experiments.layer_compile import BACKENDS as COMPILE_BACKENDS
 from experiments.results import check_run_name
@@ -41,8 +43,7 @@ DTYPES = ("bf16", "fp32")
 TASKS = ("causal_lm", "sequence_classification", "multiple_choice")
 DATA_FORMATS = ("alpaca", "math", "text", "superglue")
 AUTOCAST = ("auto", "bf16", "none")
-# launch with torchrun: experiments/distributed.py (fsdp2), experiments/ddp.py; auto: experiments/launch_mode.py
-DISTRIBUTED = ("auto", "none", "fsdp2", "ddp")
+DISTRIBUTED = MODES  # launch with torchrun: experiments/distributed.py (fsdp2), experiments/ddp.py; auto: launch_mode.py
 DDP_REDUCE_DTYPES = ("fp32", "bf16")  # train.ddp_reduce_dtype: the dtype gradients are all-reduced in
 COMPILE_LAYERS = ("none", *COMPILE_BACKENDS)  # train.compile_layers
 COMMON_METHOD_KEYS = ("name", "lr", "weight_decay")
@@ -485,5 +486,7 @@ def changed_settings(saved: dict, cfg: RunConfig) -> list[str]:
 
     before, now = flat(old), flat(config_to_dict(cfg))
     ignored = ("run_name", "train.resume_from", "method.measure_rounding")  # the last only measures
+    same = {"train.distributed": same_mode}  # auto in the call matches the mode a run recorded for it
     return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
-            if key not in ignored and not key.startswith("output.") and before.get(key) != now.get(key)]
+            if key not in ignored and not key.startswith("output.")
+            and not same.get(key, lambda a, b: a == b)(before.get(key), now.get(key))]

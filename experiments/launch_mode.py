@@ -20,12 +20,9 @@ import dataclasses
 import os
 
 from experiments.config import ConfigError, RunConfig
+from experiments.distributed_modes import world_size
 
 FIT_SHARE = 0.8  # of the device memory the replicated weights and states may take; the rest is for activations
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 def model_shape(cfg: RunConfig) -> tuple[int, int, int]:

@@ -106,3 +106,22 @@ def test_torchrun_without_a_mode_trains_data_parallel(tmp_path):
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
     assert summary["distributed"]["mode"] == "ddp" and summary["distributed"]["world_size"] == 2
     assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["train"]["distributed"] == "ddp"
+
+
+def test_auto_matches_the_mode_a_run_recorded(monkeypatch):
+    """run_all / time_protocol keep finished runs whose settings match; a resume checks the same: auto in the new
+    config (or in an older config.yaml, which lacks the key) stands for none on one process, ddp or fsdp2 under
+    torchrun; explicit modes must be equal."""
+    from experiments.checkpoint import config_differences
+    from experiments.config import changed_settings, config_to_dict
+    from experiments.distributed_modes import same_mode
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    recorded = config_to_dict(config("train.distributed=none"))
+    assert changed_settings(recorded, config()) == []
+    assert changed_settings(recorded, config("train.distributed=ddp")) == ["train.distributed: 'none' -> 'ddp'"]
+    assert config_differences(config_to_dict(config()), recorded) == []
+    assert not same_mode("auto", "ddp") and same_mode("none", "auto")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert same_mode("ddp", "auto") and same_mode("auto", "fsdp2") and not same_mode("none", "auto")
+    assert changed_settings(recorded, config()) == ["train.distributed: 'none' -> 'auto'"]
