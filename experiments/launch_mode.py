@@ -8,8 +8,8 @@ processes (torchrun sets WORLD_SIZE > 1):
   * otherwise fsdp2 when the method runs sharded (the model, masters and states spread over the GPUs);
   * otherwise a ConfigError naming what each mode would need.
 "Fits": the analytic bytes of the 16-bit weights and the trained parameters' fp32 masters, gradients and moments
-(experiments/memory_model.py: the paper's formulas for badam, adam, lora and lomo; other methods: the weights alone,
-a lower bound) at most FIT_SHARE of the device's memory, the rest left for activations, temporaries and the allocator.
+(experiments/memory_model.py: the paper's formulas for badam, adam, lora and lomo; sgd / bsgd: 12 bytes per trained
+parameter; other methods: the weights alone, a lower bound) at most FIT_SHARE of the device's memory, the rest left for activations, temporaries and the allocator.
 The parameter count comes from the model's architecture built on the meta device (no weights are read). On the CPU
 (gloo) every model is taken to fit. The chosen mode and why are printed once (rank 0), and the run's config.yaml
 records the mode, not "auto", so a resume compares like with like.
@@ -44,6 +44,10 @@ def replicated_bytes(method: str, options: dict, params: int, layers: int, hidde
     key = {"badam": "badam", "adam": "adam", "lomo": "lomo"}.get(method)
     if method == "lora":
         key = f"lora-rank{options.get('rank', get_method_class('lora').Options().rank)}"
+    if method in ("sgd", "bsgd"):  # fp32 master, gradient and momentum (an upper bound without momentum)
+        trained = params if method == "sgd" else params / layers
+        formula = "2M + 12M" if method == "sgd" else "2M + 12M/D"
+        return round(weight_bytes * params + 12 * trained), formula
     if key is None:
         return weight_bytes * params, "the weights alone (no formula for this method)"
     estimate = paper_formula(key, params, layers, hidden)

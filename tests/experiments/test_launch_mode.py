@@ -64,8 +64,10 @@ def test_methods_go_where_they_run(torchrun, monkeypatch):
 def test_replicated_bytes_follow_the_memory_model():
     assert launch_mode.replicated_bytes("adam", {}, 1000, 10, 100, 2) == (18_000, "18M")
     assert launch_mode.replicated_bytes("lora", {"rank": 8}, 1000, 10, 100, 2)[1] == "2M + 36rM/m (r=8, m=100)"
-    assert launch_mode.replicated_bytes("sgd", {}, 1000, 10, 100, 4) == (4000, "the weights alone (no formula for "
-                                                                          "this method)")
+    assert launch_mode.replicated_bytes("sgd", {}, 1000, 10, 100, 2) == (14_000, "2M + 12M")
+    assert launch_mode.replicated_bytes("bsgd", {}, 1000, 10, 100, 4) == (5_200, "2M + 12M/D")
+    assert launch_mode.replicated_bytes("muon", {}, 1000, 10, 100, 4) == (4000, "the weights alone (no formula for "
+                                                                           "this method)")
 
 
 def test_a_gpu_index_with_several_processes_is_one_error(torchrun, monkeypatch):
