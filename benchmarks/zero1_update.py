@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from experiments.process_env import apply_defaults  # noqa: E402  (needs the repo on sys.path)
 
-apply_defaults()  # the harness's allocator setting before torch starts, as benchmarks/multi_gpu.py (whose record is used)
+apply_defaults()  # the harness's allocator setting before torch starts, as in benchmarks/multi_gpu.py (its record)
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402

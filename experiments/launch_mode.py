@@ -9,7 +9,8 @@ processes (torchrun sets WORLD_SIZE > 1):
   * otherwise a ConfigError naming what each mode would need.
 "Fits": the analytic bytes of the 16-bit weights and the trained parameters' fp32 masters, gradients and moments
 (experiments/memory_model.py: the paper's formulas for badam, adam, lora and lomo; sgd / bsgd: 12 bytes per trained
-parameter; other methods: the weights alone, a lower bound) at most FIT_SHARE of the device's memory, the rest left for activations, temporaries and the allocator.
+parameter; other methods: the weights alone, a lower bound) at most FIT_SHARE of the device's memory, the rest left
+for activations, temporaries and the allocator.
 The parameter count comes from the model's architecture built on the meta device (no weights are read). On the CPU
 (gloo) every model is taken to fit. The chosen mode and why are printed once (rank 0), and the run's config.yaml
 records the mode, not "auto", so a resume compares like with like.

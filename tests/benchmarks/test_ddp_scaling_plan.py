@@ -174,7 +174,8 @@ def test_check_run_measured_and_predicted_as_the_plans_own_row(tmp_path, capsys)
         f"({4 * row['efficiency']:.2f}x) [{m['single_ms'] / (rest + high):.3f}-{m['single_ms'] / (rest + low):.3f}] | "
         f"{measured:.3f} ({4 * measured:.2f}x) (rounds {100 / 110:.3f}-{102.5 / 110:.3f}) | "
         f"{measured - row['efficiency']:+.3f} | 4.00 / 2.00 | {est:.1f} [{low:.1f}-{high:.1f}] / 6.8 | "
-        f"101.2 / 110.0 ({m['single_ms']:.1f} / {row['step_ms']:.1f}) | 1.2 ({own:.1f}) |") and header.startswith("| setting | N |")
+        f"101.2 / 110.0 ({m['single_ms']:.1f} / {row['step_ms']:.1f}) | 1.2 ({own:.1f}) |")
+    assert header.startswith("| setting | N |")
     assert f"predicted from the 1 run(s) on 2 GPUs of \"llama3-8b badam, batch 2 x 8 per GPU" in text
     assert "Checks (--check; not used for fitting" in text and "quad/llama3-8b_badam_n4_ddp_fp32_vs1x2.json" in text
     # with 4 among --gpus the plan's own 4-GPU row says the same, and nothing above the checks moves
