@@ -1,0 +1,172 @@
+"""FSDP2's own host cost on one process, measured on the CPU: the plain path against FSDP2 (issue 18's one-GPU target).
+
+    python benchmarks/fsdp2_host_cost.py --out results/bench/fsdp2_host_cost [--layers 32] [--rounds 5] [--profile]
+
+Why on the CPU: on one H100 a Llama 3-8B BAdam step under FSDP2 makes 0.69-0.85 of the plain path's tokens/s, and the
+FSDP2 step is host-bound (its issuing thread's time equals the GPU's; benchmarks/README.md, "FSDP2 on one GPU"). A
+Llama of many layers and tiny width (default 32 layers of width 32, sequence 16) makes every operation cost its host
+time alone, so FSDP2's per-layer hooks (unshard, the single-rank all-gather's copies, reshard, backward hooks) show as
+they do on the GPU host, and a change to them can be measured here without a GPU. What it does not show: the GPU
+kernels' own time, the real all-gather, memory.
+
+Setting: one gloo process (WORLD_SIZE 1), fp32 weights (bf16 arithmetic is emulated on most CPUs), checkpointing per layer as
+the harness sets it, BAdam with K = 1 in ascending order (every step a block switch, backward reaching from the active
+layer up, as in the GPU runs), AdamW lr 1e-3; the same random batch every step. Both models are built from one seed and
+trained alternately: per round --steps timed steps of the plain model, then of the FSDP2 model (experiments/
+distributed.py shard_model, FSDP2's default layout), after --warmup untimed steps of each. Reported: per round the median
+step, and over rounds the median and range of each path and of their ratio (plain / FSDP2 = FSDP2's share of the plain
+path's throughput, the quantity of the one-GPU target). --profile adds cProfile's 25 costliest functions under FSDP2
+(cumulative, names containing "fsdp" or "gather") from one extra round. Writes <out>/fsdp2_host_cost_l<L>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime
+import io
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from experiments import distributed as dist_mod  # noqa: E402
+
+
+def build_model(layers: int, width: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from badam.hf import enable_block_checkpointing
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=width, intermediate_size=2 * width,
+                                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=64))
+    enable_block_checkpointing(model)
+    model.config.use_cache = False
+    return model
+
+
+def build_method():
+    from baselines.registry import get_method_class
+
+    cls = get_method_class("badam")
+    options = cls.Options(switch_block_every=1, switch_mode="ascending", start_block=0, seed=0)
+    return cls(options, lr=1e-3, weight_decay=0.0)
+
+
+class TrainingPath:
+    """One training path: a model, its BAdam optimizer and the fixed batch."""
+
+    def __init__(self, model, batch):
+        self.method = build_method()
+        self.model = self.method.prepare_model(model)
+        self.method.build_optimizer(self.model)
+        self.model.train()
+        self.batch = batch
+
+    def step(self) -> None:
+        loss = self.model(input_ids=self.batch, labels=self.batch).loss
+        loss.backward()
+        self.method.optimizer.step()
+        self.method.optimizer.zero_grad()
+
+    def timed(self, steps: int) -> float:
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            self.step()
+            times.append((time.perf_counter() - start) * 1000.0)
+        return statistics.median(times)
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def profile_fsdp2(path: TrainingPath, steps: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        path.step()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats("fsdp|gather", 25)
+    return text.getvalue()
+
+
+def run(args, ctx) -> dict:
+    batch = torch.randint(0, 256, (1, args.seq_len), generator=torch.Generator().manual_seed(1))
+    plain = TrainingPath(build_model(args.layers, args.width), batch)
+    sharded_model = build_model(args.layers, args.width)
+    sharded = TrainingPath(dist_mod.shard_model(build_method().prepare_model(sharded_model), ctx), batch)
+    for path in (plain, sharded):
+        for _ in range(args.warmup):
+            path.step()
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append({"plain_ms": plain.timed(args.steps), "fsdp2_ms": sharded.timed(args.steps)})
+    ratios = [r["plain_ms"] / r["fsdp2_ms"] for r in rounds]
+    result = {"layers": args.layers, "width": args.width, "seq_len": args.seq_len, "steps_per_round": args.steps,
+              "warmup": args.warmup, "threads": torch.get_num_threads(), "rounds": rounds,
+              "plain_ms": spread([r["plain_ms"] for r in rounds]), "fsdp2_ms": spread([r["fsdp2_ms"] for r in rounds]),
+              "plain_over_fsdp2": spread(ratios),
+              "environment": {"command": " ".join([sys.executable, *sys.argv]), "torch": torch.__version__,
+                              "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+    if args.profile:
+        result["fsdp2_profile"] = profile_fsdp2(sharded, args.steps)
+    return result
+
+
+def parse_args(argv: list[str] | None = None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--width", type=int, default=32, help="hidden size (multiple of 4 heads x 2)")
+    p.add_argument("--seq-len", type=int, default=16)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per path and round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: host time without thread noise)")
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    if min(args.layers, args.steps, args.rounds, args.seq_len) < 1 or args.warmup < 0 or args.width % 8:
+        p.error("--layers, --steps, --rounds and --seq-len must be >= 1, --warmup >= 0, --width a multiple of 8")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 1000))
+    ctx = dist_mod.init_distributed("cpu", mode="fsdp2")
+    try:
+        result = run(args, ctx)
+    finally:
+        torch.distributed.destroy_process_group()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"fsdp2_host_cost_l{args.layers}.json"
+    path.write_text(json.dumps(result, indent=1))
+    r = result["plain_over_fsdp2"]
+    print(f"{args.layers} layers of width {args.width}, {args.rounds} rounds of {args.steps} steps: plain "
+          f"{result['plain_ms']['median']:.1f} ms, FSDP2 {result['fsdp2_ms']['median']:.1f} ms per step; plain / FSDP2 "
+          f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}] -> {path}")
+    if args.profile:
+        print(result["fsdp2_profile"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""benchmarks/fsdp2_host_cost.py: the plain path and FSDP2 on one gloo process, alternating, with their ratio."""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_short_run_times_both_paths_and_profiles_fsdp2(tmp_path):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "fsdp2_host_cost.py"), "--out", str(tmp_path), "--layers", "3",
+           "--steps", "2", "--rounds", "2", "--warmup", "1", "--profile"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads((tmp_path / "fsdp2_host_cost_l3.json").read_text())
+    assert len(r["rounds"]) == 2 and r["plain_ms"]["n"] == r["fsdp2_ms"]["n"] == 2
+    for got in r["rounds"]:
+        assert got["plain_ms"] > 0 and got["fsdp2_ms"] > 0
+    ratios = [x["plain_ms"] / x["fsdp2_ms"] for x in r["rounds"]]
+    assert r["plain_over_fsdp2"] == {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                                     "n": 2}
+    assert "_fsdp_param_group.py" in r["fsdp2_profile"]  # FSDP2's hooks ran: the model was sharded
+    assert "plain / FSDP2" in done.stdout
+
+
+def test_bad_arguments_are_one_line():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fsdp2_host_cost.py"), "--out", "x",
+                           "--width", "30"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and "--width a multiple of 8" in done.stderr
