@@ -9,14 +9,16 @@ time alone, so FSDP2's per-layer hooks (unshard, the single-rank all-gather's co
 they do on the GPU host, and a change to them can be measured here without a GPU. What it does not show: the GPU
 kernels' own time, the real all-gather, memory.
 
-Setting: one gloo process (WORLD_SIZE 1), fp32 weights (bf16 arithmetic is emulated on most CPUs), checkpointing per layer as
-the harness sets it, BAdam with K = 1 in ascending order (every step a block switch, backward reaching from the active
-layer up, as in the GPU runs), AdamW lr 1e-3; the same random batch every step. Both models are built from one seed and
-trained alternately: per round --steps timed steps of the plain model, then of the FSDP2 model (experiments/
-distributed.py shard_model, FSDP2's default layout), after --warmup untimed steps of each. Reported: per round the median
-step, and over rounds the median and range of each path and of their ratio (plain / FSDP2 = FSDP2's share of the plain
-path's throughput, the quantity of the one-GPU target). --profile adds cProfile's 25 costliest functions under FSDP2
-(cumulative, names containing "fsdp" or "gather") from one extra round. Writes <out>/fsdp2_host_cost_l<L>.json.
+Setting: one gloo process (WORLD_SIZE 1), fp32 weights (bf16 arithmetic is emulated on most CPUs), checkpointing per
+layer as the harness sets it, BAdam with K = 1 in ascending order (every step a block switch, backward reaching from
+the active layer up, as in the GPU runs), AdamW lr 1e-3, the same random batch every step. Both models come from one
+seed (the FSDP2 one sharded by experiments/distributed.py shard_model, FSDP2's default layout). After --warmup untimed
+steps of each, in each of --rounds rounds the two paths take --steps steps in turn, one each (this VM's CPU speed
+drifts up to 2x within seconds; taking turns step by step lets a slow stretch reach both). Reported: per round each
+path's median step, and over rounds the median and range of each path and of their ratio (plain / FSDP2 = FSDP2's
+share of the plain path's throughput, the quantity of the one-GPU target). --profile adds cProfile's 25 costliest
+functions under FSDP2 (cumulative; names containing "fsdp" or "gather") from --steps more FSDP2 steps.
+Writes <out>/fsdp2_host_cost_l<L>.json.
 """
 from __future__ import annotations
 
@@ -79,13 +81,10 @@ class TrainingPath:
         self.method.optimizer.step()
         self.method.optimizer.zero_grad()
 
-    def timed(self, steps: int) -> float:
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            self.step()
-            times.append((time.perf_counter() - start) * 1000.0)
-        return statistics.median(times)
+    def timed_step(self) -> float:
+        start = time.perf_counter()
+        self.step()
+        return (time.perf_counter() - start) * 1000.0
 
 
 def spread(values: list[float]) -> dict:
@@ -112,8 +111,10 @@ def run(args, ctx) -> dict:
         for _ in range(args.warmup):
             path.step()
     rounds = []
-    for _ in range(args.rounds):
-        rounds.append({"plain_ms": plain.timed(args.steps), "fsdp2_ms": sharded.timed(args.steps)})
+    for _ in range(args.rounds):  # the two paths step by step in turn: the host's slow stretches reach both
+        times = [(plain.timed_step(), sharded.timed_step()) for _ in range(args.steps)]
+        rounds.append({"plain_ms": statistics.median(t[0] for t in times),
+                       "fsdp2_ms": statistics.median(t[1] for t in times)})
     ratios = [r["plain_ms"] / r["fsdp2_ms"] for r in rounds]
     result = {"layers": args.layers, "width": args.width, "seq_len": args.seq_len, "steps_per_round": args.steps,
               "warmup": args.warmup, "threads": torch.get_num_threads(), "rounds": rounds,
