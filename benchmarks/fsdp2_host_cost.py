@@ -66,11 +66,14 @@ def build_method():
 
 
 class TrainingPath:
-    """One training path: a model, its BAdam optimizer and the fixed batch."""
+    """One training path: a model (prepared by its method, then `shard`ed when given), its BAdam optimizer and the
+    fixed batch."""
 
-    def __init__(self, model, batch):
+    def __init__(self, model, batch, shard=None):
         self.method = build_method()
         self.model = self.method.prepare_model(model)
+        if shard is not None:
+            self.model = shard(self.model)
         self.method.build_optimizer(self.model)
         self.model.train()
         self.batch = batch
@@ -105,8 +108,7 @@ def profile_fsdp2(path: TrainingPath, steps: int) -> str:
 def run(args, ctx) -> dict:
     batch = torch.randint(0, 256, (1, args.seq_len), generator=torch.Generator().manual_seed(1))
     plain = TrainingPath(build_model(args.layers, args.width), batch)
-    sharded_model = build_model(args.layers, args.width)
-    sharded = TrainingPath(dist_mod.shard_model(build_method().prepare_model(sharded_model), ctx), batch)
+    sharded = TrainingPath(build_model(args.layers, args.width), batch, lambda model: dist_mod.shard_model(model, ctx))
     for path in (plain, sharded):
         for _ in range(args.warmup):
             path.step()

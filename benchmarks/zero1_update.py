@@ -47,6 +47,7 @@ from badam.update import step_tensor_by_tensor  # noqa: E402
 from experiments import distributed as dist_mod  # noqa: E402
 from experiments.measure import synchronize  # noqa: E402
 from experiments.model_configs import build_random_config  # noqa: E402
+from multi_gpu import environment  # noqa: E402  (the benchmarks folder is the script's own)
 
 VARIANTS = ("replicated", "sharded")
 # torch 2.13 renamed all_gather_into_tensor (a deprecation warning there); 2.11, the GPU machines', has the old name
@@ -187,14 +188,8 @@ def combine(args, ctx, per_rank: list[dict], layer_params: int, dtype) -> dict:
                                                   for i in range(args.repeats)])
     result["sharded_over_replicated"] = (result["sharded"]["update_ms"]["median"]
                                          / result["replicated"]["update_ms"]["median"])
-    result["environment"] = environment(ctx)
+    result["environment"] = environment(ctx)  # the record of benchmarks/multi_gpu.py
     return result
-
-
-def environment(ctx) -> dict:
-    from multi_gpu import environment as bench_environment  # the same record as the other multi-GPU benchmarks
-
-    return bench_environment(ctx)
 
 
 def summary_markdown(r: dict) -> str:

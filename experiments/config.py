@@ -29,9 +29,8 @@ from typing import Any
 
 import yaml
 
-from experiments.distributed_modes import MODES, same_mode
-
 from baselines.registry import get_method_class, method_names
+from experiments.distributed_modes import MODES, same_mode
 from experiments.layer_compile import BACKENDS as COMPILE_BACKENDS
 from experiments.results import check_run_name
 from experiments.schedule import SCHEDULES
@@ -486,7 +485,7 @@ def changed_settings(saved: dict, cfg: RunConfig) -> list[str]:
 
     before, now = flat(old), flat(config_to_dict(cfg))
     ignored = ("run_name", "train.resume_from", "method.measure_rounding")  # the last only measures
-    same = {"train.distributed": same_mode}  # auto in the call matches the mode a run recorded for it
     return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
-            if key not in ignored and not key.startswith("output.")
-            and not same.get(key, lambda a, b: a == b)(before.get(key), now.get(key))]
+            if key not in ignored and not key.startswith("output.") and before.get(key) != now.get(key)
+            # auto in the call matches the mode a run recorded for it
+            and not (key == "train.distributed" and same_mode(before.get(key), now.get(key)))]
