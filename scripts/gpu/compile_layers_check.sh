@@ -3,7 +3,7 @@
 # Llama 3-8B random init, the memory config's setting (bf16, checkpointing, batch 2 x 728 packed). Phases:
 #   check       BAdam switching block every step (every layer compiles its graphs in the first block-epoch), none vs
 #               inductor alternating per repeat (REPEATS, default "1 2"), STEPS steps (default 40)
-#               -> runs/compile_layers
+#               -> runs/compile_layers; METHOD=lora runs LoRA (rank 100, the config's) the same way instead
 #   lora-probe  LoRA eager vs inductor at lr 1e-6 with dropout 0.1 / 0 and at lr 1e-12 (adapters stay ~0), five
 #               steps each, per-step losses printed -> runs/${PROBE_DIR:-lp}; PROBE_SET adds overrides to every run
 #               (e.g. "model.dtype=fp32"). Its first runs (lora_probe/lp*) found inductor's defaults off in bf16, the
@@ -52,8 +52,13 @@ case $phase in
     check)
         for r in ${REPEATS:-1 2}; do
             for backend in none "$compiled"; do
-                run "badam_${backend}_r$r" method.name=badam method.badam.switch_block_every=1 \
-                    method.badam.switch_mode=ascending "train.compile_layers=$backend"
+                if [ "${METHOD:-badam}" = lora ]; then
+                    run "lora_${backend}_r$r" method.name=lora "train.compile_layers=$backend" &&
+                        echo "   losses: $(losses "lora_${backend}_r$r")"
+                else
+                    run "badam_${backend}_r$r" method.name=badam method.badam.switch_block_every=1 \
+                        method.badam.switch_mode=ascending "train.compile_layers=$backend"
+                fi
             done
         done ;;
     lora-probe)

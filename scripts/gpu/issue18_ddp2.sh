@@ -18,7 +18,8 @@
 #          FSDP2 on one GPU, 3 x alternating (issue 18's target: FSDP2 on 1 GPU within 15 % of plain), then one more
 #          FSDP2 run with rank 0's profiler table (runs/mg1); REPEATS="4 5 6" PROFILE=0 adds repeats to the folder;
 #          KEEPALL=1 adds per repeat an FSDP2 run that keeps every layer backward reaches gathered from forward on
-#          (--keep-gathered-layers -1: no second all-gather in backward, for up to the model's bf16 bytes more)
+#          (--keep-gathered-layers -1: no second all-gather in backward, for up to the model's bf16 bytes more);
+#          COMPILED=1 runs all of them with compiled decoder layers (--compile-layers; logs *_compiled_r*)
 #   compile1 (nvidia-h100-x1, ~8 min) ONE GPU, 8B, batch 2: the plain path with eager layers against the same with every
 #          decoder layer compiled (--compile-layers, inductor), 3 x alternating (runs/mg1c; each compiled run compiles
 #          its three graphs in the first two steps, inductor's on-disk cache makes the later runs' compiles short);
@@ -28,7 +29,7 @@
 #          the compiled runs only, INFLIGHT=B lets B bucket all-reduces pend in backward (--max-in-flight; default 2)
 #   scale4 (nvidia-h100-x4, ~6 min) 4 GPUs, layers compiled, fp32 all-reduce: ddp against rank 0 alone, batch 2 and
 #          batch 8 per GPU alternating, 3 rounds each (runs/mg4): checks benchmarks/ddp_scaling_plan.py's 4-GPU
-#          prediction from the 2-GPU runs; REPEATS="1 2" by default
+#          prediction from the 2-GPU runs; REPEATS="1 2" by default; NPROC=2 on 2 GPUs; BATCHES="8" one size only
 #   zero1  (nvidia-h100-x2 or -x4, ~1 min) the active layer's update replicated vs sharded ZeRO-1 style
 #          (benchmarks/zero1_update.py: 30 alternating repeats; NPROC: the GPU counts, default 2, "2 4" on 4) -> runs/mgz
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
@@ -79,11 +80,13 @@ case $phase in
         done ;;
     fsdp1)
         export NPROC=1 LIMIT=150
+        layers=(); c=
+        [ "${COMPILED:-0}" = 0 ] || { layers=(--compile-layers); c=_compiled; LIMIT=240; }
         for r in ${REPEATS:-1 2 3}; do
-            run plain_r$r "${plain1[@]}" --tag r$r || exit 1
-            run fsdp1_r$r --switch-every 1 --steps 35 --tag r$r || exit 1
-            [ "${KEEPALL:-0}" = 0 ] ||
-                run fsdp1_keepall_r$r --switch-every 1 --steps 35 --tag r$r --keep-gathered-layers -1 || exit 1
+            run plain${c}_r$r "${plain1[@]}" --tag r$r "${layers[@]}" || exit 1
+            run fsdp1${c}_r$r --switch-every 1 --steps 35 --tag r$r "${layers[@]}" || exit 1
+            [ "${KEEPALL:-0}" = 0 ] || run fsdp1${c}_keepall_r$r --switch-every 1 --steps 35 --tag r$r \
+                --keep-gathered-layers -1 "${layers[@]}" || exit 1
         done
         [ "${PROFILE:-1}" = 0 ] ||
             run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
@@ -110,10 +113,10 @@ case $phase in
     scale4)
         export NPROC=${NPROC:-4}
         for r in ${REPEATS:-1 2}; do
-            LIMIT=240 run ddp_b2_compiled_n${NPROC}_r$r --mode ddp --compare-single 3 --switch-every 1 --steps 35 \
-                --tag r$r --compile-layers || exit 1
-            LIMIT=300 run ddp_b8_compiled_n${NPROC}_r$r --mode ddp --compare-single 3 --switch-every 1 --steps 35 \
-                --tag r$r --compile-layers --batch-size 8 || exit 1
+            for b in ${BATCHES:-2 8}; do
+                LIMIT=300 run ddp_b${b}_compiled_n${NPROC}_r$r --mode ddp --compare-single 3 --switch-every 1 \
+                    --steps 35 --tag r$r --compile-layers --batch-size "$b" || exit 1
+            done
         done ;;
     zero1)
         for n in ${NPROC:-2}; do
