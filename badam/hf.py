@@ -12,8 +12,10 @@ What the callback fixes:
     require grad returns an output that does not either, so ``loss.backward()`` fails with "element 0 of tensors does
     not require grad" once the embeddings are frozen (Ledzy/BAdam#2). The usual cure, ``enable_input_require_grads``,
     makes every layer's activations require grad, so backward then runs through all the frozen layers below the
-    active block for nothing. We instead switch to NON-reentrant checkpointing and remove the input-require-grads hook:
-    gradients reach the active block's parameters and backward stops there.
+    active block for nothing. We instead remove the input-require-grads hook and let each layer call pick its
+    checkpointing (badam/checkpointing.py): none below the active block, NON-reentrant for the active block (its
+    parameter gradients do not need an input that requires grad) and above it: gradients reach the active block's
+    parameters and backward stops there.
   * Clipping and the logged gradient norm, where the gradient is not on ``p.grad``. BlockOptimizer's default keeps it
     there, so Trainer's own ``clip_grad_norm_(model.parameters())`` clips and logs it and the callback leaves it alone.
     BlockOptimizerRatio (and BlockOptimizer with ``gradients="master"``) keep it in fp32 off the model, where Trainer
@@ -24,12 +26,14 @@ This module imports transformers only when ``BAdamCallback`` is first used, so `
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from .block_optimizer import BlockOptimizer
+from .checkpointing import block_checkpoint
 from .ratio import BlockOptimizerRatio
 
 BLOCK_OPTIMIZERS = (BlockOptimizer, BlockOptimizerRatio)
@@ -90,8 +94,17 @@ def uses_checkpointing(model: torch.nn.Module) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
-def enable_block_checkpointing(model: torch.nn.Module) -> None:
-    """Non-reentrant activation checkpointing without the input-require-grads hook (see the module docstring)."""
+CHECKPOINTING_POLICIES = ("block", "block-reentrant", "non-reentrant")
+
+
+def enable_block_checkpointing(model: torch.nn.Module, policy: str = "block") -> None:
+    """Activation checkpointing without the input-require-grads hook (see the module docstring). policy "block": a
+    layer call that nothing in it requires grad for (below BAdam's active block) runs without checkpointing, the
+    others non-reentrant (badam/checkpointing.py); "block-reentrant": the same, but the layers above the active block
+    reentrant (less host time, one more matmul per such layer in backward; not with torch.autograd.grad or
+    backward(inputs=...)); "non-reentrant": non-reentrant checkpointing for every layer, transformers' way."""
+    if policy not in CHECKPOINTING_POLICIES:
+        raise ValueError(f"unknown checkpointing policy {policy!r}; choose one of {', '.join(CHECKPOINTING_POLICIES)}")
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -102,6 +115,11 @@ def enable_block_checkpointing(model: torch.nn.Module) -> None:
     # enabling checkpointing re-registers the hook on input_ids models, so it is removed afterwards
     if getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"):
         model.disable_input_require_grads()
+    if policy != "non-reentrant":
+        function = block_checkpoint if policy == "block" else functools.partial(block_checkpoint, reentrant=True)
+        for module in model.modules():
+            if getattr(module, "gradient_checkpointing", False) is True:
+                module._gradient_checkpointing_func = function
 
 
 class _BAdamCallbackLogic:
@@ -163,6 +181,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__: Sequence[str] = ["BAdamCallback", "create_badam_optimizer", "create_badam_ratio_optimizer",
-                          "decay_parameter_groups", "enable_block_checkpointing", "find_block_optimizer",
-                          "uses_checkpointing"]
+__all__: Sequence[str] = ["CHECKPOINTING_POLICIES", "BAdamCallback", "create_badam_optimizer",
+                          "create_badam_ratio_optimizer", "decay_parameter_groups", "enable_block_checkpointing",
+                          "find_block_optimizer", "uses_checkpointing"]

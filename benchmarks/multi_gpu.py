@@ -57,11 +57,12 @@ from experiments import distributed as dist_mod  # noqa: E402
 from badam.data_parallel import MAX_IN_FLIGHT  # noqa: E402
 from experiments.layer_compile import BACKENDS, compile_decoder_layers  # noqa: E402
 from experiments.measure import synchronize  # noqa: E402
+from badam.hf import CHECKPOINTING_POLICIES  # noqa: E402
 from experiments.memory_model import sharded_bytes_per_device  # noqa: E402
 from experiments.repeats import band  # noqa: E402
 from experiments.results import source_commit  # noqa: E402
-from multi_gpu_ddp import (best_single, bind_to_cpu_share, combine_replicated, compiled_note,  # noqa: E402
-                           compiled_suffix, host_facts, replicated_table, run_replicated, start_profiler,
+from multi_gpu_ddp import (best_single, bind_to_cpu_share, checkpointing_note,  # noqa: E402
+                           checkpointing_policy, combine_replicated, compiled_note, compiled_suffix, host_facts, replicated_table, run_replicated, start_profiler,
                            timed_steps, utilization, write_profile)
 from multi_gpu_diagnostics import compile_backend  # noqa: E402
 
@@ -81,6 +82,10 @@ def parse_args(argv=None):
     p.add_argument("--switch-every", type=int, default=5, help="BAdam's K (steps per block)")
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
+    p.add_argument("--checkpointing", choices=CHECKPOINTING_POLICIES, default="block",
+                   help="badam.hf.enable_block_checkpointing's policy: block (each layer call checkpoints as far as "
+                        "backward needs, the harness's; default) or non-reentrant (every layer, as transformers "
+                        "does); name gets _ckpt-non-reentrant")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--separate-ends", action="store_true",
                         help="give the embeddings and the output head FSDP groups of their own (less memory per GPU, "
@@ -132,6 +137,8 @@ def parse_args(argv=None):
                                or args.keep_gathered_layers):
         p.error("--separate-ends, --keep-gathered(-layers) and --forward-prefetch are FSDP2 layouts; not with "
                 "--mode ddp")
+    if args.no_checkpointing and args.checkpointing != "block":
+        p.error("--checkpointing chooses how layers checkpoint: not with --no-checkpointing")
     if args.max_in_flight < 1:
         p.error(f"--max-in-flight must be >= 1; got {args.max_in_flight}")
     if args.max_in_flight != MAX_IN_FLIGHT and args.mode != "ddp":
@@ -199,7 +206,8 @@ def run(args, ctx) -> dict:
     t0 = time.perf_counter()
     model, _ = dist_mod.load_sharded_random_model(
         f"random:{args.model}", ctx, dtype="bf16", gradient_checkpointing=not args.no_checkpointing,
-        tokenizer=False, seed=0, prepare=method.prepare_model, separate_ends=args.separate_ends,
+        tokenizer=False, seed=0, prepare=lambda m: method.prepare_model(checkpointing_policy(m, args)),
+        separate_ends=args.separate_ends,
         reshard_after_forward=not args.keep_gathered, forward_prefetch=args.forward_prefetch,
         keep_gathered_layers=args.keep_gathered_layers)
     compiled = (compile_decoder_layers(model, args.compile_layers, method.compile_layers_options(args.compile_layers))
@@ -268,7 +276,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
     return {
         "model": args.model, "method": args.method, "mode": "fsdp2", "gpus": ctx.world_size,
         "batch_per_gpu": args.batch_size,
-        "seq_len": args.seq_len, "gradient_checkpointing": not args.no_checkpointing, "steps": args.steps,
+        "seq_len": args.seq_len, "gradient_checkpointing": not args.no_checkpointing,
+        "checkpointing": None if args.no_checkpointing else args.checkpointing, "steps": args.steps,
         "warmup": args.warmup, "switch_every": args.switch_every, "median_step_ms": step_ms, **phases,
         "fsdp_groups": ("layers + embeddings + head + root" if args.separate_ends
                         else "layers + root (embeddings and head in the root)")
@@ -276,7 +285,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
         + ((f", up to {args.keep_gathered_layers} layers" if args.keep_gathered_layers > 0 else ", every layer")
            + " reached by backward kept gathered" if args.keep_gathered_layers else "")
         + (f", forward prefetch {args.forward_prefetch}" if args.forward_prefetch else "")
-        + compiled_note(args.compile_layers) + (f" [{args.tag}]" if args.tag else ""),
+        + compiled_note(args.compile_layers) + checkpointing_note(args.checkpointing)
+        + (f" [{args.tag}]" if args.tag else ""),
         "tag": args.tag or None, "compile_layers": per_rank[0]["compile_layers"],
         "tokens_per_s": tokens_per_step / (step_ms / 1000.0),
         "tokens_per_s_per_gpu": tokens_per_step / (step_ms / 1000.0) / ctx.world_size,
@@ -296,7 +306,8 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
 def result_stem(args, world_size: int) -> str:
     batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
     tag = f"_{args.tag}" if args.tag else ""
-    pinned = ("_pinned" if args.cpu_affinity == "split" else "") + compiled_suffix(args.compile_layers)
+    pinned = ("_pinned" if args.cpu_affinity == "split" else "") + compiled_suffix(args.compile_layers) \
+        + ("" if args.checkpointing == "block" else f"_ckpt-{args.checkpointing}")
     if args.mode == "ddp":
         phases = (f"_vs1x{args.compare_single}" if args.compare_single else "") \
             + ("_solo" if args.single_every_rank else "") + ("_alone" if args.alone_phase else "")

@@ -272,6 +272,7 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
     t0 = time.perf_counter()
     model, _ = load_model(f"random:{args.model}", dtype="bf16", device=str(ctx.device),
                           gradient_checkpointing=not args.no_checkpointing, tokenizer=False, seed=0)
+    model = checkpointing_policy(model, args)
     model = ddp_mod.replicate(method.prepare_model(model), ctx)
     compiled = (compile_decoder_layers(model, args.compile_layers, method.compile_layers_options(args.compile_layers))
                 if args.compile_layers else None)
@@ -378,6 +379,7 @@ def combine_replicated(args, ctx, per_rank: list[dict], device_name: str | None 
     result = {
         "model": args.model, "method": args.method, "mode": "ddp", "gpus": ctx.world_size,
         "batch_per_gpu": args.batch_size, "seq_len": args.seq_len, "gradient_checkpointing": not args.no_checkpointing,
+        "checkpointing": None if args.no_checkpointing else args.checkpointing,
         "steps": args.steps, "warmup": args.warmup, "switch_every": args.switch_every,
         "reduce_dtype": args.reduce_dtype, "max_in_flight": args.max_in_flight,
         "rounds": max(1, args.compare_single), "phases": summaries,
@@ -457,13 +459,28 @@ def _mfu(band: dict | None) -> str:
 def variant(result: dict) -> str:
     """The reduce dtype, then what else set this run apart (CPU pinning, compiled layers, tag)."""
     extra = [in_flight_note(result), ", CPUs split" if result.get("cpu_affinity") == "split" else "",
-             compiled_note(compile_backend(result)), f", {result['tag']}" if result.get("tag") else ""]
+             compiled_note(compile_backend(result)), checkpointing_note(result.get("checkpointing")),
+             f", {result['tag']}" if result.get("tag") else ""]
     return result["reduce_dtype"] + "".join(extra)
 
 
 def compiled_suffix(backend: str | None) -> str:
     """Result-name part of --compile-layers: _compiled for inductor, _compiled-<backend> for a checking backend."""
     return "" if not backend else "_compiled" if backend == "inductor" else f"_compiled-{backend}"
+
+
+def checkpointing_policy(model, args):
+    """The model with --checkpointing's policy (load_model enables the default, "block", when it checkpoints)."""
+    if not args.no_checkpointing and args.checkpointing != "block":
+        from badam.hf import enable_block_checkpointing
+
+        enable_block_checkpointing(model, policy=args.checkpointing)
+    return model
+
+
+def checkpointing_note(policy: str | None) -> str:
+    """What the summary's setting columns add for a checkpointing policy other than the default (block)."""
+    return "" if policy in (None, "block") else f", {policy} checkpointing"
 
 
 def compiled_note(backend: str | None) -> str:

@@ -30,16 +30,21 @@
 #   scale4 (nvidia-h100-x4, ~6 min) 4 GPUs, layers compiled, fp32 all-reduce: ddp against rank 0 alone, batch 2 and
 #          batch 8 per GPU alternating, 3 rounds each (runs/mg4): checks benchmarks/ddp_scaling_plan.py's 4-GPU
 #          prediction from the 2-GPU runs; REPEATS="1 2" by default; NPROC=2 on 2 GPUs; BATCHES="8" one size only
+#   ckpt2  (nvidia-h100-x2, ~5 min per repeat) batch 2, fp32, layers compiled, ddp against rank 0 alone, 3 rounds,
+#          per repeat the checkpointing policies in turn (badam/checkpointing.py): non-reentrant for every layer (what
+#          the harness did before), block (the default) and block-reentrant (REPEATS, default "1 2"; runs/mg); EAGER=1
+#          adds the same three with eager layers
 #   zero1  (nvidia-h100-x2 or -x4, ~1 min) the active layer's update replicated vs sharded ZeRO-1 style
 #          (benchmarks/zero1_update.py: 30 alternating repeats; NPROC: the GPU counts, default 2, "2 4" on 4) -> runs/mgz
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
 # Afterwards: benchmarks/multi_gpu_diagnostics.py on the JSONs prints the per-rank and paired comparisons (also in
 # summary.md); folders merged from several machines: benchmarks/multi_gpu.py --out DIR --rewrite-summary.
 set -u
-phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|zero1}
+phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|ckpt2|zero1}
 case $phase in
-    diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|zero1) ;;
-    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2, scale4 or zero1" >&2; exit 2 ;;
+    diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|ckpt2|zero1) ;;
+    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2, scale4, ckpt2" \
+            "or zero1" >&2; exit 2 ;;
 esac
 export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
@@ -90,7 +95,7 @@ case $phase in
         done
         [ "${PROFILE:-1}" = 0 ] ||
             run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
-    compile1|compile2|scale4)  # inductor needs Triton on the GPU machine: say so at once rather than in every run's log
+    compile1|compile2|scale4|ckpt2)  # inductor needs Triton on the GPU machine: say so at once rather than in every run's log
         python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' || exit 1 ;;&
     compile1)
         export NPROC=1 LIMIT=150
@@ -116,6 +121,17 @@ case $phase in
             for b in ${BATCHES:-2 8}; do
                 LIMIT=300 run ddp_b${b}_compiled_n${NPROC}_r$r --mode ddp --compare-single 3 --switch-every 1 \
                     --steps 35 --tag r$r --compile-layers --batch-size "$b" || exit 1
+            done
+        done ;;
+    ckpt2)
+        export LIMIT=240
+        for r in ${REPEATS:-1 2}; do
+            for layers in compiled $([ "${EAGER:-0}" = 0 ] || echo eager); do
+                flag=(); [ "$layers" = compiled ] && flag=(--compile-layers)
+                for policy in non-reentrant block block-reentrant; do
+                    run ddp_b2_${layers}_ckpt-${policy}_r$r --mode ddp --compare-single 3 --switch-every 1 \
+                        --steps 35 --tag r$r --checkpointing "$policy" "${flag[@]}" || exit 1
+                done
             done
         done ;;
     zero1)

@@ -183,3 +183,19 @@ def test_utilization_summary_and_device_peaks():
     assert device_peak("NVIDIA A100-SXM4-80GB")[0] == pytest.approx(312e12)
     assert device_peak("NVIDIA GeForce RTX 3090")[0] == pytest.approx(71e12)
     assert device_peak("cpu")[0] is None
+
+
+@pytest.mark.parametrize("block", [0, 1, 2])
+def test_reentrant_checkpointing_above_the_active_block_recomputes_one_more_matmul_per_layer(block):
+    """badam/checkpointing.py's price of policy block-reentrant: a layer above the active block recomputes its whole
+    forward, where non-reentrant checkpointing stops before the MLP's down projection (its input is not needed when the
+    weight needs no gradient): one HIDDEN x INTER matmul more per layer above the active block."""
+    counts = {}
+    for policy in ("block", "block-reentrant"):
+        model, data = tiny(layers=3), batch()
+        enable_block_checkpointing(model, policy=policy)
+        for name, p in model.named_parameters():
+            p.requires_grad_(f"layers.{block}." in name)
+        counts[policy] = torch_count(model, data)
+    assert counts["block"][0] == counts["block-reentrant"][0]
+    assert counts["block-reentrant"][1] - counts["block"][1] == 2 * 16 * HIDDEN * INTER * (2 - block)

@@ -1,0 +1,90 @@
+"""Activation checkpointing that knows where BAdam's backward goes: each checkpointed layer call picks its kind.
+
+Under BAdam only the active block's parameters require a gradient, so a backward pass never reaches the layers below
+it, and the layers above it need gradients only for their input (to pass them down), none for their weights. One kind
+of checkpointing for every layer wastes host time, which decides the step where it is launch-bound (Llama 3-8B at
+batch 2 x 728 per GPU, issue 18). block_checkpoint decides per call:
+
+    nothing requires a gradient (the layer's parameters, its tensor arguments) or grad mode is off
+        -> the layer runs as it is, under no_grad: there is no backward to recompute for. Non-reentrant
+           checkpointing would still save the RNG states, build a frame and install its saved-tensor hooks for
+           nothing.
+    otherwise
+        -> non-reentrant checkpointing (torch.utils.checkpoint with use_reentrant=False), which gives parameter
+           gradients whether or not an input requires grad.
+
+With ``reentrant=True`` (policy "block-reentrant" of badam.hf.enable_block_checkpointing), a call where only
+positional tensor inputs require a gradient (a frozen layer above the active block) gets reentrant checkpointing
+instead: its forward runs under no_grad (no autograd graph, no saved-tensor hook per saved tensor: less host time)
+and backward recomputes the layer with grad and back-propagates through it to the input. Its usual failure
+(Ledzy/BAdam#2: no input requiring grad -> no gradients at all) cannot happen there, as an input does. The price is
+GPU work: reentrant recomputes the layer's whole forward, where non-reentrant stops as soon as the tensors backward
+needs are back (for a Llama layer whose weights need no gradient, before the MLP's down projection: one matmul of
+the layer's seven more per layer above the active block; tests/experiments/test_flops.py counts it). So it pays where
+the step is host-bound (small batches), not where the GPU is busy. Calls whose own parameters or keyword tensors
+require a gradient, and calls traced by torch.compile, stay non-reentrant.
+
+All kinds compute the same numbers (the recompute replays the same operations with the same RNG state; tested bitwise
+in tests/badam/test_checkpointing.py). The layer is found as the first argument of the functools.partial that
+transformers' GradientCheckpointingLayer passes (``partial(forward, self, **kwargs)``); any other callable gets
+non-reentrant checkpointing, what transformers itself would do. Reentrant checkpointing supports ``backward()`` only,
+not ``torch.autograd.grad`` or ``backward(inputs=...)``; ``policy="non-reentrant"`` of
+badam.hf.enable_block_checkpointing keeps non-reentrant checkpointing everywhere for code that needs those.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+KINDS = ("none", "reentrant", "non-reentrant")  # what checkpoint_kind returns
+
+
+def _requires_grad(values: Iterable) -> bool:
+    """Whether any tensor among `values` (searched inside tuples, lists and dicts) requires a gradient."""
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            if value.requires_grad:
+                return True
+        elif isinstance(value, (tuple, list)):
+            if _requires_grad(value):
+                return True
+        elif isinstance(value, dict):
+            if _requires_grad(value.values()):
+                return True
+    return False
+
+
+def checkpoint_kind(function: Callable, args: tuple, kwargs: dict, reentrant: bool = False) -> str:
+    """Which checkpointing `block_checkpoint(function, *args, reentrant=reentrant, **kwargs)` applies (one of KINDS;
+    module docstring)."""
+    if not torch.is_grad_enabled():
+        return "none"
+    module = None
+    keywords: dict = dict(kwargs)
+    if isinstance(function, functools.partial) and function.args and isinstance(function.args[0], nn.Module):
+        module = function.args[0]
+        keywords.update(function.keywords)
+    if module is None or torch.compiler.is_compiling():
+        return "non-reentrant"  # an unknown callable may use parameters it does not show; Dynamo traces this kind
+    if any(p.requires_grad for p in module.parameters()) or _requires_grad(keywords.values()):
+        return "non-reentrant"
+    if not _requires_grad(args):
+        return "none"
+    return "reentrant" if reentrant and not kwargs else "non-reentrant"
+
+
+def block_checkpoint(function: Callable, *args, reentrant: bool = False, **kwargs):
+    """Checkpoint function for transformers' layers (set as their ``_gradient_checkpointing_func``): runs
+    ``function(*args, **kwargs)`` without checkpointing, with non-reentrant or (`reentrant`, layers above the active
+    block only) with reentrant checkpointing, whichever the call needs (module docstring)."""
+    kind = checkpoint_kind(function, args, kwargs, reentrant)
+    if kind == "none":
+        with torch.no_grad():  # the same result (nothing here requires grad), without autograd's bookkeeping
+            return function(*args, **kwargs)
+    if kind == "reentrant":
+        return checkpoint(function, *args, use_reentrant=True)
+    return checkpoint(function, *args, use_reentrant=False, **kwargs)
