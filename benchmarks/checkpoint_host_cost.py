@@ -12,7 +12,7 @@ what differs is the host's work, which decides a launch-bound step (Llama 3-8B a
 fsdp2_host_cost.py, a Llama of many layers and tiny width (default 32 x 32, sequence 16, fp32, one thread) makes every
 operation cost its host time alone.
 
-Setting: two copies of one seeded model, BAdam K = 1 in ascending order (every step a block switch, the active layer
+Setting: three copies of one seeded model, BAdam K = 1 in ascending order (every step a block switch, the active layer
 walking through the model), AdamW lr 1e-3, the same batch every step; --compile-layers compiles every decoder layer
 (experiments/layer_compile.py) in all. After --warmup untimed steps of each, in each of --rounds rounds the three
 policies take --steps steps in turn, one each (this VM's speed drifts within seconds). Reported per policy: forward and

@@ -82,10 +82,10 @@ def parse_args(argv=None):
     p.add_argument("--switch-every", type=int, default=5, help="BAdam's K (steps per block)")
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
-    p.add_argument("--checkpointing", choices=CHECKPOINTING_POLICIES, default="block",
-                   help="badam.hf.enable_block_checkpointing's policy: block (each layer call checkpoints as far as "
-                        "backward needs, the harness's; default) or non-reentrant (every layer, as transformers "
-                        "does); name gets _ckpt-non-reentrant")
+    p.add_argument("--checkpointing", choices=CHECKPOINTING_POLICIES, default="non-reentrant",
+                   help="badam.hf.enable_block_checkpointing's policy (badam/checkpointing.py): non-reentrant (every "
+                        "layer, the harness's; default), block (none below the active block) or block-reentrant "
+                        "(also reentrant above it); name gets _ckpt-<policy> for the last two")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--separate-ends", action="store_true",
                         help="give the embeddings and the output head FSDP groups of their own (less memory per GPU, "
@@ -137,7 +137,7 @@ def parse_args(argv=None):
                                or args.keep_gathered_layers):
         p.error("--separate-ends, --keep-gathered(-layers) and --forward-prefetch are FSDP2 layouts; not with "
                 "--mode ddp")
-    if args.no_checkpointing and args.checkpointing != "block":
+    if args.no_checkpointing and args.checkpointing != "non-reentrant":
         p.error("--checkpointing chooses how layers checkpoint: not with --no-checkpointing")
     if args.max_in_flight < 1:
         p.error(f"--max-in-flight must be >= 1; got {args.max_in_flight}")
@@ -307,7 +307,7 @@ def result_stem(args, world_size: int) -> str:
     batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
     tag = f"_{args.tag}" if args.tag else ""
     pinned = ("_pinned" if args.cpu_affinity == "split" else "") + compiled_suffix(args.compile_layers) \
-        + ("" if args.checkpointing == "block" else f"_ckpt-{args.checkpointing}")
+        + ("" if args.checkpointing == "non-reentrant" else f"_ckpt-{args.checkpointing}")
     if args.mode == "ddp":
         phases = (f"_vs1x{args.compare_single}" if args.compare_single else "") \
             + ("_solo" if args.single_every_rank else "") + ("_alone" if args.alone_phase else "")

@@ -470,8 +470,9 @@ def compiled_suffix(backend: str | None) -> str:
 
 
 def checkpointing_policy(model, args):
-    """The model with --checkpointing's policy (load_model enables the default, "block", when it checkpoints)."""
-    if not args.no_checkpointing and args.checkpointing != "block":
+    """The model with --checkpointing's policy (load_model enables the default, "non-reentrant", when it
+    checkpoints)."""
+    if not args.no_checkpointing and args.checkpointing != "non-reentrant":
         from badam.hf import enable_block_checkpointing
 
         enable_block_checkpointing(model, policy=args.checkpointing)
@@ -479,8 +480,9 @@ def checkpointing_policy(model, args):
 
 
 def checkpointing_note(policy: str | None) -> str:
-    """What the summary's setting columns add for a checkpointing policy other than the default (block)."""
-    return "" if policy in (None, "block") else f", {policy} checkpointing"
+    """What the summary's setting columns add for a checkpointing policy other than the default (non-reentrant;
+    results written before the option have none and used it)."""
+    return "" if policy in (None, "non-reentrant") else f", {policy} checkpointing"
 
 
 def compiled_note(backend: str | None) -> str:

@@ -14,9 +14,9 @@ stay in `__call__`, outside the compiled region.
 Graphs (measured on a tiny Llama, CPU, see tests/distributed/test_layer_compile.py): Dynamo guards on the layer's
 parameters' and input's `requires_grad`, not on the layer object, so BAdam's block switches give three graphs for the
 whole model, compiled in the first two steps of a block-epoch and reused afterwards: layers below the active block
-(nothing requires grad; run under no_grad by badam.hf's block checkpointing), the active layer (its parameters do),
-layers above it (their input does; a fourth graph with checkpointing policy "block-reentrant", badam/checkpointing.py:
-their forward runs under no_grad, their recompute with grad). Compiling `nn.Module.compile()` instead (checkpoint
+(nothing requires grad), the active layer (its parameters do), layers above it (their input does; a fourth graph
+with badam.hf's checkpointing policy "block-reentrant": their forward under no_grad, their recompute with grad).
+Compiling `nn.Module.compile()` instead (checkpoint
 inside the compiled region) fails for the forward-only layers below the active block in torch 2.13 ("Activation
 checkpoint rematerialization ... does not support RNG ops").
 `torch._dynamo.config.fail_on_recompile_limit_hit` is set so a model that would need more graphs than the recompile

@@ -97,7 +97,7 @@ def test_no_grad_unknown_callables_and_keyword_tensors():
 def test_same_losses_and_gradients_as_non_reentrant_checkpointing_everywhere(block, policy):
     reference = dropout_llama()
     model = clone_model(reference)
-    enable_block_checkpointing(reference, policy="non-reentrant")
+    enable_block_checkpointing(reference)
     enable_block_checkpointing(model, policy=policy)
     results = []
     for net in (reference, model):
@@ -121,11 +121,11 @@ def test_same_losses_and_gradients_as_non_reentrant_checkpointing_everywhere(blo
 
 def test_policies():
     model = dropout_llama(layers=2)
-    enable_block_checkpointing(model, policy="non-reentrant")
+    enable_block_checkpointing(model, policy="block")
+    assert all(m._gradient_checkpointing_func is ckpt.block_checkpoint for m in model.model.layers)
+    enable_block_checkpointing(model)  # the default: non-reentrant for every layer, as transformers does
     funcs = [m._gradient_checkpointing_func for m in model.model.layers]
     assert all(f.keywords.get("use_reentrant") is False for f in funcs)
-    enable_block_checkpointing(model)
-    assert all(m._gradient_checkpointing_func is ckpt.block_checkpoint for m in model.model.layers)
     enable_block_checkpointing(model, policy="block-reentrant")
     funcs = [m._gradient_checkpointing_func for m in model.model.layers]
     assert all(f.func is ckpt.block_checkpoint and f.keywords == {"reentrant": True} for f in funcs)
