@@ -25,7 +25,7 @@ the layer's seven more per layer above the active block; tests/experiments/test_
 parameters or keyword tensors require a gradient, and calls traced by torch.compile, stay non-reentrant.
 
 Measured (benchmarks/README.md, "Checkpointing policies"): on a CPU, where the host is everything, block-reentrant
-makes a step 0.71 (eager) / 0.82 (compiled layers) as long as non-reentrant everywhere; on 2 x H100 (Llama 3-8B,
+makes a step 0.76 (eager) / 0.78 (compiled layers) as long as non-reentrant everywhere; on 2 x H100 (Llama 3-8B,
 batch 2 x 728, compiled layers) its backward is 12-15 ms longer and the step slower; "block" differs from
 non-reentrant by no more than the noise on either. Hence the default stays non-reentrant.
 

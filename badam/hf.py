@@ -102,7 +102,7 @@ def enable_block_checkpointing(model: torch.nn.Module, policy: str = "non-reentr
     that nothing in it requires grad for (below BAdam's active block) runs without checkpointing, the others
     non-reentrant (badam/checkpointing.py); "block-reentrant": the same, but the layers above the active block
     reentrant (less host time, more GPU time; not with torch.autograd.grad or backward(inputs=...)). Measured in
-    benchmarks/README.md ("Checkpointing policies"): block-reentrant makes CPU steps 0.71-0.82 as long and H100 steps
+    benchmarks/README.md ("Checkpointing policies"): block-reentrant makes CPU steps 0.76-0.78 as long and H100 steps
     longer, block changes neither beyond noise; hence the default."""
     if policy not in CHECKPOINTING_POLICIES:
         raise ValueError(f"unknown checkpointing policy {policy!r}; choose one of {', '.join(CHECKPOINTING_POLICIES)}")
