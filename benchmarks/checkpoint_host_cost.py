@@ -44,14 +44,22 @@ POLICIES = ("non-reentrant", "block", "block-reentrant")
 
 def build_path(args, policy: str, batch) -> TrainingPath:
     from badam.hf import enable_block_checkpointing
-    from experiments.layer_compile import compile_decoder_layers
+    from experiments.layer_compile import compile_method_layers
 
     model = build_model(args.layers, args.width)
     enable_block_checkpointing(model, policy=policy)
     path = TrainingPath(model, batch)
     if args.compile_layers:
-        compile_decoder_layers(path.model, args.compile_layers)
+        compile_method_layers(path.model, args.compile_layers, path.method)
     return path
+
+
+def checkpoint_function(path: TrainingPath) -> str:
+    """What the decoder layers checkpoint with, e.g. "checkpoint(use_reentrant=False)" (recorded per policy, so a
+    result shows the policy was in force)."""
+    function = path.model.model.layers[0]._gradient_checkpointing_func
+    keywords = ", ".join(f"{k}={v}" for k, v in getattr(function, "keywords", {}).items())
+    return f"{getattr(function, 'func', function).__name__}({keywords})"
 
 
 def timed(path: TrainingPath) -> tuple[float, float, float]:
@@ -88,6 +96,7 @@ def run(args) -> dict:
     return {"layers": args.layers, "width": args.width, "seq_len": args.seq_len, "steps_per_round": args.steps,
             "warmup": args.warmup, "threads": torch.get_num_threads(), "compile_layers": args.compile_layers,
             "rounds": rounds, "over_non_reentrant": ratio, "last_loss": last_loss,
+            "checkpoint_function": {policy: checkpoint_function(path) for policy, path in paths.items()},
             "per_policy": {policy: {part: spread([r[policy][part] for r in rounds])
                                     for part in ("forward_ms", "step_ms")} for policy in POLICIES},
             "environment": {"command": " ".join([sys.executable, *sys.argv]), "torch": torch.__version__,

@@ -55,7 +55,7 @@ import torch  # noqa: E402
 
 from experiments import distributed as dist_mod  # noqa: E402
 from badam.data_parallel import MAX_IN_FLIGHT  # noqa: E402
-from experiments.layer_compile import BACKENDS, compile_decoder_layers  # noqa: E402
+from experiments.layer_compile import BACKENDS, compile_method_layers  # noqa: E402
 from experiments.measure import synchronize  # noqa: E402
 from badam.hf import CHECKPOINTING_POLICIES  # noqa: E402
 from experiments.memory_model import sharded_bytes_per_device  # noqa: E402
@@ -210,8 +210,7 @@ def run(args, ctx) -> dict:
         separate_ends=args.separate_ends,
         reshard_after_forward=not args.keep_gathered, forward_prefetch=args.forward_prefetch,
         keep_gathered_layers=args.keep_gathered_layers)
-    compiled = (compile_decoder_layers(model, args.compile_layers, method.compile_layers_options(args.compile_layers))
-                if args.compile_layers else None)
+    compiled = compile_method_layers(model, args.compile_layers, method) if args.compile_layers else None
     method.build_optimizer(model)
     model.train()
     model.config.use_cache = False

@@ -262,7 +262,7 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
     """One rank's part of a --mode ddp run (see the module docstring); with args.profile_dir, the last round's
     phases are profiled (<stem>_single / <stem>_ddp)."""
     from experiments import ddp as ddp_mod
-    from experiments.layer_compile import compile_decoder_layers
+    from experiments.layer_compile import compile_method_layers
     from experiments.measure import synchronize
     from experiments.models import load_model
 
@@ -274,8 +274,7 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
                           gradient_checkpointing=not args.no_checkpointing, tokenizer=False, seed=0)
     model = checkpointing_policy(model, args)
     model = ddp_mod.replicate(method.prepare_model(model), ctx)
-    compiled = (compile_decoder_layers(model, args.compile_layers, method.compile_layers_options(args.compile_layers))
-                if args.compile_layers else None)
+    compiled = compile_method_layers(model, args.compile_layers, method) if args.compile_layers else None
     model.train()
     model.config.use_cache = False
     synchronize(ctx.device)

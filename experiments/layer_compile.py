@@ -108,3 +108,8 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor",
             shared[forward] = torch.compile(forward, backend=backend, options=options or None)
         layer.forward = types.MethodType(_compiled_call(shared[forward]), layer)
     return CompiledLayers(backend, len(layers), len(shared), options)
+
+
+def compile_method_layers(model: nn.Module, backend: str, method) -> CompiledLayers:
+    """compile_decoder_layers with the inductor settings `method` asks for (its compile_layers_options(backend))."""
+    return compile_decoder_layers(model, backend, method.compile_layers_options(backend))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from experiments.config import ConfigError, check_compile_layers
-from experiments.layer_compile import CompiledLayers, compile_decoder_layers, compiled_graphs
+from experiments.layer_compile import CompiledLayers, compile_method_layers, compiled_graphs
 
 
 class LayerCompilation:
@@ -55,7 +55,7 @@ def compile_for_training(model: nn.Module, method, backend: str) -> LayerCompila
     torch._dynamo.utils.counters.clear()
     torch._dynamo.utils.compilation_time_metrics.clear()
     try:
-        return LayerCompilation(compile_decoder_layers(model, backend, method.compile_layers_options(backend)))
+        return LayerCompilation(compile_method_layers(model, backend, method))
     except ValueError as exc:
         raise ConfigError(f"train.compile_layers={backend}: {exc}; set train.compile_layers=none for this "
                           "model") from None

@@ -32,8 +32,8 @@
 #          prediction from the 2-GPU runs; REPEATS="1 2" by default; NPROC=2 on 2 GPUs; BATCHES="8" one size only
 #   ckpt2  (nvidia-h100-x2, ~5 min per repeat) batch 2, fp32, layers compiled, ddp against rank 0 alone, 3 rounds,
 #          per repeat the checkpointing policies in turn (badam/checkpointing.py): non-reentrant for every layer (what
-#          the harness did before), block (the default) and block-reentrant (REPEATS, default "1 2"; runs/mg); EAGER=1
-#          adds the same three with eager layers
+#          the harness does), block and block-reentrant (REPEATS, default "1 2"; runs/mg); LAYERS="compiled eager"
+#          adds the same three with eager layers (LAYERS=eager: those only); NPROC=1 on one GPU (its single phases)
 #   zero1  (nvidia-h100-x2 or -x4, ~1 min) the active layer's update replicated vs sharded ZeRO-1 style
 #          (benchmarks/zero1_update.py: 30 alternating repeats; NPROC: the GPU counts, default 2, "2 4" on 4) -> runs/mgz
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
@@ -43,8 +43,8 @@ set -u
 phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|ckpt2|zero1}
 case $phase in
     diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|ckpt2|zero1) ;;
-    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2, scale4, ckpt2" \
-            "or zero1" >&2; exit 2 ;;
+    *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2, scale4," \
+            "ckpt2 or zero1" >&2; exit 2 ;;
 esac
 export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
@@ -126,7 +126,9 @@ case $phase in
     ckpt2)
         export LIMIT=240
         for r in ${REPEATS:-1 2}; do
-            for layers in compiled $([ "${EAGER:-0}" = 0 ] || echo eager); do
+            for layers in ${LAYERS:-compiled}; do
+                case $layers in compiled|eager) ;; *) echo "LAYERS takes compiled and/or eager, not $layers" >&2
+                    exit 2 ;; esac
                 flag=(); [ "$layers" = compiled ] && flag=(--compile-layers)
                 for policy in non-reentrant block block-reentrant; do
                     run ddp_b2_${layers}_ckpt-${policy}_r$r --mode ddp --compare-single 3 --switch-every 1 \

@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu" / "issue18_ddp2.sh"
-PHASES = ("diag", "wire", "b8", "fsdp", "adam", "70b", "fsdp1", "compile1", "compile2", "scale4", "zero1")
+PHASES = ("diag", "wire", "b8", "fsdp", "adam", "70b", "fsdp1", "compile1", "compile2", "scale4", "ckpt2", "zero1")
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import multi_gpu  # noqa: E402
@@ -38,7 +38,7 @@ def test_every_phase_passes_arguments_the_benchmark_accepts(tmp_path):
     assert zero1 == ["--nproc_per_node 2 benchmarks/zero1_update.py --out runs/mgz --repeats 30"]
     zero1_update.parse_args(zero1[0].split()[3:])
     lines = [line for line in lines if line not in zero1]
-    assert len(lines) == 2 + 2 + 1 + 6 + 1 + 4 + 7 + 6 + 4 + 4
+    assert len(lines) == 2 + 2 + 1 + 6 + 1 + 4 + 7 + 6 + 4 + 4 + 6
     for line in lines:
         words = line.split()
         gpus = "1" if "runs/mg1 " in line or "runs/mg1c " in line else "4" if "runs/mg4 " in line else "2"
@@ -48,8 +48,10 @@ def test_every_phase_passes_arguments_the_benchmark_accepts(tmp_path):
     assert sum("llama3-70b" in line and "runs/mg70" in line for line in lines) == 4
     assert sum(line.startswith("--nproc_per_node 1 ") for line in lines) == 7 + 6
     compiled = [line for line in lines if "--compile-layers" in line]
-    assert len(compiled) == 3 + 2 + 4 and all("--mode ddp --compare-single" in line for line in compiled)
+    assert len(compiled) == 3 + 2 + 4 + 6 and all("--mode ddp --compare-single" in line for line in compiled)
     assert sum("--batch-size 8" in line and "runs/mg4 " in line for line in lines) == 2  # scale4: batch 2 and 8
+    policies = [line.split("--checkpointing ")[1].split()[0] for line in lines if "--checkpointing" in line]
+    assert policies == ["non-reentrant", "block", "block-reentrant"] * 2  # ckpt2: the three in turn, per repeat
 
 
 def test_compile2_with_the_bf16_all_reduce_and_compiled_runs_only(tmp_path):
@@ -78,6 +80,6 @@ def test_a_bad_phase_is_named_and_writes_nothing(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "b2"], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "OUT": str(tmp_path / "out"), "BADAM_SOURCE_COMMIT": "x"})
     assert done.returncode == 2
-    assert ("unknown phase b2; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2, scale4 or zero1"
-            in done.stderr)
+    assert ("unknown phase b2; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2, scale4, ckpt2 or "
+            "zero1" in done.stderr)
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()

@@ -94,7 +94,10 @@ def test_result_names_carry_batch_and_layout():
     assert multi_gpu.result_stem(every, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x5_solo_alone_pinned_r1"
     paced = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "3", "--max-in-flight", "8"])
     assert multi_gpu.result_stem(paced, 2) == "llama3-8b_badam_n2_ddp_fp32_inflight8_vs1x3"
-    for wrong in (["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"], ["--keep-gathered-layers", "-2"],
+    block = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "3", "--compile-layers",
+                                  "--checkpointing", "block-reentrant", "--tag", "r1"])
+    assert multi_gpu.result_stem(block, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_compiled_ckpt-block-reentrant_r1"
+    for wrong in (["--checkpointing", "block", "--no-checkpointing"], ["--checkpointing", "reentrant"],["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"], ["--keep-gathered-layers", "-2"],
                   ["--max-in-flight", "4"], ["--mode", "ddp", "--max-in-flight", "0"],
                   ["--keep-gathered", "--keep-gathered-layers", "4"], ["--mode", "ddp", "--alone-phase"],
                   ["--mode", "ddp", "--single-every-rank"], ["--cpu-affinity", "half"]):
@@ -102,11 +105,14 @@ def test_result_names_carry_batch_and_layout():
             multi_gpu.parse_args(["--out", "x", *wrong])
 
 
-def test_runs_with_more_all_reduces_in_flight_are_labelled_apart():
+def test_runs_with_more_all_reduces_in_flight_or_another_checkpointing_are_labelled_apart():
+    from multi_gpu_ddp import checkpointing_note
     from multi_gpu_diagnostics import in_flight_note
 
     assert in_flight_note({"max_in_flight": 8}) == ", 8 in flight"
     assert in_flight_note({"max_in_flight": 2}) == in_flight_note({}) == ""  # the default; JSONs from before the flag
+    assert checkpointing_note("block") == ", block checkpointing"
+    assert checkpointing_note("non-reentrant") == checkpointing_note(None) == ""  # the default; JSONs from before
 
 
 def test_forward_prefetch_changes_timing_not_numbers(tmp_path):
