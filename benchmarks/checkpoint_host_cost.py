@@ -22,7 +22,6 @@ Writes <out>/checkpoint_host_cost_l<L>[_<backend>].json.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import platform
@@ -37,7 +36,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
 
-from fsdp2_host_cost import TrainingPath, build_model, spread  # noqa: E402
+from fsdp2_host_cost import TrainingPath, build_model, checked_args, spread, tiny_model_parser  # noqa: E402
 
 POLICIES = ("non-reentrant", "block", "block-reentrant")
 
@@ -108,20 +107,9 @@ def run(args) -> dict:
 def parse_args(argv: list[str] | None = None):
     from experiments.layer_compile import BACKENDS
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--width", type=int, default=32, help="hidden size (multiple of 4 heads x 2)")
-    p.add_argument("--seq-len", type=int, default=16)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per policy and round")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=4, help="untimed steps per policy (compiled: >= 2 compile)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: host time without thread noise)")
+    p = tiny_model_parser(__doc__.split("\n\n")[0], steps=20, warmup=4, unit="policy (compiled: >= 2 compile)")
     p.add_argument("--compile-layers", choices=BACKENDS, default=None)
-    args = p.parse_args(argv)
-    if min(args.layers, args.steps, args.rounds, args.seq_len) < 1 or args.warmup < 0 or args.width % 8:
-        p.error("--layers, --steps, --rounds and --seq-len must be >= 1, --warmup >= 0, --width a multiple of 8")
-    return args
+    return checked_args(p, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

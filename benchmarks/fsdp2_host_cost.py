@@ -130,21 +130,32 @@ def run(args, ctx) -> dict:
     return result
 
 
-def parse_args(argv: list[str] | None = None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def tiny_model_parser(description: str, steps: int, warmup: int, unit: str) -> argparse.ArgumentParser:
+    """The arguments of this CPU proxy (also checkpoint_host_cost.py's): the tiny model, the rounds, the threads."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", required=True)
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--width", type=int, default=32, help="hidden size (multiple of 4 heads x 2)")
     p.add_argument("--seq-len", type=int, default=16)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per path and round")
+    p.add_argument("--steps", type=int, default=steps, help=f"timed steps per {unit} and round")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=warmup, help=f"untimed steps per {unit} first")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: host time without thread noise)")
-    p.add_argument("--profile", action="store_true")
+    return p
+
+
+def checked_args(p: argparse.ArgumentParser, argv: list[str] | None):
+    """tiny_model_parser's arguments parsed; one error line for a value out of range."""
     args = p.parse_args(argv)
     if min(args.layers, args.steps, args.rounds, args.seq_len) < 1 or args.warmup < 0 or args.width % 8:
         p.error("--layers, --steps, --rounds and --seq-len must be >= 1, --warmup >= 0, --width a multiple of 8")
     return args
+
+
+def parse_args(argv: list[str] | None = None):
+    p = tiny_model_parser(__doc__.split("\n\n")[0], steps=10, warmup=3, unit="path")
+    p.add_argument("--profile", action="store_true")
+    return checked_args(p, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

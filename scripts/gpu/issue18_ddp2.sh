@@ -95,7 +95,7 @@ case $phase in
         done
         [ "${PROFILE:-1}" = 0 ] ||
             run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
-    compile1|compile2|scale4|ckpt2)  # inductor needs Triton on the GPU machine: say so at once rather than in every run's log
+    compile1|compile2|scale4|ckpt2)  # inductor needs Triton on the GPU machine: say so now, not in every run's log
         python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' || exit 1 ;;&
     compile1)
         export NPROC=1 LIMIT=150

@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_short_run_times_the_three_policies(tmp_path):
-    cmd = [sys.executable, str(REPO / "benchmarks" / "checkpoint_host_cost.py"), "--out", str(tmp_path), "--layers", "3",
-           "--steps", "2", "--rounds", "2", "--warmup", "1"]
+    cmd = [sys.executable, str(REPO / "benchmarks" / "checkpoint_host_cost.py"), "--out", str(tmp_path),
+           "--layers", "3", "--steps", "2", "--rounds", "2", "--warmup", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     r = json.loads((tmp_path / "checkpoint_host_cost_l3.json").read_text())

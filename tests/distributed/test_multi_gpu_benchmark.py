@@ -97,7 +97,8 @@ def test_result_names_carry_batch_and_layout():
     block = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "3", "--compile-layers",
                                   "--checkpointing", "block-reentrant", "--tag", "r1"])
     assert multi_gpu.result_stem(block, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_compiled_ckpt-block-reentrant_r1"
-    for wrong in (["--checkpointing", "block", "--no-checkpointing"], ["--checkpointing", "reentrant"],["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"], ["--keep-gathered-layers", "-2"],
+    for wrong in (["--checkpointing", "block", "--no-checkpointing"], ["--checkpointing", "reentrant"],
+                  ["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"], ["--keep-gathered-layers", "-2"],
                   ["--max-in-flight", "4"], ["--mode", "ddp", "--max-in-flight", "0"],
                   ["--keep-gathered", "--keep-gathered-layers", "4"], ["--mode", "ddp", "--alone-phase"],
                   ["--mode", "ddp", "--single-every-rank"], ["--cpu-affinity", "half"]):
