@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from experiments import distributed_checkpoint as dist_ckpt
+from experiments.config import dotted_keys
 from experiments.distributed_modes import same_mode
 from experiments.results import (CHECKPOINT_FILE, CONFIG_FILE, SHARDED_CHECKPOINT_DIR, RunDir, fsync_dir,
                                  read_metrics, replace_durably, truncate_metrics, write_metrics)
@@ -115,19 +116,9 @@ def saved_step(resume_from: str) -> int:
 
 
 # --- comparing configs -----------------------------------------------------------------------------------------------
-def _flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_differences(saved: dict, wanted: dict) -> list[str]:
     """'key: saved -> wanted' for every resolved-config key that differs, except RESUMABLE_CHANGES."""
-    old, new = _flatten(saved), _flatten(wanted)
+    old, new = dotted_keys(saved), dotted_keys(wanted)
     out = []
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_CHANGES or key.split(".", 1)[0] in RESUMABLE_SECTIONS:

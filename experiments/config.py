@@ -469,6 +469,14 @@ def config_to_dict(cfg: RunConfig) -> dict:
     return data
 
 
+def dotted_keys(data: dict, prefix: str = "") -> dict:
+    """A nested config dict as one level of dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for key, value in data.items():
+        out.update(dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
 def changed_settings(saved: dict, cfg: RunConfig) -> list[str]:
     """'key: saved -> now' for each setting in which a finished run's recorded config (summary.json's "config")
     differs from `cfg`, besides its name and where its files go; [] when the record cannot be read as a config."""
@@ -476,14 +484,7 @@ def changed_settings(saved: dict, cfg: RunConfig) -> list[str]:
         old = config_to_dict(config_from_dict(saved))   # the present schema's defaults fill keys it lacks
     except (ConfigError, TypeError, ValueError):
         return []
-
-    def flat(data: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in data.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return out
-
-    before, now = flat(old), flat(config_to_dict(cfg))
+    before, now = dotted_keys(old), dotted_keys(config_to_dict(cfg))
     ignored = ("run_name", "train.resume_from", "method.measure_rounding")  # the last only measures
     return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
             if key not in ignored and not key.startswith("output.") and before.get(key) != now.get(key)
