@@ -33,8 +33,8 @@ All kinds compute the same numbers (the recompute replays the same operations wi
 in tests/badam/test_checkpointing.py). The layer is found as the first argument of the functools.partial that
 transformers' GradientCheckpointingLayer passes (``partial(forward, self, **kwargs)``); any other callable gets
 non-reentrant checkpointing, what transformers itself would do. Reentrant checkpointing supports ``backward()`` only,
-not ``torch.autograd.grad`` or ``backward(inputs=...)``; ``policy="non-reentrant"`` of
-badam.hf.enable_block_checkpointing keeps non-reentrant checkpointing everywhere for code that needs those.
+not ``torch.autograd.grad`` or ``backward(inputs=...)``; badam.hf.enable_block_checkpointing's default policy
+("non-reentrant", every layer) suits code that needs those.
 """
 from __future__ import annotations
 
