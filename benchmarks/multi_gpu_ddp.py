@@ -456,7 +456,7 @@ def _mfu(band: dict | None) -> str:
 
 
 def variant(result: dict) -> str:
-    """The reduce dtype, then what else set this run apart (CPU pinning, compiled layers, tag)."""
+    """The reduce dtype, then what else set this run apart (CPU pinning, compiled layers, checkpointing, tag)."""
     extra = [in_flight_note(result), ", CPUs split" if result.get("cpu_affinity") == "split" else "",
              compiled_note(compile_backend(result)), checkpointing_note(result.get("checkpointing")),
              f", {result['tag']}" if result.get("tag") else ""]
