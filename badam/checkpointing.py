@@ -45,9 +45,6 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-KINDS = ("none", "reentrant", "non-reentrant")  # what checkpoint_kind returns
-
-
 def _requires_grad(values: Iterable) -> bool:
     """Whether any tensor among `values` (searched inside tuples, lists and dicts) requires a gradient."""
     for value in values:
@@ -64,8 +61,8 @@ def _requires_grad(values: Iterable) -> bool:
 
 
 def checkpoint_kind(function: Callable, args: tuple, kwargs: dict, reentrant: bool = False) -> str:
-    """Which checkpointing `block_checkpoint(function, *args, reentrant=reentrant, **kwargs)` applies (one of KINDS;
-    module docstring)."""
+    """Which checkpointing `block_checkpoint(function, *args, reentrant=reentrant, **kwargs)` applies: "none",
+    "reentrant" or "non-reentrant" (module docstring)."""
     if not torch.is_grad_enabled():
         return "none"
     module = None

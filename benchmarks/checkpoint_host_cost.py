@@ -8,9 +8,8 @@ without checkpointing (under no_grad) and the others non-reentrant; "block-reent
 active block reentrant (no autograd graph and no saved-tensor hook per saved tensor in their forward; one more matmul
 each in backward, which this CPU proxy cannot weigh). All compute the same numbers (tests/badam/test_checkpointing.py);
 what differs is the host's work, which decides a launch-bound step (Llama 3-8B at batch 2 x 728 on one H100, issue
-18). As in
-fsdp2_host_cost.py, a Llama of many layers and tiny width (default 32 x 32, sequence 16, fp32, one thread) makes every
-operation cost its host time alone.
+18). As in fsdp2_host_cost.py, a Llama of many layers and tiny width (default 32 x 32, sequence 16, fp32, one thread)
+makes every operation cost its host time alone.
 
 Setting: three copies of one seeded model, BAdam K = 1 in ascending order (every step a block switch, the active layer
 walking through the model), AdamW lr 1e-3, the same batch every step; --compile-layers compiles every decoder layer
@@ -22,9 +21,7 @@ Writes <out>/checkpoint_host_cost_l<L>[_<backend>].json.
 """
 from __future__ import annotations
 
-import datetime
 import json
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +33,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
 
-from fsdp2_host_cost import TrainingPath, build_model, checked_args, spread, tiny_model_parser  # noqa: E402
+from fsdp2_host_cost import (TrainingPath, build_model, checked_args, cpu_environment, spread,  # noqa: E402
+                             tiny_model_parser)
 
 POLICIES = ("non-reentrant", "block", "block-reentrant")
 
@@ -64,11 +62,9 @@ def checkpoint_function(path: TrainingPath) -> str:
 def timed(path: TrainingPath) -> tuple[float, float, float]:
     """One step: forward ms, whole-step ms, loss."""
     start = time.perf_counter()
-    loss = path.model(input_ids=path.batch, labels=path.batch).loss
+    loss = path.forward()
     forward = time.perf_counter()
-    loss.backward()
-    path.method.optimizer.step()
-    path.method.optimizer.zero_grad()
+    path.update(loss)
     end = time.perf_counter()
     return (forward - start) * 1000.0, (end - start) * 1000.0, loss.item()
 
@@ -98,10 +94,7 @@ def run(args) -> dict:
             "checkpoint_function": {policy: checkpoint_function(path) for policy, path in paths.items()},
             "per_policy": {policy: {part: spread([r[policy][part] for r in rounds])
                                     for part in ("forward_ms", "step_ms")} for policy in POLICIES},
-            "environment": {"command": " ".join([sys.executable, *sys.argv]), "torch": torch.__version__,
-                            "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                            "source": source_commit(),
-                            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+            "environment": {**cpu_environment(), "source": source_commit()}}
 
 
 def parse_args(argv: list[str] | None = None):

@@ -78,16 +78,29 @@ class TrainingPath:
         self.model.train()
         self.batch = batch
 
-    def step(self) -> None:
-        loss = self.model(input_ids=self.batch, labels=self.batch).loss
+    def forward(self) -> torch.Tensor:
+        return self.model(input_ids=self.batch, labels=self.batch).loss
+
+    def update(self, loss: torch.Tensor) -> None:
+        """The rest of the step: backward, the optimizer step, gradients cleared."""
         loss.backward()
         self.method.optimizer.step()
         self.method.optimizer.zero_grad()
+
+    def step(self) -> None:
+        self.update(self.forward())
 
     def timed_step(self) -> float:
         start = time.perf_counter()
         self.step()
         return (time.perf_counter() - start) * 1000.0
+
+
+def cpu_environment() -> dict:
+    """The command, the software and the host of a CPU proxy's run."""
+    return {"command": " ".join([sys.executable, *sys.argv]), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def spread(values: list[float]) -> dict:
@@ -121,10 +134,7 @@ def run(args, ctx) -> dict:
     result = {"layers": args.layers, "width": args.width, "seq_len": args.seq_len, "steps_per_round": args.steps,
               "warmup": args.warmup, "threads": torch.get_num_threads(), "rounds": rounds,
               "plain_ms": spread([r["plain_ms"] for r in rounds]), "fsdp2_ms": spread([r["fsdp2_ms"] for r in rounds]),
-              "plain_over_fsdp2": spread(ratios),
-              "environment": {"command": " ".join([sys.executable, *sys.argv]), "torch": torch.__version__,
-                              "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+              "plain_over_fsdp2": spread(ratios), "environment": cpu_environment()}
     if args.profile:
         result["fsdp2_profile"] = profile_fsdp2(sharded, args.steps)
     return result

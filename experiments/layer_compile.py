@@ -16,9 +16,8 @@ parameters' and input's `requires_grad`, not on the layer object, so BAdam's blo
 whole model, compiled in the first two steps of a block-epoch and reused afterwards: layers below the active block
 (nothing requires grad), the active layer (its parameters do), layers above it (their input does; a fourth graph
 with badam.hf's checkpointing policy "block-reentrant": their forward under no_grad, their recompute with grad).
-Compiling `nn.Module.compile()` instead (checkpoint
-inside the compiled region) fails for the forward-only layers below the active block in torch 2.13 ("Activation
-checkpoint rematerialization ... does not support RNG ops").
+Compiling `nn.Module.compile()` instead (checkpoint inside the compiled region) fails for the forward-only layers
+below the active block in torch 2.13 ("Activation checkpoint rematerialization ... does not support RNG ops").
 `torch._dynamo.config.fail_on_recompile_limit_hit` is set so a model that would need more graphs than the recompile
 limit fails loudly rather than silently running eager.
 """

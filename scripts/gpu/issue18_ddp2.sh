@@ -48,7 +48,8 @@ case $phase in
 esac
 export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
-folder=mg; [ "$phase" = 70b ] && folder=mg70; [ "$phase" = fsdp1 ] && folder=mg1; [ "$phase" = compile1 ] && folder=mg1c; [ "$phase" = scale4 ] && folder=mg4; [ "$phase" = zero1 ] && folder=mgz
+case $phase in 70b) folder=mg70 ;; fsdp1) folder=mg1 ;; compile1) folder=mg1c ;; scale4) folder=mg4 ;; zero1) folder=mgz ;;
+    *) folder=mg ;; esac
 out=runs/$folder
 mkdir -p "$out" "$OUT"; trap 'tar -C runs -czf "$OUT/$phase.tgz" "$folder"' EXIT
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader; nvidia-smi topo -m | head -4
