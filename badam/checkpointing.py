@@ -60,15 +60,21 @@ def _requires_grad(values: Iterable) -> bool:
     return False
 
 
+def _layer_of(function: Callable) -> nn.Module | None:
+    """The layer of transformers' ``partial(forward, layer, **kwargs)``, None for any other callable."""
+    if isinstance(function, functools.partial) and function.args and isinstance(function.args[0], nn.Module):
+        return function.args[0]
+    return None
+
+
 def checkpoint_kind(function: Callable, args: tuple, kwargs: dict, reentrant: bool = False) -> str:
     """Which checkpointing `block_checkpoint(function, *args, reentrant=reentrant, **kwargs)` applies: "none",
     "reentrant" or "non-reentrant" (module docstring)."""
     if not torch.is_grad_enabled():
         return "none"
-    module = None
+    module = _layer_of(function)
     keywords: dict = dict(kwargs)
-    if isinstance(function, functools.partial) and function.args and isinstance(function.args[0], nn.Module):
-        module = function.args[0]
+    if module is not None:
         keywords.update(function.keywords)
     if module is None or torch.compiler.is_compiling():
         return "non-reentrant"  # an unknown callable may use parameters it does not show; Dynamo traces this kind
@@ -79,12 +85,17 @@ def checkpoint_kind(function: Callable, args: tuple, kwargs: dict, reentrant: bo
     return "reentrant" if reentrant and not kwargs else "non-reentrant"
 
 
-def block_checkpoint(function: Callable, *args, reentrant: bool = False, **kwargs):
+def block_checkpoint(function: Callable, *args, reentrant: bool = False, graphs=None, **kwargs):
     """Checkpoint function for transformers' layers (set as their ``_gradient_checkpointing_func``): runs
     ``function(*args, **kwargs)`` without checkpointing, with non-reentrant or (`reentrant`, layers above the active
-    block only) with reentrant checkpointing, whichever the call needs (module docstring)."""
+    block only) with reentrant checkpointing, whichever the call needs (module docstring). `graphs`: a
+    badam.layer_graphs.LayerGraphs that replays the calls needing no checkpointing from CUDA graphs (policy
+    "block-graphed")."""
     kind = checkpoint_kind(function, args, kwargs, reentrant)
     if kind == "none":
+        layer = _layer_of(function) if graphs is not None else None
+        if layer is not None:
+            return graphs.run(layer, function, args, kwargs)
         with torch.no_grad():  # the same result (nothing here requires grad), without autograd's bookkeeping
             return function(*args, **kwargs)
     if kind == "reentrant":

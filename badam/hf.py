@@ -14,7 +14,8 @@ What the callback fixes:
     makes every layer's activations require grad, so backward then runs through all the frozen layers below the
     active block for nothing. We instead switch to NON-reentrant checkpointing and remove the input-require-grads hook:
     gradients reach the active block's parameters and backward stops there. (enable_block_checkpointing's policies
-    "block" and "block-reentrant" choose the checkpointing per layer call instead: badam/checkpointing.py.)
+    "block" and "block-reentrant" choose the checkpointing per layer call instead: badam/checkpointing.py;
+    "block-graphed" also replays the layers below the active block from CUDA graphs: badam/layer_graphs.py.)
   * Clipping and the logged gradient norm, where the gradient is not on ``p.grad``. BlockOptimizer's default keeps it
     there, so Trainer's own ``clip_grad_norm_(model.parameters())`` clips and logs it and the callback leaves it alone.
     BlockOptimizerRatio (and BlockOptimizer with ``gradients="master"``) keep it in fp32 off the model, where Trainer
@@ -33,6 +34,7 @@ import torch
 
 from .block_optimizer import BlockOptimizer
 from .checkpointing import block_checkpoint
+from .layer_graphs import LayerGraphs
 from .ratio import BlockOptimizerRatio
 
 BLOCK_OPTIMIZERS = (BlockOptimizer, BlockOptimizerRatio)
@@ -93,17 +95,19 @@ def uses_checkpointing(model: torch.nn.Module) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
-CHECKPOINTING_POLICIES = ("block", "block-reentrant", "non-reentrant")
+CHECKPOINTING_POLICIES = ("block", "block-graphed", "block-reentrant", "non-reentrant")
 
 
-def enable_block_checkpointing(model: torch.nn.Module, policy: str = "non-reentrant") -> None:
+def enable_block_checkpointing(model: torch.nn.Module, policy: str = "non-reentrant") -> LayerGraphs | None:
     """Activation checkpointing without the input-require-grads hook (see the module docstring). policy
     "non-reentrant" (default): non-reentrant checkpointing for every layer, transformers' way; "block": a layer call
     that nothing in it requires grad for (below BAdam's active block) runs without checkpointing, the others
     non-reentrant (badam/checkpointing.py); "block-reentrant": the same, but the layers above the active block
     reentrant (less host time, more GPU time; not with torch.autograd.grad or backward(inputs=...)). Measured in
     benchmarks/README.md ("Checkpointing policies"): block-reentrant makes CPU steps 0.76-0.78 as long and H100 steps
-    longer, block changes neither beyond noise; hence the default."""
+    longer, block changes neither beyond noise; hence the default. "block-graphed": as "block", and the layers below
+    the active block are replayed from CUDA graphs (badam/layer_graphs.py; on CUDA only, elsewhere as "block");
+    returns the model's LayerGraphs then (its stats() say how many calls were replayed), None otherwise."""
     if policy not in CHECKPOINTING_POLICIES:
         raise ValueError(f"unknown checkpointing policy {policy!r}; choose one of {', '.join(CHECKPOINTING_POLICIES)}")
     kwargs = {"use_reentrant": False}
@@ -116,11 +120,23 @@ def enable_block_checkpointing(model: torch.nn.Module, policy: str = "non-reentr
     # enabling checkpointing re-registers the hook on input_ids models, so it is removed afterwards
     if getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"):
         model.disable_input_require_grads()
+    graphs = LayerGraphs() if policy == "block-graphed" else None
     if policy != "non-reentrant":
-        function = block_checkpoint if policy == "block" else functools.partial(block_checkpoint, reentrant=True)
+        function = {"block": block_checkpoint, "block-graphed": functools.partial(block_checkpoint, graphs=graphs),
+                    "block-reentrant": functools.partial(block_checkpoint, reentrant=True)}[policy]
         for module in model.modules():
             if getattr(module, "gradient_checkpointing", False) is True:
                 module._gradient_checkpointing_func = function
+    return graphs
+
+
+def layer_graphs_of(model: torch.nn.Module) -> LayerGraphs | None:
+    """The LayerGraphs that policy "block-graphed" gave `model`'s layers, None under any other policy."""
+    for module in model.modules():
+        function = getattr(module, "_gradient_checkpointing_func", None)
+        if isinstance(function, functools.partial) and function.keywords.get("graphs") is not None:
+            return function.keywords["graphs"]
+    return None
 
 
 class _BAdamCallbackLogic:
@@ -184,4 +200,4 @@ def __getattr__(name: str):
 
 __all__: Sequence[str] = ["CHECKPOINTING_POLICIES", "BAdamCallback", "create_badam_optimizer",
                           "create_badam_ratio_optimizer", "decay_parameter_groups", "enable_block_checkpointing",
-                          "find_block_optimizer", "uses_checkpointing"]
+                          "find_block_optimizer", "layer_graphs_of", "uses_checkpointing"]

@@ -226,6 +226,7 @@ def _release(method, data_parallel) -> None:
 def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: str | None = None) -> dict:
     """One phase: fresh optimizer (and gradient averaging for ddp), args.steps timed steps, everything released.
     profile_stem: rank 0 writes the torch.profiler table of the last 3 steps under args.profile_dir."""
+    from badam.hf import layer_graphs_of
     from experiments import ddp as ddp_mod
     from experiments.measure import synchronize
 
@@ -252,10 +253,11 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
         write_profile(profiler, Path(args.profile_dir), profile_stem, ctx.device)
     peak = int(torch.cuda.max_memory_allocated(ctx.device)) if ctx.device.type == "cuda" else None
     split = method.memory_split(model)
+    graphs = layer_graphs_of(model)  # policy block-graphed: replays and recordings so far (cumulative)
     _release(method, data_parallel)
     model.zero_grad(set_to_none=True)
     return {"kind": kind, "round": round_ + 1, "steps": steps, "peak_allocated_bytes": peak,
-            "memory_split_end": split}
+            "memory_split_end": split, "layer_graphs": graphs.stats() if graphs is not None else None}
 
 
 def run_replicated(args, ctx, build_method, stem: str) -> dict:

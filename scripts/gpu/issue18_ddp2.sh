@@ -33,7 +33,10 @@
 #   ckpt2  (nvidia-h100-x2, ~5 min per repeat) batch 2, fp32, layers compiled, ddp against rank 0 alone, 3 rounds,
 #          per repeat the checkpointing policies in turn (badam/checkpointing.py): non-reentrant for every layer (what
 #          the harness does), block and block-reentrant (REPEATS, default "1 2"; runs/mg); LAYERS="compiled eager"
-#          adds the same three with eager layers (LAYERS=eager: those only); NPROC=1 on one GPU (its single phases)
+#          adds the same three with eager layers (LAYERS=eager: those only); NPROC=1 on one GPU (its single phases);
+#          POLICIES="non-reentrant block-graphed" picks the policies; STEPS / WARMUP (default 35 / 3) lengthen the runs
+#          (block-graphed records a layer's graph the second time it runs below the active block: with K = 1
+#          ascending over 32 layers, WARMUP=35 STEPS=67 leaves the recordings out of the timed block-epoch)
 #   zero1  (nvidia-h100-x2 or -x4, ~1 min) the active layer's update replicated vs sharded ZeRO-1 style
 #          (benchmarks/zero1_update.py: 30 alternating repeats; NPROC: the GPU counts, default 2, "2 4" on 4) -> runs/mgz
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
@@ -131,9 +134,10 @@ case $phase in
                 case $layers in compiled|eager) ;; *) echo "LAYERS takes compiled and/or eager, not $layers" >&2
                     exit 2 ;; esac
                 flag=(); [ "$layers" = compiled ] && flag=(--compile-layers)
-                for policy in non-reentrant block block-reentrant; do
+                for policy in ${POLICIES:-non-reentrant block block-reentrant}; do
                     run ddp_b2_${layers}_ckpt-${policy}_r$r --mode ddp --compare-single 3 --switch-every 1 \
-                        --steps 35 --tag r$r --checkpointing "$policy" "${flag[@]}" || exit 1
+                        --steps "${STEPS:-35}" --warmup "${WARMUP:-3}" --tag r$r --checkpointing "$policy" \
+                        "${flag[@]}" || exit 1
                 done
             done
         done ;;

@@ -129,6 +129,9 @@ def test_policies():
     enable_block_checkpointing(model, policy="block-reentrant")
     funcs = [m._gradient_checkpointing_func for m in model.model.layers]
     assert all(f.func is ckpt.block_checkpoint and f.keywords == {"reentrant": True} for f in funcs)
+    graphs = enable_block_checkpointing(model, policy="block-graphed")
+    funcs = [m._gradient_checkpointing_func for m in model.model.layers]
+    assert all(f.func is ckpt.block_checkpoint and f.keywords == {"graphs": graphs} for f in funcs)
     with pytest.raises(ValueError, match="unknown checkpointing policy 'reentrant'; choose one of block, "
-                                         "block-reentrant, non-reentrant"):
+                                         "block-graphed, block-reentrant, non-reentrant"):
         enable_block_checkpointing(model, policy="reentrant")

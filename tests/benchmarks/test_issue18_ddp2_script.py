@@ -54,26 +54,40 @@ def test_every_phase_passes_arguments_the_benchmark_accepts(tmp_path):
     assert policies == ["non-reentrant", "block", "block-reentrant"] * 2  # ckpt2: the three in turn, per repeat
 
 
-def test_compile2_with_the_bf16_all_reduce_and_compiled_runs_only(tmp_path):
-    """REDUCE=bf16 EAGER=0 INFLIGHT=8: every run all-reduces in bf16 with 8 buckets in flight and compiles its layers;
-    their logs are named apart from the fp32 runs' in the shared folder."""
+def recorded_calls(tmp_path, phase: str, **settings) -> list[str]:
+    """The benchmark argument lines `phase` passes to a stand-in torchrun under the environment `settings`."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
     bin_dir.mkdir()
     for name, body in {"torchrun": f'printf "%s\\n" "$*" >> {calls}', "nvidia-smi": "true", "python": "true"}.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "BADAM_SOURCE_COMMIT": "0" * 40, "REDUCE": "bf16", "EAGER": "0",
-           "INFLIGHT": "8",
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "BADAM_SOURCE_COMMIT": "0" * 40, **settings,
            "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    done = subprocess.run(["bash", str(SCRIPT), "compile2"], capture_output=True, text=True, cwd=tmp_path, env=env,
+    done = subprocess.run(["bash", str(SCRIPT), phase], capture_output=True, text=True, cwd=tmp_path, env=env,
                           timeout=60)
     assert done.returncode == 0, done.stderr[-500:]
     lines = calls.read_text().splitlines()
-    assert len(lines) == 2 and all("--reduce-dtype bf16 --max-in-flight 8 --compile-layers" in x for x in lines)
     for line in lines:
         multi_gpu.parse_args(line.split()[3:])
+    return lines
+
+
+def test_compile2_with_the_bf16_all_reduce_and_compiled_runs_only(tmp_path):
+    """REDUCE=bf16 EAGER=0 INFLIGHT=8: every run all-reduces in bf16 with 8 buckets in flight and compiles its layers;
+    their logs are named apart from the fp32 runs' in the shared folder."""
+    lines = recorded_calls(tmp_path, "compile2", REDUCE="bf16", EAGER="0", INFLIGHT="8")
+    assert len(lines) == 2 and all("--reduce-dtype bf16 --max-in-flight 8 --compile-layers" in x for x in lines)
     assert sorted(p.name for p in (tmp_path / "runs" / "mg").glob("*.txt")) == [
         "ddp_b2_bf16_inflight8_compiled_r1.txt", "ddp_b2_bf16_inflight8_compiled_r2.txt"]
+
+
+def test_ckpt2_with_chosen_policies_and_a_longer_warm_up(tmp_path):
+    lines = recorded_calls(tmp_path, "ckpt2", POLICIES="non-reentrant block-graphed", STEPS="67", WARMUP="35",
+                           REPEATS="1")
+    assert [line.split("--checkpointing ")[1].split()[0] for line in lines] == ["non-reentrant", "block-graphed"]
+    assert all("--steps 67 --warmup 35" in line and "--compile-layers" in line for line in lines)
+    assert sorted(p.name for p in (tmp_path / "runs" / "mg").glob("*.txt")) == [
+        "ddp_b2_compiled_ckpt-block-graphed_r1.txt", "ddp_b2_compiled_ckpt-non-reentrant_r1.txt"]
 
 
 def test_a_bad_phase_is_named_and_writes_nothing(tmp_path):

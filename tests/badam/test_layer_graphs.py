@@ -1,0 +1,119 @@
+"""Checkpointing policy "block-graphed" (badam/layer_graphs.py): the layers below the active block replayed from CUDA
+graphs give the losses and gradients policy "block" gives; calls that cannot be graphed run as they are. The CUDA
+tests run where a GPU is (the device machine); on a CPU the policy must equal "block" and graph nothing."""
+import pytest
+import torch
+
+from badam import BlockOptimizer
+from badam.hf import enable_block_checkpointing
+from badam.layer_graphs import LayerGraphs, call_signature
+
+from .test_checkpointing import dropout_llama
+from .tiny import clone_model, lm_batch, tiny_llama
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+def ascending(model, lr=1e-3):
+    """BlockOptimizer over the decoder layers, one block per layer, ascending, K = 1 (every position in turn)."""
+    prefixes = [[f"model.layers.{i}."] for i in range(len(model.model.layers))]
+    return BlockOptimizer(torch.optim.AdamW(model.parameters(), lr=lr), list(model.named_parameters()),
+                          block_prefix_list=prefixes, switch_mode="ascending", switch_block_every=1, verbose=0,
+                          full_precision_ok=True)
+
+
+def train(model, steps, device, length=8, seed_dropout=False):
+    """Losses and, per step, the active block's gradients (cloned before the step)."""
+    opt = ascending(model)
+    model.train()
+    losses, grads = [], []
+    for step in range(steps):
+        if seed_dropout:
+            torch.manual_seed(step)
+        batch = {k: v.to(device) for k, v in lm_batch(step, length=length).items()}
+        loss = model(**batch).loss
+        loss.backward()
+        grads.append([p.grad.clone() for g in opt.param_groups for p in g["params"] if p.grad is not None])
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.detach())
+    return losses, grads
+
+
+def compare(reference, model, steps, device, **kw):
+    ref_losses, ref_grads = train(reference, steps, device, **kw)
+    losses, grads = train(model, steps, device, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(ref_losses, losses)), (ref_losses, losses)
+    for ref, got in zip(ref_grads, grads):
+        assert len(ref) == len(got) > 0 and all(torch.equal(a, b) for a, b in zip(ref, got))
+
+
+def pair(device, dropout=False):
+    reference = (dropout_llama() if dropout else tiny_llama(torch.float32)).to(device)
+    model = clone_model(reference).to(device)
+    enable_block_checkpointing(reference, policy="block")
+    graphs = enable_block_checkpointing(model, policy="block-graphed")
+    return reference, model, graphs
+
+
+def test_on_a_cpu_the_same_as_block_and_nothing_graphed():
+    reference, model, graphs = pair("cpu")
+    assert isinstance(graphs, LayerGraphs) and enable_block_checkpointing(clone_model(model)) is None
+    compare(reference, model, 6, "cpu")
+    stats = graphs.stats()
+    assert stats["graphs"] == 0 and stats["counts"] == {"not_graphable": 7}  # below blocks 0,1,2,3,0,1
+
+
+def test_calls_that_cannot_be_graphed_have_no_signature():
+    layer = torch.nn.Linear(2, 2)
+    x = torch.ones(1, 2)
+    assert call_signature(layer, [x, None, 3], None) is None  # CPU tensors
+    assert call_signature(layer, [], None) is None  # no tensor at all
+    with pytest.raises(ValueError, match="max_per_layer must be an integer >= 1"):
+        LayerGraphs(max_per_layer=0)
+
+
+@cuda
+def test_replayed_layers_give_the_same_losses_and_gradients():
+    reference, model, graphs = pair("cuda")
+    compare(reference, model, 12, "cuda")  # three block-epochs: layers updated in place, then replayed again
+    counts = graphs.stats()["counts"]
+    assert graphs.stats()["graphs"] == 3 and counts["captured"] == 3 and counts["replayed"] > 0
+    assert counts.get("capture_failed", 0) == 0, graphs.last_error
+
+
+@cuda
+def test_dropout_in_a_frozen_layer_is_never_graphed():
+    reference, model, graphs = pair("cuda", dropout=True)
+    compare(reference, model, 8, "cuda", seed_dropout=True)
+    assert graphs.stats()["graphs"] == 0 and graphs.stats()["counts"]["random_numbers"] > 0
+
+
+@cuda
+def test_new_shapes_and_new_storage_get_new_graphs():
+    model = tiny_llama(torch.float32, layers=2).cuda()
+    graphs = enable_block_checkpointing(model, policy="block-graphed")
+    graphs.max_per_layer = 1
+    layer = model.model.layers[0]
+    layer.requires_grad_(False)
+    model.train()
+    hidden = torch.randn(1, 8, 32, device="cuda")
+    position = model.model.rotary_emb(hidden, torch.arange(8, device="cuda")[None])
+
+    def call(h, pos):
+        return layer(h, position_embeddings=pos)
+
+    outs = [call(hidden, position) for _ in range(3)]  # eager, warm-up (recorded), replay
+    assert graphs.stats()["counts"] == {"first_sight": 1, "captured": 1, "replayed": 1}
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    assert outs[2].data_ptr() != outs[1].data_ptr()  # a copy: the next replay does not overwrite it
+    with torch.no_grad():
+        layer.mlp.down_proj.weight.data = layer.mlp.down_proj.weight.data * 2  # new storage: a new signature
+    changed = [call(hidden, position) for _ in range(3)]
+    with torch.no_grad():
+        expected = layer.forward.__wrapped__(layer, hidden, position_embeddings=position)
+    assert all(torch.equal(expected, c) for c in changed) and not torch.equal(expected, outs[0])
+    assert graphs.stats()["graphs"] == 1  # max_per_layer = 1: the old one dropped
+    short = hidden[:, :4].contiguous()
+    assert call(short, tuple(t[:, :4] for t in position)).shape == (1, 4, 32)
+    assert graphs.stats()["counts"]["first_sight"] == 3
