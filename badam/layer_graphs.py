@@ -9,7 +9,9 @@ kernels with one launch; the host is then free to run ahead.
 How (policy "block-graphed"; LayerGraphs.run is what badam.checkpointing.block_checkpoint calls for such a layer):
     signature   the layer, its training flag, the addresses of its parameters and buffers, the autocast state, and
                 each argument: a tensor by shape, strides, dtype and device, anything else by value (None, bool, int,
-                float, str; a call with any other argument, e.g. a KV cache object, is never graphed)
+                float, str; a call with any other argument, e.g. a KV cache object, is never graphed); the
+                arguments transformers binds into the partial it checkpoints (position embeddings, masks) count as
+                arguments (call_parts), so a replay copies them in like the hidden states
     1st sight   the layer runs as it is (the signature is remembered)
     2nd sight   the arguments are copied into static tensors, the layer runs once on a side stream (warm-up; this is
                 the call's result), and, unless that drew random numbers (dropout in train mode: a replay could not
@@ -28,6 +30,7 @@ compares losses and gradients with policy "block" on a GPU).
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -43,13 +46,25 @@ def _clone(value):
     return value.clone() if isinstance(value, torch.Tensor) else value
 
 
+def call_parts(function: Callable, args: tuple, kwargs: dict) -> tuple[Callable, tuple, dict]:
+    """(callable, positional, keyword arguments) of ``function(*args, **kwargs)`` with a functools.partial's bound
+    arguments made explicit: transformers binds a layer's keyword arguments (position embeddings, masks) into the
+    partial it checkpoints, and a graph must copy those in at every replay like the others, not keep the tensors it
+    was recorded with."""
+    if isinstance(function, functools.partial):
+        return function.func, (*function.args, *args), {**function.keywords, **kwargs}
+    return function, args, kwargs
+
+
 def call_signature(module: nn.Module, leaves: list, spec) -> tuple | None:
-    """The key a graph of `module` called with the flattened arguments (`leaves`, `spec`) is stored under (module
-    docstring), or None when the call cannot be graphed (an argument of another kind, no CUDA tensor argument,
-    tensors on several devices)."""
+    """The key a graph of `module` called with the flattened arguments (`leaves`, `spec`; `module` itself may be
+    among them) is stored under (module docstring), or None when the call cannot be graphed (an argument of another
+    kind, no CUDA tensor argument, tensors on several devices)."""
     described, devices = [], set()
     for leaf in leaves:
-        if isinstance(leaf, torch.Tensor):
+        if leaf is module:
+            described.append("module")
+        elif isinstance(leaf, torch.Tensor):
             devices.add(leaf.device)
             described.append((tuple(leaf.shape), leaf.stride(), leaf.dtype))
         elif isinstance(leaf, _PLAIN):
@@ -102,6 +117,7 @@ class LayerGraphs:
 
     def run(self, module: nn.Module, function: Callable, args: tuple, kwargs: dict):
         """`function(*args, **kwargs)` under no_grad, from a graph of `module` where one exists or can be made."""
+        function, args, kwargs = call_parts(function, args, kwargs)
         with torch.no_grad():
             leaves, spec = tree_flatten((args, kwargs))
             key = call_signature(module, leaves, spec)

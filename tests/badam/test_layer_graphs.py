@@ -1,12 +1,14 @@
 """Checkpointing policy "block-graphed" (badam/layer_graphs.py): the layers below the active block replayed from CUDA
 graphs give the losses and gradients policy "block" gives; calls that cannot be graphed run as they are. The CUDA
 tests run where a GPU is (the device machine); on a CPU the policy must equal "block" and graph nothing."""
+import functools
+
 import pytest
 import torch
 
 from badam import BlockOptimizer
 from badam.hf import enable_block_checkpointing
-from badam.layer_graphs import LayerGraphs, call_signature
+from badam.layer_graphs import LayerGraphs, call_parts, call_signature
 
 from .test_checkpointing import dropout_llama
 from .tiny import clone_model, lm_batch, tiny_llama
@@ -107,6 +109,12 @@ def test_new_shapes_and_new_storage_get_new_graphs():
     assert graphs.stats()["counts"] == {"first_sight": 1, "captured": 1, "replayed": 1}
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     assert outs[2].data_ptr() != outs[1].data_ptr()  # a copy: the next replay does not overwrite it
+    # keyword tensors (transformers binds them into the partial it checkpoints) are inputs of the replay too
+    shifted = model.model.rotary_emb(hidden, torch.arange(3, 11, device="cuda")[None])
+    with torch.no_grad():
+        expected = layer.forward.__wrapped__(layer, hidden * 3, position_embeddings=shifted)
+    assert torch.equal(call(hidden * 3, shifted), expected) and graphs.stats()["counts"]["replayed"] == 2
+    assert not torch.equal(expected, outs[0])
     with torch.no_grad():
         layer.mlp.down_proj.weight.data = layer.mlp.down_proj.weight.data * 2  # new storage: a new signature
     changed = [call(hidden, position) for _ in range(3)]
@@ -117,3 +125,11 @@ def test_new_shapes_and_new_storage_get_new_graphs():
     short = hidden[:, :4].contiguous()
     assert call(short, tuple(t[:, :4] for t in position)).shape == (1, 4, 32)
     assert graphs.stats()["counts"]["first_sight"] == 3
+
+
+def test_bound_arguments_are_arguments_of_the_call():
+    layer = torch.nn.Linear(2, 2)
+    x, y = torch.ones(2), torch.zeros(2)
+    function, args, kwargs = call_parts(functools.partial(torch.add, x, alpha=2), (y,), {"out": None})
+    assert function is torch.add and args == (x, y) and kwargs == {"alpha": 2, "out": None}
+    assert call_parts(layer, (x,), {}) == (layer, (x,), {})
