@@ -30,9 +30,11 @@ batch 2 x 728, compiled layers) its backward is 12-15 ms longer and the step slo
 non-reentrant by no more than the noise on either. Hence the default stays non-reentrant.
 
 All kinds compute the same numbers (the recompute replays the same operations with the same RNG state; tested bitwise
-in tests/badam/test_checkpointing.py). The layer is found as the first argument of the functools.partial that
-transformers' GradientCheckpointingLayer passes (``partial(forward, self, **kwargs)``); any other callable gets
-non-reentrant checkpointing, what transformers itself would do. Reentrant checkpointing supports ``backward()`` only,
+in tests/badam/test_checkpointing.py). The layer is found in the functools.partial that
+transformers' GradientCheckpointingLayer passes (``partial(forward, self, **kwargs)``, or ``partial(self.__call__,
+**kwargs)`` before transformers 5.2x: found since 2026-11-27; until then that form, the GPU machine's transformers
+5.17 with eager layers, got non-reentrant checkpointing under every policy); any other callable gets non-reentrant
+checkpointing, what transformers itself would do. Reentrant checkpointing supports ``backward()`` only,
 not ``torch.autograd.grad`` or ``backward(inputs=...)``; badam.hf.enable_block_checkpointing's default policy
 ("non-reentrant", every layer) suits code that needs those.
 """
@@ -61,10 +63,15 @@ def _requires_grad(values: Iterable) -> bool:
 
 
 def _layer_of(function: Callable) -> nn.Module | None:
-    """The layer of transformers' ``partial(forward, layer, **kwargs)``, None for any other callable."""
-    if isinstance(function, functools.partial) and function.args and isinstance(function.args[0], nn.Module):
+    """The layer of transformers' ``partial(forward, layer, **kwargs)`` (transformers >= 5.2x: the class's forward,
+    module hooks outside) or ``partial(layer.__call__, **kwargs)`` (earlier 5.x: the layer's own __call__, module
+    hooks inside), None for any other callable."""
+    if not isinstance(function, functools.partial):
+        return None
+    if function.args and isinstance(function.args[0], nn.Module):
         return function.args[0]
-    return None
+    owner = getattr(function.func, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
 
 
 def checkpoint_kind(function: Callable, args: tuple, kwargs: dict, reentrant: bool = False) -> str:

@@ -24,8 +24,9 @@ before) are read as they are. The layer's forward must read nothing but its para
 of transformers' decoder layers). All graphs share one memory pool for their intermediates (about one layer's working
 memory); each holds its static inputs and output (about two activations per layer and signature); at most
 `max_per_layer` signatures per layer are kept (the least recently used is dropped), so a stream of changing shapes
-costs eager calls, not memory. Anything else (CPU tensors, a capture already under way, a failed capture) runs the
-layer as it is. A replay runs the kernels the warm-up ran on the same values (tests/badam/test_layer_graphs.py
+costs eager calls, not memory. Anything else (CPU tensors, a capture already under way, a failed capture, a call
+through the layer's own __call__ while it has forward hooks, e.g. FSDP2's all-gather under transformers before 5.2x)
+runs the layer as it is. A replay runs the kernels the warm-up ran on the same values (tests/badam/test_layer_graphs.py
 compares losses and gradients with policy "block" on a GPU).
 """
 from __future__ import annotations
@@ -121,7 +122,9 @@ class LayerGraphs:
         with torch.no_grad():
             leaves, spec = tree_flatten((args, kwargs))
             key = call_signature(module, leaves, spec)
-            if key is None or torch.cuda.is_current_stream_capturing():
+            hooks = getattr(function, "__self__", None) is module and (module._forward_pre_hooks or
+                                                                          module._forward_hooks)
+            if key is None or hooks or torch.cuda.is_current_stream_capturing():
                 self.counts["not_graphable"] += 1
                 return function(*args, **kwargs)
             graphs = self._graphs.setdefault(module, OrderedDict())

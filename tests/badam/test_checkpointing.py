@@ -32,8 +32,9 @@ def kinds_per_layer(model, monkeypatch) -> dict[int, str]:
 
     def spy(function, args, kwargs, reentrant=False):
         kind = original(function, args, kwargs, reentrant)
-        if id(function.args[0]) in index:  # (an earlier spy of the same test sees the later model's layers too)
-            picked.setdefault(index[id(function.args[0])], kind)  # the forward's call, not the recompute's
+        layer = ckpt._layer_of(function)
+        if id(layer) in index:  # (an earlier spy of the same test sees the later model's layers too)
+            picked.setdefault(index[id(layer)], kind)  # the forward's call, not the recompute's
         return kind
 
     monkeypatch.setattr(ckpt, "checkpoint_kind", spy)
@@ -90,6 +91,17 @@ def test_no_grad_unknown_callables_and_keyword_tensors():
         assert ckpt.checkpoint_kind(call, (x,), {}) == "none"
     layer.weight.requires_grad_(True)
     assert ckpt.checkpoint_kind(call, (x.detach(),), {}, reentrant=True) == "non-reentrant"
+
+
+def test_the_layer_is_found_in_either_form_transformers_passes():
+    """transformers >= 5.2x checkpoints partial(forward, layer, **kw); earlier 5.x partial(layer.__call__, **kw)."""
+    layer = torch.nn.Linear(4, 4).requires_grad_(False)
+    x = torch.randn(2, 4, requires_grad=True)
+    older = functools.partial(layer.__call__)
+    assert ckpt._layer_of(older) is layer and ckpt._layer_of(functools.partial(torch.nn.Linear.forward, layer)) is layer
+    assert ckpt._layer_of(lambda h: layer(h)) is None and ckpt._layer_of(functools.partial(torch.add, x)) is None
+    assert ckpt.checkpoint_kind(older, (x,), {}, reentrant=True) == "reentrant"
+    assert ckpt.checkpoint_kind(older, (x.detach(),), {}) == "none"
 
 
 @pytest.mark.parametrize("policy", ["block", "block-reentrant"])

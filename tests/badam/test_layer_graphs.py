@@ -133,3 +133,15 @@ def test_bound_arguments_are_arguments_of_the_call():
     function, args, kwargs = call_parts(functools.partial(torch.add, x, alpha=2), (y,), {"out": None})
     assert function is torch.add and args == (x, y) and kwargs == {"alpha": 2, "out": None}
     assert call_parts(layer, (x,), {}) == (layer, (x,), {})
+
+
+@cuda
+def test_a_call_through_a_hooked_layer_call_is_not_graphed():
+    """Before transformers 5.2x the checkpointed callable was the layer's own __call__, module hooks (FSDP2's
+    all-gather) inside it: never recorded into a graph."""
+    layer = torch.nn.Linear(4, 4).cuda().requires_grad_(False)
+    layer.register_forward_pre_hook(lambda module, args: None)
+    graphs = LayerGraphs()
+    x = torch.randn(2, 4, device="cuda")
+    outs = [graphs.run(layer, functools.partial(layer.__call__), (x,), {}) for _ in range(3)]
+    assert graphs.stats()["counts"] == {"not_graphable": 3} and all(torch.equal(outs[0], o) for o in outs)
