@@ -53,9 +53,17 @@ def original_forward(layer_class: type):
     return forward
 
 
-def _compiled_call(compiled):
+def checkpoints_in_call(layer_class: type) -> bool:
+    """Whether transformers checkpoints this class's layers around their whole __call__ (GradientCheckpointingLayer
+    before transformers 5.2x, e.g. 5.17) rather than in the wrapped forward (5.2x). Then the compiled forward runs
+    inside that checkpoint already and must not checkpoint again: a second, nested checkpoint made backward recompute
+    each layer twice (every compiled-layer GPU run before 2026-11-27 on transformers 5.17)."""
+    return any(k.__name__ == "GradientCheckpointingLayer" and "__call__" in vars(k) for k in layer_class.__mro__)
+
+
+def _compiled_call(compiled, checkpoint_here: bool = True):
     def forward(self, *args, **kwargs):
-        if self.gradient_checkpointing and self.training:   # as transformers' GradientCheckpointingLayer does
+        if checkpoint_here and self.gradient_checkpointing and self.training:  # as transformers' wrapped forward
             if kwargs.get("use_cache") or kwargs.get("past_key_values") is not None:
                 raise ValueError("a compiled, checkpointed layer does not take a KV cache (train with use_cache off)")
             return self._gradient_checkpointing_func(functools.partial(compiled, self, **kwargs), *args)
@@ -105,7 +113,7 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor",
         forward = original_forward(type(layer))
         if forward not in shared:
             shared[forward] = torch.compile(forward, backend=backend, options=options or None)
-        layer.forward = types.MethodType(_compiled_call(shared[forward]), layer)
+        layer.forward = types.MethodType(_compiled_call(shared[forward], not checkpoints_in_call(type(layer))), layer)
     return CompiledLayers(backend, len(layers), len(shared), options)
 
 

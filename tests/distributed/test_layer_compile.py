@@ -7,6 +7,7 @@ counted here), without inductor's C++ code generation (about 50 s for the three 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -137,3 +138,67 @@ def test_fsdp2_layers_compile_with_their_hooks_outside_and_keep_the_eager_number
     assert got["weights"].keys() == eager["weights"].keys()
     assert all(torch.equal(got["weights"][k], eager["weights"][k]) for k in eager["weights"])
     assert (got["stats"]["graphs"], got["stats"]["recompiles"], got["stats"]["graph_breaks"]) == (3, 2, 0)
+
+
+class _CallCheckpointingLayer(torch.nn.Module):
+    """transformers' GradientCheckpointingLayer as it was before 5.2x (e.g. 5.17, the GPU machine's): it checkpoints
+    around the module's whole __call__."""
+    gradient_checkpointing = False
+
+    def __call__(self, *args, **kwargs):
+        if self.gradient_checkpointing and self.training:
+            return self._gradient_checkpointing_func(functools.partial(super().__call__, **kwargs), *args)
+        return super().__call__(*args, **kwargs)
+
+
+_CallCheckpointingLayer.__name__ = "GradientCheckpointingLayer"
+
+
+class _OlderLayer(_CallCheckpointingLayer):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+    def forward(self, hidden, scale=1.0):
+        return torch.tanh(self.linear(hidden)) * scale
+
+
+@pytest.mark.parametrize("older", [True, False])
+def test_compiled_layers_are_checkpointed_once_under_either_transformers_form(monkeypatch, older):
+    from experiments.layer_compile import checkpoints_in_call, compile_decoder_layers
+    from torch.utils.checkpoint import checkpoint
+
+    calls = []
+
+    def counting(function, *args, **kwargs):
+        calls.append(function)
+        return checkpoint(function, *args, use_reentrant=False, **kwargs)
+
+    if older:
+        model = torch.nn.Module()
+        model.model = torch.nn.Module()
+        model.model.layers = torch.nn.ModuleList([_OlderLayer() for _ in range(LAYERS)])
+        for layer in model.model.layers:
+            layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, counting
+
+        def run(x):
+            for layer in model.model.layers:
+                x = layer(x, scale=2.0)
+            return x.sum()
+    else:
+        model = _tiny_llama(monkeypatch, LAYERS)
+        for layer in model.model.layers:
+            layer._gradient_checkpointing_func = counting
+
+        def run(ids):
+            return model(input_ids=ids, labels=ids).loss
+    assert checkpoints_in_call(type(model.model.layers[0])) is older
+    inputs = torch.randn(2, 4, requires_grad=True) if older else torch.randint(0, 64, (2, 8))
+    model.train()
+    eager = run(inputs)
+    eager.backward()
+    assert len(calls) == LAYERS
+    compile_decoder_layers(model, "eager")
+    compiled = run(inputs)
+    compiled.backward()
+    assert len(calls) == 2 * LAYERS and torch.equal(eager, compiled)  # one checkpoint per layer call, as eager
