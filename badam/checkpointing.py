@@ -25,9 +25,11 @@ the layer's seven more per layer above the active block; tests/experiments/test_
 parameters or keyword tensors require a gradient, and calls traced by torch.compile, stay non-reentrant.
 
 Measured (benchmarks/README.md, "Checkpointing policies"): on a CPU, where the host is everything, block-reentrant
-makes a step 0.76 (eager) / 0.78 (compiled layers) as long as non-reentrant everywhere; on 2 x H100 (Llama 3-8B,
-batch 2 x 728, compiled layers) its backward is 12-15 ms longer and the step slower; "block" differs from
-non-reentrant by no more than the noise on either. Hence the default stays non-reentrant.
+makes a step 0.76 (eager) / 0.78 (compiled layers) as long as non-reentrant everywhere; "block" differs from
+non-reentrant by no more than the noise. The first H100 figures (block-reentrant slower) were taken with a nested
+checkpoint (transformers 5.17, see below) and are to be measured again. On 2 x H100 "block-graphed" (block plus CUDA
+graphs below the active block, badam/layer_graphs.py) made the step 1.07-1.23x as fast. The default stays
+non-reentrant: it suits any code.
 
 All kinds compute the same numbers (the recompute replays the same operations with the same RNG state; tested bitwise
 in tests/badam/test_checkpointing.py). The layer is found in the functools.partial that

@@ -104,10 +104,11 @@ def enable_block_checkpointing(model: torch.nn.Module, policy: str = "non-reentr
     that nothing in it requires grad for (below BAdam's active block) runs without checkpointing, the others
     non-reentrant (badam/checkpointing.py); "block-reentrant": the same, but the layers above the active block
     reentrant (less host time, more GPU time; not with torch.autograd.grad or backward(inputs=...)). Measured in
-    benchmarks/README.md ("Checkpointing policies"): block-reentrant makes CPU steps 0.76-0.78 as long and H100 steps
-    longer, block changes neither beyond noise; hence the default. "block-graphed": as "block", and the layers below
-    the active block are replayed from CUDA graphs (badam/layer_graphs.py; on CUDA only, elsewhere as "block");
-    returns the model's LayerGraphs then (its stats() say how many calls were replayed), None otherwise."""
+    benchmarks/README.md ("Checkpointing policies"): block-reentrant makes CPU steps 0.76-0.78 as long, block changes
+    them no more than the noise. "block-graphed": as "block", and the layers below the active block are replayed
+    from CUDA graphs (badam/layer_graphs.py; on CUDA only, elsewhere as "block"; on 2 x H100 steps 1.07-1.23x as
+    fast); returns the model's LayerGraphs then (its stats() say how many calls were replayed), None otherwise. The
+    default suits any code (torch.autograd.grad, changing shapes, any device)."""
     if policy not in CHECKPOINTING_POLICIES:
         raise ValueError(f"unknown checkpointing policy {policy!r}; choose one of {', '.join(CHECKPOINTING_POLICIES)}")
     kwargs = {"use_reentrant": False}

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from badam.hf import CHECKPOINTING_POLICIES
 from baselines.registry import get_method_class, method_names
 from experiments.distributed_modes import MODES, same_mode
 from experiments.layer_compile import BACKENDS as COMPILE_BACKENDS
@@ -59,6 +60,7 @@ class ModelConfig:
     source: str = "smollm2-135m-instruct"   # hub id | folder | .gguf | llama2c:<file> | random:<name> | alias
     dtype: str = "bf16"                      # storage dtype of the weights: bf16 | fp32
     gradient_checkpointing: bool = False
+    checkpointing_policy: str = "non-reentrant"  # badam.hf's; block-graphed: CUDA graphs below BAdam's active block
     attn_implementation: str | None = None
     task: str = "causal_lm"
     num_labels: int | None = None
@@ -389,6 +391,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(FP16_UNSUPPORTED)
     _choice(cfg.model.dtype, DTYPES, "model.dtype")
     _choice(cfg.model.task, TASKS, "model.task")
+    _choice(cfg.model.checkpointing_policy, CHECKPOINTING_POLICIES, "model.checkpointing_policy")
+    if cfg.model.checkpointing_policy != "non-reentrant" and not cfg.model.gradient_checkpointing:
+        raise ConfigError(f"model.checkpointing_policy={cfg.model.checkpointing_policy} chooses how layers checkpoint; "
+                          "set model.gradient_checkpointing=true with it (or leave the policy at non-reentrant)")
     _choice(cfg.data.format, DATA_FORMATS, "data.format")
     _choice(cfg.train.lr_schedule, SCHEDULES, "train.lr_schedule")
     _choice(cfg.train.autocast, AUTOCAST, "train.autocast")

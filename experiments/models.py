@@ -360,7 +360,8 @@ def _resolve_source(source: str, tokenizer_arg) -> tuple[str, str | None]:
 def load_model(source: str, *, dtype: str = "bf16", device: str = "cpu", task: str = "causal_lm",
                num_labels: int | None = None, attn_implementation: str | None = None,
                gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-               tokenizer: str | bool | None = None, seed: int = 0, cudnn_attention: bool = False):
+               tokenizer: str | bool | None = None, seed: int = 0, cudnn_attention: bool = False,
+               checkpointing_policy: str = "non-reentrant"):
     """Load (model, tokenizer). See the module docstring for the sources.
 
     cudnn_attention: on CUDA, whether torch's scaled_dot_product_attention may pick its cuDNN backend. Off by
@@ -373,7 +374,9 @@ def load_model(source: str, *, dtype: str = "bf16", device: str = "cpu", task: s
     summary.json records it (environment.cudnn_sdp_enabled).
 
     dtype: storage dtype of the weights (bf16 | fp16 | fp32). device: where the weights live ("cpu", "cuda",
-    "cuda:1", "meta"). gradient_checkpointing: non-reentrant activation checkpointing, use_cache off.
+    "cuda:1", "meta"). gradient_checkpointing: activation checkpointing, use_cache off; checkpointing_policy:
+    badam.hf.enable_block_checkpointing's policy (default non-reentrant for every layer; "block-graphed" replays the
+    layers below BAdam's active block from CUDA graphs, badam/layer_graphs.py).
     tokenizer: None = the source's own (random models: their stand-in, see model_configs.py); False = load none
     (returns None); a string = load_tokenizer(that) instead. seed: random init and new heads.
     """
@@ -409,7 +412,7 @@ def load_model(source: str, *, dtype: str = "bf16", device: str = "cpu", task: s
         # would no longer stop at the active block. The shared routine enables checkpointing and removes that hook;
         # no method needs it under non-reentrant checkpointing (peft re-adds it for LoRA, whose adapters sit in
         # every layer anyway).
-        enable_block_checkpointing(model)
+        enable_block_checkpointing(model, policy=checkpointing_policy)
         model.config.use_cache = False
     return model, tok
 

@@ -149,7 +149,8 @@ def load_run_model(cfg: RunConfig, device: str):
     return load_model(cfg.model.source, dtype=cfg.model.dtype, device=device, task=cfg.model.task,
                       num_labels=cfg.model.num_labels, attn_implementation=cfg.model.attn_implementation,
                       gradient_checkpointing=cfg.model.gradient_checkpointing, seed=cfg.seed,
-                      tokenizer=cfg.model.tokenizer, cudnn_attention=cfg.model.cudnn_attention)
+                      tokenizer=cfg.model.tokenizer, cudnn_attention=cfg.model.cudnn_attention,
+                      checkpointing_policy=cfg.model.checkpointing_policy)
 
 
 def build_run_method(cfg: RunConfig, options=None):

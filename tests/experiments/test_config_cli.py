@@ -182,3 +182,22 @@ def test_every_default_data_source_is_a_shared_dataset():
 
     assert DataConfig().source in DATASET_ALIASES
     assert len(load_records(DataConfig().source, max_samples=2)) == 2
+
+
+def test_checkpointing_policy_is_checked_and_reaches_the_model():
+    from experiments.config import ConfigError, load_config
+    from experiments.run import load_run_model
+
+    with pytest.raises(ConfigError, match="model.checkpointing_policy='graphs' is not valid; valid values: block, "
+                                          "block-graphed, block-reentrant, non-reentrant"):
+        load_config("small/smollm2_alpaca.yaml", ["model.checkpointing_policy=graphs"])
+    with pytest.raises(ConfigError, match="model.checkpointing_policy=block chooses how layers checkpoint; set "
+                                          "model.gradient_checkpointing=true with it"):
+        load_config("small/smollm2_alpaca.yaml", ["model.checkpointing_policy=block",
+                                                  "model.gradient_checkpointing=false"])
+    cfg = load_config("small/smollm2_alpaca.yaml", ["model.source=random:tiny-llama", "model.tokenizer=tok512",
+                                                    "model.gradient_checkpointing=true",
+                                                    "model.checkpointing_policy=block-graphed"])
+    model, _ = load_run_model(cfg, "cpu")
+    function = model.model.layers[0]._gradient_checkpointing_func
+    assert function.func.__name__ == "block_checkpoint" and function.keywords["graphs"] is not None
