@@ -24,9 +24,10 @@ before) are read as they are. The layer's forward must read nothing but its para
 of transformers' decoder layers). All graphs share one memory pool for their intermediates (about one layer's working
 memory); each holds its static inputs and output (about two activations per layer and signature); at most
 `max_per_layer` signatures per layer are kept (the least recently used is dropped), so a stream of changing shapes
-costs eager calls, not memory. Anything else (CPU tensors, a capture already under way, a failed capture, a call
-through the layer's own __call__ while it has forward hooks, e.g. FSDP2's all-gather under transformers before 5.2x)
-runs the layer as it is. A replay runs the kernels the warm-up ran on the same values (tests/badam/test_layer_graphs.py
+costs eager calls, not memory, and after RECORDINGS_PER_KEPT_GRAPH x `max_per_layer` recordings a layer runs as it
+is. So does any other call that cannot be graphed: CPU tensors, a capture already under way, a failed capture, a
+call through the layer's own __call__ while it has forward hooks (e.g. FSDP2's all-gather under transformers before
+5.2x). A replay runs the kernels the warm-up ran on the same values (tests/badam/test_layer_graphs.py
 compares losses and gradients with policy "block" on a GPU).
 """
 from __future__ import annotations
@@ -41,6 +42,10 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 _PLAIN = (type(None), bool, int, float, str)
+# A layer stops being recorded after this many recordings per graph it may keep: where signatures keep changing
+# (shapes of every batch, parameters given new storage at every step, e.g. FSDP2's re-gathered weights when they land
+# elsewhere), recording would cost more host time than the replays save.
+RECORDINGS_PER_KEPT_GRAPH = 4
 
 
 def _clone(value):
@@ -88,8 +93,8 @@ class _Graph:
 
 class LayerGraphs:
     """The graphs of one model's layers (module docstring). `counts`: calls by what happened to them ("replayed",
-    "captured", "first_sight", "random_numbers", "capture_failed", "not_graphable"); `capture_s`: host seconds spent
-    warming up and recording."""
+    "captured", "first_sight", "random_numbers", "capture_failed", "recording_budget_spent", "not_graphable");
+    `capture_s`: host seconds spent warming up and recording."""
 
     def __init__(self, max_per_layer: int = 2):
         if isinstance(max_per_layer, bool) or not isinstance(max_per_layer, int) or max_per_layer < 1:
@@ -99,6 +104,7 @@ class LayerGraphs:
         self._graphs: dict[nn.Module, OrderedDict] = {}
         self._seen: dict[nn.Module, OrderedDict] = {}   # signatures seen once (bounded like the graphs)
         self._refused: dict[nn.Module, set] = {}         # signatures that drew random numbers or failed to record
+        self._recorded: Counter = Counter()              # recordings per layer (bounded: RECORDINGS_PER_KEPT_GRAPH)
         self._pool = None
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self.counts: Counter = Counter()
@@ -114,6 +120,7 @@ class LayerGraphs:
         self._graphs.clear()
         self._seen.clear()
         self._refused.clear()
+        self._recorded.clear()
         self._pool = None
 
     def run(self, module: nn.Module, function: Callable, args: tuple, kwargs: dict):
@@ -144,6 +151,10 @@ class LayerGraphs:
                 self.counts["first_sight"] += 1
                 return function(*args, **kwargs)
             del seen[key]
+            if self._recorded[module] >= RECORDINGS_PER_KEPT_GRAPH * self.max_per_layer:
+                self.counts["recording_budget_spent"] += 1
+                return function(*args, **kwargs)
+            self._recorded[module] += 1
             return self._capture(module, key, function, leaves, spec)
 
     @staticmethod

@@ -38,7 +38,8 @@
 #          (block-graphed records a layer's graph the second time it runs below the active block: with K = 1
 #          ascending over 32 layers, WARMUP=35 STEPS=67 leaves the recordings out of the timed block-epoch)
 #   zero1  (nvidia-h100-x2 or -x4, ~1 min) the active layer's update replicated vs sharded ZeRO-1 style
-#          (benchmarks/zero1_update.py: 30 alternating repeats; NPROC: the GPU counts, default 2, "2 4" on 4) -> runs/mgz
+#          (benchmarks/zero1_update.py: 30 alternating repeats; NPROC: the GPU counts, default 2, "2 4" on 4)
+#          -> runs/mgz
 # Carry .gpu/site; set BADAM_SOURCE_COMMIT to the commit the tree is at (the GPU copy's .git is stale).
 # Afterwards: benchmarks/multi_gpu_diagnostics.py on the JSONs prints the per-rank and paired comparisons (also in
 # summary.md); folders merged from several machines: benchmarks/multi_gpu.py --out DIR --rewrite-summary.
@@ -51,8 +52,8 @@ case $phase in
 esac
 export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
-case $phase in 70b) folder=mg70 ;; fsdp1) folder=mg1 ;; compile1) folder=mg1c ;; scale4) folder=mg4 ;; zero1) folder=mgz ;;
-    *) folder=mg ;; esac
+case $phase in 70b) folder=mg70 ;; fsdp1) folder=mg1 ;; compile1) folder=mg1c ;; scale4) folder=mg4 ;;
+    zero1) folder=mgz ;; *) folder=mg ;; esac
 out=runs/$folder
 mkdir -p "$out" "$OUT"; trap 'tar -C runs -czf "$OUT/$phase.tgz" "$folder"' EXIT
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader; nvidia-smi topo -m | head -4

@@ -153,3 +153,18 @@ def test_a_call_through_a_hooked_layer_call_is_not_graphed():
     x = torch.randn(2, 4, device="cuda")
     outs = [graphs.run(layer, functools.partial(layer.__call__), (x,), {}) for _ in range(3)]
     assert graphs.stats()["counts"] == {"not_graphable": 3} and all(torch.equal(outs[0], o) for o in outs)
+
+
+@cuda
+def test_a_layer_whose_signatures_keep_changing_stops_being_recorded():
+    from badam.layer_graphs import RECORDINGS_PER_KEPT_GRAPH
+
+    layer = torch.nn.Linear(4, 4).cuda().requires_grad_(False)
+    graphs = LayerGraphs(max_per_layer=1)
+    call = functools.partial(torch.nn.Linear.forward, layer)
+    for rows in range(1, RECORDINGS_PER_KEPT_GRAPH + 3):  # a new shape, twice each
+        x = torch.randn(rows, 4, device="cuda")
+        assert all(torch.equal(graphs.run(layer, call, (x,), {}), layer(x)) for _ in range(2))
+    counts = graphs.stats()["counts"]
+    assert counts["captured"] == RECORDINGS_PER_KEPT_GRAPH and counts["recording_budget_spent"] == 2
+    assert graphs.stats()["graphs"] == 1
