@@ -32,13 +32,13 @@ graphs below the active block, badam/layer_graphs.py) made the step 1.07-1.23x a
 non-reentrant: it suits any code.
 
 All kinds compute the same numbers (the recompute replays the same operations with the same RNG state; tested bitwise
-in tests/badam/test_checkpointing.py). The layer is found in the functools.partial that
-transformers' GradientCheckpointingLayer passes (``partial(forward, self, **kwargs)``, or ``partial(self.__call__,
-**kwargs)`` before transformers 5.2x: found since 2026-11-27; until then that form, the GPU machine's transformers
-5.17 with eager layers, got non-reentrant checkpointing under every policy); any other callable gets non-reentrant
-checkpointing, what transformers itself would do. Reentrant checkpointing supports ``backward()`` only,
-not ``torch.autograd.grad`` or ``backward(inputs=...)``; badam.hf.enable_block_checkpointing's default policy
-("non-reentrant", every layer) suits code that needs those.
+in tests/badam/test_checkpointing.py). The layer is found in the functools.partial that transformers'
+GradientCheckpointingLayer passes (``partial(forward, self, **kwargs)``, or ``partial(self.__call__, **kwargs)``
+before transformers 5.2x: found since 2026-11-27; until then that form, the GPU machine's transformers 5.17 with eager
+layers, got non-reentrant checkpointing under every policy); any other callable gets non-reentrant checkpointing,
+what transformers itself would do. Reentrant checkpointing supports ``backward()`` only, not ``torch.autograd.grad``
+or ``backward(inputs=...)``; badam.hf.enable_block_checkpointing's default policy ("non-reentrant", every layer)
+suits code that needs those.
 """
 from __future__ import annotations
 

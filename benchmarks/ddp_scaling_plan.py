@@ -6,8 +6,8 @@ step and the expected efficiency at 8 and 64 GPUs.
 
 Inputs: results of `benchmarks/multi_gpu.py --mode ddp --compare-single R` (R >= 2) of BAdam on >= 2 GPUs whose ddp
 steps record the all-reduce timing (reduce_window_ms, reduce_tail_ms); read with benchmarks/multi_gpu_diagnostics.py.
-Runs of the same model, batch, reduce dtype, compiled layers and CPU placement form one setting (one table; with
---by-folder also of the same folder, i.e. lent machine).
+Runs of the same model, batch, reduce dtype, compiled layers, checkpointing policy and CPU placement form one setting
+(one table; with --by-folder also of the same folder, i.e. lent machine).
 
 Per step and GPU, for N GPUs (weak scaling: the same per-GPU batch, so the per-GPU compute does not change with N):
   volume     the active block's gradient, S bytes = one decoder layer's parameters (total_params minus the embeddings,
@@ -66,8 +66,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for experiments.model_configs
 from experiments.model_configs import RANDOM_MODELS  # noqa: E402
 from ddp_scaling_check import checks_markdown, compare, match_key  # noqa: E402
-from multi_gpu_diagnostics import (compile_backend, in_flight_note, noise_cost, paired_excess,  # noqa: E402
-                                   throughput, timed_rounds)
+from multi_gpu_diagnostics import (checkpointing_note, compile_backend, in_flight_note, noise_cost,  # noqa: E402
+                                   paired_excess, throughput, timed_rounds)
 
 GB = 1e9  # decimal, as NCCL reports bandwidth
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
@@ -209,7 +209,7 @@ def setting_key(result: dict, folder: str = "") -> tuple:
     """What makes runs one setting; `folder` (--by-folder) keeps the machines (one folder each) apart."""
     return (result["model"], result["method"], result["gpus"], result["batch_per_gpu"], result["seq_len"],
             result["reduce_dtype"], compile_backend(result), result.get("cpu_affinity") == "split",
-            in_flight_note(result), folder)
+            in_flight_note(result) + checkpointing_note(result.get("checkpointing")), folder)
 
 
 def setting_label(key: tuple) -> str:

@@ -61,10 +61,10 @@ from badam.hf import CHECKPOINTING_POLICIES  # noqa: E402
 from experiments.memory_model import sharded_bytes_per_device  # noqa: E402
 from experiments.repeats import band  # noqa: E402
 from experiments.results import source_commit  # noqa: E402
-from multi_gpu_ddp import (best_single, bind_to_cpu_share, checkpointing_note,  # noqa: E402
-                           checkpointing_policy, combine_replicated, compiled_note, compiled_suffix, host_facts,
-                           replicated_table, run_replicated, start_profiler, timed_steps, utilization, write_profile)
-from multi_gpu_diagnostics import compile_backend  # noqa: E402
+from multi_gpu_ddp import (best_single, bind_to_cpu_share, checkpointing_policy,  # noqa: E402
+                           combine_replicated, compiled_note, compiled_suffix, host_facts, replicated_table,
+                           run_replicated, start_profiler, timed_steps, utilization, write_profile)
+from multi_gpu_diagnostics import checkpointing_note, compile_backend  # noqa: E402
 
 GIB = 1024 ** 3
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from multi_gpu_diagnostics import compile_backend, diagnose, in_flight_note, spread
+from multi_gpu_diagnostics import checkpointing_note, compile_backend, diagnose, in_flight_note, spread
 from multi_gpu_diagnostics import markdown as diagnostics_markdown
 
 GIB = 1024 ** 3
@@ -478,12 +478,6 @@ def checkpointing_policy(model, args):
 
         enable_block_checkpointing(model, policy=args.checkpointing)
     return model
-
-
-def checkpointing_note(policy: str | None) -> str:
-    """What the summary's setting columns add for a checkpointing policy other than the default (non-reentrant;
-    results written before the option have none and used it)."""
-    return "" if policy in (None, "non-reentrant") else f", {policy} checkpointing"
 
 
 def compiled_note(backend: str | None) -> str:

@@ -209,11 +209,18 @@ def in_flight_note(result: dict) -> str:
     return "" if value == MAX_IN_FLIGHT else f", {value} in flight"
 
 
+def checkpointing_note(policy: str | None) -> str:
+    """What a run's setting label adds for a checkpointing policy other than the default (non-reentrant; results
+    written before the option have none and used it)."""
+    return "" if policy in (None, "non-reentrant") else f", {policy} checkpointing"
+
+
 def _label(result: dict) -> str:
     backend = compile_backend(result)
     compiled = "" if not backend else " compiled" + ("" if backend == "inductor" else f" ({backend})")
     extra = in_flight_note(result).replace(",", "") \
-        + (" CPUs split" if result.get("cpu_affinity") == "split" else "") + compiled + (
+        + (" CPUs split" if result.get("cpu_affinity") == "split" else "") + compiled \
+        + checkpointing_note(result.get("checkpointing")).replace(",", "") + (
         f" {result['tag']}" if result.get("tag") else "")
     return f"{result['model']} {result['method']} {result['batch_per_gpu']}x{result['seq_len']} " \
            f"{result['reduce_dtype']}{extra}"

@@ -242,3 +242,13 @@ def test_bad_check_file_gives_one_line_naming_it(tmp_path, capsys, case, says):
     captured = capsys.readouterr()
     line, = captured.err.splitlines()
     assert captured.out == "" and line.startswith(f"error: {bad}: ") and says in line
+
+
+def test_a_checkpointing_policy_makes_its_own_setting():
+    """Runs with another checkpointing policy (block-graphed: CUDA graphs below the active block) are planned apart;
+    the default and results from before the option are one setting."""
+    base = _run([[100.0]] * 2, [[[100.0], [100.0]]] * 2)
+    keys = {policy: plan.setting_key({**base, "checkpointing": policy})
+            for policy in (None, "non-reentrant", "block-graphed")}
+    assert keys[None] == keys["non-reentrant"] != keys["block-graphed"]
+    assert "fp32 all-reduce, block-graphed checkpointing, eager layers" in plan.setting_label(keys["block-graphed"])

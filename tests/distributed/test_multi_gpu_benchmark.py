@@ -107,13 +107,16 @@ def test_result_names_carry_batch_and_layout():
 
 
 def test_runs_with_more_all_reduces_in_flight_or_another_checkpointing_are_labelled_apart():
-    from multi_gpu_ddp import checkpointing_note
-    from multi_gpu_diagnostics import in_flight_note
+    from multi_gpu_diagnostics import checkpointing_note, in_flight_note
 
     assert in_flight_note({"max_in_flight": 8}) == ", 8 in flight"
     assert in_flight_note({"max_in_flight": 2}) == in_flight_note({}) == ""  # the default; JSONs from before the flag
     assert checkpointing_note("block") == ", block checkpointing"
     assert checkpointing_note("non-reentrant") == checkpointing_note(None) == ""  # the default; JSONs from before
+    run = {"model": "m", "method": "badam", "batch_per_gpu": 2, "seq_len": 8, "reduce_dtype": "fp32", "tag": "r1"}
+    assert multi_gpu_diagnostics._label({**run, "checkpointing": "block-graphed"}) == \
+        "m badam 2x8 fp32 block-graphed checkpointing r1"  # the diagnostics rows of two policies stay apart
+    assert multi_gpu_diagnostics._label(run) == "m badam 2x8 fp32 r1"
 
 
 def test_forward_prefetch_changes_timing_not_numbers(tmp_path):
