@@ -98,15 +98,25 @@ def block_checkpoint(function: Callable, *args, reentrant: bool = False, graphs=
     """Checkpoint function for transformers' layers (set as their ``_gradient_checkpointing_func``): runs
     ``function(*args, **kwargs)`` without checkpointing, with non-reentrant or (`reentrant`, layers above the active
     block only) with reentrant checkpointing, whichever the call needs (module docstring). `graphs`: a
-    badam.layer_graphs.LayerGraphs that replays the calls needing no checkpointing from CUDA graphs (policy
-    "block-graphed")."""
+    badam.layer_graphs.LayerGraphs that replays the forwards run under no_grad from CUDA graphs: the calls needing
+    no checkpointing (policy "block-graphed") and, with `reentrant`, also the first forward of a reentrant
+    checkpoint, whose recompute in backward runs as it is (policy "block-reentrant-graphed")."""
     kind = checkpoint_kind(function, args, kwargs, reentrant)
+    layer = _layer_of(function) if graphs is not None else None
     if kind == "none":
-        layer = _layer_of(function) if graphs is not None else None
         if layer is not None:
             return graphs.run(layer, function, args, kwargs)
         with torch.no_grad():  # the same result (nothing here requires grad), without autograd's bookkeeping
             return function(*args, **kwargs)
     if kind == "reentrant":
-        return checkpoint(function, *args, use_reentrant=True)
+        return checkpoint(function if layer is None else _graphed_without_grad(graphs, layer, function), *args,
+                          use_reentrant=True)
     return checkpoint(function, *args, use_reentrant=False, **kwargs)
+
+
+def _graphed_without_grad(graphs, layer: nn.Module, function: Callable) -> Callable:
+    """`function`, replayed by `graphs` where it runs under no_grad (reentrant checkpointing's forward), as it is
+    where grad is on (the recompute in backward, which builds the graph backward needs)."""
+    def run(*args):
+        return function(*args) if torch.is_grad_enabled() else graphs.run(layer, function, args, {})
+    return run

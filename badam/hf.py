@@ -95,7 +95,7 @@ def uses_checkpointing(model: torch.nn.Module) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
-CHECKPOINTING_POLICIES = ("block", "block-graphed", "block-reentrant", "non-reentrant")
+CHECKPOINTING_POLICIES = ("block", "block-graphed", "block-reentrant", "block-reentrant-graphed", "non-reentrant")
 
 
 def enable_block_checkpointing(model: torch.nn.Module, policy: str = "non-reentrant") -> LayerGraphs | None:
@@ -107,8 +107,11 @@ def enable_block_checkpointing(model: torch.nn.Module, policy: str = "non-reentr
     benchmarks/README.md ("Checkpointing policies"): block-reentrant makes CPU steps 0.76-0.78 as long, block changes
     them no more than the noise. "block-graphed": as "block", and the layers below the active block are replayed
     from CUDA graphs (badam/layer_graphs.py; on CUDA only, elsewhere as "block"; on 2 x H100 steps 1.07-1.23x as
-    fast); returns the model's LayerGraphs then (its stats() say how many calls were replayed), None otherwise. The
-    default suits any code (torch.autograd.grad, changing shapes, any device)."""
+    fast); "block-reentrant-graphed": as "block-reentrant", and every forward run under no_grad replayed from CUDA
+    graphs (below the active block and reentrant checkpointing's first forward above it: all but the active layer;
+    not measured on a GPU yet). The graphed policies return the model's LayerGraphs (its stats() say how many calls
+    were replayed), the others None. The default suits any code (torch.autograd.grad, changing shapes, any
+    device)."""
     if policy not in CHECKPOINTING_POLICIES:
         raise ValueError(f"unknown checkpointing policy {policy!r}; choose one of {', '.join(CHECKPOINTING_POLICIES)}")
     kwargs = {"use_reentrant": False}
@@ -121,10 +124,12 @@ def enable_block_checkpointing(model: torch.nn.Module, policy: str = "non-reentr
     # enabling checkpointing re-registers the hook on input_ids models, so it is removed afterwards
     if getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"):
         model.disable_input_require_grads()
-    graphs = LayerGraphs() if policy == "block-graphed" else None
+    graphs = LayerGraphs() if policy.endswith("-graphed") else None
     if policy != "non-reentrant":
         function = {"block": block_checkpoint, "block-graphed": functools.partial(block_checkpoint, graphs=graphs),
-                    "block-reentrant": functools.partial(block_checkpoint, reentrant=True)}[policy]
+                    "block-reentrant": functools.partial(block_checkpoint, reentrant=True),
+                    "block-reentrant-graphed": functools.partial(block_checkpoint, reentrant=True, graphs=graphs),
+                    }[policy]
         for module in model.modules():
             if getattr(module, "gradient_checkpointing", False) is True:
                 module._gradient_checkpointing_func = function

@@ -6,7 +6,9 @@ GPU) the host needs about as long to issue a layer's kernels as the GPU needs to
 step's pace, and on several GPUs each rank's host stalls reach the step. A CUDA graph replays the layer's recorded
 kernels with one launch; the host is then free to run ahead.
 
-How (policy "block-graphed"; LayerGraphs.run is what badam.checkpointing.block_checkpoint calls for such a layer):
+How (policies "block-graphed" and "block-reentrant-graphed"; LayerGraphs.run is what badam.checkpointing's
+block_checkpoint calls for such a layer, and with the latter also for the first forward of a layer above the active
+block, which reentrant checkpointing runs under no_grad too):
     signature   the layer, its training flag, the addresses of its parameters and buffers, the autocast state, and
                 each argument: a tensor by shape, strides, dtype and device, anything else by value (None, bool, int,
                 float, str; a call with any other argument, e.g. a KV cache object, is never graphed); the

@@ -34,7 +34,8 @@
 #          per repeat the checkpointing policies in turn (badam/checkpointing.py): non-reentrant for every layer (what
 #          the harness does), block and block-reentrant (REPEATS, default "1 2"; runs/mg); LAYERS="compiled eager"
 #          adds the same three with eager layers (LAYERS=eager: those only); NPROC=1 on one GPU (its single phases);
-#          POLICIES="non-reentrant block-graphed" picks the policies; STEPS / WARMUP (default 35 / 3) lengthen the runs
+#          POLICIES="non-reentrant block-graphed" picks the policies (any of badam.hf.CHECKPOINTING_POLICIES, e.g.
+#          block-reentrant-graphed); STEPS / WARMUP (default 35 / 3) lengthen the runs
 #          (block-graphed records a layer's graph the second time it runs below the active block: with K = 1
 #          ascending over 32 layers, WARMUP=35 STEPS=67 leaves the recordings out of the timed block-epoch)
 #   zero1  (nvidia-h100-x2 or -x4, ~1 min) the active layer's update replicated vs sharded ZeRO-1 style

@@ -54,7 +54,8 @@ def fixed_block(model, block, embeddings=False):
                           full_precision_ok=True)
 
 
-@pytest.mark.parametrize("policy, above", [("block", "non-reentrant"), ("block-reentrant", "reentrant")])
+@pytest.mark.parametrize("policy, above", [("block", "non-reentrant"), ("block-reentrant", "reentrant"),
+                                           ("block-reentrant-graphed", "reentrant")])
 def test_each_layer_gets_what_backward_needs(monkeypatch, policy, above):
     model = dropout_llama()
     enable_block_checkpointing(model, policy=policy)
@@ -104,7 +105,7 @@ def test_the_layer_is_found_in_either_form_transformers_passes():
     assert ckpt.checkpoint_kind(older, (x.detach(),), {}) == "none"
 
 
-@pytest.mark.parametrize("policy", ["block", "block-reentrant"])
+@pytest.mark.parametrize("policy", ["block", "block-reentrant", "block-reentrant-graphed"])  # (graphs: CUDA only)
 @pytest.mark.parametrize("block", [0, 1, 3, 4])  # the embeddings, the lowest layer, a middle one, the top one
 def test_same_losses_and_gradients_as_non_reentrant_checkpointing_everywhere(block, policy):
     reference = dropout_llama()
@@ -144,6 +145,9 @@ def test_policies():
     graphs = enable_block_checkpointing(model, policy="block-graphed")
     funcs = [m._gradient_checkpointing_func for m in model.model.layers]
     assert all(f.func is ckpt.block_checkpoint and f.keywords == {"graphs": graphs} for f in funcs)
+    graphs = enable_block_checkpointing(model, policy="block-reentrant-graphed")
+    funcs = [m._gradient_checkpointing_func for m in model.model.layers]
+    assert all(f.keywords == {"reentrant": True, "graphs": graphs} for f in funcs) and graphs is not None
     with pytest.raises(ValueError, match="unknown checkpointing policy 'reentrant'; choose one of block, "
-                                         "block-graphed, block-reentrant, non-reentrant"):
+                                         "block-graphed, block-reentrant, block-reentrant-graphed, non-reentrant"):
         enable_block_checkpointing(model, policy="reentrant")

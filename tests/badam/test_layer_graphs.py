@@ -50,11 +50,12 @@ def compare(reference, model, steps, device, **kw):
         assert len(ref) == len(got) > 0 and all(torch.equal(a, b) for a, b in zip(ref, got))
 
 
-def pair(device, dropout=False):
+def pair(device, dropout=False, policy="block-graphed"):
+    """Twin models: `policy` (graphed) and the same policy without graphs."""
     reference = (dropout_llama() if dropout else tiny_llama(torch.float32)).to(device)
     model = clone_model(reference).to(device)
-    enable_block_checkpointing(reference, policy="block")
-    graphs = enable_block_checkpointing(model, policy="block-graphed")
+    enable_block_checkpointing(reference, policy=policy.removesuffix("-graphed"))
+    graphs = enable_block_checkpointing(model, policy=policy)
     return reference, model, graphs
 
 
@@ -81,6 +82,17 @@ def test_replayed_layers_give_the_same_losses_and_gradients():
     compare(reference, model, 12, "cuda")  # three block-epochs: layers updated in place, then replayed again
     counts = graphs.stats()["counts"]
     assert graphs.stats()["graphs"] == 3 and counts["captured"] == 3 and counts["replayed"] > 0
+    assert counts.get("capture_failed", 0) == 0, graphs.last_error
+
+
+@cuda
+def test_reentrant_forwards_above_the_active_block_are_replayed_too():
+    """block-reentrant-graphed: the layers above the active block run their first forward under no_grad (reentrant
+    checkpointing), from graphs too; the recompute in backward runs as it is. The same numbers as block-reentrant."""
+    reference, model, graphs = pair("cuda", policy="block-reentrant-graphed")
+    compare(reference, model, 12, "cuda")
+    counts = graphs.stats()["counts"]
+    assert graphs.stats()["graphs"] == 4 and counts["replayed"] > 0  # every layer is above or below at some step
     assert counts.get("capture_failed", 0) == 0, graphs.last_error
 
 

@@ -189,7 +189,7 @@ def test_checkpointing_policy_is_checked_and_reaches_the_model():
     from experiments.run import load_run_model
 
     with pytest.raises(ConfigError, match="model.checkpointing_policy='graphs' is not valid; valid values: block, "
-                                          "block-graphed, block-reentrant, non-reentrant"):
+                                          "block-graphed, block-reentrant, block-reentrant-graphed, non-reentrant"):
         load_config("small/smollm2_alpaca.yaml", ["model.checkpointing_policy=graphs"])
     with pytest.raises(ConfigError, match="model.checkpointing_policy=block chooses how layers checkpoint; set "
                                           "model.gradient_checkpointing=true with it"):
