@@ -56,8 +56,10 @@ def original_forward(layer_class: type):
 def checkpoints_in_call(layer_class: type) -> bool:
     """Whether transformers checkpoints this class's layers around their whole __call__ (GradientCheckpointingLayer
     before transformers 5.2x, e.g. 5.17) rather than in the wrapped forward (5.2x). Then the compiled forward runs
-    inside that checkpoint already and must not checkpoint again: a second, nested checkpoint made backward recompute
-    each layer twice (every compiled-layer GPU run before 2026-11-27 on transformers 5.17)."""
+    inside that checkpoint already and must not checkpoint again (every compiled-layer GPU run before 2026-11-27 on
+    transformers 5.17 nested two checkpoints: nearly free for non-reentrant, whose early stop ends the outer recompute
+    at once, but a second full recompute under reentrant checkpointing, and the outer checkpoint stayed where policy
+    "block" means to skip it)."""
     return any(k.__name__ == "GradientCheckpointingLayer" and "__call__" in vars(k) for k in layer_class.__mro__)
 
 
