@@ -145,6 +145,24 @@ def layer_graphs_of(model: torch.nn.Module) -> LayerGraphs | None:
     return None
 
 
+def record_layer_graphs(model: torch.nn.Module, *args, **kwargs) -> dict | None:
+    """Under a graphed policy, record every layer's CUDA graph before training: two forwards of `model(*args,
+    **kwargs)` under no_grad (every layer then runs as a layer below the active block does, so the first sees each
+    layer and the second records it). Training records the same graphs on its own during the first block-epoch;
+    this moves that one-time cost out of it (e.g. out of a benchmark's timed steps). Call it in training mode, with a
+    batch of the training batches' shape and under the same autocast. Returns the LayerGraphs' stats(), None when the
+    model's policy has no graphs."""
+    graphs = layer_graphs_of(model)
+    if graphs is None:
+        return None
+    if not model.training:
+        raise ValueError("record_layer_graphs records the training-mode graphs: call model.train() first")
+    with torch.no_grad():
+        for _ in range(2):
+            model(*args, **kwargs)
+    return graphs.stats()
+
+
 class _BAdamCallbackLogic:
     """The callback's behaviour; combined with transformers.TrainerCallback lazily (see BAdamCallback)."""
 
@@ -206,4 +224,5 @@ def __getattr__(name: str):
 
 __all__: Sequence[str] = ["CHECKPOINTING_POLICIES", "BAdamCallback", "create_badam_optimizer",
                           "create_badam_ratio_optimizer", "decay_parameter_groups", "enable_block_checkpointing",
-                          "find_block_optimizer", "layer_graphs_of", "uses_checkpointing"]
+                          "find_block_optimizer", "layer_graphs_of", "record_layer_graphs",
+                          "uses_checkpointing"]

@@ -263,6 +263,7 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
 def run_replicated(args, ctx, build_method, stem: str) -> dict:
     """One rank's part of a --mode ddp run (see the module docstring); with args.profile_dir, the last round's
     phases are profiled (<stem>_single / <stem>_ddp)."""
+    from badam.hf import record_layer_graphs
     from experiments import ddp as ddp_mod
     from experiments.layer_compile import compile_method_layers
     from experiments.measure import synchronize
@@ -279,6 +280,10 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
     compiled = compile_method_layers(model, args.compile_layers, method) if args.compile_layers else None
     model.train()
     model.config.use_cache = False
+    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq_len),
+                        generator=torch.Generator().manual_seed(1)).to(ctx.device)  # (the global RNG untouched)
+    with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16):  # as timed_steps: graphed policies record
+        recorded = record_layer_graphs(model, input_ids=ids, labels=ids)     # every layer's graph before the phases
     synchronize(ctx.device)
     init_s = time.perf_counter() - t0
     weights = int(torch.cuda.memory_allocated(ctx.device)) if ctx.device.type == "cuda" else None
@@ -299,7 +304,7 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
     total = sum(p.numel() for p in model.parameters())
     return {"rank": ctx.rank, "init_s": init_s, "weights_bytes": weights, "phases": phases,
             "sizes": {"total_params": total}, "host": host_facts(),
-            "compile_layers": compiled.stats() if compiled else None}
+            "compile_layers": compiled.stats() if compiled else None, "layer_graphs_recorded": recorded}
 
 
 def split_cpus(cpus: list[int], core_of: dict[int, object], parts: int) -> list[list[int]]:

@@ -35,9 +35,9 @@
 #          the harness does), block and block-reentrant (REPEATS, default "1 2"; runs/mg); LAYERS="compiled eager"
 #          adds the same three with eager layers (LAYERS=eager: those only); NPROC=1 on one GPU (its single phases);
 #          POLICIES="non-reentrant block-graphed" picks the policies (any of badam.hf.CHECKPOINTING_POLICIES, e.g.
-#          block-reentrant-graphed); STEPS / WARMUP (default 35 / 3) lengthen the runs
-#          (block-graphed records a layer's graph the second time it runs below the active block: with K = 1
-#          ascending over 32 layers, WARMUP=35 STEPS=67 leaves the recordings out of the timed block-epoch)
+#          block-reentrant-graphed); STEPS / WARMUP (default 35 / 3) set the run's length (the graphed policies'
+#          graphs are recorded before the phases, badam.hf.record_layer_graphs, so the default suffices; the runs of
+#          2026-11-27 used WARMUP=35 STEPS=67, made before that)
 #   zero1  (nvidia-h100-x2 or -x4, ~1 min) the active layer's update replicated vs sharded ZeRO-1 style
 #          (benchmarks/zero1_update.py: 30 alternating repeats; NPROC: the GPU counts, default 2, "2 4" on 4)
 #          -> runs/mgz

@@ -67,6 +67,18 @@ def test_on_a_cpu_the_same_as_block_and_nothing_graphed():
     assert stats["graphs"] == 0 and stats["counts"] == {"not_graphable": 7}  # below blocks 0,1,2,3,0,1
 
 
+def test_recording_before_training_runs_two_forwards_in_training_mode_only():
+    from badam.hf import record_layer_graphs
+
+    model = tiny_llama(torch.float32)
+    assert record_layer_graphs(model, **lm_batch(0)) is None  # no graphed policy: nothing to record
+    enable_block_checkpointing(model, policy="block-graphed")
+    with pytest.raises(ValueError, match="call model.train"):
+        record_layer_graphs(model.eval(), **lm_batch(0))
+    stats = record_layer_graphs(model.train(), **lm_batch(0))
+    assert stats["counts"] == {"not_graphable": 2 * 4}  # every layer twice (on a CPU nothing is graphed)
+
+
 def test_calls_that_cannot_be_graphed_have_no_signature():
     layer = torch.nn.Linear(2, 2)
     x = torch.ones(1, 2)
@@ -94,6 +106,18 @@ def test_reentrant_forwards_above_the_active_block_are_replayed_too():
     counts = graphs.stats()["counts"]
     assert graphs.stats()["graphs"] == 4 and counts["replayed"] > 0  # every layer is above or below at some step
     assert counts.get("capture_failed", 0) == 0, graphs.last_error
+
+
+@cuda
+def test_graphs_recorded_before_training_are_the_ones_training_replays():
+    from badam.hf import record_layer_graphs
+
+    reference, model, graphs = pair("cuda")
+    record_layer_graphs(model.train(), **{k: v.cuda() for k, v in lm_batch(99).items()})
+    assert graphs.stats()["counts"] == {"first_sight": 4, "captured": 4}
+    compare(reference, model, 8, "cuda")
+    counts = graphs.stats()["counts"]
+    assert counts["captured"] == 4 and counts["first_sight"] == 4 and counts["replayed"] > 0  # nothing new recorded
 
 
 @cuda
