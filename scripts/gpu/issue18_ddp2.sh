@@ -35,7 +35,8 @@
 #          the harness does), block and block-reentrant (REPEATS, default "1 2"; runs/mg); LAYERS="compiled eager"
 #          adds the same three with eager layers (LAYERS=eager: those only); NPROC=1 on one GPU (its single phases);
 #          POLICIES="non-reentrant block-graphed" picks the policies (any of badam.hf.CHECKPOINTING_POLICIES, e.g.
-#          block-reentrant-graphed); STEPS / WARMUP (default 35 / 3) set the run's length (the graphed policies'
+#          block-reentrant-graphed); BATCH the batch per GPU (default 2); STEPS / WARMUP (default 35 / 3) set the
+#          run's length (the graphed policies'
 #          graphs are recorded before the phases, badam.hf.record_layer_graphs, so the default suffices; the runs of
 #          2026-11-27 used WARMUP=35 STEPS=67, made before that)
 #   zero1  (nvidia-h100-x2 or -x4, ~1 min) the active layer's update replicated vs sharded ZeRO-1 style
@@ -137,9 +138,9 @@ case $phase in
                     exit 2 ;; esac
                 flag=(); [ "$layers" = compiled ] && flag=(--compile-layers)
                 for policy in ${POLICIES:-non-reentrant block block-reentrant}; do
-                    run ddp_b2_${layers}_ckpt-${policy}_r$r --mode ddp --compare-single 3 --switch-every 1 \
-                        --steps "${STEPS:-35}" --warmup "${WARMUP:-3}" --tag r$r --checkpointing "$policy" \
-                        "${flag[@]}" || exit 1
+                    run ddp_b${BATCH:-2}_${layers}_ckpt-${policy}_r$r --mode ddp --compare-single 3 \
+                        --switch-every 1 --steps "${STEPS:-35}" --warmup "${WARMUP:-3}" --tag r$r \
+                        --checkpointing "$policy" --batch-size "${BATCH:-2}" "${flag[@]}" || exit 1
                 done
             done
         done ;;
