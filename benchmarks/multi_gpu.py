@@ -61,9 +61,9 @@ from badam.hf import CHECKPOINTING_POLICIES  # noqa: E402
 from experiments.memory_model import sharded_bytes_per_device  # noqa: E402
 from experiments.repeats import band  # noqa: E402
 from experiments.results import source_commit  # noqa: E402
-from multi_gpu_ddp import (best_single, bind_to_cpu_share, checkpointing_policy,  # noqa: E402
-                           combine_replicated, compiled_note, compiled_suffix, host_facts, replicated_table,
-                           run_replicated, start_profiler, timed_steps, utilization, write_profile)
+from multi_gpu_ddp import (best_single, bind_to_cpu_share, combine_replicated, compiled_note,  # noqa: E402
+                           compiled_suffix, host_facts, replicated_table, run_replicated, start_profiler,
+                           timed_steps, utilization, write_profile)
 from multi_gpu_diagnostics import checkpointing_note, compile_backend  # noqa: E402
 
 GIB = 1024 ** 3
@@ -84,8 +84,9 @@ def parse_args(argv=None):
     p.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
     p.add_argument("--checkpointing", choices=CHECKPOINTING_POLICIES, default="non-reentrant",
                    help="badam.hf.enable_block_checkpointing's policy (badam/checkpointing.py): non-reentrant (every "
-                        "layer, the harness's; default), block (none below the active block) or block-reentrant "
-                        "(also reentrant above it); name gets _ckpt-<policy> for the last two")
+                        "layer, the harness's; default), block (none below the active block), block-reentrant (also "
+                        "reentrant above it), block-graphed / block-reentrant-graphed (the same with CUDA graphs, "
+                        "badam/layer_graphs.py); the name gets _ckpt-<policy> for all but non-reentrant")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--separate-ends", action="store_true",
                         help="give the embeddings and the output head FSDP groups of their own (less memory per GPU, "
@@ -206,7 +207,7 @@ def run(args, ctx) -> dict:
     t0 = time.perf_counter()
     model, _ = dist_mod.load_sharded_random_model(
         f"random:{args.model}", ctx, dtype="bf16", gradient_checkpointing=not args.no_checkpointing,
-        tokenizer=False, seed=0, prepare=lambda m: method.prepare_model(checkpointing_policy(m, args)),
+        checkpointing_policy=args.checkpointing, tokenizer=False, seed=0, prepare=method.prepare_model,
         separate_ends=args.separate_ends,
         reshard_after_forward=not args.keep_gathered, forward_prefetch=args.forward_prefetch,
         keep_gathered_layers=args.keep_gathered_layers)

@@ -274,8 +274,8 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
     synchronize(ctx.device)
     t0 = time.perf_counter()
     model, _ = load_model(f"random:{args.model}", dtype="bf16", device=str(ctx.device),
-                          gradient_checkpointing=not args.no_checkpointing, tokenizer=False, seed=0)
-    model = checkpointing_policy(model, args)
+                          gradient_checkpointing=not args.no_checkpointing, checkpointing_policy=args.checkpointing,
+                          tokenizer=False, seed=0)
     model = ddp_mod.replicate(method.prepare_model(model), ctx)
     compiled = compile_method_layers(model, args.compile_layers, method) if args.compile_layers else None
     model.train()
@@ -473,16 +473,6 @@ def variant(result: dict) -> str:
 def compiled_suffix(backend: str | None) -> str:
     """Result-name part of --compile-layers: _compiled for inductor, _compiled-<backend> for a checking backend."""
     return "" if not backend else "_compiled" if backend == "inductor" else f"_compiled-{backend}"
-
-
-def checkpointing_policy(model, args):
-    """The model with --checkpointing's policy (load_model enables the default, "non-reentrant", when it
-    checkpoints)."""
-    if not args.no_checkpointing and args.checkpointing != "non-reentrant":
-        from badam.hf import enable_block_checkpointing
-
-        enable_block_checkpointing(model, policy=args.checkpointing)
-    return model
 
 
 def compiled_note(backend: str | None) -> str:

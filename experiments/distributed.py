@@ -302,7 +302,8 @@ def is_meta(model: nn.Module) -> bool:
 
 def load_sharded_random_model(source: str, ctx: DistContext, *, dtype: str = "bf16", task: str = "causal_lm",
                               num_labels: int | None = None, attn_implementation: str | None = None,
-                              gradient_checkpointing: bool = False, seed: int = 0, tokenizer=None,
+                              gradient_checkpointing: bool = False, checkpointing_policy: str = "non-reentrant",
+                              seed: int = 0, tokenizer=None,
                               prepare: Callable[[nn.Module], nn.Module] | None = None, separate_ends: bool = False,
                               reshard_after_forward: bool = True, forward_prefetch: int = 0,
                               keep_gathered_layers: int = 0):
@@ -315,7 +316,7 @@ def load_sharded_random_model(source: str, ctx: DistContext, *, dtype: str = "bf
         raise ValueError(f"load_sharded_random_model builds 'random:<name>' sources only, not {source!r}")
     model, tok = load_model(source, dtype=dtype, device="meta", task=task, num_labels=num_labels,
                             attn_implementation=attn_implementation, gradient_checkpointing=gradient_checkpointing,
-                            tokenizer=tokenizer, seed=seed)
+                            checkpointing_policy=checkpointing_policy, tokenizer=tokenizer, seed=seed)
     if prepare is not None:
         model = prepare(model)
     shard_model(model, ctx, separate_ends=separate_ends, reshard_after_forward=reshard_after_forward,
