@@ -32,6 +32,7 @@ K = 1) out of the differences. Medians over all timed steps of all rounds unless
 """
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -303,20 +304,26 @@ def _ranges(rows: list[dict]) -> list[tuple[int, int]]:
 
 
 def main(argv: list[str]) -> int:
-    if not argv:
-        print("usage: python benchmarks/multi_gpu_diagnostics.py RESULT.json [...] (results of --mode ddp "
-              "--compare-single R)", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(description="Where a data-parallel step's time goes (module docstring).")
+    parser.add_argument("results", nargs="+", metavar="RESULT.json",
+                        help="results of benchmarks/multi_gpu.py --mode ddp --compare-single R")
+    args = parser.parse_args(argv)
     results = []
-    for name in argv:
-        result = json.loads(Path(name).read_text())
-        if result.get("mode") != "ddp" or not result.get("per_rank"):
+    for name in args.results:
+        try:
+            result = json.loads(Path(name).read_text())
+        except (OSError, ValueError) as exc:  # a missing or malformed file: one line, the rest still read
+            print(f"{name}: not readable as a result JSON ({type(exc).__name__}: {exc}); skipped", file=sys.stderr)
+            continue
+        if not isinstance(result, dict) or result.get("mode") != "ddp" or not result.get("per_rank"):
             print(f"{name}: not a --mode ddp result with per-rank steps; skipped", file=sys.stderr)
             continue
         results.append(result)
+    if not results:
+        print("error: none of the files is a benchmarks/multi_gpu.py --mode ddp result", file=sys.stderr)
+        return 2
     print("\n".join(markdown(results)))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -190,6 +190,25 @@ def test_diagnostics_pair_steps_and_separate_coupling_from_noise():
     assert "| 1 (314) | 11 (5.00 / 0.50) | 2000 |" in "\n".join(multi_gpu_diagnostics.markdown([result]))
 
 
+
+def test_diagnostics_command_names_unreadable_files_and_reads_the_rest(tmp_path, capsys):
+    good = tmp_path / "run.json"
+    good.write_text(json.dumps({"mode": "ddp", "model": "m", "method": "badam", "batch_per_gpu": 2, "seq_len": 8,
+                                "reduce_dtype": "fp32", "warmup": 0, "per_rank": [
+                                    {"phases": [_phase("single", 1, [10, 20]), _phase("ddp", 1, [13, 22])]},
+                                    {"phases": [_phase("ddp", 1, [13, 23])]}]}))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"mode": "ddp", ')
+    assert multi_gpu_diagnostics.main([str(broken), str(tmp_path / "missing.json"), str(good)]) == 0
+    captured = capsys.readouterr()
+    assert "| m badam 2x8 fp32 |" in captured.out
+    errors = captured.err.splitlines()
+    assert len(errors) == 2 and errors[0].startswith(f"{broken}: not readable as a result JSON (JSONDecodeError")
+    assert errors[1].startswith(f"{tmp_path / 'missing.json'}: not readable as a result JSON (FileNotFoundError")
+    assert multi_gpu_diagnostics.main([str(broken)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        "error: none of the files is a benchmarks/multi_gpu.py --mode ddp result"
+
 class _ToyModel(torch.nn.Module):
     config = SimpleNamespace(vocab_size=7)
 
