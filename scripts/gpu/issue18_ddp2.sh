@@ -35,7 +35,8 @@
 #          the harness does), block and block-reentrant (REPEATS, default "1 2"; runs/mg); LAYERS="compiled eager"
 #          adds the same three with eager layers (LAYERS=eager: those only); NPROC=1 on one GPU (its single phases);
 #          POLICIES="non-reentrant block-graphed" picks the policies (any of badam.hf.CHECKPOINTING_POLICIES, e.g.
-#          block-reentrant-graphed); BATCH the batch per GPU (default 2); STEPS / WARMUP (default 35 / 3) set the
+#          block-reentrant-graphed); BATCH the batch per GPU (default 2); REDUCE=bf16 all-reduces in bf16 (logs
+#          *_bf16_*); STEPS / WARMUP (default 35 / 3) set the
 #          run's length (the graphed policies'
 #          graphs are recorded before the phases, badam.hf.record_layer_graphs, so the default suffices; the runs of
 #          2026-11-27 used WARMUP=35 STEPS=67, made before that)
@@ -132,15 +133,17 @@ case $phase in
         done ;;
     ckpt2)
         export LIMIT=240
+        reduce=${REDUCE:-fp32}; wire=; [ "$reduce" = fp32 ] || wire=_$reduce   # log names of the bf16 runs: _bf16
         for r in ${REPEATS:-1 2}; do
             for layers in ${LAYERS:-compiled}; do
                 case $layers in compiled|eager) ;; *) echo "LAYERS takes compiled and/or eager, not $layers" >&2
                     exit 2 ;; esac
                 flag=(); [ "$layers" = compiled ] && flag=(--compile-layers)
                 for policy in ${POLICIES:-non-reentrant block block-reentrant}; do
-                    run ddp_b${BATCH:-2}_${layers}_ckpt-${policy}_r$r --mode ddp --compare-single 3 \
+                    run ddp_b${BATCH:-2}${wire}_${layers}_ckpt-${policy}_r$r --mode ddp --compare-single 3 \
                         --switch-every 1 --steps "${STEPS:-35}" --warmup "${WARMUP:-3}" --tag r$r \
-                        --checkpointing "$policy" --batch-size "${BATCH:-2}" "${flag[@]}" || exit 1
+                        --checkpointing "$policy" --batch-size "${BATCH:-2}" --reduce-dtype "$reduce" \
+                        "${flag[@]}" || exit 1
                 done
             done
         done ;;

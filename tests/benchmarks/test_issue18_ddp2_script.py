@@ -93,9 +93,19 @@ def test_ckpt2_with_chosen_policies_and_a_longer_warm_up(tmp_path):
 def test_ckpt2_at_batch_8(tmp_path):
     lines = recorded_calls(tmp_path, "ckpt2", POLICIES="block-reentrant-graphed", BATCH="8", REPEATS="1")
     assert len(lines) == 1 and "--batch-size 8" in lines[0] and "--checkpointing block-reentrant-graphed" in lines[0]
+    assert "--reduce-dtype fp32" in lines[0]
     assert [p.name for p in (tmp_path / "runs" / "mg").glob("*.txt")] == [
         "ddp_b8_compiled_ckpt-block-reentrant-graphed_r1.txt"]
 
+
+
+def test_ckpt2_with_the_bf16_all_reduce(tmp_path):
+    """REDUCE=bf16: the policies' runs all-reduce in bf16, their logs named apart from the fp32 runs' (default fp32)."""
+    lines = recorded_calls(tmp_path, "ckpt2", POLICIES="block-reentrant-graphed", REDUCE="bf16", REPEATS="1 2")
+    assert len(lines) == 2 and all("--reduce-dtype bf16" in line for line in lines)
+    assert sorted(p.name for p in (tmp_path / "runs" / "mg").glob("*.txt")) == [
+        "ddp_b2_bf16_compiled_ckpt-block-reentrant-graphed_r1.txt",
+        "ddp_b2_bf16_compiled_ckpt-block-reentrant-graphed_r2.txt"]
 
 def test_a_bad_phase_is_named_and_writes_nothing(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "b2"], capture_output=True, text=True, cwd=tmp_path,
