@@ -8,7 +8,8 @@ Public API:
     load_official             badam/reference.py (the official 1.4, imported as `badam_official`)
 HF Trainer integration lives in badam.hf (imports transformers; not imported here), its activation checkpointing
 policies in badam.checkpointing (block_checkpoint; chosen with badam.hf.enable_block_checkpointing(model, policy=...)),
-the CUDA graphs of the graphed policies in badam.layer_graphs (LayerGraphs).
+the CUDA graphs of the graphed policies in badam.layer_graphs (LayerGraphs), the update on a side CUDA stream
+(BlockOptimizer.overlap_update) in badam.overlap.
 """
 from .block_optimizer import SWITCH_MODES, BlockOptimizer
 from .mixed_precision import FP32MasterWeights

@@ -45,7 +45,8 @@ deliberately differs from 1.4 (each is a defect there; tests/badam/test_official
 Opt-in diagnostic ``measure_rounding=True`` (badam/rounding.py): how much of each visit's update the low-precision
 weights keep once the masters are dropped, reported as a "visit_end" event and warned about once when it is small.
 Call ``release()`` when dropping an optimizer while its model lives on. 1.4's BlockOptimizerRatio is
-badam/ratio.py. Data parallelism (``process_group=``): badam/data_parallel.py. Not implemented: DeepSpeed ZeRO-3.
+badam/ratio.py. Data parallelism (``process_group=``): badam/data_parallel.py. The update on a side CUDA stream,
+overlapping the next forward (``overlap_update(model)``): badam/overlap.py. Not implemented: DeepSpeed ZeRO-3.
 """
 from __future__ import annotations
 
@@ -62,11 +63,12 @@ from .block_state import STATE_FORMAT, BlockStateMixin
 from .data_parallel import DataParallelMixin
 from .fixed_groups import FixedParamGroupsMixin
 from .mixed_precision import GRADIENT_MODES, FP32MasterWeights, local_nbytes
+from .overlap import UpdateOverlapMixin
 from .partition import assign_to_blocks, infer_block_prefixes, prefix_matches, unique_named_parameters
 from .rounding import BlockRoundingMixin, RoundingLog, VisitRounding
 from .update import step_tensor_by_tensor
 
-class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin, DataParallelMixin,
+class BlockOptimizer(FixedParamGroupsMixin, UpdateOverlapMixin, BlockStateMixin, BlockRoundingMixin, DataParallelMixin,
                      torch.optim.Optimizer):
     """Wrap `base_optimizer` (built by the user over all parameters) so that one block trains at a time.
 
@@ -284,6 +286,8 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
         """Make `block` (plus active_modules) the trainable set: release the previous block's fp32 masters,
         gradients and optimizer state, then create them for the new block only (event None: not reported)."""
         new_params = self._block_params[block] + self._always_params
+        if self._overlap is not None:  # new masters are copied from these weights: a queued update must have run
+            self._overlap.wait_if_writing(new_params)
         new_ids = {id(p) for p in new_params}
         for p in self._active_params:
             if id(p) not in new_ids:
@@ -331,9 +335,26 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._sync is not None:
-            self._sync.before_step()
         self._warn_about_foreign_grads()
+        if self._overlap is not None:
+            self._step_overlapped(self._update_masters)  # badam/overlap.py: queued on a side stream
+        else:
+            if self._sync is not None:
+                self._sync.before_step()
+            self._update_masters()
+        self.global_step += 1
+        self.step_in_block += 1
+        if self.step_in_block >= self.switch_block_every:
+            self.step_in_block = 0
+            if self.switch_mode != "fixed":
+                self._end_visit()  # before _next_block: the event names the leaving block and its block-epoch
+                self._activate(self._next_block())
+            elif self.verbose >= 2:
+                print(f"[BlockOptimizer] step {self.global_step}: fixed block {self.current_block} continues")
+        return loss
+
+    def _update_masters(self) -> None:
+        """The base optimizer's step on the active block's masters, and the masters written back into the model."""
         masters = self._masters
         if self.per_tensor_update:
             order = self._update_order
@@ -352,21 +373,13 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
             masters.copy_to_model()
             for i in range(len(masters)):
                 masters.unstage_grad(i)
-        self.global_step += 1
-        self.step_in_block += 1
-        if self.step_in_block >= self.switch_block_every:
-            self.step_in_block = 0
-            if self.switch_mode != "fixed":
-                self._end_visit()  # before _next_block: the event names the leaving block and its block-epoch
-                self._activate(self._next_block())
-            elif self.verbose >= 2:
-                print(f"[BlockOptimizer] step {self.global_step}: fixed block {self.current_block} continues")
-        return loss
 
     def release(self) -> None:
         """Drop the active block's masters, gradients, hooks and optimizer state and freeze it; call when the
         optimizer is discarded while the model lives on (the optimizer is unusable afterwards). With
         measure_rounding, the visit in progress ends here and is reported."""
+        if self._overlap is not None:
+            self._overlap.close()
         self._end_visit()
         if self._sync is not None:
             self._sync.detach()
@@ -406,6 +419,8 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As torch's: the active block's gradients become None (or zero), with any fp32 sums behind them."""
+        if not set_to_none:
+            self.wait_for_update()  # zeroing in place on this stream would race an overlapped update reading them
         if self._masters is not None:
             self._masters.zero_grad(set_to_none)
         if self._sync is not None:
@@ -439,6 +454,8 @@ class BlockOptimizer(FixedParamGroupsMixin, BlockStateMixin, BlockRoundingMixin,
         only measures."""
         if self._masters is None:
             return torch.zeros(())
+        if self._sync is not None:
+            self._sync.finish_deferred()  # overlap_update: the average is formed in step() unless read before it
         return self._masters.clip_grad_norm_(max_norm, norm_type, error_if_nonfinite)
 
     # --- introspection -----------------------------------------------------------------------------------------

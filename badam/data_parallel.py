@@ -131,6 +131,9 @@ class BlockGradientSync:
         self._warned_late = False
         self.record_timing = False  # see take_timing()
         self._timing: dict | None = None
+        # badam/overlap.py: the end of backward only launches what is left; before_step() (run on the side stream by
+        # the overlapped update) or finish_deferred() waits and averages, and no in-flight limit applies
+        self.defer_to_step = False
 
     # --- one-time agreement between ranks ------------------------------------------------------------------------
     def _source_rank(self) -> int:
@@ -211,6 +214,8 @@ class BlockGradientSync:
         self._missing_local: list[int] = []
         self._pending_missing: dict[int, torch.Tensor] = {}  # averages for parameters this rank had no gradient for
         self._presence: torch.Tensor | None = None  # per parameter: > 0 where some rank had a gradient
+        self._presence_work = None  # its own all-reduce when no bucket carries the flags
+        self._deferred = False  # defer_to_step: this backward's all-reduces are in flight, to be averaged in step()
         self._marks: dict[str, Any] = {}  # record_timing: events (CUDA) or clock readings (CPU) of this backward
 
     @property
@@ -234,6 +239,7 @@ class BlockGradientSync:
                 self.unreduced = True
                 return
             if not self._callback_queued:
+                self.finish_deferred()  # a second syncing backward before step(): average the first one's now
                 self._reset_backward()
                 self._callback_queued = True
                 torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
@@ -249,7 +255,7 @@ class BlockGradientSync:
                 self._mark("first_launch")
             self._launch(self._buckets[self._next_launch], in_backward=True)
             self._next_launch += 1
-            if len(self._in_flight) > self.max_in_flight:
+            if len(self._in_flight) > self.max_in_flight and not self.defer_to_step:
                 self._complete(self._in_flight.pop(0))
 
     def _held(self, index: int, in_backward: bool) -> torch.Tensor | None:
@@ -309,23 +315,44 @@ class BlockGradientSync:
         self._callback_queued = False
         if self.record_timing:
             self._mark("backward_done")
+        if self.defer_to_step:
+            self._launch_rest(in_backward=True)
+            self._deferred = True
+            return
         self._reduce_all(in_backward=True)
 
+    def finish_deferred(self) -> None:
+        """Wait for and average a backward's all-reduces left in flight for step() (defer_to_step), on the current
+        stream; nothing to do otherwise."""
+        if self._deferred:
+            with torch.no_grad():
+                self._finish(in_backward=True)
+
+    def tensors_in_flight(self) -> list[torch.Tensor]:
+        """The buffers of the all-reduces not yet averaged (the overlapped update records them on its stream)."""
+        flags = [self._presence] if self._presence is not None else []
+        return [entry.buffer for entry in self._in_flight] + flags
+
     def _reduce_all(self, in_backward: bool) -> None:
+        self._launch_rest(in_backward)
+        self._finish(in_backward)
+
+    def _launch_rest(self, in_backward: bool) -> None:
         while self._next_launch < len(self._buckets):
             self._launch(self._buckets[self._next_launch], in_backward)
             self._next_launch += 1
-        work = None
         if not self._buckets or not self._buckets[-1].flags:
             # no bucket carries the presence flags: one small all-reduce of them, issued by every rank alike
             device = self._masters.params[0].device if self._masters.params else torch.device("cpu")
             self._presence = torch.empty(len(self._masters.params), dtype=torch.float32, device=device)
             self._write_presence(self._presence)
-            work = self.dist.all_reduce(self._presence, group=self.group, async_op=True)
+            self._presence_work = self.dist.all_reduce(self._presence, group=self.group, async_op=True)
+
+    def _finish(self, in_backward: bool) -> None:
         for entry in self._in_flight:
             self._complete(entry)
-        if work is not None:
-            work.wait()
+        if self._presence_work is not None:
+            self._presence_work.wait()
         if self._missing_local:  # read back only here: the read waits for the device
             counts = self._presence.cpu()
             for i in self._missing_local:
@@ -360,14 +387,19 @@ class BlockGradientSync:
 
         def between(a: str, b: str) -> float:
             start, end = marks[a], marks[b]
-            return start.elapsed_time(end) if hasattr(start, "elapsed_time") else (end - start) * 1000.0
+            if not hasattr(start, "elapsed_time"):
+                return (end - start) * 1000.0
+            end.synchronize()  # "averaged" may lie on the overlapped update's stream, which nothing else waited for
+            return start.elapsed_time(end)
 
         window = between("first_launch", "backward_done") if "first_launch" in marks else 0.0
         return {"reduce_window_ms": window, "reduce_tail_ms": between("backward_done", "averaged")}
 
     # --- at the update -----------------------------------------------------------------------------------------
     def before_step(self) -> None:
-        """Average now if the last backward passes all ran inside no_sync() (replicas must not diverge)."""
+        """Average what a deferred backward left in flight, and average now if the last backward passes all ran
+        inside no_sync() (replicas must not diverge)."""
+        self.finish_deferred()
         if not self.unreduced:
             return
         if not self._warned_late:
@@ -381,7 +413,8 @@ class BlockGradientSync:
             self._reduce_all(in_backward=False)
 
     def gradients_dropped(self) -> None:
-        """zero_grad(): nothing is left to average."""
+        """zero_grad(): nothing is left to average (all-reduces still in flight are completed, then forgotten)."""
+        self.finish_deferred()
         self.unreduced = False
 
 
@@ -425,6 +458,8 @@ class DataParallelMixin:
             "schedule": (self.switch_mode, self.switch_block_every, self._order, self._order_pos),
             "gradients mode": self.gradients, "reduce dtype and buckets": (str(sync.reduce_dtype), bucket_numel)})
         self._sync = sync
+        overlap = getattr(self, "_overlap", None)
+        sync.defer_to_step = overlap is not None and overlap.side is not None  # badam/overlap.py, enabled first
         if reorder and self.switch_mode == "random":
             self._report({"event": "order", "block_epoch": self.block_epoch, "order": self._order})
         self._activate(self.current_block, event=None)  # masters again, from the (broadcast) weights; hooks on

@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, 
 from experiments.model_configs import RANDOM_MODELS  # noqa: E402
 from ddp_scaling_check import checks_markdown, compare, match_key  # noqa: E402
 from multi_gpu_diagnostics import (checkpointing_note, compile_backend, in_flight_note, noise_cost,  # noqa: E402
-                                   paired_excess, throughput, timed_rounds)
+                                   overlap_note, paired_excess, throughput, timed_rounds)
 
 GB = 1e9  # decimal, as NCCL reports bandwidth
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
@@ -209,7 +209,7 @@ def setting_key(result: dict, folder: str = "") -> tuple:
     """What makes runs one setting; `folder` (--by-folder) keeps the machines (one folder each) apart."""
     return (result["model"], result["method"], result["gpus"], result["batch_per_gpu"], result["seq_len"],
             result["reduce_dtype"], compile_backend(result), result.get("cpu_affinity") == "split",
-            in_flight_note(result) + checkpointing_note(result.get("checkpointing")), folder)
+            in_flight_note(result) + checkpointing_note(result.get("checkpointing")) + overlap_note(result), folder)
 
 
 def setting_label(key: tuple) -> str:

@@ -129,6 +129,10 @@ def parse_args(argv=None):
                    help="compile every decoder layer's forward with torch.compile (BACKEND, default inductor; "
                         "aot_eager/eager check Dynamo alone), checkpointing and everything else eager "
                         "(experiments/layer_compile.py); name gets _compiled (_compiled-BACKEND)")
+    p.add_argument("--overlap-update", action="store_true",
+                   help="--mode ddp, BAdam: the update (and the wait for the all-reduce) on a side CUDA stream, "
+                        "overlapping the next forward (BlockOptimizer.overlap_update; badam/overlap.py), clipping "
+                        "inside it; both the single and the ddp phases")
     p.add_argument("--tag", default="", help="appended to the result name (repeats of one setting side by side)")
     p.add_argument("--rewrite-summary", action="store_true",
                    help="only rewrite <out>/summary.md from the JSONs in <out> (e.g. after merging folders); no run")
@@ -140,6 +144,8 @@ def parse_args(argv=None):
                 "--mode ddp")
     if args.no_checkpointing and args.checkpointing != "non-reentrant":
         p.error("--checkpointing chooses how layers checkpoint: not with --no-checkpointing")
+    if args.overlap_update and (args.mode != "ddp" or args.method not in ("badam", "bsgd")):
+        p.error("--overlap-update is BlockOptimizer's (methods badam, bsgd) and is measured with --mode ddp")
     if args.max_in_flight < 1:
         p.error(f"--max-in-flight must be >= 1; got {args.max_in_flight}")
     if args.max_in_flight != MAX_IN_FLIGHT and args.mode != "ddp":
@@ -307,7 +313,8 @@ def result_stem(args, world_size: int) -> str:
     batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
     tag = f"_{args.tag}" if args.tag else ""
     pinned = ("_pinned" if args.cpu_affinity == "split" else "") + compiled_suffix(args.compile_layers) \
-        + ("" if args.checkpointing == "non-reentrant" else f"_ckpt-{args.checkpointing}")
+        + ("" if args.checkpointing == "non-reentrant" else f"_ckpt-{args.checkpointing}") \
+        + ("_overlap" if args.overlap_update else "")
     if args.mode == "ddp":
         phases = (f"_vs1x{args.compare_single}" if args.compare_single else "") \
             + ("_solo" if args.single_every_rank else "") + ("_alone" if args.alone_phase else "")

@@ -18,7 +18,8 @@ Per step and rank, besides the GPU time of each phase (CUDA events), the host si
 spent issuing each phase (``host_*_ms``; close to the GPU time when the step is launch-bound), the main thread's CPU
 time in the forward (``cpu_forward_ms``; well below the host wall time when the thread was descheduled), the
 process's involuntary context switches, and under ddp the all-reduce's overlap window and exposed tail
-(BlockGradientSync.take_timing). benchmarks/multi_gpu_diagnostics.py turns them into the comparisons.
+(BlockGradientSync.take_timing). benchmarks/multi_gpu_diagnostics.py turns them into the comparisons. --overlap-update:
+every phase queues its updates on a side stream (the forward then holds the wait for them, "update" the queueing).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from multi_gpu_diagnostics import checkpointing_note, compile_backend, diagnose, in_flight_note, spread
+from multi_gpu_diagnostics import checkpointing_note, compile_backend, diagnose, in_flight_note, overlap_note, spread
 from multi_gpu_diagnostics import markdown as diagnostics_markdown
 
 GIB = 1024 ** 3
@@ -106,9 +107,9 @@ def timed_steps(args, ctx, model, method, gen, profile=None, sync=None) -> list[
     from badam_bench_worker import GcWatch
     from experiments.measure import StepTimer
 
-    vocab = model.config.vocab_size
+    vocab, overlap = model.config.vocab_size, getattr(args, "overlap_update", False)
     autocast = torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
-    timer = StepTimer(ctx.device)
+    timer = StepTimer(ctx.device, stream_only=overlap and method.optimizer.overlap_active)
     counter = flop_counter(model)
     if sync is not None:
         sync.record_timing = True
@@ -122,7 +123,18 @@ def timed_steps(args, ctx, model, method, gen, profile=None, sync=None) -> list[
                                          profile, sync, step))
     finally:
         gc.unfreeze()
+    if steps and "previous" in steps[-1]:  # overlapped on a GPU: each step read its predecessor's figures
+        late = [s.pop("previous") for s in steps[1:]] + [_overlapped_step_figures(method, sync)]
+        for record, figures in zip(steps, late):
+            record.update(figures)
     return steps
+
+
+def _overlapped_step_figures(method, sync) -> dict:
+    """The last overlapped update's clip norm and all-reduce timing, read during the next step (after its backward):
+    right after step() the main stream (norm) or the host (timing) would wait for the update meant to overlap."""
+    norm = method.optimizer.last_grad_norm
+    return {"grad_norm": None if norm is None else float(norm), **((sync.take_timing() if sync else None) or {})}
 
 
 def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, collector, profile, sync,
@@ -144,16 +156,20 @@ def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, 
         loss = model(input_ids=ids, labels=ids).loss
     with timer.phase("backward"), host.phase("backward"):
         method.backward(loss)
+    overlap = getattr(args, "overlap_update", False)
+    lagged = overlap and method.optimizer.overlap_active  # on a CPU the update ran in step(): read it at once
     with timer.phase("update"), host.phase("update"):
-        norm = method.clip_and_norm(1.0)
+        previous = _overlapped_step_figures(method, sync) if lagged and step else None
+        norm = None if overlap else method.clip_and_norm(1.0)  # overlapped: clipped inside the queued update
         method.step()
+        norm = float(method.optimizer.last_grad_norm) if overlap and not lagged else norm
         method.zero_grad()
-    times = timer.end_step()
+    times = timer.end_step(everything=step == args.steps - 1)
     after, cpu_after = _involuntary_switches(), host_cpu_state()
     steal = cpu_after["steal_ms"] - cpu_before["steal_ms"] if "steal_ms" in cpu_before and "steal_ms" in cpu_after \
         else None
     gc_ms = collector.close_span()
-    reduce = sync.take_timing() if sync is not None else None
+    reduce = sync.take_timing() if sync is not None and not lagged else None
     record = {"step": step + 1, "ms": times["step"], "forward_ms": times["forward"], "backward_ms": times["backward"],
               "update_ms": times["update"], "loss": float(loss.detach()), "grad_norm": norm,
               **{k: v for k, v in method.describe().items() if k == "active_block"},
@@ -163,6 +179,7 @@ def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, 
               "new_graphs": compiled_graphs() - graphs,
               "steal_ms": steal, "cpu": cpu_after.get("cpu"), "cpu_mhz": cpu_after.get("cpu_mhz"),
               "model_flops": flops.model if flops else None, "hardware_flops": flops.hardware if flops else None}
+    record.update({"previous": previous} if previous else {})
     if ctx.is_main:
         print(f"step {step + 1}/{args.steps}: {record['ms']:.0f} ms, loss {record['loss']:.4f}", flush=True)
     return record
@@ -233,6 +250,8 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
     method.build_optimizer(model)
     data_parallel = ddp_mod.DataParallel(model, method, ctx, args.reduce_dtype,
                                          args.max_in_flight) if kind == "ddp" else None
+    if getattr(args, "overlap_update", False):  # every phase kind alike: the single path gets the overlap too
+        method.optimizer.overlap_update(model, max_grad_norm=1.0)
     synchronize(ctx.device)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -348,8 +367,7 @@ def bind_to_cpu_share(local_rank: int, local_world: int) -> list[int]:
 
 
 def host_facts() -> dict:
-    """The CPUs this rank may run on, the machine's count, torch's intra-op threads (where contention would come
-    from)."""
+    """The CPUs this rank may run on, the machine's count, torch's intra-op threads (where contention comes from)."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {"cpus": cpus, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
@@ -388,6 +406,7 @@ def combine_replicated(args, ctx, per_rank: list[dict], device_name: str | None 
         "checkpointing": None if args.no_checkpointing else args.checkpointing,
         "steps": args.steps, "warmup": args.warmup, "switch_every": args.switch_every,
         "reduce_dtype": args.reduce_dtype, "max_in_flight": args.max_in_flight,
+        "overlap_update": bool(getattr(args, "overlap_update", False)),
         "rounds": max(1, args.compare_single), "phases": summaries,
         "cpu_affinity": args.cpu_affinity, "tag": args.tag, "compile_layers": per_rank[0]["compile_layers"],
         "ddp_tokens_per_s": spread([s["tokens_per_s"] for s in ddp]),
@@ -466,7 +485,7 @@ def variant(result: dict) -> str:
     """The reduce dtype, then what else set this run apart (CPU pinning, compiled layers, checkpointing, tag)."""
     extra = [in_flight_note(result), ", CPUs split" if result.get("cpu_affinity") == "split" else "",
              compiled_note(compile_backend(result)), checkpointing_note(result.get("checkpointing")),
-             f", {result['tag']}" if result.get("tag") else ""]
+             overlap_note(result), f", {result['tag']}" if result.get("tag") else ""]
     return result["reduce_dtype"] + "".join(extra)
 
 

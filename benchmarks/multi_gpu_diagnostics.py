@@ -216,12 +216,17 @@ def checkpointing_note(policy: str | None) -> str:
     return "" if policy in (None, "non-reentrant") else f", {policy} checkpointing"
 
 
+def overlap_note(result: dict) -> str:
+    """', update overlapped' for a run with --overlap-update (BlockOptimizer.overlap_update)."""
+    return ", update overlapped" if result.get("overlap_update") else ""
+
+
 def _label(result: dict) -> str:
     backend = compile_backend(result)
     compiled = "" if not backend else " compiled" + ("" if backend == "inductor" else f" ({backend})")
     extra = in_flight_note(result).replace(",", "") \
         + (" CPUs split" if result.get("cpu_affinity") == "split" else "") + compiled \
-        + checkpointing_note(result.get("checkpointing")).replace(",", "") + (
+        + checkpointing_note(result.get("checkpointing")).replace(",", "") + overlap_note(result).replace(",", "") + (
         f" {result['tag']}" if result.get("tag") else "")
     return f"{result['model']} {result['method']} {result['batch_per_gpu']}x{result['seq_len']} " \
            f"{result['reduce_dtype']}{extra}"

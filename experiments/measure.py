@@ -36,11 +36,17 @@ def synchronize(device: torch.device) -> None:
 
 
 class StepTimer:
-    """Accumulates forward/backward/update milliseconds over the micro-batches of one optimizer step."""
+    """Accumulates forward/backward/update milliseconds over the micro-batches of one optimizer step.
 
-    def __init__(self, device: torch.device):
+    stream_only: between steps wait for the current CUDA stream only, not the whole device, so work queued on another
+    stream (an overlapped update, badam/overlap.py) may run on into the next step, which counts it where it delays
+    this stream; ``end_step(everything=True)`` waits for all of it (a run's last step, so the steps' times add up to
+    the wall time)."""
+
+    def __init__(self, device: torch.device, *, stream_only: bool = False):
         self.device = device
         self.cuda = device.type == "cuda"
+        self.stream_only = stream_only
         self._events: dict[str, list] = defaultdict(list)
         self._totals: dict[str, float] = defaultdict(float)
         self._t0 = 0.0
@@ -48,8 +54,14 @@ class StepTimer:
     def start_step(self) -> None:
         self._events.clear()
         self._totals.clear()
-        synchronize(self.device)
+        self._synchronize(everything=False)
         self._t0 = time.perf_counter()
+
+    def _synchronize(self, everything: bool) -> None:
+        if self.cuda and self.stream_only and not everything:
+            torch.cuda.current_stream(self.device).synchronize()
+        else:
+            synchronize(self.device)
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -77,9 +89,10 @@ class StepTimer:
             finally:
                 self._totals[name] += (time.perf_counter() - t0) * 1000.0
 
-    def end_step(self) -> dict[str, float]:
-        """Milliseconds per phase and for the whole step; synchronizes the device first."""
-        synchronize(self.device)
+    def end_step(self, everything: bool = False) -> dict[str, float]:
+        """Milliseconds per phase and for the whole step; synchronizes the device (stream_only: the current stream,
+        unless `everything`) first."""
+        self._synchronize(everything)
         step_ms = (time.perf_counter() - self._t0) * 1000.0
         totals = dict(self._totals)
         for name, pairs in self._events.items():

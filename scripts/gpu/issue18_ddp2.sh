@@ -36,7 +36,8 @@
 #          adds the same three with eager layers (LAYERS=eager: those only); NPROC=1 on one GPU (its single phases);
 #          POLICIES="non-reentrant block-graphed" picks the policies (any of badam.hf.CHECKPOINTING_POLICIES, e.g.
 #          block-reentrant-graphed); BATCH the batch per GPU (default 2); REDUCE=bf16 all-reduces in bf16 (logs
-#          *_bf16_*); STEPS / WARMUP (default 35 / 3) set the
+#          *_bf16_*); UPDATES="plain overlap" runs each policy also with the update on a side stream
+#          (--overlap-update, badam/overlap.py; logs *_overlap_*); STEPS / WARMUP (default 35 / 3) set the
 #          run's length (the graphed policies'
 #          graphs are recorded before the phases, badam.hf.record_layer_graphs, so the default suffices; the runs of
 #          2026-11-27 used WARMUP=35 STEPS=67, made before that)
@@ -140,10 +141,14 @@ case $phase in
                     exit 2 ;; esac
                 flag=(); [ "$layers" = compiled ] && flag=(--compile-layers)
                 for policy in ${POLICIES:-non-reentrant block block-reentrant}; do
-                    run ddp_b${BATCH:-2}${wire}_${layers}_ckpt-${policy}_r$r --mode ddp --compare-single 3 \
-                        --switch-every 1 --steps "${STEPS:-35}" --warmup "${WARMUP:-3}" --tag r$r \
-                        --checkpointing "$policy" --batch-size "${BATCH:-2}" --reduce-dtype "$reduce" \
-                        "${flag[@]}" || exit 1
+                    for update in ${UPDATES:-plain}; do
+                        case $update in plain) over=(); o= ;; overlap) over=(--overlap-update); o=_overlap ;;
+                            *) echo "UPDATES takes plain and/or overlap, not $update" >&2; exit 2 ;; esac
+                        run ddp_b${BATCH:-2}${wire}_${layers}_ckpt-${policy}${o}_r$r --mode ddp --compare-single 3 \
+                            --switch-every 1 --steps "${STEPS:-35}" --warmup "${WARMUP:-3}" --tag r$r \
+                            --checkpointing "$policy" --batch-size "${BATCH:-2}" --reduce-dtype "$reduce" \
+                            "${over[@]}" "${flag[@]}" || exit 1
+                    done
                 done
             done
         done ;;

@@ -107,6 +107,15 @@ def test_ckpt2_with_the_bf16_all_reduce(tmp_path):
         "ddp_b2_bf16_compiled_ckpt-block-reentrant-graphed_r1.txt",
         "ddp_b2_bf16_compiled_ckpt-block-reentrant-graphed_r2.txt"]
 
+
+def test_ckpt2_with_and_without_the_overlapped_update(tmp_path):
+    lines = recorded_calls(tmp_path, "ckpt2", POLICIES="block-reentrant-graphed", UPDATES="plain overlap",
+                           REPEATS="1")
+    assert ["--overlap-update" in line for line in lines] == [False, True]
+    assert sorted(p.name for p in (tmp_path / "runs" / "mg").glob("*.txt")) == [
+        "ddp_b2_compiled_ckpt-block-reentrant-graphed_overlap_r1.txt",
+        "ddp_b2_compiled_ckpt-block-reentrant-graphed_r1.txt"]
+
 def test_a_bad_phase_is_named_and_writes_nothing(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "b2"], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "OUT": str(tmp_path / "out"), "BADAM_SOURCE_COMMIT": "x"})

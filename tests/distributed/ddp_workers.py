@@ -109,6 +109,42 @@ def library(ctx) -> dict:
             "mismatch_errors": D.gather_objects(mismatch, ctx)}
 
 
+
+def library_overlap(ctx) -> dict:
+    """overlap_update with a recording stand-in for the side stream (tests/badam/test_overlap.py): every backward's
+    all-reduces stay in flight until step(), which averages them, clips (max_grad_norm) and updates; against the same
+    data-parallel optimizer clipping with clip_grad_norm_ before a plain step. bf16 weights, no_sync for all
+    micro-batches but the last."""
+    import contextlib
+
+    import torch.distributed as dist
+
+    from badam import BlockOptimizer
+    from tests.badam.test_overlap import RecordingSide
+
+    runs = []
+    for overlap in (False, True):
+        model = tiny_llama(torch.bfloat16)
+        base = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+        optimizer = BlockOptimizer(base, list(model.named_parameters()), **LIBRARY_OPTIONS, seed=100, verbose=0,
+                                   process_group=dist.group.WORLD)
+        if overlap:
+            optimizer.overlap_update(model, max_grad_norm=1.0, side=RecordingSide([]))
+        deferred, norms = 0, []
+        for micro in rank_steps(ctx, LIBRARY_STEPS):
+            for k, batch in enumerate(micro):
+                with optimizer.no_sync() if k < len(micro) - 1 else contextlib.nullcontext():
+                    (model(**batch).loss / len(micro)).backward()
+            deferred += optimizer.gradient_sync._deferred
+            norms.append(float(optimizer.clip_grad_norm_(1.0)) if not overlap else None)
+            optimizer.step()
+            norms[-1] = norms[-1] if not overlap else float(optimizer.last_grad_norm)
+            optimizer.zero_grad()
+        runs.append({"weights": full_weights(model), "norms": norms, "deferred": deferred})
+    plain, overlapped = runs
+    return {"equal": all(torch.equal(plain["weights"][k], overlapped["weights"][k]) for k in plain["weights"]),
+            "norms": (plain["norms"], overlapped["norms"]), "deferred": (plain["deferred"], overlapped["deferred"])}
+
 def resume(ctx, out_dir: Path, total: int = 5, save_after: int = 3) -> dict:
     """bf16 BAdam under ddp: uninterrupted vs checkpoint.pt (experiments.ddp) after `save_after` steps, then a fresh
     model, method and attachment that load it and train on."""
@@ -226,6 +262,7 @@ def partial_gradients(ctx) -> dict:
 
 
 def all_ddp_cases(ctx, out_dir: Path, model_dir: Path) -> dict:
-    return {"equivalence": equivalence(ctx), "library": library(ctx), "resume": resume(ctx, out_dir / "resume"),
+    return {"equivalence": equivalence(ctx), "library": library(ctx), "library_overlap": library_overlap(ctx),
+            "resume": resume(ctx, out_dir / "resume"),
             "harness": harness(ctx, out_dir / "harness", model_dir), "bench": bench(ctx, out_dir / "bench"),
             "partial": partial_gradients(ctx), "bench_compiled": bench_compiled(ctx, out_dir / "bench_compiled")}

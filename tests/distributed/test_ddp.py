@@ -95,6 +95,14 @@ def test_library_process_group_schedule_and_weights(ddp):
     assert diffs.max() <= 1e-2 * LR and (diffs > 1e-7).sum() <= 1e-3 * diffs.numel()
 
 
+
+def test_overlapped_update_defers_the_average_to_step_and_changes_no_number(ddp):
+    """Two gloo ranks, bf16: with overlap_update the all-reduces stay in flight after backward (every step) and are
+    averaged inside step(), clipped there; weights and norms equal the plain data-parallel optimizer's bit for bit."""
+    got = ddp["library_overlap"]
+    assert got["deferred"] == (0, LIBRARY_STEPS)
+    assert got["norms"][0] == got["norms"][1] and got["equal"]
+
 def test_ranks_built_differently_get_one_clear_error(ddp):
     errors = ddp["library"]["mismatch_errors"]
     assert len(errors) == WORLD and all("rank 1 differs from rank 0 in schedule" in (e or "") for e in errors)

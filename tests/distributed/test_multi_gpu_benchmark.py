@@ -43,6 +43,18 @@ def test_tiny_run_writes_phases_profile_and_summary(tmp_path):
     assert row in (out / "summary.md").read_text()
 
 
+
+def test_tiny_run_with_the_overlapped_update(tmp_path):
+    """--overlap-update end to end on one gloo process (no side stream on a CPU: the update runs in step(), clipped
+    there); every step keeps its clip norm and the run is labelled apart."""
+    out = tmp_path / "bench"
+    run_benchmark(out, 1, "--mode", "ddp", "--compare-single", "1", "--overlap-update", "--switch-every", "1")
+    result = json.loads((out / "tiny-llama_badam_n1_ddp_fp32_vs1x1_overlap.json").read_text())
+    assert result["overlap_update"] is True
+    for phase in result["per_rank"][0]["phases"]:
+        assert all(step["grad_norm"] > 0 and "previous" not in step for step in phase["steps"])
+    assert "fp32, update overlapped |" in (out / "summary.md").read_text()
+
 def test_scaling_compares_with_the_best_single_gpu_path(tmp_path):
     runs = {"a_n1": sharded_result(1, 100.0, "A"), "a_n2": sharded_result(2, 180.0, "A"),
             "b_n2": sharded_result(2, 150.0, "B"), "c_n2": sharded_result(2, 150.0, "C", batch_per_gpu=8)}
@@ -97,11 +109,14 @@ def test_result_names_carry_batch_and_layout():
     block = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "3", "--compile-layers",
                                   "--checkpointing", "block-reentrant", "--tag", "r1"])
     assert multi_gpu.result_stem(block, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_compiled_ckpt-block-reentrant_r1"
+    overlap = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "3", "--overlap-update"])
+    assert multi_gpu.result_stem(overlap, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_overlap"
     for wrong in (["--checkpointing", "block", "--no-checkpointing"], ["--checkpointing", "reentrant"],
                   ["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"], ["--keep-gathered-layers", "-2"],
                   ["--max-in-flight", "4"], ["--mode", "ddp", "--max-in-flight", "0"],
                   ["--keep-gathered", "--keep-gathered-layers", "4"], ["--mode", "ddp", "--alone-phase"],
-                  ["--mode", "ddp", "--single-every-rank"], ["--cpu-affinity", "half"]):
+                  ["--mode", "ddp", "--single-every-rank"], ["--cpu-affinity", "half"], ["--overlap-update"],
+                  ["--mode", "ddp", "--method", "lora", "--overlap-update"]):
         with pytest.raises(SystemExit):
             multi_gpu.parse_args(["--out", "x", *wrong])
 
@@ -117,6 +132,10 @@ def test_runs_with_more_all_reduces_in_flight_or_another_checkpointing_are_label
     assert multi_gpu_diagnostics._label({**run, "checkpointing": "block-graphed"}) == \
         "m badam 2x8 fp32 block-graphed checkpointing r1"  # the diagnostics rows of two policies stay apart
     assert multi_gpu_diagnostics._label(run) == "m badam 2x8 fp32 r1"
+    assert multi_gpu_diagnostics._label({**run, "overlap_update": True}) == "m badam 2x8 fp32 update overlapped r1"
+    from ddp_scaling_plan import setting_key
+    result = {**run, "gpus": 2, "compile_layers": None}
+    assert setting_key(result) != setting_key({**result, "overlap_update": True})  # planned apart
 
 
 def test_forward_prefetch_changes_timing_not_numbers(tmp_path):
