@@ -25,7 +25,11 @@ as it would without overlap, and only the checks below apply):
     on it (``Tensor.record_stream``), so a block switch frees them for reuse only after the update has run; the peak
     can hold a freed block's states a little longer than without overlap.
 Not available with FSDP2-sharded parameters, ``measure_rounding`` (it reads the weights at the switch) or
-BlockOptimizerRatio.
+BlockOptimizerRatio. Where it overlaps less: ``active_modules`` (their weights, updated every step, are copied into new
+masters at every switch, which waits for the update), and gradient accumulation in ``gradients="param"`` mode (the
+update checks that p.grad is still the rounding of the fp32 sum, a comparison the host waits for; "master" mode has no
+such check). What overlaps is what lies below the updated block in the next forward: a block near the input overlaps
+little.
 
 Under transformers 5.1x (whose layers checkpoint their own ``__call__``, hooks inside), the call that carries the
 pre-hook runs eagerly under the graphed checkpointing policies (badam/layer_graphs.py leaves hooked calls eager): one
