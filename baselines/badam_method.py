@@ -44,6 +44,10 @@ class BlockOptions:
     # masters are dropped (badam/rounding.py); metrics.jsonl's badam_rounding on switch steps, summary.json's block.
     # Costs 2 bytes per active-block parameter; not under FSDP2.
     measure_rounding: bool = False
+    # BlockOptimizer.overlap_update (badam/overlap.py), on CUDA only: the update, its clip and under ddp the wait for
+    # the all-reduce on a side stream, overlapping the next forward. metrics.jsonl's grad_norm is then null (reading
+    # it every step would make the host wait for the update); the clip itself still applies. On a CPU: no effect.
+    overlap_update: bool = False
 
     def __post_init__(self):
         super().__post_init__()  # the inner solver's options (next in the MRO)
@@ -137,14 +141,26 @@ class BAdam(Method):
             # the harness stores the weights in the config's model.dtype (bf16 unless a config says fp32, as the CPU
             # profiles do) and summary.json splits the bytes: the library's fp32 warning would only repeat the config
             full_precision_ok=True)
+        if o.overlap_update and next(model.parameters()).device.type == "cuda":
+            max_norm = getattr(self, "_max_grad_norm", None)
+            self.optimizer.overlap_update(model, max_grad_norm=max_norm if max_norm and max_norm > 0 else None)
+
+    @property
+    def update_overlapped(self) -> bool:
+        """True when updates run on a side CUDA stream (the loop's step timer then waits for its stream only)."""
+        return getattr(self, "optimizer", None) is not None and self.optimizer.overlap_active
+
+    def set_max_grad_norm(self, max_norm: float | None) -> None:
+        self._max_grad_norm = max_norm  # overlap_update clips inside the queued update
 
     # --- one step ----------------------------------------------------------------------------------------------
     # trainable_parameters(): the base class's, the optimizer's param groups, which list the tensors holding the
     # gradient between steps (the active block's parameters; its fp32 masters in "master" mode)
 
     def clip_and_norm(self, max_norm: float | None) -> float | None:
-        """The norm (fp32) of the gradients step() will use, clipped to max_norm when given."""
-        if not self.optimizer.gradient_tensors():
+        """The norm (fp32) of the gradients step() will use, clipped to max_norm when given (None when there is none,
+        and with the update overlapped: it clips inside step() then)."""
+        if not self.optimizer.gradient_tensors() or self.update_overlapped:
             return None
         return float(self.optimizer.clip_grad_norm_(max_norm if max_norm is not None and max_norm > 0 else math.inf))
 
