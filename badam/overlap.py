@@ -172,7 +172,8 @@ class UpdateOverlapMixin:
         if not ours <= theirs:
             raise ValueError("overlap_update(model): `model` does not hold this optimizer's parameters; pass the "
                              "module whose named_parameters() the BlockOptimizer was built from")
-        if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
+        if max_grad_norm is not None and (isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float))
+                                          or not max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be a number > 0 or None, got {max_grad_norm!r}")
         if side is None:
             devices = {p.device for p in self._all_params}

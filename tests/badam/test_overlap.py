@@ -182,8 +182,9 @@ def test_bad_uses_are_refused_with_the_reason():
     opt = build(model)
     with pytest.raises(ValueError, match="does not hold this optimizer's parameters"):
         opt.overlap_update(tiny_llama(torch.float32))
-    with pytest.raises(ValueError, match="max_grad_norm must be a number > 0"):
-        opt.overlap_update(model, max_grad_norm=0)
+    for bad in (0, -1.0, True, "1"):
+        with pytest.raises(ValueError, match="max_grad_norm must be a number > 0"):
+            opt.overlap_update(model, max_grad_norm=bad)
     opt.overlap_update(model)
     with pytest.raises(RuntimeError, match="already enabled"):
         opt.overlap_update(model)

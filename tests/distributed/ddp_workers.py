@@ -201,20 +201,6 @@ def bench(ctx, out_dir: Path) -> dict:
     return multi_gpu.combine_replicated(args, ctx, D.gather_objects(mine, ctx))
 
 
-def bench_overlap(ctx, out_dir: Path) -> dict:
-    """The benchmark with --overlap-update (on the CPU the update runs in step(), clipped there)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import multi_gpu
-
-    args = multi_gpu.parse_args(["--out", str(out_dir), "--tiny", "--mode", "ddp", "--compare-single", "1",
-                                 "--overlap-update", "--steps", "2"])
-    stem = multi_gpu.result_stem(args, ctx.world_size)
-    mine = multi_gpu.run_replicated(args, ctx, multi_gpu.build_method, stem)
-    return {"stem": stem, **multi_gpu.combine_replicated(args, ctx, D.gather_objects(mine, ctx))}
-
-
 def bench_compiled(ctx, out_dir: Path) -> dict:
     """The benchmark's ddp phase with --compile-layers aot_eager (Dynamo's capture and guards, AOT autograd's backward
     feeding the gradient averaging, without inductor's code generation): 3 steps (K = 2: blocks 0, 0, 1, so every
@@ -279,5 +265,4 @@ def all_ddp_cases(ctx, out_dir: Path, model_dir: Path) -> dict:
     return {"equivalence": equivalence(ctx), "library": library(ctx), "library_overlap": library_overlap(ctx),
             "resume": resume(ctx, out_dir / "resume"),
             "harness": harness(ctx, out_dir / "harness", model_dir), "bench": bench(ctx, out_dir / "bench"),
-            "partial": partial_gradients(ctx), "bench_compiled": bench_compiled(ctx, out_dir / "bench_compiled"),
-            "bench_overlap": bench_overlap(ctx, out_dir / "bench_overlap")}
+            "partial": partial_gradients(ctx), "bench_compiled": bench_compiled(ctx, out_dir / "bench_compiled")}

@@ -188,18 +188,6 @@ def test_benchmark_alternates_single_alone_and_data_parallel_phases(ddp):
         (k, r) for k in ("single", "alone", "ddp") for r in range(WORLD)}
 
 
-def test_benchmark_with_the_overlapped_update_is_named_and_labelled_apart(ddp):
-    """--overlap-update end to end on two gloo ranks (no side stream on a CPU: the update runs in step(), clipped
-    there): every step keeps its clip norm, ddp steps their all-reduce timing, and the run is named apart."""
-    result = ddp["bench_overlap"]
-    assert result["stem"].endswith("_vs1x1_overlap") and result["overlap_update"] is True
-    for rank in result["per_rank"]:
-        for phase in rank["phases"]:
-            for step in phase["steps"]:
-                assert step["grad_norm"] > 0 and "previous" not in step
-                assert ("reduce_tail_ms" in step) == (phase["kind"] == "ddp")
-
-
 @pytest.mark.parametrize("layout", ["flags in the last bucket", "flags alone"])
 def test_gradients_present_on_some_ranks_only(ddp, layout):
     """A parameter with a gradient on rank 0 only gets (g0 + 0) / 2 on both ranks, one with a gradient nowhere keeps

@@ -44,6 +44,17 @@ def test_tiny_run_writes_phases_profile_and_summary(tmp_path):
 
 
 
+def test_tiny_run_with_the_overlapped_update(tmp_path):
+    """--overlap-update end to end on one gloo process (no side stream on a CPU: the update runs in step(), clipped
+    there); every step keeps its clip norm and the run is labelled apart."""
+    out = tmp_path / "bench"
+    run_benchmark(out, 1, "--mode", "ddp", "--compare-single", "1", "--overlap-update", "--switch-every", "1")
+    result = json.loads((out / "tiny-llama_badam_n1_ddp_fp32_vs1x1_overlap.json").read_text())
+    assert result["overlap_update"] is True
+    for phase in result["per_rank"][0]["phases"]:
+        assert all(step["grad_norm"] > 0 and "previous" not in step for step in phase["steps"])
+    assert "fp32, update overlapped |" in (out / "summary.md").read_text()
+
 def test_scaling_compares_with_the_best_single_gpu_path(tmp_path):
     runs = {"a_n1": sharded_result(1, 100.0, "A"), "a_n2": sharded_result(2, 180.0, "A"),
             "b_n2": sharded_result(2, 150.0, "B"), "c_n2": sharded_result(2, 150.0, "C", batch_per_gpu=8)}
