@@ -10,8 +10,8 @@ the main stream wait for it right before the updated block's module runs again.
 
 Contract, once enabled (on CUDA; on a CPU nothing can run beside the main thread, so the update runs in ``step()``
 as it would without overlap, and only the checks below apply):
-  * ``step()`` returns once the update is queued. A one-shot forward pre-hook on each top module of the updated block
-    (the module its prefix names, e.g. ``model.layers.5``; for other prefixes the parameters' own modules) makes the
+  * ``step()`` returns once the update is queued. A one-shot forward pre-hook on each layer the updated block lies in
+    (``model.layers.5`` for any of its parameters; outside the layer stack the parameters' own modules) makes the
     current stream wait for the update before that module runs. ``model.state_dict()``, ``optimizer.state_dict()`` /
     ``load_state_dict()``, ``zero_grad(set_to_none=False)``, ``release()``, a block switch that re-activates updated
     parameters, ``last_grad_norm`` and ``wait_for_update()`` wait too. Anything else that reads or writes the updated
@@ -70,19 +70,17 @@ class CudaSideStream:
                 t.record_stream(self.stream)
 
 
-def block_modules(model: nn.Module, prefixes: list[str], params: list[torch.Tensor],
-                  names: dict[int, str]) -> list[nn.Module]:
-    """The modules whose forward must wait for an update of `params`: the module each prefix names where it names one
-    (``model.layers.5.`` -> ``model.layers.5``), else each parameter's own module."""
+def block_modules(model: nn.Module, params: list[torch.Tensor], names: dict[int, str]) -> list[nn.Module]:
+    """The modules whose forward must wait for an update of `params`: for a parameter inside a layer stack, the layer
+    (the name up to its first index: ``model.layers.5.self_attn.q_proj.weight`` -> ``model.layers.5``), whatever the
+    partition, because a graphed policy replays whole layers and a hook on a module inside one would not run in a
+    replay; for any other parameter (embeddings, final norm, head) its own module."""
     modules: dict[int, nn.Module] = {}
     for p in params:
-        name = names[id(p)]
-        prefix = next((x for x in prefixes if name.startswith(x)), None)
-        path = prefix.rstrip(".") if prefix is not None and prefix.endswith(".") else name.rpartition(".")[0]
-        try:
-            module = model.get_submodule(path) if path else model
-        except AttributeError:
-            module = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        parts = names[id(p)].split(".")
+        index = next((k for k, part in enumerate(parts[:-1]) if part.isdigit()), None)
+        path = ".".join(parts[:index + 1] if index is not None else parts[:-1])
+        module = model.get_submodule(path) if path else model
         modules[id(module)] = module
     return list(modules.values())
 
@@ -209,8 +207,7 @@ class UpdateOverlapMixin:
         return self._overlap.last_grad_norm
 
     def _guarded_modules(self) -> list[nn.Module]:
-        prefixes = [*self.block_prefix_list[self.current_block], *self.active_modules]
-        return block_modules(self._overlap_model, prefixes, self._active_params, self._param_names)
+        return block_modules(self._overlap_model, self._active_params, self._param_names)
 
     def _tensors_the_update_uses(self) -> list[torch.Tensor]:
         tensors = list(self._masters.masters) + list(self._masters.grad_tensors())

@@ -143,13 +143,28 @@ def test_a_switch_back_to_updated_weights_waits_first():
     assert params_equal(reference, model)
 
 
-def test_guarded_modules_are_the_layers_the_prefixes_name():
+def test_guarded_modules_are_whole_layers_whatever_the_partition():
+    """A graphed policy replays whole layers, where a hook on a module inside would not run: the layer is guarded."""
     model = tiny_llama(torch.float32, layers=3, tie=False)
     names = {id(p): n for n, p in model.named_parameters()}
-    layer = list(model.model.layers[1].parameters())
-    assert block_modules(model, ["model.layers.1."], layer, names) == [model.model.layers[1]]
-    head = [model.lm_head.weight]
-    assert block_modules(model, ["lm_head"], head, names) == [model.lm_head]  # a prefix without a dot: its module
+    layer = model.model.layers[1]
+    assert block_modules(model, list(layer.parameters()), names) == [layer]
+    assert block_modules(model, [layer.self_attn.q_proj.weight], names) == [layer]  # partition=matrix's block
+    assert block_modules(model, [model.lm_head.weight, model.model.norm.weight], names) == [model.lm_head,
+                                                                                          model.model.norm]
+
+
+def test_a_matrix_partition_waits_at_the_layer():
+    model = tiny_llama(torch.float32, layers=2)
+    log = []
+    prefixes = [[n] for n, _ in model.named_parameters() if ".layers." in n and n.endswith("proj.weight")]
+    opt = build(model, block_prefix_list=prefixes)
+    opt.overlap_update(model, side=RecordingSide(log))
+    handles = forward_log(model, log)
+    train(model, opt, 2)
+    for handle in handles:
+        handle.remove()
+    assert log[log.index("queue") + 1:] == ["wait event1", "layer0", "layer1", "queue"]
 
 
 def test_clipping_inside_the_update_equals_clipping_before_it():
