@@ -89,7 +89,7 @@ class UpdateOverlap:
     """Queues updates on a side stream and guards the modules that read what they write (module docstring)."""
 
     def __init__(self, model: nn.Module, side=None):
-        self.side = side
+        self.model, self.side = model, side
         self._event = None                         # the latest queued update (later ones imply earlier ones)
         self._pending_params: set[int] = set()     # ids of parameters a queued update writes
         self._hooks: dict[int, object] = {}        # id(module) -> its one-shot pre-hook handle
@@ -180,7 +180,6 @@ class UpdateOverlapMixin:
                                  f"{sorted(map(str, devices))}")
             device = devices.pop()
             side = CudaSideStream(device) if device.type == "cuda" else None
-        self._overlap_model = model
         self._overlap_max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self._overlap = UpdateOverlap(model, side)
         if self._sync is not None:
@@ -207,7 +206,7 @@ class UpdateOverlapMixin:
         return self._overlap.last_grad_norm
 
     def _guarded_modules(self) -> list[nn.Module]:
-        return block_modules(self._overlap_model, self._active_params, self._param_names)
+        return block_modules(self._overlap.model, self._active_params, self._param_names)
 
     def _tensors_the_update_uses(self) -> list[torch.Tensor]:
         tensors = list(self._masters.masters) + list(self._masters.grad_tensors())

@@ -157,7 +157,7 @@ def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, 
     with timer.phase("backward"), host.phase("backward"):
         method.backward(loss)
     overlap = getattr(args, "overlap_update", False)
-    lagged = overlap and method.optimizer.overlap_active  # on a CPU the update ran in step(): read it at once
+    lagged = timer.stream_only  # overlapped on a GPU (timed_steps decided); on a CPU the update ran in step()
     with timer.phase("update"), host.phase("update"):
         previous = _overlapped_step_figures(method, sync) if lagged and step else None
         norm = None if overlap else method.clip_and_norm(1.0)  # overlapped: clipped inside the queued update

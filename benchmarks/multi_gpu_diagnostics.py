@@ -330,5 +330,6 @@ def main(argv: list[str]) -> int:
     print("\n".join(markdown(results)))
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
