@@ -369,7 +369,8 @@ def summary_markdown(out: Path) -> str:
 
 def paired_with_plain(results: list[dict]) -> list[str]:
     """FSDP2 runs against the plain path measured right before them: an FSDP2 run and a `--mode ddp
-    --compare-single` run with the same --tag, model, method and batch form one repeat (scripts/gpu/issue18_ddp2.sh
+    --compare-single` run with the same --tag, model, method, batch, compiled layers and checkpointing
+    policy form one repeat (scripts/gpu/issue18_ddp2.sh
     fsdp1 alternates them). Ratio = FSDP2 tokens/s / (N x that run's median single-GPU tokens/s); median [min-max]
     over the repeats. A host-bound step drifts between minutes-apart runs, so this pairing is the fair comparison
     where the best-of-folder baseline is not."""
@@ -378,15 +379,19 @@ def paired_with_plain(results: list[dict]) -> list[str]:
         tag = r.get("tag") or (layout[layout.rindex(" [") + 2:-1] if layout.endswith("]") else None)
         return tag, layout.removesuffix(f" [{tag}]") if tag else layout
 
+    def policy(r: dict) -> str | None:  # both sides checkpoint alike; JSONs from before the policies: the default
+        return r.get("checkpointing", "non-reentrant")
+
     same = ("model", "method", "seq_len", "batch_per_gpu")
-    plain = {(*(r.get(k) for k in same), compile_backend(r), r["tag"]): r["single_tokens_per_s"]["median"]
+    plain = {(*(r.get(k) for k in same), compile_backend(r), policy(r), r["tag"]): r["single_tokens_per_s"]["median"]
              for r in results
              if r.get("mode") == "ddp" and r.get("tag") and r.get("single_tokens_per_s")}
     groups: dict[tuple, list[tuple[str, float]]] = {}
     for r in results:
         tag, layout = tagged(r)
         fsdp2 = r.get("mode", "fsdp2") == "fsdp2"
-        base = plain.get((*(r.get(k) for k in same), compile_backend(r), tag)) if fsdp2 and tag else None
+        base = plain.get((*(r.get(k) for k in same), compile_backend(r), policy(r), tag)) if fsdp2 and tag else None
+        layout += checkpointing_note(policy(r))
         if base:
             what = (r["model"], r["method"], layout, r["gpus"], r["batch_per_gpu"], r["seq_len"])
             groups.setdefault(what, []).append((tag, r["tokens_per_s"] / (r["gpus"] * base)))

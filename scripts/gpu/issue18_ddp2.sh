@@ -19,7 +19,8 @@
 #          FSDP2 run with rank 0's profiler table (runs/mg1); REPEATS="4 5 6" PROFILE=0 adds repeats to the folder;
 #          KEEPALL=1 adds per repeat an FSDP2 run that keeps every layer backward reaches gathered from forward on
 #          (--keep-gathered-layers -1: no second all-gather in backward, for up to the model's bf16 bytes more);
-#          COMPILED=1 runs all of them with compiled decoder layers (--compile-layers; logs *_compiled_r*)
+#          COMPILED=1 runs all of them with compiled decoder layers (--compile-layers; logs *_compiled_r*);
+#          POLICY=block-reentrant checkpoints all of them with that policy (--checkpointing; logs *_ckpt-POLICY_r*)
 #   compile1 (nvidia-h100-x1, ~8 min) ONE GPU, 8B, batch 2: the plain path with eager layers against the same with every
 #          decoder layer compiled (--compile-layers, inductor), 3 x alternating (runs/mg1c; each compiled run compiles
 #          its three graphs in the first two steps, inductor's on-disk cache makes the later runs' compiles short);
@@ -96,6 +97,7 @@ case $phase in
         export NPROC=1 LIMIT=150
         layers=(); c=
         [ "${COMPILED:-0}" = 0 ] || { layers=(--compile-layers); c=_compiled; LIMIT=240; }
+        [ -z "${POLICY:-}" ] || { layers+=(--checkpointing "$POLICY"); c+=_ckpt-$POLICY; }
         for r in ${REPEATS:-1 2 3}; do
             run plain${c}_r$r "${plain1[@]}" --tag r$r "${layers[@]}" || exit 1
             run fsdp1${c}_r$r --switch-every 1 --steps 35 --tag r$r "${layers[@]}" || exit 1

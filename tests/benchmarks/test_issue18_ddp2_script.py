@@ -98,7 +98,6 @@ def test_ckpt2_at_batch_8(tmp_path):
         "ddp_b8_compiled_ckpt-block-reentrant-graphed_r1.txt"]
 
 
-
 def test_ckpt2_with_the_bf16_all_reduce(tmp_path):
     """REDUCE=bf16: the policies' runs all-reduce in bf16, their logs named apart from the fp32 runs' (default fp32)."""
     lines = recorded_calls(tmp_path, "ckpt2", POLICIES="block-reentrant-graphed", REDUCE="bf16", REPEATS="1 2")
@@ -115,6 +114,17 @@ def test_ckpt2_with_and_without_the_overlapped_update(tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs" / "mg").glob("*.txt")) == [
         "ddp_b2_compiled_ckpt-block-reentrant-graphed_overlap_r1.txt",
         "ddp_b2_compiled_ckpt-block-reentrant-graphed_r1.txt"]
+
+
+
+def test_fsdp1_with_compiled_layers_and_a_checkpointing_policy(tmp_path):
+    """POLICY: the plain path and FSDP2 of each repeat checkpoint alike (so the summary pairs them), logs named apart."""
+    lines = recorded_calls(tmp_path, "fsdp1", COMPILED="1", POLICY="block-reentrant", REPEATS="1", PROFILE="0")
+    assert len(lines) == 2 and all("--compile-layers --checkpointing block-reentrant" in line for line in lines)
+    assert ["--mode ddp" in line for line in lines] == [True, False]
+    assert sorted(p.name for p in (tmp_path / "runs" / "mg1").glob("*.txt")) == [
+        "fsdp1_compiled_ckpt-block-reentrant_r1.txt", "plain_compiled_ckpt-block-reentrant_r1.txt"]
+
 
 def test_a_bad_phase_is_named_and_writes_nothing(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "b2"], capture_output=True, text=True, cwd=tmp_path,
