@@ -29,7 +29,7 @@ memory); each holds its static inputs and output (about two activations per laye
 costs eager calls, not memory, and after RECORDINGS_PER_KEPT_GRAPH x `max_per_layer` recordings a layer runs as it
 is. So does any other call that cannot be graphed: CPU tensors, a capture already under way, a failed capture, a
 call through the layer's own __call__ while it has forward hooks (e.g. FSDP2's all-gather under transformers before
-5.2x). A replay runs the kernels the warm-up ran on the same values (tests/badam/test_layer_graphs.py
+5.2x) other than those marked graph_safe, which run before the replay. A replay runs the kernels the warm-up ran on the same values (tests/badam/test_layer_graphs.py
 compares losses and gradients with policy "block" on a GPU).
 """
 from __future__ import annotations
@@ -52,6 +52,28 @@ RECORDINGS_PER_KEPT_GRAPH = 4
 
 def _clone(value):
     return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def graph_safe(hook: Callable) -> Callable:
+    """Mark a forward pre-hook that LayerGraphs.run may call itself and then replay the module's graph: the hook
+    changes neither the arguments nor anything the graph reads, and a second call does nothing (e.g. the overlapped
+    update's stream wait, badam/overlap.py). Unmarked hooks keep the call eager."""
+    hook._graph_safe = True
+    return hook
+
+
+def hooks_left_after_graph_safe(module: nn.Module, args: tuple) -> bool:
+    """Call `module`'s graph-safe forward pre-hooks (they may remove themselves); True when a hook is left that a
+    replay would skip: any other pre-hook or forward hook. A call through the module's own __call__ runs its hooks,
+    which a replay cannot (an eager call runs the graph-safe ones a second time, which does nothing)."""
+    with_kwargs = module._forward_pre_hooks_with_kwargs
+    safe = [key for key, hook in module._forward_pre_hooks.items()  # in the order __call__ would run them
+            if getattr(hook, "_graph_safe", False) and key not in with_kwargs]
+    for key in safe:
+        hook = module._forward_pre_hooks.get(key)
+        if hook is not None:  # an earlier one may have removed it
+            hook(module, args)
+    return bool(module._forward_hooks) or any(key not in safe for key in module._forward_pre_hooks)
 
 
 def call_parts(function: Callable, args: tuple, kwargs: dict) -> tuple[Callable, tuple, dict]:
@@ -131,8 +153,7 @@ class LayerGraphs:
         with torch.no_grad():
             leaves, spec = tree_flatten((args, kwargs))
             key = call_signature(module, leaves, spec)
-            hooks = getattr(function, "__self__", None) is module and (module._forward_pre_hooks or
-                                                                          module._forward_hooks)
+            hooks = getattr(function, "__self__", None) is module and hooks_left_after_graph_safe(module, args)
             if key is None or hooks or torch.cuda.is_current_stream_capturing():
                 self.counts["not_graphable"] += 1
                 return function(*args, **kwargs)

@@ -31,9 +31,11 @@ update checks that p.grad is still the rounding of the fp32 sum, a comparison th
 such check). What overlaps is what lies below the updated block in the next forward: a block near the input overlaps
 little.
 
-Under transformers 5.1x (whose layers checkpoint their own ``__call__``, hooks inside), the call that carries the
-pre-hook runs eagerly under the graphed checkpointing policies (badam/layer_graphs.py leaves hooked calls eager): one
-layer per step. Under 5.2x the hook runs before the checkpoint and the layer is replayed as usual.
+Under transformers 5.1x (whose layers checkpoint their own ``__call__``, hooks inside) the graphed checkpointing
+policies call the pre-hook themselves before replaying the layer (it is marked ``graph_safe``, badam/layer_graphs.py);
+until that mark, the hooked layer ran eagerly, and where it lay above the active block (in ascending order the last
+block's update, seen from block 0) its eager call needed one more compiled variant of the layer (a one-time compile,
+1.2 s on the 2 x H100 of results/bench/multi_gpu_h100x2_overlap). Under 5.2x the hook runs before the checkpoint.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+
+from .layer_graphs import graph_safe
 
 
 class CudaSideStream:
@@ -120,6 +124,7 @@ class UpdateOverlap:
         self.launched += 1
         return result
 
+    @graph_safe  # a stream wait: a graphed policy may replay the layer after it
     def _before_forward(self, module, args):
         self.wait()
 

@@ -191,6 +191,47 @@ def test_a_call_through_a_hooked_layer_call_is_not_graphed():
     assert graphs.stats()["counts"] == {"not_graphable": 3} and all(torch.equal(outs[0], o) for o in outs)
 
 
+def test_graph_safe_pre_hooks_are_called_and_others_keep_the_call_eager():
+    """A hook marked graph_safe (the overlapped update's stream wait) is called before a replay would run; it may
+    remove itself; any other hook, or a marked one taking kwargs, leaves the call eager (its __call__ runs them)."""
+    from badam.layer_graphs import graph_safe, hooks_left_after_graph_safe
+
+    layer, calls = torch.nn.Linear(2, 2), []
+    handles = []
+
+    @graph_safe
+    def wait_once(module, args):
+        calls.append(len(args))
+        handles[0].remove()
+
+    handles.append(layer.register_forward_pre_hook(wait_once))
+    assert not hooks_left_after_graph_safe(layer, (torch.ones(2),)) and calls == [1] and not layer._forward_pre_hooks
+    other = layer.register_forward_pre_hook(lambda module, args: calls.append("other"))
+    assert hooks_left_after_graph_safe(layer, (torch.ones(2),)) and calls == [1]
+    other.remove()
+    layer.register_forward_pre_hook(graph_safe(lambda module, args, kwargs: calls.append("kw")), with_kwargs=True)
+    assert hooks_left_after_graph_safe(layer, ()) and calls == [1]
+    on_cpu = LayerGraphs()  # CPU tensors: never graphed, the call runs its __call__ (hooks included) as it is
+    layer._forward_pre_hooks.clear()
+    handles[0] = layer.register_forward_pre_hook(wait_once)
+    on_cpu.run(layer, functools.partial(layer.__call__), (torch.ones(2),), {})
+    assert calls == [1, 1] and on_cpu.stats()["counts"] == {"not_graphable": 1}
+
+
+@cuda
+def test_a_hooked_layer_call_with_only_graph_safe_hooks_is_replayed():
+    from badam.layer_graphs import graph_safe
+
+    layer = torch.nn.Linear(4, 4).cuda().requires_grad_(False)
+    calls = []
+    layer.register_forward_pre_hook(graph_safe(lambda module, args: calls.append(1)))
+    graphs = LayerGraphs()
+    x = torch.randn(2, 4, device="cuda")
+    outs = [graphs.run(layer, functools.partial(layer.__call__), (x,), {}) for _ in range(3)]
+    assert graphs.stats()["counts"] == {"first_sight": 1, "captured": 1, "replayed": 1}
+    assert all(torch.equal(outs[0], o) for o in outs) and len(calls) >= 3  # before each call (and inside the eager ones)
+
+
 @cuda
 def test_a_layer_whose_signatures_keep_changing_stops_being_recorded():
     from badam.layer_graphs import RECORDINGS_PER_KEPT_GRAPH

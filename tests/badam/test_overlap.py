@@ -234,10 +234,12 @@ def gpu_pair(policy=None):
     reference = tiny_llama(torch.bfloat16, layers=4)
     model = clone_model(reference)
     reference, model = reference.cuda(), model.cuda()
+    graphs = []
     for m in (reference, model):
         if policy is not None:
-            enable_block_checkpointing(m, policy=policy)
+            graphs.append(enable_block_checkpointing(m, policy=policy))
         m.train()
+    model.layer_graphs = graphs[-1] if graphs else None  # the test reads its counts
     return reference, model
 
 
@@ -267,6 +269,26 @@ def test_on_a_gpu_the_side_stream_gives_the_same_numbers(policy, kwargs):
     assert [float(x) for x in losses] == ref_losses and [float(x) for x in norms] == ref_norms
     assert params_equal(reference, model)
     assert queued == 12 and opt._overlap.launched == 12
+
+
+@cuda
+@pytest.mark.parametrize("policy", ["block-graphed", "block-reentrant-graphed"])
+def test_on_a_gpu_the_hooked_layer_is_replayed_after_its_wait(policy):
+    """Nothing reads the norm between steps, so the wait happens in the updated layer's pre-hook, called by the
+    graphed policy itself before the replay (graph_safe): no layer call is left eager, and the numbers stay those of
+    the plain update. 12 steps, K = 1 ascending: block 3's update is waited for in block 0's steps, above the active
+    block (where block-reentrant-graphed replays the first forward)."""
+    reference, model = gpu_pair(policy)
+    ref_losses, _ = train(reference, build(reference), 12, device="cuda")
+    opt = build(model)
+    opt.overlap_update(model)
+    losses = train(model, opt, 12, device="cuda")[0]
+    torch.cuda.synchronize()
+    opt.wait_for_update()
+    assert losses == ref_losses and params_equal(reference, model)
+    counts = model.layer_graphs.stats()["counts"]
+    assert "not_graphable" not in counts and counts["replayed"] > 0, counts
+    assert opt._overlap.waits >= 11
 
 
 @cuda
