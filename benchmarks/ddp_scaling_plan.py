@@ -41,7 +41,8 @@ Per step and GPU, for N GPUs (weak scaling: the same per-GPU batch, so the per-G
              pool's top 1/N, so at 64 GPUs the figure rests on the pool's top few values (hence the wide interval).
              ASSUMPTION: the ranks' noise is independent and like GPU 0's alone; a shared host's contention between
              8 processes is not in it. Checked at N = 2 against the diagnostics' noise cost (mean of max(a, b) - a
-             over the same step of two single rounds) and the measured ddp excess.
+             over the same step of two single rounds) and the measured ddp excess. Steps in which Dynamo compiled a
+             graph, and the step after each, are left out of every figure (drop_compile_steps: one-time costs).
   predicted  step = mean single step + exposed + straggler; efficiency = single step / predicted step (tokens/s
              against N x one GPU), speed-up = N x efficiency. The check row holds the measured 2-GPU figures: mean
              single step / mean ddp step (slower rank per step), pooled over the setting's rounds.
@@ -137,6 +138,23 @@ def load_result(path: str) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise PlanInputError(f"{path}: unreadable ({exc}); {EXPECTED}") from None
     check_result(result, path)
+    return drop_compile_steps(result)
+
+
+def drop_compile_steps(result: dict) -> dict:
+    """Leave out, in every phase of every rank, the timed step indexes in which Dynamo compiled a graph on any of
+    them (``new_graphs``, --compile-layers) and the step after each (where the other ranks wait for it at the next
+    collective, a step later when the update overlaps): a one-time cost, not step noise (one such step of 1.2 s made a
+    64-GPU straggler of it). Same indexes everywhere, so the phases stay aligned step by step; the count goes to
+    ``compile_steps_dropped``."""
+    warmup = result["warmup"]
+    compiled = {i + after for rank in result["per_rank"] for phase in rank["phases"]
+                for i, step in enumerate(phase["steps"]) if i >= warmup and (step.get("new_graphs") or 0) > 0
+                for after in (0, 1)}
+    for rank in result["per_rank"]:
+        for phase in rank["phases"]:
+            phase["steps"] = [step for i, step in enumerate(phase["steps"]) if i not in compiled]
+    result["compile_steps_dropped"] = len(compiled)
     return result
 
 
@@ -242,7 +260,8 @@ def measure(results: list[dict]) -> dict:
             "exposed_ms": statistics.median(paired_excess(r, "ddp")["backward_min_ms"] for r in results),
             "noise_ms": statistics.fmean(noise_cost(r)["ms"] for r in results),
             "round_ratios": (min(b["min"] for b in rounds), max(b["max"] for b in rounds)),
-            "pool": [x for r in results for x in single_residuals(r)]}
+            "pool": [x for r in results for x in single_residuals(r)],
+            "compile_steps_dropped": sum(r.get("compile_steps_dropped", 0) for r in results)}
 
 
 def plan_rows(m: dict, args, nvlink_gbs: float, counts: list[int] | None = None) -> list[dict]:
@@ -273,7 +292,9 @@ def setting_markdown(label: str, names: list[str], m: dict, rows: list[dict]) ->
              f"last, median) {m['span_ms']:.2f} ms = window {m['window_ms']:.2f} + tail {m['tail_ms']:.2f} ms "
              f"({m['tail_ms'] / m['span_ms']:.0%} of the span after the backward's own work; bus bandwidth bound of "
              f"these runs {m['bound_gbs']:.0f} GB/s); paired backward excess (exposed) {m['exposed_ms']:.2f} ms; "
-             f"noise cost {m['noise_ms']:.1f} ms; {len(m['pool'])} single-GPU step residuals.", "",
+             f"noise cost {m['noise_ms']:.1f} ms; {len(m['pool'])} single-GPU step residuals"
+             + (f"; {m['compile_steps_dropped']} step index(es) left out, a graph compiled in them or the step before"
+                if m.get("compile_steps_dropped") else "") + ".", "",
              "| N | sent per GPU per step | all-reduce ms | exposed ms | straggler ms [5-95 %] | predicted step ms | "
              "predicted efficiency | predicted speed-up |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

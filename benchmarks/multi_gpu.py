@@ -391,7 +391,6 @@ def paired_with_plain(results: list[dict]) -> list[str]:
         tag, layout = tagged(r)
         fsdp2 = r.get("mode", "fsdp2") == "fsdp2"
         base = plain.get((*(r.get(k) for k in same), compile_backend(r), policy(r), tag)) if fsdp2 and tag else None
-        layout += checkpointing_note(policy(r))
         if base:
             what = (r["model"], r["method"], layout, r["gpus"], r["batch_per_gpu"], r["seq_len"])
             groups.setdefault(what, []).append((tag, r["tokens_per_s"] / (r["gpus"] * base)))

@@ -91,11 +91,13 @@ def test_fsdp2_runs_are_paired_with_the_plain_path_of_their_repeat(tmp_path):
     table = multi_gpu.summary_markdown(tmp_path)
     assert "| m | badam | A | 1 | 2 x 8 | 3 | 0.900 [0.800-0.900] | r1 0.800, r2 0.900, r3 0.900 |" in table
     assert "| m | badam | A [r3] | 1 | 2 x 8 | 10 | 3 / 6 / 1 | 81 | 81 | 0.68 |" in table  # best of folder: 120
-    # a repeat checkpointed with another policy pairs with the plain path of that policy, in a row of its own
+    # a repeat checkpointed with another policy (named in its FSDP groups, as the benchmark writes them) pairs with
+    # the plain path of that policy, in a row of its own
     for name, run in (("m_badam_n1_ddp_ckpt_r1", replicated_result(
             1, spread_of(1.0), tag="r1", single_tokens_per_s=spread_of(200.0), scaling_per_round=spread_of(1.0),
             scaling_of_medians=1.0, single_peak_allocated_bytes_max=None, checkpointing="block-reentrant")),
-            ("m_badam_n1_ckpt_r1", sharded_result(1, 170.0, "A", tag="r1", checkpointing="block-reentrant"))):
+            ("m_badam_n1_ckpt_r1", sharded_result(1, 170.0, "A, block-reentrant checkpointing", tag="r1",
+                                                  checkpointing="block-reentrant"))):
         (tmp_path / f"{name}.json").write_text(json.dumps(run))
     table = multi_gpu.summary_markdown(tmp_path)
     assert "| m | badam | A | 1 | 2 x 8 | 3 | 0.900 [0.800-0.900] | r1 0.800, r2 0.900, r3 0.900 |" in table
