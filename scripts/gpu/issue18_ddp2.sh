@@ -20,7 +20,8 @@
 #          KEEPALL=1 adds per repeat an FSDP2 run that keeps every layer backward reaches gathered from forward on
 #          (--keep-gathered-layers -1: no second all-gather in backward, for up to the model's bf16 bytes more);
 #          COMPILED=1 runs all of them with compiled decoder layers (--compile-layers; logs *_compiled_r*);
-#          POLICY=block-reentrant checkpoints all of them with that policy (--checkpointing; logs *_ckpt-POLICY_r*)
+#          POLICY=block-reentrant checkpoints all of them with that policy (--checkpointing; logs *_ckpt-POLICY_r*);
+#          BATCH=8 runs all of them at that batch per GPU (logs *_b8_r*; a GPU-bound step: does FSDP2's host work hide?)
 #   compile1 (nvidia-h100-x1, ~8 min) ONE GPU, 8B, batch 2: the plain path with eager layers against the same with every
 #          decoder layer compiled (--compile-layers, inductor), 3 x alternating (runs/mg1c; each compiled run compiles
 #          its three graphs in the first two steps, inductor's on-disk cache makes the later runs' compiles short);
@@ -98,6 +99,7 @@ case $phase in
         layers=(); c=
         [ "${COMPILED:-0}" = 0 ] || { layers=(--compile-layers); c=_compiled; LIMIT=240; }
         [ -z "${POLICY:-}" ] || { layers+=(--checkpointing "$POLICY"); c+=_ckpt-$POLICY; }
+        [ -z "${BATCH:-}" ] || { layers+=(--batch-size "$BATCH"); c+=_b$BATCH; LIMIT=240; }
         for r in ${REPEATS:-1 2 3}; do
             run plain${c}_r$r "${plain1[@]}" --tag r$r "${layers[@]}" || exit 1
             run fsdp1${c}_r$r --switch-every 1 --steps 35 --tag r$r "${layers[@]}" || exit 1

@@ -126,6 +126,14 @@ def test_fsdp1_with_compiled_layers_and_a_checkpointing_policy(tmp_path):
         "fsdp1_compiled_ckpt-block-reentrant_r1.txt", "plain_compiled_ckpt-block-reentrant_r1.txt"]
 
 
+
+def test_fsdp1_at_batch_8(tmp_path):
+    lines = recorded_calls(tmp_path, "fsdp1", BATCH="8", KEEPALL="1", REPEATS="1", PROFILE="0")
+    assert len(lines) == 3 and all("--batch-size 8" in line for line in lines)
+    assert sorted(p.name for p in (tmp_path / "runs" / "mg1").glob("*.txt")) == [
+        "fsdp1_b8_keepall_r1.txt", "fsdp1_b8_r1.txt", "plain_b8_r1.txt"]
+
+
 def test_a_bad_phase_is_named_and_writes_nothing(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "b2"], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "OUT": str(tmp_path / "out"), "BADAM_SOURCE_COMMIT": "x"})
