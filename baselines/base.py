@@ -208,6 +208,12 @@ class Method:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
+    @property
+    def update_overlapped(self) -> bool:
+        """True when the update runs beside the next forward (a side CUDA stream, e.g. BAdam's overlap_update): the
+        loop's step timer then waits for its own stream only between steps."""
+        return False
+
     def set_max_grad_norm(self, max_norm: float | None) -> None:
         """Told once before training. Methods that update inside backward (LOMO, layer-wise GaLore) must know the
         clipping threshold before the backward pass; the others clip in clip_and_norm and ignore this."""

@@ -322,7 +322,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
             batches_fn = dist_mod.shard_batches_fn(batches_fn, dist_ctx)
         compiling = compile_for_training(model, method, cfg.compile_layers)  # sharded, before masters and ddp's sync
         method.build_optimizer(model)
-        timer.stream_only = getattr(method, "update_overlapped", False)  # the update may overlap the next forward
+        timer.stream_only = method.update_overlapped  # the update may overlap the next forward
         data_parallel = ddp_mod.DataParallel(model, method, dist_ctx, cfg.ddp_reduce_dtype) if ddp else None
         model.train()
         if getattr(getattr(model, "config", None), "use_cache", False):
