@@ -29,8 +29,9 @@ memory); each holds its static inputs and output (about two activations per laye
 costs eager calls, not memory, and after RECORDINGS_PER_KEPT_GRAPH x `max_per_layer` recordings a layer runs as it
 is. So does any other call that cannot be graphed: CPU tensors, a capture already under way, a failed capture, a
 call through the layer's own __call__ while it has forward hooks (e.g. FSDP2's all-gather under transformers before
-5.2x) other than those marked graph_safe, which run before the replay. A replay runs the kernels the warm-up ran on the same values (tests/badam/test_layer_graphs.py
-compares losses and gradients with policy "block" on a GPU).
+5.2x) other than those marked graph_safe (they run before the replay). A replay runs the kernels the
+warm-up ran on the same values (tests/badam/test_layer_graphs.py compares losses and gradients with policy "block" on
+a GPU).
 """
 from __future__ import annotations
 

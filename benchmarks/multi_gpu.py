@@ -369,11 +369,10 @@ def summary_markdown(out: Path) -> str:
 
 def paired_with_plain(results: list[dict]) -> list[str]:
     """FSDP2 runs against the plain path measured right before them: an FSDP2 run and a `--mode ddp
-    --compare-single` run with the same --tag, model, method, batch, compiled layers and checkpointing
-    policy form one repeat (scripts/gpu/issue18_ddp2.sh
-    fsdp1 alternates them). Ratio = FSDP2 tokens/s / (N x that run's median single-GPU tokens/s); median [min-max]
-    over the repeats. A host-bound step drifts between minutes-apart runs, so this pairing is the fair comparison
-    where the best-of-folder baseline is not."""
+    --compare-single` run with the same --tag, model, method, batch, compiled layers and checkpointing policy form one
+    repeat (scripts/gpu/issue18_ddp2.sh fsdp1 alternates them). Ratio = FSDP2 tokens/s / (N x that run's median
+    single-GPU tokens/s); median [min-max] over the repeats. A host-bound step drifts between minutes-apart runs, so
+    this pairing is the fair comparison where the best-of-folder baseline is not."""
     def tagged(r: dict) -> tuple[str | None, str]:  # (tag, FSDP groups without it); older JSONs: from the groups
         layout = r.get("fsdp_groups", "layers + root")
         tag = r.get("tag") or (layout[layout.rindex(" [") + 2:-1] if layout.endswith("]") else None)

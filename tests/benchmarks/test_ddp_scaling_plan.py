@@ -276,4 +276,5 @@ def test_steps_that_compiled_a_graph_are_left_out_everywhere(tmp_path, capsys):
         text = capsys.readouterr().out
         tables.append([line for line in text.splitlines() if line.startswith("| ")])
     assert tables[0] == tables[1]
-    assert "6 single-GPU step residuals; 2 step index(es) left out, a graph compiled in them or the step before." in text
+    assert ("6 single-GPU step residuals; 2 step index(es) left out, a graph compiled in them or the step "
+            "before.") in text

@@ -118,7 +118,8 @@ def test_ckpt2_with_and_without_the_overlapped_update(tmp_path):
 
 
 def test_fsdp1_with_compiled_layers_and_a_checkpointing_policy(tmp_path):
-    """POLICY: the plain path and FSDP2 of each repeat checkpoint alike (so the summary pairs them), logs named apart."""
+    """POLICY: the plain path and FSDP2 of each repeat checkpoint alike (so the summary pairs them); logs named
+    apart."""
     lines = recorded_calls(tmp_path, "fsdp1", COMPILED="1", POLICY="block-reentrant", REPEATS="1", PROFILE="0")
     assert len(lines) == 2 and all("--compile-layers --checkpointing block-reentrant" in line for line in lines)
     assert ["--mode ddp" in line for line in lines] == [True, False]
