@@ -1,6 +1,7 @@
 """FSDP2's own host cost on one process, measured on the CPU: the plain path against FSDP2 (issue 18's one-GPU target).
 
     python benchmarks/fsdp2_host_cost.py --out results/bench/fsdp2_host_cost [--layers 32] [--rounds 5] [--profile]
+        [--layers-per-unit K]
 
 Why on the CPU: on one H100 a Llama 3-8B BAdam step under FSDP2 makes 0.69-0.85 of the plain path's tokens/s, and the
 FSDP2 step is host-bound (its issuing thread's time equals the GPU's; benchmarks/README.md, "FSDP2 on one GPU"). A
@@ -18,7 +19,11 @@ drifts up to 2x within seconds; taking turns step by step lets a slow stretch re
 path's median step, and over rounds the median and range of each path and of their ratio (plain / FSDP2 = FSDP2's
 share of the plain path's throughput, the quantity of the one-GPU target). --profile adds cProfile's 25 costliest
 functions under FSDP2 (cumulative; names containing "fsdp" or "gather") from --steps more FSDP2 steps.
-Writes <out>/fsdp2_host_cost_l<L>.json.
+--layers-per-unit K > 1 shards K consecutive layers as one FSDP2 unit (``fully_shard`` of the K modules together, then
+the root; not a harness layout, and without experiments/fsdp_gather.py's per-layer policy): it separates what FSDP2
+costs per unit (hooks, one gather per unit) from what it costs per weight (each unshard copies and swaps every weight
+of the unit), at the price of K layers gathered at once. Writes <out>/fsdp2_host_cost_l<L>.json (K > 1:
+..._l<L>_u<K>.json).
 """
 from __future__ import annotations
 
@@ -118,10 +123,27 @@ def profile_fsdp2(path: TrainingPath, steps: int) -> str:
     return text.getvalue()
 
 
+def sharding(ctx, layers_per_unit: int):
+    """How the FSDP2 path shards its model: the harness's layout (shard_model) for one layer per unit, else K
+    consecutive layers per FSDP2 unit and the root."""
+    if layers_per_unit == 1:
+        return lambda model: dist_mod.shard_model(model, ctx)
+
+    def shard(model):
+        from torch.distributed.fsdp import fully_shard
+
+        layers = list(dist_mod.transformer_layers(model))
+        for first in range(0, len(layers), layers_per_unit):
+            fully_shard(layers[first:first + layers_per_unit], mesh=ctx.mesh)
+        fully_shard(model, mesh=ctx.mesh)
+        return model
+    return shard
+
+
 def run(args, ctx) -> dict:
     batch = torch.randint(0, 256, (1, args.seq_len), generator=torch.Generator().manual_seed(1))
     plain = TrainingPath(build_model(args.layers, args.width), batch)
-    sharded = TrainingPath(build_model(args.layers, args.width), batch, lambda model: dist_mod.shard_model(model, ctx))
+    sharded = TrainingPath(build_model(args.layers, args.width), batch, sharding(ctx, args.layers_per_unit))
     for path in (plain, sharded):
         for _ in range(args.warmup):
             path.step()
@@ -130,11 +152,14 @@ def run(args, ctx) -> dict:
         times = [(plain.timed_step(), sharded.timed_step()) for _ in range(args.steps)]
         rounds.append({"plain_ms": statistics.median(t[0] for t in times),
                        "fsdp2_ms": statistics.median(t[1] for t in times)})
+    with torch.no_grad():  # the same steps on the same batch: the same model (a check that the sharding is exact)
+        losses = {"plain": float(plain.forward()), "fsdp2": float(sharded.forward())}
     ratios = [r["plain_ms"] / r["fsdp2_ms"] for r in rounds]
-    result = {"layers": args.layers, "width": args.width, "seq_len": args.seq_len, "steps_per_round": args.steps,
+    result = {"layers": args.layers, "layers_per_unit": args.layers_per_unit, "width": args.width,
+              "seq_len": args.seq_len, "steps_per_round": args.steps,
               "warmup": args.warmup, "threads": torch.get_num_threads(), "rounds": rounds,
               "plain_ms": spread([r["plain_ms"] for r in rounds]), "fsdp2_ms": spread([r["fsdp2_ms"] for r in rounds]),
-              "plain_over_fsdp2": spread(ratios), "environment": cpu_environment()}
+              "plain_over_fsdp2": spread(ratios), "losses_after": losses, "environment": cpu_environment()}
     if args.profile:
         result["fsdp2_profile"] = profile_fsdp2(sharded, args.steps)
     return result
@@ -165,7 +190,12 @@ def checked_args(p: argparse.ArgumentParser, argv: list[str] | None):
 def parse_args(argv: list[str] | None = None):
     p = tiny_model_parser(__doc__.split("\n\n")[0], steps=10, warmup=3, unit="path")
     p.add_argument("--profile", action="store_true")
-    return checked_args(p, argv)
+    p.add_argument("--layers-per-unit", type=int, default=1, metavar="K",
+                   help="consecutive layers per FSDP2 unit (1: the harness's layout)")
+    args = checked_args(p, argv)
+    if args.layers_per_unit < 1:
+        p.error(f"--layers-per-unit must be >= 1; got {args.layers_per_unit}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.distributed.destroy_process_group()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"fsdp2_host_cost_l{args.layers}.json"
+    unit = f"_u{args.layers_per_unit}" if args.layers_per_unit > 1 else ""
+    path = out / f"fsdp2_host_cost_l{args.layers}{unit}.json"
     path.write_text(json.dumps(result, indent=1))
     r = result["plain_over_fsdp2"]
-    print(f"{args.layers} layers of width {args.width}, {args.rounds} rounds of {args.steps} steps: plain "
+    print(f"{args.layers} layers of width {args.width} ({args.layers_per_unit} per FSDP2 unit), {args.rounds} rounds "
+          f"of {args.steps} steps: plain "
           f"{result['plain_ms']['median']:.1f} ms, FSDP2 {result['fsdp2_ms']['median']:.1f} ms per step; plain / FSDP2 "
           f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}] -> {path}")
     if args.profile:
