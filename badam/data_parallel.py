@@ -458,8 +458,7 @@ class DataParallelMixin:
             "schedule": (self.switch_mode, self.switch_block_every, self._order, self._order_pos),
             "gradients mode": self.gradients, "reduce dtype and buckets": (str(sync.reduce_dtype), bucket_numel)})
         self._sync = sync
-        overlap = getattr(self, "_overlap", None)
-        sync.defer_to_step = overlap is not None and overlap.side is not None  # badam/overlap.py, enabled first
+        sync.defer_to_step = getattr(self, "overlap_active", False)  # badam/overlap.py, when enabled first
         if reorder and self.switch_mode == "random":
             self._report({"event": "order", "block_epoch": self.block_epoch, "order": self._order})
         self._activate(self.current_block, event=None)  # masters again, from the (broadcast) weights; hooks on

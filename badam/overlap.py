@@ -188,7 +188,7 @@ class UpdateOverlapMixin:
         self._overlap_max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self._overlap = UpdateOverlap(model, side)
         if self._sync is not None:
-            self._sync.defer_to_step = side is not None
+            self._sync.defer_to_step = self.overlap_active
 
     @property
     def overlap_active(self) -> bool:

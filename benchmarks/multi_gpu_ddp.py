@@ -107,7 +107,7 @@ def timed_steps(args, ctx, model, method, gen, profile=None, sync=None) -> list[
     from badam_bench_worker import GcWatch
     from experiments.measure import StepTimer
 
-    vocab, overlap = model.config.vocab_size, getattr(args, "overlap_update", False)
+    vocab, overlap = model.config.vocab_size, args.overlap_update
     autocast = torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
     timer = StepTimer(ctx.device, stream_only=overlap and method.optimizer.overlap_active)
     counter = flop_counter(model)
@@ -156,7 +156,7 @@ def _timed_step(args, ctx, model, method, gen, vocab, autocast, timer, counter, 
         loss = model(input_ids=ids, labels=ids).loss
     with timer.phase("backward"), host.phase("backward"):
         method.backward(loss)
-    overlap = getattr(args, "overlap_update", False)
+    overlap = args.overlap_update
     lagged = timer.stream_only  # overlapped on a GPU (timed_steps decided); on a CPU the update ran in step()
     with timer.phase("update"), host.phase("update"):
         previous = _overlapped_step_figures(method, sync) if lagged and step else None
@@ -250,7 +250,7 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
     method.build_optimizer(model)
     data_parallel = ddp_mod.DataParallel(model, method, ctx, args.reduce_dtype,
                                          args.max_in_flight) if kind == "ddp" else None
-    if getattr(args, "overlap_update", False):  # every phase kind alike: the single path gets the overlap too
+    if args.overlap_update:  # every phase kind alike: the single path gets the overlap too
         method.optimizer.overlap_update(model, max_grad_norm=1.0)
     synchronize(ctx.device)
     if ctx.device.type == "cuda":
@@ -406,7 +406,7 @@ def combine_replicated(args, ctx, per_rank: list[dict], device_name: str | None 
         "checkpointing": None if args.no_checkpointing else args.checkpointing,
         "steps": args.steps, "warmup": args.warmup, "switch_every": args.switch_every,
         "reduce_dtype": args.reduce_dtype, "max_in_flight": args.max_in_flight,
-        "overlap_update": bool(getattr(args, "overlap_update", False)),
+        "overlap_update": args.overlap_update,
         "rounds": max(1, args.compare_single), "phases": summaries,
         "cpu_affinity": args.cpu_affinity, "tag": args.tag, "compile_layers": per_rank[0]["compile_layers"],
         "ddp_tokens_per_s": spread([s["tokens_per_s"] for s in ddp]),
