@@ -46,7 +46,8 @@ Opt-in diagnostic ``measure_rounding=True`` (badam/rounding.py): how much of eac
 weights keep once the masters are dropped, reported as a "visit_end" event and warned about once when it is small.
 Call ``release()`` when dropping an optimizer while its model lives on. 1.4's BlockOptimizerRatio is
 badam/ratio.py. Data parallelism (``process_group=``): badam/data_parallel.py. The update on a side CUDA stream,
-overlapping the next forward (``overlap_update(model)``): badam/overlap.py. Not implemented: DeepSpeed ZeRO-3.
+overlapping the next forward (``overlap_update(model)``): badam/overlap.py. Frozen blocks sharded over the data-parallel
+ranks (``shard_frozen_blocks(model)``): badam/frozen_shards.py. Not implemented: DeepSpeed ZeRO-3.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ from .block_setup import (SWITCH_MODES, check_base_optimizer, freeze, frozen_not
 from .block_state import STATE_FORMAT, BlockStateMixin
 from .data_parallel import DataParallelMixin
 from .fixed_groups import FixedParamGroupsMixin
+from .frozen_shards import FrozenShardingMixin
 from .mixed_precision import GRADIENT_MODES, FP32MasterWeights, local_nbytes
 from .overlap import UpdateOverlapMixin
 from .partition import assign_to_blocks, infer_block_prefixes, prefix_matches, unique_named_parameters
@@ -69,7 +71,7 @@ from .rounding import BlockRoundingMixin, RoundingLog, VisitRounding
 from .update import step_tensor_by_tensor
 
 class BlockOptimizer(FixedParamGroupsMixin, UpdateOverlapMixin, BlockStateMixin, BlockRoundingMixin, DataParallelMixin,
-                     torch.optim.Optimizer):
+                     FrozenShardingMixin, torch.optim.Optimizer):
     """Wrap `base_optimizer` (built by the user over all parameters) so that one block trains at a time.
 
     Args (badam 1.4's meanings):
@@ -304,6 +306,7 @@ class BlockOptimizer(FixedParamGroupsMixin, UpdateOverlapMixin, BlockStateMixin,
             if id(p) not in old_ids:
                 p.grad = None  # whatever was put there while it was frozen is not a gradient of this block's steps
             p.requires_grad_(True)
+        self._switch_shards(self._active_params, new_params)  # frozen blocks sharded: the new one whole first
         self._masters = FP32MasterWeights(new_params, gradients=self.gradients)
         master_of = {id(p): m for p, m in zip(self._masters.params, self._masters.masters)}
         # At rest the groups list the tensors whose .grad holds the gradient, as torch optimizers do (frameworks such
@@ -375,14 +378,16 @@ class BlockOptimizer(FixedParamGroupsMixin, UpdateOverlapMixin, BlockStateMixin,
                 masters.unstage_grad(i)
 
     def release(self) -> None:
-        """Drop the active block's masters, gradients, hooks and optimizer state and freeze it; call when the
-        optimizer is discarded while the model lives on (the optimizer is unusable afterwards). With
+        """Drop the active block's masters, gradients, hooks and optimizer state and freeze it, and gather sharded
+        frozen blocks back; call when the optimizer is discarded while the model lives on (it is unusable then). With
         measure_rounding, the visit in progress ends here and is reported."""
         if self._overlap is not None:
             self._overlap.close()
         self._end_visit()
         if self._sync is not None:
             self._sync.detach()
+        if self._frozen_shards is not None:  # the model whole again (every rank gathers every block)
+            self._frozen_shards.remove()
         if self._masters is not None:
             self._masters.release()
             self._masters = None

@@ -436,6 +436,9 @@ class DataParallelMixin:
         dtypes, its partition and its schedule match rank 0's (ValueError naming the difference)."""
         if self._sync is not None:
             raise RuntimeError("enable_data_parallel: this BlockOptimizer is already data parallel")
+        if self._frozen_shards is not None:
+            raise RuntimeError("enable_data_parallel must come before shard_frozen_blocks (the shards are cut per "
+                               "rank)")
         if self.global_step or self.base_optimizer.state or self.gradient_tensors():
             raise RuntimeError("enable_data_parallel must be called before the first backward and step (every rank "
                                "must start from the same weights and the same gradients)")

@@ -170,6 +170,9 @@ class UpdateOverlapMixin:
         if any(hasattr(p, "_local_tensor") for p in self._all_params):
             raise ValueError("overlap_update is for a model replicated on every rank; these parameters are sharded "
                              "(FSDP2 DTensors), whose updates FSDP2 orders itself")
+        if self.frozen_shards is not None:
+            raise ValueError("overlap_update does not combine with shard_frozen_blocks (the queued update would write "
+                             "weights a block switch cuts into shards): use one of them")
         ours = {id(p) for p in self._all_params}
         theirs = {id(p) for p in model.parameters()}
         if not ours <= theirs:

@@ -61,10 +61,9 @@ from badam.hf import CHECKPOINTING_POLICIES  # noqa: E402
 from experiments.memory_model import sharded_bytes_per_device  # noqa: E402
 from experiments.repeats import band  # noqa: E402
 from experiments.results import source_commit  # noqa: E402
-from multi_gpu_ddp import (best_single, bind_to_cpu_share, combine_replicated, compiled_note,  # noqa: E402
-                           compiled_suffix, host_facts, replicated_table, run_replicated, start_profiler,
-                           timed_steps, utilization, write_profile)
-from multi_gpu_diagnostics import checkpointing_note, compile_backend  # noqa: E402
+from multi_gpu_ddp import (best_single, bind_to_cpu_share, combine_replicated, host_facts,  # noqa: E402
+                           replicated_table, run_replicated, start_profiler, timed_steps, utilization, write_profile)
+from multi_gpu_diagnostics import checkpointing_note, compile_backend, compiled_note, compiled_suffix  # noqa: E402
 
 GIB = 1024 ** 3
 
@@ -133,6 +132,10 @@ def parse_args(argv=None):
                    help="--mode ddp, BAdam: the update (and the wait for the all-reduce) on a side CUDA stream, "
                         "overlapping the next forward (BlockOptimizer.overlap_update; badam/overlap.py), clipping "
                         "inside it; both the single and the ddp phases")
+    p.add_argument("--shard-frozen", action="store_true",
+                   help="--mode ddp, BAdam: each rank keeps 1/N of every frozen block, gathered per layer for its "
+                        "forward and recomputation (BlockOptimizer.shard_frozen_blocks; badam/frozen_shards.py); "
+                        "the data-parallel phases only, the single phase stays the plain path; name gets _shardfrozen")
     p.add_argument("--tag", default="", help="appended to the result name (repeats of one setting side by side)")
     p.add_argument("--rewrite-summary", action="store_true",
                    help="only rewrite <out>/summary.md from the JSONs in <out> (e.g. after merging folders); no run")
@@ -146,6 +149,10 @@ def parse_args(argv=None):
         p.error("--checkpointing chooses how layers checkpoint: not with --no-checkpointing")
     if args.overlap_update and (args.mode != "ddp" or args.method not in ("badam", "bsgd")):
         p.error("--overlap-update is BlockOptimizer's (methods badam, bsgd) and is measured with --mode ddp")
+    if args.shard_frozen and (args.mode != "ddp" or args.method not in ("badam", "bsgd") or args.overlap_update
+                              or "graphed" in args.checkpointing):
+        p.error("--shard-frozen is BlockOptimizer's (methods badam, bsgd) under --mode ddp, without --overlap-update "
+                "and without the graphed checkpointing policies (gathered weights have no fixed address)")
     if args.max_in_flight < 1:
         p.error(f"--max-in-flight must be >= 1; got {args.max_in_flight}")
     if args.max_in_flight != MAX_IN_FLIGHT and args.mode != "ddp":
@@ -314,7 +321,7 @@ def result_stem(args, world_size: int) -> str:
     tag = f"_{args.tag}" if args.tag else ""
     pinned = ("_pinned" if args.cpu_affinity == "split" else "") + compiled_suffix(args.compile_layers) \
         + ("" if args.checkpointing == "non-reentrant" else f"_ckpt-{args.checkpointing}") \
-        + ("_overlap" if args.overlap_update else "")
+        + ("_overlap" if args.overlap_update else "") + ("_shardfrozen" if args.shard_frozen else "")
     if args.mode == "ddp":
         phases = (f"_vs1x{args.compare_single}" if args.compare_single else "") \
             + ("_solo" if args.single_every_rank else "") + ("_alone" if args.alone_phase else "")

@@ -20,6 +20,7 @@ time in the forward (``cpu_forward_ms``; well below the host wall time when the 
 process's involuntary context switches, and under ddp the all-reduce's overlap window and exposed tail
 (BlockGradientSync.take_timing). benchmarks/multi_gpu_diagnostics.py turns them into the comparisons. --overlap-update:
 every phase queues its updates on a side stream (the forward then holds the wait for them, "update" the queueing).
+--shard-frozen: the ddp phases keep 1/N of each frozen block per rank (BlockOptimizer.shard_frozen_blocks).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ import time
 from pathlib import Path
 
 import torch
-from multi_gpu_diagnostics import checkpointing_note, compile_backend, diagnose, in_flight_note, overlap_note, spread
+from multi_gpu_diagnostics import (checkpointing_note, compile_backend, compiled_note, diagnose, in_flight_note,
+                                   overlap_note, spread)
 from multi_gpu_diagnostics import markdown as diagnostics_markdown
 
 GIB = 1024 ** 3
@@ -252,6 +254,8 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
                                          args.max_in_flight) if kind == "ddp" else None
     if args.overlap_update:  # every phase kind alike: the single path gets the overlap too
         method.optimizer.overlap_update(model, max_grad_norm=1.0)
+    if args.shard_frozen and kind == "ddp":  # the single (and alone) phases stay the plain path
+        method.optimizer.shard_frozen_blocks(model)
     synchronize(ctx.device)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -406,7 +410,7 @@ def combine_replicated(args, ctx, per_rank: list[dict], device_name: str | None 
         "checkpointing": None if args.no_checkpointing else args.checkpointing,
         "steps": args.steps, "warmup": args.warmup, "switch_every": args.switch_every,
         "reduce_dtype": args.reduce_dtype, "max_in_flight": args.max_in_flight,
-        "overlap_update": args.overlap_update,
+        "overlap_update": args.overlap_update, "shard_frozen": args.shard_frozen,
         "rounds": max(1, args.compare_single), "phases": summaries,
         "cpu_affinity": args.cpu_affinity, "tag": args.tag, "compile_layers": per_rank[0]["compile_layers"],
         "ddp_tokens_per_s": spread([s["tokens_per_s"] for s in ddp]),
@@ -488,12 +492,3 @@ def variant(result: dict) -> str:
              overlap_note(result), f", {result['tag']}" if result.get("tag") else ""]
     return result["reduce_dtype"] + "".join(extra)
 
-
-def compiled_suffix(backend: str | None) -> str:
-    """Result-name part of --compile-layers: _compiled for inductor, _compiled-<backend> for a checking backend."""
-    return "" if not backend else "_compiled" if backend == "inductor" else f"_compiled-{backend}"
-
-
-def compiled_note(backend: str | None) -> str:
-    """What the summary's FSDP groups / reduce columns add for --compile-layers."""
-    return "" if not backend else ", layers compiled" + ("" if backend == "inductor" else f" ({backend})")

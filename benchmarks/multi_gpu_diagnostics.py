@@ -216,9 +216,21 @@ def checkpointing_note(policy: str | None) -> str:
     return "" if policy in (None, "non-reentrant") else f", {policy} checkpointing"
 
 
+def compiled_suffix(backend: str | None) -> str:
+    """Result-name part of --compile-layers: _compiled for inductor, _compiled-<backend> for a checking backend."""
+    return "" if not backend else "_compiled" if backend == "inductor" else f"_compiled-{backend}"
+
+
+def compiled_note(backend: str | None) -> str:
+    """What the summary's FSDP groups / reduce columns add for --compile-layers."""
+    return "" if not backend else ", layers compiled" + ("" if backend == "inductor" else f" ({backend})")
+
+
 def overlap_note(result: dict) -> str:
-    """', update overlapped' for a run with --overlap-update (BlockOptimizer.overlap_update)."""
-    return ", update overlapped" if result.get("overlap_update") else ""
+    """', update overlapped' for a run with --overlap-update (BlockOptimizer.overlap_update), ', frozen blocks
+    sharded' with --shard-frozen (BlockOptimizer.shard_frozen_blocks)."""
+    return (", update overlapped" if result.get("overlap_update") else "") \
+        + (", frozen blocks sharded" if result.get("shard_frozen") else "")
 
 
 def _label(result: dict) -> str:

@@ -43,6 +43,10 @@
 #          run's length (the graphed policies'
 #          graphs are recorded before the phases, badam.hf.record_layer_graphs, so the default suffices; the runs of
 #          2026-11-27 used WARMUP=35 STEPS=67, made before that)
+#   shard  (nvidia-h100-x2, ~5 min per batch size) BAdam's frozen blocks sharded over the ranks (--shard-frozen,
+#          badam/frozen_shards.py), layers compiled, block-reentrant, 3 rounds against the plain single path: on ONE
+#          GPU (the mechanism alone: nothing to gather), then on 2 GPUs replicated ddp, sharded ddp and FSDP2 in turn
+#          (runs/mgs); BATCHES (default "2"), REPEATS (default "1")
 #   zero1  (nvidia-h100-x2 or -x4, ~1 min) the active layer's update replicated vs sharded ZeRO-1 style
 #          (benchmarks/zero1_update.py: 30 alternating repeats; NPROC: the GPU counts, default 2, "2 4" on 4)
 #          -> runs/mgz
@@ -50,15 +54,16 @@
 # Afterwards: benchmarks/multi_gpu_diagnostics.py on the JSONs prints the per-rank and paired comparisons (also in
 # summary.md); folders merged from several machines: benchmarks/multi_gpu.py --out DIR --rewrite-summary.
 set -u
-phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|ckpt2|zero1}
+phase=${1:?usage: issue18_ddp2.sh diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|ckpt2|shard|zero1}
 case $phase in
-    diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|ckpt2|zero1) ;;
+    diag|wire|b8|fsdp|adam|70b|fsdp1|compile1|compile2|scale4|ckpt2|shard|zero1) ;;
     *) echo "unknown phase $phase; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2, scale4," \
-            "ckpt2 or zero1" >&2; exit 2 ;;
+            "ckpt2, shard or zero1" >&2; exit 2 ;;
 esac
 export PYTHONPATH=$PWD/.gpu/site:$PWD OMP_NUM_THREADS=4
 export BADAM_SOURCE_COMMIT=${BADAM_SOURCE_COMMIT:?set BADAM_SOURCE_COMMIT}
-case $phase in 70b) folder=mg70 ;; fsdp1) folder=mg1 ;; compile1) folder=mg1c ;; scale4) folder=mg4 ;;
+case $phase in 70b) folder=mg70 ;; fsdp1) folder=mg1 ;; shard) folder=mgs ;; compile1) folder=mg1c ;;
+    scale4) folder=mg4 ;;
     zero1) folder=mgz ;; *) folder=mg ;; esac
 out=runs/$folder
 mkdir -p "$out" "$OUT"; trap 'tar -C runs -czf "$OUT/$phase.tgz" "$folder"' EXIT
@@ -108,7 +113,7 @@ case $phase in
         done
         [ "${PROFILE:-1}" = 0 ] ||
             run fsdp1_profiled --switch-every 1 --steps 12 --tag profiled --profile-dir "$out/profile" ;;
-    compile1|compile2|scale4|ckpt2)  # inductor needs Triton on the GPU machine: say so now, not in every run's log
+    compile1|compile2|scale4|ckpt2|shard)  # inductor needs Triton on the GPU machine: say so now, not in each log
         python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' || exit 1 ;;&
     compile1)
         export NPROC=1 LIMIT=150
@@ -154,6 +159,19 @@ case $phase in
                             "${over[@]}" "${flag[@]}" || exit 1
                     done
                 done
+            done
+        done ;;
+    shard)
+        export LIMIT=240
+        same=(--switch-every 1 --steps 35 --compile-layers --checkpointing block-reentrant)
+        for r in ${REPEATS:-1}; do
+            for b in ${BATCHES:-2}; do
+                NPROC=1 run shard1_b${b}_r$r --mode ddp --compare-single 3 "${same[@]}" --batch-size "$b" --tag r$r \
+                    --shard-frozen || exit 1
+                run ddp_b${b}_r$r --mode ddp --compare-single 3 "${same[@]}" --batch-size "$b" --tag r$r || exit 1
+                run shard2_b${b}_r$r --mode ddp --compare-single 3 "${same[@]}" --batch-size "$b" --tag r$r \
+                    --shard-frozen || exit 1
+                run fsdp2_b${b}_r$r "${same[@]}" --batch-size "$b" --tag r$r || exit 1
             done
         done ;;
     zero1)

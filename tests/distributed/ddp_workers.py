@@ -145,6 +145,63 @@ def library_overlap(ctx) -> dict:
     return {"equal": all(torch.equal(plain["weights"][k], overlapped["weights"][k]) for k in plain["weights"]),
             "norms": (plain["norms"], overlapped["norms"]), "deferred": (plain["deferred"], overlapped["deferred"])}
 
+def library_sharded(ctx) -> dict:
+    """shard_frozen_blocks on 2 ranks (badam/frozen_shards.py) against the same data-parallel optimizer unsharded: bf16,
+    embeddings and head as blocks, transformers' non-reentrant checkpointing (a frozen layer is gathered for its forward
+    and again for its recomputation in backward), no_sync for all micro-batches but the last; then the state dict
+    gathered on rank 0 and loaded back into a fresh sharded model."""
+    import contextlib
+
+    import torch.distributed as dist
+
+    from badam import BlockOptimizer
+
+    runs = []
+    for shard in (False, True):
+        model = tiny_llama(torch.bfloat16)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        base = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+        optimizer = BlockOptimizer(base, list(model.named_parameters()), **LIBRARY_OPTIONS, seed=100, verbose=0,
+                                   process_group=dist.group.WORLD)
+        shards = optimizer.shard_frozen_blocks(model) if shard else None
+        losses, held = [], []
+        for micro in rank_steps(ctx, LIBRARY_STEPS):
+            for k, batch in enumerate(micro):
+                with optimizer.no_sync() if k < len(micro) - 1 else contextlib.nullcontext():
+                    loss = model(**batch).loss
+                    (loss / len(micro)).backward()
+                losses.append(float(loss))
+            optimizer.step()
+            optimizer.zero_grad()
+            storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+            held.append(sum(storages.values()) + (shards.shard_bytes() if shard else 0))
+        state = shards.gathered_state_dict(model) if shard else full_weights(model)
+        runs.append({"losses": losses, "state": state, "held_bytes": held, "optimizer": optimizer, "model": model})
+    plain, sharded = runs
+    shards = sharded["optimizer"].frozen_shards
+    fresh = tiny_llama(torch.bfloat16)
+    with torch.no_grad():  # other weights: loading must replace every one of them
+        for p in fresh.parameters():
+            p.add_(1.0)
+    fresh_optimizer = BlockOptimizer(torch.optim.AdamW(fresh.parameters()), list(fresh.named_parameters()),
+                                     **LIBRARY_OPTIONS, seed=100, verbose=0, process_group=dist.group.WORLD)
+    fresh_shards = fresh_optimizer.shard_frozen_blocks(fresh)
+    fresh_shards.load_gathered_state_dict(fresh, D.broadcast_object(sharded["state"], ctx))
+    reloaded = fresh_shards.gathered_state_dict(fresh)
+    result = {"losses": (plain["losses"], sharded["losses"]),
+              "held_bytes": (plain["held_bytes"], sharded["held_bytes"]),
+              "units": [u.name for u in shards.units], "gathers": shards.gathers,
+              "sharded_names": sorted(shards.sharded_names(sharded["model"]))}
+    if ctx.rank == 0:
+        result["equal"] = all(torch.equal(plain["state"][k], sharded["state"][k].float()) for k in plain["state"])
+        result["reloaded_equal"] = all(torch.equal(reloaded[k], sharded["state"][k]) for k in reloaded)
+    sharded["optimizer"].release()  # gathers the model back: every weight whole again, equal to the state dict
+    result["released"] = all(torch.equal(v.float(), full_weights(sharded["model"])[k])
+                             for k, v in D.broadcast_object(sharded["state"], ctx).items())
+    return result
+
+
 def resume(ctx, out_dir: Path, total: int = 5, save_after: int = 3) -> dict:
     """bf16 BAdam under ddp: uninterrupted vs checkpoint.pt (experiments.ddp) after `save_after` steps, then a fresh
     model, method and attachment that load it and train on."""
@@ -263,6 +320,7 @@ def partial_gradients(ctx) -> dict:
 
 def all_ddp_cases(ctx, out_dir: Path, model_dir: Path) -> dict:
     return {"equivalence": equivalence(ctx), "library": library(ctx), "library_overlap": library_overlap(ctx),
+            "library_sharded": library_sharded(ctx),
             "resume": resume(ctx, out_dir / "resume"),
             "harness": harness(ctx, out_dir / "harness", model_dir), "bench": bench(ctx, out_dir / "bench"),
             "partial": partial_gradients(ctx), "bench_compiled": bench_compiled(ctx, out_dir / "bench_compiled")}

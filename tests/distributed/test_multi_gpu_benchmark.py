@@ -279,7 +279,7 @@ def test_timed_steps_run_on_a_frozen_heap_and_record_the_collector():
     """As the harness's loop: a collected, frozen heap while the steps run (no full collection traversing torch's and
     transformers' objects mid-step), unfrozen afterwards; each step's full collections and their ms are recorded."""
     method = _ToyMethod()
-    args = SimpleNamespace(steps=3, batch_size=2, seq_len=4, overlap_update=False)
+    args = SimpleNamespace(steps=3, batch_size=2, seq_len=4, overlap_update=False, shard_frozen=False)
     ctx = SimpleNamespace(device=torch.device("cpu"), is_main=False)
     assert gc.get_freeze_count() == 0
     steps = timed_steps(args, ctx, _ToyModel(), method, torch.Generator().manual_seed(0))

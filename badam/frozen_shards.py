@@ -1,0 +1,394 @@
+"""Frozen blocks sharded over the data-parallel ranks: each rank stores 1/N of the weights BAdam is not training.
+
+Under data parallelism (badam/data_parallel.py) every rank holds the whole model. That is the fastest layout while the
+bf16 weights fit one GPU; when they do not (Llama 3-70B: 141 GB), the frozen blocks can be sharded instead of the
+whole model going to FSDP2. BAdam needs far less than FSDP2 gives: frozen weights never get gradients, and the active
+block is small enough to replicate, so only forward passes need the frozen weights, and only as a whole layer at a
+time. What this module does (``BlockOptimizer.shard_frozen_blocks(model)``):
+  * a *unit* is the module a block's name prefix names (``model.layers.3``): its parameters are laid out, per dtype,
+    in one flat buffer padded to a multiple of N, and rank r keeps elements [r*S, (r+1)*S) of it; the Parameter
+    objects stay in the model (same names, same identity for optimizers) with empty storage while sharded;
+  * before a unit's forward (a forward pre-hook) the flat buffer is all-gathered (one collective per unit and dtype,
+    where FSDP2 handles each of a Llama layer's 9 weights on its own) and the module's parameters are replaced by
+    views of it for that call only; after the call (a forward hook) the Parameters are put back. Nothing is copied
+    in or out: the gathered buffer lives as long as autograd keeps a view of it, so with activation checkpointing a
+    frozen layer's weights are freed after its forward and gathered again when backward recomputes it, and without
+    checkpointing a layer backward passes through keeps them until its backward is done. On one rank the shard is
+    the whole buffer and nothing is gathered;
+  * on CUDA, the next unit's all-gather is issued while the current one computes (``prefetch``): the next one up in
+    forward, the next one down in backward's recomputation, but never below the lowest trained unit (backward stops
+    there);
+  * the active block's units are *pinned*: gathered once at the switch, their parameters hold the whole weights, the
+    block trains exactly as under plain data parallelism (replicated masters and states, averaged gradient), and at
+    the next switch each rank cuts its shard out of the updated weights (every rank holds the same update, so no
+    communication). Units of ``active_modules`` stay pinned.
+Parameters outside any unit (embeddings and head when they are no block, norms, tied weights) stay replicated. CUDA
+graphs of the graphed checkpointing policies need fixed weight addresses and are not supported; the overlapped update
+is not supported either (it would write weights a switch is about to cut into shards).
+State dicts: ``gathered_state_dict`` (the whole model, unit by unit, on CPU on rank 0) and ``load_gathered_state_dict``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+@dataclasses.dataclass
+class _Flat:
+    """The parameters of one unit that share a dtype, in registration order, as one padded flat buffer."""
+
+    dtype: torch.dtype
+    slots: list  # (owner module, attribute name, Parameter)
+    offsets: list[int]
+    shapes: list  # the parameters' shapes (a sharded Parameter's own storage is empty)
+    total: int   # elements without the padding
+    shard: torch.Tensor | None = None  # this rank's part while the unit is sharded
+
+    def padded(self, world: int) -> int:
+        return -(-self.total // world) * world
+
+
+@dataclasses.dataclass
+class _Unit:
+    name: str
+    module: nn.Module
+    index: int  # position in forward order
+    flats: list[_Flat]
+    pinned: bool = False
+    installed: str | None = None  # "forward" / "backward": the module holds views of the gathered weights now
+
+    def params(self) -> list[nn.Parameter]:
+        return [p for flat in self.flats for _, _, p in flat.slots]
+
+
+def _first_requiring_grad(output):
+    """The first tensor requiring grad in a module's output (a tensor, or a tuple/list/dict holding some)."""
+    if isinstance(output, torch.Tensor):
+        return output if output.requires_grad else None
+    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    for item in items:
+        found = _first_requiring_grad(item)
+        if found is not None:
+            return found
+    return None
+
+
+def _in_backward() -> bool:
+    """Whether this code runs inside autograd's backward (a checkpoint's recomputation)."""
+    return torch._C._current_graph_task_id() != -1
+
+
+class FrozenBlockShards:
+    """The sharding of one model's frozen units over `process_group` (module docstring). Built by
+    ``BlockOptimizer.shard_frozen_blocks``; `units` are (name, module) in forward order; `active` the parameters
+    trained now (their units stay whole); `distributed=False`: one rank, whatever the default group."""
+
+    def __init__(self, units: list[tuple[str, nn.Module]], active: Iterable[torch.Tensor], process_group=None,
+                 *, prefetch: bool = True, distributed: bool = True):
+        dist = _dist()
+        self.group = process_group
+        distributed = distributed and dist.is_available() and dist.is_initialized()
+        self.world = dist.get_world_size(process_group) if distributed else 1
+        self.rank = dist.get_rank(process_group) if distributed else 0
+        self.units = [_Unit(name, module, i, self._layout(module)) for i, (name, module) in enumerate(units)]
+        self.device = next(iter(self.units[0].module.parameters())).device if self.units else torch.device("cpu")
+        self.prefetch = prefetch and self.device.type == "cuda" and self.world > 1
+        self._pending: dict[int, tuple] = {}  # unit index -> (work, gathered buffers): issued ahead
+        self._unit_of = {id(p): u for u in self.units for p in u.params()}
+        self._end_queued = False
+        self.gathers = 0  # all-gathers issued (a unit's dtypes count once): what tests and benchmarks read
+        active_ids = {id(p) for p in active}
+        self._hooks = []
+        for unit in self.units:
+            if any(id(p) in active_ids for p in unit.params()):
+                unit.pinned = True
+            else:
+                self._shard(unit)
+            self._hooks.append(unit.module.register_forward_pre_hook(self._pre_hook(unit)))
+            self._hooks.append(unit.module.register_forward_hook(self._post_hook(unit), always_call=True))
+
+    # --- layout --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _layout(module: nn.Module) -> list[_Flat]:
+        flats: dict[torch.dtype, _Flat] = {}
+        for owner in module.modules():
+            for attr, p in owner._parameters.items():
+                if p is None:
+                    continue
+                flat = flats.setdefault(p.dtype, _Flat(p.dtype, [], [], [], 0))
+                flat.slots.append((owner, attr, p))
+                flat.offsets.append(flat.total)
+                flat.shapes.append(p.shape)
+                flat.total += p.numel()
+        return list(flats.values())
+
+    def _shard(self, unit: _Unit) -> None:
+        """Cut this rank's part out of the unit's whole weights and free them (their Parameters keep no storage)."""
+        for flat in unit.flats:
+            size = flat.padded(self.world) // self.world
+            with torch.no_grad():
+                whole = torch.cat([p.detach().reshape(-1) for _, _, p in flat.slots]
+                                  + [torch.zeros(flat.padded(self.world) - flat.total, dtype=flat.dtype,
+                                                 device=self.device)])
+            flat.shard = whole if self.world == 1 else whole[self.rank * size:(self.rank + 1) * size].clone()
+            for _, _, p in flat.slots:
+                p.data = torch.empty(0, dtype=flat.dtype, device=self.device)
+        unit.pinned = False
+        self._pending.pop(unit.index, None)
+
+    def _gather(self, unit: _Unit, async_op: bool = False):
+        """The unit's whole flat buffers: (work or None, [buffer per dtype])."""
+        if self.world == 1:
+            return None, [flat.shard for flat in unit.flats]
+        dist = _dist()
+        buffers, works = [], []
+        for flat in unit.flats:
+            out = torch.empty(flat.padded(self.world), dtype=flat.dtype, device=self.device)
+            works.append(dist.all_gather_into_tensor(out, flat.shard, group=self.group, async_op=async_op))
+            buffers.append(out)
+        self.gathers += 1
+        return (works if async_op else None), buffers
+
+    def _gathered(self, unit: _Unit) -> list[torch.Tensor]:
+        pending = self._pending.pop(unit.index, None)
+        if pending is None:
+            return self._gather(unit)[1]
+        works, buffers = pending
+        for work in works:
+            work.wait()  # on CUDA: the compute stream waits for the all-gather's stream
+        return buffers
+
+    @staticmethod
+    def _views(flat: _Flat, buffer: torch.Tensor):
+        for (owner, attr, p), offset, shape in zip(flat.slots, flat.offsets, flat.shapes):
+            yield owner, attr, p, buffer[offset:offset + shape.numel()].view(shape)
+
+    # --- the hooks ------------------------------------------------------------------------------------------------
+    # A unit's weights are installed (its module's parameters replaced by views of the gathered buffer) around its
+    # forward, and again from just before its backward (a hook on its output's gradient, which autograd runs before
+    # any node of the unit, so before a checkpoint recomputes it, whether the checkpoint wraps the module's call or
+    # only its forward) until the backward of the unit below begins or the backward ends.
+    def _install(self, unit: _Unit, how: str) -> None:
+        if unit.installed:
+            return
+        for flat, buffer in zip(unit.flats, self._gathered(unit)):
+            for owner, attr, _, view in self._views(flat, buffer):
+                owner._parameters[attr] = nn.Parameter(view, requires_grad=False)  # as the weight it stands for
+        unit.installed = how
+
+    @staticmethod
+    def _restore(unit: _Unit) -> None:
+        for flat in unit.flats:
+            for owner, attr, p in flat.slots:
+                owner._parameters[attr] = p
+        unit.installed = None
+
+    def _pre_hook(self, unit: _Unit):
+        def gather_before_forward(_module, _args):
+            if unit.pinned or unit.installed:  # installed: a recomputation inside backward
+                return
+            self._install(unit, "forward")
+            if self.prefetch and not _in_backward():
+                self._prefetch(unit.index + 1)
+        return gather_before_forward
+
+    def _post_hook(self, unit: _Unit):
+        def restore_after_forward(_module, _args, output):
+            if unit.pinned or unit.installed != "forward":
+                return
+            self._restore(unit)
+            if torch.is_grad_enabled() and not _in_backward():
+                tensor = _first_requiring_grad(output)
+                if tensor is not None:  # backward reaches this unit and may recompute it
+                    tensor.register_hook(self._pre_backward_hook(unit))
+        return restore_after_forward
+
+    def _pre_backward_hook(self, unit: _Unit):
+        def gather_before_backward(grad):
+            for other in self.units:
+                if other.installed == "backward" and other is not unit:
+                    self._restore(other)  # its backward is done: the gradient of its input has arrived here
+            if not self._end_queued:
+                self._end_queued = True
+                torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+            if not unit.pinned:
+                self._install(unit, "backward")
+            lowest = min((u.index for u in self.units if u.pinned), default=None)
+            if self.prefetch and lowest is not None and unit.index - 1 > lowest:
+                self._prefetch(unit.index - 1)  # recomputation runs top-down and stops at the lowest trained unit
+            return grad
+        return gather_before_backward
+
+    def _end_of_backward(self) -> None:
+        self._end_queued = False
+        for unit in self.units:
+            if unit.installed == "backward":
+                self._restore(unit)
+
+    def _prefetch(self, index: int) -> None:
+        if 0 <= index < len(self.units) and not self.units[index].pinned and not self.units[index].installed \
+                and index not in self._pending:
+            self._pending[index] = self._gather(self.units[index], async_op=True)
+
+    # --- block switches -------------------------------------------------------------------------------------------
+    def switch(self, leaving: Iterable[torch.Tensor], entering: Iterable[torch.Tensor]) -> None:
+        """The active set changes from `leaving` to `entering` parameters: the entering units are gathered and stay
+        whole (before the optimizer copies them into masters), the leaving ones are cut back into shards from their
+        updated weights. Every rank calls it at the same switch."""
+        enter = {id(self._unit_of[id(p)]): self._unit_of[id(p)] for p in entering if id(p) in self._unit_of}
+        leave = {id(self._unit_of[id(p)]): self._unit_of[id(p)] for p in leaving if id(p) in self._unit_of}
+        for key, unit in enter.items():
+            if not unit.pinned:
+                for flat, buffer in zip(unit.flats, self._gathered(unit)):
+                    for _, _, p, view in self._views(flat, buffer):
+                        p.data = view  # the update writes into the gathered buffer; _shard cuts from it
+                    flat.shard = None
+                unit.pinned = True
+        for key, unit in leave.items():
+            if key not in enter:
+                self._shard(unit)
+
+    def remove(self) -> None:
+        """Every unit whole again (gathered) and the hooks gone: the model as it was, with its current weights."""
+        for unit in self.units:
+            if not unit.pinned:
+                self.switch([], unit.params())
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    def shard_bytes(self) -> int:
+        """Bytes of the shards this rank holds (the sharded units' weights; pinned units are held as parameters)."""
+        return sum(f.shard.untyped_storage().nbytes() for u in self.units if not u.pinned for f in u.flats)
+
+    # --- state dicts ------------------------------------------------------------------------------------------------
+    def sharded_names(self, model: nn.Module) -> set[str]:
+        """Names (model.state_dict keys) of the parameters held as shards now."""
+        sharded = {id(p) for u in self.units if not u.pinned for p in u.params()}
+        return {n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in sharded}
+
+    def gathered_state_dict(self, model: nn.Module, to_rank: int = 0) -> dict | None:
+        """model.state_dict() with the sharded parameters whole, as CPU tensors, on rank `to_rank` (None on the
+        others; a collective: every rank calls it). One unit is gathered at a time."""
+        names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        whole: dict[str, torch.Tensor] = {}
+        for unit in self.units:
+            if unit.pinned:
+                continue
+            for flat, buffer in zip(unit.flats, self._gathered(unit)):
+                for _, _, p, view in self._views(flat, buffer):
+                    if self.rank == to_rank:
+                        whole[names[id(p)]] = view.detach().to("cpu", copy=True)
+        if self.rank != to_rank:
+            return None
+        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()
+                 if k not in whole}
+        state.update(whole)
+        return {k: state[k] for k in model.state_dict() if k in state}
+
+    @torch.no_grad()
+    def load_gathered_state_dict(self, model: nn.Module, state: dict) -> None:
+        """Load a whole-model state dict (every rank passes the same one): shards are cut from it, everything else is
+        loaded as model.load_state_dict(strict=True) would."""
+        sharded = self.sharded_names(model)
+        rest = {k: v for k, v in state.items() if k not in sharded}
+        missing, unexpected = model.load_state_dict(rest, strict=False)
+        missing = [k for k in missing if k not in sharded or k not in state]
+        if missing or unexpected:
+            raise KeyError(f"state dict does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        for unit in self.units:
+            if unit.pinned:
+                continue
+            for flat in unit.flats:
+                size = flat.padded(self.world) // self.world
+                whole = torch.zeros(flat.padded(self.world), dtype=flat.dtype)
+                for (_, _, p), offset, shape in zip(flat.slots, flat.offsets, flat.shapes):
+                    value = state[names[id(p)]]
+                    if tuple(value.shape) != tuple(shape):
+                        raise ValueError(f"{names[id(p)]}: shape {tuple(value.shape)} in the state dict, "
+                                         f"{tuple(shape)} in the model")
+                    whole[offset:offset + shape.numel()] = value.reshape(-1).to(flat.dtype)
+                flat.shard.copy_(whole[self.rank * size:(self.rank + 1) * size])
+            self._pending.pop(unit.index, None)
+
+
+
+class FrozenShardingMixin:
+    """BlockOptimizer's side: ``shard_frozen_blocks`` and the call its block switch makes (``self._frozen_shards`` is
+    None until enabled)."""
+
+    _frozen_shards: FrozenBlockShards | None = None
+
+    @property
+    def frozen_shards(self) -> FrozenBlockShards | None:
+        return self._frozen_shards
+
+    def shard_frozen_blocks(self, model: nn.Module, *, prefetch: bool = True) -> FrozenBlockShards:
+        """Keep 1/N of every frozen block's weights on each of the N data-parallel ranks (module docstring). Call it
+        on every rank, after ``enable_data_parallel`` (or ``process_group=``) and between steps; `model` is the module
+        whose named_parameters() built this optimizer. Without data parallelism the shard is the whole block: nothing
+        is saved, the mechanism runs as it would on N ranks (what a one-GPU measurement of its cost needs).
+        A block is sharded when its name prefix names a module all of whose parameters belong to that block alone;
+        the others (and everything outside the blocks) stay replicated."""
+        if self._frozen_shards is not None:
+            raise RuntimeError("shard_frozen_blocks: this BlockOptimizer's frozen blocks are sharded already")
+        if self._overlap is not None:
+            raise ValueError("shard_frozen_blocks does not combine with overlap_update (the queued update would write "
+                             "weights a block switch cuts into shards): use one of them")
+        if any(hasattr(p, "_local_tensor") for p in self._all_params):
+            raise ValueError("shard_frozen_blocks: these parameters are FSDP2-sharded already")
+        if self.gradient_tensors():
+            raise RuntimeError("shard_frozen_blocks must be called between steps (after zero_grad), not between a "
+                               "backward and its step")
+        units = shard_units(model, self.block_prefix_list, self._block_params, self._always_params)
+        if not units:
+            raise ValueError("shard_frozen_blocks: no block's prefix names a module of this model that holds only that "
+                             f"block's parameters (blocks: {self.block_prefix_list[:3]} ...)")
+        group = self.process_group
+        self._frozen_shards = FrozenBlockShards(units, self._active_params, group, prefetch=prefetch,
+                                                distributed=self._sync is not None)
+        return self._frozen_shards
+
+    def _switch_shards(self, leaving: list, entering: list) -> None:
+        if self._frozen_shards is not None:
+            self._frozen_shards.switch(leaving, entering)
+
+
+def shard_units(model: nn.Module, block_prefixes: list[list[str]], block_params: list[list],
+                always_params: list) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every block prefix that names a module (or a parameter of a module) whose parameters all belong
+    to that block and to no other module outside it (tied weights stay replicated), in the model's module order; a
+    unit inside another is dropped in favour of the inner one."""
+    modules = dict(model.named_modules())
+    owner_block = {id(p): b for b, params in enumerate(block_params) for p in params}
+    always = {id(p) for p in always_params}
+    names_of: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(p), []).append(name)
+    parameter_names = {n for names in names_of.values() for n in names}
+    chosen = []
+    for b, prefixes in enumerate(block_prefixes):
+        for prefix in prefixes:
+            name = prefix.rstrip(".")
+            if name not in modules and name in parameter_names:  # a prefix naming a weight: its module, if all its own
+                name = name.rpartition(".")[0]
+            module = modules.get(name)
+            params = list(module.parameters()) if module is not None else []
+            if not params or any(owner_block.get(id(p), b) != b or id(p) in always for p in params):
+                continue
+            if any(not n.startswith(name + ".") for p in params for n in names_of.get(id(p), [])):
+                continue
+            chosen.append(name)
+    inner = [n for n in chosen if not any(o != n and o.startswith(n + ".") for o in chosen)]
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return [(n, modules[n]) for n in sorted(set(inner), key=order.__getitem__)]

@@ -1,0 +1,130 @@
+"""badam/frozen_shards.py in one process (the shard is the whole block, so the mechanism runs without gathering):
+sharded training equals unsharded bit for bit under every non-graphed checkpointing policy, units are chosen as
+documented, state dicts round-trip, misuse gets one clear error. Two ranks: tests/distributed/test_ddp.py."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from badam import BlockOptimizer
+from badam.frozen_shards import shard_units
+
+from .tiny import lm_batch, tiny_llama
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def build(model, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fp32 models warn about memory
+        return BlockOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), list(model.named_parameters()),
+                              switch_block_every=1, switch_mode="random", seed=3, verbose=0, **kwargs)
+
+
+def train(shard: bool, policy: str | None, ends: bool, device: str = "cpu", steps: int = 7):
+    from badam.hf import enable_block_checkpointing
+
+    model = tiny_llama(torch.bfloat16).to(device).train()
+    if policy:
+        enable_block_checkpointing(model, policy=policy)
+    opt = build(model, include_embedding=ends, include_lm_head=ends)
+    shards = opt.shard_frozen_blocks(model) if shard else None
+    losses = []
+    for s in range(steps):
+        loss = model(**{k: v.to(device) for k, v in lm_batch(s).items()}).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    state = shards.gathered_state_dict(model) if shard else {k: v.cpu() for k, v in model.state_dict().items()}
+    return losses, state, opt, model
+
+
+@pytest.mark.parametrize("policy", [None, "non-reentrant", "block", "block-reentrant"])
+def test_sharded_training_equals_unsharded_bitwise(policy):
+    plain_losses, plain_state, _, _ = train(False, policy, ends=True)
+    losses, state, opt, model = train(True, policy, ends=True)
+    assert losses == plain_losses
+    assert state.keys() == plain_state.keys() and all(torch.equal(state[k], plain_state[k]) for k in state)
+    active = set(opt.active_parameter_names)
+    for name, p in model.named_parameters():  # between steps: only the active block's units hold their weights
+        assert (p.numel() > 0) == (name in active), name
+    opt.release()  # the model whole again, with the trained weights
+    assert all(torch.equal(v.cpu(), state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
+def test_state_dict_round_trip_and_load_errors(device):
+    _, state, _, _ = train(True, "non-reentrant", ends=False, device=device, steps=3)
+    fresh = tiny_llama(torch.bfloat16, seed=1).to(device)
+    shards = build(fresh).shard_frozen_blocks(fresh)
+    shards.load_gathered_state_dict(fresh, state)
+    assert all(torch.equal(v, state[k]) for k, v in shards.gathered_state_dict(fresh).items())
+    bad = dict(state)
+    bad["model.layers.1.mlp.up_proj.weight"] = bad["model.layers.1.mlp.up_proj.weight"][:, :3]
+    with pytest.raises(ValueError, match="model.layers.1.mlp.up_proj.weight: shape"):
+        shards.load_gathered_state_dict(fresh, bad)
+    with pytest.raises(KeyError, match="missing"):
+        shards.load_gathered_state_dict(fresh, {k: v for k, v in state.items() if "norm" not in k})
+
+
+@GPU
+def test_on_a_gpu_sharded_compiled_layers_equal_unsharded():
+    from experiments.layer_compile import compile_decoder_layers
+
+    runs = []
+    for shard in (False, True):
+        torch._dynamo.reset()
+        model = tiny_llama(torch.bfloat16).cuda().train()
+        from badam.hf import enable_block_checkpointing
+
+        enable_block_checkpointing(model, policy="block-reentrant")
+        compile_decoder_layers(model, "aot_eager", {})
+        opt = build(model)
+        shards = opt.shard_frozen_blocks(model) if shard else None
+        losses = []
+        for s in range(6):
+            loss = model(**{k: v.cuda() for k, v in lm_batch(s).items()}).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        runs.append((losses, shards.gathered_state_dict(model) if shard else model.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k].cpu(), runs[1][1][k]) for k in runs[1][1])
+
+
+def test_units_skip_tied_and_shared_weights():
+    tied = tiny_llama(torch.bfloat16, tie=True)
+    opt = build(tied, include_embedding=True, include_lm_head=True)
+    names = [n for n, _ in shard_units(tied, opt.block_prefix_list, opt._block_params, opt._always_params)]
+    assert names == ["model.layers.0", "model.layers.1", "model.layers.2", "model.layers.3", "model.norm"]
+    model = tiny_llama(torch.bfloat16)
+    with_head = build(model, include_embedding=True, include_lm_head=True, active_modules=["model.layers.3.mlp."])
+    names = [n for n, _ in shard_units(model, with_head.block_prefix_list, with_head._block_params,
+                                       with_head._always_params)]
+    assert "model.layers.3" not in names and "model.layers.2" in names and "lm_head" in names
+
+
+def test_misuse_gives_one_clear_error():
+    model = tiny_llama(torch.bfloat16)
+    opt = build(model)
+    opt.shard_frozen_blocks(model)
+    with pytest.raises(RuntimeError, match="sharded already"):
+        opt.shard_frozen_blocks(model)
+    with pytest.raises(RuntimeError, match="enable_data_parallel must come before shard_frozen_blocks"):
+        opt.enable_data_parallel(None)
+    with pytest.raises(ValueError, match="does not combine with shard_frozen_blocks"):
+        opt.overlap_update(model)
+    other = tiny_llama(torch.bfloat16)
+    opt = build(other)
+    other(**lm_batch(0)).loss.backward()
+    with pytest.raises(RuntimeError, match="between steps"):
+        opt.shard_frozen_blocks(other)
+    model = tiny_llama(torch.bfloat16)
+    across_layers = build(model, block_prefix_list=[["q_proj", "k_proj"], ["v_proj", "o_proj"], ["mlp", "norm"],
+                                                    ["embed_tokens"]])  # no block is one module (lm_head: none)
+    with pytest.raises(ValueError, match="no block's prefix names a module"):
+        across_layers.shard_frozen_blocks(model)
