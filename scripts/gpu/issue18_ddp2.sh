@@ -46,7 +46,7 @@
 #   shard  (nvidia-h100-x2, ~5 min per batch size) BAdam's frozen blocks sharded over the ranks (--shard-frozen,
 #          badam/frozen_shards.py), layers compiled, block-reentrant, 3 rounds against the plain single path: on ONE
 #          GPU (the mechanism alone: nothing to gather), then on 2 GPUs replicated ddp, sharded ddp and FSDP2 in turn
-#          (runs/mgs); BATCHES (default "2"), REPEATS (default "1")
+#          (runs/mgs); BATCHES (default "2"), REPEATS (default "1"); ONE=0 leaves out the one-GPU run
 #   zero1  (nvidia-h100-x2 or -x4, ~1 min) the active layer's update replicated vs sharded ZeRO-1 style
 #          (benchmarks/zero1_update.py: 30 alternating repeats; NPROC: the GPU counts, default 2, "2 4" on 4)
 #          -> runs/mgz
@@ -166,8 +166,8 @@ case $phase in
         same=(--switch-every 1 --steps 35 --compile-layers --checkpointing block-reentrant)
         for r in ${REPEATS:-1}; do
             for b in ${BATCHES:-2}; do
-                NPROC=1 run shard1_b${b}_r$r --mode ddp --compare-single 3 "${same[@]}" --batch-size "$b" --tag r$r \
-                    --shard-frozen || exit 1
+                [ "${ONE:-1}" = 0 ] || NPROC=1 run shard1_b${b}_r$r --mode ddp --compare-single 3 "${same[@]}" \
+                    --batch-size "$b" --tag r$r --shard-frozen || exit 1
                 run ddp_b${b}_r$r --mode ddp --compare-single 3 "${same[@]}" --batch-size "$b" --tag r$r || exit 1
                 run shard2_b${b}_r$r --mode ddp --compare-single 3 "${same[@]}" --batch-size "$b" --tag r$r \
                     --shard-frozen || exit 1
