@@ -38,11 +38,12 @@ class BlockStateMixin:
         if len(saved) != len(params):
             raise ValueError(f"cannot resume: {len(saved)} saved masters, the saved active block {block} has "
                              f"{len(params)} parameters here")
+        shards = self._frozen_shards  # a sharded frozen block's parameters have empty storage: their shapes are kept
         for param, value in zip(params, saved):
-            if tuple(param.shape) != tuple(value.shape):
+            shape = tuple(param.shape if shards is None else shards.shape_of(param))
+            if shape != tuple(value.shape):
                 raise ValueError(f"cannot resume: the saved master of {self._param_names[id(param)]} has shape "
-                                 f"{tuple(value.shape)}, this model's {tuple(param.shape)}; the state dict comes from "
-                                 "another model")
+                                 f"{tuple(value.shape)}, this model's {shape}; the state dict comes from another model")
 
     def load_state_dict(self, state_dict: dict) -> None:
         if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:

@@ -266,6 +266,15 @@ class FrozenBlockShards:
             handle.remove()
         self._hooks.clear()
 
+    def shape_of(self, p: torch.Tensor) -> torch.Size:
+        """A parameter's shape, also while it is held as a shard (its own storage is empty then)."""
+        unit = self._unit_of.get(id(p))
+        for flat in unit.flats if unit is not None else ():
+            for (_, _, q), shape in zip(flat.slots, flat.shapes):
+                if q is p:
+                    return shape
+        return p.shape
+
     def shard_bytes(self) -> int:
         """Bytes of the shards this rank holds (the sharded units' weights; pinned units are held as parameters)."""
         return sum(f.shard.untyped_storage().nbytes() for u in self.units if not u.pinned for f in u.flats)

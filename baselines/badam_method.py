@@ -101,7 +101,8 @@ class BAdam(Method):
     memory_split: parameters = every model weight as stored (bf16); gradients = the active block's p.grad (bf16), fp32
     accumulation sums and gradients on the masters; optimizer_states = the active block's fp32 masters and AdamW
     moments. With bf16 weights and one micro-batch per step that is 2 bytes per model parameter plus 14 per
-    active-block parameter (16 with "master" gradients or with accumulation: 18).
+    active-block parameter (16 with "master" gradients or with accumulation: 18). With train.ddp_shard_frozen the
+    frozen blocks count as the shards this rank holds.
     """
 
     name = "badam"
@@ -172,8 +173,9 @@ class BAdam(Method):
         params = list(model.parameters())
         param_ptrs = {storage_key(p) for p in params}
         copies = [m for m in self.optimizer.masters if storage_key(m) not in param_ptrs]
+        shards = self.optimizer.frozen_shards  # frozen blocks sharded (train.ddp_shard_frozen): their parts held here
         return {
-            "parameters": tensor_bytes(params),
+            "parameters": tensor_bytes(params) + (shards.shard_bytes() if shards is not None else 0),
             "gradients": tensor_bytes(itertools.chain((p.grad for p in params), self.optimizer.gradient_tensors())),
             "optimizer_states": tensor_bytes(itertools.chain(optimizer_state_tensors(self.optimizer.base_optimizer),
                                                              copies)),

@@ -154,10 +154,12 @@ def check_resume(run_dir: Path, wanted: dict, *, load_saved) -> dict:
 
 # --- single-device checkpoints ---------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, model: nn.Module, method, position: Position, total_steps: int,
-                    rank_rng: list[dict] | None = None) -> None:
-    """rank_rng: every rank's rng_state() (train.distributed=ddp: one file for identical replicas)."""
+                    rank_rng: list[dict] | None = None, model_state: dict | None = None) -> None:
+    """rank_rng: every rank's rng_state() (train.distributed=ddp: one file for identical replicas); model_state: the
+    model's state dict when model.state_dict() does not hold it whole (frozen blocks sharded)."""
     payload = {"step": position.step, "epoch": position.epoch, "micro": position.micro, "total_steps": total_steps,
-               "model": model.state_dict(), "method": method.state_dict(), "rng": rng_state()}
+               "model": model.state_dict() if model_state is None else model_state, "method": method.state_dict(),
+               "rng": rng_state()}
     if rank_rng is not None:
         payload["rng_per_rank"] = rank_rng
     tmp = path.with_name(f".{path.name}.tmp")
@@ -166,16 +168,17 @@ def save_checkpoint(path: Path, model: nn.Module, method, position: Position, to
 
 
 def load_checkpoint(resume_from: str, model: nn.Module, method, device: torch.device, *, rank: int | None = None,
-                    world_size: int | None = None) -> Position:
+                    world_size: int | None = None, load_model_state=None) -> Position:
     """Restore model, method and RNG states in place; writes nothing (carry_metrics does, once the run starts).
-    rank / world_size (train.distributed=ddp): take this rank's RNG states from a checkpoint saved by as many ranks."""
+    rank / world_size (train.distributed=ddp): take this rank's RNG states from a checkpoint saved by as many ranks;
+    load_model_state: what loads the model's state dict (default model.load_state_dict)."""
     payload = torch.load(checkpoint_file(resume_from), map_location=device, weights_only=True)
     saved_ranks = len(payload.get("rng_per_rank") or [])
     if rank is not None and saved_ranks != world_size:
         saved = f"{saved_ranks} data-parallel ranks" if saved_ranks else "one process"
         raise ResumeError(f"cannot resume on {world_size} data-parallel ranks from a checkpoint saved by {saved}; "
                           "resume with the same number of ranks")
-    model.load_state_dict(payload["model"])
+    (load_model_state or model.load_state_dict)(payload["model"])
     method.load_state_dict(payload["method"])
     position = Position(step=int(payload["step"]), epoch=int(payload["epoch"]), micro=int(payload["micro"]))
     # last, so nothing after it consumes random numbers before training resumes

@@ -116,6 +116,7 @@ class TrainConfig:
     distributed: str = "auto"                # auto | none | fsdp2 | ddp (auto: none on one process, under torchrun ddp
     #                                          when the model fits one GPU replicated, else fsdp2; launch_mode.py)
     ddp_reduce_dtype: str = "fp32"           # ddp: dtype of the gradient all-reduce (badam/data_parallel.py)
+    ddp_shard_frozen: bool = False           # ddp, BAdam: 1/N of each frozen block per rank (badam/frozen_shards.py)
     fsdp_forward_prefetch: int = 0           # fsdp2: layers whose all-gather is issued ahead (experiments.distributed)
     fsdp_keep_gathered_layers: int = 0       # fsdp2: layers backward reaches that keep their gathered weights (-1: all;
                                              # experiments/fsdp_gather.py)
@@ -406,10 +407,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.device={device!r} with train.distributed={cfg.train.distributed}: each process "
                           "takes the GPU torchrun gives it (cuda:LOCAL_RANK); valid values: auto, cpu, cuda")
     _choice(cfg.train.ddp_reduce_dtype, DDP_REDUCE_DTYPES, "train.ddp_reduce_dtype")
+    if cfg.train.ddp_shard_frozen and cfg.train.distributed in ("none", "fsdp2"):
+        raise ConfigError(f"train.ddp_shard_frozen needs train.distributed=ddp or auto, not {cfg.train.distributed}")
     _choice(cfg.train.compile_layers, COMPILE_LAYERS, "train.compile_layers")
     if cfg.train.fsdp_keep_gathered_layers < -1:
-        raise ConfigError(f"train.fsdp_keep_gathered_layers must be >= -1 (layers kept gathered from forward to "
-                          f"backward; -1: all that backward reaches, 0: FSDP2's default), got "
+        raise ConfigError("train.fsdp_keep_gathered_layers must be >= -1 (layers kept gathered from forward to "
+                          "backward; -1: all that backward reaches, 0: FSDP2's default), got "
                           f"{cfg.train.fsdp_keep_gathered_layers}")
     if cfg.train.fsdp_forward_prefetch < 0:
         raise ConfigError(f"train.fsdp_forward_prefetch must be >= 0 (layers gathered ahead; 0: FSDP2's default), "
@@ -445,9 +448,8 @@ ALLOW_REFUSED_COMPILE = "BADAM_ALLOW_REFUSED_COMPILE"  # =1: run a refused metho
 
 def check_compile_layers(backend: str, method_class, options) -> None:
     """ConfigError when train.compile_layers names a backend for a method that, with these options, cannot train
-    with compiled layers (Method.compile_layers_problem says why). With BADAM_ALLOW_REFUSED_COMPILE=1 a warning
-    instead: the GPU probes that study a refusal (scripts/gpu/compile_layers_check.sh lora-probe) need the
-    refused runs."""
+    with compiled layers (Method.compile_layers_problem says why); with BADAM_ALLOW_REFUSED_COMPILE=1 a warning, for
+    the GPU probes that study a refusal (scripts/gpu/compile_layers_check.sh lora-probe)."""
     problem = method_class.compile_layers_problem(options, backend) if backend != "none" else None
     if problem and os.environ.get(ALLOW_REFUSED_COMPILE) == "1":
         warnings.warn(f"train.compile_layers={backend} for method {method_class.name!r} runs although refused "

@@ -19,6 +19,11 @@ grad_accum G equal one process with grad_accum N x G on the micro-batches dealt 
 Before the optimizer is built, rank 0's parameters and buffers are broadcast (every rank starts from the same weights,
 also for random-init models). Checkpoints: rank 0 writes the ordinary `checkpoint.pt` (every rank holds the same
 model and optimizer state) with every rank's RNG states; a resume needs the same number of ranks.
+
+`train.ddp_shard_frozen=true` (badam, bsgd): each rank then keeps 1/N of every frozen block's weights
+(BlockOptimizer.shard_frozen_blocks, badam/frozen_shards.py), gathered layer by layer for forward and recomputation;
+checkpoints and the saved model are gathered unit by unit onto rank 0, so they are the same files as without it. The
+model is still loaded whole on every rank first (the sharding frees memory once training starts).
 """
 from __future__ import annotations
 
@@ -61,14 +66,21 @@ class DataParallel:
     """What the loop needs for one ddp run: the gradient averaging attached to the method, and the context each
     micro-batch's forward and backward run in (the last one of a step averages, the others accumulate)."""
 
-    def __init__(self, model: nn.Module, method, ctx, reduce_dtype: str = "fp32", max_in_flight: int = MAX_IN_FLIGHT):
+    def __init__(self, model: nn.Module, method, ctx, reduce_dtype: str = "fp32", max_in_flight: int = MAX_IN_FLIGHT,
+                 shard_frozen: bool = False):
         check_method_supported(method.name)
         self.ctx = ctx
+        self.shard_frozen = shard_frozen
         optimizer = getattr(method, "optimizer", None)
+        if shard_frozen and not isinstance(optimizer, BlockOptimizer):
+            raise MethodUnsupportedError(f"train.ddp_shard_frozen shards the frozen blocks of BlockOptimizer methods "
+                                         f"(badam, bsgd); {method.name} has none: leave it false")
         if isinstance(optimizer, BlockOptimizer):
             optimizer.enable_data_parallel(None, reduce_dtype=reduce_dtype, broadcast_weights=False,
                                            max_in_flight=max_in_flight)
             self.sync = optimizer.gradient_sync
+            if shard_frozen:
+                optimizer.shard_frozen_blocks(model)
         else:
             masters = getattr(method, "master_weights", None)
             if not isinstance(masters, FP32MasterWeights):
@@ -83,7 +95,23 @@ class DataParallel:
     def describe(self) -> dict:
         return {"reduce_dtype": str(self.sync.reduce_dtype).removeprefix("torch."),
                 "bucket_numel": self.sync.bucket_numel, "max_in_flight": self.sync.max_in_flight,
-                "optimizer_states": "replicated"}
+                "optimizer_states": "replicated", "frozen_blocks": "sharded" if self.shard_frozen else "replicated"}
+
+
+def data_parallel_for(model: nn.Module, method, ctx, cfg) -> DataParallel | None:
+    """The loop's DataParallel under train.distributed=ddp (None otherwise); train.ddp_shard_frozen needs ddp."""
+    if ctx is None or ctx.mode != "ddp":
+        if cfg.ddp_shard_frozen:
+            raise MethodUnsupportedError("train.ddp_shard_frozen needs train.distributed=ddp under torchrun; this run "
+                                         f"is {'one process' if ctx is None else ctx.mode}: leave it false")
+        return None
+    return DataParallel(model, method, ctx, cfg.ddp_reduce_dtype, shard_frozen=cfg.ddp_shard_frozen)
+
+
+def frozen_shards(method):
+    """The BlockOptimizer's FrozenBlockShards when train.ddp_shard_frozen sharded its frozen blocks, else None."""
+    optimizer = getattr(method, "optimizer", None)
+    return optimizer.frozen_shards if isinstance(optimizer, BlockOptimizer) else None
 
 
 # --- checkpoints and the final model -------------------------------------------------------------------------------
@@ -94,8 +122,11 @@ def save_checkpoint(run_dir: Path, model: nn.Module, method, position, total_ste
     from experiments.results import CHECKPOINT_FILE
 
     rngs = gather_objects(checkpoint.rng_state(), ctx)
+    shards = frozen_shards(method)
+    state = shards.gathered_state_dict(model) if shards is not None else None  # every rank takes part
     if ctx.is_main:
-        checkpoint.save_checkpoint(run_dir / CHECKPOINT_FILE, model, method, position, total_steps, rank_rng=rngs)
+        checkpoint.save_checkpoint(run_dir / CHECKPOINT_FILE, model, method, position, total_steps, rank_rng=rngs,
+                                   model_state=state)
     ctx.barrier()
 
 
@@ -103,13 +134,17 @@ def load_checkpoint(resume_from: str, model: nn.Module, method, ctx):
     """Every rank loads the same checkpoint.pt and takes its own RNG states back."""
     from experiments import checkpoint
 
+    shards = frozen_shards(method)
+    load = (lambda state: shards.load_gathered_state_dict(model, state)) if shards is not None else None
     return checkpoint.load_checkpoint(resume_from, model, method, ctx.device, rank=ctx.rank,
-                                      world_size=ctx.world_size)
+                                      world_size=ctx.world_size, load_model_state=load)
 
 
-def save_model(model: nn.Module, path: Path, ctx) -> None:
+def save_model(model: nn.Module, path: Path, ctx, method=None) -> None:
     from experiments.loop import save_final_model
 
+    shards = frozen_shards(method)
+    state = shards.gathered_state_dict(model) if shards is not None else None  # every rank takes part
     if ctx.is_main:
-        save_final_model(model, Path(path))
+        save_final_model(model, Path(path), state_dict=state)
     ctx.barrier()

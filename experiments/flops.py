@@ -164,13 +164,15 @@ def count_step(shape: ModelShape, trainable: Trainable, seq_lens: list[int], *, 
 def _is_matmul(module) -> bool:
     import torch
 
+    if isinstance(module, torch.nn.Linear):  # its shape from in/out_features: a sharded weight's storage is empty
+        return True
     weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        return False
-    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"  # GPT-2's Conv1D: (in, out)
+    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and type(module).__name__ == "Conv1D"  # (in, out)
 
 
 def _fans(module) -> tuple[int, int]:
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):  # nn.Linear, also with frozen_shards
+        return module.in_features, module.out_features
     rows, cols = module.weight.shape
     return (rows, cols) if type(module).__name__ == "Conv1D" else (cols, rows)
 

@@ -126,13 +126,14 @@ def evaluate_loss(model: nn.Module, batches: Iterable[dict], device: torch.devic
     return total / count if count else None
 
 
-def save_final_model(model: nn.Module, path: Path) -> None:
+def save_final_model(model: nn.Module, path: Path, state_dict: dict | None = None) -> None:
     """Write the trained model as a transformers folder. LoRA adapters are merged first so evaluators load one model;
-    the merge is done (and saved) in fp32, because rounding W + BA to bf16 would add full-rank noise to the update."""
+    the merge is done (and saved) in fp32, because rounding W + BA to bf16 would add full-rank noise to the update.
+    state_dict: the weights when the model does not hold them whole (frozen blocks sharded)."""
     if hasattr(model, "merge_and_unload"):
         model = model.float().merge_and_unload()
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
+    model.save_pretrained(path, state_dict=state_dict)
 
 
 def check_supported(method, cfg: TrainConfig, device: torch.device) -> None:
@@ -323,7 +324,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         compiling = compile_for_training(model, method, cfg.compile_layers)  # sharded, before masters and ddp's sync
         method.build_optimizer(model)
         timer.stream_only = method.update_overlapped  # the update may overlap the next forward
-        data_parallel = ddp_mod.DataParallel(model, method, dist_ctx, cfg.ddp_reduce_dtype) if ddp else None
+        data_parallel = ddp_mod.data_parallel_for(model, method, dist_ctx, cfg)
         model.train()
         if getattr(getattr(model, "config", None), "use_cache", False):
             model.config.use_cache = False  # a KV cache is useless in training and costs memory
@@ -409,7 +410,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         if status == "interrupted":
             save_model_dir = None
         if save_model_dir is not None and ddp:
-            ddp_mod.save_model(model, Path(save_model_dir), dist_ctx)
+            ddp_mod.save_model(model, Path(save_model_dir), dist_ctx, method)
         elif save_model_dir is not None and dist_ctx is not None:
             dist_mod.save_full_model(model, Path(save_model_dir), dist_ctx)
         elif save_model_dir is not None:

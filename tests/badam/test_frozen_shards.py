@@ -128,3 +128,13 @@ def test_misuse_gives_one_clear_error():
                                                     ["embed_tokens"]])  # no block is one module (lm_head: none)
     with pytest.raises(ValueError, match="no block's prefix names a module"):
         across_layers.shard_frozen_blocks(model)
+
+
+def test_the_flop_model_reads_sharded_layers_whole():
+    """experiments.flops reads a Linear's shape from in/out_features, so MFU counts the sharded layers too."""
+    from experiments.flops import FlopCounter
+
+    model = tiny_llama(torch.bfloat16)
+    before = FlopCounter(model).shape
+    build(model).shard_frozen_blocks(model)
+    assert FlopCounter(model).shape == before

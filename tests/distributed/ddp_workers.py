@@ -20,14 +20,23 @@ LIBRARY_OPTIONS = {"switch_block_every": 2, "switch_mode": "random", "include_em
 LIBRARY_STEPS = 6
 
 
-def ddp_setup(ctx, method_name: str, dtype: torch.dtype, **options):
+def ddp_setup(ctx, method_name: str, dtype: torch.dtype, shard_frozen: bool = False, **options):
     """What the loop does under train.distributed=ddp: prepare, replicate rank 0's weights, build, attach."""
     method = make_method(method_name)
     for key, value in options.items():
         setattr(method.options, key, value)
     model = DDP.replicate(method.prepare_model(tiny_llama(dtype)), ctx)
     method.build_optimizer(model)
-    return model, method, DDP.DataParallel(model, method, ctx)
+    return model, method, DDP.DataParallel(model, method, ctx, shard_frozen=shard_frozen)
+
+
+def weights_of(model, method) -> dict | None:
+    """full_weights, gathered onto rank 0 when the frozen blocks are sharded (None on the other ranks then)."""
+    shards = DDP.frozen_shards(method)
+    if shards is None:
+        return full_weights(model)
+    state = shards.gathered_state_dict(model)
+    return None if state is None else {k: v.float() for k, v in state.items()}
 
 
 def train_ddp(model, method, dp, steps: list[list[dict]]) -> tuple[list[float], list, list[float]]:
@@ -202,22 +211,23 @@ def library_sharded(ctx) -> dict:
     return result
 
 
-def resume(ctx, out_dir: Path, total: int = 5, save_after: int = 3) -> dict:
+def resume(ctx, out_dir: Path, total: int = 5, save_after: int = 3, shard_frozen: bool = False) -> dict:
     """bf16 BAdam under ddp: uninterrupted vs checkpoint.pt (experiments.ddp) after `save_after` steps, then a fresh
-    model, method and attachment that load it and train on."""
-    model, method, dp = ddp_setup(ctx, "badam", torch.bfloat16)
+    model, method and attachment that load it and train on (shard_frozen: all three with the frozen blocks sharded)."""
+    model, method, dp = ddp_setup(ctx, "badam", torch.bfloat16, shard_frozen)
     train_ddp(model, method, dp, rank_steps(ctx, total))
-    straight = {"weights": full_weights(model), "describe": method.describe()}
+    straight = {"weights": weights_of(model, method), "describe": method.describe()}
 
-    model, method, dp = ddp_setup(ctx, "badam", torch.bfloat16)
+    model, method, dp = ddp_setup(ctx, "badam", torch.bfloat16, shard_frozen)
     train_ddp(model, method, dp, rank_steps(ctx, save_after))
     out_dir.mkdir(parents=True, exist_ok=True)
     DDP.save_checkpoint(out_dir, model, method, Position(step=save_after), total, ctx)
     del model, method, dp
-    model, method, dp = ddp_setup(ctx, "badam", torch.bfloat16)
+    model, method, dp = ddp_setup(ctx, "badam", torch.bfloat16, shard_frozen)
     position = DDP.load_checkpoint(str(out_dir), model, method, ctx)
     train_ddp(model, method, dp, rank_steps(ctx, total, first=position.step))
-    resumed = {"weights": full_weights(model), "describe": method.describe(), "step": position.step}
+    resumed = {"weights": weights_of(model, method), "describe": method.describe(), "step": position.step,
+               "split": method.memory_split(model), "dp": dp.describe()}
     return {"straight": straight, "resumed": resumed}
 
 
@@ -238,6 +248,9 @@ def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
 
     half, half_dir = run("half", "train.stop_after_steps=2", "train.save_every=2")
     resumed, _ = run("half", f"train.resume_from={half_dir}", "train.save_every=2", "output.save_model=true")
+    _, shard_dir = run("sharded", "train.stop_after_steps=2", "train.save_every=2", "train.ddp_shard_frozen=true")
+    run("sharded", f"train.resume_from={shard_dir}", "train.save_every=2", "output.save_model=true",
+        "train.ddp_shard_frozen=true")
     compiled, compiled_dir = run("compiled", "train.compile_layers=aot_eager")  # Dynamo on every rank, under ddp
     return {"statuses": [half["status"], resumed["status"]], "distributed": resumed.get("distributed"),
             "compiled": {"status": compiled["status"], "dir": str(compiled_dir),
@@ -322,5 +335,6 @@ def all_ddp_cases(ctx, out_dir: Path, model_dir: Path) -> dict:
     return {"equivalence": equivalence(ctx), "library": library(ctx), "library_overlap": library_overlap(ctx),
             "library_sharded": library_sharded(ctx),
             "resume": resume(ctx, out_dir / "resume"),
+            "resume_sharded": resume(ctx, out_dir / "resume_sharded", shard_frozen=True),
             "harness": harness(ctx, out_dir / "harness", model_dir), "bench": bench(ctx, out_dir / "bench"),
             "partial": partial_gradients(ctx), "bench_compiled": bench_compiled(ctx, out_dir / "bench_compiled")}

@@ -62,7 +62,7 @@ def test_bf16_badam_sums_in_fp32_and_replicates_its_state(ddp):
     assert got["split"]["parameters"] == single["parameters"]
     assert got["split"]["optimizer_states"] == single["optimizer_states"] > 0
     assert got["dp"] == {"reduce_dtype": "float32", "bucket_numel": 25_000_000, "max_in_flight": 2,
-                         "optimizer_states": "replicated"}
+                         "optimizer_states": "replicated", "frozen_blocks": "replicated"}
 
 
 def test_library_process_group_schedule_and_weights(ddp):
@@ -108,12 +108,18 @@ def test_ranks_built_differently_get_one_clear_error(ddp):
     assert len(errors) == WORLD and all("rank 1 differs from rank 0 in schedule" in (e or "") for e in errors)
 
 
-def test_resume_under_ddp_is_bitwise(ddp):
-    out = ddp["resume"]  # 5 steps straight vs 3, checkpoint.pt, fresh model + method + attachment, 2 more (K = 2)
+@pytest.mark.parametrize("case", ["resume", "resume_sharded"])
+def test_resume_under_ddp_is_bitwise(ddp, case):
+    out = ddp[case]  # 5 steps straight vs 3, checkpoint.pt, fresh model + method + attachment, 2 more (K = 2)
     straight, resumed = out["straight"], out["resumed"]
     assert resumed["step"] == 3 and resumed["describe"] == straight["describe"]
     for key, value in straight["weights"].items():
         assert torch.equal(resumed["weights"][key], value), key
+    if case == "resume_sharded":  # train.ddp_shard_frozen: the same numbers as replicated, less held per rank
+        replicated = ddp["resume"]
+        assert all(torch.equal(value, replicated["straight"]["weights"][k]) for k, value in straight["weights"].items())
+        assert resumed["dp"]["frozen_blocks"] == "sharded"
+        assert resumed["split"]["parameters"] < replicated["resumed"]["split"]["parameters"]
 
 
 def _weights(folder):
@@ -140,6 +146,18 @@ def test_experiments_run_ddp_equals_fsdp2_and_resumes(fsdp2_run):
     diffs = torch.cat([(v - _weights(sharded / "model")[k]).abs().flatten()
                        for k, v in _weights(resumed / "model").items()])
     assert diffs.max() <= 1e-2 * LR and (diffs > 1e-7).float().mean() <= 1e-3
+
+
+def test_experiments_run_ddp_with_frozen_blocks_sharded_equals_replicated(fsdp2_run):
+    """train.ddp_shard_frozen=true through experiments.run, stopped after 2 steps and resumed to 4: the replicated ddp
+    run's metrics and saved model bit for bit (the checkpoint and the model are gathered onto rank 0)."""
+    harness = fsdp2_run["harness_dir"].parent / "ddp" / "harness"
+    replicated, sharded = (harness / name / "smollm2_alpaca-badam" for name in ("half", "sharded"))
+    assert read_summary(sharded)["steps"] == 4 and read_summary(sharded)["distributed"]["frozen_blocks"] == "sharded"
+    for a, b in zip(read_metrics(replicated), read_metrics(sharded), strict=True):
+        assert (b["loss"], b["grad_norm"], b["active_block"]) == (a["loss"], a["grad_norm"], a["active_block"])
+    want = _weights(replicated / "model")
+    assert all(torch.equal(v, want[k]) for k, v in _weights(sharded / "model").items()) and want
 
 
 def test_experiments_run_ddp_with_compiled_layers_keeps_the_losses(fsdp2_run):
