@@ -105,6 +105,7 @@ class FrozenBlockShards:
         self._pending: dict[int, tuple] = {}  # unit index -> (work, gathered buffers): issued ahead
         self._unit_of = {id(p): u for u in self.units for p in u.params()}
         self._end_queued = False
+        self._state_dict_ok = False  # set while gathered_state_dict / load_gathered_state_dict read or load the rest
         self.gathers = 0  # all-gathers issued (a unit's dtypes count once): what tests and benchmarks read
         active_ids = {id(p) for p in active}
         self._hooks = []
@@ -115,6 +116,8 @@ class FrozenBlockShards:
                 self._shard(unit)
             self._hooks.append(unit.module.register_forward_pre_hook(self._pre_hook(unit)))
             self._hooks.append(unit.module.register_forward_hook(self._post_hook(unit), always_call=True))
+            self._hooks.append(unit.module.register_state_dict_post_hook(self._refuse_state_dict(unit)))
+            self._hooks.append(unit.module.register_load_state_dict_pre_hook(self._refuse_state_dict(unit)))
 
     # --- layout --------------------------------------------------------------------------------------------------
     @staticmethod
@@ -234,6 +237,15 @@ class FrozenBlockShards:
             if unit.installed == "backward":
                 self._restore(unit)
 
+    def _refuse_state_dict(self, unit: _Unit):
+        def refuse(*_args):
+            if not unit.pinned and not self._state_dict_ok:  # its parameters hold no weights: never save or load them
+                raise RuntimeError(f"{unit.name}: this block's weights are sharded over the ranks (BlockOptimizer."
+                                   "shard_frozen_blocks), so model.state_dict() / load_state_dict() cannot see them; "
+                                   "call optimizer.frozen_shards.gathered_state_dict(model) / load_gathered_state_dict("
+                                   "model, state) on every rank, or optimizer.release() to make the model whole")
+        return refuse
+
     def _prefetch(self, index: int) -> None:
         if 0 <= index < len(self.units) and not self.units[index].pinned and not self.units[index].installed \
                 and index not in self._pending:
@@ -299,10 +311,14 @@ class FrozenBlockShards:
                         whole[names[id(p)]] = view.detach().to("cpu", copy=True)
         if self.rank != to_rank:
             return None
-        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()
-                 if k not in whole}
+        self._state_dict_ok = True
+        try:
+            own = model.state_dict()
+        finally:
+            self._state_dict_ok = False
+        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in own.items() if k not in whole}
         state.update(whole)
-        return {k: state[k] for k in model.state_dict() if k in state}
+        return {k: state[k] for k in own if k in state}
 
     @torch.no_grad()
     def load_gathered_state_dict(self, model: nn.Module, state: dict) -> None:
@@ -310,7 +326,11 @@ class FrozenBlockShards:
         loaded as model.load_state_dict(strict=True) would."""
         sharded = self.sharded_names(model)
         rest = {k: v for k, v in state.items() if k not in sharded}
-        missing, unexpected = model.load_state_dict(rest, strict=False)
+        self._state_dict_ok = True
+        try:
+            missing, unexpected = model.load_state_dict(rest, strict=False)
+        finally:
+            self._state_dict_ok = False
         missing = [k for k in missing if k not in sharded or k not in state]
         if missing or unexpected:
             raise KeyError(f"state dict does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -138,3 +138,18 @@ def test_the_flop_model_reads_sharded_layers_whole():
     before = FlopCounter(model).shape
     build(model).shard_frozen_blocks(model)
     assert FlopCounter(model).shape == before
+
+
+def test_plain_state_dict_calls_are_refused_while_blocks_are_sharded():
+    """A sharded block's parameters are empty: model.state_dict() / load_state_dict() say so instead of saving or
+    loading empty tensors, and work again after release()."""
+    model = tiny_llama(torch.bfloat16)
+    opt = build(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    opt.shard_frozen_blocks(model)
+    with pytest.raises(RuntimeError, match="gathered_state_dict"):
+        model.state_dict()
+    with pytest.raises(RuntimeError, match="load_gathered_state_dict"):
+        model.load_state_dict(state)
+    opt.release()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -128,3 +128,19 @@ def test_auto_matches_the_mode_a_run_recorded(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert same_mode("ddp", "auto") and same_mode("auto", "fsdp2") and not same_mode("none", "auto")
     assert changed_settings(recorded, config()) == ["train.distributed: 'none' -> 'auto'"]
+
+
+def test_sharding_the_frozen_blocks_needs_ddp():
+    """train.ddp_shard_frozen is ddp's: refused at load time for an explicit none / fsdp2, and by the loop when auto
+    did not become ddp (here: one process)."""
+    from baselines.errors import MethodUnsupportedError
+    from experiments import ddp
+
+    for mode in ("none", "fsdp2"):
+        with pytest.raises(ConfigError, match=f"train.ddp_shard_frozen needs train.distributed=ddp or auto, not {mode}"):
+            config(f"train.distributed={mode}", "train.ddp_shard_frozen=true")
+    cfg = config("train.ddp_shard_frozen=true")
+    with pytest.raises(MethodUnsupportedError, match="needs train.distributed=ddp under torchrun; this run is one "
+                                                     "process"):
+        ddp.data_parallel_for(None, None, None, cfg.train)
+    assert ddp.data_parallel_for(None, None, None, config().train) is None
