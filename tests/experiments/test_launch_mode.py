@@ -137,7 +137,7 @@ def test_sharding_the_frozen_blocks_needs_ddp():
     from experiments import ddp
 
     for mode in ("none", "fsdp2"):
-        with pytest.raises(ConfigError, match=f"train.ddp_shard_frozen needs train.distributed=ddp or auto, not {mode}"):
+        with pytest.raises(ConfigError, match=f"ddp_shard_frozen needs train.distributed=ddp or auto, not {mode}"):
             config(f"train.distributed={mode}", "train.ddp_shard_frozen=true")
     cfg = config("train.ddp_shard_frozen=true")
     with pytest.raises(MethodUnsupportedError, match="needs train.distributed=ddp under torchrun; this run is one "
