@@ -93,15 +93,14 @@ class FrozenBlockShards:
     trained now (their units stay whole); `distributed=False`: one rank, whatever the default group."""
 
     def __init__(self, units: list[tuple[str, nn.Module]], active: Iterable[torch.Tensor], process_group=None,
-                 *, prefetch: bool = True, distributed: bool = True):
+                 *, prefetch: bool = True, distributed: bool = True, place=None):
         dist = _dist()
         self.group = process_group
         distributed = distributed and dist.is_available() and dist.is_initialized()
         self.world = dist.get_world_size(process_group) if distributed else 1
         self.rank = dist.get_rank(process_group) if distributed else 0
         self.units = [_Unit(name, module, i, self._layout(module)) for i, (name, module) in enumerate(units)]
-        self.device = next(iter(self.units[0].module.parameters())).device if self.units else torch.device("cpu")
-        self.prefetch = prefetch and self.device.type == "cuda" and self.world > 1
+        self.device = torch.device("cpu")
         self._pending: dict[int, tuple] = {}  # unit index -> (work, gathered buffers): issued ahead
         self._unit_of = {id(p): u for u in self.units for p in u.params()}
         self._end_queued = False
@@ -110,6 +109,10 @@ class FrozenBlockShards:
         active_ids = {id(p) for p in active}
         self._hooks = []
         for unit in self.units:
+            if place is not None:  # built on the meta device or the CPU: whole on its device one unit at a time
+                for sub, module in unit.module.named_modules():
+                    place(f"{unit.name}.{sub}" if sub else unit.name, module)
+            self.device = unit.params()[0].device
             if any(id(p) in active_ids for p in unit.params()):
                 unit.pinned = True
             else:
@@ -118,6 +121,7 @@ class FrozenBlockShards:
             self._hooks.append(unit.module.register_forward_hook(self._post_hook(unit), always_call=True))
             self._hooks.append(unit.module.register_state_dict_post_hook(self._refuse_state_dict(unit)))
             self._hooks.append(unit.module.register_load_state_dict_pre_hook(self._refuse_state_dict(unit)))
+        self.prefetch = prefetch and self.device.type == "cuda" and self.world > 1
 
     # --- layout --------------------------------------------------------------------------------------------------
     @staticmethod
@@ -362,13 +366,17 @@ class FrozenShardingMixin:
     def frozen_shards(self) -> FrozenBlockShards | None:
         return self._frozen_shards
 
-    def shard_frozen_blocks(self, model: nn.Module, *, prefetch: bool = True) -> FrozenBlockShards:
+    def shard_frozen_blocks(self, model: nn.Module, *, prefetch: bool = True, place=None) -> FrozenBlockShards:
         """Keep 1/N of every frozen block's weights on each of the N data-parallel ranks (module docstring). Call it
         on every rank, after ``enable_data_parallel`` (or ``process_group=``) and between steps; `model` is the module
         whose named_parameters() built this optimizer. Without data parallelism the shard is the whole block: nothing
         is saved, the mechanism runs as it would on N ranks (what a one-GPU measurement of its cost needs).
         A block is sharded when its name prefix names a module all of whose parameters belong to that block alone;
-        the others (and everything outside the blocks) stay replicated."""
+        the others (and everything outside the blocks) stay replicated.
+        `place(name, module)`: for a model built on the meta device or loaded on the CPU, so that it never sits whole
+        on the GPU: it must put that module's own parameters and buffers (not its children's) on the device, keeping
+        the Parameter objects; each unit is placed and cut into shards before the next, then every other module is
+        placed and the active block's masters are made again from the placed weights."""
         if self._frozen_shards is not None:
             raise RuntimeError("shard_frozen_blocks: this BlockOptimizer's frozen blocks are sharded already")
         if self._overlap is not None:
@@ -384,8 +392,20 @@ class FrozenShardingMixin:
             raise ValueError("shard_frozen_blocks: no block's prefix names a module of this model that holds only that "
                              f"block's parameters (blocks: {self.block_prefix_list[:3]} ...)")
         group = self.process_group
+        if place is not None:  # masters and hooks of the unplaced weights go first (placing swaps the tensors)
+            if self._sync is not None:
+                self._sync.detach()
+            if self._masters is not None:
+                self._masters.release()
+                self._masters = None
         self._frozen_shards = FrozenBlockShards(units, self._active_params, group, prefetch=prefetch,
-                                                distributed=self._sync is not None)
+                                                distributed=self._sync is not None, place=place)
+        if place is not None:
+            inside = {id(m) for _, unit in units for m in unit.modules()}
+            for name, module in model.named_modules():
+                if id(module) not in inside:
+                    place(name, module)
+            self._activate(self.current_block, event=None)  # masters (and gradient hooks) from the placed weights
         return self._frozen_shards
 
     def _switch_shards(self, leaving: list, entering: list) -> None:

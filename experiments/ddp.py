@@ -23,7 +23,8 @@ model and optimizer state) with every rank's RNG states; a resume needs the same
 `train.ddp_shard_frozen=true` (badam, bsgd): each rank then keeps 1/N of every frozen block's weights
 (BlockOptimizer.shard_frozen_blocks, badam/frozen_shards.py), gathered layer by layer for forward and recomputation;
 checkpoints and the saved model are gathered unit by unit onto rank 0, so they are the same files as without it. The
-model is still loaded whole on every rank first (the sharding frees memory once training starts).
+model is then built on the meta device (random init) or loaded on the CPU (experiments/run.py) and placed on the GPU
+one unit at a time as it is sharded (`placement`), so it never sits whole on a GPU.
 """
 from __future__ import annotations
 
@@ -54,9 +55,12 @@ def check_method_supported(method_name: str) -> None:
 @torch.no_grad()
 def replicate(model: nn.Module, ctx) -> nn.Module:
     """Rank 0's parameters and buffers on every rank (in place, one broadcast per tensor), before the method builds
-    masters from them; the model is on ctx.device already."""
+    masters from them; the model is on ctx.device already. A model not placed yet (train.ddp_shard_frozen: built on
+    the meta device or loaded on the CPU) is left as it is: every rank builds it the same way (`placement`)."""
     import torch.distributed as dist
 
+    if not placed(model, ctx.device):
+        return model
     for tensor in list(model.parameters()) + list(model.buffers()):
         dist.broadcast(tensor.data, src=0)
     return model
@@ -67,7 +71,7 @@ class DataParallel:
     micro-batch's forward and backward run in (the last one of a step averages, the others accumulate)."""
 
     def __init__(self, model: nn.Module, method, ctx, reduce_dtype: str = "fp32", max_in_flight: int = MAX_IN_FLIGHT,
-                 shard_frozen: bool = False):
+                 shard_frozen: bool = False, place=None):
         check_method_supported(method.name)
         self.ctx = ctx
         self.shard_frozen = shard_frozen
@@ -80,7 +84,7 @@ class DataParallel:
                                            max_in_flight=max_in_flight)
             self.sync = optimizer.gradient_sync
             if shard_frozen:
-                optimizer.shard_frozen_blocks(model)
+                optimizer.shard_frozen_blocks(model, place=place)
         else:
             masters = getattr(method, "master_weights", None)
             if not isinstance(masters, FP32MasterWeights):
@@ -98,14 +102,59 @@ class DataParallel:
                 "optimizer_states": "replicated", "frozen_blocks": "sharded" if self.shard_frozen else "replicated"}
 
 
-def data_parallel_for(model: nn.Module, method, ctx, cfg) -> DataParallel | None:
-    """The loop's DataParallel under train.distributed=ddp (None otherwise); train.ddp_shard_frozen needs ddp."""
+def data_parallel_for(model: nn.Module, method, ctx, cfg, seed: int = 0) -> DataParallel | None:
+    """The loop's DataParallel under train.distributed=ddp (None otherwise); train.ddp_shard_frozen needs ddp. A model
+    not on the device yet (train.ddp_shard_frozen) is placed there unit by unit while it is sharded."""
     if ctx is None or ctx.mode != "ddp":
         if cfg.ddp_shard_frozen:
             raise MethodUnsupportedError("train.ddp_shard_frozen needs train.distributed=ddp under torchrun; this run "
                                          f"is {'one process' if ctx is None else ctx.mode}: leave it false")
         return None
-    return DataParallel(model, method, ctx, cfg.ddp_reduce_dtype, shard_frozen=cfg.ddp_shard_frozen)
+    return DataParallel(model, method, ctx, cfg.ddp_reduce_dtype, shard_frozen=cfg.ddp_shard_frozen,
+                        place=placement(model, ctx.device, seed))
+
+
+def placed(model: nn.Module, device: torch.device) -> bool:
+    """Whether every parameter and buffer of `model` is on `device` already."""
+    return all(t.device.type == device.type for t in list(model.parameters()) + list(model.buffers()))
+
+
+def placement(model: nn.Module, device: torch.device, seed: int):
+    """shard_frozen_blocks' `place` for a model that is not on `device` yet (None when it is): one module's own
+    parameters go there, the Parameter objects kept (torch.utils.swap_tensors); a module built on the meta device gets transformers' random init
+    for its type, seeded by the run's seed and the module's name (the same weights on every rank, one module at a time,
+    so the whole model never sits on one GPU), a module loaded on the CPU is moved."""
+    import zlib
+
+    from experiments.distributed import rebuild_buffers
+
+    if placed(model, device):
+        return None
+
+    @torch.no_grad()
+    def place(name: str, module: nn.Module) -> None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG untouched
+            _place(name, module)
+
+    def _place(name: str, module: nn.Module) -> None:
+        drawn = False
+        for p in module.parameters(recurse=False):
+            if p.device.type == device.type:
+                continue  # placed already (a weight tied to one placed before)
+            value = torch.empty_like(p, device=device) if p.is_meta else p.detach().to(device)
+            drawn |= p.is_meta
+            # swap_tensors keeps the Parameter object the optimizer holds (set_data cannot leave the meta device)
+            torch.utils.swap_tensors(p, nn.Parameter(value, requires_grad=p.requires_grad))
+        if drawn:
+            torch.manual_seed(seed + zlib.crc32(name.encode()))
+            model._init_weights(module)
+        metas = {k for k, b in module.named_buffers(recurse=False) if b.is_meta}
+        for key, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.device.type != device.type:
+                module._buffers[key] = torch.empty_like(buffer, device=device) if key in metas else buffer.to(device)
+        if metas:
+            rebuild_buffers(name, module, device)
+    return place
 
 
 def frozen_shards(method):

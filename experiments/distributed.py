@@ -263,17 +263,22 @@ def _rebuild_buffers(model: nn.Module, device: torch.device) -> None:
     """Non-persistent buffers (rotary inverse frequencies) have no value after `to_empty`: recompute them by building
     the owning module again, alone, on the CPU (it takes only the config), and copying its buffers over."""
     for name, module in model.named_modules():
-        own = dict(module.named_buffers(recurse=False))
-        if not own:
-            continue
-        if "RotaryEmbedding" not in type(module).__name__ or not hasattr(module, "config"):
-            raise NotImplementedError(f"meta-device init restores only rotary-embedding buffers; module {name!r} "
-                                      f"({type(module).__name__}) has buffers {sorted(own)}: load this model with "
-                                      "train.distributed=none or from a checkpoint")
-        with torch.device("cpu"):
-            fresh = type(module)(module.config)
-        for buffer_name, value in fresh.named_buffers(recurse=False):
-            own[buffer_name].copy_(value.to(device=device, dtype=own[buffer_name].dtype))
+        rebuild_buffers(name, module, device)
+
+
+def rebuild_buffers(name: str, module: nn.Module, device: torch.device) -> None:
+    """_rebuild_buffers for one module's own buffers (allocated on `device`, without values)."""
+    own = dict(module.named_buffers(recurse=False))
+    if not own:
+        return
+    if "RotaryEmbedding" not in type(module).__name__ or not hasattr(module, "config"):
+        raise NotImplementedError(f"meta-device init restores only rotary-embedding buffers; module {name!r} "
+                                  f"({type(module).__name__}) has buffers {sorted(own)}: load this model with "
+                                  "train.distributed=none or from a checkpoint")
+    with torch.device("cpu"):
+        fresh = type(module)(module.config)
+    for buffer_name, value in fresh.named_buffers(recurse=False):
+        own[buffer_name].copy_(value.to(device=device, dtype=own[buffer_name].dtype))
 
 
 @torch.no_grad()

@@ -324,7 +324,7 @@ def train(model: nn.Module, method, batches_fn: BatchesFn, cfg: TrainConfig, run
         compiling = compile_for_training(model, method, cfg.compile_layers)  # sharded, before masters and ddp's sync
         method.build_optimizer(model)
         timer.stream_only = method.update_overlapped  # the update may overlap the next forward
-        data_parallel = ddp_mod.data_parallel_for(model, method, dist_ctx, cfg)
+        data_parallel = ddp_mod.data_parallel_for(model, method, dist_ctx, cfg, seed or 0)
         model.train()
         if getattr(getattr(model, "config", None), "use_cache", False):
             model.config.use_cache = False  # a KV cache is useless in training and costs memory

@@ -244,7 +244,8 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, on_exists: str = "s
         write_run_config(run_dir, config_dict)
     # sharded runs: random models are built on the meta device (each rank materialises only its shards after
     # sharding), others load on the CPU and move to the GPU shard by shard; ddp: every rank loads the whole model
-    sharded = dist_ctx is not None and dist_ctx.mode == "fsdp2"
+    # (with train.ddp_shard_frozen as sharded runs, placed unit by unit: experiments.ddp.placement)
+    sharded = dist_ctx is not None and (dist_ctx.mode == "fsdp2" or cfg.train.ddp_shard_frozen)
     load_device = device if not sharded else ("meta" if cfg.model.source.startswith("random:") else "cpu")
     data_stats: dict = {}
     meta = {"run_name": config_dict["run_name"], "model": cfg.model.source, "config": config_dict,

@@ -153,3 +153,38 @@ def test_plain_state_dict_calls_are_refused_while_blocks_are_sharded():
         model.load_state_dict(state)
     opt.release()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_a_model_built_on_meta_is_placed_unit_by_unit_as_it_is_sharded():
+    """experiments.ddp.placement as shard_frozen_blocks' `place`: a random model built on the meta device gets the
+    same weights (each module's init seeded by its name) and trains bit for bit like the same model placed whole
+    first; the run's RNG is left as it was."""
+    from experiments.ddp import placement
+    from experiments.models import load_model
+
+    def meta_model():
+        return load_model("random:tiny-llama", dtype="bf16", device="meta", tokenizer=False, seed=0)[0].train()
+
+    runs = []
+    for shard in (False, True):
+        model = meta_model()
+        place = placement(model, torch.device("cpu"), seed=3)
+        if not shard:
+            for name, module in model.named_modules():
+                place(name, module)
+        opt = build(model)
+        rng = torch.random.get_rng_state()
+        if shard:
+            opt.shard_frozen_blocks(model, place=place)
+        assert torch.equal(torch.random.get_rng_state(), rng)
+        assert not any(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
+        losses = []
+        for s in range(4):
+            batch = {k: v % model.config.vocab_size for k, v in lm_batch(s).items()}
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        runs.append(losses)
+    assert runs[0] == runs[1] and all(torch.isfinite(torch.tensor(runs[0])))

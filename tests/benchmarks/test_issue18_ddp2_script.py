@@ -135,10 +135,22 @@ def test_fsdp1_at_batch_8(tmp_path):
         "fsdp1_b8_keepall_r1.txt", "fsdp1_b8_r1.txt", "plain_b8_r1.txt"]
 
 
+def test_shard_runs_one_gpu_then_replicated_sharded_and_fsdp2(tmp_path):
+    """Phase shard (--shard-frozen): per batch size the one-GPU run, then on two GPUs replicated ddp, sharded ddp and
+    FSDP2, all compiled with block-reentrant checkpointing; ONE=0 leaves the one-GPU run out."""
+    lines = recorded_calls(tmp_path, "shard", BATCHES="2 8")
+    assert [line.split()[1] for line in lines] == ["1", "2", "2", "2"] * 2
+    assert ["--shard-frozen" in line for line in lines] == [True, False, True, False] * 2
+    assert all("--compile-layers --checkpointing block-reentrant" in line for line in lines)
+    assert ["--mode ddp" in line for line in lines] == [True, True, True, False] * 2
+    (tmp_path / "again").mkdir()
+    assert len(recorded_calls(tmp_path / "again", "shard", ONE="0")) == 3
+
+
 def test_a_bad_phase_is_named_and_writes_nothing(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "b2"], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "OUT": str(tmp_path / "out"), "BADAM_SOURCE_COMMIT": "x"})
     assert done.returncode == 2
-    assert ("unknown phase b2; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2, scale4, ckpt2 or "
-            "zero1" in done.stderr)
+    assert ("unknown phase b2; choose diag, wire, b8, fsdp, adam, 70b, fsdp1, compile1, compile2, scale4, ckpt2, "
+            "shard or zero1" in done.stderr)
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()

@@ -251,8 +251,12 @@ def harness(ctx, out_dir: Path, model_dir: Path) -> dict:
     _, shard_dir = run("sharded", "train.stop_after_steps=2", "train.save_every=2", "train.ddp_shard_frozen=true")
     run("sharded", f"train.resume_from={shard_dir}", "train.save_every=2", "output.save_model=true",
         "train.ddp_shard_frozen=true")
+    # a random model built on the meta device: placed and sharded unit by unit, never whole on a rank
+    placed, placed_dir = run("placed", "model.source=random:tiny-llama", "train.ddp_shard_frozen=true",
+                             "output.save_model=true")
     compiled, compiled_dir = run("compiled", "train.compile_layers=aot_eager")  # Dynamo on every rank, under ddp
     return {"statuses": [half["status"], resumed["status"]], "distributed": resumed.get("distributed"),
+            "placed": {"status": placed["status"], "dir": str(placed_dir)},
             "compiled": {"status": compiled["status"], "dir": str(compiled_dir),
                          "compile_layers": compiled.get("compile_layers")}}
 

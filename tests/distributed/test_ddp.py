@@ -9,6 +9,7 @@ tolerance, weights within one bf16 ulp (a master rounded the other way) for all 
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,13 @@ def test_experiments_run_ddp_with_frozen_blocks_sharded_equals_replicated(fsdp2_
         assert (b["loss"], b["grad_norm"], b["active_block"]) == (a["loss"], a["grad_norm"], a["active_block"])
     want = _weights(replicated / "model")
     assert all(torch.equal(v, want[k]) for k, v in _weights(sharded / "model").items()) and want
+    placed = fsdp2_run["ddp"]["harness"]["placed"]  # random:tiny-llama built on meta, placed unit by unit
+    assert placed["status"] == "ok"
+    losses = [m["loss"] for m in read_metrics(Path(placed["dir"]))]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    got = _weights(Path(placed["dir"]) / "model")
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
+    assert all(v.abs().sum() > 0 for v in got.values())  # every weight drawn, none left empty or zero
 
 
 def test_experiments_run_ddp_with_compiled_layers_keeps_the_losses(fsdp2_run):
