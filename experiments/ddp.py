@@ -121,9 +121,9 @@ def placed(model: nn.Module, device: torch.device) -> bool:
 
 def placement(model: nn.Module, device: torch.device, seed: int):
     """shard_frozen_blocks' `place` for a model that is not on `device` yet (None when it is): one module's own
-    parameters go there, the Parameter objects kept (torch.utils.swap_tensors); a module built on the meta device gets transformers' random init
-    for its type, seeded by the run's seed and the module's name (the same weights on every rank, one module at a time,
-    so the whole model never sits on one GPU), a module loaded on the CPU is moved."""
+    parameters go there, the Parameter objects kept (torch.utils.swap_tensors); a module built on the meta device
+    gets transformers' random init for its type, seeded by the run's seed and the module's name (the same weights on
+    every rank, one module at a time, so the whole model never sits on one GPU), a module loaded on the CPU is moved."""
     import zlib
 
     from experiments.distributed import rebuild_buffers
