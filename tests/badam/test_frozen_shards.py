@@ -155,7 +155,8 @@ def test_plain_state_dict_calls_are_refused_while_blocks_are_sharded():
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_a_model_built_on_meta_is_placed_unit_by_unit_as_it_is_sharded():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
+def test_a_model_built_on_meta_is_placed_unit_by_unit_as_it_is_sharded(device):
     """experiments.ddp.placement as shard_frozen_blocks' `place`: a random model built on the meta device gets the
     same weights (each module's init seeded by its name) and trains bit for bit like the same model placed whole
     first; the run's RNG is left as it was."""
@@ -168,7 +169,7 @@ def test_a_model_built_on_meta_is_placed_unit_by_unit_as_it_is_sharded():
     runs = []
     for shard in (False, True):
         model = meta_model()
-        place = placement(model, torch.device("cpu"), seed=3)
+        place = placement(model, torch.device(device), seed=3)
         if not shard:
             for name, module in model.named_modules():
                 place(name, module)
@@ -180,7 +181,7 @@ def test_a_model_built_on_meta_is_placed_unit_by_unit_as_it_is_sharded():
         assert not any(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
         losses = []
         for s in range(4):
-            batch = {k: v % model.config.vocab_size for k, v in lm_batch(s).items()}
+            batch = {k: (v % model.config.vocab_size).to(device) for k, v in lm_batch(s).items()}
             loss = model(**batch).loss
             loss.backward()
             opt.step()
