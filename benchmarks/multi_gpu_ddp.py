@@ -250,12 +250,11 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
     from experiments.measure import synchronize
 
     method.build_optimizer(model)
-    data_parallel = ddp_mod.DataParallel(model, method, ctx, args.reduce_dtype,
-                                         args.max_in_flight) if kind == "ddp" else None
+    place = ddp_mod.placement(model, ctx.device, seed=0)  # a model built on meta: placed as it is sharded
+    data_parallel = ddp_mod.DataParallel(model, method, ctx, args.reduce_dtype, args.max_in_flight,
+                                         shard_frozen=args.shard_frozen, place=place) if kind == "ddp" else None
     if args.overlap_update:  # every phase kind alike: the single path gets the overlap too
         method.optimizer.overlap_update(model, max_grad_norm=1.0)
-    if args.shard_frozen and kind == "ddp":  # the single (and alone) phases stay the plain path
-        method.optimizer.shard_frozen_blocks(model)
     synchronize(ctx.device)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -277,7 +276,8 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
     peak = int(torch.cuda.max_memory_allocated(ctx.device)) if ctx.device.type == "cuda" else None
     split = method.memory_split(model)
     graphs = layer_graphs_of(model)  # policy block-graphed: replays and recordings so far (cumulative)
-    _release(method, data_parallel)
+    if place is None:  # placed from meta (the only phase): releasing would gather the whole model onto the GPU
+        _release(method, data_parallel)
     model.zero_grad(set_to_none=True)
     return {"kind": kind, "round": round_ + 1, "steps": steps, "peak_allocated_bytes": peak,
             "memory_split_end": split, "layer_graphs": graphs.stats() if graphs is not None else None}
@@ -296,7 +296,8 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
     ddp_mod.check_method_supported(method.name)
     synchronize(ctx.device)
     t0 = time.perf_counter()
-    model, _ = load_model(f"random:{args.model}", dtype="bf16", device=str(ctx.device),
+    on_meta = args.shard_frozen and not args.compare_single  # placed unit by unit in the one ddp phase
+    model, _ = load_model(f"random:{args.model}", dtype="bf16", device="meta" if on_meta else str(ctx.device),
                           gradient_checkpointing=not args.no_checkpointing, checkpointing_policy=args.checkpointing,
                           tokenizer=False, seed=0)
     model = ddp_mod.replicate(method.prepare_model(model), ctx)
@@ -311,6 +312,7 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
     init_s = time.perf_counter() - t0
     weights = int(torch.cuda.memory_allocated(ctx.device)) if ctx.device.type == "cuda" else None
     gen = torch.Generator().manual_seed(1000 + ctx.rank)
+    total = sum(p.numel() for p in model.parameters())  # before any phase: sharded parameters hold no elements
     phases = []
     rounds = max(1, args.compare_single)
     for round_ in range(rounds):
@@ -324,7 +326,6 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
         if args.alone_phase:
             phases.append(_phase("alone", round_, args, ctx, model, method, gen, last and f"{stem}_alone"))
         phases.append(_phase("ddp", round_, args, ctx, model, method, gen, last and f"{stem}_ddp"))
-    total = sum(p.numel() for p in model.parameters())
     return {"rank": ctx.rank, "init_s": init_s, "weights_bytes": weights, "phases": phases,
             "sizes": {"total_params": total}, "host": host_facts(),
             "compile_layers": compiled.stats() if compiled else None, "layer_graphs_recorded": recorded}

@@ -13,7 +13,9 @@
 #   adam   (nvidia-h100-x2, ~2 min) Adam under FSDP2 at 8B (its only multi-GPU mode there; 18 B/param = 67 GiB per GPU
 #          on 2 GPUs: may not fit 80 GB, the log then says so)
 #   70b    (nvidia-h200-x2, needs_h200, ~4 min) Llama 3-70B BAdam under FSDP2: default vs 24 reached layers kept
-#          gathered, 2 x alternating, 8 steps (step time, tokens/s, MFU, memory per GPU)
+#          gathered, 2 x alternating, 8 steps (step time, tokens/s, MFU, memory per GPU); SHARD=1 adds per repeat a
+#          ddp run with BAdam's frozen blocks sharded (--shard-frozen; built on meta, placed layer by layer), FSDP=0
+#          leaves the FSDP2 runs out, REPEATS (default "1 2")
 #   fsdp1  (nvidia-h100-x1, ~6 min) ONE GPU, 8B, batch 2: the plain path (the ddp benchmark's single phase) against
 #          FSDP2 on one GPU, 3 x alternating (issue 18's target: FSDP2 on 1 GPU within 15 % of plain), then one more
 #          FSDP2 run with rank 0's profiler table (runs/mg1); REPEATS="4 5 6" PROFILE=0 adds repeats to the folder;
@@ -95,9 +97,14 @@ case $phase in
     adam)
         LIMIT=150 run adam_fsdp --method adam --steps 12 ;;
     70b)
-        for r in 1 2; do
-            LIMIT=140 run fsdp70b_r$r --model llama3-70b --steps 8 --tag r$r || exit 1
-            LIMIT=140 run fsdp70b_keep24_r$r --model llama3-70b --steps 8 --keep-gathered-layers 24 --tag r$r || exit 1
+        for r in ${REPEATS:-1 2}; do
+            if [ "${FSDP:-1}" != 0 ]; then
+                LIMIT=140 run fsdp70b_r$r --model llama3-70b --steps 8 --tag r$r || exit 1
+                LIMIT=140 run fsdp70b_keep24_r$r --model llama3-70b --steps 8 --keep-gathered-layers 24 --tag r$r \
+                    || exit 1
+            fi
+            [ "${SHARD:-0}" = 0 ] || LIMIT=200 run shard70b_r$r --model llama3-70b --steps 8 --mode ddp --shard-frozen \
+                --tag r$r || exit 1
         done ;;
     fsdp1)
         export NPROC=1 LIMIT=150

@@ -147,6 +147,14 @@ def test_shard_runs_one_gpu_then_replicated_sharded_and_fsdp2(tmp_path):
     assert len(recorded_calls(tmp_path / "again", "shard", ONE="0")) == 3
 
 
+def test_70b_with_the_frozen_blocks_sharded_only(tmp_path):
+    """SHARD=1 FSDP=0 REPEATS=1: one ddp run of Llama 3-70B with --shard-frozen and no single phase (the model is
+    built on meta and placed layer by layer; benchmarks/multi_gpu_ddp.py)."""
+    lines = recorded_calls(tmp_path, "70b", SHARD="1", FSDP="0", REPEATS="1")
+    assert len(lines) == 1 and "--model llama3-70b" in lines[0] and "--mode ddp --shard-frozen" in lines[0]
+    assert "--compare-single" not in lines[0]
+
+
 def test_a_bad_phase_is_named_and_writes_nothing(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "b2"], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "OUT": str(tmp_path / "out"), "BADAM_SOURCE_COMMIT": "x"})

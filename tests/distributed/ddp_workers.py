@@ -272,7 +272,12 @@ def bench(ctx, out_dir: Path) -> dict:
     args = multi_gpu.parse_args(["--out", str(out_dir), "--tiny", "--mode", "ddp", "--compare-single", "2",
                                  "--alone-phase", "--single-every-rank", "--steps", "2"])
     mine = multi_gpu.run_replicated(args, ctx, multi_gpu.build_method, multi_gpu.result_stem(args, ctx.world_size))
-    return multi_gpu.combine_replicated(args, ctx, D.gather_objects(mine, ctx))
+    result = multi_gpu.combine_replicated(args, ctx, D.gather_objects(mine, ctx))
+    # --shard-frozen without single phases: the model built on meta and placed layer by layer in the one ddp phase
+    args = multi_gpu.parse_args(["--out", str(out_dir), "--tiny", "--mode", "ddp", "--shard-frozen", "--steps", "2"])
+    mine = multi_gpu.run_replicated(args, ctx, multi_gpu.build_method, multi_gpu.result_stem(args, ctx.world_size))
+    result["placed"] = multi_gpu.combine_replicated(args, ctx, D.gather_objects(mine, ctx))
+    return result
 
 
 def bench_compiled(ctx, out_dir: Path) -> dict:

@@ -235,6 +235,18 @@ def test_gradients_present_on_some_ranks_only(ddp, layout):
         assert torch.equal(held[0], want) and torch.equal(held[1], want), name
 
 
+def test_benchmark_places_a_meta_model_as_it_shards_the_frozen_blocks(ddp):
+    """--mode ddp --shard-frozen without --compare-single (what fits no single GPU, e.g. 70B): the model is built on
+    the meta device and placed layer by layer in the one ddp phase, which trains (finite losses, the same schedule on
+    both ranks) and counts the whole model's parameters and FLOPs."""
+    result = ddp["bench"]["placed"]
+    assert [(p["kind"], p["gpus"]) for p in result["phases"]] == [("ddp", 2)] and result["shard_frozen"]
+    assert result["total_params"] == ddp["bench"]["total_params"]
+    steps = [r["phases"][0]["steps"] for r in result["per_rank"]]
+    assert [s["active_block"] for s in steps[0]] == [s["active_block"] for s in steps[1]]
+    assert all(math.isfinite(s["loss"]) and s["model_flops"] == steps[0][0]["model_flops"] > 0 for s in steps[0])
+
+
 def test_benchmark_with_compiled_layers_records_three_graphs_per_rank(ddp):
     """--mode ddp --compile-layers aot_eager (tiny Llama, 3 steps over both blocks): the layers' three graphs are
     compiled in the first steps on each rank and recorded in the result; both ranks keep the same schedule and the
