@@ -135,7 +135,8 @@ def parse_args(argv=None):
     p.add_argument("--shard-frozen", action="store_true",
                    help="--mode ddp, BAdam: each rank keeps 1/N of every frozen block, gathered per layer for its "
                         "forward and recomputation (BlockOptimizer.shard_frozen_blocks; badam/frozen_shards.py); "
-                        "the data-parallel phases only, the single phase stays the plain path; name gets _shardfrozen")
+                        "the data-parallel phases only, the single phase stays the plain path; without --compare-single "
+                        "the model is built on meta and placed layer by layer (70B); name gets _shardfrozen")
     p.add_argument("--tag", default="", help="appended to the result name (repeats of one setting side by side)")
     p.add_argument("--rewrite-summary", action="store_true",
                    help="only rewrite <out>/summary.md from the JSONs in <out> (e.g. after merging folders); no run")
