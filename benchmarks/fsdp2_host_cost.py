@@ -1,7 +1,7 @@
 """FSDP2's own host cost on one process, measured on the CPU: the plain path against FSDP2 (issue 18's one-GPU target).
 
     python benchmarks/fsdp2_host_cost.py --out results/bench/fsdp2_host_cost [--layers 32] [--rounds 5] [--profile]
-        [--layers-per-unit K]
+        [--layers-per-unit K] [--frozen-shards]
 
 Why on the CPU: on one H100 a Llama 3-8B BAdam step under FSDP2 makes 0.69-0.85 of the plain path's tokens/s, and the
 FSDP2 step is host-bound (its issuing thread's time equals the GPU's; benchmarks/README.md, "FSDP2 on one GPU"). A
@@ -22,8 +22,10 @@ functions under FSDP2 (cumulative; names containing "fsdp" or "gather") from --s
 --layers-per-unit K > 1 shards K consecutive layers as one FSDP2 unit (``fully_shard`` of the K modules together, then
 the root; not a harness layout, and without experiments/fsdp_gather.py's per-layer policy): it separates what FSDP2
 costs per unit (hooks, one gather per unit) from what it costs per weight (each unshard copies and swaps every weight
-of the unit), at the price of K layers gathered at once. Writes <out>/fsdp2_host_cost_l<L>.json (K > 1:
-..._l<L>_u<K>.json).
+of the unit), at the price of K layers gathered at once. --frozen-shards adds a third path to the turns: BAdam's own
+sharding of the frozen layers (BlockOptimizer.shard_frozen_blocks, badam/frozen_shards.py) on one rank, where its
+per-layer hooks install views of each layer's buffer (``frozen_shards_ms``, ``plain_over_frozen_shards``). Writes
+<out>/fsdp2_host_cost_l<L>.json (K > 1: ..._l<L>_u<K>.json).
 """
 from __future__ import annotations
 
@@ -144,22 +146,28 @@ def run(args, ctx) -> dict:
     batch = torch.randint(0, 256, (1, args.seq_len), generator=torch.Generator().manual_seed(1))
     plain = TrainingPath(build_model(args.layers, args.width), batch)
     sharded = TrainingPath(build_model(args.layers, args.width), batch, sharding(ctx, args.layers_per_unit))
-    for path in (plain, sharded):
+    paths = {"plain": plain, "fsdp2": sharded}
+    if args.frozen_shards:
+        paths["frozen_shards"] = TrainingPath(build_model(args.layers, args.width), batch)
+        paths["frozen_shards"].method.optimizer.shard_frozen_blocks(paths["frozen_shards"].model)
+    for path in paths.values():
         for _ in range(args.warmup):
             path.step()
     rounds = []
-    for _ in range(args.rounds):  # the two paths step by step in turn: the host's slow stretches reach both
-        times = [(plain.timed_step(), sharded.timed_step()) for _ in range(args.steps)]
-        rounds.append({"plain_ms": statistics.median(t[0] for t in times),
-                       "fsdp2_ms": statistics.median(t[1] for t in times)})
+    for _ in range(args.rounds):  # the paths step by step in turn: the host's slow stretches reach all
+        times = [[path.timed_step() for path in paths.values()] for _ in range(args.steps)]
+        rounds.append({f"{name}_ms": statistics.median(t[i] for t in times) for i, name in enumerate(paths)})
     with torch.no_grad():  # the same steps on the same batch: the same model (a check that the sharding is exact)
-        losses = {"plain": float(plain.forward()), "fsdp2": float(sharded.forward())}
+        losses = {name: float(path.forward()) for name, path in paths.items()}
     ratios = [r["plain_ms"] / r["fsdp2_ms"] for r in rounds]
     result = {"layers": args.layers, "layers_per_unit": args.layers_per_unit, "width": args.width,
               "seq_len": args.seq_len, "steps_per_round": args.steps,
               "warmup": args.warmup, "threads": torch.get_num_threads(), "rounds": rounds,
               "plain_ms": spread([r["plain_ms"] for r in rounds]), "fsdp2_ms": spread([r["fsdp2_ms"] for r in rounds]),
               "plain_over_fsdp2": spread(ratios), "losses_after": losses, "environment": cpu_environment()}
+    if args.frozen_shards:
+        result["frozen_shards_ms"] = spread([r["frozen_shards_ms"] for r in rounds])
+        result["plain_over_frozen_shards"] = spread([r["plain_ms"] / r["frozen_shards_ms"] for r in rounds])
     if args.profile:
         result["fsdp2_profile"] = profile_fsdp2(sharded, args.steps)
     return result
@@ -192,6 +200,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--profile", action="store_true")
     p.add_argument("--layers-per-unit", type=int, default=1, metavar="K",
                    help="consecutive layers per FSDP2 unit (1: the harness's layout)")
+    p.add_argument("--frozen-shards", action="store_true",
+                   help="a third path: BlockOptimizer.shard_frozen_blocks on one rank (badam/frozen_shards.py)")
     args = checked_args(p, argv)
     if args.layers_per_unit < 1:
         p.error(f"--layers-per-unit must be >= 1; got {args.layers_per_unit}")
@@ -212,13 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     unit = f"_u{args.layers_per_unit}" if args.layers_per_unit > 1 else ""
-    path = out / f"fsdp2_host_cost_l{args.layers}{unit}.json"
+    path = out / f"fsdp2_host_cost_l{args.layers}{unit}{'_frozen' if args.frozen_shards else ''}.json"
     path.write_text(json.dumps(result, indent=1))
     r = result["plain_over_fsdp2"]
     print(f"{args.layers} layers of width {args.width} ({args.layers_per_unit} per FSDP2 unit), {args.rounds} rounds "
           f"of {args.steps} steps: plain "
           f"{result['plain_ms']['median']:.1f} ms, FSDP2 {result['fsdp2_ms']['median']:.1f} ms per step; plain / FSDP2 "
           f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}] -> {path}")
+    if args.frozen_shards:
+        r = result["plain_over_frozen_shards"]
+        print(f"frozen shards {result['frozen_shards_ms']['median']:.1f} ms per step; plain / frozen shards "
+              f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}]")
     if args.profile:
         print(result["fsdp2_profile"])
     return 0
