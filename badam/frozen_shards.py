@@ -52,6 +52,7 @@ class _Flat:
     shapes: list  # the parameters' shapes (a sharded Parameter's own storage is empty)
     total: int   # elements without the padding
     shard: torch.Tensor | None = None  # this rank's part while the unit is sharded
+    installed: tuple | None = None  # (buffer, its weights as Parameters): reused while the buffer is the same (1 rank)
 
     def padded(self, world: int) -> int:
         return -(-self.total // world) * world
@@ -147,6 +148,7 @@ class FrozenBlockShards:
                                   + [torch.zeros(flat.padded(self.world) - flat.total, dtype=flat.dtype,
                                                  device=self.device)])
             flat.shard = whole if self.world == 1 else whole[self.rank * size:(self.rank + 1) * size].clone()
+            flat.installed = None
             for _, _, p in flat.slots:
                 p.data = torch.empty(0, dtype=flat.dtype, device=self.device)
         unit.pinned = False
@@ -176,8 +178,17 @@ class FrozenBlockShards:
 
     @staticmethod
     def _views(flat: _Flat, buffer: torch.Tensor):
-        for (owner, attr, p), offset, shape in zip(flat.slots, flat.offsets, flat.shapes):
-            yield owner, attr, p, buffer[offset:offset + shape.numel()].view(shape)
+        pieces = buffer.split_with_sizes([s.numel() for s in flat.shapes] + [buffer.numel() - flat.total])
+        for (owner, attr, p), piece, shape in zip(flat.slots, pieces, flat.shapes):
+            yield owner, attr, p, piece.view(shape)
+
+    def _weights(self, flat: _Flat, buffer: torch.Tensor) -> list:
+        """The weights to install from `buffer`, as Parameters (Dynamo then sees the same graph inputs as for a
+        module's own weights); made once per buffer, so on one rank, where the buffer is the shard, only once."""
+        if flat.installed is None or flat.installed[0] is not buffer:
+            flat.installed = (buffer, [(owner, attr, nn.Parameter(view, requires_grad=False))
+                                       for owner, attr, _, view in self._views(flat, buffer)])
+        return flat.installed[1]
 
     # --- the hooks ------------------------------------------------------------------------------------------------
     # A unit's weights are installed (its module's parameters replaced by views of the gathered buffer) around its
@@ -188,8 +199,10 @@ class FrozenBlockShards:
         if unit.installed:
             return
         for flat, buffer in zip(unit.flats, self._gathered(unit)):
-            for owner, attr, _, view in self._views(flat, buffer):
-                owner._parameters[attr] = nn.Parameter(view, requires_grad=False)  # as the weight it stands for
+            for owner, attr, weight in self._weights(flat, buffer):
+                owner._parameters[attr] = weight
+            if self.world > 1:
+                flat.installed = None  # the next gather makes a new buffer: this one is freed when autograd is done
         unit.installed = how
 
     @staticmethod
@@ -267,7 +280,7 @@ class FrozenBlockShards:
                 for flat, buffer in zip(unit.flats, self._gathered(unit)):
                     for _, _, p, view in self._views(flat, buffer):
                         p.data = view  # the update writes into the gathered buffer; _shard cuts from it
-                    flat.shard = None
+                    flat.shard = flat.installed = None
                 unit.pinned = True
         for key, unit in leave.items():
             if key not in enter:
