@@ -10,14 +10,15 @@ time. What this module does (``BlockOptimizer.shard_frozen_blocks(model)``):
     objects stay in the model (same names, same identity for optimizers) with empty storage while sharded;
   * before a unit's forward (a forward pre-hook) the flat buffer is all-gathered (one collective per unit and dtype,
     where FSDP2 handles each of a Llama layer's 9 weights on its own) and the module's parameters are replaced by
-    views of it for that call only; after the call (a forward hook) the Parameters are put back. Nothing is copied
+    views of it (wrapped as Parameters) for that call only; after the call (a forward hook) the Parameters are put
+    back, and a hook on the unit's output gradient installs them again before its backward. Nothing is copied
     in or out: the gathered buffer lives as long as autograd keeps a view of it, so with activation checkpointing a
     frozen layer's weights are freed after its forward and gathered again when backward recomputes it, and without
     checkpointing a layer backward passes through keeps them until its backward is done. On one rank the shard is
     the whole buffer and nothing is gathered;
-  * on CUDA, the next unit's all-gather is issued while the current one computes (``prefetch``): the next one up in
-    forward, the next one down in backward's recomputation, but never below the lowest trained unit (backward stops
-    there);
+  * the next unit's all-gather is issued while the current one computes (``prefetch``, asynchronous collectives): the
+    next one up in forward, the next one down in backward's recomputation, but never below the lowest trained unit
+    (backward stops there), and the first one at the end of backward, for the next step;
   * the active block's units are *pinned*: gathered once at the switch, their parameters hold the whole weights, the
     block trains exactly as under plain data parallelism (replicated masters and states, averaged gradient), and at
     the next switch each rank cuts its shard out of the updated weights (every rank holds the same update, so no
@@ -107,6 +108,7 @@ class FrozenBlockShards:
         self._end_queued = False
         self._state_dict_ok = False  # set while gathered_state_dict / load_gathered_state_dict read or load the rest
         self.gathers = 0  # all-gathers issued (a unit's dtypes count once): what tests and benchmarks read
+        self.prefetched = 0  # of them, issued ahead and used when their unit ran
         active_ids = {id(p) for p in active}
         self._hooks = []
         for unit in self.units:
@@ -122,7 +124,7 @@ class FrozenBlockShards:
             self._hooks.append(unit.module.register_forward_hook(self._post_hook(unit), always_call=True))
             self._hooks.append(unit.module.register_state_dict_post_hook(self._refuse_state_dict(unit)))
             self._hooks.append(unit.module.register_load_state_dict_pre_hook(self._refuse_state_dict(unit)))
-        self.prefetch = prefetch and self.device.type == "cuda" and self.world > 1
+        self.prefetch = prefetch and self.world > 1
 
     # --- layout --------------------------------------------------------------------------------------------------
     @staticmethod
@@ -172,6 +174,7 @@ class FrozenBlockShards:
         if pending is None:
             return self._gather(unit)[1]
         works, buffers = pending
+        self.prefetched += 1
         for work in works:
             work.wait()  # on CUDA: the compute stream waits for the all-gather's stream
         return buffers
@@ -214,11 +217,12 @@ class FrozenBlockShards:
 
     def _pre_hook(self, unit: _Unit):
         def gather_before_forward(_module, _args):
-            if unit.pinned or unit.installed:  # installed: a recomputation inside backward
+            if unit.installed:  # a recomputation inside backward: installed by the hook on the output's gradient
                 return
-            self._install(unit, "forward")
+            if not unit.pinned:
+                self._install(unit, "forward")
             if self.prefetch and not _in_backward():
-                self._prefetch(unit.index + 1)
+                self._prefetch(unit.index + 1)  # also from the active unit: the one above it runs next
         return gather_before_forward
 
     def _post_hook(self, unit: _Unit):
@@ -253,6 +257,8 @@ class FrozenBlockShards:
         for unit in self.units:
             if unit.installed == "backward":
                 self._restore(unit)
+        if self.prefetch:  # the next forward starts at the lowest unit (a switch that pins it uses the gather too)
+            self._prefetch(0)
 
     def _refuse_state_dict(self, unit: _Unit):
         def refuse(*_args):

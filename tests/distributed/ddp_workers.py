@@ -200,7 +200,7 @@ def library_sharded(ctx) -> dict:
     reloaded = fresh_shards.gathered_state_dict(fresh)
     result = {"losses": (plain["losses"], sharded["losses"]),
               "held_bytes": (plain["held_bytes"], sharded["held_bytes"]),
-              "units": [u.name for u in shards.units], "gathers": shards.gathers,
+              "units": [u.name for u in shards.units], "gathers": shards.gathers, "prefetched": shards.prefetched,
               "sharded_names": sorted(shards.sharded_names(sharded["model"]))}
     if ctx.rank == 0:
         result["equal"] = all(torch.equal(plain["state"][k], sharded["state"][k].float()) for k in plain["state"])
