@@ -9,7 +9,9 @@ Public API:
 HF Trainer integration lives in badam.hf (imports transformers; not imported here), its activation checkpointing
 policies in badam.checkpointing (block_checkpoint; chosen with badam.hf.enable_block_checkpointing(model, policy=...)),
 the CUDA graphs of the graphed policies in badam.layer_graphs (LayerGraphs), the update on a side CUDA stream
-(BlockOptimizer.overlap_update) in badam.overlap.
+(BlockOptimizer.overlap_update) in badam.overlap, data parallelism (BlockOptimizer(..., process_group=pg)) in
+badam.data_parallel, the frozen blocks sharded over its ranks (BlockOptimizer.shard_frozen_blocks) in
+badam.frozen_shards.
 """
 from .block_optimizer import SWITCH_MODES, BlockOptimizer
 from .mixed_precision import FP32MasterWeights
