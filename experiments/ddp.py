@@ -185,8 +185,10 @@ def load_checkpoint(resume_from: str, model: nn.Module, method, ctx):
 
     shards = frozen_shards(method)
     load = (lambda state: shards.load_gathered_state_dict(model, state)) if shards is not None else None
-    return checkpoint.load_checkpoint(resume_from, model, method, ctx.device, rank=ctx.rank,
-                                      world_size=ctx.world_size, load_model_state=load)
+    # frozen blocks sharded: the whole model's state is read into host memory, never onto one GPU
+    where = ctx.device if shards is None else torch.device("cpu")
+    return checkpoint.load_checkpoint(resume_from, model, method, where, rank=ctx.rank, world_size=ctx.world_size,
+                                      load_model_state=load)
 
 
 def save_model(model: nn.Module, path: Path, ctx, method=None) -> None:
