@@ -58,8 +58,8 @@ from typing import Any
 
 import torch
 
-from .block_setup import (SWITCH_MODES, check_base_optimizer, freeze, frozen_note, map_groups, split_user_frozen, validate_arguments,
-                          warn_full_precision)
+from .block_setup import (SWITCH_MODES, check_base_optimizer, freeze, frozen_note, map_groups, split_user_frozen,
+                          validate_arguments, warn_full_precision)
 from .block_state import STATE_FORMAT, BlockStateMixin
 from .data_parallel import DataParallelMixin
 from .fixed_groups import FixedParamGroupsMixin

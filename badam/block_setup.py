@@ -4,9 +4,10 @@ optimizer's param groups.
 
 Parameters frozen by the user (``requires_grad=False`` before the optimizer is built, e.g. a frozen embedding or
 vision tower) stay frozen, as with any torch optimizer and as in BlockOptimizerRatio: they belong to no block and
-need not be in the base optimizer. A model frozen whole is the exception: it trains every block, as in badam 1.4. BlockOptimizer itself freezes every block but the active one; it marks the
-parameters it froze, so that a later BlockOptimizer over the same model (after ``release()``, or over an optimizer
-that was simply dropped) still trains them.
+need not be in the base optimizer. A model frozen whole is the exception: it trains every block, as in badam 1.4.
+BlockOptimizer itself freezes every block but the active one; it marks the parameters it froze, so that a later
+BlockOptimizer over the same model (after ``release()``, or over an optimizer that was simply dropped) still trains
+them.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ class FixedParamGroupsMixin:
     def add_param_group(self, param_group: dict) -> None:
         if self._groups_fixed:
             raise ValueError(
-                f"{type(self).__name__}.add_param_group: the trainable blocks are fixed when the optimizer is built, so "
-                "parameters added later would never train; put every parameter group (e.g. a no-decay group) into the "
-                "base optimizer / param_groups first and build a new optimizer over list(model.named_parameters())")
+                f"{type(self).__name__}.add_param_group: the trainable blocks are fixed when the optimizer is built, "
+                "so parameters added later would never train; put every parameter group (e.g. a no-decay group) into "
+                "the base optimizer / param_groups first and build a new optimizer over list(model.named_parameters())")
         super().add_param_group(param_group)

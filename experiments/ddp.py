@@ -47,9 +47,9 @@ def check_method_supported(method_name: str) -> None:
     reason = get_method_class(method_name).ddp_unsupported
     if reason is not None:
         runnable = ", ".join(n for n in method_names() if get_method_class(n).supports_ddp())
-        raise MethodUnsupportedError(f"{method_name} is unsupported under train.distributed=ddp: {reason}. Methods that "
-                                     f"run under ddp: {runnable}; run {method_name} with train.distributed=fsdp2 or on "
-                                     "one device")
+        raise MethodUnsupportedError(f"{method_name} is unsupported under train.distributed=ddp: {reason}. Methods "
+                                     f"that run under ddp: {runnable}; run {method_name} with train.distributed=fsdp2 "
+                                     "or on one device")
 
 
 @torch.no_grad()
