@@ -49,19 +49,23 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-def _requires_grad(values: Iterable) -> bool:
-    """Whether any tensor among `values` (searched inside tuples, lists and dicts) requires a gradient."""
+def first_requiring_grad(values: Iterable) -> torch.Tensor | None:
+    """The first tensor among `values` (searched inside tuples, lists and dicts) that requires a gradient, or None."""
     for value in values:
         if isinstance(value, torch.Tensor):
             if value.requires_grad:
-                return True
-        elif isinstance(value, (tuple, list)):
-            if _requires_grad(value):
-                return True
-        elif isinstance(value, dict):
-            if _requires_grad(value.values()):
-                return True
-    return False
+                return value
+            continue
+        inner = value if isinstance(value, (tuple, list)) else value.values() if isinstance(value, dict) else ()
+        found = first_requiring_grad(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def _requires_grad(values: Iterable) -> bool:
+    """Whether any tensor among `values` (searched inside tuples, lists and dicts) requires a gradient."""
+    return first_requiring_grad(values) is not None
 
 
 def _layer_of(function: Callable) -> nn.Module | None:

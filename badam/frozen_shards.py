@@ -34,13 +34,10 @@ import dataclasses
 from typing import Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-
-def _dist():
-    import torch.distributed as dist
-
-    return dist
+from .checkpointing import first_requiring_grad
 
 
 @dataclasses.dataclass
@@ -72,18 +69,6 @@ class _Unit:
         return [p for flat in self.flats for _, _, p in flat.slots]
 
 
-def _first_requiring_grad(output):
-    """The first tensor requiring grad in a module's output (a tensor, or a tuple/list/dict holding some)."""
-    if isinstance(output, torch.Tensor):
-        return output if output.requires_grad else None
-    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
-    for item in items:
-        found = _first_requiring_grad(item)
-        if found is not None:
-            return found
-    return None
-
-
 def _in_backward() -> bool:
     """Whether this code runs inside autograd's backward (a checkpoint's recomputation)."""
     return torch._C._current_graph_task_id() != -1
@@ -96,7 +81,6 @@ class FrozenBlockShards:
 
     def __init__(self, units: list[tuple[str, nn.Module]], active: Iterable[torch.Tensor], process_group=None,
                  *, prefetch: bool = True, distributed: bool = True, place=None):
-        dist = _dist()
         self.group = process_group
         distributed = distributed and dist.is_available() and dist.is_initialized()
         self.world = dist.get_world_size(process_group) if distributed else 1
@@ -160,7 +144,6 @@ class FrozenBlockShards:
         """The unit's whole flat buffers: (work or None, [buffer per dtype])."""
         if self.world == 1:
             return None, [flat.shard for flat in unit.flats]
-        dist = _dist()
         buffers, works = [], []
         for flat in unit.flats:
             out = torch.empty(flat.padded(self.world), dtype=flat.dtype, device=self.device)
@@ -231,7 +214,7 @@ class FrozenBlockShards:
                 return
             self._restore(unit)
             if torch.is_grad_enabled() and not _in_backward():
-                tensor = _first_requiring_grad(output)
+                tensor = first_requiring_grad((output,))
                 if tensor is not None:  # backward reaches this unit and may recompute it
                     tensor.register_hook(self._pre_backward_hook(unit))
         return restore_after_forward

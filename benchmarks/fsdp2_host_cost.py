@@ -159,15 +159,14 @@ def run(args, ctx) -> dict:
         rounds.append({f"{name}_ms": statistics.median(t[i] for t in times) for i, name in enumerate(paths)})
     with torch.no_grad():  # the same steps on the same batch: the same model (a check that the sharding is exact)
         losses = {name: float(path.forward()) for name, path in paths.items()}
-    ratios = [r["plain_ms"] / r["fsdp2_ms"] for r in rounds]
     result = {"layers": args.layers, "layers_per_unit": args.layers_per_unit, "width": args.width,
               "seq_len": args.seq_len, "steps_per_round": args.steps,
               "warmup": args.warmup, "threads": torch.get_num_threads(), "rounds": rounds,
-              "plain_ms": spread([r["plain_ms"] for r in rounds]), "fsdp2_ms": spread([r["fsdp2_ms"] for r in rounds]),
-              "plain_over_fsdp2": spread(ratios), "losses_after": losses, "environment": cpu_environment()}
-    if args.frozen_shards:
-        result["frozen_shards_ms"] = spread([r["frozen_shards_ms"] for r in rounds])
-        result["plain_over_frozen_shards"] = spread([r["plain_ms"] / r["frozen_shards_ms"] for r in rounds])
+              "losses_after": losses, "environment": cpu_environment()}
+    for name in paths:  # each path's step, and the plain path's against each other's
+        result[f"{name}_ms"] = spread([r[f"{name}_ms"] for r in rounds])
+        if name != "plain":
+            result[f"plain_over_{name}"] = spread([r["plain_ms"] / r[f"{name}_ms"] for r in rounds])
     if args.profile:
         result["fsdp2_profile"] = profile_fsdp2(sharded, args.steps)
     return result

@@ -163,6 +163,13 @@ def frozen_shards(method):
     return optimizer.frozen_shards if isinstance(optimizer, BlockOptimizer) else None
 
 
+def gathered_model_state(model: nn.Module, method) -> dict | None:
+    """With the frozen blocks sharded, the whole model's state dict on rank 0 (a collective: every rank calls it);
+    None otherwise (model.state_dict() holds it)."""
+    shards = frozen_shards(method)
+    return shards.gathered_state_dict(model) if shards is not None else None
+
+
 # --- checkpoints and the final model -------------------------------------------------------------------------------
 def save_checkpoint(run_dir: Path, model: nn.Module, method, position, total_steps: int, ctx) -> None:
     """Rank 0 writes <run_dir>/checkpoint.pt (the replicas are identical) holding every rank's RNG states."""
@@ -171,8 +178,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, method, position, total_ste
     from experiments.results import CHECKPOINT_FILE
 
     rngs = gather_objects(checkpoint.rng_state(), ctx)
-    shards = frozen_shards(method)
-    state = shards.gathered_state_dict(model) if shards is not None else None  # every rank takes part
+    state = gathered_model_state(model, method)
     if ctx.is_main:
         checkpoint.save_checkpoint(run_dir / CHECKPOINT_FILE, model, method, position, total_steps, rank_rng=rngs,
                                    model_state=state)
@@ -194,8 +200,7 @@ def load_checkpoint(resume_from: str, model: nn.Module, method, ctx):
 def save_model(model: nn.Module, path: Path, ctx, method=None) -> None:
     from experiments.loop import save_final_model
 
-    shards = frozen_shards(method)
-    state = shards.gathered_state_dict(model) if shards is not None else None  # every rank takes part
+    state = gathered_model_state(model, method)
     if ctx.is_main:
         save_final_model(model, Path(path), state_dict=state)
     ctx.barrier()
