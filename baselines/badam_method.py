@@ -108,6 +108,7 @@ class BAdam(Method):
     name = "badam"
     fsdp2_unsupported = None  # compared with one process under FSDP2 (experiments/distributed.py)
     ddp_unsupported = None  # experiments/ddp.py; tests/distributed compare it with one process
+    frozen_sharding_unsupported = None  # tests/distributed: sharded ddp equals replicated ddp bit for bit
     Options = BAdamOptions
     description = "block coordinate descent: one block (a layer) trains with AdamW for K steps, then the next (BAdam)"
     grad_norm_over = "active_block"
@@ -119,6 +120,13 @@ class BAdam(Method):
             return ("partition=matrix makes each of a layer's tensors a block: one Dynamo graph per tensor, more than "
                     "torch's recompile limit allows (use partition=layers or attn_mlp)")
         return super().compile_layers_problem(options, backend)
+
+    @classmethod
+    def frozen_sharding_problem(cls, options) -> str | None:
+        if getattr(options, "overlap_update", False):
+            return ("overlap_update writes the updated weights while a block switch cuts them into shards; leave one "
+                    "of overlap_update and train.ddp_shard_frozen off")
+        return super().frozen_sharding_problem(options)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model  # BlockOptimizer freezes everything but the active block

@@ -106,6 +106,11 @@ class Method:
                                              "update inside backward cannot average first; methods whose trainable "
                                              "subset changes or that communicate themselves need their own handling)")
 
+    # Why train.ddp_shard_frozen (each rank keeps 1/N of the frozen blocks' weights, badam/frozen_shards.py) is not
+    # offered (None: it is). Only a method whose BlockOptimizer leaves blocks frozen has something to shard.
+    frozen_sharding_unsupported: ClassVar[str | None] = ("only block-coordinate methods (a BlockOptimizer: badam, "
+                                                         "bsgd) have frozen blocks to shard")
+
     # Why the method cannot train with compiled decoder layers (train.compile_layers; None: it can). Dynamo guards
     # each layer's parameters' requires_grad: a method that trains changing subsets of a layer's tensors needs a graph
     # per subset, until torch's recompile limit ends the run (experiments/layer_compile.py).
@@ -122,6 +127,12 @@ class Method:
         """Inductor settings this method's compiled layers need (torch.compile's ``options``; {}: inductor's
         defaults); only the inductor backend reads them. summary.json's compile_layers records them."""
         return {}
+
+    @classmethod
+    def frozen_sharding_problem(cls, options) -> str | None:
+        """Why this method with these options cannot shard its frozen blocks under ddp (None: it can); a class whose
+        options decide it overrides this."""
+        return cls.frozen_sharding_unsupported
 
     @classmethod
     def supports_fsdp2(cls) -> bool:

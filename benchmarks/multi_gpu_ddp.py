@@ -258,6 +258,7 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
     synchronize(ctx.device)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
+    held = int(torch.cuda.memory_allocated(ctx.device)) if ctx.device.type == "cuda" else None
     if kind != "single":
         ctx.barrier()  # every rank starts its timed steps together (alone: busy side by side, as under ddp)
     if ctx.is_main:
@@ -280,7 +281,8 @@ def _phase(kind: str, round_: int, args, ctx, model, method, gen, profile_stem: 
         _release(method, data_parallel)
     model.zero_grad(set_to_none=True)
     return {"kind": kind, "round": round_ + 1, "steps": steps, "peak_allocated_bytes": peak,
-            "memory_split_end": split, "layer_graphs": graphs.stats() if graphs is not None else None}
+            "held_at_start_bytes": held, "memory_split_end": split,
+            "layer_graphs": graphs.stats() if graphs is not None else None}
 
 
 def run_replicated(args, ctx, build_method, stem: str) -> dict:
@@ -326,6 +328,7 @@ def run_replicated(args, ctx, build_method, stem: str) -> dict:
         if args.alone_phase:
             phases.append(_phase("alone", round_, args, ctx, model, method, gen, last and f"{stem}_alone"))
         phases.append(_phase("ddp", round_, args, ctx, model, method, gen, last and f"{stem}_ddp"))
+    weights = phases[0]["held_at_start_bytes"] if on_meta else weights  # placed (and sharded) in its one phase
     return {"rank": ctx.rank, "init_s": init_s, "weights_bytes": weights, "phases": phases,
             "sizes": {"total_params": total}, "host": host_facts(),
             "compile_layers": compiled.stats() if compiled else None, "layer_graphs_recorded": recorded}

@@ -21,7 +21,7 @@ from torch import nn
 
 from experiments import distributed_checkpoint as dist_ckpt
 from experiments.config import dotted_keys
-from experiments.distributed_modes import same_mode
+from experiments.distributed_modes import same_setting
 from experiments.results import (CHECKPOINT_FILE, CONFIG_FILE, SHARDED_CHECKPOINT_DIR, RunDir, fsync_dir,
                                  read_metrics, replace_durably, truncate_metrics, write_metrics)
 
@@ -123,9 +123,7 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_CHANGES or key.split(".", 1)[0] in RESUMABLE_SECTIONS:
             continue
-        if key == "train.distributed" and same_mode(old.get(key), new.get(key)):
-            continue  # a config.yaml older than train.distributed=auto reads as auto
-        if old.get(key) != new.get(key):
+        if not same_setting(key, old, new):  # auto stands for the mode (a config.yaml older than it reads as auto)
             out.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return out
 

@@ -31,7 +31,7 @@ import yaml
 
 from badam.hf import CHECKPOINTING_POLICIES
 from baselines.registry import get_method_class, method_names
-from experiments.distributed_modes import MODES, same_mode
+from experiments.distributed_modes import MODES, same_setting
 from experiments.layer_compile import BACKENDS as COMPILE_BACKENDS
 from experiments.results import check_run_name
 from experiments.schedule import SCHEDULES
@@ -114,7 +114,8 @@ class TrainConfig:
     autocast: str = "auto"                   # auto: bf16 autocast when the weights are bf16
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
     distributed: str = "auto"                # auto | none | fsdp2 | ddp (auto: none on one process, under torchrun ddp
-    #                                          when the model fits one GPU replicated, else fsdp2; launch_mode.py)
+    #                                          if the model fits one GPU replicated, else ddp with the frozen blocks
+    #                                          sharded if that fits (BAdam, BSGD), else fsdp2; launch_mode.py)
     ddp_reduce_dtype: str = "fp32"           # ddp: dtype of the gradient all-reduce (badam/data_parallel.py)
     ddp_shard_frozen: bool = False           # ddp, BAdam: 1/N of each frozen block per rank (badam/frozen_shards.py)
     fsdp_forward_prefetch: int = 0           # fsdp2: layers whose all-gather is issued ahead (experiments.distributed)
@@ -495,6 +496,5 @@ def changed_settings(saved: dict, cfg: RunConfig) -> list[str]:
     before, now = dotted_keys(old), dotted_keys(config_to_dict(cfg))
     ignored = ("run_name", "train.resume_from", "method.measure_rounding")  # the last only measures
     return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
-            if key not in ignored and not key.startswith("output.") and before.get(key) != now.get(key)
-            # auto in the call matches the mode a run recorded for it
-            and not (key == "train.distributed" and same_mode(before.get(key), now.get(key)))]
+            # auto in the call matches the mode a run recorded for it (distributed_modes.same_setting)
+            if key not in ignored and not key.startswith("output.") and not same_setting(key, before, now)]

@@ -76,9 +76,10 @@ class DataParallel:
         self.ctx = ctx
         self.shard_frozen = shard_frozen
         optimizer = getattr(method, "optimizer", None)
-        if shard_frozen and not isinstance(optimizer, BlockOptimizer):
-            raise MethodUnsupportedError(f"train.ddp_shard_frozen shards the frozen blocks of BlockOptimizer methods "
-                                         f"(badam, bsgd); {method.name} has none: leave it false")
+        problem = type(method).frozen_sharding_problem(method.options) if shard_frozen else None
+        if shard_frozen and (problem or not isinstance(optimizer, BlockOptimizer)):
+            raise MethodUnsupportedError(f"train.ddp_shard_frozen with method {method.name}: "
+                                         f"{problem or 'it keeps no BlockOptimizer'}; leave it false")
         if isinstance(optimizer, BlockOptimizer):
             optimizer.enable_data_parallel(None, reduce_dtype=reduce_dtype, broadcast_weights=False,
                                            max_in_flight=max_in_flight)

@@ -25,3 +25,14 @@ def same_mode(recorded: object, wanted: object) -> bool:
         return False
     other = wanted if recorded == "auto" else recorded
     return other == "none" if world_size() <= 1 else other in ("ddp", "fsdp2")
+
+
+def same_setting(key: str, recorded: dict, wanted: dict) -> bool:
+    """Whether dotted config key `key` of a recorded run (`recorded`, dotted keys) fits `wanted`: train.distributed
+    by same_mode; train.ddp_shard_frozen may differ where auto stands on one side under torchrun (auto shards the
+    frozen blocks of a model that does not fit one GPU replicated, and records it); any other key by equality."""
+    if key == "train.distributed":
+        return same_mode(recorded.get(key), wanted.get(key))
+    if key == "train.ddp_shard_frozen" and recorded.get(key) != wanted.get(key):
+        return world_size() > 1 and "auto" in (recorded.get("train.distributed"), wanted.get("train.distributed"))
+    return recorded.get(key) == wanted.get(key)

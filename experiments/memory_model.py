@@ -89,5 +89,17 @@ def sharded_bytes_per_device(method: str, total_params: int, largest_block_param
     return None
 
 
+def frozen_sharded_bytes(total_params: int, layer_stack_params: int, block_params: float, devices: int, *,
+                         weight_bytes: int = WEIGHT_BYTES, trained_extra: int = TRAINED_EXTRA_BYTES) -> MemoryEstimate:
+    """Per-device bytes of a block method under data parallelism with its frozen blocks sharded
+    (badam/frozen_shards.py): the layer stack's 16-bit weights split over `devices`; the rest (embeddings, head), the
+    active block's whole weights and its master, gradient and moments (`trained_extra` bytes each) on every device."""
+    if devices < 1:
+        raise ValueError(f"devices must be >= 1, got {devices}")
+    rest = total_params - layer_stack_params
+    held = weight_bytes * (layer_stack_params / devices + rest + block_params) + trained_extra * block_params
+    return MemoryEstimate(f"{weight_bytes}(P_layers/N + P_rest + P_block) + {trained_extra}P_block", round(held))
+
+
 __all__ = ["MemoryEstimate", "PAPER_METHODS", "decoder_parameters", "layer_parameters", "paper_formula",
-           "block_method_bytes", "sharded_bytes_per_device"]
+           "block_method_bytes", "sharded_bytes_per_device", "frozen_sharded_bytes"]

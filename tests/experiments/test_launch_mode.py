@@ -41,24 +41,71 @@ def test_torchrun_on_the_cpu_gets_ddp_and_says_why(torchrun, capsys):
                                        "runs replicated (set train.distributed to choose)\n")
 
 
-@pytest.mark.parametrize("memory_gib,mode", [(80.0, "ddp"), (0.0001, "fsdp2")])
-def test_torchrun_on_gpus_replicates_what_fits_and_shards_the_rest(torchrun, monkeypatch, memory_gib, mode):
+def memory_between_layouts(*overrides: str) -> float:
+    """GiB of a GPU whose FIT_SHARE holds tiny-llama under BAdam with its frozen blocks sharded over 2 GPUs, but not
+    replicated."""
+    shape = launch_mode.model_shape(config(*overrides))
+    replicated = 2 * shape.params + 16 * shape.params / shape.layers  # 2M + 16M/D
+    block = shape.layer_stack / shape.layers
+    sharded = 2 * (shape.layer_stack / 2 + shape.params - shape.layer_stack + block) + 16 * block
+    assert sharded < replicated
+    return (replicated + sharded) / 2 / launch_mode.FIT_SHARE / GIB
+
+
+@pytest.mark.parametrize("layout", ["replicated", "frozen sharded", "fsdp2"])
+def test_torchrun_on_gpus_replicates_what_fits_then_shards_frozen_blocks_then_everything(torchrun, monkeypatch,
+                                                                                         layout):
+    memory_gib = {"replicated": 80.0, "frozen sharded": memory_between_layouts(), "fsdp2": 0.0001}[layout]
     monkeypatch.setattr(launch_mode, "device_memory", lambda cfg: int(memory_gib * GIB))
-    mode_got, why = launch_mode.choose(config(), 2)
-    assert mode_got == mode
-    params, layers, hidden = launch_mode.model_shape(config())  # the architecture on the meta device
-    assert (layers, hidden) == (2, 64) and params > 0
-    need = 2 * params + 16 * params / layers  # BAdam: 2M + 16M/D
-    assert f"{need / GIB:.1f} GiB of weights and states per GPU (2M + 16M/D" in why
-    assert ("fits one GPU replicated" in why) == (mode == "ddp")
+    choice = launch_mode.choose(config(), 2)
+    assert (choice.mode, choice.shard_frozen) == {"replicated": ("ddp", False), "frozen sharded": ("ddp", True),
+                                                  "fsdp2": ("fsdp2", False)}[layout]
+    shape = launch_mode.model_shape(config())  # the architecture on the meta device
+    assert (shape.layers, shape.hidden) == (2, 64) and 0 < shape.layer_stack < shape.params
+    need = 2 * shape.params + 16 * shape.params / shape.layers  # BAdam: 2M + 16M/D
+    assert f"{need / GIB:.1f} GiB of weights and states per GPU (2M + 16M/D" in choice.why
+    assert ("fits one GPU replicated" in choice.why) == (layout == "replicated")
+    assert ("with its frozen blocks sharded over 2 GPUs it needs" in choice.why) == (layout == "frozen sharded")
 
 
-def test_methods_go_where_they_run(torchrun, monkeypatch):
-    monkeypatch.setattr(launch_mode, "device_memory", lambda cfg: 80 * GIB)
-    mode, why = launch_mode.choose(config("method.name=galore"), 2)  # sharded only
-    assert mode == "fsdp2" and "does not run under ddp" in why
-    with pytest.raises(ConfigError, match="method 'adafactor' runs neither under train.distributed=ddp"):
-        launch_mode.choose(config("method.name=adafactor"), 2)
+def test_auto_records_the_frozen_sharding_it_chose_and_says_so(torchrun, monkeypatch, capsys):
+    memory_gib = memory_between_layouts()
+    monkeypatch.setattr(launch_mode, "device_memory", lambda cfg: int(memory_gib * GIB))
+    cfg = launch_mode.resolve_distributed(config())
+    assert (cfg.train.distributed, cfg.train.ddp_shard_frozen) == ("ddp", True)
+    assert capsys.readouterr().out.startswith("train.distributed=auto -> ddp with the frozen blocks sharded "
+                                              "(train.ddp_shard_frozen=true): the model does not fit one GPU")
+    # a method whose options cannot shard (the overlapped update) goes to FSDP2 instead; LoRA has no frozen blocks
+    choice = launch_mode.choose(config("method.overlap_update=true"), 2)
+    assert (choice.mode, choice.shard_frozen) == ("fsdp2", False)
+    # asked for explicitly, auto gives it whatever the memory, or says in one line why it cannot
+    choice = launch_mode.choose(config("train.ddp_shard_frozen=true"), 2)
+    assert (choice.mode, choice.shard_frozen) == ("ddp", True)
+    with pytest.raises(ConfigError, match="train.ddp_shard_frozen=true, but method 'lora' cannot shard its frozen "
+                                          "blocks under ddp: only block-coordinate methods"):
+        launch_mode.choose(config("method.name=lora", "train.ddp_shard_frozen=true"), 2)
+
+
+def test_the_harness_refuses_frozen_sharding_with_the_overlapped_update_in_one_line():
+    from baselines.errors import MethodUnsupportedError
+    from experiments.ddp import DataParallel
+    from experiments.run import build_run_method
+
+    method = build_run_method(config("method.overlap_update=true"))
+    with pytest.raises(MethodUnsupportedError, match="train.ddp_shard_frozen with method badam: overlap_update "
+                                                     "writes the updated weights"):
+        DataParallel(None, method, None, shard_frozen=True)
+
+
+def test_frozen_sharded_bytes_split_the_layer_stack_only():
+    from experiments.memory_model import frozen_sharded_bytes
+
+    # 1,000 parameters, 800 in 8 layers, 2 GPUs: 2 (400 + 200 + 100) + 16 x 100
+    estimate = frozen_sharded_bytes(1000, 800, 100, 2)
+    assert estimate.bytes == 3000 and estimate.formula == "2(P_layers/N + P_rest + P_block) + 16P_block"
+    assert frozen_sharded_bytes(1000, 800, 100, 1, trained_extra=12).bytes == 2 * 1100 + 1200
+    with pytest.raises(ValueError, match="devices must be >= 1"):
+        frozen_sharded_bytes(1000, 800, 100, 0)
 
 
 def test_replicated_bytes_follow_the_memory_model():
@@ -128,6 +175,13 @@ def test_auto_matches_the_mode_a_run_recorded(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert same_mode("ddp", "auto") and same_mode("auto", "fsdp2") and not same_mode("none", "auto")
     assert changed_settings(recorded, config()) == ["train.distributed: 'none' -> 'auto'"]
+    # auto may have sharded the frozen blocks of a model too large to replicate: that record matches auto too
+    sharded = config_to_dict(config("train.distributed=ddp", "train.ddp_shard_frozen=true"))
+    assert changed_settings(sharded, config()) == []
+    assert changed_settings(sharded, config("train.distributed=ddp")) == ["train.ddp_shard_frozen: True -> False"]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert changed_settings(sharded, config()) == ["train.ddp_shard_frozen: True -> False",
+                                                   "train.distributed: 'ddp' -> 'auto'"]
 
 
 def test_sharding_the_frozen_blocks_needs_ddp():
