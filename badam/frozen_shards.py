@@ -16,9 +16,13 @@ time. What this module does (``BlockOptimizer.shard_frozen_blocks(model)``):
     frozen layer's weights are freed after its forward and gathered again when backward recomputes it, and without
     checkpointing a layer backward passes through keeps them until its backward is done. On one rank the shard is
     the whole buffer and nothing is gathered;
-  * the next unit's all-gather is issued while the current one computes (``prefetch``, asynchronous collectives): the
-    next one up in forward, the next one down in backward's recomputation, but never below the lowest trained unit
-    (backward stops there), and the first one at the end of backward, for the next step;
+  * the next units' all-gathers are issued while the current one computes (``prefetch``: how many units ahead,
+    asynchronous collectives): the next ones up in forward, the next ones down in backward's recomputation, but
+    never below the lowest trained unit (backward stops there), and the first ones at the end of backward, for the
+    next step. On CUDA they are issued from a side stream (``gather_stream``), so an all-gather waits only for the
+    previous one, not for the compute queued before it (torch.distributed's collectives otherwise wait for the
+    current stream first); the buffer then lives in that stream's memory pool, and is recorded on the compute
+    stream that reads it;
   * the active block's units are *pinned*: gathered once at the switch, their parameters hold the whole weights, the
     block trains exactly as under plain data parallelism (replicated masters and states, averaged gradient), and at
     the next switch each rank cuts its shard out of the updated weights (every rank holds the same update, so no
@@ -30,6 +34,7 @@ State dicts: ``gathered_state_dict`` (the whole model, unit by unit, on CPU on r
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Iterable
 
@@ -80,14 +85,16 @@ class FrozenBlockShards:
     trained now (their units stay whole); `distributed=False`: one rank, whatever the default group."""
 
     def __init__(self, units: list[tuple[str, nn.Module]], active: Iterable[torch.Tensor], process_group=None,
-                 *, prefetch: bool = True, distributed: bool = True, place=None):
+                 *, prefetch: int = 1, gather_stream: bool = True, distributed: bool = True, place=None):
         self.group = process_group
         distributed = distributed and dist.is_available() and dist.is_initialized()
         self.world = dist.get_world_size(process_group) if distributed else 1
         self.rank = dist.get_rank(process_group) if distributed else 0
         self.units = [_Unit(name, module, i, self._layout(module)) for i, (name, module) in enumerate(units)]
         self.device = torch.device("cpu")
-        self._pending: dict[int, tuple] = {}  # unit index -> (work, gathered buffers): issued ahead
+        self._pending: dict[int, tuple] = {}  # unit index -> (works, gathered buffers, side stream or None): ahead
+        self._side: torch.cuda.Stream | None = None  # the prefetches' stream on CUDA (gather_stream)
+        self._shards_changed = True  # shards written on the compute stream since the side stream last waited for it
         self._unit_of = {id(p): u for u in self.units for p in u.params()}
         self._end_queued = False
         self._state_dict_ok = False  # set while gathered_state_dict / load_gathered_state_dict read or load the rest
@@ -108,7 +115,8 @@ class FrozenBlockShards:
             self._hooks.append(unit.module.register_forward_hook(self._post_hook(unit), always_call=True))
             self._hooks.append(unit.module.register_state_dict_post_hook(self._refuse_state_dict(unit)))
             self._hooks.append(unit.module.register_load_state_dict_pre_hook(self._refuse_state_dict(unit)))
-        self.prefetch = prefetch and self.world > 1
+        self.prefetch = int(prefetch) if self.world > 1 else 0
+        self.gather_stream = gather_stream
 
     # --- layout --------------------------------------------------------------------------------------------------
     @staticmethod
@@ -138,28 +146,44 @@ class FrozenBlockShards:
             for _, _, p in flat.slots:
                 p.data = torch.empty(0, dtype=flat.dtype, device=self.device)
         unit.pinned = False
+        self._shards_changed = True
         self._pending.pop(unit.index, None)
 
     def _gather(self, unit: _Unit, async_op: bool = False):
-        """The unit's whole flat buffers: (work or None, [buffer per dtype])."""
+        """The unit's whole flat buffers: (works or None, [buffer per dtype], side stream or None)."""
         if self.world == 1:
-            return None, [flat.shard for flat in unit.flats]
+            return None, [flat.shard for flat in unit.flats], None
+        side = self._side_stream() if async_op else None
         buffers, works = [], []
-        for flat in unit.flats:
-            out = torch.empty(flat.padded(self.world), dtype=flat.dtype, device=self.device)
-            works.append(dist.all_gather_into_tensor(out, flat.shard, group=self.group, async_op=async_op))
-            buffers.append(out)
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            for flat in unit.flats:
+                out = torch.empty(flat.padded(self.world), dtype=flat.dtype, device=self.device)
+                works.append(dist.all_gather_into_tensor(out, flat.shard, group=self.group, async_op=async_op))
+                buffers.append(out)
         self.gathers += 1
-        return (works if async_op else None), buffers
+        return (works if async_op else None), buffers, side
+
+    def _side_stream(self) -> torch.cuda.Stream | None:
+        if not self.gather_stream or self.device.type != "cuda":
+            return None
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        if self._shards_changed:  # a shard cut or loaded on the compute stream must be written before it is sent
+            self._side.wait_stream(torch.cuda.current_stream(self.device))
+            self._shards_changed = False
+        return self._side
 
     def _gathered(self, unit: _Unit) -> list[torch.Tensor]:
         pending = self._pending.pop(unit.index, None)
         if pending is None:
             return self._gather(unit)[1]
-        works, buffers = pending
+        works, buffers, side = pending
         self.prefetched += 1
         for work in works:
             work.wait()  # on CUDA: the compute stream waits for the all-gather's stream
+        if side is not None:  # freed only once the compute stream is done with it, not when the side stream is
+            for buffer in buffers:
+                buffer.record_stream(torch.cuda.current_stream(self.device))
         return buffers
 
     @staticmethod
@@ -205,7 +229,7 @@ class FrozenBlockShards:
             if not unit.pinned:
                 self._install(unit, "forward")
             if self.prefetch and not _in_backward():
-                self._prefetch(unit.index + 1)  # also from the active unit: the one above it runs next
+                self._prefetch(range(unit.index + 1, unit.index + 1 + self.prefetch))  # also from the active unit
         return gather_before_forward
 
     def _post_hook(self, unit: _Unit):
@@ -230,8 +254,8 @@ class FrozenBlockShards:
             if not unit.pinned:
                 self._install(unit, "backward")
             lowest = min((u.index for u in self.units if u.pinned), default=None)
-            if self.prefetch and lowest is not None and unit.index - 1 > lowest:
-                self._prefetch(unit.index - 1)  # recomputation runs top-down and stops at the lowest trained unit
+            if self.prefetch and lowest is not None:  # recomputation runs top-down, down to the lowest trained unit
+                self._prefetch(range(unit.index - 1, max(lowest, unit.index - 1 - self.prefetch), -1))
             return grad
         return gather_before_backward
 
@@ -241,7 +265,7 @@ class FrozenBlockShards:
             if unit.installed == "backward":
                 self._restore(unit)
         if self.prefetch:  # the next forward starts at the lowest unit (a switch that pins it uses the gather too)
-            self._prefetch(0)
+            self._prefetch(range(self.prefetch))
 
     def _refuse_state_dict(self, unit: _Unit):
         def refuse(*_args):
@@ -252,10 +276,11 @@ class FrozenBlockShards:
                                    "model, state) on every rank, or optimizer.release() to make the model whole")
         return refuse
 
-    def _prefetch(self, index: int) -> None:
-        if 0 <= index < len(self.units) and not self.units[index].pinned and not self.units[index].installed \
-                and index not in self._pending:
-            self._pending[index] = self._gather(self.units[index], async_op=True)
+    def _prefetch(self, indices: Iterable[int]) -> None:
+        for index in indices:
+            if 0 <= index < len(self.units) and not self.units[index].pinned and not self.units[index].installed \
+                    and index not in self._pending:
+                self._pending[index] = self._gather(self.units[index], async_op=True)
 
     # --- block switches -------------------------------------------------------------------------------------------
     def switch(self, leaving: Iterable[torch.Tensor], entering: Iterable[torch.Tensor]) -> None:
@@ -355,6 +380,7 @@ class FrozenBlockShards:
                     whole[offset:offset + shape.numel()] = value.reshape(-1).to(flat.dtype)
                 flat.shard.copy_(whole[self.rank * size:(self.rank + 1) * size])
             self._pending.pop(unit.index, None)
+        self._shards_changed = True
 
 
 
@@ -368,19 +394,25 @@ class FrozenShardingMixin:
     def frozen_shards(self) -> FrozenBlockShards | None:
         return self._frozen_shards
 
-    def shard_frozen_blocks(self, model: nn.Module, *, prefetch: bool = True, place=None) -> FrozenBlockShards:
+    def shard_frozen_blocks(self, model: nn.Module, *, prefetch: int = 1, gather_stream: bool = True,
+                            place=None) -> FrozenBlockShards:
         """Keep 1/N of every frozen block's weights on each of the N data-parallel ranks (module docstring). Call it
         on every rank, after ``enable_data_parallel`` (or ``process_group=``) and between steps; `model` is the module
         whose named_parameters() built this optimizer. Without data parallelism the shard is the whole block: nothing
         is saved, the mechanism runs as it would on N ranks (what a one-GPU measurement of its cost needs).
         A block is sharded when its name prefix names a module all of whose parameters belong to that block alone;
         the others (and everything outside the blocks) stay replicated.
+        `prefetch`: units whose all-gather is issued ahead (0: none; each holds one more unit's weights);
+        `gather_stream`: on CUDA issue those from a side stream (module docstring; False: from the compute stream).
         `place(name, module)`: for a model built on the meta device or loaded on the CPU, so that it never sits whole
         on the GPU: it must put that module's own parameters and buffers (not its children's) on the device, keeping
         the Parameter objects; each unit is placed and cut into shards before the next, then every other module is
         placed and the active block's masters are made again from the placed weights."""
         if self._frozen_shards is not None:
             raise RuntimeError("shard_frozen_blocks: this BlockOptimizer's frozen blocks are sharded already")
+        if not isinstance(prefetch, int) or prefetch < 0:  # True / False: 1 / 0
+            raise ValueError(f"shard_frozen_blocks: prefetch must be an int >= 0 (units gathered ahead; 0: none), "
+                             f"got {prefetch!r}")
         if self._overlap is not None:
             raise ValueError("shard_frozen_blocks does not combine with overlap_update (the queued update would write "
                              "weights a block switch cuts into shards): use one of them")
@@ -401,7 +433,8 @@ class FrozenShardingMixin:
                 self._masters.release()
                 self._masters = None
         self._frozen_shards = FrozenBlockShards(units, self._active_params, group, prefetch=prefetch,
-                                                distributed=self._sync is not None, place=place)
+                                                gather_stream=gather_stream, distributed=self._sync is not None,
+                                                place=place)
         if place is not None:
             inside = {id(m) for _, unit in units for m in unit.modules()}
             for name, module in model.named_modules():

@@ -135,8 +135,14 @@ def parse_args(argv=None):
     p.add_argument("--shard-frozen", action="store_true",
                    help="--mode ddp, BAdam: each rank keeps 1/N of every frozen block, gathered per layer for its "
                         "forward and recomputation (BlockOptimizer.shard_frozen_blocks; badam/frozen_shards.py); "
-                        "the data-parallel phases only, the single phase stays the plain path; without --compare-single "
-                        "the model is built on meta and placed layer by layer (70B); name gets _shardfrozen")
+                        "the data-parallel phases only, the single phase stays the plain path; without "
+                        "--compare-single the model is built on meta and placed layer by layer (70B); name gets "
+                        "_shardfrozen")
+    p.add_argument("--shard-prefetch", type=int, default=1, metavar="N",
+                   help="--shard-frozen: units whose all-gather is issued ahead (default 1; name gets -pN otherwise)")
+    p.add_argument("--shard-gather-stream", choices=("side", "compute"), default="side",
+                   help="--shard-frozen: issue the prefetched all-gathers from a side CUDA stream (default) or from "
+                        "the compute stream (name gets -computestream)")
     p.add_argument("--tag", default="", help="appended to the result name (repeats of one setting side by side)")
     p.add_argument("--rewrite-summary", action="store_true",
                    help="only rewrite <out>/summary.md from the JSONs in <out> (e.g. after merging folders); no run")
@@ -154,6 +160,10 @@ def parse_args(argv=None):
                               or "graphed" in args.checkpointing):
         p.error("--shard-frozen is BlockOptimizer's (methods badam, bsgd) under --mode ddp, without --overlap-update "
                 "and without the graphed checkpointing policies (gathered weights have no fixed address)")
+    if args.shard_prefetch < 0:
+        p.error(f"--shard-prefetch must be >= 0; got {args.shard_prefetch}")
+    if args.shard_frozen:  # what shard_frozen_blocks gets (and the JSON records)
+        args.shard_frozen = {"prefetch": args.shard_prefetch, "gather_stream": args.shard_gather_stream == "side"}
     if args.max_in_flight < 1:
         p.error(f"--max-in-flight must be >= 1; got {args.max_in_flight}")
     if args.max_in_flight != MAX_IN_FLIGHT and args.mode != "ddp":
@@ -317,12 +327,21 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
     }
 
 
+def shard_suffix(options: dict | bool) -> str:
+    """_shardfrozen for --shard-frozen, with -pN / -computestream where its options are not the defaults."""
+    if not options:
+        return ""
+    options = options if isinstance(options, dict) else {}
+    return "_shardfrozen" + ("" if options.get("prefetch", 1) == 1 else f"-p{options['prefetch']}") \
+        + ("" if options.get("gather_stream", True) else "-computestream")
+
+
 def result_stem(args, world_size: int) -> str:
     batch = "" if args.batch_size == 2 else f"_b{args.batch_size}"  # 2 per GPU is the paper's setting
     tag = f"_{args.tag}" if args.tag else ""
     pinned = ("_pinned" if args.cpu_affinity == "split" else "") + compiled_suffix(args.compile_layers) \
         + ("" if args.checkpointing == "non-reentrant" else f"_ckpt-{args.checkpointing}") \
-        + ("_overlap" if args.overlap_update else "") + ("_shardfrozen" if args.shard_frozen else "")
+        + ("_overlap" if args.overlap_update else "") + shard_suffix(args.shard_frozen)
     if args.mode == "ddp":
         phases = (f"_vs1x{args.compare_single}" if args.compare_single else "") \
             + ("_solo" if args.single_every_rank else "") + ("_alone" if args.alone_phase else "")

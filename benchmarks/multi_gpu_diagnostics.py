@@ -229,8 +229,12 @@ def compiled_note(backend: str | None) -> str:
 def overlap_note(result: dict) -> str:
     """', update overlapped' for a run with --overlap-update (BlockOptimizer.overlap_update), ', frozen blocks
     sharded' with --shard-frozen (BlockOptimizer.shard_frozen_blocks)."""
+    shard = result.get("shard_frozen")
+    options = shard if isinstance(shard, dict) else {}
+    detail = ([f"{options['prefetch']} ahead"] if options.get("prefetch", 1) != 1 else []) \
+        + (["gathers from the compute stream"] if not options.get("gather_stream", True) else [])
     return (", update overlapped" if result.get("overlap_update") else "") \
-        + (", frozen blocks sharded" if result.get("shard_frozen") else "")
+        + (", frozen blocks sharded" if shard else "") + (f" ({', '.join(detail)})" if detail else "")
 
 
 def _label(result: dict) -> str:

@@ -71,7 +71,7 @@ class DataParallel:
     micro-batch's forward and backward run in (the last one of a step averages, the others accumulate)."""
 
     def __init__(self, model: nn.Module, method, ctx, reduce_dtype: str = "fp32", max_in_flight: int = MAX_IN_FLIGHT,
-                 shard_frozen: bool = False, place=None):
+                 shard_frozen: bool | dict = False, place=None):
         check_method_supported(method.name)
         self.ctx = ctx
         self.shard_frozen = shard_frozen
@@ -84,8 +84,8 @@ class DataParallel:
             optimizer.enable_data_parallel(None, reduce_dtype=reduce_dtype, broadcast_weights=False,
                                            max_in_flight=max_in_flight)
             self.sync = optimizer.gradient_sync
-            if shard_frozen:
-                optimizer.shard_frozen_blocks(model, place=place)
+            if shard_frozen:  # a dict: shard_frozen_blocks' options (benchmarks/multi_gpu.py --shard-prefetch)
+                optimizer.shard_frozen_blocks(model, place=place, **(shard_frozen if shard_frozen is not True else {}))
         else:
             masters = getattr(method, "master_weights", None)
             if not isinstance(masters, FP32MasterWeights):

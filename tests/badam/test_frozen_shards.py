@@ -128,6 +128,10 @@ def test_misuse_gives_one_clear_error():
                                                     ["embed_tokens"]])  # no block is one module (lm_head: none)
     with pytest.raises(ValueError, match="no block's prefix names a module"):
         across_layers.shard_frozen_blocks(model)
+    for depth in (-1, 1.5):
+        model = tiny_llama(torch.bfloat16)
+        with pytest.raises(ValueError, match=r"prefetch must be an int >= 0 \(units gathered ahead; 0: none\)"):
+            build(model).shard_frozen_blocks(model, prefetch=depth)
 
 
 def test_the_flop_model_reads_sharded_layers_whole():

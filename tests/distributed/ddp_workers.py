@@ -166,14 +166,14 @@ def library_sharded(ctx) -> dict:
     from badam import BlockOptimizer
 
     runs = []
-    for shard in (False, True):
+    for shard in (0, 1, 2):  # unsharded; sharded with the next unit's all-gather issued ahead; with the next two
         model = tiny_llama(torch.bfloat16)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         base = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
         optimizer = BlockOptimizer(base, list(model.named_parameters()), **LIBRARY_OPTIONS, seed=100, verbose=0,
                                    process_group=dist.group.WORLD)
-        shards = optimizer.shard_frozen_blocks(model) if shard else None
+        shards = optimizer.shard_frozen_blocks(model, prefetch=shard) if shard else None
         losses, held = [], []
         for micro in rank_steps(ctx, LIBRARY_STEPS):
             for k, batch in enumerate(micro):
@@ -187,7 +187,7 @@ def library_sharded(ctx) -> dict:
             held.append(sum(storages.values()) + (shards.shard_bytes() if shard else 0))
         state = shards.gathered_state_dict(model) if shard else full_weights(model)
         runs.append({"losses": losses, "state": state, "held_bytes": held, "optimizer": optimizer, "model": model})
-    plain, sharded = runs
+    plain, sharded, deeper = runs
     shards = sharded["optimizer"].frozen_shards
     fresh = tiny_llama(torch.bfloat16)
     with torch.no_grad():  # other weights: loading must replace every one of them
@@ -201,10 +201,13 @@ def library_sharded(ctx) -> dict:
     result = {"losses": (plain["losses"], sharded["losses"]),
               "held_bytes": (plain["held_bytes"], sharded["held_bytes"]),
               "units": [u.name for u in shards.units], "gathers": shards.gathers, "prefetched": shards.prefetched,
+              "deeper": {"losses_equal": deeper["losses"] == sharded["losses"], "gathers": deeper["optimizer"]
+                         .frozen_shards.gathers, "prefetched": deeper["optimizer"].frozen_shards.prefetched},
               "sharded_names": sorted(shards.sharded_names(sharded["model"]))}
     if ctx.rank == 0:
         result["equal"] = all(torch.equal(plain["state"][k], sharded["state"][k].float()) for k in plain["state"])
         result["reloaded_equal"] = all(torch.equal(reloaded[k], sharded["state"][k]) for k in reloaded)
+        result["deeper"]["equal"] = all(torch.equal(deeper["state"][k], sharded["state"][k]) for k in reloaded)
     sharded["optimizer"].release()  # gathers the model back: every weight whole again, equal to the state dict
     result["released"] = all(torch.equal(v.float(), full_weights(sharded["model"])[k])
                              for k, v in D.broadcast_object(sharded["state"], ctx).items())

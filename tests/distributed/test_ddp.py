@@ -266,13 +266,17 @@ def test_benchmark_with_compiled_layers_records_three_graphs_per_rank(ddp):
 
 def test_frozen_blocks_sharded_train_bitwise_like_replicated_and_hold_less(ddp):
     """shard_frozen_blocks on 2 gloo ranks (bf16, embeddings and head as blocks, non-reentrant checkpointing): the
-    same losses and weights as the unsharded data-parallel optimizer, bit for bit, with less held per rank; the state
-    dict gathered on rank 0 loads back into a fresh sharded model; release() makes the model whole again."""
+    same losses and weights as the unsharded data-parallel optimizer, bit for bit, with less held per rank (and with
+    two units prefetched); the state dict gathered on rank 0 loads back into a fresh sharded model; release() makes
+    the model whole again."""
     got = ddp["library_sharded"]
     assert got["losses"][0] == got["losses"][1]
     assert got["equal"] and got["reloaded_equal"] and got["released"]
     assert got["units"] == ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]
     assert got["gathers"] > 0 and {"model.embed_tokens.weight", "lm_head.weight"} & set(got["sharded_names"])
     assert 0 < got["prefetched"] < got["gathers"]  # gathers issued ahead (forward, recomputation, next step) were used
+    deeper = got["deeper"]  # two units ahead: the same numbers, more of the gathers issued ahead
+    assert deeper["losses_equal"] and deeper["equal"]
+    assert deeper["gathers"] == got["gathers"] and got["prefetched"] < deeper["prefetched"] <= deeper["gathers"]
     plain, sharded = got["held_bytes"]
     assert all(s < 0.75 * p for p, s in zip(plain, sharded)), (plain, sharded)  # embeddings and head are most of it

@@ -122,12 +122,21 @@ def test_result_names_carry_batch_and_layout():
     assert multi_gpu.result_stem(block, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_compiled_ckpt-block-reentrant_r1"
     overlap = multi_gpu.parse_args(["--out", "x", "--mode", "ddp", "--compare-single", "3", "--overlap-update"])
     assert multi_gpu.result_stem(overlap, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_overlap"
+    shard = ["--out", "x", "--mode", "ddp", "--compare-single", "3", "--shard-frozen"]
+    assert multi_gpu.result_stem(multi_gpu.parse_args(shard), 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_shardfrozen"
+    deep = multi_gpu.parse_args([*shard, "--shard-prefetch", "2", "--shard-gather-stream", "compute"])
+    assert deep.shard_frozen == {"prefetch": 2, "gather_stream": False}  # shard_frozen_blocks' options
+    assert multi_gpu.result_stem(deep, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_shardfrozen-p2-computestream"
+    assert multi_gpu_diagnostics.overlap_note({"shard_frozen": deep.shard_frozen}) == \
+        ", frozen blocks sharded (2 ahead, gathers from the compute stream)"
+    assert multi_gpu_diagnostics.overlap_note({"shard_frozen": True}) == ", frozen blocks sharded"  # older JSONs
     for wrong in (["--checkpointing", "block", "--no-checkpointing"], ["--checkpointing", "reentrant"],
                   ["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"], ["--keep-gathered-layers", "-2"],
                   ["--max-in-flight", "4"], ["--mode", "ddp", "--max-in-flight", "0"],
                   ["--keep-gathered", "--keep-gathered-layers", "4"], ["--mode", "ddp", "--alone-phase"],
                   ["--mode", "ddp", "--single-every-rank"], ["--cpu-affinity", "half"], ["--overlap-update"],
-                  ["--mode", "ddp", "--method", "lora", "--overlap-update"]):
+                  ["--mode", "ddp", "--method", "lora", "--overlap-update"], [*shard[2:], "--shard-prefetch", "-1"],
+                  [*shard[2:], "--shard-gather-stream", "other"]):
         with pytest.raises(SystemExit):
             multi_gpu.parse_args(["--out", "x", *wrong])
 
