@@ -140,9 +140,9 @@ def parse_args(argv=None):
                         "_shardfrozen")
     p.add_argument("--shard-prefetch", type=int, default=1, metavar="N",
                    help="--shard-frozen: units whose all-gather is issued ahead (default 1; name gets -pN otherwise)")
-    p.add_argument("--shard-gather-stream", choices=("side", "compute"), default="side",
-                   help="--shard-frozen: issue the prefetched all-gathers from a side CUDA stream (default) or from "
-                        "the compute stream (name gets -computestream)")
+    p.add_argument("--shard-gather-stream", choices=("side", "compute"), default="compute",
+                   help="--shard-frozen: issue the prefetched all-gathers from the compute stream (default) or from "
+                        "a side CUDA stream (name gets -sidestream)")
     p.add_argument("--tag", default="", help="appended to the result name (repeats of one setting side by side)")
     p.add_argument("--rewrite-summary", action="store_true",
                    help="only rewrite <out>/summary.md from the JSONs in <out> (e.g. after merging folders); no run")
@@ -328,12 +328,12 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
 
 
 def shard_suffix(options: dict | bool) -> str:
-    """_shardfrozen for --shard-frozen, with -pN / -computestream where its options are not the defaults."""
+    """_shardfrozen for --shard-frozen, with -pN / -sidestream where its options are not the defaults."""
     if not options:
         return ""
     options = options if isinstance(options, dict) else {}
     return "_shardfrozen" + ("" if options.get("prefetch", 1) == 1 else f"-p{options['prefetch']}") \
-        + ("" if options.get("gather_stream", True) else "-computestream")
+        + ("-sidestream" if options.get("gather_stream") else "")
 
 
 def result_stem(args, world_size: int) -> str:

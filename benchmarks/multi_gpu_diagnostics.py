@@ -232,7 +232,7 @@ def overlap_note(result: dict) -> str:
     shard = result.get("shard_frozen")
     options = shard if isinstance(shard, dict) else {}
     detail = ([f"{options['prefetch']} ahead"] if options.get("prefetch", 1) != 1 else []) \
-        + (["gathers from the compute stream"] if not options.get("gather_stream", True) else [])
+        + (["gathers from a side stream"] if options.get("gather_stream") else [])
     return (", update overlapped" if result.get("overlap_update") else "") \
         + (", frozen blocks sharded" if shard else "") + (f" ({', '.join(detail)})" if detail else "")
 

@@ -124,11 +124,11 @@ def test_result_names_carry_batch_and_layout():
     assert multi_gpu.result_stem(overlap, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_overlap"
     shard = ["--out", "x", "--mode", "ddp", "--compare-single", "3", "--shard-frozen"]
     assert multi_gpu.result_stem(multi_gpu.parse_args(shard), 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_shardfrozen"
-    deep = multi_gpu.parse_args([*shard, "--shard-prefetch", "2", "--shard-gather-stream", "compute"])
-    assert deep.shard_frozen == {"prefetch": 2, "gather_stream": False}  # shard_frozen_blocks' options
-    assert multi_gpu.result_stem(deep, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_shardfrozen-p2-computestream"
+    deep = multi_gpu.parse_args([*shard, "--shard-prefetch", "2", "--shard-gather-stream", "side"])
+    assert deep.shard_frozen == {"prefetch": 2, "gather_stream": True}  # shard_frozen_blocks' options
+    assert multi_gpu.result_stem(deep, 2) == "llama3-8b_badam_n2_ddp_fp32_vs1x3_shardfrozen-p2-sidestream"
     assert multi_gpu_diagnostics.overlap_note({"shard_frozen": deep.shard_frozen}) == \
-        ", frozen blocks sharded (2 ahead, gathers from the compute stream)"
+        ", frozen blocks sharded (2 ahead, gathers from a side stream)"
     assert multi_gpu_diagnostics.overlap_note({"shard_frozen": True}) == ", frozen blocks sharded"  # older JSONs
     for wrong in (["--checkpointing", "block", "--no-checkpointing"], ["--checkpointing", "reentrant"],
                   ["--mode", "ddp", "--separate-ends"], ["--compare-single", "3"], ["--keep-gathered-layers", "-2"],
