@@ -20,7 +20,8 @@ Before the optimizer is built, rank 0's parameters and buffers are broadcast (ev
 also for random-init models). Checkpoints: rank 0 writes the ordinary `checkpoint.pt` (every rank holds the same
 model and optimizer state) with every rank's RNG states; a resume needs the same number of ranks.
 
-`train.ddp_shard_frozen=true` (badam, bsgd): each rank then keeps 1/N of every frozen block's weights
+`train.ddp_shard_frozen=true` (badam, bsgd; train.distributed=auto sets it when the replicated model does not fit
+one GPU and this layout does, experiments/launch_mode.py): each rank then keeps 1/N of every frozen block's weights
 (BlockOptimizer.shard_frozen_blocks, badam/frozen_shards.py), gathered layer by layer for forward and recomputation;
 checkpoints and the saved model are gathered unit by unit onto rank 0, so they are the same files as without it. The
 model is then built on the meta device (random init) or loaded on the CPU (experiments/run.py) and placed on the GPU
