@@ -105,7 +105,8 @@ def choose(cfg: RunConfig, world: int) -> Choice:
         raise ConfigError(f"started as {world} processes (torchrun), but method {cfg.method.name!r} runs neither under "
                           f"train.distributed=ddp ({cls.ddp_unsupported}) nor fsdp2 ({cls.fsdp2_unsupported}); run it "
                           "as one process")
-    unshardable = cls.ddp_unsupported or cls.frozen_sharding_problem(build_method_options(cfg.method))
+    options = build_method_options(cfg.method)
+    unshardable = cls.ddp_unsupported or cls.frozen_sharding_problem(options)
     if cfg.train.ddp_shard_frozen:
         if unshardable:
             raise ConfigError(f"train.ddp_shard_frozen=true, but method {cfg.method.name!r} cannot shard its frozen "
@@ -128,7 +129,7 @@ def choose(cfg: RunConfig, world: int) -> Choice:
     if need <= budget:
         return Choice("ddp", f"the model fits one GPU replicated: {sizes}")
     if not unshardable and shape.layer_stack:
-        options = build_method_options(cfg.method)  # the largest block trains whole on every GPU
+        # the largest block trains whole on every GPU: the embedding or head block where they are blocks
         outside = getattr(options, "include_embedding", False) or getattr(options, "include_lm_head", False)
         block = max(shape.layer_stack / shape.layers, shape.params - shape.layer_stack if outside else 0)
         held = frozen_sharded_bytes(shape.params, shape.layer_stack, block, world,
