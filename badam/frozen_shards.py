@@ -45,6 +45,9 @@ from torch import nn
 
 from .checkpointing import first_requiring_grad
 
+# Why shard_frozen_blocks and overlap_update exclude each other (both orders refuse; badam/overlap.py is the other)
+OVERLAP_CONFLICT = "the queued update would write weights a block switch cuts into shards"
+
 
 @dataclasses.dataclass
 class _Flat:
@@ -415,8 +418,8 @@ class FrozenShardingMixin:
             raise ValueError(f"shard_frozen_blocks: prefetch must be an int >= 0 (units gathered ahead; 0: none), "
                              f"got {prefetch!r}")
         if self._overlap is not None:
-            raise ValueError("shard_frozen_blocks does not combine with overlap_update (the queued update would write "
-                             "weights a block switch cuts into shards): use one of them")
+            raise ValueError(f"shard_frozen_blocks does not combine with overlap_update ({OVERLAP_CONFLICT}): use one "
+                             "of them")
         if any(hasattr(p, "_local_tensor") for p in self._all_params):
             raise ValueError("shard_frozen_blocks: these parameters are FSDP2-sharded already")
         if self.gradient_tensors():

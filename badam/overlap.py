@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from .frozen_shards import OVERLAP_CONFLICT
 from .layer_graphs import graph_safe
 
 
@@ -171,8 +172,8 @@ class UpdateOverlapMixin:
             raise ValueError("overlap_update is for a model replicated on every rank; these parameters are sharded "
                              "(FSDP2 DTensors), whose updates FSDP2 orders itself")
         if self.frozen_shards is not None:
-            raise ValueError("overlap_update does not combine with shard_frozen_blocks (the queued update would write "
-                             "weights a block switch cuts into shards): use one of them")
+            raise ValueError(f"overlap_update does not combine with shard_frozen_blocks ({OVERLAP_CONFLICT}): use one "
+                             "of them")
         ours = {id(p) for p in self._all_params}
         theirs = {id(p) for p in model.parameters()}
         if not ours <= theirs:

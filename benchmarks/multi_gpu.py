@@ -328,10 +328,10 @@ def combine(args, ctx, per_rank: list[dict]) -> dict:
 
 
 def shard_suffix(options: dict | bool) -> str:
-    """_shardfrozen for --shard-frozen, with -pN / -sidestream where its options are not the defaults."""
+    """_shardfrozen for --shard-frozen (parse_args makes it shard_frozen_blocks' options), with -pN / -sidestream
+    where those are not the defaults; "" without it (False)."""
     if not options:
         return ""
-    options = options if isinstance(options, dict) else {}
     return "_shardfrozen" + ("" if options.get("prefetch", 1) == 1 else f"-p{options['prefetch']}") \
         + ("-sidestream" if options.get("gather_stream") else "")
 

@@ -27,9 +27,10 @@ import os
 
 from experiments.config import ConfigError, RunConfig, build_method_options
 from experiments.distributed_modes import world_size
-from experiments.memory_model import frozen_sharded_bytes
+from experiments.memory_model import TRAINED_EXTRA_BYTES, frozen_sharded_bytes
 
 FIT_SHARE = 0.8  # of the device memory the replicated weights and states may take; the rest is for activations
+SGD_TRAINED_BYTES = 12  # sgd / bsgd: fp32 master, gradient, momentum per trained parameter (AdamW: 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +78,7 @@ def replicated_bytes(method: str, options: dict, params: int, layers: int, hidde
     if method in ("sgd", "bsgd"):  # fp32 master, gradient and momentum (an upper bound without momentum)
         trained = params if method == "sgd" else params / layers
         formula = "2M + 12M" if method == "sgd" else "2M + 12M/D"
-        return round(weight_bytes * params + 12 * trained), formula
+        return round(weight_bytes * params + SGD_TRAINED_BYTES * trained), formula
     if key is None:
         return weight_bytes * params, "the weights alone (no formula for this method)"
     estimate = paper_formula(key, params, layers, hidden)
@@ -132,8 +133,9 @@ def choose(cfg: RunConfig, world: int) -> Choice:
         # the largest block trains whole on every GPU: the embedding or head block where they are blocks
         outside = getattr(options, "include_embedding", False) or getattr(options, "include_lm_head", False)
         block = max(shape.layer_stack / shape.layers, shape.params - shape.layer_stack if outside else 0)
-        held = frozen_sharded_bytes(shape.params, shape.layer_stack, block, world,
-                                    weight_bytes=weight_bytes, trained_extra=12 if cfg.method.name == "bsgd" else 16)
+        extra = SGD_TRAINED_BYTES if cfg.method.name == "bsgd" else TRAINED_EXTRA_BYTES
+        held = frozen_sharded_bytes(shape.params, shape.layer_stack, block, world, weight_bytes=weight_bytes,
+                                    trained_extra=extra)
         if held.bytes <= budget:
             return Choice("ddp", f"the model does not fit one GPU replicated ({sizes}); with its frozen blocks "
                                  f"sharded over {world} GPUs it needs {held.bytes / gib:.1f} GiB per GPU "
